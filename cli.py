@@ -1,0 +1,195 @@
+"""moesim command line: simulate, compare, model, schema. Configs are files; flags override."""
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.errors import MoesimError
+from simulator.loading import load_model, load_workload
+from simulator.params import count_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Simulate Mixture-of-Experts training and serving clusters.")
+out = Console(width=max(Console().width, 150))
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print MoesimError as one paragraph and exit 2, never a traceback."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MoesimError as exc:
+            err.print(f"[bold red]error[/]: {exc.render()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _fmt(x: Optional[float], nd: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def _public(metrics: dict, with_ops: bool = True) -> dict:
+    return metrics if with_ops else {k: v for k, v in metrics.items() if k != "ops"}
+
+
+@app.command()
+@user_errors
+def simulate(workload: str = typer.Argument(..., help="workload YAML"),
+             schedule: Optional[str] = typer.Option(None, help="override the workload's schedule"),
+             as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
+             per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
+             report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+    """One step of a workload: per-op table for one layer, then the totals."""
+    from simulator.whatif import simulate as run
+    w = load_workload(workload)
+    res = run(w, schedule, per_rank=per_rank)
+    if report:
+        from simulator.report import write_report
+        write_report([res], report)
+    if as_json:
+        print(json.dumps(res.metrics, indent=2))
+        return
+    _print_layer_table(res)
+    _print_totals([res])
+    if report:
+        out.print(f"report written to {report}")
+
+
+@app.command()
+@user_errors
+def compare(workload: str = typer.Argument(..., help="workload YAML"),
+            schedules: str = typer.Option("sequential,scmoe,sbo,tbo",
+                                          help="comma-separated schedule names"),
+            as_json: bool = typer.Option(False, "--json", help="print a JSON list of results"),
+            per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
+            report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+    """Several schedules of one workload side by side, with speedups over the first."""
+    from simulator.whatif import resolve, simulate as run
+    from simulator.schedule import get_policy
+    w = load_workload(workload)
+    names = [s.strip() for s in schedules.split(",") if s.strip()]
+    if not names:
+        raise MoesimError("--schedules", "no schedule given", "e.g. --schedules sequential,sbo")
+    for n in names:
+        get_policy(n)
+    r = resolve(w)
+    results = [run(w, n, per_rank=per_rank, resolved=r) for n in names]
+    if report:
+        from simulator.report import write_report
+        write_report(results, report)
+    if as_json:
+        base = results[0].metrics["step_time_ms"]
+        print(json.dumps([dict(_public(x.metrics, False), speedup=base / x.metrics["step_time_ms"])
+                          for x in results], indent=2))
+        return
+    _print_totals(results)
+    if report:
+        out.print(f"report written to {report}")
+
+
+def _print_layer_table(res) -> None:
+    m, tl = res.metrics, res.timeline
+    layer = m["representative_layer"]
+    idx = [i for i, op in enumerate(tl.ops) if op.layer == layer]
+    t0 = min(tl.start_s[0, i] for i in idx)
+    table = Table(title=f"{m['workload']}: layer {layer} under {m['schedule']} "
+                        f"({m['model']} on {m['hardware']})")
+    for col in ("op", "kind", "stream", "start us", "us", "alone us", "GFLOP", "MB"):
+        table.add_column(col, justify="left" if col in ("op", "kind", "stream") else "right")
+    for i in sorted(idx, key=lambda i: (tl.start_s[0, i], i)):
+        op = tl.ops[i]
+        table.add_row(op.name, op.kind, tl.streams[i], _fmt((tl.start_s[0, i] - t0) * 1e6),
+                      _fmt((tl.end_s[0, i] - tl.start_s[0, i]) * 1e6),
+                      _fmt(tl.standalone_s[i] * 1e6), _fmt(op.flops / 1e9, 2),
+                      _fmt(op.bytes / 1e6, 2))
+    out.print(table)
+
+
+def _print_totals(results) -> None:
+    table = Table(title="totals")
+    cols = ["schedule", "layer us", "step ms", "TPOT ms", "tok/GPU/s", "exposed comm us",
+            "hidden comm us", "$/M out", "speedup"]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "schedule" else "right")
+    base = results[0].metrics["step_time_ms"]
+    for r in results:
+        m = r.metrics
+        table.add_row(m["schedule"], _fmt(m["layer_time_us"]), _fmt(m["step_time_ms"], 2),
+                      _fmt(m["tpot_ms"], 2), _fmt(m["tokens_per_gpu_s"], 0),
+                      _fmt(m["exposed_comm_us"], 0), _fmt(m["hidden_comm_us"], 0),
+                      _fmt(m["cost_per_million_output_tokens"], 3),
+                      f"{base / m['step_time_ms']:.2f}x")
+    out.print(table)
+    for note in results[0].metrics["notes"]:
+        err.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'import'"),
+          config: Optional[Path] = typer.Argument(None, help="HF config.json (with 'import')"),
+          out_path: Optional[Path] = typer.Option(None, "--out", help="where to write the YAML"),
+          force: bool = typer.Option(False, help="overwrite --out if it exists")) -> None:
+    """`moesim model NAME`: parameter counts. `moesim model import CONFIG.json`: HF -> YAML."""
+    if name == "import":
+        from simulator.hf_import import import_hf_config, spec_to_yaml
+        if config is None:
+            raise MoesimError("CONFIG", "no config.json given",
+                              "run `moesim model import path/to/config.json`")
+        spec = import_hf_config(config)
+        text = spec_to_yaml(spec)
+        if out_path is None:
+            print(text, end="")
+            return
+        if out_path.exists() and not force:
+            raise MoesimError("--out", f"{out_path} exists", "pass --force or another path")
+        from simulator.atomic import write_text_atomic
+        write_text_atomic(out_path, text)
+        out.print(f"wrote {out_path}")
+        return
+    spec = load_model(name)
+    c = count_params(spec)
+    table = Table(title=f"{spec.name} ({spec.family}, {spec.num_layers} layers, {spec.layer_kind})")
+    table.add_column("quantity")
+    table.add_column("parameters", justify="right")
+    table.add_row("total (excl. MTP)", f"{c.total / 1e9:.2f}B")
+    table.add_row("activated per token", f"{c.activated / 1e9:.2f}B")
+    if spec.moe and spec.moe.num_zero_experts:
+        for k in (0, spec.moe.mean_real_experts, spec.moe.top_k):
+            table.add_row(f"activated at {k:g} real experts",
+                          f"{count_params(spec, k).activated / 1e9:.2f}B")
+    table.add_row("routed experts (all layers)", f"{c.expert_total / 1e9:.2f}B")
+    table.add_row("embedding + LM head", f"{c.embedding / 1e9:.2f}B")
+    if c.mtp:
+        table.add_row("MTP layers (extra)", f"{c.mtp / 1e9:.2f}B")
+    out.print(table)
+
+
+@app.command()
+def schema(kind: str = typer.Argument("workload", help="workload | model | profile")) -> None:
+    """Print the JSON Schema of a YAML file kind."""
+    classes = {"workload": Workload, "model": ModelSpec, "profile": HardwareProfile}
+    if kind not in classes:
+        err.print(f"[bold red]error[/]: kind: unknown schema '{kind}'. Fix: use one of "
+                  f"{', '.join(classes)}")
+        raise typer.Exit(2)
+    print(json.dumps(classes[kind].model_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Entry point for `python cli.py`."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

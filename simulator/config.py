@@ -1,0 +1,268 @@
+"""Pydantic schemas at the edges: ModelSpec, HardwareProfile, ParallelPlan, Workload.
+
+Units are SI inside (seconds, bytes, FLOPs, bytes per second); the unit is in a field's name where
+it could be misread. Every schema forbids unknown fields.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
+
+
+class Strict(BaseModel):
+    """Base model: unknown fields are an error, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- model
+class AttentionSpec(Strict):
+    """One attention block. MLA (DeepSeek/LongCat) or GQA (Llama/Qwen/Mixtral)."""
+
+    kind: Literal["mla", "gqa"]
+    num_heads: int = Field(gt=0)
+    # GQA
+    num_kv_heads: int = Field(0, ge=0, description="GQA key/value heads")
+    head_dim: int = Field(0, ge=0, description="GQA head dimension")
+    # MLA
+    q_lora_rank: int = Field(0, ge=0, description="MLA query low rank (0 = full-rank query)")
+    kv_lora_rank: int = Field(0, ge=0)
+    qk_nope_head_dim: int = Field(0, ge=0)
+    qk_rope_head_dim: int = Field(0, ge=0)
+    v_head_dim: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _dims_present(self) -> "AttentionSpec":
+        if self.kind == "gqa" and (self.num_kv_heads <= 0 or self.head_dim <= 0):
+            raise ValueError("GQA attention needs num_kv_heads > 0 and head_dim > 0")
+        if self.kind == "mla" and min(self.kv_lora_rank, self.qk_nope_head_dim,
+                                      self.qk_rope_head_dim, self.v_head_dim) <= 0:
+            raise ValueError("MLA attention needs kv_lora_rank, qk_nope_head_dim, "
+                             "qk_rope_head_dim and v_head_dim > 0")
+        if self.kind == "gqa" and self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        return self
+
+
+class MoESpec(Strict):
+    """Routed experts of an MoE layer, including zero-computation (identity) experts."""
+
+    num_experts: int = Field(gt=0, description="routed FFN experts")
+    num_zero_experts: int = Field(0, ge=0, description="zero-computation (identity) experts")
+    top_k: int = Field(gt=0)
+    expert_intermediate: int = Field(gt=0)
+    num_shared_experts: int = Field(0, ge=0)
+    real_experts_per_token: Optional[float] = Field(
+        None, gt=0, description="mean FFN (non-zero) experts per token; default top_k")
+    router_scoring: Literal["softmax", "sigmoid"] = "softmax"
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> "MoESpec":
+        if self.top_k > self.num_experts + self.num_zero_experts:
+            raise ValueError("top_k exceeds the number of experts")
+        if self.real_experts_per_token is not None and self.real_experts_per_token > self.top_k:
+            raise ValueError("real_experts_per_token cannot exceed top_k")
+        if self.num_zero_experts == 0 and self.real_experts_per_token not in (None, self.top_k):
+            raise ValueError("without zero-computation experts real_experts_per_token is top_k")
+        return self
+
+    @property
+    def mean_real_experts(self) -> float:
+        """Mean routed FFN experts a token is sent to."""
+        return float(self.top_k if self.real_experts_per_token is None
+                     else self.real_experts_per_token)
+
+
+class ModelSpec(Strict):
+    """A transformer LLM, dense or MoE, conventional or shortcut-connected (ScMoE)."""
+
+    name: str = Field(min_length=1)
+    family: str = Field("custom", description="longcat_flash, deepseek_v3, qwen3_moe, mixtral, llama")
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    attention: AttentionSpec
+    layer_kind: Literal["conventional", "shortcut"] = Field(
+        "conventional", description="shortcut: MLA_0, FFN_0, MLA_1, FFN_1 + MoE on the shortcut")
+    dense_intermediate: int = Field(0, ge=0, description="dense SwiGLU FFN width (0 = none)")
+    first_k_dense: int = Field(0, ge=0, description="leading layers with a dense FFN, not MoE")
+    moe: Optional[MoESpec] = None
+    mtp_layers: int = Field(0, ge=0, description="multi-token-prediction layers (dense)")
+    mtp_acceptance: float = Field(0.0, ge=0, le=1, description="draft acceptance reported")
+    tied_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        if self.layer_kind == "shortcut" and (self.moe is None or self.dense_intermediate <= 0):
+            raise ValueError("a shortcut layer needs both moe and dense_intermediate")
+        if self.moe is None and self.dense_intermediate <= 0:
+            raise ValueError("a dense model needs dense_intermediate > 0")
+        if self.first_k_dense > self.num_layers:
+            raise ValueError("first_k_dense exceeds num_layers")
+        if self.first_k_dense and self.dense_intermediate <= 0:
+            raise ValueError("first_k_dense layers need dense_intermediate > 0")
+        return self
+
+
+# ----------------------------------------------------------------------------- hardware
+class Sourced(Strict):
+    """A number with where it came from."""
+
+    value: float
+    source: str = Field(min_length=3)
+
+
+class EfficiencyTable(Strict):
+    """Fraction of peak by size (M rows, or tokens per expert), log-interpolated, with a source."""
+
+    points: list[tuple[float, float]] = Field(min_length=1)
+    source: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "EfficiencyTable":
+        xs = [p[0] for p in self.points]
+        if any(x <= 0 for x in xs) or xs != sorted(xs):
+            raise ValueError("efficiency points need positive, increasing sizes")
+        if any(not (0 < e <= 1) for _, e in self.points):
+            raise ValueError("efficiency must lie in (0, 1]")
+        return self
+
+
+class LinkSpec(Strict):
+    """A per-GPU link class: effective bandwidth per direction and latency."""
+
+    bandwidth_Bps: Sourced
+    latency_s: Sourced
+
+
+class Idealizations(Strict):
+    """Switches for a profile that encodes a paper's idealised assumptions, not hardware."""
+
+    gemm_weight_floor: bool = Field(True, description="GEMMs cannot run faster than weight reads")
+    ep_flat_bandwidth_Bps: Optional[Sourced] = Field(
+        None, description="all-to-all bytes at one flat per-GPU rate instead of the link model")
+    mtp_verification_free: bool = Field(
+        False, description="MTP draft tokens are credited but not computed or sent")
+    enforce_hbm_capacity: bool = Field(True, description="refuse workloads that do not fit HBM")
+
+
+class HardwareProfile(Strict):
+    """One GPU kind in its cluster: peaks, memory, links, efficiencies, price; each sourced."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    gpu: str = Field(min_length=1)
+    peak_bf16_flops: Sourced
+    peak_fp8_flops: Optional[Sourced] = None
+    hbm_bytes: Sourced
+    hbm_bandwidth_Bps: Sourced
+    hbm_efficiency: Sourced
+    gemm_efficiency: EfficiencyTable
+    grouped_gemm_efficiency: EfficiencyTable
+    attention_efficiency: Sourced
+    kernel_latency_s: Sourced
+    nvlink: LinkSpec
+    nic: LinkSpec
+    gpus_per_node: Sourced
+    comm_sm_fraction: Sourced
+    price_per_gpu_hour: Sourced
+    idealizations: Idealizations = Idealizations()
+
+    @model_validator(mode="after")
+    def _physical(self) -> "HardwareProfile":
+        positive = {
+            "peak_bf16_flops": self.peak_bf16_flops, "hbm_bytes": self.hbm_bytes,
+            "hbm_bandwidth_Bps": self.hbm_bandwidth_Bps,
+            "nvlink.bandwidth_Bps": self.nvlink.bandwidth_Bps,
+            "nic.bandwidth_Bps": self.nic.bandwidth_Bps, "gpus_per_node": self.gpus_per_node,
+        }
+        for key, num in positive.items():
+            if num.value <= 0:
+                raise ValueError(f"{key} must be positive (got {num.value})")
+        for key, num in {"hbm_efficiency": self.hbm_efficiency,
+                         "attention_efficiency": self.attention_efficiency}.items():
+            if not (0 < num.value <= 1):
+                raise ValueError(f"{key} must lie in (0, 1] (got {num.value})")
+        if not (0 <= self.comm_sm_fraction.value < 1):
+            raise ValueError("comm_sm_fraction must lie in [0, 1)")
+        for key, num in {"kernel_latency_s": self.kernel_latency_s,
+                         "nvlink.latency_s": self.nvlink.latency_s,
+                         "nic.latency_s": self.nic.latency_s,
+                         "price_per_gpu_hour": self.price_per_gpu_hour}.items():
+            if num.value < 0:
+                raise ValueError(f"{key} must not be negative")
+        flat = self.idealizations.ep_flat_bandwidth_Bps
+        if flat is not None and flat.value <= 0:
+            raise ValueError("idealizations.ep_flat_bandwidth_Bps must be positive")
+        return self
+
+
+# ----------------------------------------------------------------------------- deployment
+class ParallelPlan(Strict):
+    """How the model is laid over GPUs. dp_attention defaults to gpus / (pp * tp)."""
+
+    gpus: int = Field(gt=0)
+    gpus_per_node: int = Field(8, gt=0)
+    tp: int = Field(1, gt=0, description="tensor parallel degree of dense FFNs (within a node)")
+    ep: int = Field(1, gt=0, description="expert parallel degree")
+    dp_attention: Optional[int] = Field(None, gt=0, description="data-parallel attention groups")
+    pp: int = Field(1, gt=0, description="pipeline stages")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "ParallelPlan":
+        if self.gpus % self.gpus_per_node and self.gpus > self.gpus_per_node:
+            raise ValueError(f"gpus ({self.gpus}) must be a multiple of gpus_per_node "
+                             f"({self.gpus_per_node})")
+        if self.gpus % self.pp:
+            raise ValueError(f"pp ({self.pp}) must divide gpus ({self.gpus})")
+        if self.ep > self.gpus // self.pp:
+            raise ValueError(f"ep ({self.ep}) is larger than the GPUs of one pipeline stage "
+                             f"({self.gpus // self.pp})")
+        if self.tp > self.gpus_per_node:
+            raise ValueError(f"tp ({self.tp}) must fit in one node ({self.gpus_per_node} GPUs)")
+        if (self.gpus // self.pp) % self.tp:
+            raise ValueError(f"tp ({self.tp}) must divide the GPUs per stage")
+        return self
+
+    @property
+    def attention_dp(self) -> int:
+        """Data-parallel attention groups per pipeline stage."""
+        return self.dp_attention or self.gpus // (self.pp * self.tp)
+
+
+class MTPConfig(Strict):
+    """Multi-token-prediction speculative decoding."""
+
+    enabled: bool = False
+    draft_tokens: int = Field(1, ge=1)
+    acceptance: Optional[float] = Field(None, ge=0, le=1, description="default: the model's")
+
+
+class Precision(Strict):
+    """Bytes per element of each tensor class."""
+
+    weight_bytes: float = Field(2.0, gt=0)
+    activation_bytes: float = Field(2.0, gt=0)
+    kv_bytes: float = Field(2.0, gt=0)
+    dispatch_bytes: float = Field(2.0, gt=0, description="all-to-all dispatch payload per element")
+    combine_bytes: float = Field(2.0, gt=0, description="all-to-all combine payload per element")
+
+
+class Workload(Strict):
+    """A what-if: model + hardware + plan + phase + shapes + schedule. Names or file paths."""
+
+    name: str = Field("workload", min_length=1)
+    model: str = Field(min_length=1, description="zoo name (workloads/models) or YAML path")
+    hardware: str = Field(min_length=1, description="profile name (hardware_profiles) or path")
+    plan: ParallelPlan
+    phase: Phase = "decode"
+    batch_per_device: int = Field(gt=0, description="sequences per device (decode/prefill)")
+    context_length: int = Field(gt=0, description="tokens of context (decode) or prompt (prefill)")
+    schedule: str = "sequential"
+    mtp: MTPConfig = MTPConfig()
+    precision: Precision = Precision()
+    real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
+    seed: int = 0

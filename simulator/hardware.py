@@ -1,0 +1,108 @@
+"""Op durations from a hardware profile: roofline with calibrated efficiency tables.
+
+Compute ops get a standalone duration (the GPU to themselves). Collectives get a latency and the
+bytes each link class of a rank must carry; the engine shares link bandwidth between flows.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from simulator.config import EfficiencyTable, HardwareProfile, ParallelPlan
+from simulator.model import Op
+
+
+class OutOfRangeWarning(UserWarning):
+    """A query fell outside a calibrated table; the nearest edge value was used."""
+
+
+def efficiency(table: EfficiencyTable, size: float, what: str) -> float:
+    """Fraction of peak at `size`, linear in log(size) between points; clamped with a warning."""
+    pts = table.points
+    if size <= 0:
+        return pts[0][1]
+    if size < pts[0][0] or size > pts[-1][0]:
+        if len(pts) > 1:
+            warnings.warn(f"{what} size {size:.4g} is outside the calibrated range "
+                          f"[{pts[0][0]:.4g}, {pts[-1][0]:.4g}]; using the edge value",
+                          OutOfRangeWarning, stacklevel=3)
+        return pts[0][1] if size < pts[0][0] else pts[-1][1]
+    for (x0, e0), (x1, e1) in zip(pts, pts[1:]):
+        if x0 <= size <= x1:
+            if x1 == x0:
+                return e1
+            f = (math.log(size) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return e0 + f * (e1 - e0)
+    return pts[-1][1]
+
+
+def compute_time_s(op: Op, prof: HardwareProfile) -> float:
+    """Standalone duration of a compute op: latency + max(compute, memory) roofline."""
+    floor = prof.idealizations.gemm_weight_floor
+    bw = prof.hbm_bandwidth_Bps.value * prof.hbm_efficiency.value
+    peak = prof.peak_bf16_flops.value
+    mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
+    latency = prof.kernel_latency_s.value
+    if op.kind == "gemm":
+        t_c = op.flops / (peak * efficiency(prof.gemm_efficiency, op.m, "GEMM M"))
+    elif op.kind == "grouped_gemm":
+        t_c = op.flops / (peak * efficiency(prof.grouped_gemm_efficiency, op.m,
+                                            "grouped GEMM tokens per expert"))
+    elif op.kind == "attention":
+        t_c = op.flops / (peak * prof.attention_efficiency.value)
+    elif op.kind == "elementwise":
+        t_c = 0.0
+    else:
+        raise ValueError(f"{op.name} is not a compute op")
+    return latency + max(t_c, mem_bytes / bw)
+
+
+# Link classes a rank owns; the engine shares each between the flows on it.
+LINKS = ("nvlink", "nic", "ep_flat")
+
+
+@dataclass(frozen=True)
+class CommDemand:
+    """What one rank's part of a collective needs: a start-up latency and bytes per link."""
+
+    latency_s: float
+    link_bytes: dict[str, float]
+
+
+def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
+    """Bandwidth per direction of each link class of one GPU, in bytes/s."""
+    flat = prof.idealizations.ep_flat_bandwidth_Bps
+    return {"nvlink": prof.nvlink.bandwidth_Bps.value, "nic": prof.nic.bandwidth_Bps.value,
+            "ep_flat": flat.value if flat else 1.0}
+
+
+def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
+    """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM."""
+    if op.group == "tp":
+        return CommDemand(prof.nvlink.latency_s.value, {"nvlink": op.bytes})
+    ep = plan.ep
+    if ep <= 1:
+        return CommDemand(0.0, {})
+    flat = prof.idealizations.ep_flat_bandwidth_Bps
+    remote_share = (ep - 1) / ep
+    if flat is not None:
+        return CommDemand(prof.nic.latency_s.value, {"ep_flat": op.bytes * remote_share})
+    in_node = min(plan.gpus_per_node, ep)
+    local = op.bytes * (in_node - 1) / ep
+    remote = op.bytes * (ep - in_node) / ep
+    demand = {k: v for k, v in (("nvlink", local), ("nic", remote)) if v > 0}
+    latency = prof.nic.latency_s.value if remote > 0 else prof.nvlink.latency_s.value
+    return CommDemand(latency, demand)
+
+
+def standalone_comm_time_s(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> float:
+    """Duration of a collective with its links to itself (the links run in parallel)."""
+    d = comm_demand(op, plan, prof)
+    bw = link_bandwidths(prof)
+    return d.latency_s + max((b / bw[k] for k, b in d.link_bytes.items()), default=0.0)
+
+
+def op_time_s(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> float:
+    """Standalone duration of any op."""
+    return standalone_comm_time_s(op, plan, prof) if op.is_comm else compute_time_s(op, prof)

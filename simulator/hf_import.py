@@ -1,0 +1,129 @@
+"""Hugging Face config.json -> ModelSpec for the families in the zoo."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from simulator.config import ModelSpec
+from simulator.errors import MoesimError
+from simulator.loading import parse
+
+
+def _req(cfg: dict, key: str, family: str) -> Any:
+    if key not in cfg:
+        raise MoesimError(f"config.json {key}", f"missing for a {family} config",
+                          "use the model's original config.json")
+    return cfg[key]
+
+
+def _mla(cfg: dict, family: str, heads_key: str = "num_attention_heads") -> dict:
+    return {"kind": "mla", "num_heads": _req(cfg, heads_key, family),
+            "q_lora_rank": cfg.get("q_lora_rank") or 0,
+            "kv_lora_rank": _req(cfg, "kv_lora_rank", family),
+            "qk_nope_head_dim": _req(cfg, "qk_nope_head_dim", family),
+            "qk_rope_head_dim": _req(cfg, "qk_rope_head_dim", family),
+            "v_head_dim": _req(cfg, "v_head_dim", family)}
+
+
+def _gqa(cfg: dict, family: str) -> dict:
+    heads = _req(cfg, "num_attention_heads", family)
+    return {"kind": "gqa", "num_heads": heads,
+            "num_kv_heads": cfg.get("num_key_value_heads") or heads,
+            "head_dim": cfg.get("head_dim") or _req(cfg, "hidden_size", family) // heads}
+
+
+def _longcat(cfg: dict) -> dict:
+    f = "longcat_flash"
+    return {"family": f, "num_layers": _req(cfg, "num_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "layer_kind": "shortcut", "dense_intermediate": _req(cfg, "ffn_hidden_size", f),
+            "attention": _mla(cfg, f),
+            "moe": {"num_experts": _req(cfg, "n_routed_experts", f),
+                    "num_zero_experts": cfg.get("zero_expert_num") or 0,
+                    "top_k": _req(cfg, "moe_topk", f),
+                    "expert_intermediate": _req(cfg, "expert_ffn_hidden_size", f),
+                    "router_scoring": "softmax"},
+            "mtp_layers": 1 if cfg.get("num_nextn_predict_layers", 1) else 0}
+
+
+def _deepseek(cfg: dict) -> dict:
+    f = "deepseek_v3"
+    return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "dense_intermediate": _req(cfg, "intermediate_size", f),
+            "first_k_dense": cfg.get("first_k_dense_replace", 0), "attention": _mla(cfg, f),
+            "moe": {"num_experts": _req(cfg, "n_routed_experts", f),
+                    "top_k": _req(cfg, "num_experts_per_tok", f),
+                    "expert_intermediate": _req(cfg, "moe_intermediate_size", f),
+                    "num_shared_experts": cfg.get("n_shared_experts") or 0,
+                    "router_scoring": cfg.get("scoring_func", "sigmoid")},
+            "mtp_layers": cfg.get("num_nextn_predict_layers", 0),
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+
+
+def _qwen3_moe(cfg: dict) -> dict:
+    f = "qwen3_moe"
+    if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
+        raise MoesimError("config.json mlp_only_layers", "mixed dense/MoE Qwen3 layouts are not "
+                          "modelled", "use a config whose every layer is MoE")
+    return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "attention": _gqa(cfg, f),
+            "moe": {"num_experts": _req(cfg, "num_experts", f),
+                    "top_k": _req(cfg, "num_experts_per_tok", f),
+                    "expert_intermediate": _req(cfg, "moe_intermediate_size", f)},
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+
+
+def _mixtral(cfg: dict) -> dict:
+    f = "mixtral"
+    return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "attention": _gqa(cfg, f),
+            "moe": {"num_experts": _req(cfg, "num_local_experts", f),
+                    "top_k": _req(cfg, "num_experts_per_tok", f),
+                    "expert_intermediate": _req(cfg, "intermediate_size", f)},
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+
+
+def _llama(cfg: dict) -> dict:
+    f = "llama"
+    return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "dense_intermediate": _req(cfg, "intermediate_size", f), "attention": _gqa(cfg, f),
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+
+
+FAMILIES: dict[str, Callable[[dict], dict]] = {
+    "longcat_flash": _longcat, "deepseek_v3": _deepseek, "qwen3_moe": _qwen3_moe,
+    "mixtral": _mixtral, "llama": _llama}
+
+
+def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
+    """Read a config.json of a supported family and return its ModelSpec."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MoesimError("CONFIG", f"{path} not found", "check the path") from None
+    except json.JSONDecodeError as exc:
+        raise MoesimError("CONFIG", f"{path} is not valid JSON ({exc})",
+                          "pass the model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise MoesimError("CONFIG", "config.json must hold a JSON object", "pass a config.json")
+    family = cfg.get("model_type", "")
+    if family not in FAMILIES:
+        raise MoesimError("config.json model_type", f"'{family}' is not a supported family",
+                          f"supported: {', '.join(FAMILIES)}")
+    data = FAMILIES[family](cfg)
+    data["name"] = name or cfg.get("_name_or_path") or Path(path).parent.name or family
+    return parse(ModelSpec, data, f"imported {path}")
+
+
+def spec_to_yaml(spec: ModelSpec) -> str:
+    """A ModelSpec as YAML that `load_model` reads back unchanged."""
+    data = spec.model_dump(exclude_defaults=True)
+    data.setdefault("name", spec.name)
+    return yaml.safe_dump(data, sort_keys=False)

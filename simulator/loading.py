@@ -1,0 +1,80 @@
+"""Find and load YAML files by name or path: models, hardware profiles, workloads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.errors import MoesimError, from_validation
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "workloads" / "models"
+PROFILES_DIR = ROOT / "hardware_profiles"
+WORKLOADS_DIR = ROOT / "workloads"
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """Read a YAML file that must hold a mapping."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MoesimError(str(path), "file not found", "check the path") from None
+    except yaml.YAMLError as exc:
+        raise MoesimError(str(path), f"not valid YAML ({exc})", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise MoesimError(str(path), f"the YAML holds a {type(data).__name__}, not a mapping",
+                          "write the file as `key: value` pairs at the top level")
+    return data
+
+
+def parse(cls: type[T], data: dict, where: str) -> T:
+    """Validate a mapping into a schema, with a readable error."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise from_validation(err, where) from None
+
+
+def known_names(folder: Path) -> list[str]:
+    """YAML stems in a folder."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _resolve(name: str, folder: Path, what: str, field: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = folder / f"{name}.yaml"
+    if candidate.exists():
+        return candidate
+    raise MoesimError(field, f"unknown {what} '{name}'",
+                      f"use one of: {', '.join(known_names(folder))}, or a path to a YAML file")
+
+
+def load_model(name: str) -> ModelSpec:
+    """A ModelSpec from the zoo (workloads/models) or a YAML path."""
+    path = _resolve(name, MODELS_DIR, "model", "model")
+    return parse(ModelSpec, read_yaml_mapping(path), f"model file {path.name}")
+
+
+def load_profile(name: str) -> HardwareProfile:
+    """A HardwareProfile from hardware_profiles/ or a YAML path."""
+    path = _resolve(name, PROFILES_DIR, "hardware profile", "hardware")
+    return parse(HardwareProfile, read_yaml_mapping(path), f"profile {path.name}")
+
+
+def load_workload(path_or_name: str) -> Workload:
+    """A Workload from a YAML path (or a name under workloads/)."""
+    path = Path(path_or_name)
+    if not path.exists():
+        hits = sorted(WORKLOADS_DIR.rglob(f"{path_or_name}.yaml"))
+        if not hits:
+            raise MoesimError("WORKLOAD", f"no workload file '{path_or_name}'",
+                              "pass a path to a workload YAML (see workloads/)")
+        path = hits[0]
+    return parse(Workload, read_yaml_mapping(path), f"workload {path.name}")

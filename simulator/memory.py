@@ -1,0 +1,59 @@
+"""HBM per GPU for inference: weights + KV cache + activations, with the breakdown."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.config import ModelSpec, ParallelPlan, Precision
+from simulator.model import Shape
+from simulator.params import count_params, ffn_params
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU by category."""
+
+    weights: float
+    kv_cache: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        """Sum of the parts, in bytes."""
+        return self.weights + self.kv_cache + self.activations
+
+    def describe(self) -> str:
+        """'weights 47.1 GB + KV 31.0 GB + activations 0.1 GB = 78.2 GB'."""
+        gb = 1e9
+        return (f"weights {self.weights / gb:.1f} GB + KV cache {self.kv_cache / gb:.1f} GB + "
+                f"activations {self.activations / gb:.1f} GB = {self.total / gb:.1f} GB")
+
+
+def kv_elements_per_token(model: ModelSpec) -> int:
+    """KV-cache elements one token stores across all attention blocks (MTP excluded)."""
+    a = model.attention
+    per_block = (a.kv_lora_rank + a.qk_rope_head_dim) if a.kind == "mla" \
+        else 2 * a.num_kv_heads * a.head_dim
+    blocks = model.num_layers * (2 if model.layer_kind == "shortcut" else 1)
+    if model.layer_kind == "shortcut" and model.first_k_dense:
+        blocks -= model.first_k_dense
+    return blocks * per_block
+
+
+def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
+                     mtp: bool) -> MemoryBreakdown:
+    """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep."""
+    c = count_params(model)
+    h = model.hidden_size
+    blocks = 2 if model.layer_kind == "shortcut" else 1
+    moe_layers = model.num_layers - (model.first_k_dense if model.moe else model.num_layers)
+    dense_ffn = (model.num_layers - moe_layers) * ffn_params(h, model.dense_intermediate)
+    if model.layer_kind == "shortcut":
+        dense_ffn += moe_layers * blocks * ffn_params(h, model.dense_intermediate)
+    replicated = c.non_expert - dense_ffn + dense_ffn / plan.tp + c.embedding
+    weights = (replicated + c.expert_total / plan.ep + (c.mtp if mtp else 0)) * prec.weight_bytes
+    kv = shape.sequences * (shape.context + shape.query_tokens) * kv_elements_per_token(model) \
+        * prec.kv_bytes
+    widest = max(h, model.dense_intermediate // plan.tp,
+                 (model.moe.top_k * h) if model.moe else 0)
+    activations = 4 * shape.tokens * widest * prec.activation_bytes
+    return MemoryBreakdown(weights=weights, kv_cache=kv, activations=activations)

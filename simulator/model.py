@@ -1,0 +1,287 @@
+"""ModelSpec + phase + shapes -> per-layer op graphs (networkx.DiGraph of Op).
+
+One builder serves the conventional layer (attention -> MoE or dense FFN) and LongCat's
+shortcut layer (MLA_0, FFN_0, MLA_1, FFN_1, with the MoE branch fed from MLA_0's output).
+Work is per device: attention is data-parallel over sequences, dense FFNs are tensor-parallel
+inside a node (all-gather before, reduce-scatter after when tp > 1), experts are expert-parallel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import networkx as nx
+
+from simulator.config import ModelSpec, ParallelPlan, Phase, Precision
+
+OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
+COMPUTE_KINDS = ("gemm", "grouped_gemm", "attention", "elementwise")
+
+
+@dataclass
+class Op:
+    """One kernel: what it computes and moves. Durations come from hardware.py."""
+
+    name: str
+    kind: OpKind
+    flops: float = 0.0
+    bytes: float = 0.0              # HBM bytes (compute) or payload bytes sent (collective)
+    layer: int = -1
+    block: str = ""                 # attn0, ffn0, moe, head, mtp ...
+    weight_bytes: float = 0.0       # weight reads inside `bytes` (GEMM floor)
+    m: float = 0.0                  # GEMM rows, or tokens per expert for grouped GEMMs
+    collective: str = ""            # all_to_all | all_gather | reduce_scatter
+    group: str = ""                 # ep | tp
+    micro_batch: int = 0
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_comm(self) -> bool:
+        """True for collectives (they run on links, not SMs)."""
+        return self.kind == "collective"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Per-device shapes of one forward (or backward) pass."""
+
+    phase: Phase
+    sequences: int          # sequences on this device
+    query_tokens: int       # new tokens per sequence in this pass (decode: 1 + drafts)
+    context: int            # tokens already in the KV cache (decode) or prompt length
+
+    @property
+    def tokens(self) -> int:
+        """Tokens through each layer on this device."""
+        return self.sequences * self.query_tokens
+
+
+class _Builder:
+    """Accumulates ops and edges for a step."""
+
+    def __init__(self, model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
+                 real_experts: float, micro_batch: int = 0) -> None:
+        self.m, self.plan, self.p, self.s = model, plan, prec, shape
+        self.k_real = real_experts
+        self.mb = micro_batch
+        self.g = nx.DiGraph()
+        self.prefix = f"mb{micro_batch}." if micro_batch else ""
+
+    def add(self, op: Op, *inputs: str) -> str:
+        op.name = self.prefix + op.name
+        op.micro_batch = self.mb
+        self.g.add_node(op.name, op=op)
+        for src in inputs:
+            if src:
+                self.g.add_edge(src, op.name)
+        return op.name
+
+    # -- blocks ---------------------------------------------------------------------------
+    def attention(self, layer: int, block: str, after: str) -> str:
+        """qkv projection -> core attention -> output projection; returns the last op."""
+        a, h, s, p = self.m.attention, self.m.hidden_size, self.s, self.p
+        t = s.tokens
+        if a.kind == "mla":
+            qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim
+            q_w = (h * a.q_lora_rank + a.q_lora_rank * a.num_heads * qk_head) if a.q_lora_rank \
+                else h * a.num_heads * qk_head
+            proj_w = q_w + h * (a.kv_lora_rank + a.qk_rope_head_dim)
+            kv_b_w = a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
+            o_w = a.num_heads * a.v_head_dim * h
+            kv_elems = a.kv_lora_rank + a.qk_rope_head_dim
+            if s.phase == "decode":   # absorbed MLA: attend over the latent cache
+                per_key = 2 * a.num_heads * (kv_elems + a.kv_lora_rank)
+                core_flops = t * s.context * per_key + 2 * t * kv_b_w
+                kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
+                io = t * a.num_heads * (kv_elems + a.kv_lora_rank)
+            else:                     # expanded MLA: causal attention over the prompt
+                per_key = 2 * a.num_heads * (qk_head + a.v_head_dim)
+                core_flops = s.sequences * per_key * s.query_tokens * (s.context + 1) / 2 \
+                    + 2 * t * kv_b_w
+                kv_read = t * kv_elems * p.kv_bytes
+                io = t * a.num_heads * (qk_head + a.v_head_dim)
+        else:
+            hd = a.head_dim
+            proj_w = h * (a.num_heads + 2 * a.num_kv_heads) * hd
+            kv_b_w = 0
+            o_w = a.num_heads * hd * h
+            kv_elems = 2 * a.num_kv_heads * hd
+            per_key = 2 * a.num_heads * hd * 2
+            io = 2 * t * a.num_heads * hd
+            if s.phase == "decode":
+                core_flops = t * s.context * per_key
+                kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
+            else:
+                core_flops = s.sequences * per_key * s.query_tokens * (s.context + 1) / 2
+                kv_read = t * kv_elems * p.kv_bytes
+        wb, ab = p.weight_bytes, p.activation_bytes
+        qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
+                          bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
+                          layer=layer, block=block), after)
+        core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
+                           bytes=kv_read + kv_b_w * wb + io * ab,
+                           weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block), qkv)
+        return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
+                           bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
+                           layer=layer, block=block), core)
+
+    def dense_ffn(self, layer: int, block: str, after: str, inter: int) -> str:
+        """SwiGLU FFN, tensor-parallel with all-gather / reduce-scatter when tp > 1."""
+        h, t, tp = self.m.hidden_size, self.s.tokens, self.plan.tp
+        wb, ab = self.p.weight_bytes, self.p.activation_bytes
+        prev = after
+        if tp > 1:
+            prev = self.add(Op(f"L{layer}.{block}.all_gather", "collective",
+                               bytes=t * h * ab * (tp - 1), collective="all_gather", group="tp",
+                               layer=layer, block=block), prev)
+        w = 3 * h * inter // tp
+        rows = t * tp
+        prev = self.add(Op(f"L{layer}.{block}.ffn", "gemm", flops=2 * rows * w,
+                           bytes=w * wb + rows * (2 * h + 3 * inter // tp) * ab,
+                           weight_bytes=w * wb, m=rows, layer=layer, block=block), prev)
+        if tp > 1:
+            prev = self.add(Op(f"L{layer}.{block}.reduce_scatter", "collective",
+                               bytes=t * h * ab * (tp - 1), collective="reduce_scatter",
+                               group="tp", layer=layer, block=block), prev)
+        return prev
+
+    def moe(self, layer: int, after: str) -> tuple[str, str]:
+        """Router -> permute -> dispatch -> experts -> combine -> unpermute (+ shared expert).
+
+        Returns (last op of the routed branch, shared-expert op or '').
+        Zero-computation experts cost no GEMM and no all-to-all bytes: only `k_real` counts.
+        """
+        moe, h, t = self.m.moe, self.m.hidden_size, self.s.tokens
+        assert moe is not None
+        wb, ab, k = self.p.weight_bytes, self.p.activation_bytes, self.k_real
+        n_all = moe.num_experts + moe.num_zero_experts
+        router = self.add(Op(f"L{layer}.moe.router", "gemm", flops=2 * t * h * n_all,
+                             bytes=h * n_all * 4 + t * h * ab, weight_bytes=h * n_all * 4,
+                             m=t, layer=layer, block="moe"), after)
+        routed = t * k
+        permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
+                              bytes=2 * routed * h * ab, layer=layer, block="moe"), router)
+        dispatch = self.add(Op(f"L{layer}.moe.dispatch", "collective",
+                               bytes=routed * h * self.p.dispatch_bytes, collective="all_to_all",
+                               group="ep", layer=layer, block="moe"), permute)
+        local_experts = moe.num_experts / self.plan.ep
+        w_exp = 3 * h * moe.expert_intermediate
+        experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
+                              bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
+                              weight_bytes=local_experts * w_exp * wb,
+                              m=routed / local_experts, layer=layer, block="moe"), dispatch)
+        combine = self.add(Op(f"L{layer}.moe.combine", "collective",
+                              bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
+                              group="ep", layer=layer, block="moe"), experts)
+        unpermute = self.add(Op(f"L{layer}.moe.unpermute", "elementwise",
+                                bytes=(routed + t) * h * ab, layer=layer, block="moe"), combine)
+        shared = ""
+        if moe.num_shared_experts:
+            w_sh = moe.num_shared_experts * w_exp
+            shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
+                                 bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
+                                 layer=layer, block="moe", tags=("shared_expert",)), after)
+        return unpermute, shared
+
+    def join(self, layer: int, *inputs: str) -> str:
+        """Residual add that closes a layer (waits on every branch)."""
+        t, h, ab = self.s.tokens, self.m.hidden_size, self.p.activation_bytes
+        return self.add(Op(f"L{layer}.residual", "elementwise", bytes=3 * t * h * ab,
+                           layer=layer, block="residual"), *inputs)
+
+    # -- layers ---------------------------------------------------------------------------
+    def layer(self, i: int, after: str) -> str:
+        """One transformer layer; returns its last op."""
+        m = self.m
+        dense = m.moe is None or i < m.first_k_dense
+        if m.layer_kind == "shortcut" and not dense:
+            a0 = self.attention(i, "attn0", after)
+            moe_out, _ = self.moe(i, a0)
+            f0 = self.dense_ffn(i, "ffn0", a0, m.dense_intermediate)
+            a1 = self.attention(i, "attn1", f0)
+            f1 = self.dense_ffn(i, "ffn1", a1, m.dense_intermediate)
+            return self.join(i, f1, moe_out)
+        a = self.attention(i, "attn", after)
+        if dense:
+            return self.join(i, self.dense_ffn(i, "ffn", a, m.dense_intermediate))
+        moe_out, shared = self.moe(i, a)
+        return self.join(i, moe_out, shared)
+
+    def head(self, layer: int, after: str, block: str = "head") -> str:
+        """Final norm + LM head over the tokens of this pass."""
+        h, t, v = self.m.hidden_size, self.s.tokens, self.m.vocab_size
+        wb, ab = self.p.weight_bytes, self.p.activation_bytes
+        return self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
+                           bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
+                           layer=layer, block=block), after)
+
+    def mtp(self, layer: int, after: str) -> str:
+        """One dense MTP layer (projection, attention, FFN) and its draft logits."""
+        h, t = self.m.hidden_size, self.s.tokens
+        wb, ab = self.p.weight_bytes, self.p.activation_bytes
+        proj = self.add(Op(f"L{layer}.mtp.proj", "gemm", flops=2 * t * 2 * h * h,
+                           bytes=2 * h * h * wb + 3 * t * h * ab, weight_bytes=2 * h * h * wb,
+                           m=t, layer=layer, block="mtp"), after)
+        a = self.attention(layer, "mtp_attn", proj)
+        inter = self.m.dense_intermediate or (self.m.moe.expert_intermediate if self.m.moe else 0)
+        f = self.dense_ffn(layer, "mtp_ffn", a, inter)
+        return self.head(layer, f, block="mtp_head")
+
+
+def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
+                  real_experts: float, *, layers: int | None = None, with_head: bool = True,
+                  mtp: bool = False, micro_batch: int = 0) -> nx.DiGraph:
+    """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer."""
+    b = _Builder(model, plan, prec, shape, real_experts, micro_batch)
+    n = model.num_layers if layers is None else layers
+    last = ""
+    for i in range(n):
+        last = b.layer(i, last)
+    if with_head:
+        last = b.head(n, last)
+        if mtp:
+            b.mtp(n, last)
+    return b.g
+
+
+def build_backward(forward: nx.DiGraph) -> nx.DiGraph:
+    """The backward pass of a forward graph: edges reversed, GEMMs split into dgrad + wgrad.
+
+    GEMM FLOPs double (input gradient and weight gradient, each the forward's), attention's
+    backward costs twice its forward, collectives move the same bytes the other way. Weight
+    gradients hang off the critical path, ready for zero-bubble schedules.
+    """
+    g = nx.DiGraph()
+    names: dict[str, str] = {}
+    for name, data in forward.nodes(data=True):
+        op: Op = data["op"]
+        if op.kind in ("gemm", "grouped_gemm"):
+            d = replace(op, name=f"{op.name}.dgrad", bytes=op.bytes, tags=op.tags + ("dgrad",))
+            w = replace(op, name=f"{op.name}.wgrad", tags=op.tags + ("wgrad",))
+            g.add_node(d.name, op=d)
+            g.add_node(w.name, op=w)
+            names[name] = d.name
+        elif op.kind == "attention":
+            b = replace(op, name=f"{op.name}.bwd", flops=2 * op.flops, bytes=2 * op.bytes)
+            g.add_node(b.name, op=b)
+            names[name] = b.name
+        else:
+            b = replace(op, name=f"{op.name}.bwd")
+            g.add_node(b.name, op=b)
+            names[name] = b.name
+    for src, dst in forward.edges():
+        g.add_edge(names[dst], names[src])
+        wgrad = f"{src}.wgrad"
+        if wgrad in g:  # weight gradient needs the output gradient flowing into src
+            g.add_edge(names[dst], wgrad)
+    return g
+
+
+def graph_ops(g: nx.DiGraph) -> list[Op]:
+    """Ops of a graph in a deterministic topological order."""
+    return [g.nodes[n]["op"] for n in nx.lexicographical_topological_sort(g, key=_order_key(g))]
+
+
+def _order_key(g: nx.DiGraph):
+    order = {n: i for i, n in enumerate(g.nodes)}
+    return lambda n: order[n]

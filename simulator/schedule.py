@@ -1,0 +1,160 @@
+"""Schedules as named policies: op graph + standalone durations -> StreamPlan.
+
+- sequential: one stream, everything in series (the dense baseline).
+- scmoe: EP collectives on a communication stream; compute in issue order with the expert GEMMs
+  at ScMoE's slot K minimising |sum(COMP before K) - T_dispatch| + |sum(COMP after K) - T_combine|.
+- sbo: LongCat-Flash's four stages: experts right after the QKV projection of the next attention
+  block (stage 2 = FFN_0 + QKV of MLA_1 under dispatch; stage 4 = rest of MLA_1 + FFN_1 under
+  combine). Conventional layers fall back to the slot rule.
+- tbo: two micro-batches; both streams pick the ready op of either micro-batch, lower micro-batch
+  first, so one micro-batch's communication runs under the other's compute.
+Adding a schedule means adding one function and one registry entry here.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import networkx as nx
+
+from simulator.engine import StreamPlan
+from simulator.errors import MoesimError
+from simulator.hardware import CommDemand
+from simulator.model import Op, graph_ops
+
+Durations = dict[str, float]
+Policy = Callable[[nx.DiGraph, Durations, dict[str, CommDemand]], StreamPlan]
+SCHEDULES: dict[str, Policy] = {}
+
+
+def register(name: str) -> Callable[[Policy], Policy]:
+    """Add a policy to the registry under `name`."""
+    def deco(fn: Policy) -> Policy:
+        SCHEDULES[name] = fn
+        return fn
+    return deco
+
+
+def get_policy(name: str) -> Policy:
+    """Look a policy up by name, with a clear error listing the known ones."""
+    if name not in SCHEDULES:
+        raise MoesimError("schedule", f"unknown schedule '{name}'",
+                          f"use one of: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]
+
+
+def needs_micro_batches(name: str) -> int:
+    """How many micro-batches a schedule splits the batch into."""
+    return 2 if name == "tbo" else 1
+
+
+def _stream_of(op: Op, single: bool) -> str:
+    if single:
+        return "compute"
+    return "comm" if op.is_comm and op.group == "ep" else "compute"
+
+
+def _plan(ops: list[Op], g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand],
+          streams: list[str], priorities: list[float], chain_orders: list[list[str]]) -> StreamPlan:
+    index = {op.name: i for i, op in enumerate(ops)}
+    preds = [[index[p] for p in g.predecessors(op.name)] for op in ops]
+    for order in chain_orders:                      # strict issue order on a stream
+        for a, b in zip(order, order[1:]):
+            if index[a] not in preds[index[b]]:
+                preds[index[b]].append(index[a])
+    return StreamPlan(
+        names=[o.name for o in ops], streams=streams, priorities=priorities, preds=preds,
+        compute_s=[0.0 if o.is_comm and o.name in demands else durations[o.name] for o in ops],
+        comm=[demands.get(o.name) if o.is_comm else None for o in ops])
+
+
+def _by_layer(ops: list[Op]) -> dict[int, list[Op]]:
+    layers: dict[int, list[Op]] = defaultdict(list)
+    for op in ops:
+        layers[op.layer].append(op)
+    return dict(sorted(layers.items()))
+
+
+def _slot_rule(window: list[Op], durations: Durations, t_dispatch: float,
+               t_combine: float) -> int:
+    """ScMoE's slot K over the dense window (ties: the earliest slot)."""
+    sums = [0.0]
+    for op in window:
+        sums.append(sums[-1] + durations[op.name])
+    total = sums[-1]
+    costs = [abs(sums[k] - t_dispatch) + abs(total - sums[k] - t_combine)
+             for k in range(len(window) + 1)]
+    return min(range(len(costs)), key=lambda k: (costs[k], k))
+
+
+def _sbo_slot(window: list[Op]) -> int | None:
+    """After the QKV projection of the second attention block, if the layer has one."""
+    for k, op in enumerate(window):
+        if op.block == "attn1" and op.name.endswith("qkv_proj"):
+            return k + 1
+    return None
+
+
+def _overlap_plan(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand],
+                  sbo: bool) -> StreamPlan:
+    ops = graph_ops(g)
+    compute_order: list[str] = []
+    for layer_ops in _by_layer(ops).values():
+        compute = [o for o in layer_ops if _stream_of(o, False) == "compute"]
+        experts = [o for o in compute if o.kind == "grouped_gemm"]
+        if not experts:
+            compute_order += [o.name for o in compute]
+            continue
+        ex = experts[0].name
+        anc, desc = nx.ancestors(g, ex), nx.descendants(g, ex)
+        pre = [o for o in compute if o.name in anc]
+        post = [o for o in compute if o.name in desc]
+        window = [o for o in compute if o.name not in anc and o.name not in desc and o.name != ex]
+        names = {o.name for o in layer_ops}
+        disp = [o.name for o in layer_ops if o.collective == "all_to_all" and o.name in anc]
+        comb = [o.name for o in layer_ops if o.collective == "all_to_all" and o.name in desc]
+        t_d = sum(durations[n] for n in disp if n in names)
+        t_c = sum(durations[n] for n in comb if n in names)
+        k = _sbo_slot(window) if sbo else None
+        if k is None:
+            k = _slot_rule(window, durations, t_d, t_c)
+        compute_order += [o.name for o in pre] + [o.name for o in window[:k]] + [ex] + \
+            [o.name for o in window[k:]] + [o.name for o in post]
+    comm_order = [o.name for o in ops if _stream_of(o, False) == "comm"]
+    rank = {n: i for i, n in enumerate(compute_order + comm_order)}
+    return _plan(ops, g, durations, demands, [_stream_of(o, False) for o in ops],
+                 [float(rank[o.name]) for o in ops], [compute_order, comm_order])
+
+
+@register("sequential")
+def sequential(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
+    """Everything in series on one stream: no overlap at all."""
+    ops = graph_ops(g)
+    order = [o.name for o in ops]
+    return _plan(ops, g, durations, demands, ["compute"] * len(ops),
+                 [float(i) for i in range(len(ops))], [order])
+
+
+@register("scmoe")
+def scmoe(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
+    """Shortcut branch's all-to-all on the comm stream, experts at ScMoE's slot K."""
+    return _overlap_plan(g, durations, demands, sbo=False)
+
+
+@register("sbo")
+def sbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
+    """LongCat-Flash single-batch overlap: four stages per shortcut layer."""
+    return _overlap_plan(g, durations, demands, sbo=True)
+
+
+@register("tbo")
+def tbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
+    """Two micro-batches (the graph holds both); work-conserving, lower micro-batch first."""
+    ops = graph_ops(g)
+    pos: dict[int, int] = defaultdict(int)
+    priorities: list[float] = []
+    for o in ops:
+        priorities.append(2.0 * pos[o.micro_batch] + o.micro_batch)
+        pos[o.micro_batch] += 1
+    return _plan(ops, g, durations, demands, [_stream_of(o, False) for o in ops],
+                 priorities, [])

@@ -1,0 +1,220 @@
+"""Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
+from __future__ import annotations
+
+import statistics
+import warnings
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.cost import cost_per_million_tokens
+from simulator.engine import Engine
+from simulator.errors import MoesimError
+from simulator.hardware import comm_demand, compute_time_s, link_bandwidths, op_time_s
+from simulator.loading import load_model, load_profile
+from simulator.memory import MemoryBreakdown, inference_memory
+from simulator.model import Shape, build_backward, build_forward
+from simulator.schedule import get_policy, needs_micro_batches
+from simulator.timeline import Timeline
+
+
+@dataclass
+class Resolved:
+    """A workload with its model and profile loaded and its derived shapes checked."""
+
+    workload: Workload
+    model: ModelSpec
+    profile: HardwareProfile
+    real_experts: float
+    mtp_on: bool
+    acceptance: float
+    shape: Shape
+    memory: MemoryBreakdown
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Output tokens each sequence gains per decode forward (1 without MTP)."""
+        if not self.mtp_on:
+            return 1.0
+        d = self.workload.mtp.draft_tokens
+        return 1.0 + sum(self.acceptance ** i for i in range(1, d + 1))
+
+
+def resolve(w: Workload, model: ModelSpec | None = None,
+            profile: HardwareProfile | None = None) -> Resolved:
+    """Load and cross-check everything a workload names; raise MoesimError on bad input."""
+    model = model or load_model(w.model)
+    profile = profile or load_profile(w.hardware)
+    plan = w.plan
+    notes: list[str] = []
+    if model.moe is not None and model.moe.num_experts % plan.ep:
+        raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
+                          f"routed experts of {model.name}",
+                          "choose an ep that divides the expert count (e.g. "
+                          f"{_divisors_hint(model.moe.num_experts, plan.gpus)})")
+    k_real = 0.0
+    if model.moe is not None:
+        k_real = w.real_experts_per_token or model.moe.mean_real_experts
+        if k_real > model.moe.top_k:
+            raise MoesimError("real_experts_per_token", f"{k_real} exceeds top_k "
+                              f"{model.moe.top_k}", "use a value between 0 and top_k")
+    mtp_on = w.mtp.enabled and w.phase == "decode"
+    if w.mtp.enabled and model.mtp_layers == 0:
+        raise MoesimError("mtp.enabled", f"{model.name} has no MTP layer",
+                          "set mtp.enabled: false or pick a model with mtp_layers")
+    acceptance = w.mtp.acceptance if w.mtp.acceptance is not None else model.mtp_acceptance
+    if w.phase == "decode":
+        q = 1 + (w.mtp.draft_tokens if mtp_on and
+                 not profile.idealizations.mtp_verification_free else 0)
+        shape = Shape("decode", w.batch_per_device, q, w.context_length)
+    else:
+        shape = Shape(w.phase, w.batch_per_device, w.context_length, w.context_length)
+    memory = inference_memory(model, plan, w.precision, shape, mtp_on)
+    hbm = profile.hbm_bytes.value
+    if memory.total > hbm:
+        msg = (f"needs {memory.describe()} per GPU, but {profile.gpu} has "
+               f"{hbm / 1e9:.0f} GB of HBM")
+        if profile.idealizations.enforce_hbm_capacity:
+            raise MoesimError("batch_per_device", f"the batch does not fit: {msg}",
+                              "lower batch_per_device or context_length, raise ep/tp, or use "
+                              "smaller precision.weight_bytes / kv_bytes")
+        notes.append(f"memory not enforced by this idealised profile: {msg}")
+    return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, notes)
+
+
+def _divisors_hint(n: int, gpus: int) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, gpus) + 1) if n % d == 0 and gpus % d == 0
+                     and d & (d - 1) == 0)
+
+
+def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
+    """The op graph of one step (all layers, head, MTP), split into micro-batches if needed."""
+    w, s = r.workload, r.shape
+    n_mb = needs_micro_batches(schedule)
+    if s.sequences < n_mb:
+        raise MoesimError("batch_per_device", f"schedule {schedule} splits the batch into {n_mb} "
+                          f"micro-batches but there are {s.sequences} sequences per device",
+                          f"use batch_per_device >= {n_mb} or another schedule")
+    graphs = []
+    for mb in range(n_mb):
+        seqs = s.sequences // n_mb + (1 if mb < s.sequences % n_mb else 0)
+        shape = Shape(s.phase, seqs, s.query_tokens, s.context)
+        fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
+                            mtp=r.mtp_on, micro_batch=mb)
+        graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
+    return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
+
+
+@dataclass
+class RunResult:
+    """A simulated step and everything measured on it."""
+
+    resolved: Resolved
+    schedule: str
+    timeline: Timeline
+    metrics: dict
+
+
+def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
+             resolved: Resolved | None = None) -> RunResult:
+    """Simulate one step of a workload under a schedule (default: the workload's)."""
+    schedule = schedule or w.schedule
+    policy = get_policy(schedule)
+    r = resolved or resolve(w)
+    prof, plan = r.profile, w.plan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = build_step_graph(r, schedule)
+        durations: dict[str, float] = {}
+        demands = {}
+        for name, data in g.nodes(data=True):
+            op = data["op"]
+            if op.is_comm:
+                demands[name] = comm_demand(op, plan, prof)
+            durations[name] = op_time_s(op, plan, prof)
+        sp = policy(g, durations, demands)
+        n_ranks = plan.gpus // plan.pp if per_rank else 1
+        start, end = Engine(sp, link_bandwidths(prof), prof.comm_sm_fraction.value,
+                            n_ranks).run()
+    ops = [g.nodes[n]["op"] for n in sp.names]
+    tl = Timeline(ops, sp.streams, np.array(start), np.array(end),
+                  [durations[n] for n in sp.names])
+    notes = list(r.notes) + sorted({str(c.message) for c in caught})
+    return RunResult(r, schedule, tl, _metrics(r, schedule, tl, notes))
+
+
+def representative_layer(model: ModelSpec) -> int:
+    """A middle MoE layer (or the middle layer of a dense model)."""
+    first = model.first_k_dense if model.moe else 0
+    return first + (model.num_layers - first) // 2
+
+
+def breakdown_us(tl: Timeline, layer: int) -> dict[str, float]:
+    """Standalone time of one layer's parts: attention block, dispatch, MoE, combine, FFN."""
+    parts = {"attention_block": 0.0, "dispatch": 0.0, "moe": 0.0, "combine": 0.0,
+             "dense_ffn": 0.0, "other": 0.0}
+    blocks: set[str] = set()
+    for op, t in zip(tl.ops, tl.standalone_s):
+        if op.layer != layer or op.micro_batch:
+            continue
+        if op.block.startswith("attn"):
+            parts["attention_block"] += t
+            blocks.add(op.block)
+        elif op.name.endswith("dispatch") or op.name.endswith("dispatch.bwd"):
+            parts["dispatch"] += t
+        elif op.name.endswith("combine") or op.name.endswith("combine.bwd"):
+            parts["combine"] += t
+        elif op.kind == "grouped_gemm" or "shared_expert" in op.tags:
+            parts["moe"] += t
+        elif op.block.startswith("ffn"):
+            parts["dense_ffn"] += t
+        else:
+            parts["other"] += t
+    parts["attention_block"] /= max(1, len(blocks))
+    return {k: v * 1e6 for k, v in parts.items()}
+
+
+def _metrics(r: Resolved, schedule: str, tl: Timeline, notes: list[str]) -> dict:
+    w, prof = r.workload, r.profile
+    step_s = tl.span_s
+    exposed, hidden = tl.comm_exposure_s(0)
+    layer_t = tl.layer_times_s(0)
+    model = r.model
+    first = model.first_k_dense if model.moe else 0
+    moe_layers = [layer_t[i] for i in range(first, model.num_layers) if i in layer_t]
+    layer_s = statistics.median(moe_layers) if moe_layers else 0.0
+    price = prof.price_per_gpu_hour.value
+    tpot_ms = tokens_per_gpu_s = None
+    cost_out = cost_in = None
+    if w.phase == "decode":
+        tpot = step_s / r.tokens_per_forward
+        tpot_ms = tpot * 1e3
+        tokens_per_gpu_s = w.batch_per_device / tpot
+        cost_out = cost_per_million_tokens(price, tokens_per_gpu_s)
+    else:
+        tokens_per_gpu_s = r.shape.tokens / step_s if step_s > 0 else 0.0
+        if w.phase == "prefill":
+            cost_in = cost_per_million_tokens(price, tokens_per_gpu_s)
+    rep = representative_layer(model)
+    return {
+        "workload": w.name, "model": model.name, "hardware": prof.name, "phase": w.phase,
+        "schedule": schedule, "ranks_simulated": tl.n_ranks,
+        "layer_time_us": layer_s * 1e6, "step_time_ms": step_s * 1e3, "tpot_ms": tpot_ms,
+        "tokens_per_gpu_s": tokens_per_gpu_s, "tokens_per_forward": r.tokens_per_forward,
+        "exposed_comm_us": exposed * 1e6, "hidden_comm_us": hidden * 1e6,
+        "cost_per_million_output_tokens": cost_out, "cost_per_million_input_tokens": cost_in,
+        "breakdown_us": breakdown_us(tl, rep), "representative_layer": rep,
+        "memory_gb": {"weights": r.memory.weights / 1e9, "kv_cache": r.memory.kv_cache / 1e9,
+                      "activations": r.memory.activations / 1e9, "total": r.memory.total / 1e9},
+        "notes": notes,
+        "ops": [{"name": op.name, "kind": op.kind, "stream": tl.streams[i], "layer": op.layer,
+                 "start_us": float(tl.start_s[0, i]) * 1e6,
+                 "end_us": float(tl.end_s[0, i]) * 1e6, "flops": op.flops, "bytes": op.bytes}
+                for i, op in enumerate(tl.ops)],
+    }
+
+
+__all__ = ["resolve", "simulate", "RunResult", "Resolved", "compute_time_s"]
