@@ -153,15 +153,18 @@ def representative_layer(model: ModelSpec) -> int:
 
 
 def breakdown_us(tl: Timeline, layer: int) -> dict[str, float]:
-    """Standalone time of one layer's parts: attention block, dispatch, MoE, combine, FFN."""
+    """Standalone time of one layer's parts for the whole batch (all micro-batches summed).
+
+    attention_block is the mean over the layer's attention blocks (LongCat has two).
+    """
     parts = {"attention_block": 0.0, "dispatch": 0.0, "moe": 0.0, "combine": 0.0,
              "dense_ffn": 0.0, "other": 0.0}
     blocks: set[str] = set()
     for op, t in zip(tl.ops, tl.standalone_s):
-        if op.layer != layer or op.micro_batch:
+        if op.layer != layer:
             continue
         if op.block.startswith("attn"):
-            parts["attention_block"] += t
+            parts["attention_block"] += t      # summed over micro-batches: the whole batch
             blocks.add(op.block)
         elif op.name.endswith("dispatch") or op.name.endswith("dispatch.bwd"):
             parts["dispatch"] += t

@@ -1,0 +1,94 @@
+"""Op graphs: one builder for shortcut and conventional layers, phases, zero experts."""
+import networkx as nx
+
+from simulator.config import ParallelPlan, Precision
+from simulator.loading import load_model
+from simulator.model import COMPUTE_KINDS, Shape, build_backward, build_forward
+
+PLAN = ParallelPlan(gpus=128, gpus_per_node=8, ep=128)
+PREC = Precision()
+DECODE = Shape("decode", 32, 1, 4096)
+
+
+def names(g):
+    return set(g.nodes)
+
+
+def test_shortcut_layer_structure():
+    m = load_model("longcat-flash")
+    g = build_forward(m, PLAN, PREC, DECODE, 8.0, layers=1, with_head=False)
+    blocks = {g.nodes[n]["op"].block for n in g}
+    assert {"attn0", "ffn0", "attn1", "ffn1", "moe"} <= blocks
+    # the MoE branch starts from MLA_0's output, in parallel with the dense path
+    assert g.has_edge("L0.attn0.o_proj", "L0.moe.router")
+    assert g.has_edge("L0.attn0.o_proj", "L0.ffn0.ffn")
+    assert not nx.has_path(g, "L0.moe.experts", "L0.ffn1.ffn")
+    assert nx.has_path(g, "L0.moe.unpermute", "L0.residual")
+    for part in ("router", "permute", "dispatch", "experts", "combine", "unpermute"):
+        assert f"L0.moe.{part}" in g
+
+
+def test_conventional_layer_is_serial_and_dense_layers_have_no_moe():
+    m = load_model("deepseek-v3")
+    g = build_forward(m, PLAN, PREC, DECODE, 8.0, layers=4, with_head=False)
+    assert "L0.ffn.ffn" in g and "L0.moe.router" not in g      # first_k_dense
+    assert nx.has_path(g, "L3.attn.o_proj", "L3.moe.dispatch")
+    assert "L3.moe.shared" in g
+
+
+def test_every_op_has_kind_and_inputs():
+    m = load_model("longcat-flash")
+    g = build_forward(m, PLAN, PREC, DECODE, 8.0, layers=2, mtp=True)
+    for n in g:
+        op = g.nodes[n]["op"]
+        assert op.kind in COMPUTE_KINDS + ("collective",)
+        assert op.flops >= 0 and op.bytes >= 0
+    roots = [n for n in g if g.in_degree(n) == 0]
+    assert roots == ["L0.attn0.qkv_proj"]
+
+
+def test_tp_collectives_around_dense_ffn():
+    m = load_model("longcat-flash")
+    plan = ParallelPlan(gpus=16, gpus_per_node=8, tp=2, ep=16)
+    g = build_forward(m, plan, PREC, DECODE, 8.0, layers=1, with_head=False)
+    assert g.has_edge("L0.ffn0.all_gather", "L0.ffn0.ffn")
+    assert g.has_edge("L0.ffn0.ffn", "L0.ffn0.reduce_scatter")
+    g1 = build_forward(m, PLAN, PREC, DECODE, 8.0, layers=1, with_head=False)
+    assert "L0.ffn0.all_gather" not in g1
+
+
+def test_zero_computation_experts_cost_nothing():
+    m = load_model("longcat-flash")
+    full = build_forward(m, PLAN, PREC, DECODE, 12.0, layers=1, with_head=False)
+    none = build_forward(m, PLAN, PREC, DECODE, 0.0, layers=1, with_head=False)
+    for part in ("experts", "dispatch", "combine"):
+        assert full.nodes[f"L0.moe.{part}"]["op"].flops + full.nodes[f"L0.moe.{part}"]["op"].bytes > 0
+    assert none.nodes["L0.moe.experts"]["op"].flops == 0
+    assert none.nodes["L0.moe.dispatch"]["op"].bytes == 0
+    assert none.nodes["L0.moe.combine"]["op"].bytes == 0
+    half = build_forward(m, PLAN, PREC, DECODE, 6.0, layers=1, with_head=False)
+    assert half.nodes["L0.moe.dispatch"]["op"].bytes * 2 == full.nodes["L0.moe.dispatch"]["op"].bytes
+
+
+def test_backward_doubles_gemm_flops_and_reverses_edges():
+    m = load_model("mixtral-8x7b")
+    plan = ParallelPlan(gpus=8, gpus_per_node=8, ep=8)
+    shape = Shape("train_fwd", 2, 4096, 4096)
+    fwd = build_forward(m, plan, PREC, shape, 2.0, layers=2)
+    bwd = build_backward(fwd)
+    gemm = lambda g: sum(g.nodes[n]["op"].flops for n in g
+                         if g.nodes[n]["op"].kind in ("gemm", "grouped_gemm"))
+    assert abs(gemm(bwd) - 2 * gemm(fwd)) < 1e-6 * gemm(fwd)
+    assert bwd.has_edge("L0.moe.combine.bwd", "L0.moe.experts.dgrad")
+    assert bwd.has_edge("L0.moe.experts.dgrad", "L0.moe.dispatch.bwd")
+    assert nx.is_directed_acyclic_graph(bwd)
+    wgrads = [n for n in bwd if n.endswith(".wgrad")]
+    assert wgrads and all(bwd.out_degree(n) == 0 for n in wgrads)
+
+
+def test_prefill_attention_is_quadratic_in_prompt():
+    m = load_model("llama-3-70b")
+    plan = ParallelPlan(gpus=8, gpus_per_node=8)
+    f = lambda L: build_forward(m, plan, PREC, Shape("prefill", 1, L, L), 0, layers=1,
+                                with_head=False).nodes["L0.attn.core"]["op"].flops
+    assert 3.9 < f(8192) / f(4096) < 4.1

@@ -1,0 +1,101 @@
+"""Schedule invariants that could fail: overlap outcomes, exposure, dependencies."""
+import pytest
+
+from simulator.schedule import SCHEDULES
+from simulator.whatif import build_step_graph, resolve, simulate
+from tests.conftest import profile, workload
+
+LONGCAT = "workloads/paper/table7-longcat-flash.yaml"
+WORKLOADS = [LONGCAT, "workloads/paper/table7-deepseek-v3.yaml",
+             "workloads/paper/table7-qwen3-235b.yaml", "workloads/longcat-flash-decode-h800.yaml"]
+
+
+def run(w, prof, schedule, per_rank=False):
+    return simulate(w, schedule, per_rank=per_rank, resolved=resolve(w, profile=prof))
+
+
+def small(path=LONGCAT, **kw):
+    kw.setdefault("batch_per_device", 32)
+    kw.setdefault("context_length", 2048)
+    return workload(path, **kw)
+
+
+def test_zero_cost_comm_gives_sequential_layer_time():
+    w = small(plan={"gpus": 8, "ep": 1})              # EP 1: the all-to-all moves nothing
+    prof = profile("h800", idealizations={"enforce_hbm_capacity": False})
+    seq = run(w, prof, "sequential").metrics
+    for s in ("scmoe", "sbo"):
+        m = run(w, prof, s).metrics
+        assert m["layer_time_us"] == pytest.approx(seq["layer_time_us"], rel=1e-9)
+        assert m["step_time_ms"] == pytest.approx(seq["step_time_ms"], rel=1e-9)
+
+
+def test_huge_comm_hides_exactly_the_window():
+    slow = {"value": 1e8, "source": "test: a very slow all-to-all"}
+    prof = profile("h800-paper-theoretical", idealizations={"ep_flat_bandwidth_Bps": slow})
+    w = small()
+    seq, sc = run(w, prof, "sequential"), run(w, prof, "scmoe")
+    layer = seq.metrics["representative_layer"]
+    window = sum(t for op, t in zip(seq.timeline.ops, seq.timeline.standalone_s)
+                 if op.layer == layer and op.block in ("ffn0", "attn1", "ffn1"))
+    comm = sum(t for op, t in zip(seq.timeline.ops, seq.timeline.standalone_s)
+               if op.layer == layer and op.is_comm)
+    assert comm > 50 * window
+    assert sc.metrics["layer_time_us"] == pytest.approx(seq.metrics["layer_time_us"] - window * 1e6,
+                                                        rel=1e-9)
+
+
+@pytest.mark.parametrize("path", WORKLOADS)
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_no_op_before_its_inputs_and_exposure_non_negative(path, schedule):
+    w = small(path)
+    r = resolve(w)
+    res = simulate(w, schedule, resolved=r)
+    tl = res.timeline
+    g = build_step_graph(r, schedule)
+    index = {op.name: i for i, op in enumerate(tl.ops)}
+    assert set(index) == set(g.nodes)
+    for src, dst in g.edges():
+        assert tl.start_s[0, index[dst]] >= tl.end_s[0, index[src]] - 1e-12, (src, dst)
+    # streams never run two ops at once
+    for stream in set(tl.streams):
+        spans = sorted((tl.start_s[0, i], tl.end_s[0, i]) for i in range(len(tl.ops))
+                       if tl.streams[i] == stream)
+        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+            assert b0 >= a1 - 1e-12
+    m = res.metrics
+    assert m["exposed_comm_us"] >= 0 and m["hidden_comm_us"] >= 0
+    if schedule == "sequential":
+        assert m["hidden_comm_us"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_overlap_schedules_beat_sequential_on_longcat():
+    w = small()
+    seq = simulate(w, "sequential").metrics["step_time_ms"]
+    for s in ("scmoe", "sbo", "tbo"):
+        assert simulate(w, s).metrics["step_time_ms"] < seq
+
+
+def test_per_rank_matches_collapsed_for_symmetric_ranks():
+    w = small(plan={"gpus": 16, "ep": 16})
+    for s in ("sequential", "sbo", "tbo"):
+        a = simulate(w, s).metrics
+        b = simulate(w, s, per_rank=True).metrics
+        assert b["ranks_simulated"] == 16
+        assert b["step_time_ms"] == pytest.approx(a["step_time_ms"], rel=1e-9)
+
+
+def test_comm_kernels_take_sms_from_overlapped_compute():
+    w = small()
+    base = run(w, profile("h800", comm_sm_fraction={"value": 0.0}), "sbo").metrics
+    taxed = run(w, profile("h800", comm_sm_fraction={"value": 0.5}), "sbo").metrics
+    assert taxed["step_time_ms"] > base["step_time_ms"]
+    seq0 = run(w, profile("h800", comm_sm_fraction={"value": 0.0}), "sequential").metrics
+    seq5 = run(w, profile("h800", comm_sm_fraction={"value": 0.5}), "sequential").metrics
+    assert seq5["step_time_ms"] == pytest.approx(seq0["step_time_ms"], rel=1e-12)
+
+
+def test_same_input_same_output():
+    w = small()
+    a, b = simulate(w, "tbo").metrics, simulate(w, "tbo").metrics
+    assert a == b
