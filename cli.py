@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from simulator.config import HardwareProfile, ModelSpec, Workload
@@ -29,7 +30,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MoesimError as exc:
-            err.print(f"[bold red]error[/]: {exc.render()}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -131,7 +132,7 @@ def _print_totals(results) -> None:
                       f"{base / m['step_time_ms']:.2f}x")
     out.print(table)
     for note in results[0].metrics["notes"]:
-        err.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import simpy
 from simulator.hardware import CommDemand
 
 EPS = 1e-15
+INF = float("inf")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class _Task:
     link_left: dict[str, float] = field(default_factory=dict)   # comm: bytes left per link
     rate: float = 1.0
     is_comm: bool = False
+    rate_per_link: dict[str, float] = field(default_factory=dict)
 
 
 class Engine:
@@ -70,6 +72,7 @@ class Engine:
         self.running: list[list[_Task]] = [[] for _ in range(n_ranks)]
         self.last_t = [0.0] * n_ranks
         self.version = [0] * n_ranks
+        self.wake_at = [-1.0] * n_ranks
         self.group_done = [0] * n
 
     # -- public -----------------------------------------------------------------------------
@@ -80,6 +83,7 @@ class Engine:
                 if w == 0:
                     self._make_ready(r, i)
             self._dispatch_streams(r)
+            self._reschedule(r)
         self.env.run()
         missing = [self.p.names[i] for i, e in enumerate(self.end[0]) if e < 0]
         if missing:
@@ -91,16 +95,15 @@ class Engine:
         heapq.heappush(self.ready[r].setdefault(self.p.streams[i], []),
                        (self.p.priorities[i], i))
 
-    def _dispatch_streams(self, r: int) -> bool:
-        started = False
+    def _dispatch_streams(self, r: int) -> None:
+        busy = self.busy[r]
         for stream, heap in self.ready[r].items():
-            if heap and not self.busy[r].get(stream):
+            if heap and not busy.get(stream):
                 _, i = heapq.heappop(heap)
                 self._start(r, i)
-                started = True
-        return started
 
     def _start(self, r: int, i: int) -> None:
+        """Put op i on its stream; the caller recomputes rates once for the whole batch."""
         now = self.env.now
         self._advance(r, now)
         self.busy[r][self.p.streams[i]] = True
@@ -113,7 +116,6 @@ class Engine:
             task = _Task(i, r, latency=demand.latency_s, is_comm=True,
                          link_left={k: v for k, v in demand.link_bytes.items() if v > 0})
         self.running[r].append(task)
-        self._reschedule(r)
 
     # -- fluid sharing ----------------------------------------------------------------------
     def _advance(self, r: int, now: float) -> None:
@@ -127,40 +129,60 @@ class Engine:
             elif t.latency > 0:
                 t.latency -= dt
             else:
+                rates = t.rate_per_link
                 for k in t.link_left:
-                    t.link_left[k] -= dt * t.rate_per_link[k]  # type: ignore[attr-defined]
+                    t.link_left[k] -= dt * rates[k]
 
     def _reschedule(self, r: int) -> None:
         tasks = self.running[r]
-        comm_active = any(t.is_comm for t in tasks)
+        comm_active = False
         flows: dict[str, int] = {}
         for t in tasks:
-            if t.is_comm and t.latency <= EPS:
-                for k, left in t.link_left.items():
-                    if left > EPS:
-                        flows[k] = flows.get(k, 0) + 1
-        horizon = float("inf")
+            if t.is_comm:
+                comm_active = True
+                if t.latency <= EPS:
+                    for k, left in t.link_left.items():
+                        if left > EPS:
+                            flows[k] = flows.get(k, 0) + 1
+        horizon = INF
+        compute_rate = (1.0 - self.sm) if comm_active else 1.0
+        bw = self.bw
         for t in tasks:
             if not t.is_comm:
-                t.rate = (1.0 - self.sm) if comm_active else 1.0
-                horizon = min(horizon, max(t.remaining, 0.0) / t.rate)
+                t.rate = compute_rate
+                h = t.remaining / compute_rate
             elif t.latency > EPS:
-                horizon = min(horizon, t.latency)
+                h = t.latency
             else:
-                rates = {k: self.bw[k] / flows[k] for k, left in t.link_left.items()
-                         if left > EPS}
-                t.rate_per_link = {k: rates.get(k, 0.0) for k in t.link_left}  # type: ignore
-                finish = max((t.link_left[k] / v for k, v in rates.items()), default=0.0)
-                horizon = min(horizon, finish)
+                rates = {}
+                h = 0.0
+                for k, left in t.link_left.items():
+                    if left > EPS:
+                        v = bw[k] / flows[k]
+                        rates[k] = v
+                        if left / v > h:
+                            h = left / v
+                    else:
+                        rates[k] = 0.0
+                t.rate_per_link = rates
+            if h < horizon:
+                horizon = h
+        if horizon == INF:
+            self.version[r] += 1
+            return
+        when = self.env.now + max(horizon, 0.0)
+        if when == self.wake_at[r]:        # the pending wake-up still holds
+            return
         self.version[r] += 1
-        if horizon < float("inf"):
-            ver = self.version[r]
-            ev = self.env.timeout(max(horizon, 0.0))
-            ev.callbacks.append(lambda _e, r=r, ver=ver: self._wake(r, ver))
+        self.wake_at[r] = when
+        ver = self.version[r]
+        ev = self.env.timeout(max(horizon, 0.0))
+        ev.callbacks.append(lambda _e, r=r, ver=ver: self._wake(r, ver))
 
     def _wake(self, r: int, ver: int) -> None:
         if ver != self.version[r]:
             return
+        self.wake_at[r] = -1.0
         now = self.env.now
         self._advance(r, now)
         done, still = [], []
