@@ -69,10 +69,12 @@ def _plan(ops: list[Op], g: nx.DiGraph, durations: Durations, demands: dict[str,
 
 
 def _by_layer(ops: list[Op]) -> dict[int, list[Op]]:
+    """Ops grouped by layer, layers in the order the (topologically sorted) ops first reach them:
+    ascending in a forward pass, descending in a backward pass."""
     layers: dict[int, list[Op]] = defaultdict(list)
     for op in ops:
         layers[op.layer].append(op)
-    return dict(sorted(layers.items()))
+    return dict(layers)
 
 
 def _slot_rule(window: list[Op], durations: Durations, t_dispatch: float,

@@ -99,3 +99,34 @@ def test_same_input_same_output():
     w = small()
     a, b = simulate(w, "tbo").metrics, simulate(w, "tbo").metrics
     assert a == b
+
+
+@pytest.mark.parametrize("phase", ["prefill", "train_fwd", "train_bwd"])
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_every_phase_runs_every_schedule_in_dependency_order(phase, schedule):
+    w = small(phase=phase, batch_per_device=2, context_length=512,
+              plan={"gpus": 16, "ep": 16}, mtp={"enabled": False})
+    r = resolve(w)
+    res = simulate(w, schedule, resolved=r)
+    tl = res.timeline
+    index = {op.name: i for i, op in enumerate(tl.ops)}
+    for src, dst in build_step_graph(r, schedule).edges():
+        assert tl.start_s[0, index[dst]] >= tl.end_s[0, index[src]] - 1e-12
+    assert res.metrics["tpot_ms"] is None and res.metrics["tokens_per_gpu_s"] > 0
+
+
+def test_backward_doubles_gemm_time_and_keeps_comm_bytes():
+    kw = dict(batch_per_device=2, context_length=512, mtp={"enabled": False})
+    fwd = simulate(small(phase="train_fwd", **kw), "sequential").metrics
+    bwd = simulate(small(phase="train_bwd", **kw), "sequential").metrics
+    f, b = fwd["breakdown_us"], bwd["breakdown_us"]
+    assert b["moe"] == pytest.approx(2 * f["moe"]) and b["dense_ffn"] == pytest.approx(2 * f["dense_ffn"])
+    assert b["dispatch"] == pytest.approx(f["dispatch"]) and b["combine"] == pytest.approx(f["combine"])
+    assert bwd["step_time_ms"] > fwd["step_time_ms"]
+
+
+def test_out_of_calibrated_range_is_answered_with_a_warning():
+    w = small(phase="prefill", batch_per_device=2, context_length=8192, mtp={"enabled": False},
+              hardware="h800")
+    notes = simulate(w, "sequential").metrics["notes"]
+    assert any("outside the calibrated range" in n for n in notes)
