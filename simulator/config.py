@@ -114,6 +114,17 @@ class Sourced(Strict):
     value: float
     source: str = Field(min_length=3)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_source(cls, data: object) -> object:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            raise ValueError(f"the number {data} has no source: write "
+                             f"{{value: {data}, source: '<where it comes from>'}}")
+        if isinstance(data, dict) and "value" in data and not data.get("source"):
+            raise ValueError("this number is missing its source: add source: '<where it comes "
+                             "from>'")
+        return data
+
 
 class EfficiencyTable(Strict):
     """Fraction of peak by size (M rows, or tokens per expert), log-interpolated, with a source."""
@@ -132,10 +143,20 @@ class EfficiencyTable(Strict):
 
 
 class LinkSpec(Strict):
-    """A per-GPU link class: effective bandwidth per direction and latency."""
+    """A per-GPU link class: spec and effective (measured) bandwidth per direction, latency."""
 
-    bandwidth_Bps: Sourced
+    spec_bandwidth_Bps: Optional[Sourced] = Field(None, description="datasheet, per direction")
+    bandwidth_Bps: Sourced = Field(description="effective (achieved), per direction")
     latency_s: Sourced
+
+
+class NetworkSpec(Strict):
+    """Scale-up and scale-out fabric: NVSwitch or full mesh; rail planes of leaves and spines."""
+
+    scale_up: Literal["switch", "mesh"] = Field(
+        "switch", description="switch: NVSwitch, bandwidth per GPU; mesh: per-peer links")
+    nodes_per_leaf: Sourced
+    oversubscription: Sourced
 
 
 class Idealizations(Strict):
@@ -167,6 +188,10 @@ class HardwareProfile(Strict):
     nvlink: LinkSpec
     nic: LinkSpec
     gpus_per_node: Sourced
+    network: NetworkSpec
+    ep_kernel_latency_s: Sourced = Field(description="fixed cost of one all-to-all kernel")
+    collective_efficiency: EfficiencyTable = Field(
+        description="NCCL-style collectives: fraction of link bandwidth by bytes per peer")
     comm_sm_fraction: Sourced
     price_per_gpu_hour: Sourced
     idealizations: Idealizations = Idealizations()
@@ -178,7 +203,11 @@ class HardwareProfile(Strict):
             "hbm_bandwidth_Bps": self.hbm_bandwidth_Bps,
             "nvlink.bandwidth_Bps": self.nvlink.bandwidth_Bps,
             "nic.bandwidth_Bps": self.nic.bandwidth_Bps, "gpus_per_node": self.gpus_per_node,
+            "network.nodes_per_leaf": self.network.nodes_per_leaf,
         }
+        for key, link in (("nvlink", self.nvlink), ("nic", self.nic)):
+            if link.spec_bandwidth_Bps is not None:
+                positive[f"{key}.spec_bandwidth_Bps"] = link.spec_bandwidth_Bps
         for key, num in positive.items():
             if num.value <= 0:
                 raise ValueError(f"{key} must be positive (got {num.value})")
@@ -188,7 +217,10 @@ class HardwareProfile(Strict):
                 raise ValueError(f"{key} must lie in (0, 1] (got {num.value})")
         if not (0 <= self.comm_sm_fraction.value < 1):
             raise ValueError("comm_sm_fraction must lie in [0, 1)")
+        if self.network.oversubscription.value < 1:
+            raise ValueError("network.oversubscription must be >= 1 (1 = non-blocking)")
         for key, num in {"kernel_latency_s": self.kernel_latency_s,
+                         "ep_kernel_latency_s": self.ep_kernel_latency_s,
                          "nvlink.latency_s": self.nvlink.latency_s,
                          "nic.latency_s": self.nic.latency_s,
                          "price_per_gpu_hour": self.price_per_gpu_hour}.items():
@@ -251,6 +283,22 @@ class Precision(Strict):
     combine_bytes: float = Field(2.0, gt=0, description="all-to-all combine payload per element")
 
 
+class RoutingSpec(Strict):
+    """How tokens pick experts: popularity skew, spread of real experts, node limit, replicas."""
+
+    popularity: Literal["uniform", "zipf", "lognormal"] = "uniform"
+    zipf_s: float = Field(1.0, ge=0, description="Zipf exponent (skew) when popularity: zipf")
+    lognormal_sigma: float = Field(1.0, ge=0, description="log-normal sigma when lognormal")
+    real_experts_std: float = Field(
+        0.0, ge=0, description="std of real (FFN) experts per token, zero-expert models only")
+    max_nodes_per_token: Optional[int] = Field(
+        None, gt=0, description="node-limited routing: a token reaches at most M nodes")
+    redundant_experts: int = Field(0, ge=0, description="extra copies of the hottest experts")
+    ep_kernel: Literal["auto", "normal", "low_latency"] = Field(
+        "auto", description="all-to-all kernel: normal (node-deduplicated, NVLink forwarding) "
+        "or low_latency (one copy per expert); auto = low_latency for decode")
+
+
 class Workload(Strict):
     """A what-if: model + hardware + plan + phase + shapes + schedule. Names or file paths."""
 
@@ -265,4 +313,5 @@ class Workload(Strict):
     mtp: MTPConfig = MTPConfig()
     precision: Precision = Precision()
     real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
+    routing: RoutingSpec = RoutingSpec()
     seed: int = 0

@@ -30,6 +30,8 @@ class StreamPlan:
     preds: list[list[int]]
     compute_s: list[float]               # standalone duration; 0 for collectives
     comm: list[CommDemand | None]        # None for compute ops
+    rank_compute_s: dict[int, list[float]] = field(default_factory=dict)   # op -> per rank
+    rank_comm: dict[int, list[CommDemand]] = field(default_factory=dict)   # op -> per rank
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -109,8 +111,13 @@ class Engine:
         self.busy[r][self.p.streams[i]] = True
         self.start[r][i] = now
         demand = self.p.comm[i]
+        per_rank = self.p.rank_comm.get(i)
+        if per_rank is not None:
+            demand = per_rank[r % len(per_rank)]
         if demand is None:
-            work = self.p.compute_s[i] * (self.scale[r][i] if self.scale else 1.0)
+            own = self.p.rank_compute_s.get(i)
+            base = own[r % len(own)] if own is not None else self.p.compute_s[i]
+            work = base * (self.scale[r][i] if self.scale else 1.0)
             task = _Task(i, r, remaining=work)
         else:
             task = _Task(i, r, latency=demand.latency_s, is_comm=True,

@@ -80,7 +80,9 @@ def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
 def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
     """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM."""
     if op.group == "tp":
-        return CommDemand(prof.nvlink.latency_s.value, {"nvlink": op.bytes})
+        peers = max(plan.tp - 1, 1)
+        eff = efficiency(prof.collective_efficiency, op.bytes / peers, "collective bytes per peer")
+        return CommDemand(prof.nvlink.latency_s.value, {"nvlink": op.bytes / eff})
     ep = plan.ep
     if ep <= 1:
         return CommDemand(0.0, {})

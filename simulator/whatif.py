@@ -18,6 +18,7 @@ from simulator.memory import MemoryBreakdown, inference_memory
 from simulator.model import Shape, build_backward, build_forward
 from simulator.schedule import get_policy, needs_micro_batches
 from simulator.timeline import Timeline
+from simulator.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Resolved:
     shape: Shape
     memory: MemoryBreakdown
     notes: list[str] = field(default_factory=list)
+    traffic_cache: dict = field(default_factory=dict)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -128,14 +130,30 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         g = build_step_graph(r, schedule)
+        traffic = _traffic(r, schedule)
         durations: dict[str, float] = {}
         demands = {}
+        rank_comm: dict[str, list] = {}
+        rank_compute: dict[str, list[float]] = {}
         for name, data in g.nodes(data=True):
             op = data["op"]
-            if op.is_comm:
-                demands[name] = comm_demand(op, plan, prof)
-            durations[name] = op_time_s(op, plan, prof)
+            t = traffic.get(op.micro_batch)
+            if t is not None and op.is_comm and op.group == "ep":
+                per = [t.demand(k, "combine" in op.name) for k in range(plan.ep)]
+                times = [comm_time_s(d, prof) for d in per]
+                slow = int(np.argmax(times))
+                rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
+            elif t is not None and op.kind == "grouped_gemm":
+                times = per_rank_times(op, t, r.model, w, prof)
+                rank_compute[name], durations[name] = times, max(times)
+            else:
+                if op.is_comm:
+                    demands[name] = comm_demand(op, plan, prof)
+                durations[name] = op_time_s(op, plan, prof)
         sp = policy(g, durations, demands)
+        index = {n: i for i, n in enumerate(sp.names)}
+        sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
+        sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
         n_ranks = plan.gpus // plan.pp if per_rank else 1
         start, end = Engine(sp, link_bandwidths(prof), prof.comm_sm_fraction.value,
                             n_ranks).run()
@@ -143,7 +161,58 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     tl = Timeline(ops, sp.streams, np.array(start), np.array(end),
                   [durations[n] for n in sp.names])
     notes = list(r.notes) + sorted({str(c.message) for c in caught})
-    return RunResult(r, schedule, tl, _metrics(r, schedule, tl, notes))
+    metrics = _metrics(r, schedule, tl, notes)
+    metrics.update(_ep_metrics(r, traffic, tl, prof))
+    return RunResult(r, schedule, tl, metrics)
+
+
+def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
+    """Sampled EP traffic per micro-batch, when the profile models links (memoised)."""
+    w, model, prof = r.workload, r.model, r.profile
+    if model.moe is None or w.plan.ep <= 1 or prof.idealizations.ep_flat_bandwidth_Bps:
+        return {}
+    n_mb = needs_micro_batches(schedule)
+    out = {}
+    for mb in range(n_mb):
+        seqs = r.shape.sequences // n_mb + (1 if mb < r.shape.sequences % n_mb else 0)
+        tokens = seqs * r.shape.query_tokens
+        key = (tokens, w.seed + mb)
+        if key not in r.traffic_cache:
+            r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed + mb)
+        out[mb] = r.traffic_cache[key]
+    return out
+
+
+def _ep_metrics(r: Resolved, traffic: dict[int, EPTraffic], tl: Timeline,
+                prof: HardwareProfile) -> dict:
+    """Routing imbalance and link utilisation of the representative rank."""
+    bw = link_bandwidths(prof)
+    step = tl.span_s or 1.0
+    per_class: dict[str, float] = {}
+    for i, op in enumerate(tl.ops):
+        if not op.is_comm:
+            continue
+        d = comm_demand(op, r.workload.plan, prof)
+        t = traffic.get(op.micro_batch)
+        if t is not None and op.group == "ep":
+            k = int(np.argmax([comm_time_s(t.demand(q, "combine" in op.name), prof)
+                               for q in range(r.workload.plan.ep)]))
+            d = t.demand(k, "combine" in op.name)
+        for cls, b in d.link_bytes.items():
+            per_class[cls] = per_class.get(cls, 0.0) + b
+    links = {cls: {"bytes_per_step": b, "utilisation": b / bw[cls] / step}
+             for cls, b in sorted(per_class.items())}
+    out: dict = {"links": links}
+    if traffic:
+        t0 = traffic[0]
+        out["ep"] = {"kernel": t0.kernel, "imbalance": t0.routing.imbalance,
+                     "expert_imbalance": t0.routing.expert_imbalance,
+                     "real_experts_mean": t0.routing.real_mean,
+                     "real_experts_std": t0.routing.real_std,
+                     "tokens_per_rank": t0.routing.tokens_per_rank,
+                     "inter_node_bytes_per_rank": float(t0.nic_bytes.mean()),
+                     "max_expert_slots": t0.routing.placement.max_slots}
+    return out
 
 
 def representative_layer(model: ModelSpec) -> int:

@@ -1,0 +1,176 @@
+"""Token -> expert routing: popularity skew, zero-computation experts, node limits, placement.
+
+Sampled from a seeded numpy Generator: same workload, same routing, bit for bit. The output is
+what the engine needs: per-rank expert loads (the slowest rank sets the expert GEMM) and the
+dispatch traffic between EP ranks, both per expert copy and deduplicated per GPU and per node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.config import RoutingSpec
+
+CHUNK_TOKENS = 4096
+MAX_SAMPLED_TOKENS = 131072   # above this, per-token expectations from a pooled sample
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where expert copies live: copies[e] lists the EP ranks holding expert e."""
+
+    copies: list[np.ndarray]
+    slots_per_rank: np.ndarray
+
+    @property
+    def max_slots(self) -> int:
+        """Most expert copies on one rank (sets its weight reads)."""
+        return int(self.slots_per_rank.max())
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    """Routing of one batch: tokens per source rank, loads and traffic between EP ranks."""
+
+    tokens_per_rank: int
+    rank_rows: np.ndarray        # [ep] token-expert rows each rank's experts compute
+    expert_load: np.ndarray      # [experts] routed copies per logical expert
+    t_expert: np.ndarray         # [ep, ep] token copies per (source, destination), one per expert
+    t_gpu: np.ndarray            # [ep, ep] deduplicated per destination GPU
+    t_node: np.ndarray           # [ep, nodes] deduplicated per destination node
+    real_mean: float             # real (FFN) experts per token, measured
+    real_std: float
+    placement: Placement
+
+    @property
+    def imbalance(self) -> float:
+        """max / mean of the expert rows per rank (1.0 = perfectly balanced)."""
+        mean = float(self.rank_rows.mean())
+        return float(self.rank_rows.max()) / mean if mean > 0 else 1.0
+
+    @property
+    def expert_imbalance(self) -> float:
+        """max / mean of per-expert load."""
+        mean = float(self.expert_load.mean())
+        return float(self.expert_load.max()) / mean if mean > 0 else 1.0
+
+
+def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> np.ndarray:
+    """Probability of each FFN expert being chosen (sums to 1)."""
+    if spec.popularity == "uniform":
+        p = np.ones(n_experts)
+    elif spec.popularity == "zipf":
+        p = 1.0 / np.arange(1, n_experts + 1) ** spec.zipf_s
+        p = p[rng.permutation(n_experts)]          # hot experts land anywhere
+    else:
+        p = np.exp(spec.lognormal_sigma * rng.standard_normal(n_experts))
+    return p / p.sum()
+
+
+def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Placement:
+    """Contiguous blocks of experts per rank, plus `redundant` extra copies: each goes to the
+    expert with the highest load per copy, on the least-loaded rank not yet holding it."""
+    per_rank = n_experts // ep
+    owner = np.arange(n_experts) // per_rank
+    copies = [[int(owner[e])] for e in range(n_experts)]
+    slots = np.full(ep, per_rank)
+    load = np.bincount(owner, weights=p, minlength=ep).astype(float)
+    for _ in range(redundant):
+        per_copy = np.array([p[e] / len(copies[e]) for e in range(n_experts)])
+        for e in np.argsort(-per_copy, kind="stable"):
+            free = [r for r in np.argsort(load, kind="stable") if r not in copies[e]]
+            if free:
+                break
+        else:
+            break
+        target = int(free[0])
+        before, after = p[e] / len(copies[e]), p[e] / (len(copies[e]) + 1)
+        for r in copies[e]:
+            load[r] -= before - after
+        load[target] += after
+        copies[e].append(target)
+        slots[target] += 1
+    return Placement([np.array(c) for c in copies], slots)
+
+
+def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
+          real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
+          seed: int) -> RoutingResult:
+    """Sample the routing of `tokens_per_rank` tokens on each of `ep` ranks."""
+    rng = np.random.default_rng(seed)
+    p = popularity(spec, n_experts, rng)
+    placement = place_experts(n_experts, ep, spec.redundant_experts, p)
+    n_copies = np.array([len(c) for c in placement.copies])
+    copy_table = np.full((n_experts, int(n_copies.max())), -1)
+    for e, c in enumerate(placement.copies):
+        copy_table[e, :len(c)] = c
+    g = min(gpus_per_node, ep)
+    nodes = max(1, ep // g)
+    expert_node = copy_table[:, 0] // g
+    logp = np.log(p)
+
+    t_expert = np.zeros((ep, ep))
+    t_gpu = np.zeros((ep, ep))
+    t_node = np.zeros((ep, nodes))
+    expert_load = np.zeros(n_experts)
+    real_sum = real_sq = 0.0
+    total = ep * tokens_per_rank
+    sampled = min(total, MAX_SAMPLED_TOKENS)
+    exact = sampled == total
+    kmax = min(top_k, n_experts)
+    for start in range(0, sampled, CHUNK_TOKENS):
+        n = min(CHUNK_TOKENS, sampled - start)
+        tok = np.arange(start, start + n)
+        src = tok // tokens_per_rank if exact else tok % ep
+        if has_zero_experts:
+            k = np.clip(np.rint(rng.normal(real_mean, spec.real_experts_std, n)), 0, kmax)
+        else:
+            k = np.full(n, kmax)
+        k = k.astype(int)
+        real_sum += k.sum()
+        real_sq += (k.astype(float) ** 2).sum()
+        scores = logp[None, :] + rng.gumbel(size=(n, n_experts))
+        if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
+            node_score = scores.reshape(n, nodes, n_experts // nodes).max(axis=2)
+            keep = np.argpartition(-node_score, spec.max_nodes_per_token - 1,
+                                   axis=1)[:, :spec.max_nodes_per_token]
+            allowed = np.zeros((n, nodes), dtype=bool)
+            np.put_along_axis(allowed, keep, True, axis=1)
+            scores = np.where(allowed[:, expert_node], scores, -np.inf)
+        top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        chosen = np.take_along_axis(top, order, axis=1)                 # [n, kmax] best first
+        valid = np.arange(kmax)[None, :] < k[:, None]
+        copy_idx = (tok[:, None] + np.arange(kmax)[None, :]) % n_copies[chosen]
+        dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
+        s = np.broadcast_to(src[:, None], dst.shape)
+        np.add.at(t_expert, (s[valid], dst[valid]), 1.0)
+        np.add.at(expert_load, chosen[valid], 1.0)
+        # deduplicate per destination GPU and per destination node
+        dsts = np.where(valid, dst, -1)
+        dsts.sort(axis=1)
+        first = np.ones_like(dsts, dtype=bool)
+        first[:, 1:] = dsts[:, 1:] != dsts[:, :-1]
+        m = first & (dsts >= 0)
+        np.add.at(t_gpu, (s[m], dsts[m]), 1.0)
+        dn = np.where(dsts >= 0, dsts // g, -1)
+        dn.sort(axis=1)
+        first_n = np.ones_like(dn, dtype=bool)
+        first_n[:, 1:] = dn[:, 1:] != dn[:, :-1]
+        mn = first_n & (dn >= 0)
+        np.add.at(t_node, (s[mn], dn[mn]), 1.0)
+    if not exact:
+        # destinations do not depend on the source rank: pool the sample into per-token
+        # expectations and give every source rank its tokens_per_rank tokens' worth
+        per_token = tokens_per_rank / sampled
+        t_expert = np.repeat(t_expert.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
+        t_gpu = np.repeat(t_gpu.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
+        t_node = np.repeat(t_node.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
+        expert_load = expert_load * (total / sampled)
+    mean = real_sum / sampled
+    std = float(np.sqrt(max(real_sq / sampled - mean ** 2, 0.0)))
+    return RoutingResult(tokens_per_rank=tokens_per_rank, rank_rows=t_expert.sum(axis=0),
+                         expert_load=expert_load, t_expert=t_expert, t_gpu=t_gpu,
+                         t_node=t_node, real_mean=float(mean), real_std=std,
+                         placement=placement)

@@ -1,0 +1,87 @@
+"""EP traffic of one micro-batch: routing -> topology -> per-rank collective demands and loads.
+
+Used when the profile models links (not a flat idealised EP bandwidth). The slowest rank sets
+the collapsed representative's expert GEMM and all-to-all; per-rank runs use every rank's own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.hardware import CommDemand, compute_time_s, link_bandwidths
+from simulator.model import Op
+from simulator.routing import RoutingResult, route
+from simulator.topology import Cluster, rank_loads
+
+
+@dataclass(frozen=True)
+class EPTraffic:
+    """Routing and link demands of one micro-batch's all-to-all, per EP rank."""
+
+    routing: RoutingResult
+    kernel: str
+    nvlink_bytes: np.ndarray     # per rank, dispatch, on the engine's nvlink class
+    nic_bytes: np.ndarray        # per rank, dispatch, on the engine's nic class
+    latency_s: float
+    combine_ratio: float         # combine bytes / dispatch bytes
+
+    def demand(self, rank: int, combine: bool) -> CommDemand:
+        """What `rank`'s part of the dispatch (or combine) needs."""
+        f = self.combine_ratio if combine else 1.0
+        d = {k: v for k, v in (("nvlink", self.nvlink_bytes[rank] * f),
+                               ("nic", self.nic_bytes[rank] * f)) if v > 0}
+        return CommDemand(self.latency_s, d)
+
+
+def kernel_for(w: Workload) -> str:
+    """The all-to-all kernel a workload uses (auto: low-latency for decode)."""
+    k = w.routing.ep_kernel
+    return ("low_latency" if w.phase == "decode" else "normal") if k == "auto" else k
+
+
+def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_rank: int,
+               real_experts: float, seed: int) -> EPTraffic:
+    """Route `tokens_per_rank` tokens on each EP rank and map the traffic onto the cluster."""
+    assert model.moe is not None
+    plan = w.plan
+    r = route(w.routing, n_experts=model.moe.num_experts, top_k=model.moe.top_k,
+              has_zero_experts=model.moe.num_zero_experts > 0, real_mean=real_experts,
+              ep=plan.ep, gpus_per_node=plan.gpus_per_node, tokens_per_rank=tokens_per_rank,
+              seed=seed)
+    kernel = kernel_for(w)
+    per_copy = model.hidden_size * w.precision.dispatch_bytes
+    cluster = Cluster.from_profile(prof, plan.ep, plan.gpus_per_node)
+    loads = rank_loads(cluster, plan.ep, r.t_expert * per_copy, r.t_gpu * per_copy,
+                       r.t_node * per_copy, kernel)
+    nvl, nic = loads.demand(cluster)
+    remote = plan.ep > plan.gpus_per_node
+    latency = prof.ep_kernel_latency_s.value + (prof.nic.latency_s.value if remote
+                                                else prof.nvlink.latency_s.value)
+    return EPTraffic(r, kernel, nvl, nic, latency,
+                     w.precision.combine_bytes / w.precision.dispatch_bytes)
+
+
+def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Workload) -> Op:
+    """The expert GEMM of one rank: its routed rows and its expert copies' weights."""
+    assert model.moe is not None
+    h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
+    w_exp = 3 * h * model.moe.expert_intermediate
+    rows = float(t.routing.rank_rows[rank])
+    slots = int(t.routing.placement.slots_per_rank[rank])
+    return replace(op, flops=2 * rows * w_exp, m=rows / max(slots, 1),
+                   weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb + rows * 2 * h * ab)
+
+
+def per_rank_times(op: Op, t: EPTraffic, model: ModelSpec, w: Workload,
+                   prof: HardwareProfile) -> list[float]:
+    """Standalone duration of an expert op on every EP rank."""
+    return [compute_time_s(expert_op_for_rank(op, t, r, model, w), prof)
+            for r in range(w.plan.ep)]
+
+
+def comm_time_s(d: CommDemand, prof: HardwareProfile) -> float:
+    """Standalone duration of a demand with its links to itself."""
+    bw = link_bandwidths(prof)
+    return d.latency_s + max((b / bw[k] for k, b in d.link_bytes.items()), default=0.0)
