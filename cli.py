@@ -176,6 +176,101 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
     out.print(table)
 
 
+profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@app.command()
+@user_errors
+def profiles() -> None:
+    """List the shipped hardware profiles."""
+    from simulator.loading import PROFILES_DIR, known_names, load_profile
+    table = Table(title="hardware profiles (hardware_profiles/)")
+    for col in ("name", "gpu", "BF16 TFLOP/s", "HBM GB", "HBM TB/s", "scale-up GB/s",
+                "NIC GB/s", "$/GPU-h"):
+        table.add_column(col, justify="left" if col in ("name", "gpu") else "right")
+    for name in known_names(PROFILES_DIR):
+        p = load_profile(name)
+        table.add_row(name, p.gpu, f"{p.peak_bf16_flops.value / 1e12:.0f}",
+                      f"{p.hbm_bytes.value / 1e9:.0f}", f"{p.hbm_bandwidth_Bps.value / 1e12:.2f}",
+                      f"{p.nvlink.bandwidth_Bps.value / 1e9:.0f}",
+                      f"{p.nic.bandwidth_Bps.value / 1e9:.0f}", f"{p.price_per_gpu_hour.value:.2f}")
+    out.print(table)
+
+
+@profile_app.command("show")
+@user_errors
+def profile_show(name: str = typer.Argument(..., help="profile name or YAML path")) -> None:
+    """Peaks, effective values and the source of every number."""
+    from simulator.loading import load_profile
+    p = load_profile(name)
+    table = Table(title=f"{p.name}: {p.gpu}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_column("source", overflow="fold")
+    for key, value, source in _profile_rows(p.model_dump()):
+        table.add_row(key, value, source)
+    out.print(table)
+
+
+def _profile_rows(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "value" in value and "source" in value:
+            yield name, f"{value['value']:.6g}", value["source"]
+        elif isinstance(value, dict) and "points" in value:
+            pts = ", ".join(f"{x:g}:{e:g}" for x, e in value["points"])
+            yield name, pts, value["source"]
+        elif isinstance(value, dict):
+            yield from _profile_rows(value, f"{name}.")
+        elif key not in ("name",):
+            yield name, str(value), ""
+
+
+@app.command("router-bias")
+@user_errors
+def router_bias(steps: int = typer.Option(400, help="controller steps"),
+                tokens: int = typer.Option(2048, help="tokens routed per step"),
+                target: float = typer.Option(8.0, help="target real experts per token (K_e)"),
+                top_k: int = typer.Option(12, "--top-k"), ffn_experts: int = typer.Option(512),
+                zero_experts: int = typer.Option(256), mu: float = typer.Option(0.2, help="P gain"),
+                ki: float = typer.Option(0.0, help="I gain"), kd: float = typer.Option(0.0, help="D gain"),
+                skew: float = typer.Option(1.0, help="log-normal sigma of expert affinity"),
+                window: int = typer.Option(40, help="steps of load averaging"),
+                seed: int = typer.Option(0),
+                plot: Path = typer.Option(Path("router-bias.html"), help="plotly figure path"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Simulate LongCat-Flash's router-bias controller over synthetic logits."""
+    from rich.progress import Progress
+    from simulator.atomic import write_text_atomic
+    from simulator.router_bias import BiasConfig, bias_figure, simulate_bias
+    cfg = BiasConfig(n_ffn=ffn_experts, n_zero=zero_experts, top_k=top_k, target_real=target,
+                     tokens_per_step=tokens, steps=steps, mu=mu, ki=ki, kd=kd, skew=skew,
+                     window=window, seed=seed)
+    cfg.check()
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("routing steps", total=steps)
+        trace = simulate_bias(cfg, progress=lambda _s: bar.advance(task))
+    write_text_atomic(plot, bias_figure(trace, cfg).to_html(include_plotlyjs=True))
+    settled = trace.first_step_settled(target)
+    if as_json:
+        print(json.dumps({"settled_step": settled, "mean_real": trace.mean_real.tolist(),
+                          "std_real": trace.std_real.tolist(),
+                          "load_max_over_mean": trace.load_max_over_mean.tolist()}))
+        return
+    table = Table(title=f"router bias: target {target} real experts of top-{top_k}")
+    for col in ("step", "mean real", "std real", "max/mean load"):
+        table.add_column(col, justify="right")
+    marks = sorted({0, *range(steps // 10 - 1, steps, max(1, steps // 10)), steps - 1})
+    for i in marks:
+        table.add_row(str(i + 1), f"{trace.mean_real[i]:.2f}", f"{trace.std_real[i]:.2f}",
+                      f"{trace.load_max_over_mean[i]:.2f}")
+    out.print(table)
+    out.print(f"settled (mean within 0.2 of target and max/mean load < 1.3 from then on): "
+              f"{'step ' + str(settled + 1) if settled is not None else 'not within ' + str(steps) + ' steps'}")
+    out.print(f"figure written to {plot}")
+
+
 @app.command()
 def schema(kind: str = typer.Argument("workload", help="workload | model | profile")) -> None:
     """Print the JSON Schema of a YAML file kind."""

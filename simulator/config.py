@@ -117,6 +117,11 @@ class Sourced(Strict):
     @model_validator(mode="before")
     @classmethod
     def _needs_source(cls, data: object) -> object:
+        if isinstance(data, str):
+            try:
+                data = float(data)
+            except ValueError:
+                return data
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             raise ValueError(f"the number {data} has no source: write "
                              f"{{value: {data}, source: '<where it comes from>'}}")
@@ -293,6 +298,9 @@ class RoutingSpec(Strict):
         0.0, ge=0, description="std of real (FFN) experts per token, zero-expert models only")
     max_nodes_per_token: Optional[int] = Field(
         None, gt=0, description="node-limited routing: a token reaches at most M nodes")
+    expert_groups: Optional[int] = Field(
+        None, gt=0, description="group-limited routing (DeepSeek): contiguous expert groups")
+    max_groups_per_token: Optional[int] = Field(None, gt=0, description="groups a token may use")
     redundant_experts: int = Field(0, ge=0, description="extra copies of the hottest experts")
     ep_kernel: Literal["auto", "normal", "low_latency"] = Field(
         "auto", description="all-to-all kernel: normal (node-deduplicated, NVLink forwarding) "

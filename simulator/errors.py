@@ -31,6 +31,9 @@ def from_validation(err: ValidationError, where: str) -> MoesimError:
             msg = "unknown key (not part of the schema; see `moesim schema`)"
         elif e.get("type") == "missing":
             msg = "required key is missing"
+        elif e.get("type") == "model_type" and isinstance(e.get("input"), (int, float)):
+            msg = (f"the number {e['input']} has no source: write "
+                   f"{{value: {e['input']}, source: '<where it comes from>'}}")
         parts.append(f"{loc}: {_clean(msg)}")
     return MoesimError(f"{where} [{', '.join(fields)}]", "; ".join(parts),
                        "correct the named keys; `moesim schema` prints every allowed key")

@@ -94,6 +94,17 @@ def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Pla
     return Placement([np.array(c) for c in copies], slots)
 
 
+def _limit(scores: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
+    """Keep only each token's `keep_n` best contiguous expert blocks (nodes or groups),
+    a block scoring as its best expert; the rest are masked out."""
+    n, e = scores.shape
+    block_score = scores.reshape(n, blocks, e // blocks).max(axis=2)
+    keep = np.argpartition(-block_score, keep_n - 1, axis=1)[:, :keep_n]
+    allowed = np.zeros((n, blocks), dtype=bool)
+    np.put_along_axis(allowed, keep, True, axis=1)
+    return np.where(np.repeat(allowed, e // blocks, axis=1), scores, -np.inf)
+
+
 def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
           real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
           seed: int) -> RoutingResult:
@@ -107,7 +118,6 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         copy_table[e, :len(c)] = c
     g = min(gpus_per_node, ep)
     nodes = max(1, ep // g)
-    expert_node = copy_table[:, 0] // g
     logp = np.log(p)
 
     t_expert = np.zeros((ep, ep))
@@ -132,12 +142,10 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         real_sq += (k.astype(float) ** 2).sum()
         scores = logp[None, :] + rng.gumbel(size=(n, n_experts))
         if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
-            node_score = scores.reshape(n, nodes, n_experts // nodes).max(axis=2)
-            keep = np.argpartition(-node_score, spec.max_nodes_per_token - 1,
-                                   axis=1)[:, :spec.max_nodes_per_token]
-            allowed = np.zeros((n, nodes), dtype=bool)
-            np.put_along_axis(allowed, keep, True, axis=1)
-            scores = np.where(allowed[:, expert_node], scores, -np.inf)
+            scores = _limit(scores, nodes, spec.max_nodes_per_token)
+        if spec.expert_groups and spec.max_groups_per_token and \
+                spec.max_groups_per_token < spec.expert_groups:
+            scores = _limit(scores, spec.expert_groups, spec.max_groups_per_token)
         top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         chosen = np.take_along_axis(top, order, axis=1)                 # [n, kmax] best first

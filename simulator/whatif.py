@@ -63,6 +63,7 @@ def resolve(w: Workload, model: ModelSpec | None = None,
         if k_real > model.moe.top_k:
             raise MoesimError("real_experts_per_token", f"{k_real} exceeds top_k "
                               f"{model.moe.top_k}", "use a value between 0 and top_k")
+    _check_routing(w, model)
     mtp_on = w.mtp.enabled and w.phase == "decode"
     if w.mtp.enabled and model.mtp_layers == 0:
         raise MoesimError("mtp.enabled", f"{model.name} has no MTP layer",
@@ -85,6 +86,25 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                               "smaller precision.weight_bytes / kv_bytes")
         notes.append(f"memory not enforced by this idealised profile: {msg}")
     return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, notes)
+
+
+def _check_routing(w: Workload, model: ModelSpec) -> None:
+    rt = w.routing
+    if model.moe is None:
+        return
+    if rt.expert_groups and model.moe.num_experts % rt.expert_groups:
+        raise MoesimError("routing.expert_groups", f"{rt.expert_groups} groups do not divide "
+                          f"the {model.moe.num_experts} experts", "use a divisor of the expert count")
+    if rt.max_groups_per_token and not rt.expert_groups:
+        raise MoesimError("routing.max_groups_per_token", "set without routing.expert_groups",
+                          "give expert_groups too, or drop max_groups_per_token")
+    if rt.expert_groups and rt.max_groups_per_token and rt.max_groups_per_token > rt.expert_groups:
+        raise MoesimError("routing.max_groups_per_token", "exceeds routing.expert_groups",
+                          "use at most expert_groups")
+    if rt.real_experts_std and model.moe.num_zero_experts == 0:
+        raise MoesimError("routing.real_experts_std", f"{model.name} has no zero-computation "
+                          "experts, so every token uses exactly top_k experts",
+                          "drop real_experts_std for this model")
 
 
 def _divisors_hint(n: int, gpus: int) -> str:
@@ -135,25 +155,33 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
         demands = {}
         rank_comm: dict[str, list] = {}
         rank_compute: dict[str, list[float]] = {}
+        memo: dict[tuple, tuple] = {}          # identical layers share their per-rank work
         for name, data in g.nodes(data=True):
             op = data["op"]
             t = traffic.get(op.micro_batch)
             if t is not None and op.is_comm and op.group == "ep":
-                per = [t.demand(k, "combine" in op.name) for k in range(plan.ep)]
-                times = [comm_time_s(d, prof) for d in per]
-                slow = int(np.argmax(times))
+                key = ("comm", op.micro_batch, "combine" in op.name)
+                if key not in memo:
+                    per = [t.demand(k, key[2]) for k in range(plan.ep)]
+                    times = [comm_time_s(d, prof) for d in per]
+                    memo[key] = (per, int(np.argmax(times)), times)
+                per, slow, times = memo[key]
                 rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
             elif t is not None and op.kind == "grouped_gemm":
-                times = per_rank_times(op, t, r.model, w, prof)
+                key = ("experts", op.micro_batch, op.flops, op.weight_bytes)
+                if key not in memo:
+                    memo[key] = (per_rank_times(op, t, r.model, w, prof),)
+                times = memo[key][0]
                 rank_compute[name], durations[name] = times, max(times)
             else:
                 if op.is_comm:
                     demands[name] = comm_demand(op, plan, prof)
                 durations[name] = op_time_s(op, plan, prof)
         sp = policy(g, durations, demands)
-        index = {n: i for i, n in enumerate(sp.names)}
-        sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
-        sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
+        if per_rank:          # every rank its own load; collapsed runs the slowest rank's
+            index = {n: i for i, n in enumerate(sp.names)}
+            sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
+            sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
         n_ranks = plan.gpus // plan.pp if per_rank else 1
         start, end = Engine(sp, link_bandwidths(prof), prof.comm_sm_fraction.value,
                             n_ranks).run()
@@ -189,15 +217,18 @@ def _ep_metrics(r: Resolved, traffic: dict[int, EPTraffic], tl: Timeline,
     bw = link_bandwidths(prof)
     step = tl.span_s or 1.0
     per_class: dict[str, float] = {}
+    slowest: dict[tuple, int] = {}
     for i, op in enumerate(tl.ops):
         if not op.is_comm:
             continue
         d = comm_demand(op, r.workload.plan, prof)
         t = traffic.get(op.micro_batch)
         if t is not None and op.group == "ep":
-            k = int(np.argmax([comm_time_s(t.demand(q, "combine" in op.name), prof)
-                               for q in range(r.workload.plan.ep)]))
-            d = t.demand(k, "combine" in op.name)
+            key = (op.micro_batch, "combine" in op.name)
+            if key not in slowest:
+                slowest[key] = int(np.argmax([comm_time_s(t.demand(q, key[1]), prof)
+                                              for q in range(r.workload.plan.ep)]))
+            d = t.demand(slowest[key], key[1])
         for cls, b in d.link_bytes.items():
             per_class[cls] = per_class.get(cls, 0.0) + b
     links = {cls: {"bytes_per_step": b, "utilisation": b / bw[cls] / step}

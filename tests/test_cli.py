@@ -156,3 +156,20 @@ def test_topology_that_cannot_hold_the_plan(tmp_path):
 
 def test_missing_workload_file():
     _bad(invoke("simulate", "no/such/file.yaml"), "WORKLOAD")
+
+
+def test_routing_target_mean_above_top_k(tmp_path):
+    p = _write(tmp_path, BASE + "real_experts_per_token: 13\n")
+    _bad(invoke("simulate", p), "real_experts_per_token", "top_k")
+
+
+def test_negative_skew_parameters(tmp_path):
+    p = _write(tmp_path, BASE + "routing: {popularity: zipf, zipf_s: -1}\n")
+    _bad(invoke("simulate", p), "routing.zipf_s", "greater than or equal to 0")
+    p = _write(tmp_path, BASE + "routing: {popularity: lognormal, lognormal_sigma: -0.5}\n")
+    _bad(invoke("simulate", p), "routing.lognormal_sigma")
+
+
+def test_group_limits_that_do_not_fit(tmp_path):
+    p = _write(tmp_path, BASE + "routing: {expert_groups: 7, max_groups_per_token: 2}\n")
+    _bad(invoke("simulate", p), "routing.expert_groups", "divide")

@@ -1,0 +1,73 @@
+"""Routing model: skew, zero-computation experts, node limits, replicas, determinism."""
+import numpy as np
+import pytest
+
+from simulator.config import RoutingSpec
+from simulator.routing import place_experts, popularity, route
+
+LC = dict(n_experts=512, top_k=12, has_zero_experts=True, real_mean=8.0, ep=64,
+          gpus_per_node=8, tokens_per_rank=128, seed=0)
+
+
+def test_uniform_routing_is_nearly_balanced_and_conserves_copies():
+    r = route(RoutingSpec(), **LC)
+    assert r.t_expert.sum() == pytest.approx(64 * 128 * 8)      # 8 real experts per token
+    assert r.rank_rows.sum() == r.t_expert.sum() == r.expert_load.sum()
+    assert 1.0 <= r.imbalance < 1.3
+    assert (r.t_gpu <= r.t_expert).all() and r.t_node.sum() <= r.t_gpu.sum()
+
+
+def test_zero_computation_experts_mean_and_spread():
+    r = route(RoutingSpec(real_experts_std=2.5), **LC)
+    assert abs(r.real_mean - 8.0) < 0.2
+    assert 2.0 < r.real_std < 2.8
+    assert r.t_expert.sum() == pytest.approx(r.real_mean * 64 * 128)
+
+
+def test_more_skew_more_imbalance():
+    imb = [route(RoutingSpec(popularity="zipf", zipf_s=s), **LC).imbalance
+           for s in (0.0, 0.5, 1.0)]
+    assert imb[0] < imb[1] < imb[2]
+    logn = [route(RoutingSpec(popularity="lognormal", lognormal_sigma=s), **LC).imbalance
+            for s in (0.2, 1.5)]
+    assert logn[0] < logn[1]
+
+
+def test_node_limited_routing_caps_nodes_per_token():
+    free = route(RoutingSpec(), **LC)
+    limited = route(RoutingSpec(max_nodes_per_token=2), **LC)
+    tokens = 64 * 128
+    assert limited.t_node.sum() / tokens <= 2.0 + 1e-9
+    assert limited.t_node.sum() < free.t_node.sum()
+
+
+def test_group_limited_routing():
+    r = route(RoutingSpec(expert_groups=8, max_groups_per_token=4), n_experts=256, top_k=8,
+              has_zero_experts=False, real_mean=8, ep=8, gpus_per_node=8,
+              tokens_per_rank=256, seed=1)
+    # 8 GPUs, 32 experts each = one group per GPU: at most 4 GPUs per token
+    assert r.t_gpu.sum() / (8 * 256) <= 4.0 + 1e-9
+
+
+def test_redundant_copies_of_hot_experts_reduce_imbalance():
+    spec = dict(popularity="zipf", zipf_s=1.0)
+    base = route(RoutingSpec(**spec), **LC)
+    replicated = route(RoutingSpec(**spec, redundant_experts=64), **LC)
+    assert replicated.imbalance < base.imbalance
+    assert replicated.placement.slots_per_rank.sum() == 512 + 64
+
+
+def test_placement_puts_copies_on_distinct_ranks():
+    p = popularity(RoutingSpec(popularity="zipf", zipf_s=1.2), 64, np.random.default_rng(0))
+    pl = place_experts(64, 8, 16, p)
+    assert all(len(set(c.tolist())) == len(c) for c in pl.copies)
+    hottest = int(np.argmax(p))
+    assert len(pl.copies[hottest]) > 1
+
+
+def test_same_seed_same_routing_and_large_batches_use_expectations():
+    a, b = route(RoutingSpec(real_experts_std=2.5), **LC), route(RoutingSpec(real_experts_std=2.5), **LC)
+    assert np.array_equal(a.t_expert, b.t_expert) and a.real_std == b.real_std
+    big = route(RoutingSpec(), **{**LC, "tokens_per_rank": 8192})
+    assert big.t_expert.sum() == pytest.approx(64 * 8192 * 8, rel=1e-9)
+    assert big.imbalance < 1.05
