@@ -131,6 +131,17 @@ def _print_totals(results) -> None:
                       _fmt(m["cost_per_million_output_tokens"], 3),
                       f"{base / m['step_time_ms']:.2f}x")
     out.print(table)
+    for r in results:
+        m = r.metrics
+        links = ", ".join(f"{k} {v['utilisation']:.0%}" for k, v in m.get("links", {}).items())
+        ep = m.get("ep")
+        line = f"{m['schedule']}: link utilisation (slowest rank) {links or '-'}"
+        if ep:
+            line += (f"; EP {ep['kernel']} kernel, rank imbalance {ep['imbalance']:.2f} "
+                     f"(max/mean expert rows), expert imbalance {ep['expert_imbalance']:.2f}, "
+                     f"real experts/token {ep['real_experts_mean']:.2f} +- "
+                     f"{ep['real_experts_std']:.2f}")
+        out.print(line, highlight=False)
     for note in results[0].metrics["notes"]:
         err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
 
