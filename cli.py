@@ -187,6 +187,78 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
     out.print(table)
 
 
+@app.command()
+@user_errors
+def serve(workload: str = typer.Argument(..., help="workload YAML with a serving block"),
+          rate: Optional[float] = typer.Option(None, help="requests/s (overrides the YAML)"),
+          duration: Optional[float] = typer.Option(None, help="seconds of arrivals"),
+          sweep_batch: Optional[str] = typer.Option(
+              None, "--sweep-batch", help="e.g. 8,16,32,64: throughput-interactivity curve"),
+          schedules: str = typer.Option("sequential,sbo,tbo", help="schedules for --sweep-batch"),
+          as_json: bool = typer.Option(False, "--json"),
+          report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+    """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
+    from simulator.serve_sweep import batch_sweep
+    from simulator.serving import ServingSim
+    w = load_workload(workload)
+    if sweep_batch:
+        try:
+            batches = [int(x) for x in sweep_batch.split(",") if x.strip()]
+        except ValueError:
+            raise MoesimError("--sweep-batch", f"'{sweep_batch}' is not a list of integers",
+                              "write e.g. --sweep-batch 8,16,32,64") from None
+        if not batches or min(batches) <= 0:
+            raise MoesimError("--sweep-batch", "needs positive batch sizes", "e.g. 8,16,32")
+        names = [x.strip() for x in schedules.split(",") if x.strip()]
+        points = batch_sweep(w, batches, names)
+        if report:
+            from simulator.report import write_serving_report
+            write_serving_report(None, points, report)
+        if as_json:
+            print(json.dumps(points, indent=2))
+            return
+        table = Table(title=f"{w.name}: throughput vs interactivity (context {w.context_length})")
+        for col in ("schedule", "batch/device", "tok/s/user", "tok/GPU/s", "TPOT ms", "$/M out", "note"):
+            table.add_column(col, justify="left" if col in ("schedule", "note") else "right")
+        for p in points:
+            table.add_row(p["schedule"], str(p["batch_per_device"]), _fmt(p["tokens_per_s_per_user"]),
+                          _fmt(p["tokens_per_gpu_s"], 0), _fmt(p["tpot_ms"], 2),
+                          _fmt(p["cost_per_million_output_tokens"], 3), p["note"] or "")
+        out.print(table)
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    sim = ServingSim(w, rate=rate, duration=duration)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        bar.add_task("checking capacity and simulating step shapes", total=None)
+        cap = sim.capacity_rps()
+        res = sim.run()
+    m = dict(res.metrics, capacity_rps=cap)
+    if report:
+        from simulator.report import write_serving_report
+        write_serving_report(res, None, report)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    table = Table(title=f"{w.name}: {m['requests']['arrived']} requests, {m['mode']}")
+    for col in ("metric", "p50", "p90", "p99"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        table.add_row(key, *(_fmt(m[key][p]) for p in ("p50", "p90", "p99")))
+    out.print(table)
+    out.print(f"tokens/s per user {_fmt(m['tokens_per_s_per_user'])}; decode tokens/GPU/s "
+              f"{_fmt(m['decode_tokens_per_gpu_s'], 0)}; prefill tokens/GPU/s "
+              f"{_fmt(m['prefill_tokens_per_gpu_s'], 0)}", highlight=False)
+    out.print(f"$ per million output tokens {_fmt(m['cost_per_million_output_tokens'], 3)}; "
+              f"per million input tokens {_fmt(m['cost_per_million_input_tokens'], 3)}", highlight=False)
+    r = m["requests"]
+    out.print(f"requests: {r['arrived']} arrived, {r['finished']} finished, {r['rejected']} rejected, "
+              f"{r['preempted']} preemptions; goodput {m['goodput_rps']:.1f} req/s under SLO "
+              f"TTFT {m['slo']['ttft_ms']:.0f} ms / TPOT {m['slo']['tpot_ms']:.0f} ms; "
+              f"KV utilisation mean {m['kv_utilisation']['mean']:.0%}, max "
+              f"{m['kv_utilisation']['max']:.0%}; capacity {cap:.1f} req/s", highlight=False)
+
+
 profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 

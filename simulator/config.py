@@ -322,4 +322,10 @@ class Workload(Strict):
     precision: Precision = Precision()
     real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
     routing: RoutingSpec = RoutingSpec()
+    serving: Optional["ServingSpec"] = Field(None, description="request-level serving (moesim serve)")
     seed: int = 0
+
+
+from simulator.serving_config import ServingSpec  # noqa: E402  (defined on top of Strict)
+
+Workload.model_rebuild()

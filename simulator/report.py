@@ -96,3 +96,48 @@ def render_html(results: list) -> str:
 def write_report(results: list, path: Path) -> None:
     """Write the report atomically."""
     write_text_atomic(Path(path), render_html(results))
+
+
+def serving_figures(res, points) -> list[go.Figure]:
+    """Latency CDFs and KV utilisation of a serving run; the throughput-interactivity curve."""
+    import numpy as np
+    figs = []
+    if res is not None:
+        cdf = go.Figure()
+        for name, x in (("TTFT", res.ttft_s), ("TPOT", res.tpot_s), ("E2E", res.e2e_s)):
+            if x.size:
+                xs = np.sort(x) * 1e3
+                cdf.add_trace(go.Scatter(x=xs, y=np.arange(1, xs.size + 1) / xs.size, name=name))
+        cdf.update_layout(title="Latency CDFs", xaxis_title="ms", xaxis_type="log",
+                          yaxis_title="fraction of requests")
+        figs.append(cdf)
+        kv = go.Figure(go.Scatter(x=res.kv_t, y=res.kv_util, name="KV in use / budget"))
+        kv.update_layout(title="KV-cache utilisation over time", xaxis_title="s",
+                         yaxis_title="fraction of budget")
+        figs.append(kv)
+    if points:
+        curve = go.Figure()
+        for sched in dict.fromkeys(p["schedule"] for p in points):
+            pts = [p for p in points if p["schedule"] == sched and p["tokens_per_gpu_s"]]
+            curve.add_trace(go.Scatter(
+                x=[p["tokens_per_s_per_user"] for p in pts], y=[p["tokens_per_gpu_s"] for p in pts],
+                mode="lines+markers", name=html.escape(sched),
+                hovertext=[f"batch {p['batch_per_device']}<br>${p['cost_per_million_output_tokens']:.3f}"
+                           f" per M output tokens" for p in pts], hoverinfo="text+x+y"))
+        curve.update_layout(title="Throughput vs interactivity ($ per million tokens on hover)",
+                            xaxis_title="tokens/s per user", yaxis_title="tokens/GPU/s")
+        figs.append(curve)
+    return figs
+
+
+def write_serving_report(res, points, path: Path) -> None:
+    """A serving report (CDFs, KV, curve) written atomically."""
+    figs = serving_figures(res, points)
+    body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"moesim-fig-{i}")
+                   for i, f in enumerate(figs))
+    title = "moesim serving report"
+    if res is not None:
+        title = html.escape(f"moesim serving: {res.metrics['workload']}")
+    write_text_atomic(Path(path), f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}"
+                      f"</title></head><body style='font-family:sans-serif'><h1>{title}</h1>{body}"
+                      "</body></html>")

@@ -1,0 +1,64 @@
+"""Schemas of a serving deployment: pools, arrivals, request lengths, SLOs."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from simulator.config import ParallelPlan, Strict
+
+
+class PoolSpec(Strict):
+    """One pool of GPUs. Decode: plan, schedule, max sequences per device; prefill: a token budget."""
+
+    plan: Optional[ParallelPlan] = Field(None, description="default: the workload's plan")
+    schedule: Optional[str] = Field(None, description="default: the workload's schedule")
+    max_batch_per_device: int = Field(96, gt=0, description="decode: sequences per device")
+    max_tokens_per_device: int = Field(16384, gt=0, description="prefill: tokens per step")
+
+
+class LengthSpec(Strict):
+    """A distribution of token counts."""
+
+    mean: float = Field(gt=0)
+    dist: Literal["fixed", "exponential", "lognormal"] = "fixed"
+    sigma: float = Field(0.5, ge=0, description="lognormal sigma")
+    max: Optional[int] = Field(None, gt=0)
+
+
+class ArrivalSpec(Strict):
+    """Request arrivals: Poisson, bursty gamma, or a trace file (CSV/JSONL)."""
+
+    process: Literal["poisson", "gamma", "trace"] = "poisson"
+    rate_per_s: float = Field(10.0, gt=0)
+    gamma_cv: float = Field(2.0, gt=0, description="coefficient of variation of gaps (gamma)")
+    trace: Optional[str] = Field(None, description="CSV or JSONL: arrival_s, input_tokens, output_tokens")
+    duration_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _trace_given(self) -> "ArrivalSpec":
+        if self.process == "trace" and not self.trace:
+            raise ValueError("process: trace needs a trace file path")
+        return self
+
+
+class SLOSpec(Strict):
+    """Service-level objectives for goodput."""
+
+    ttft_ms: float = Field(2000.0, gt=0)
+    tpot_ms: float = Field(50.0, gt=0)
+
+
+class ServingSpec(Strict):
+    """A serving deployment: disaggregated prefill/decode pools or one colocated pool."""
+
+    mode: Literal["disaggregated", "colocated"] = "disaggregated"
+    decode: PoolSpec = PoolSpec()
+    prefill: PoolSpec = PoolSpec()
+    chunk_tokens_per_device: int = Field(2048, gt=0, description="colocated: prefill chunk")
+    arrivals: ArrivalSpec = ArrivalSpec()
+    input_tokens: LengthSpec = LengthSpec(mean=4000)
+    output_tokens: LengthSpec = LengthSpec(mean=500)
+    slo: SLOSpec = SLOSpec()
+    max_queue: int = Field(100000, gt=0, description="waiting requests beyond this are rejected")
+    drain_s: float = Field(3600.0, ge=0, description="after arrivals stop, finish in-flight work")

@@ -1,0 +1,188 @@
+"""Serving simulation: invariants, MTP, preemption, traces, bad input, CLI."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from simulator.config import Workload
+from simulator.errors import MoesimError
+from simulator.serving import ServingSim, _steps_needed
+from tests.conftest import profile
+
+SMALL = {
+    "name": "mixtral-serving-test", "model": "mixtral-8x7b", "hardware": "h100-sxm",
+    "plan": {"gpus": 8, "gpus_per_node": 8, "ep": 8}, "phase": "decode",
+    "batch_per_device": 32, "context_length": 2048, "schedule": "sbo",
+    "serving": {"mode": "disaggregated", "decode": {"max_batch_per_device": 32},
+                "prefill": {"plan": {"gpus": 8, "gpus_per_node": 8, "ep": 8},
+                            "max_tokens_per_device": 8192},
+                "arrivals": {"process": "poisson", "rate_per_s": 4, "duration_s": 30},
+                "input_tokens": {"mean": 1000, "dist": "lognormal", "sigma": 0.5},
+                "output_tokens": {"mean": 200, "dist": "exponential"},
+                "slo": {"ttft_ms": 2000, "tpot_ms": 50}},
+    "seed": 3,
+}
+
+
+def small(**serving) -> Workload:
+    data = json.loads(json.dumps(SMALL))
+    for k, v in serving.items():
+        if isinstance(v, dict) and isinstance(data["serving"].get(k), dict):
+            data["serving"][k].update(v)
+        else:
+            data["serving"][k] = v
+    return Workload.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def base_run():
+    sim = ServingSim(small())
+    return sim, sim.run()
+
+
+def test_every_request_finishes_or_is_rejected(base_run):
+    _, res = base_run
+    r = res.metrics["requests"]
+    assert r["arrived"] > 50
+    assert r["finished"] + r["rejected"] == r["arrived"] and r["unfinished"] == 0
+
+
+def test_kv_never_exceeds_budget_and_littles_law(base_run):
+    _, res = base_run
+    m = res.metrics
+    assert 0 < m["kv_utilisation"]["max"] <= 1.0 + 1e-9
+    lit = m["little"]
+    assert abs(lit["mean_in_system"] - lit["lambda_times_w"]) <= 0.05 * lit["lambda_times_w"]
+
+
+def test_metrics_are_consistent(base_run):
+    _, res = base_run
+    m = res.metrics
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert m[key]["p50"] <= m[key]["p90"] <= m[key]["p99"]
+    assert m["e2e_ms"]["p50"] > m["ttft_ms"]["p50"]
+    assert m["tokens_per_s_per_user"] > 0 and m["decode_tokens_per_gpu_s"] > 0
+    assert m["cost_per_million_output_tokens"] > 0 and m["cost_per_million_input_tokens"] > 0
+    assert 0 <= m["goodput_rps"] <= m["requests"]["finished"] / 30 + 1e-9
+
+
+def test_same_seed_same_metrics():
+    a = ServingSim(small()).run().metrics
+    b = ServingSim(small()).run().metrics
+    assert a == b
+
+
+def test_mtp_steps_follow_acceptance():
+    rng = np.random.default_rng(0)
+    out = np.full(20000, 501)
+    n0 = _steps_needed(out, 0, 0.0, rng)
+    n1 = _steps_needed(out, 1, 0.8, rng)
+    assert (n0 == 500).all()
+    assert abs(n1.mean() - 500 / 1.8) < 3
+    # each request's steps emit at least its tokens
+    assert (n1 * 2 >= 500).all()
+
+
+def test_kv_pressure_preempts_but_loses_nothing():
+    tight = profile("h100-sxm", hbm_bytes={"value": 18e9})
+    w = small(decode={"max_batch_per_device": 256},
+              arrivals={"rate_per_s": 12, "duration_s": 20},
+              output_tokens={"mean": 2000, "dist": "fixed"})
+    sim = ServingSim(w, profile=tight)
+    res = sim.run(check_stability=False)
+    m = res.metrics
+    assert m["requests"]["preempted"] > 0
+    assert m["kv_utilisation"]["max"] <= 1.0 + 1e-9
+    r = m["requests"]
+    assert r["finished"] + r["rejected"] + r["unfinished"] == r["arrived"]
+    assert r["unfinished"] == 0
+
+
+def test_colocated_mode_runs():
+    res = ServingSim(small(mode="colocated")).run().metrics
+    assert res["requests"]["finished"] == res["requests"]["arrived"] - res["requests"]["rejected"]
+    assert res["cost_per_million_input_tokens"] is None
+
+
+def test_gamma_arrivals_are_burstier():
+    from simulator.arrivals import generate
+    from simulator.serving_config import ArrivalSpec, LengthSpec
+    rng = np.random.default_rng(0)
+    L = LengthSpec(mean=10)
+    p = generate(ArrivalSpec(process="poisson", rate_per_s=50, duration_s=200), L, L, rng)
+    g = generate(ArrivalSpec(process="gamma", rate_per_s=50, gamma_cv=3, duration_s=200), L, L, rng)
+    cv = lambda r: np.diff(r.arrival_s).std() / np.diff(r.arrival_s).mean()
+    assert abs(cv(p) - 1) < 0.1 and cv(g) > 2
+
+
+def test_trace_files(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("arrival_s,input_tokens,output_tokens\n0.5,800,100\n0.1,1200,50\n2.0,300,20\n")
+    res = ServingSim(small(arrivals={"process": "trace", "trace": str(csv)})).run().metrics
+    assert res["requests"]["arrived"] == 3 and res["requests"]["finished"] == 3
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"arrival_s": 0, "input_tokens": 10, "output_tokens": 5}\n'
+                  '{"arrival_s": 1, "input_tokens": 10, "output_tokens": 5}\n')
+    assert ServingSim(small(arrivals={"process": "trace", "trace": str(jl)})).run() \
+        .metrics["requests"]["finished"] == 2
+
+
+@pytest.mark.parametrize("body,where", [
+    ("arrival_s,input_tokens,output_tokens\n0.5,800,100\n1.0,abc,10\n", "row 3"),
+    ("arrival_s,input_tokens,output_tokens\n0.5,800,100\n1.0,-4,10\n", "row 3"),
+    ("arrival_s,input_tokens\n0.5,800\n", "header"),
+])
+def test_malformed_trace_rows_are_named(tmp_path, body, where):
+    p = tmp_path / "bad.csv"
+    p.write_text(body)
+    with pytest.raises(MoesimError) as e:
+        ServingSim(small(arrivals={"process": "trace", "trace": str(p)})).run()
+    assert where in e.value.render()
+
+
+def test_unstable_rate_gives_highest_sustainable_rate():
+    sim = ServingSim(small(arrivals={"rate_per_s": 5000}))
+    with pytest.raises(MoesimError) as e:
+        sim.run()
+    text = e.value.render()
+    assert "unstable" in text and "highest sustainable rate" in text
+    cap = sim.capacity_rps()
+    assert f"{cap:.2f}" in text
+
+
+def test_weights_that_do_not_fit():
+    w = small()
+    data = w.model_dump()
+    data["serving"]["decode"]["plan"] = {"gpus": 1, "gpus_per_node": 1, "ep": 1}
+    data["model"] = "deepseek-v3"
+    data["schedule"] = "sequential"
+    with pytest.raises(MoesimError) as e:
+        ServingSim(Workload.model_validate(data))
+    assert "do not fit" in e.value.render()
+
+
+def test_serve_cli_json_keys_and_sweep(tmp_path):
+    path = tmp_path / "w.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(SMALL))
+    r = CliRunner().invoke(app, ["serve", str(path), "--json", "--duration", "10"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert set(m[key]) == {"p50", "p90", "p99"}
+    for key in ("tokens_per_s_per_user", "decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s",
+                "cost_per_million_output_tokens", "cost_per_million_input_tokens"):
+        assert key in m
+    assert set(m["requests"]) >= {"arrived", "finished", "rejected"}
+    r = CliRunner().invoke(app, ["serve", str(path), "--sweep-batch", "4,16,64", "--json"])
+    assert r.exit_code == 0, r.output
+    pts = json.loads(r.output)
+    seq = {p["batch_per_device"]: p for p in pts if p["schedule"] == "sequential"}
+    sbo = {p["batch_per_device"]: p for p in pts if p["schedule"] == "sbo"}
+    assert seq[64]["tokens_per_gpu_s"] > seq[4]["tokens_per_gpu_s"]
+    assert seq[64]["tokens_per_s_per_user"] < seq[4]["tokens_per_s_per_user"]
+    assert sbo[16]["tokens_per_gpu_s"] >= seq[16]["tokens_per_gpu_s"]
+    r = CliRunner().invoke(app, ["serve", str(path), "--sweep-batch", "4,x"])
+    assert r.exit_code == 2 and "--sweep-batch" in r.output
