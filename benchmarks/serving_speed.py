@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import tracemalloc
+import resource
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,19 +30,17 @@ def main() -> None:
     sim = ServingSim(w, rate=args.rate, duration=args.duration)
     cap = sim.capacity_rps()
     t1 = time.perf_counter()
-    tracemalloc.start()
     res = sim.run()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
     m = res.metrics
     shapes = len(sim.decode.cache) + len(sim.prefill.cache)
     print(f"rate {args.rate}/s for {args.duration:.0f} s (capacity {cap:.0f}/s): "
           f"{m['requests']['arrived']} requests, {m['requests']['finished']} finished")
-    print(f"mean in system {m['little']['mean_in_system']:.0f}, decode steps "
-          f"{res.metrics.get('decode_steps', 'n/a')}, step shapes simulated {shapes}")
+    print(f"mean in system {m['little']['mean_in_system']:.0f}, decode steps {m['decode_steps']}, "
+          f"step shapes simulated {shapes}, simulated {m['simulated_s']:.0f} s")
     print(f"wall: setup + capacity {t1 - t0:.1f} s, run {t2 - t1:.1f} s (incl. new step shapes), "
-          f"total {t2 - t0:.1f} s; peak traced memory {peak / 1e6:.0f} MB")
+          f"total {t2 - t0:.1f} s; peak RSS {peak / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":

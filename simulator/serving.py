@@ -425,6 +425,9 @@ class _Run:
             "cost_per_million_output_tokens": cost_per_million_tokens(price, dec_rate) if dec_rate else None,
             "cost_per_million_input_tokens": (cost_per_million_tokens(price, pre_rate)
                                               if pre_gpus and pre_rate else None),
+            "cost_per_million_output_tokens_all_gpus": (
+                cost_per_million_tokens(price, out_tokens / ((dec_gpus + pre_gpus) * makespan))
+                if out_tokens else None),
             "requests": {"arrived": arrived, "finished": int(done.sum()), "rejected": rejected,
                          "unfinished": unfinished, "preempted": self.preemptions},
             "goodput_rps": good / max(horizon, 1e-9), "slo": spec.slo.model_dump(),
