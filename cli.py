@@ -259,6 +259,40 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
               f"{m['kv_utilisation']['max']:.0%}; capacity {cap:.1f} req/s", highlight=False)
 
 
+@app.command()
+@user_errors
+def train(workload: str = typer.Argument(..., help="workload YAML with a training block"),
+          tokens: Optional[str] = typer.Option(None, help="tokens to train: 20T, 800B, 1.5e12"),
+          schedule: Optional[str] = typer.Option(None, help="override the layer schedule"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """One training step simulated; MFU, tokens/day, days and $ to train."""
+    from simulator.training import parse_tokens, train as run_train
+    w = load_workload(workload)
+    if schedule:
+        from simulator.schedule import get_policy
+        get_policy(schedule)
+        w = w.model_copy(update={"schedule": schedule})
+    m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    table = Table(title=f"{m['workload']}: {m['model']} on {m['gpus']} x {m['hardware']}, "
+                        f"{m['schedule']} layers, {m['pipeline']} pipeline")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [("step time", f"{m['step_time_s']:.2f} s"), ("MFU", f"{m['mfu']:.1%}"),
+            ("tokens/day", f"{m['tokens_per_day'] / 1e9:.1f} B"),
+            ("exposed communication", f"{m['exposed_comm_fraction']:.1%} of the step"),
+            ("pipeline bubble", f"{m['bubble_fraction']:.1%}"),
+            ("peak memory per GPU", f"{m['peak_memory_gb']:.1f} GB"),
+            ("micro-batches per step", str(m["micro_batches"])),
+            (f"days to train {m['tokens_to_train'] / 1e12:g}T tokens", f"{m['days_to_train']:.1f}"),
+            ("cost", f"${m['cost_usd'] / 1e6:.2f} M")]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
 profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 

@@ -247,6 +247,7 @@ class ParallelPlan(Strict):
     ep: int = Field(1, gt=0, description="expert parallel degree")
     dp_attention: Optional[int] = Field(None, gt=0, description="data-parallel attention groups")
     pp: int = Field(1, gt=0, description="pipeline stages")
+    cp: int = Field(1, gt=0, description="context parallel degree for attention (training)")
 
     @model_validator(mode="after")
     def _fits(self) -> "ParallelPlan":
@@ -262,12 +263,17 @@ class ParallelPlan(Strict):
             raise ValueError(f"tp ({self.tp}) must fit in one node ({self.gpus_per_node} GPUs)")
         if (self.gpus // self.pp) % self.tp:
             raise ValueError(f"tp ({self.tp}) must divide the GPUs per stage")
+        if (self.gpus // self.pp) % (self.tp * self.cp):
+            raise ValueError(f"tp x cp ({self.tp} x {self.cp}) must divide the GPUs per stage "
+                             f"({self.gpus // self.pp})")
+        if (self.gpus // self.pp) % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide the GPUs per stage ({self.gpus // self.pp})")
         return self
 
     @property
     def attention_dp(self) -> int:
         """Data-parallel attention groups per pipeline stage."""
-        return self.dp_attention or self.gpus // (self.pp * self.tp)
+        return self.dp_attention or self.gpus // (self.pp * self.tp * self.cp)
 
 
 class MTPConfig(Strict):
@@ -323,9 +329,11 @@ class Workload(Strict):
     real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
     routing: RoutingSpec = RoutingSpec()
     serving: Optional["ServingSpec"] = Field(None, description="request-level serving (moesim serve)")
+    training: Optional["TrainingSpec"] = Field(None, description="training run (moesim train)")
     seed: int = 0
 
 
 from simulator.serving_config import ServingSpec  # noqa: E402  (defined on top of Strict)
+from simulator.training_config import TrainingSpec  # noqa: E402
 
 Workload.model_rebuild()

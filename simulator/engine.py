@@ -211,7 +211,11 @@ class Engine:
             return t.remaining <= 1e-13
         if t.latency > 1e-15:
             return False
-        return all(v <= 1e-3 for v in t.link_left.values())   # within a milli-byte
+        # done within a milli-byte, or within a picosecond at its current rate (float noise of
+        # very fast links must not keep a finished flow alive)
+        rates = t.rate_per_link
+        return all(v <= 1e-3 or (rates.get(k, 0.0) > 0 and v / rates[k] <= 1e-12)
+                   for k, v in t.link_left.items())
 
     # -- completion -------------------------------------------------------------------------
     def _finish_local(self, r: int, i: int, now: float) -> None:

@@ -79,9 +79,12 @@ def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
 
 def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
     """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM."""
-    if op.group == "tp":
-        peers = max(plan.tp - 1, 1)
+    if op.group in ("tp", "cp"):
+        size = plan.tp if op.group == "tp" else plan.cp
+        peers = max(size - 1, 1)
         eff = efficiency(prof.collective_efficiency, op.bytes / peers, "collective bytes per peer")
+        if op.group == "cp" and plan.tp * plan.cp > plan.gpus_per_node:   # spans nodes
+            return CommDemand(prof.nic.latency_s.value, {"nic": op.bytes / eff})
         return CommDemand(prof.nvlink.latency_s.value, {"nvlink": op.bytes / eff})
     ep = plan.ep
     if ep <= 1:

@@ -118,6 +118,11 @@ class _Builder:
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
                           bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
                           layer=layer, block=block), after)
+        cp = self.plan.cp
+        if cp > 1 and s.phase != "decode":      # ring / all-gather of the other chunks' KV
+            qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
+                              bytes=t * kv_elems * p.kv_bytes * (cp - 1), collective="all_gather",
+                              group="cp", layer=layer, block=block), qkv)
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab,
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block), qkv)

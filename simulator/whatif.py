@@ -35,6 +35,8 @@ class Resolved:
     memory: MemoryBreakdown
     notes: list[str] = field(default_factory=list)
     traffic_cache: dict = field(default_factory=dict)
+    layers: int | None = None          # simulate only the first N layers (a pipeline stage)
+    with_head: bool = True
 
     @property
     def tokens_per_forward(self) -> float:
@@ -74,7 +76,11 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                  not profile.idealizations.mtp_verification_free else 0)
         shape = Shape("decode", w.batch_per_device, q, w.context_length)
     else:
-        shape = Shape(w.phase, w.batch_per_device, w.context_length, w.context_length)
+        if w.context_length % w.plan.cp:
+            raise MoesimError("plan.cp", f"cp {w.plan.cp} does not divide the sequence length "
+                              f"{w.context_length}", "choose a cp that divides context_length")
+        shape = Shape(w.phase, w.batch_per_device, w.context_length // w.plan.cp,
+                      w.context_length)
     memory = inference_memory(model, plan, w.precision, shape, mtp_on)
     hbm = profile.hbm_bytes.value
     if memory.total > hbm:
@@ -116,16 +122,22 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     """The op graph of one step (all layers, head, MTP), split into micro-batches if needed."""
     w, s = r.workload, r.shape
     n_mb = needs_micro_batches(schedule)
-    if s.sequences < n_mb:
+    split_tokens = s.sequences < n_mb and s.phase != "decode"   # token chunks of one sequence
+    if s.sequences < n_mb and not split_tokens:
         raise MoesimError("batch_per_device", f"schedule {schedule} splits the batch into {n_mb} "
                           f"micro-batches but there are {s.sequences} sequences per device",
                           f"use batch_per_device >= {n_mb} or another schedule")
     graphs = []
     for mb in range(n_mb):
-        seqs = s.sequences // n_mb + (1 if mb < s.sequences % n_mb else 0)
-        shape = Shape(s.phase, seqs, s.query_tokens, s.context)
+        if split_tokens:
+            q = s.query_tokens // n_mb + (1 if mb < s.query_tokens % n_mb else 0)
+            shape = Shape(s.phase, s.sequences, q, s.context)
+        else:
+            seqs = s.sequences // n_mb + (1 if mb < s.sequences % n_mb else 0)
+            shape = Shape(s.phase, seqs, s.query_tokens, s.context)
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
-                            mtp=r.mtp_on, micro_batch=mb)
+                            mtp=r.mtp_on, micro_batch=mb, layers=r.layers,
+                            with_head=r.with_head)
         graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
     return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
 
@@ -202,8 +214,11 @@ def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     n_mb = needs_micro_batches(schedule)
     out = {}
     for mb in range(n_mb):
-        seqs = r.shape.sequences // n_mb + (1 if mb < r.shape.sequences % n_mb else 0)
-        tokens = seqs * r.shape.query_tokens
+        if r.shape.sequences < n_mb:
+            tokens = r.shape.query_tokens // n_mb + (1 if mb < r.shape.query_tokens % n_mb else 0)
+        else:
+            seqs = r.shape.sequences // n_mb + (1 if mb < r.shape.sequences % n_mb else 0)
+            tokens = seqs * r.shape.query_tokens
         key = (tokens, w.seed + mb)
         if key not in r.traffic_cache:
             r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed + mb)

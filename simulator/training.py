@@ -1,0 +1,207 @@
+"""Training step: per-micro-batch forward/backward from the engine, a pipeline DES over them,
+data-parallel gradient traffic, the optimizer step, memory per GPU; MFU, days and dollars.
+
+Per-device view: attention is data-parallel over sequences and context-parallel over their
+tokens (cp), dense FFNs tensor-parallel (tp), experts expert-parallel (ep). A pipeline stage
+holds num_layers / pp layers; its forward and backward per micro-batch are the whole model's
+(without the LM head) scaled by its share of layers.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from simulator.config import HardwareProfile, Workload
+from simulator.errors import MoesimError
+from simulator.hardware import efficiency
+from simulator.loading import load_model, load_profile
+from simulator.params import count_params, ffn_params
+from simulator.pipeline import simulate_pipeline
+from simulator.training_config import TrainingSpec
+from simulator.whatif import resolve, simulate
+
+SECONDS_PER_DAY = 86400.0
+
+
+def parse_tokens(text: str) -> float:
+    """'20T', '800B', '1.5e12', '3M' -> tokens."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBtT]?)\s*", text or "")
+    if not m:
+        raise MoesimError("--tokens", f"cannot read '{text}' as a token count",
+                          "write e.g. 20T, 800B or 1.5e12")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
+    value = float(m.group(1)) * scale
+    if value <= 0:
+        raise MoesimError("--tokens", "must be positive", "write e.g. 20T")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes per GPU on the busiest pipeline stage."""
+
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        """Sum of the parts."""
+        return self.params + self.grads + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        """One-line breakdown in GB."""
+        g = 1e9
+        return (f"parameters {self.params / g:.1f} GB + gradients {self.grads / g:.1f} GB + "
+                f"optimizer {self.optimizer / g:.1f} GB + activations {self.activations / g:.1f} GB"
+                f" = {self.total / g:.1f} GB")
+
+
+def _check(w: Workload, t: TrainingSpec, layers: int) -> tuple[int, int, int]:
+    """Validate the plan against the model; returns (layers per stage, dp, micro-batches)."""
+    plan = w.plan
+    if layers % plan.pp and not t.uneven_stages:
+        raise MoesimError("plan.pp", f"pp {plan.pp} does not divide the {layers} layers",
+                          "choose a pp that divides num_layers, or set training.uneven_stages: true")
+    if plan.pp > layers:
+        raise MoesimError("plan.pp", f"pp {plan.pp} exceeds the {layers} layers", "lower pp")
+    if w.context_length % plan.cp:
+        raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
+                          f"{w.context_length}", "choose a cp that divides context_length")
+    dp = plan.gpus // plan.pp              # ranks of a stage, each with its own tokens (cp chunks)
+    per_step = t.micro_batch_sequences * dp // plan.cp
+    if t.global_batch_sequences % per_step:
+        raise MoesimError("training.global_batch_sequences",
+                          f"{t.global_batch_sequences} sequences do not split into micro-batches "
+                          f"of {t.micro_batch_sequences} on {dp // plan.cp} data-parallel ranks "
+                          f"({per_step} per round)", f"use a multiple of {per_step}")
+    return math.ceil(layers / plan.pp), dp, t.global_batch_sequences // per_step
+
+
+def training_memory(w: Workload, t: TrainingSpec, stage_layers: int,
+                    in_flight: int) -> TrainingMemory:
+    """Parameters, gradients, optimizer states (ZeRO-sharded) and in-flight activations."""
+    model, plan = load_model(w.model), w.plan
+    c = count_params(model)
+    share = stage_layers / model.num_layers
+    h = model.hidden_size
+    blocks = 2 if model.layer_kind == "shortcut" else 1
+    dense_ffn = ffn_params(h, model.dense_intermediate) * (
+        model.num_layers * blocks if model.layer_kind == "shortcut"
+        else (model.first_k_dense if model.moe else model.num_layers))
+    replicated = (c.non_expert - dense_ffn + dense_ffn / plan.tp) * share + c.embedding / plan.pp
+    experts = c.expert_total * share / plan.ep
+    shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
+    shard_exp = plan.gpus // (plan.pp * plan.ep)          # ranks holding the same experts
+
+    def sharded(n_rep: float, n_exp: float, on: bool) -> float:
+        return n_rep / shard_rep + n_exp / shard_exp if on else n_rep + n_exp
+
+    wb = w.precision.weight_bytes
+    params = sharded(replicated, experts, t.zero_stage >= 3) * wb
+    grads = sharded(replicated, experts, t.zero_stage >= 2) * t.grad_bytes
+    optim = sharded(replicated, experts, t.zero_stage >= 1) * t.optimizer_bytes_per_param
+    tokens = t.micro_batch_sequences * w.context_length / plan.cp
+    k = model.moe.mean_real_experts if model.moe else 0
+    per_layer = tokens * h * w.precision.activation_bytes * (
+        2 if t.recompute else 34 * blocks + 4 * k)
+    return TrainingMemory(params, grads, optim, per_layer * stage_layers * in_flight)
+
+
+def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None) -> dict:
+    """Simulate one optimizer step and extrapolate to the training run."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _train(w, tokens, profile)
+    out["notes"] = sorted(set(out["notes"]) | {str(c.message) for c in caught})
+    return out
+
+
+def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -> dict:
+    if w.training is None:
+        raise MoesimError("training", "the workload has no training block",
+                          "add `training:` (see workloads/training/)")
+    t = w.training
+    model = load_model(w.model)
+    prof = profile or load_profile(w.hardware)
+    stage_layers, dp, m = _check(w, t, model.num_layers)
+    plan = w.plan
+    in_flight = plan.pp if t.pipeline != "interleaved" else plan.pp + 1
+    mem = training_memory(w, t, stage_layers, in_flight)
+    if model.moe is not None and model.moe.num_experts % plan.ep:
+        raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
+                          f"experts of {model.name}", "choose an ep that divides the expert count")
+    if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
+        raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
+                          f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
+                          "raise pp, ep or tp, use a higher training.zero_stage, set "
+                          "training.recompute: true, or shrink micro_batch_sequences")
+    ideal = prof.idealizations.model_copy(update={"enforce_hbm_capacity": False})
+    sim_prof = prof.model_copy(update={"idealizations": ideal})
+    runs = {}
+    for phase in ("train_fwd", "train_bwd"):
+        wp = w.model_copy(update={"phase": phase, "batch_per_device": t.micro_batch_sequences,
+                                  "training": None, "serving": None})
+        r = resolve(wp, model=model, profile=sim_prof)
+        r.with_head = False
+        runs[phase] = simulate(wp, resolved=r)
+    scale = stage_layers / model.num_layers
+    fwd, bwd = runs["train_fwd"], runs["train_bwd"]
+    f_s = fwd.metrics["step_time_ms"] / 1e3 * scale
+    b_total = bwd.metrics["step_time_ms"] / 1e3 * scale
+    w_s = sum(d for op, d in zip(bwd.timeline.ops, bwd.timeline.standalone_s)
+              if "wgrad" in op.tags) * scale
+    w_s = min(w_s, 0.9 * b_total)
+    b_s = b_total - w_s
+    if t.recompute:
+        b_s += f_s
+    act_bytes = t.micro_batch_sequences * w.context_length / plan.cp * model.hidden_size * \
+        w.precision.activation_bytes
+    p2p = prof.nic.latency_s.value + act_bytes / prof.nic.bandwidth_Bps.value if plan.pp > 1 else 0
+    pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p)
+
+    # data-parallel gradients: reduce-scatter under the last backward, all-gather after the step
+    c = count_params(model)
+    rep = (c.non_expert + c.embedding) * scale / plan.tp
+    exp = c.expert_total * scale / plan.ep
+    d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
+    grad_bytes = (rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / max(d_exp, 1)) * t.grad_bytes
+    nic = prof.nic.bandwidth_Bps.value * efficiency(prof.collective_efficiency,
+                                                    grad_bytes / max(d_rep - 1, 1), "DP bytes")
+    rs_s = grad_bytes / nic if max(d_rep, d_exp) > 1 else 0.0
+    ag_s = rs_s * w.precision.weight_bytes / t.grad_bytes
+    dp_exposed = max(0.0, rs_s - b_total) + (max(0.0, ag_s - f_s) if t.zero_stage >= 1 else 0.0)
+    opt_params = (rep / (d_rep if t.zero_stage >= 1 else 1) + exp / (d_exp if t.zero_stage >= 1 else 1))
+    opt_s = opt_params * (t.optimizer_bytes_per_param * 2 + t.grad_bytes + 2 *
+                          w.precision.weight_bytes) / (prof.hbm_bandwidth_Bps.value *
+                                                       prof.hbm_efficiency.value)
+    step_s = pipe.makespan_s + dp_exposed + opt_s
+
+    tokens_per_step = t.global_batch_sequences * w.context_length
+    fwd_flops = sum(op.flops for op in fwd.timeline.ops)          # per rank, one micro-batch
+    model_flops = 3 * fwd_flops * m * dp    # dp counts every rank holding distinct tokens
+    mfu = model_flops / (plan.gpus * prof.peak_bf16_flops.value * step_s)
+    per_mb_exposed = (fwd.metrics["exposed_comm_us"] + bwd.metrics["exposed_comm_us"]) / 1e6 * scale
+    exposed = per_mb_exposed * m + dp_exposed
+    total_tokens = tokens if tokens is not None else t.tokens_to_train
+    tokens_per_day = tokens_per_step / step_s * SECONDS_PER_DAY
+    days = total_tokens / tokens_per_day
+    return {
+        "workload": w.name, "model": model.name, "hardware": prof.name, "gpus": plan.gpus,
+        "schedule": w.schedule, "pipeline": t.pipeline,
+        "step_time_s": step_s, "mfu": mfu, "tokens_per_day": tokens_per_day,
+        "exposed_comm_fraction": min(exposed / step_s, 1.0),
+        "bubble_fraction": pipe.bubble_fraction, "peak_memory_gb": mem.total / 1e9,
+        "days_to_train": days, "cost_usd": days * 24 * plan.gpus * prof.price_per_gpu_hour.value,
+        "tokens_to_train": total_tokens, "tokens_per_step": tokens_per_step,
+        "micro_batches": m, "dp": dp // plan.cp, "stage_layers": stage_layers,
+        "forward_ms_per_microbatch": f_s * 1e3, "backward_ms_per_microbatch": (b_s + w_s) * 1e3,
+        "weight_grad_ms_per_microbatch": w_s * 1e3, "dp_exposed_ms": dp_exposed * 1e3,
+        "optimizer_ms": opt_s * 1e3, "a2a_exposed_ms_per_step": per_mb_exposed * m * 1e3,
+        "memory_gb": {"parameters": mem.params / 1e9, "gradients": mem.grads / 1e9,
+                      "optimizer": mem.optimizer / 1e9, "activations": mem.activations / 1e9},
+        "notes": fwd.metrics["notes"],
+    }

@@ -1,0 +1,23 @@
+"""Schema of a training run: batch, pipeline schedule, memory options."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from simulator.config import Strict
+
+
+class TrainingSpec(Strict):
+    """Global batch, micro-batching, pipeline schedule, ZeRO and recomputation."""
+
+    global_batch_sequences: int = Field(gt=0, description="sequences per optimizer step")
+    micro_batch_sequences: int = Field(1, gt=0, description="sequences per micro-batch per rank")
+    pipeline: Literal["1f1b", "interleaved", "zb-v"] = "1f1b"
+    virtual_stages: int = Field(2, gt=0, description="chunks per device for interleaved 1F1B")
+    recompute: bool = Field(False, description="recompute activations in backward")
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    uneven_stages: bool = Field(False, description="allow layers not divisible by pp")
+    grad_bytes: float = Field(4.0, gt=0, description="bytes per gradient element")
+    optimizer_bytes_per_param: float = Field(12.0, gt=0, description="fp32 master + 2 moments")
+    tokens_to_train: float = Field(20e12, gt=0, description="for days and $ (CLI --tokens)")

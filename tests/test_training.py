@@ -1,0 +1,112 @@
+"""Training: pipeline schedules, overlap, memory, determinism, bad input."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from simulator.errors import MoesimError
+from simulator.pipeline import simulate_pipeline
+from simulator.training import parse_tokens, train, training_memory
+from tests.conftest import profile, workload
+
+LC = "workloads/training/longcat-flash-pretrain-h800.yaml"
+
+
+def small(**kw):
+    base = dict(plan={"gpus": 256, "ep": 32, "pp": 4, "cp": 8},
+                training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                          "pipeline": "1f1b", "zero_stage": 2, "recompute": True})
+    base.update(kw)
+    return workload(LC, **base)
+
+
+@pytest.mark.parametrize("p,m", [(4, 8), (8, 32), (16, 16), (2, 1)])
+def test_1f1b_bubble_formula_on_uniform_stages(p, m):
+    r = simulate_pipeline(p, m, 1.0, 2.0, 0.0, "1f1b")
+    assert r.bubble_fraction == pytest.approx((p - 1) / (m + p - 1), rel=1e-12)
+    assert r.makespan_s == pytest.approx((m + p - 1) * 3.0)
+
+
+def test_interleaved_and_zero_bubble_shrink_the_bubble():
+    one = simulate_pipeline(8, 16, 1.0, 1.0, 1.0, "1f1b").bubble_fraction
+    inter = simulate_pipeline(8, 16, 1.0, 1.0, 1.0, "interleaved", v=2).bubble_fraction
+    zb = simulate_pipeline(8, 16, 1.0, 1.0, 1.0, "zb-v").bubble_fraction
+    assert zb < inter < one
+
+
+def test_train_bubble_matches_formula_with_1f1b():
+    m = train(small())
+    p, n = 4, m["micro_batches"]
+    assert m["bubble_fraction"] == pytest.approx((p - 1) / (n + p - 1), rel=0.02)
+
+
+def test_zero_cost_comm_scmoe_equals_sequential():
+    fast = {"value": 1e18}
+    free = profile("h800", nvlink={"bandwidth_Bps": fast, "latency_s": {"value": 0}},
+                   nic={"bandwidth_Bps": fast, "latency_s": {"value": 0}},
+                   ep_kernel_latency_s={"value": 0}, comm_sm_fraction={"value": 0})
+    seq = train(small(schedule="sequential"), profile=free)["step_time_s"]
+    sc = train(small(schedule="scmoe"), profile=free)["step_time_s"]
+    assert sc == pytest.approx(seq, rel=1e-6)
+    real_seq = train(small(schedule="sequential"))["step_time_s"]
+    real_sc = train(small(schedule="scmoe"))["step_time_s"]
+    assert real_sc < real_seq
+
+
+def test_zero3_more_dp_never_raises_parameter_memory():
+    mems = []
+    for gpus in (128, 256, 512, 1024):
+        w = small(plan={"gpus": gpus, "ep": 32, "pp": 4, "cp": 8},
+                  training={"global_batch_sequences": 1024, "zero_stage": 3})
+        mems.append(training_memory(w, w.training, 7, 4).params)
+    assert all(b <= a for a, b in zip(mems, mems[1:]))
+    assert mems[-1] < mems[0]
+
+
+def test_same_seed_same_result():
+    assert train(small()) == train(small())
+
+
+def test_metrics_and_tokens():
+    m = train(small(), tokens=parse_tokens("1T"))
+    assert 0 < m["mfu"] < 1 and 0 <= m["exposed_comm_fraction"] <= 1
+    assert m["days_to_train"] == pytest.approx(1e12 / m["tokens_per_day"])
+    assert m["cost_usd"] == pytest.approx(m["days_to_train"] * 24 * 256 * 2.0)
+    assert parse_tokens("20T") == 20e12 and parse_tokens("800B") == 800e9
+    assert parse_tokens("1.5e12") == 1.5e12
+    with pytest.raises(MoesimError):
+        parse_tokens("lots")
+
+
+@pytest.mark.parametrize("update,field", [
+    ({"plan": {"gpus": 256, "ep": 32, "pp": 3, "cp": 8}}, "pp"),
+    ({"plan": {"gpus": 256, "ep": 32, "pp": 4, "cp": 8}, "context_length": 8190}, "plan.cp"),
+    ({"training": {"global_batch_sequences": 60}}, "global_batch_sequences"),
+])
+def test_bad_plans(update, field):
+    with pytest.raises(Exception) as e:
+        train(small(**update))
+    assert field in str(e.value)
+
+
+def test_ep_not_dividing_experts_and_memory_refusal():
+    w = small(model="mixtral-8x7b", plan={"gpus": 96, "ep": 3, "pp": 4, "cp": 8},
+              training={"global_batch_sequences": 3})
+    with pytest.raises(MoesimError, match="plan.ep"):
+        train(w)
+    big = small(training={"global_batch_sequences": 64, "zero_stage": 0, "recompute": False})
+    with pytest.raises(MoesimError) as e:
+        train(big)
+    assert "does not fit" in e.value.render() and "optimizer" in e.value.render()
+
+
+def test_train_cli(tmp_path):
+    r = CliRunner().invoke(app, ["train", LC, "--tokens", "20T", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    for key in ("step_time_s", "mfu", "tokens_per_day", "exposed_comm_fraction",
+                "bubble_fraction", "peak_memory_gb", "days_to_train", "cost_usd"):
+        assert key in m
+    r = CliRunner().invoke(app, ["train", LC, "--tokens", "twenty"])
+    assert r.exit_code == 2 and "--tokens" in r.output
