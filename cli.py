@@ -49,14 +49,13 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
              schedule: Optional[str] = typer.Option(None, help="override the workload's schedule"),
              as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
              per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
-             report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+             report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+             trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """One step of a workload: per-op table for one layer, then the totals."""
     from simulator.whatif import simulate as run
     w = load_workload(workload)
     res = run(w, schedule, per_rank=per_rank)
-    if report:
-        from simulator.report import write_report
-        write_report([res], report)
+    _write_outputs([res], report, trace)
     if as_json:
         print(json.dumps(res.metrics, indent=2))
         return
@@ -73,7 +72,8 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
                                           help="comma-separated schedule names"),
             as_json: bool = typer.Option(False, "--json", help="print a JSON list of results"),
             per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
-            report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+            report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+            trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """Several schedules of one workload side by side, with speedups over the first."""
     from simulator.whatif import resolve, simulate as run
     from simulator.schedule import get_policy
@@ -85,9 +85,7 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
         get_policy(n)
     r = resolve(w)
     results = [run(w, n, per_rank=per_rank, resolved=r) for n in names]
-    if report:
-        from simulator.report import write_report
-        write_report(results, report)
+    _write_outputs(results, report, trace)
     if as_json:
         base = results[0].metrics["step_time_ms"]
         print(json.dumps([dict(_public(x.metrics, False), speedup=base / x.metrics["step_time_ms"])
@@ -96,6 +94,16 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
     _print_totals(results)
     if report:
         out.print(f"report written to {report}")
+
+
+def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path]) -> None:
+    if report:
+        from simulator.report import write_report
+        write_report(results, report)
+    if trace:
+        from simulator.trace import write_trace
+        write_trace(results, trace)
+        err.print(f"trace written to {trace} (open in ui.perfetto.dev or chrome://tracing)")
 
 
 def _print_layer_table(res) -> None:
@@ -264,7 +272,8 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
 def train(workload: str = typer.Argument(..., help="workload YAML with a training block"),
           tokens: Optional[str] = typer.Option(None, help="tokens to train: 20T, 800B, 1.5e12"),
           schedule: Optional[str] = typer.Option(None, help="override the layer schedule"),
-          as_json: bool = typer.Option(False, "--json")) -> None:
+          as_json: bool = typer.Option(False, "--json"),
+          report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
     """One training step simulated; MFU, tokens/day, days and $ to train."""
     from simulator.training import parse_tokens, train as run_train
     w = load_workload(workload)
@@ -273,6 +282,9 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
         get_policy(schedule)
         w = w.model_copy(update={"schedule": schedule})
     m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
+    if report:
+        from simulator.report import training_figure, write_figures
+        write_figures([training_figure(m)], f"moesim training: {m['workload']}", report)
     if as_json:
         print(json.dumps(m, indent=2))
         return
@@ -291,6 +303,57 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+@app.command()
+@user_errors
+def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
+          backend: str = typer.Option("local", help="local (process pool) or ray"),
+          workers: int = typer.Option(2, help="local worker processes"),
+          address: str = typer.Option("auto", help="Ray address: auto or HOST:PORT"),
+          results: Optional[Path] = typer.Option(None, help="SQLite results file"),
+          force: bool = typer.Option(False, help="discard results of another sweep definition"),
+          report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run a grid or list of what-ifs; resumable; summary, Pareto front and report."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from simulator.sweep import load_spec, pareto, run_sweep
+    if workers <= 0:
+        raise MoesimError("--workers", "must be at least 1", "pass --workers 2")
+    spec = load_spec(spec_path)
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("points", total=None)
+        rows, path = run_sweep(spec, spec_path.parent, backend=backend, workers=workers,
+                               address=address, force=force, results=results,
+                               progress=lambda d, t: bar.update(task, completed=d, total=t))
+    front = pareto(rows)
+    if report:
+        from simulator.report import sweep_figure, write_figures
+        write_figures([sweep_figure(rows, front)], f"moesim sweep: {spec.name}", report)
+    if as_json:
+        print(json.dumps({"results": str(path), "points": rows,
+                          "pareto": [r["key"] for r in front]}, indent=2))
+        return
+    ok = [r for r in rows if r["metrics"]]
+    table = Table(title=f"sweep {spec.name}: {len(rows)} points ({len(rows) - len(ok)} failed), "
+                        f"results in {path}")
+    fields = sorted({k for r in rows for k in r["overrides"]})
+    for c in fields + ["step ms", "TPOT ms", "tok/GPU/s", "$/M out", "Pareto"]:
+        table.add_column(c, justify="left" if c in fields else "right")
+    keys = {r["key"] for r in front}
+    for r in sorted(ok, key=lambda r: -(r["metrics"].get("tokens_per_gpu_s") or 0))[:25]:
+        m = r["metrics"]
+        table.add_row(*[str(r["overrides"].get(f, "")) for f in fields],
+                      _fmt(m.get("step_time_ms"), 2), _fmt(m.get("tpot_ms"), 2),
+                      _fmt(m.get("tokens_per_gpu_s"), 0),
+                      _fmt(m.get("cost_per_million_output_tokens"), 3),
+                      "*" if r["key"] in keys else "")
+    out.print(table)
+    for r in rows:
+        if r["error"]:
+            err.print(f"[yellow]point {escape(str(r['overrides']))} failed[/]: {escape(r['error'])}")
 
 
 profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)

@@ -1,6 +1,7 @@
 """Find and load YAML files by name or path: models, hardware profiles, workloads."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,13 +60,20 @@ def _resolve(name: str, folder: Path, what: str, field: str) -> Path:
 def load_model(name: str) -> ModelSpec:
     """A ModelSpec from the zoo (workloads/models) or a YAML path."""
     path = _resolve(name, MODELS_DIR, "model", "model")
-    return parse(ModelSpec, read_yaml_mapping(path), f"model file {path.name}")
+    return _cached(ModelSpec, str(path.resolve()), path.stat().st_mtime_ns, "model file")
 
 
 def load_profile(name: str) -> HardwareProfile:
     """A HardwareProfile from hardware_profiles/ or a YAML path."""
     path = _resolve(name, PROFILES_DIR, "hardware profile", "hardware")
-    return parse(HardwareProfile, read_yaml_mapping(path), f"profile {path.name}")
+    return _cached(HardwareProfile, str(path.resolve()), path.stat().st_mtime_ns, "profile")
+
+
+@lru_cache(maxsize=128)
+def _cached(cls: type[T], path: str, mtime_ns: int, what: str) -> T:
+    """Parsed, immutable specs memoised by file and modification time."""
+    p = Path(path)
+    return parse(cls, read_yaml_mapping(p), f"{what} {p.name}")
 
 
 def load_workload(path_or_name: str) -> Workload:

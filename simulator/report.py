@@ -12,40 +12,75 @@ COLORS = {"gemm": "#4C78A8", "grouped_gemm": "#F58518", "attention": "#54A24B",
           "elementwise": "#B0B0B0", "collective": "#E45756"}
 
 
-def timeline_figure(results: list, layers: int = 3) -> go.Figure:
-    """Per-stream Gantt of a few middle layers for each schedule; hover shows achieved rates."""
+def timeline_figure(results: list, layers: int = 3, max_ranks: int = 4) -> go.Figure:
+    """Per-stream, per-rank Gantt of a few middle layers for each schedule, with the exposed
+    communication (no compute running beside it) on its own row; hover shows achieved rates."""
+    from simulator.timeline import _intersection_length, _union  # noqa: F401
     fig = go.Figure()
     seen: set[str] = set()
+    rows = 0
     for res in results:
         tl, m = res.timeline, res.metrics
         rep = m["representative_layer"]
-        keep = [i for i, op in enumerate(tl.ops) if rep - layers // 2 <= op.layer <= rep + layers // 2]
+        keep = [i for i, op in enumerate(tl.ops) if abs(op.layer - rep) <= layers // 2]
         if not keep:
             continue
-        t0 = min(tl.start_s[0, i] for i in keep)
-        for kind, color in COLORS.items():
-            idx = [i for i in keep if tl.ops[i].kind == kind]
-            if not idx:
-                continue
-            dur = [(tl.end_s[0, i] - tl.start_s[0, i]) * 1e6 for i in idx]
-            hover = []
-            for i, d in zip(idx, dur):
-                op = tl.ops[i]
-                sec = max(d * 1e-6, 1e-12)
-                hover.append(f"{html.escape(op.name)}<br>{op.kind} on {tl.streams[i]}"
-                             f"<br>{d:.1f} us<br>{op.flops / 1e9:.2f} GFLOP, {op.bytes / 1e6:.2f} MB"
-                             f"<br>{op.flops / sec / 1e12:.1f} TFLOP/s, "
-                             f"{op.bytes / sec / 1e9:.1f} GB/s")
-            fig.add_trace(go.Bar(
-                orientation="h", base=[(tl.start_s[0, i] - t0) * 1e6 for i in idx], x=dur,
-                y=[f"{html.escape(m['schedule'])} / {tl.streams[i]}" for i in idx],
-                marker_color=color, name=kind, legendgroup=kind, showlegend=kind not in seen,
-                hovertext=hover, hoverinfo="text"))
-            seen.add(kind)
-    fig.update_layout(barmode="overlay", title=f"Timeline of {layers} middle layers, rank 0 "
-                      "(red = communication; a red bar alone on its row's time is exposed)",
-                      xaxis_title="time (us)", height=250 + 60 * len(results) * 2)
+        for r in range(min(tl.n_ranks, max_ranks)):
+            t0 = min(tl.start_s[r, i] for i in keep)
+            tag = f"{html.escape(m['schedule'])}" + (f" / rank {r}" if tl.n_ranks > 1 else "")
+            for kind, color in COLORS.items():
+                idx = [i for i in keep if tl.ops[i].kind == kind]
+                if not idx:
+                    continue
+                dur = [(tl.end_s[r, i] - tl.start_s[r, i]) * 1e6 for i in idx]
+                hover = [_hover(tl.ops[i], tl.streams[i], d) for i, d in zip(idx, dur)]
+                fig.add_trace(go.Bar(
+                    orientation="h", base=[(tl.start_s[r, i] - t0) * 1e6 for i in idx], x=dur,
+                    y=[f"{tag} / {tl.streams[i]}" for i in idx], marker_color=color, name=kind,
+                    legendgroup=kind, showlegend=kind not in seen, hovertext=hover,
+                    hoverinfo="text"))
+                seen.add(kind)
+            exposed = _exposed(tl, r, keep)
+            if exposed:
+                fig.add_trace(go.Bar(
+                    orientation="h", base=[(a - t0) * 1e6 for a, _ in exposed],
+                    x=[(b - a) * 1e6 for a, b in exposed], y=[f"{tag} / exposed comm"] * len(exposed),
+                    marker_color="#B10026", name="exposed communication", legendgroup="exposed",
+                    showlegend="exposed" not in seen,
+                    hovertext=[f"exposed {(b - a) * 1e6:.1f} us" for a, b in exposed],
+                    hoverinfo="text"))
+                seen.add("exposed")
+            rows += 3
+    fig.update_layout(barmode="overlay", title=f"Timeline of {layers} middle layers "
+                      "(dark red row: communication with no compute beside it)",
+                      xaxis_title="time (us)", height=250 + 30 * rows)
     return fig
+
+
+def _hover(op, stream: str, dur_us: float) -> str:
+    sec = max(dur_us * 1e-6, 1e-12)
+    return (f"{html.escape(op.name)}<br>{op.kind} on {stream}<br>{dur_us:.1f} us<br>"
+            f"{op.flops / 1e9:.2f} GFLOP, {op.bytes / 1e6:.2f} MB<br>"
+            f"{op.flops / sec / 1e12:.1f} TFLOP/s, {op.bytes / sec / 1e9:.1f} GB/s")
+
+
+def _exposed(tl, r: int, keep: list[int]) -> list[tuple[float, float]]:
+    """Intervals where a collective runs and no compute op does."""
+    from simulator.timeline import _union
+    comm = _union([(tl.start_s[r, i], tl.end_s[r, i]) for i in keep if tl.ops[i].is_comm])
+    comp = _union([(tl.start_s[r, i], tl.end_s[r, i]) for i in keep if not tl.ops[i].is_comm])
+    out = []
+    for a, b in comm:
+        cur = a
+        for c, d in comp:
+            if d <= cur or c >= b:
+                continue
+            if c > cur:
+                out.append((cur, c))
+            cur = max(cur, d)
+        if cur < b:
+            out.append((cur, b))
+    return [(a, b) for a, b in out if b - a > 1e-12]
 
 
 def summary_figure(results: list) -> go.Figure:
@@ -141,3 +176,51 @@ def write_serving_report(res, points, path: Path) -> None:
     write_text_atomic(Path(path), f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}"
                       f"</title></head><body style='font-family:sans-serif'><h1>{title}</h1>{body}"
                       "</body></html>")
+
+
+def training_figure(m: dict) -> go.Figure:
+    """Step anatomy of a training step: compute, exposed all-to-all, DP, bubble, optimizer."""
+    step = m["step_time_s"] * 1e3
+    bubble = m["bubble_fraction"] * (step - m["dp_exposed_ms"] - m["optimizer_ms"])
+    a2a = m["a2a_exposed_ms_per_step"] / max(m["micro_batches"], 1)   # per device, roughly
+    parts = {"pipeline bubble": bubble, "exposed all-to-all": a2a,
+             "exposed data-parallel": m["dp_exposed_ms"], "optimizer": m["optimizer_ms"]}
+    parts = {"compute and hidden comm": max(step - sum(parts.values()), 0.0), **parts}
+    fig = go.Figure([go.Bar(name=k, x=["step"], y=[v], hovertext=f"{k}: {v:.1f} ms",
+                            hoverinfo="text") for k, v in parts.items()])
+    fig.update_layout(barmode="stack", title=html.escape(
+        f"Training step anatomy: {m['workload']} ({m['step_time_s']:.2f} s, MFU {m['mfu']:.1%})"),
+        yaxis_title="ms")
+    return fig
+
+
+def write_figures(figs: list, title: str, path: Path, intro: str = "") -> None:
+    """A page of figures (plotly.js inline once) written atomically."""
+    body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"moesim-fig-{i}")
+                   for i, f in enumerate(figs))
+    t = html.escape(title)
+    write_text_atomic(Path(path), f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{t}"
+                      f"</title></head><body style='font-family:sans-serif'><h1>{t}</h1>{intro}"
+                      f"{body}</body></html>")
+
+
+def sweep_figure(rows: list, front: list) -> go.Figure:
+    """Tokens/GPU/s against tokens/s per user for every sweep point; the Pareto front joined."""
+    from simulator.sweep import _x
+    ok = [r for r in rows if r["metrics"] and r["metrics"].get("tpot_ms")]
+    label = lambda r: html.escape(", ".join(f"{k}={v}" for k, v in sorted(r["overrides"].items())))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[_x(r, "tokens_per_s_per_user") for r in ok],
+        y=[r["metrics"]["tokens_per_gpu_s"] for r in ok], mode="markers", name="points",
+        marker=dict(color=[r["metrics"].get("cost_per_million_output_tokens") or 0 for r in ok],
+                    colorscale="Viridis", showscale=True, colorbar=dict(title="$/M out")),
+        hovertext=[label(r) + f"<br>${r['metrics'].get('cost_per_million_output_tokens') or 0:.3f}/M"
+                   for r in ok], hoverinfo="text+x+y"))
+    fig.add_trace(go.Scatter(x=[_x(r, "tokens_per_s_per_user") for r in front],
+                             y=[r["metrics"]["tokens_per_gpu_s"] for r in front],
+                             mode="lines+markers", name="Pareto front",
+                             hovertext=[label(r) for r in front], hoverinfo="text+x+y"))
+    fig.update_layout(title="Sweep: throughput vs interactivity", xaxis_title="tokens/s per user",
+                      yaxis_title="tokens/GPU/s")
+    return fig

@@ -7,6 +7,7 @@ dispatch traffic between EP ranks, both per expert copy and deduplicated per GPU
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -105,10 +106,12 @@ def _limit(scores: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
     return np.where(np.repeat(allowed, e // blocks, axis=1), scores, -np.inf)
 
 
+@lru_cache(maxsize=64)
 def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
           real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
           seed: int) -> RoutingResult:
-    """Sample the routing of `tokens_per_rank` tokens on each of `ep` ranks."""
+    """Sample the routing of `tokens_per_rank` tokens on each of `ep` ranks (memoised per
+    process: the same arguments give the same, shared, read-only result)."""
     rng = np.random.default_rng(seed)
     p = popularity(spec, n_experts, rng)
     placement = place_experts(n_experts, ep, spec.redundant_experts, p)
