@@ -356,6 +356,53 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
             err.print(f"[yellow]point {escape(str(r['overrides']))} failed[/]: {escape(r['error'])}")
 
 
+@app.command()
+@user_errors
+def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
+              quick: bool = typer.Option(False, "--quick", help="small grid (about a minute)"),
+              full: bool = typer.Option(False, "--full", help="large grid"),
+              ranks: int = typer.Option(2, help="processes for the collective benchmarks"),
+              out: Optional[Path] = typer.Option(None, help="profile YAML to write"),
+              name: Optional[str] = typer.Option(None, help="profile name (default DEVICE-measured)"),
+              price: float = typer.Option(0.05, help="$ per device-hour to record"),
+              force: bool = typer.Option(False, help="overwrite --out")) -> None:
+    """Microbenchmark this device and fit a hardware profile (with held-out error)."""
+    import warnings
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    if quick and full:
+        raise MoesimError("--quick/--full", "both given", "pass one of them")
+    from executor.calibrate import calibrate as run_calibration
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("calibrating", total=5)
+            path, data = run_calibration(
+                device=device, mode="full" if full else "quick", ranks=ranks, out=out,
+                force=force, price=price, name=name,
+                progress=lambda label, i, n: bar.update(task, description=label, completed=i,
+                                                        total=n))
+    for c in caught:
+        if issubclass(c.category, UserWarning):
+            err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
+    table = Table(title=f"calibrated {data['gpu']} -> {path}")
+    for col in ("fit", "held-out MAPE", "points", "flag"):
+        table.add_column(col, justify="left" if col == "fit" else "right")
+    for k, q in data["calibration"]["fits"].items():
+        table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
+    out_c = out_console()
+    out_c.print(table)
+    out_c.print(f"peak {data['peak_bf16_flops']['value'] / 1e9:.1f} GFLOP/s, memory "
+                f"{data['hbm_bandwidth_Bps']['value'] / 1e9:.1f} GB/s, all-to-all "
+                f"{data['nvlink']['bandwidth_Bps']['value'] / 1e9:.2f} GB/s, comm takes "
+                f"{data['comm_sm_fraction']['value']:.0%} of compute", highlight=False)
+
+
+def out_console() -> Console:
+    """The stdout console."""
+    return out
+
+
 profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 

@@ -175,6 +175,30 @@ class Idealizations(Strict):
     enforce_hbm_capacity: bool = Field(True, description="refuse workloads that do not fit HBM")
 
 
+class FitQuality(Strict):
+    """Held-out error of one calibration fit."""
+
+    mape: float = Field(ge=0, description="held-out mean absolute percentage error (0.1 = 10%)")
+    points: int = Field(ge=0)
+    flagged: bool = Field(description="held-out MAPE above 10%")
+
+
+class CalibrationInfo(Strict):
+    """Where and how a measured profile was calibrated."""
+
+    device: str
+    device_name: str
+    cores: int = 0
+    driver: str = ""
+    torch_version: str
+    date: str
+    mode: str
+    ranks: int
+    threads_per_rank: int
+    dtype: str
+    fits: dict[str, FitQuality] = Field(default_factory=dict)
+
+
 class HardwareProfile(Strict):
     """One GPU kind in its cluster: peaks, memory, links, efficiencies, price; each sourced."""
 
@@ -186,6 +210,9 @@ class HardwareProfile(Strict):
     hbm_bytes: Sourced
     hbm_bandwidth_Bps: Sourced
     hbm_efficiency: Sourced
+    memory_efficiency: Optional[EfficiencyTable] = Field(
+        None, description="by bytes moved: replaces hbm_efficiency for memory-bound ops "
+        "(caches make small ops faster than large ones on CPUs)")
     gemm_efficiency: EfficiencyTable
     grouped_gemm_efficiency: EfficiencyTable
     attention_efficiency: Sourced
@@ -200,6 +227,7 @@ class HardwareProfile(Strict):
     comm_sm_fraction: Sourced
     price_per_gpu_hour: Sourced
     idealizations: Idealizations = Idealizations()
+    calibration: Optional[CalibrationInfo] = Field(None, description="set by moesim calibrate")
 
     @model_validator(mode="after")
     def _physical(self) -> "HardwareProfile":

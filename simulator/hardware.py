@@ -40,9 +40,11 @@ def efficiency(table: EfficiencyTable, size: float, what: str) -> float:
 def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     """Standalone duration of a compute op: latency + max(compute, memory) roofline."""
     floor = prof.idealizations.gemm_weight_floor
-    bw = prof.hbm_bandwidth_Bps.value * prof.hbm_efficiency.value
     peak = prof.peak_bf16_flops.value
     mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
+    eff_mem = efficiency(prof.memory_efficiency, mem_bytes, "bytes moved") \
+        if prof.memory_efficiency is not None else prof.hbm_efficiency.value
+    bw = prof.hbm_bandwidth_Bps.value * eff_mem
     latency = prof.kernel_latency_s.value
     if op.kind == "gemm":
         t_c = op.flops / (peak * efficiency(prof.gemm_efficiency, op.m, "GEMM M"))

@@ -1,0 +1,282 @@
+"""Microbenchmarks on the local device (torch): GEMM, grouped GEMM, attention, memory-bound ops,
+collectives across processes, and GEMM throughput beside an all-to-all.
+
+Each case is warmed up and repeated; the median and inter-quartile range are kept. On CPU the
+thread count is pinned (torch.set_num_threads) for the whole run.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass
+class Measurement:
+    """One timed case."""
+
+    bench: str
+    params: dict = field(default_factory=dict)
+    median_s: float = 0.0
+    iqr_s: float = 0.0
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def row(self) -> dict:
+        """Flat CSV row."""
+        d = asdict(self)
+        p = d.pop("params")
+        d.update({f"p_{k}": v for k, v in p.items()})
+        return d
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Sizes to measure (quick or full)."""
+
+    gemm_m: tuple[int, ...]
+    gemm_nk: tuple[tuple[int, int], ...]
+    experts: tuple[int, ...]
+    tokens_per_expert: tuple[int, ...]
+    attn_batch: tuple[int, ...]
+    attn_ctx: tuple[int, ...]
+    copy_bytes: tuple[int, ...]
+    coll_bytes: tuple[int, ...]
+    warmup: int
+    repeats: int
+
+
+QUICK = Grid(gemm_m=(1, 8, 64, 256, 1024), gemm_nk=((512, 512), (1024, 1024), (2048, 512)),
+             experts=(4, 8), tokens_per_expert=(8, 32, 128, 512),
+             attn_batch=(1, 4), attn_ctx=(256, 1024),
+             copy_bytes=(1 << 12, 1 << 16, 1 << 20, 1 << 22, 1 << 24, 1 << 26),
+             coll_bytes=(1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22), warmup=2, repeats=5)
+FULL = Grid(gemm_m=(1, 4, 16, 64, 128, 256, 512, 1024, 2048),
+            gemm_nk=((512, 512), (1024, 1024), (2048, 512), (2048, 2048), (512, 2048)),
+            experts=(4, 8, 16), tokens_per_expert=(4, 16, 64, 128, 256, 512, 1024),
+            attn_batch=(1, 4, 16), attn_ctx=(256, 1024, 4096),
+            copy_bytes=(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 25,
+                        1 << 26, 1 << 27),
+            coll_bytes=(1 << 8, 1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22,
+                        1 << 23), warmup=3, repeats=9)
+
+
+def sync_for(device: str) -> Callable[[], None]:
+    """The synchronisation a timer needs on this device."""
+    if device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def backend_for(device: str) -> str:
+    """torch.distributed backend: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
+            repeats: int) -> tuple[float, float]:
+    """(median, IQR) seconds of fn over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def bench_gemm(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
+    """Dense GEMM (M x K) @ (K x N)."""
+    sync, out = sync_for(device), []
+    for n, k in grid.gemm_nk:
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for m in grid.gemm_m:
+            a = torch.randn(m, k, device=device, dtype=dtype)
+            med, iqr = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats)
+            es = a.element_size()
+            out.append(Measurement("gemm", {"m": m, "n": n, "k": k}, med, iqr, 2.0 * m * n * k,
+                                   float((m * k + k * n + m * n) * es)))
+    return out
+
+
+def bench_grouped_gemm(device: str, grid: Grid, dtype: torch.dtype, hidden: int = 512,
+                       inter: int = 512) -> list[Measurement]:
+    """Experts' FFN GEMMs: balanced (one bmm) and skewed (half the tokens on one expert)."""
+    sync, out = sync_for(device), []
+    for e in grid.experts:
+        w = torch.randn(e, hidden, inter, device=device, dtype=dtype)
+        for t in grid.tokens_per_expert:
+            x = torch.randn(e, t, hidden, device=device, dtype=dtype)
+            med, iqr = time_fn(lambda: torch.bmm(x, w), sync, grid.warmup, grid.repeats)
+            es = x.element_size()
+            out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
+                                                    "skew": 0}, med, iqr,
+                                   2.0 * e * t * hidden * inter,
+                                   float((e * t * hidden + e * hidden * inter) * es)))
+            total = e * t
+            hot = total // 2
+            rest = [(total - hot) // (e - 1)] * (e - 1)
+            chunks = [torch.randn(n, hidden, device=device, dtype=dtype) for n in [hot] + rest]
+            med, iqr = time_fn(lambda: [c @ w[i] for i, c in enumerate(chunks)], sync,
+                               grid.warmup, grid.repeats)
+            out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
+                                                    "skew": 1}, med, iqr,
+                                   2.0 * sum(c.shape[0] for c in chunks) * hidden * inter,
+                                   float((total * hidden + e * hidden * inter) * es)))
+    return out
+
+
+def bench_attention(device: str, grid: Grid, dtype: torch.dtype, heads: int = 8,
+                    head_dim: int = 64) -> list[Measurement]:
+    """Decode (one query token over a KV cache) and causal prefill attention."""
+    sync, out = sync_for(device), []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for bsz in grid.attn_batch:
+        for ctx in grid.attn_ctx:
+            k = torch.randn(bsz, heads, ctx, head_dim, device=device, dtype=dtype)
+            v = torch.randn_like(k)
+            q1 = torch.randn(bsz, heads, 1, head_dim, device=device, dtype=dtype)
+            med, iqr = time_fn(lambda: sdpa(q1, k, v), sync, grid.warmup, grid.repeats)
+            es = k.element_size()
+            out.append(Measurement("attention_decode", {"batch": bsz, "ctx": ctx}, med, iqr,
+                                   4.0 * bsz * heads * ctx * head_dim,
+                                   float(2 * k.numel() * es)))
+            if ctx <= 1024 or bsz == 1:
+                q = torch.randn_like(k)
+                med, iqr = time_fn(lambda: sdpa(q, k, v, is_causal=True), sync, grid.warmup,
+                                   grid.repeats)
+                out.append(Measurement("attention_prefill", {"batch": bsz, "ctx": ctx}, med,
+                                       iqr, 2.0 * bsz * heads * ctx * ctx * head_dim,
+                                       float(4 * k.numel() * es)))
+    return out
+
+
+def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
+    """Device copies and elementwise adds (residual / unpermute-like) over a size sweep."""
+    sync, out = sync_for(device), []
+    es = torch.tensor([], dtype=dtype).element_size()
+    for nbytes in grid.copy_bytes:
+        n = max(1, nbytes // es)
+        a = torch.randn(n, device=device, dtype=dtype)
+        b = torch.empty_like(a)
+        med, iqr = time_fn(lambda: b.copy_(a), sync, grid.warmup, grid.repeats)
+        out.append(Measurement("copy", {"bytes": 2 * n * es}, med, iqr, 0.0, float(2 * n * es)))
+        c = torch.randn_like(a)
+        med, iqr = time_fn(lambda: torch.add(a, c, out=b), sync, grid.warmup, grid.repeats)
+        out.append(Measurement("elementwise", {"bytes": 3 * n * es}, med, iqr, 0.0,
+                               float(3 * n * es)))
+    return out
+
+
+# -- collectives across processes ------------------------------------------------------------
+INTERFERENCE_A2A = 300
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (a busy one is never reused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, threads: int,
+                 out_path: str) -> None:
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(backend_for(device), rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dev = f"cuda:{rank % torch.cuda.device_count()}" if device == "cuda" else "cpu"
+    sync = sync_for(device)
+    rows: list[Measurement] = []
+    for nbytes in grid.coll_bytes:
+        n = max(world, nbytes // 4 // world * world)
+        x = torch.randn(n, device=dev)
+        y = torch.empty_like(x)
+        med, iqr = _dist_time(lambda: dist.all_to_all_single(y, x), sync, grid)
+        rows.append(Measurement("all_to_all", {"bytes": n * 4, "ranks": world}, med, iqr, 0.0,
+                                float(n * 4 * (world - 1) / world)))
+        part = torch.randn(n // world, device=dev)
+        full = torch.empty(n // world * world, device=dev)
+        med, iqr = _dist_time(lambda: _all_gather(full, part), sync, grid)
+        rows.append(Measurement("all_gather", {"bytes": n * 4, "ranks": world}, med, iqr, 0.0,
+                                float(n * 4 * (world - 1) / world)))
+        med, iqr = _dist_time(lambda: _reduce_scatter(part, full), sync, grid)
+        rows.append(Measurement("reduce_scatter", {"bytes": n * 4, "ranks": world}, med, iqr,
+                                0.0, float(n * 4 * (world - 1) / world)))
+    # interference: GEMM throughput alone, then with an all-to-all loop beside it
+    a = torch.randn(512, 512, device=dev)
+    b = torch.randn(512, 512, device=dev)
+    x = torch.randn(1 << 20, device=dev)
+    y = torch.empty_like(x)
+    dist.barrier()
+    alone, _ = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 4)
+    comm_group = dist.new_group(list(range(world)))
+    started = threading.Event()
+
+    def comm_loop() -> None:              # a fixed count on every rank: no rank is left waiting
+        started.set()
+        for _ in range(INTERFERENCE_A2A):
+            dist.all_to_all_single(y, x, group=comm_group)
+
+    dist.barrier()
+    thread = threading.Thread(target=comm_loop)
+    thread.start()
+    started.wait()
+    time.sleep(0.01)
+    beside, _ = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 4)
+    overlapped = thread.is_alive()
+    thread.join()
+    rows.append(Measurement("interference", {"ranks": world, "alone_s": alone,
+                                             "overlapped": int(overlapped)}, beside, 0.0,
+                            2.0 * 512 ** 3, 0.0))
+    dist.barrier()
+    if rank == 0:
+        import csv
+        with open(out_path, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
+            wr.writeheader()
+            for r in rows:
+                wr.writerow(r.row())
+    dist.destroy_process_group()
+
+
+def _all_gather(out: torch.Tensor, inp: torch.Tensor) -> None:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, inp)
+
+
+def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor) -> None:
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    fn(out, inp)
+
+
+def _dist_time(fn: Callable[[], object], sync: Callable[[], None], grid: Grid) -> tuple[float, float]:
+    def step() -> None:
+        dist.barrier()
+        fn()
+    return time_fn(step, sync, grid.warmup, grid.repeats)
+
+
+def bench_collectives(device: str, ranks: int, grid: Grid, threads: int) -> list[dict]:
+    """Run the collective and interference benchmarks in `ranks` processes; rank 0's rows."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "coll.csv")
+        mp.start_processes(_coll_worker, args=(ranks, free_port(), device, grid, threads, path),
+                           nprocs=ranks, join=True, start_method="spawn")
+        import csv
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))

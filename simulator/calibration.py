@@ -1,0 +1,264 @@
+"""Fit a hardware profile to microbenchmark rows (numpy only; the measuring is in executor/).
+
+Efficiency tables are medians per size, interpolated in log space; collectives are
+latency-bandwidth least-squares fits; every fit reports its error on held-out points (k-fold),
+and a held-out MAPE above 10% is flagged.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+FOLDS = 4
+FLAG_MAPE = 0.10
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement (from the CSV the benchmarks write)."""
+
+    bench: str
+    median_s: float
+    flops: float
+    bytes: float
+    params: dict
+
+
+def rows_from_dicts(dicts: list[dict]) -> list[Row]:
+    """CSV dicts -> Rows (params are the p_* columns)."""
+    out = []
+    for d in dicts:
+        params = {k[2:]: _num(v) for k, v in d.items() if k.startswith("p_") and v not in ("", None)}
+        out.append(Row(d["bench"], float(d["median_s"]), float(d.get("flops") or 0),
+                       float(d.get("bytes") or 0), params))
+    return out
+
+
+def _num(v):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    except (TypeError, ValueError):
+        return v
+
+
+def interp_log(points: list[tuple[float, float]], x: float) -> float:
+    """Linear in log(x) between sorted points; edge values outside."""
+    if x <= points[0][0]:
+        return points[0][1]
+    if x >= points[-1][0]:
+        return points[-1][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            f = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 1
+            return y0 + f * (y1 - y0)
+    return points[-1][1]
+
+
+def _folds(n: int) -> list[np.ndarray]:
+    idx = np.arange(n)
+    return [idx[i::FOLDS] for i in range(min(FOLDS, n))] if n >= 2 else []
+
+
+def _mape(pred: list[float], meas: list[float]) -> float:
+    if not meas:
+        return 0.0
+    return float(np.mean([abs(p - m) / m for p, m in zip(pred, meas)]))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Everything a profile needs, plus the held-out quality of each fit."""
+
+    peak_flops: float
+    bandwidth_Bps: float
+    latency_s: float
+    mem_table: list[tuple[float, float]]
+    gemm_table: list[tuple[float, float]]
+    grouped_table: list[tuple[float, float]]
+    attention_eff: float
+    a2a_latency_s: float
+    a2a_Bps: float
+    coll_latency_s: float
+    coll_table: list[tuple[float, float]]
+    comm_fraction: float
+    quality: dict[str, dict]
+
+
+def _eff_table(rows: list[Row], size, peak: float, lat: float) -> list[tuple[float, float]]:
+    by: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        t = max(r.median_s - lat, 1e-9)
+        by[size(r)].append(min(max(r.flops / (peak * t), 1e-4), 1.0))
+    return sorted((x, float(np.median(v))) for x, v in by.items())
+
+
+def _predict_compute(r: Row, table, size, peak, bw, lat) -> float:
+    return lat + max(r.flops / (peak * interp_log(table, size(r))), r.bytes / bw)
+
+
+def _table_quality(rows: list[Row], size, peak, bw, lat) -> dict:
+    pred, meas = [], []
+    for hold in _folds(len(rows)):
+        train = [r for i, r in enumerate(rows) if i not in set(hold)]
+        if not train:
+            continue
+        table = _eff_table(train, size, peak, lat)
+        for i in hold:
+            pred.append(_predict_compute(rows[i], table, size, peak, bw, lat))
+            meas.append(rows[i].median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+
+
+def _linear_fit(xs: np.ndarray, ts: np.ndarray) -> tuple[float, float]:
+    """t = a + x / b, least squares in relative error, a >= 0."""
+    w = 1.0 / ts
+    A = np.stack([np.ones_like(xs), xs], axis=1) * w[:, None]
+    (a, s), *_ = np.linalg.lstsq(A, ts * w, rcond=None)
+    if a < 0:
+        a = 0.0
+        s = float(np.sum(xs * ts * w * w) / np.sum(xs * xs * w * w))
+    return float(a), float(1.0 / max(s, 1e-18))
+
+
+def _lb_quality(xs: np.ndarray, ts: np.ndarray) -> dict:
+    pred, meas = [], []
+    for hold in _folds(len(xs)):
+        keep = np.setdiff1d(np.arange(len(xs)), hold)
+        if len(keep) < 2:
+            continue
+        a, b = _linear_fit(xs[keep], ts[keep])
+        pred += list(a + xs[hold] / b)
+        meas += list(ts[hold])
+    m = _mape(pred, meas)
+    return {"mape": m, "points": int(len(xs)), "flagged": bool(m > FLAG_MAPE)}
+
+
+def _mem_table(rows: list[Row], lat: float, bw: float) -> list[tuple[float, float]]:
+    by: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        by[r.bytes].append(min(r.bytes / max(r.median_s - lat, 1e-12) / bw, 1.0))
+    return sorted((x, float(np.median(v))) for x, v in by.items())
+
+
+def _mem_quality(rows: list[Row], lat: float, bw: float) -> dict:
+    pred, meas = [], []
+    for hold in _folds(len(rows)):
+        train = [r for i, r in enumerate(rows) if i not in set(hold)]
+        table = _mem_table(train, lat, bw)
+        for i in hold:
+            r = rows[i]
+            pred.append(lat + r.bytes / (bw * interp_log(table, r.bytes)))
+            meas.append(r.median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+
+
+def fit(rows: list[Row]) -> Fitted:
+    """Fit every profile parameter the rows allow."""
+    by = defaultdict(list)
+    for r in rows:
+        by[r.bench].append(r)
+    quality: dict[str, dict] = {}
+    # memory: the smallest copy sets the latency floor; the best rate sets the bandwidth; a
+    # table by bytes moved carries the cache hierarchy (CPUs) or small-transfer inefficiency
+    mem = sorted(by["copy"] + by["elementwise"], key=lambda r: r.bytes)
+    lat = min(r.median_s for r in mem) * 0.5
+    bw = max(r.bytes / max(r.median_s - lat, 1e-12) for r in mem)
+    mem_table = _mem_table(mem, lat, bw)
+    quality["memory"] = _mem_quality(mem, lat, bw)
+    gemm = by["gemm"]
+    peak = max(r.flops / r.median_s for r in gemm)
+    m_of = lambda r: float(r.params["m"])
+    quality["gemm"] = _table_quality(gemm, m_of, peak, bw, lat)
+    gemm_table = _eff_table(gemm, m_of, peak, lat)
+    grouped = by["grouped_gemm"]
+    tpe = lambda r: float(r.params["tokens_per_expert"])
+    quality["grouped_gemm"] = _table_quality(grouped, tpe, peak, bw, lat)
+    grouped_table = _eff_table(grouped, tpe, peak, lat)
+    attn = by["attention_prefill"] + by["attention_decode"]
+    pre = by["attention_prefill"] or attn
+    attn_eff = float(np.median([min(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1.0)
+                                for r in pre]))
+    quality["attention_prefill"] = _table_quality(by["attention_prefill"], lambda r: 1.0, peak,
+                                                  bw, lat)
+    dec = by["attention_decode"]
+    table = [(1.0, attn_eff)]
+    m_dec = _mape([_predict_compute(r, table, lambda r: 1.0, peak, bw, lat) for r in dec],
+                  [r.median_s for r in dec])
+    quality["attention_decode_vs_fit"] = {"mape": m_dec, "points": len(dec),
+                                          "flagged": bool(m_dec > FLAG_MAPE)}
+    a2a = by["all_to_all"]
+    xa = np.array([r.bytes for r in a2a])
+    ta = np.array([r.median_s for r in a2a])
+    a2a_lat, a2a_bw = _linear_fit(xa, ta) if len(a2a) >= 2 else (0.0, bw)
+    quality["all_to_all"] = _lb_quality(xa, ta)
+    coll = by["all_gather"] + by["reduce_scatter"]
+    xc = np.array([r.bytes for r in coll])
+    tc = np.array([r.median_s for r in coll])
+    c_lat, _ = _linear_fit(xc, tc) if len(coll) >= 2 else (a2a_lat, a2a_bw)
+    quality["all_gather_reduce_scatter"] = _lb_quality(xc, tc)
+    peers = max(int(coll[0].params.get("ranks", 2)) - 1, 1) if coll else 1
+    effs: dict[float, list[float]] = defaultdict(list)
+    for r in coll:
+        effs[r.bytes / peers].append(min(max(r.bytes / a2a_bw / max(r.median_s - c_lat, 1e-9),
+                                             1e-3), 1.0))
+    coll_table = sorted((x, float(np.median(v))) for x, v in effs.items()) or [(1.0, 1.0)]
+    inter = by["interference"]
+    frac = 0.0
+    if inter:
+        r = inter[0]
+        frac = float(min(max(1.0 - float(r.params["alone_s"]) / r.median_s, 0.0), 0.95))
+    return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, a2a_lat,
+                  a2a_bw, c_lat, coll_table, frac, quality)
+
+
+def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: float,
+                 csv_name: str) -> dict:
+    """A HardwareProfile mapping (every number with its source) from the fits."""
+    src = f"moesim calibrate on {identity['device_name']} ({identity['date']}), {csv_name}"
+
+    def s(v: float, what: str) -> dict:
+        return {"value": float(v), "source": f"{src}: {what}"}
+
+    def table(points, what):
+        return {"points": [[float(x), float(min(max(e, 1e-4), 1.0))] for x, e in points],
+                "source": f"{src}: {what}"}
+    link = {"spec_bandwidth_Bps": s(f.a2a_Bps, "no datasheet: the fitted all_to_all bandwidth"),
+            "bandwidth_Bps": s(f.a2a_Bps, "all_to_all_single latency-bandwidth fit"),
+            "latency_s": s(f.coll_latency_s, "all_gather/reduce_scatter latency fit")}
+    return {
+        "name": name,
+        "description": f"Measured on {identity['device_name']} with {ranks} ranks "
+                       f"({identity['mode']} calibration).",
+        "gpu": identity["device_name"],
+        "peak_bf16_flops": s(f.peak_flops, f"highest measured {identity['dtype']} GEMM rate "
+                                           "(the executor's compute dtype)"),
+        "hbm_bytes": s(identity["memory_bytes"], "device memory reported by the system"),
+        "hbm_bandwidth_Bps": s(f.bandwidth_Bps, "best measured copy/add rate"),
+        "hbm_efficiency": s(1.0, "the bandwidth above is measured; nothing to derate"),
+        "memory_efficiency": table(f.mem_table, "copy/add rate by bytes moved over the best"),
+        "gemm_efficiency": table(f.gemm_table, "GEMM efficiency by M (median over N, K)"),
+        "grouped_gemm_efficiency": table(f.grouped_table, "grouped GEMM by tokens per expert"),
+        "attention_efficiency": s(min(max(f.attention_eff, 1e-4), 1.0),
+                                  "prefill attention FLOP/s over the GEMM peak"),
+        "kernel_latency_s": s(f.latency_s, "half the smallest copy's time"),
+        "nvlink": link, "nic": dict(link),
+        "gpus_per_node": s(ranks, "ranks on this host"),
+        "network": {"scale_up": "switch", "nodes_per_leaf": s(1, "a single host"),
+                    "oversubscription": s(1.0, "a single host")},
+        "ep_kernel_latency_s": s(max(f.a2a_latency_s - f.coll_latency_s, 0.0),
+                                 "all_to_all latency beyond the collective latency"),
+        "collective_efficiency": table(f.coll_table, "all_gather/reduce_scatter efficiency "
+                                                     "by bytes per peer"),
+        "comm_sm_fraction": s(f.comm_fraction, "GEMM slowdown while an all_to_all runs beside"),
+        "price_per_gpu_hour": s(price, "user input (moesim calibrate --price)"),
+        "calibration": {**{k: identity[k] for k in ("device", "device_name", "cores", "driver",
+                                                     "torch_version", "date", "mode", "dtype")},
+                        "ranks": ranks, "threads_per_rank": identity["threads_per_rank"],
+                        "fits": f.quality},
+    }
