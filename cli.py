@@ -398,6 +398,55 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
                 f"{data['comm_sm_fraction']['value']:.0%} of compute", highlight=False)
 
 
+@app.command()
+@user_errors
+def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut MoE model)"),
+             profile: str = typer.Option("cpu-2core-example", help="hardware profile to predict"),
+             ranks: int = typer.Option(2, help="executor processes (EP degree)"),
+             repeats: int = typer.Option(5, help="timed repeats after warm-up"),
+             report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run the companion torch executor and the simulator on one workload; compare them."""
+    import warnings
+    try:
+        from executor.validate import report_results, validate as run_validate
+    except ImportError:
+        raise MoesimError("torch", "PyTorch is not installed and the executor needs it",
+                          "pip install torch==2.13.0, or pip install 'moesim[executor]'") from None
+    w = load_workload(workload)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with err.status("running the executor and the simulator"):
+            v = run_validate(w, profile, ranks, repeats)
+    for c in caught:
+        if issubclass(c.category, UserWarning):
+            err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
+    if report:
+        from simulator.report import write_report
+        write_report(report_results(v), report)
+    public = {k: x for k, x in v.items() if not k.startswith("_")}
+    if as_json:
+        print(json.dumps(public, indent=2))
+        return
+    table = Table(title=f"{w.name}: measured vs predicted ({profile}, {ranks} ranks)")
+    for col in ("schedule", "layer", "measured us", "predicted us", "error"):
+        table.add_column(col, justify="left" if col == "schedule" else "right")
+    for x in v["layers"]:
+        table.add_row(x["schedule"], str(x["layer"]), _fmt(x["measured_us"]),
+                      _fmt(x["predicted_us"]), f"{x['error']:+.1%}")
+    out.print(table)
+    ops = Table(title="ops, sequential schedule (median over ranks)")
+    for col in ("op", "kind", "measured us", "predicted us", "error"):
+        ops.add_column(col, justify="left" if col in ("op", "kind") else "right")
+    for x in v["ops"]:
+        ops.add_row(x["name"], x["kind"], _fmt(x["measured_us"]), _fmt(x["predicted_us"]),
+                    f"{x['error']:+.1%}" if x["error"] is not None else "-")
+    out.print(ops)
+    out.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
+              f"{v['speedup_measured']:.3f}x, predicted {v['speedup_predicted']:.3f}x",
+              highlight=False)
+
+
 def out_console() -> Console:
     """The stdout console."""
     return out

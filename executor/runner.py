@@ -1,0 +1,265 @@
+"""Expert parallelism across processes with torch.distributed, timed op by op.
+
+Each rank holds every non-expert weight (same seed) and num_experts / ep experts. A MoE layer
+routes its tokens, sends only real-expert copies (zero-computation experts are applied locally:
+their output is the token itself times its gate) with all_to_all_single and variable splits,
+runs its experts, and sends the results back. Schedules: `sequential`; `scmoe`, where the
+dispatch and combine run as async work handles under the dense path with the experts at slot K;
+`sbo`, the same with K after the next attention block's QKV projection.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from executor.model import Layer, TinyModel
+from simulator.config import ModelSpec
+
+WINDOW = ("ffn0.ffn", "attn1.qkv_proj", "attn1.core", "attn1.o_proj", "ffn1.ffn")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What one executor run does."""
+
+    spec: dict                 # ModelSpec as a dict (picklable)
+    ranks: int
+    batch: int                 # sequences per rank
+    seq: int                   # tokens per sequence
+    schedule: str = "sequential"
+    expert_slot: int = 2       # scmoe: experts before WINDOW[expert_slot]
+    warmup: int = 2
+    repeats: int = 5
+    seed: int = 0
+    threads: int = 1
+    fail_rank: int = -1        # fault injection for tests: this rank raises mid-run
+
+
+class _Clock:
+    """Per-op start/end of one forward, relative to its start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.ops: dict[str, list[float]] = {}
+
+    def op(self, name: str, fn):
+        s = time.perf_counter()
+        out = fn()
+        self.ops[name] = [s - self.t0, time.perf_counter() - self.t0]
+        return out
+
+    def start(self, name: str) -> None:
+        self.ops[name] = [time.perf_counter() - self.t0, 0.0]
+
+    def end(self, name: str) -> None:
+        self.ops[name][1] = time.perf_counter() - self.t0
+
+
+class _EP:
+    """Dispatch / combine of one MoE layer over the EP group (or locally when ep == 1)."""
+
+    def __init__(self, ep: int, rank: int, n_ffn: int) -> None:
+        self.ep, self.rank, self.per = ep, rank, n_ffn // ep
+
+    def permute(self, x: torch.Tensor, ids: torch.Tensor, n_ffn: int):
+        real = ids < n_ffn
+        tok, slot = real.nonzero(as_tuple=True)
+        exp = ids[tok, slot]
+        dest = exp // self.per
+        order = torch.argsort(dest, stable=True)
+        tok, slot, exp, dest = tok[order], slot[order], exp[order], dest[order]
+        send = torch.cat([x[tok], (exp % self.per).to(x.dtype)[:, None]], dim=1)
+        counts = torch.bincount(dest, minlength=self.ep)
+        return send, counts, tok, slot
+
+    def exchange_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        if self.ep == 1:
+            return counts
+        recv = torch.empty_like(counts)
+        dist.all_to_all_single(recv, counts)
+        return recv
+
+    def all_to_all(self, send: torch.Tensor, out_splits: list[int], in_splits: list[int],
+                   async_op: bool):
+        if self.ep == 1:
+            return send, None
+        recv = send.new_empty((sum(out_splits), send.shape[1]))
+        work = dist.all_to_all_single(recv, send, out_splits, in_splits, async_op=async_op)
+        return recv, work
+
+
+def layer_forward(layer: Layer, x: torch.Tensor, i: int, clock: _Clock, ep: _EP,
+                  schedule: str, slot: int) -> torch.Tensor:
+    """One layer, every op timed under its simulator name."""
+    b, s, hdim = x.shape
+    p = f"L{i}."
+    if layer.moe is None or not layer.shortcut:
+        return _conventional(layer, x, i, clock, ep)
+    h = x
+    n = layer.norms[0](h)
+    parts = clock.op(p + "attn0.qkv_proj", lambda: layer.attn[0].qkv_proj(n))
+    core = clock.op(p + "attn0.core", lambda: layer.attn[0].core(parts, (b, s)))
+    h = h + clock.op(p + "attn0.o_proj", lambda: layer.attn[0].o(core))
+    xm = layer.norms[1](h)
+    flat = xm.reshape(b * s, hdim)
+    moe = layer.moe
+    ids, gates = clock.op(p + "moe.router", lambda: moe.route(flat))
+    send, counts, tok, kslot = clock.op(p + "moe.permute",
+                                        lambda: ep.permute(flat, ids, moe.n_ffn))
+    overlap = schedule in ("scmoe", "sbo")
+    k = 2 if schedule == "sbo" else (slot if overlap else 0)
+    clock.start(p + "moe.dispatch")
+    rcounts = ep.exchange_counts(counts)
+    in_splits, out_splits = counts.tolist(), rcounts.tolist()
+    recv, work = ep.all_to_all(send, out_splits, in_splits, async_op=overlap)
+    state = {"h": h, "xm": xm}
+    window = _window(layer, state, b, s, p)
+    if not overlap:
+        clock.end(p + "moe.dispatch")
+    for name, fn in window[:k] if overlap else []:
+        clock.op(p + name, fn)
+    if work is not None:
+        work.wait()
+    if overlap:
+        clock.end(p + "moe.dispatch")
+
+    def experts():
+        out = torch.empty_like(recv[:, :hdim])
+        local = recv[:, hdim].long()
+        for e in range(ep.per):
+            rows = (local == e).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out[rows] = moe.experts[ep.rank * ep.per + e](recv[rows, :hdim])
+        return out
+    y = clock.op(p + "moe.experts", experts)
+    clock.start(p + "moe.combine")
+    back, work = ep.all_to_all(y.contiguous(), in_splits, out_splits, async_op=overlap)
+    if not overlap:
+        clock.end(p + "moe.combine")
+        for name, fn in window:
+            clock.op(p + name, fn)
+    else:
+        for name, fn in window[k:]:
+            clock.op(p + name, fn)
+        if work is not None:
+            work.wait()
+        clock.end(p + "moe.combine")
+
+    def unpermute():
+        zero = ids >= moe.n_ffn
+        out = flat * (gates * zero).sum(dim=1, keepdim=True)      # identity experts, locally
+        out.index_add_(0, tok, back * gates[tok, kslot][:, None])
+        return out
+    moe_out = clock.op(p + "moe.unpermute", unpermute)
+    return clock.op(p + "residual", lambda: state["h"] + moe_out.view(b, s, hdim))
+
+
+def _window(layer: Layer, st: dict, b: int, s: int, p: str) -> list:
+    """The dense path after MLA_0 as (name, thunk) pairs that update st['h']."""
+    def ffn0():
+        st["h"] = st["h"] + layer.ffn[0](st["xm"])
+
+    def qkv1():
+        st["parts"] = layer.attn[1].qkv_proj(layer.norms[2](st["h"]))
+
+    def core1():
+        st["core"] = layer.attn[1].core(st["parts"], (b, s))
+
+    def o1():
+        st["h"] = st["h"] + layer.attn[1].o(st["core"])
+
+    def ffn1():
+        st["h"] = st["h"] + layer.ffn[1](layer.norms[3](st["h"]))
+    return list(zip(WINDOW, (ffn0, qkv1, core1, o1, ffn1)))
+
+
+def _conventional(layer: Layer, x: torch.Tensor, i: int, clock: _Clock, ep: _EP) -> torch.Tensor:
+    b, s, hdim = x.shape
+    p = f"L{i}."
+    n = layer.norms[0](x)
+    parts = clock.op(p + "attn.qkv_proj", lambda: layer.attn[0].qkv_proj(n))
+    core = clock.op(p + "attn.core", lambda: layer.attn[0].core(parts, (b, s)))
+    h = x + clock.op(p + "attn.o_proj", lambda: layer.attn[0].o(core))
+    if layer.moe is None:
+        out = clock.op(p + "ffn.ffn", lambda: layer.ffn[0](layer.norms[1](h)))
+        return clock.op(p + "residual", lambda: h + out)
+    raise NotImplementedError("conventional MoE layers: use a shortcut model for validation")
+
+
+def forward(model: TinyModel, x: torch.Tensor, ep: _EP, schedule: str, slot: int):
+    """All layers; returns (output, op timings)."""
+    clock = _Clock()
+    for i, layer in enumerate(model.layers):
+        x = layer_forward(layer, x, i, clock, ep, schedule, slot)
+    return x, clock.ops
+
+
+def inputs(cfg: RunConfig, rank: int, hidden: int) -> torch.Tensor:
+    """The batch of one rank (deterministic)."""
+    g = torch.Generator().manual_seed(cfg.seed + 1000 + rank)
+    return torch.randn(cfg.batch, cfg.seq, hidden, generator=g)
+
+
+def _worker(rank: int, cfg: RunConfig, port: int, out_dir: str) -> None:
+    torch.set_num_threads(cfg.threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=cfg.ranks,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        spec = ModelSpec.model_validate(cfg.spec)
+        model = TinyModel(spec, cfg.seed).eval()
+        ep = _EP(cfg.ranks, rank, spec.moe.num_experts if spec.moe else 1)
+        x = inputs(cfg, rank, spec.hidden_size)
+        runs = []
+        with torch.no_grad():
+            for it in range(cfg.warmup + cfg.repeats):
+                if rank == cfg.fail_rank and it == 1:
+                    raise RuntimeError(f"injected failure on rank {rank}")
+                dist.barrier()
+                out, ops = forward(model, x, ep, cfg.schedule, cfg.expert_slot)
+                if it >= cfg.warmup:
+                    runs.append(ops)
+        med = {name: [statistics.median(r[name][0] for r in runs),
+                      statistics.median(r[name][1] for r in runs)] for name in runs[0]}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"ops": med}))
+        torch.save(out, Path(out_dir, f"out{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run the EP model in cfg.ranks processes; per-rank median op timings and outputs."""
+    from executor.microbench import free_port
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            mp.start_processes(_worker, args=(cfg, free_port(), d), nprocs=cfg.ranks,
+                               join=True, start_method="spawn")
+        except mp.ProcessRaisedException as exc:
+            from simulator.errors import MoesimError
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise MoesimError("executor", f"a rank failed and the others were stopped: {first}",
+                              "see the message above; rerun with --ranks 1 to isolate it") from None
+        ranks = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in range(cfg.ranks)]
+        outs = [torch.load(Path(d, f"out{r}.pt")) for r in range(cfg.ranks)]
+    return {"ranks": ranks, "outputs": outs}
+
+
+def reference(cfg: RunConfig) -> list[torch.Tensor]:
+    """Single-process outputs for every rank's batch (all experts local)."""
+    spec = ModelSpec.model_validate(cfg.spec)
+    model = TinyModel(spec, cfg.seed).eval()
+    ep = _EP(1, 0, spec.moe.num_experts if spec.moe else 1)
+    with torch.no_grad():
+        return [forward(model, inputs(cfg, r, spec.hidden_size), ep, "sequential", 0)[0]
+                for r in range(cfg.ranks)]

@@ -1,0 +1,140 @@
+"""`moesim validate`: the executor and the simulator on the same workload, op by op and layer by
+layer, for the sequential and scmoe schedules."""
+from __future__ import annotations
+
+import os
+import statistics
+import warnings
+from dataclasses import replace
+
+import numpy as np
+
+from simulator.config import Workload
+from simulator.errors import MoesimError
+from simulator.loading import load_model, load_profile
+from simulator.params import count_params
+from simulator.timeline import Timeline
+from simulator.whatif import RunResult, resolve, simulate
+
+SCHEDULES = ("sequential", "scmoe")
+
+
+def _workload(w: Workload, ranks: int, profile: str) -> Workload:
+    plan = w.plan.model_copy(update={"gpus": ranks, "gpus_per_node": ranks, "ep": ranks,
+                                     "tp": 1, "pp": 1, "cp": 1, "dp_attention": None})
+    return w.model_copy(update={"plan": plan, "hardware": profile, "phase": "prefill",
+                                "serving": None, "training": None})
+
+
+def _check(w: Workload, ranks: int) -> None:
+    model = load_model(w.model)
+    if model.layer_kind != "shortcut" or model.moe is None:
+        raise MoesimError("model", f"{model.name} is not a shortcut-connected MoE model",
+                          "validate a LongCat-style model (layer_kind: shortcut), e.g. tiny-scmoe")
+    if model.moe.num_experts % ranks:
+        raise MoesimError("--ranks", f"{ranks} ranks do not divide the {model.moe.num_experts} "
+                          "experts", "choose a divisor of the expert count")
+    c = count_params(model, float(model.moe.top_k))
+    weights = (c.total - c.embedding) * 4.0               # every rank builds every weight (fp32)
+    tokens = w.batch_per_device * w.context_length
+    acts = tokens * model.hidden_size * 4.0 * 64
+    need = ranks * (weights + acts)
+    avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * avail:
+        raise MoesimError("workload", f"too big for this machine's memory: {ranks} ranks x "
+                          f"({weights / 1e9:.1f} GB weights + {acts / 1e9:.1f} GB activations) = "
+                          f"{need / 1e9:.1f} GB against {avail / 1e9:.1f} GB",
+                          "use a smaller model (workloads/models/tiny-scmoe.yaml) or fewer ranks")
+    cores = os.cpu_count() or 1
+    if ranks > cores:
+        warnings.warn(f"{ranks} ranks on {cores} cores: ranks share cores, so measured times "
+                      "include time-slicing the simulator does not model", stacklevel=3)
+
+
+def expert_slot(res: RunResult, layer: int) -> int:
+    """Where the simulator's scmoe schedule put the experts among the dense window ops."""
+    from executor.runner import WINDOW
+    tl = res.timeline
+    names = sorted((tl.start_s[0, i], op.name) for i, op in enumerate(tl.ops) if op.layer == layer)
+    order = [n.split(".", 1)[1] for _, n in names]
+    before = order[:order.index("moe.experts")]
+    return sum(1 for w in WINDOW if w in before)
+
+
+def measured_timeline(pred: RunResult, ranks: list[dict]) -> Timeline:
+    """The measured op times (all ranks) laid on the predicted timeline's ops."""
+    ops = [op for op in pred.timeline.ops if op.name in ranks[0]["ops"]]
+    idx = {op.name: i for i, op in enumerate(pred.timeline.ops)}
+    start = np.array([[r["ops"][op.name][0] for op in ops] for r in ranks])
+    end = np.array([[r["ops"][op.name][1] for op in ops] for r in ranks])
+    streams = [pred.timeline.streams[idx[op.name]] for op in ops]
+    return Timeline(ops, streams, start, end, [0.0] * len(ops))
+
+
+def _layer_ends(tl: Timeline) -> dict[int, float]:
+    ends: dict[int, float] = {}
+    for i, op in enumerate(tl.ops):
+        ends[op.layer] = max(ends.get(op.layer, 0.0), float(tl.end_s[:, i].max()))
+    return ends
+
+
+def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 5) -> dict:
+    """Measure and predict both schedules; the comparison as a JSON-able dict."""
+    from executor.runner import RunConfig, run
+    _check(w, ranks)
+    load_profile(profile)
+    wv = _workload(w, ranks, profile)
+    r = resolve(wv)
+    pred = {s: simulate(wv, s, resolved=r) for s in SCHEDULES}
+    model = load_model(w.model)
+    slot = expert_slot(pred["scmoe"], model.num_layers // 2)
+    threads = max(1, (os.cpu_count() or 1) // ranks)
+    meas, tls = {}, {}
+    for s in SCHEDULES:
+        cfg = RunConfig(spec=model.model_dump(), ranks=ranks, batch=w.batch_per_device,
+                        seq=w.context_length, schedule=s, expert_slot=slot, repeats=repeats,
+                        seed=w.seed, threads=threads)
+        meas[s] = run(cfg)["ranks"]
+        tls[s] = measured_timeline(pred[s], meas[s])
+    layers = []
+    for s in SCHEDULES:
+        m_end, p_end = _layer_ends(tls[s]), _layer_ends(pred[s].timeline)
+        prev_m = prev_p = 0.0
+        for layer in sorted(m_end):
+            mu, pu = (m_end[layer] - prev_m) * 1e6, (p_end[layer] - prev_p) * 1e6
+            prev_m, prev_p = m_end[layer], p_end[layer]
+            layers.append({"schedule": s, "layer": layer, "measured_us": mu, "predicted_us": pu,
+                           "error": pu / mu - 1 if mu > 0 else None})
+    ops = []
+    tl_m, tl_p = tls["sequential"], pred["sequential"].timeline
+    pidx = {op.name: i for i, op in enumerate(tl_p.ops)}
+    for i, op in enumerate(tl_m.ops):
+        mu = statistics.median(float(tl_m.end_s[r, i] - tl_m.start_s[r, i]) for r in range(ranks)) * 1e6
+        j = pidx[op.name]
+        pu = float(tl_p.end_s[0, j] - tl_p.start_s[0, j]) * 1e6
+        ops.append({"name": op.name, "kind": op.kind, "measured_us": mu, "predicted_us": pu,
+                    "error": pu / mu - 1 if mu > 0 else None})
+    total = {s: max(_layer_ends(tls[s]).values()) for s in SCHEDULES}
+    errs = [abs(x["error"]) for x in layers if x["error"] is not None]
+    return {
+        "workload": w.name, "profile": profile, "ranks": ranks, "expert_slot": slot,
+        "layers": layers, "mape": float(np.mean(errs)) if errs else None, "ops": ops,
+        "speedup_measured": total["sequential"] / total["scmoe"],
+        "speedup_predicted": pred["sequential"].metrics["step_time_ms"]
+        / pred["scmoe"].metrics["step_time_ms"],
+        "_timelines": (pred, tls),
+    }
+
+
+def report_results(v: dict) -> list:
+    """RunResult-like objects for the report: predicted and measured, per schedule."""
+    pred, tls = v["_timelines"]
+    out = []
+    for s in SCHEDULES:
+        out.append(pred[s])
+        m = dict(pred[s].metrics, schedule=f"{s} (measured)",
+                 step_time_ms=max(_layer_ends(tls[s]).values()) * 1e3)
+        exp_, hid = tls[s].comm_exposure_s(0)
+        m.update(exposed_comm_us=exp_ * 1e6, hidden_comm_us=hid * 1e6)
+        out.append(replace(pred[s], schedule=m["schedule"], timeline=tls[s], metrics=m))
+    return out

@@ -1,0 +1,92 @@
+"""Companion executor: EP over real torch.distributed processes equals the single-process model;
+validate runs end to end and gives a complete comparison."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from cli import app  # noqa: E402
+from executor.runner import RunConfig, reference, run  # noqa: E402
+from simulator.errors import MoesimError  # noqa: E402
+from simulator.loading import load_model  # noqa: E402
+
+
+def _cfg(schedule, **kw):
+    spec = load_model("tiny-scmoe").model_dump()
+    spec["num_layers"] = 2
+    return RunConfig(spec=spec, ranks=2, batch=2, seq=32, schedule=schedule, warmup=1,
+                     repeats=1, **kw)
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "scmoe", "sbo"])
+def test_expert_parallel_output_equals_single_process(schedule):
+    cfg = _cfg(schedule)
+    got = run(cfg)
+    ref = reference(cfg)
+    for a, b in zip(got["outputs"], ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    ops = got["ranks"][0]["ops"]
+    for name in ("L1.moe.dispatch", "L1.moe.experts", "L1.moe.combine", "L1.attn0.core"):
+        s, e = ops[name]
+        assert 0 <= s <= e
+
+
+def test_zero_experts_are_never_sent():
+    from executor.runner import _EP
+    ep = _EP(2, 0, 16)
+    x = torch.randn(3, 8)
+    ids = torch.tensor([[0, 16, 20, 9], [17, 18, 19, 20], [8, 1, 22, 23]])
+    send, counts, tok, slot = ep.permute(x, ids, 16)
+    assert send.shape[0] == 4 and int(counts.sum()) == 4       # only ids < 16 travel
+    assert counts.tolist() == [2, 2]
+
+
+def test_validate_end_to_end_json(tmp_path):
+    report = tmp_path / "v.html"
+    r = CliRunner().invoke(app, ["validate", "workloads/tiny-scmoe.yaml", "--ranks", "2",
+                                 "--repeats", "2", "--json", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.output)
+    assert {"layers", "mape", "speedup_measured", "speedup_predicted"} <= set(v)
+    for x in v["layers"]:
+        assert {"measured_us", "predicted_us", "error"} <= set(x)
+        assert x["measured_us"] > 0 and x["predicted_us"] > 0
+    assert len(v["layers"]) == 2 * 4                              # two schedules x 4 layers
+    assert v["speedup_measured"] > 0 and v["speedup_predicted"] > 0
+    assert "(measured)" in report.read_text()
+
+
+def test_validate_refuses_bad_input(tmp_path):
+    r = CliRunner().invoke(app, ["validate", "workloads/paper/table7-deepseek-v3.yaml"])
+    assert r.exit_code == 2 and "shortcut" in r.output
+    r = CliRunner().invoke(app, ["validate", "workloads/tiny-scmoe.yaml", "--ranks", "3"])
+    assert r.exit_code == 2 and "divide" in r.output
+    import yaml
+    from pathlib import Path
+    w = yaml.safe_load(Path("workloads/tiny-scmoe.yaml").read_text())
+    w["model"] = "longcat-flash"
+    p = tmp_path / "big.yaml"
+    p.write_text(yaml.safe_dump(w))
+    r = CliRunner().invoke(app, ["validate", str(p)])
+    assert r.exit_code == 2 and "too big for this machine's memory" in r.output
+
+
+def test_a_dying_rank_stops_the_others():
+    import time
+    import psutil
+    cfg = _cfg("sequential", fail_rank=1)
+    cfg = cfg.__class__(**{**cfg.__dict__, "warmup": 3, "repeats": 3})
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    t = time.perf_counter()
+    with pytest.raises(MoesimError) as e:
+        run(cfg)
+    assert time.perf_counter() - t < 30
+    assert "a rank failed" in e.value.render() and "injected failure on rank 1" in e.value.render()
+    time.sleep(0.5)
+    def ranks():      # spawned rank processes (not multiprocessing's resource tracker)
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                and "spawn_main" in " ".join(p.cmdline())}
+    assert not (ranks() - before)
