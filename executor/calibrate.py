@@ -106,10 +106,16 @@ def calibrate(device: str = "cpu", mode: str = "quick", ranks: int = 2,
              ("attention", mb.bench_attention), ("memory", mb.bench_memory)]
     rows: list[dict] = []
     total = len(steps) + (1 if ranks > 1 else 0)
-    for i, (label, fn) in enumerate(steps):
+    if device == "cpu" and ranks > 1:
+        # a CPU rank shares caches and memory bandwidth with the others: measure it beside them
         if progress:
-            progress(label, i, total)
-        rows += [m.row() for m in fn(device, grid, dtype)]
+            progress(f"compute on {ranks} concurrent ranks", 0, total)
+        rows += mb.bench_compute_concurrently(device, ranks, grid, threads)
+    else:
+        for i, (label, fn) in enumerate(steps):
+            if progress:
+                progress(label, i, total)
+            rows += [m.row() for m in fn(device, grid, dtype)]
     if ranks > 1:
         if progress:
             progress(f"collectives on {ranks} ranks", len(steps), total)

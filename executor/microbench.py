@@ -280,3 +280,33 @@ def bench_collectives(device: str, ranks: int, grid: Grid, threads: int) -> list
         import csv
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
+
+
+def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name: str,
+                    out_path: str) -> None:
+    """Every rank runs the single-device benchmarks at once; rank 0 keeps its timings, so a
+    simulated device is measured the way it runs: beside the other ranks on the same host."""
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    rows: list[Measurement] = []
+    for fn in (bench_gemm, bench_grouped_gemm, bench_attention, bench_memory):
+        rows += fn(device, grid, dtype)
+    if rank == 0:
+        import csv
+        with open(out_path, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
+            wr.writeheader()
+            for r in rows:
+                wr.writerow(r.row())
+
+
+def bench_compute_concurrently(device: str, ranks: int, grid: Grid, threads: int,
+                               dtype_name: str = "float32") -> list[dict]:
+    """The single-device benchmarks in `ranks` processes at once; rank 0's rows."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "compute.csv")
+        mp.start_processes(_compute_worker, args=(device, grid, threads, dtype_name, path),
+                           nprocs=ranks, join=True, start_method="spawn")
+        import csv
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
