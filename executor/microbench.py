@@ -245,13 +245,17 @@ def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, thre
                             2.0 * 512 ** 3, 0.0))
     dist.barrier()
     if rank == 0:
-        import csv
-        with open(out_path, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
-            wr.writeheader()
-            for r in rows:
-                wr.writerow(r.row())
+        _write_rows(out_path, rows)
     dist.destroy_process_group()
+
+
+def _write_rows(path: str, rows: list[Measurement]) -> None:
+    import csv
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
+        wr.writeheader()
+        for r in rows:
+            wr.writerow(r.row())
 
 
 def _all_gather(out: torch.Tensor, inp: torch.Tensor) -> None:
@@ -292,12 +296,7 @@ def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name
     for fn in (bench_gemm, bench_grouped_gemm, bench_attention, bench_memory):
         rows += fn(device, grid, dtype)
     if rank == 0:
-        import csv
-        with open(out_path, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
-            wr.writeheader()
-            for r in rows:
-                wr.writerow(r.row())
+        _write_rows(out_path, rows)
 
 
 def bench_compute_concurrently(device: str, ranks: int, grid: Grid, threads: int,
