@@ -151,15 +151,25 @@ def bench_attention(device: str, grid: Grid, dtype: torch.dtype, heads: int = 8,
             q1 = torch.randn(bsz, heads, 1, head_dim, device=device, dtype=dtype)
             med, iqr = time_fn(lambda: sdpa(q1, k, v), sync, grid.warmup, grid.repeats)
             es = k.element_size()
-            out.append(Measurement("attention_decode", {"batch": bsz, "ctx": ctx}, med, iqr,
+            out.append(Measurement("attention_decode", {"batch": bsz, "ctx": ctx,
+                                                        "scores": bsz * heads * ctx}, med, iqr,
                                    4.0 * bsz * heads * ctx * head_dim,
                                    float(2 * k.numel() * es)))
+            if ctx <= 1024:
+                sc = torch.randn(bsz, heads, ctx, ctx, device=device, dtype=dtype)
+                mask = torch.ones(ctx, ctx, dtype=torch.bool, device=device).triu(1)
+                med, iqr = time_fn(lambda: torch.softmax(sc.masked_fill(mask, float("-inf")), -1),
+                                   sync, grid.warmup, grid.repeats)
+                out.append(Measurement("attention_scores", {"batch": bsz, "ctx": ctx,
+                                                            "scores": sc.numel()}, med, iqr,
+                                       0.0, float(2 * sc.numel() * sc.element_size())))
             if ctx <= 1024 or bsz == 1:
                 q = torch.randn_like(k)
                 med, iqr = time_fn(lambda: sdpa(q, k, v, is_causal=True), sync, grid.warmup,
                                    grid.repeats)
-                out.append(Measurement("attention_prefill", {"batch": bsz, "ctx": ctx}, med,
-                                       iqr, 2.0 * bsz * heads * ctx * ctx * head_dim,
+                out.append(Measurement("attention_prefill", {"batch": bsz, "ctx": ctx,
+                                                             "scores": bsz * heads * ctx * ctx},
+                                       med, iqr, 2.0 * bsz * heads * ctx * ctx * head_dim,
                                        float(4 * k.numel() * es)))
     return out
 

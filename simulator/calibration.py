@@ -80,6 +80,7 @@ class Fitted:
     gemm_table: list[tuple[float, float]]
     grouped_table: list[tuple[float, float]]
     attention_eff: float
+    score_rate: float
     a2a_latency_s: float
     a2a_Bps: float
     coll_latency_s: float
@@ -180,16 +181,36 @@ def fit(rows: list[Row]) -> Fitted:
     tpe = lambda r: float(r.params["tokens_per_expert"])
     quality["grouped_gemm"] = _table_quality(grouped, tpe, peak, bw, lat)
     grouped_table = _eff_table(grouped, tpe, peak, lat)
+    # per-score work (mask + softmax on a materialised score matrix): fitted on the prefill
+    # attention itself, net of its matmul FLOPs at the GEMM peak
+    pre_sc = [r for r in by["attention_prefill"] if r.params.get("scores")]
+    score_rate = float(np.median([float(r.params["scores"]) /
+                                  max(r.median_s - lat - r.flops / peak, 1e-9)
+                                  for r in pre_sc])) if pre_sc else 0.0
+    score_s = (lambda r: float(r.params.get("scores", 0)) / score_rate) if score_rate else \
+        (lambda r: 0.0)
     attn = by["attention_prefill"] + by["attention_decode"]
     pre = by["attention_prefill"] or attn
-    attn_eff = float(np.median([min(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1.0)
-                                for r in pre]))
-    quality["attention_prefill"] = _table_quality(by["attention_prefill"], lambda r: 1.0, peak,
-                                                  bw, lat)
-    dec = by["attention_decode"]
+    attn_eff = 1.0 if score_rate else float(np.median(
+        [min(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1.0) for r in pre]))
     table = [(1.0, attn_eff)]
-    m_dec = _mape([_predict_compute(r, table, lambda r: 1.0, peak, bw, lat) for r in dec],
-                  [r.median_s for r in dec])
+    pre_rows = by["attention_prefill"]
+    pred_pre = []
+    for hold in _folds(len(pre_rows)):          # held out: refit the rate without the fold
+        train = [r for i, r in enumerate(pre_rows) if i not in set(hold)]
+        rate = float(np.median([float(r.params["scores"]) / max(r.median_s - lat - r.flops / peak,
+                                                                1e-9) for r in train]))
+        for i in hold:
+            r = pre_rows[i]
+            pred_pre.append((i, _predict_compute(r, table, lambda r: 1.0, peak, bw, lat)
+                             + float(r.params["scores"]) / rate))
+    m_pre = _mape([p for _, p in sorted(pred_pre)],
+                  [pre_rows[i].median_s for i, _ in sorted(pred_pre)])
+    quality["attention_prefill"] = {"mape": m_pre, "points": len(pre_rows),
+                                    "flagged": bool(m_pre > FLAG_MAPE)}
+    dec = by["attention_decode"]
+    m_dec = _mape([_predict_compute(r, table, lambda r: 1.0, peak, bw, lat) + score_s(r)
+                   for r in dec], [r.median_s for r in dec])
     quality["attention_decode_vs_fit"] = {"mape": m_dec, "points": len(dec),
                                           "flagged": bool(m_dec > FLAG_MAPE)}
     a2a = by["all_to_all"]
@@ -213,8 +234,8 @@ def fit(rows: list[Row]) -> Fitted:
     if inter:
         r = inter[0]
         frac = float(min(max(1.0 - float(r.params["alone_s"]) / r.median_s, 0.0), 0.95))
-    return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, a2a_lat,
-                  a2a_bw, c_lat, coll_table, frac, quality)
+    return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, score_rate,
+                  a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
 
 
 def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: float,
@@ -245,7 +266,12 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
         "gemm_efficiency": table(f.gemm_table, "GEMM efficiency by M (median over N, K)"),
         "grouped_gemm_efficiency": table(f.grouped_table, "grouped GEMM by tokens per expert"),
         "attention_efficiency": s(min(max(f.attention_eff, 1e-4), 1.0),
+                                  "attention matmuls at the GEMM peak; the per-score work is "
+                                  "attention_score_rate" if f.score_rate else
                                   "prefill attention FLOP/s over the GEMM peak"),
+        **({"attention_score_rate": s(f.score_rate, "prefill attention time net of its matmul "
+                                                    "FLOPs, per score (mask + softmax)")}
+           if f.score_rate else {}),
         "kernel_latency_s": s(f.latency_s, "half the smallest copy's time"),
         "nvlink": link, "nic": dict(link),
         "gpus_per_node": s(ranks, "ranks on this host"),

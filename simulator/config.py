@@ -216,6 +216,9 @@ class HardwareProfile(Strict):
     gemm_efficiency: EfficiencyTable
     grouped_gemm_efficiency: EfficiencyTable
     attention_efficiency: Sourced
+    attention_score_rate: Optional[Sourced] = Field(
+        None, description="scores/s for masking + softmax over the score matrix, when the "
+        "attention kernel materialises it (CPU math path); none = fused, priced by FLOPs")
     kernel_latency_s: Sourced
     nvlink: LinkSpec
     nic: LinkSpec

@@ -53,6 +53,8 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
                                             "grouped GEMM tokens per expert"))
     elif op.kind == "attention":
         t_c = op.flops / (peak * prof.attention_efficiency.value)
+        if prof.attention_score_rate is not None:     # softmax between the two matmuls
+            latency += op.scores / prof.attention_score_rate.value
     elif op.kind == "elementwise":
         t_c = 0.0
     else:

@@ -33,6 +33,7 @@ class Op:
     collective: str = ""            # all_to_all | all_gather | reduce_scatter
     group: str = ""                 # ep | tp
     micro_batch: int = 0
+    scores: float = 0.0             # attention: query x key scores (softmax work)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -123,8 +124,10 @@ class _Builder:
             qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
                               bytes=t * kv_elems * p.kv_bytes * (cp - 1), collective="all_gather",
                               group="cp", layer=layer, block=block), qkv)
+        scores = s.sequences * a.num_heads * s.query_tokens * (
+            s.context if s.phase == "decode" else s.context)   # a materialised matrix is full
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
-                           bytes=kv_read + kv_b_w * wb + io * ab,
+                           bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block), qkv)
         return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                            bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
