@@ -403,7 +403,8 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
 def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut MoE model)"),
              profile: str = typer.Option("cpu-2core-example", help="hardware profile to predict"),
              ranks: int = typer.Option(2, help="executor processes (EP degree)"),
-             repeats: int = typer.Option(5, help="timed repeats after warm-up"),
+             repeats: int = typer.Option(10, help="timed repeats after warm-up (both "
+                                              "schedules alternate in every repeat)"),
              report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Run the companion torch executor and the simulator on one workload; compare them."""

@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="cpu-2core-example")
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())

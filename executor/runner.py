@@ -36,7 +36,7 @@ class RunConfig:
     ranks: int
     batch: int                 # sequences per rank
     seq: int                   # tokens per sequence
-    schedule: str = "sequential"
+    schedule: str = "sequential"   # several, comma-separated, run alternately in one process group
     expert_slot: int = 2       # scmoe: experts before WINDOW[expert_slot]
     warmup: int = 2
     repeats: int = 5
@@ -220,19 +220,24 @@ def _worker(rank: int, cfg: RunConfig, port: int, out_dir: str) -> None:
         model = TinyModel(spec, cfg.seed).eval()
         ep = _EP(cfg.ranks, rank, spec.moe.num_experts if spec.moe else 1)
         x = inputs(cfg, rank, spec.hidden_size)
-        runs = []
+        schedules = cfg.schedule.split(",")
+        runs: dict[str, list] = {sch: [] for sch in schedules}
+        outs = {}
         with torch.no_grad():
             for it in range(cfg.warmup + cfg.repeats):
                 if rank == cfg.fail_rank and it == 1:
                     raise RuntimeError(f"injected failure on rank {rank}")
-                dist.barrier()
-                out, ops = forward(model, x, ep, cfg.schedule, cfg.expert_slot)
-                if it >= cfg.warmup:
-                    runs.append(ops)
-        med = {name: [statistics.median(r[name][0] for r in runs),
-                      statistics.median(r[name][1] for r in runs)] for name in runs[0]}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"ops": med}))
-        torch.save(out, Path(out_dir, f"out{rank}.pt"))
+                for sch in schedules:          # alternate: every schedule sees the same machine
+                    dist.barrier()
+                    outs[sch], ops = forward(model, x, ep, sch, cfg.expert_slot)
+                    if it >= cfg.warmup:
+                        runs[sch].append(ops)
+        med = {sch: {name: [statistics.median(r[name][0] for r in rs),
+                            statistics.median(r[name][1] for r in rs)] for name in rs[0]}
+               for sch, rs in runs.items()}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
+            {"ops": med[schedules[0]], "by_schedule": med}))
+        torch.save(outs[schedules[0]], Path(out_dir, f"out{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -78,7 +78,7 @@ def _layer_ends(tl: Timeline) -> dict[int, float]:
     return ends
 
 
-def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 5) -> dict:
+def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
     """Measure and predict both schedules; the comparison as a JSON-able dict."""
     from executor.runner import RunConfig, run
     _check(w, ranks)
@@ -89,12 +89,13 @@ def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 5) -> dic
     model = load_model(w.model)
     slot = expert_slot(pred["scmoe"], model.num_layers // 2)
     threads = max(1, (os.cpu_count() or 1) // ranks)
+    cfg = RunConfig(spec=model.model_dump(), ranks=ranks, batch=w.batch_per_device,
+                    seq=w.context_length, schedule=",".join(SCHEDULES), expert_slot=slot,
+                    repeats=repeats, seed=w.seed, threads=threads)
+    ranks_out = run(cfg)["ranks"]
     meas, tls = {}, {}
     for s in SCHEDULES:
-        cfg = RunConfig(spec=model.model_dump(), ranks=ranks, batch=w.batch_per_device,
-                        seq=w.context_length, schedule=s, expert_slot=slot, repeats=repeats,
-                        seed=w.seed, threads=threads)
-        meas[s] = run(cfg)["ranks"]
+        meas[s] = [{"ops": r["by_schedule"][s]} for r in ranks_out]
         tls[s] = measured_timeline(pred[s], meas[s])
     layers = []
     for s in SCHEDULES:
