@@ -216,31 +216,39 @@ def _worker(rank: int, cfg: RunConfig, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=cfg.ranks,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        spec = ModelSpec.model_validate(cfg.spec)
-        model = TinyModel(spec, cfg.seed).eval()
-        ep = _EP(cfg.ranks, rank, spec.moe.num_experts if spec.moe else 1)
-        x = inputs(cfg, rank, spec.hidden_size)
-        schedules = cfg.schedule.split(",")
-        runs: dict[str, list] = {sch: [] for sch in schedules}
-        outs = {}
-        with torch.no_grad():
-            for it in range(cfg.warmup + cfg.repeats):
-                if rank == cfg.fail_rank and it == 1:
-                    raise RuntimeError(f"injected failure on rank {rank}")
-                for sch in schedules:          # alternate: every schedule sees the same machine
-                    dist.barrier()
-                    outs[sch], ops = forward(model, x, ep, sch, cfg.expert_slot)
-                    if it >= cfg.warmup:
-                        runs[sch].append(ops)
-        med = {sch: {name: [statistics.median(r[name][0] for r in rs),
-                            statistics.median(r[name][1] for r in rs)] for name in rs[0]}
-               for sch, rs in runs.items()}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
-            {"ops": med[schedules[0]], "by_schedule": med}))
-        torch.save(outs[schedules[0]], Path(out_dir, f"out{rank}.pt"))
-        dist.barrier()
+        _body(rank, cfg, out_dir)
+    except BaseException as exc:               # leave the cause for the parent to report
+        Path(out_dir, f"error{rank}.txt").write_text(f"rank {rank}: {type(exc).__name__}: {exc}")
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
+    """Build the model, time every schedule, write medians and outputs."""
+    spec = ModelSpec.model_validate(cfg.spec)
+    model = TinyModel(spec, cfg.seed).eval()
+    ep = _EP(cfg.ranks, rank, spec.moe.num_experts if spec.moe else 1)
+    x = inputs(cfg, rank, spec.hidden_size)
+    schedules = cfg.schedule.split(",")
+    runs: dict[str, list] = {sch: [] for sch in schedules}
+    outs = {}
+    with torch.no_grad():
+        for it in range(cfg.warmup + cfg.repeats):
+            if rank == cfg.fail_rank and it == 1:
+                raise RuntimeError(f"injected failure on rank {rank}")
+            for sch in schedules:          # alternate: every schedule sees the same machine
+                dist.barrier()
+                outs[sch], ops = forward(model, x, ep, sch, cfg.expert_slot)
+                if it >= cfg.warmup:
+                    runs[sch].append(ops)
+    med = {sch: {name: [statistics.median(r[name][0] for r in rs),
+                        statistics.median(r[name][1] for r in rs)] for name in rs[0]}
+           for sch, rs in runs.items()}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"ops": med[schedules[0]], "by_schedule": med}))
+    torch.save(outs[schedules[0]], Path(out_dir, f"out{rank}.pt"))
+    dist.barrier()
 
 
 def run(cfg: RunConfig) -> dict:
@@ -250,11 +258,15 @@ def run(cfg: RunConfig) -> dict:
         try:
             mp.start_processes(_worker, args=(cfg, free_port(), d), nprocs=cfg.ranks,
                                join=True, start_method="spawn")
-        except mp.ProcessRaisedException as exc:
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
             from simulator.errors import MoesimError
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-            raise MoesimError("executor", f"a rank failed and the others were stopped: {first}",
-                              "see the message above; rerun with --ranks 1 to isolate it") from None
+            causes = [p.read_text() for p in sorted(Path(d).glob("error*.txt"))]
+            # the rank that failed first is the one whose error is not a broken connection
+            root = [c for c in causes if "gloo" not in c.lower()] or causes or [str(exc)]
+            raise MoesimError("executor", f"a rank failed and the others were stopped: "
+                              f"{root[0].strip().splitlines()[0]}",
+                              "fix the failing rank's cause; rerun with --ranks 1 to isolate "
+                              "it") from None
         ranks = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in range(cfg.ranks)]
         outs = [torch.load(Path(d, f"out{r}.pt")) for r in range(cfg.ranks)]
     return {"ranks": ranks, "outputs": outs}
