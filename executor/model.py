@@ -116,6 +116,8 @@ class MoE(nn.Module):
         self.register_buffer("bias", torch.zeros(self.n_ffn + self.n_zero))
         self.experts = nn.ModuleList(SwiGLU(spec.hidden_size, m.expert_intermediate)
                                      for _ in range(self.n_ffn))
+        self.shared = SwiGLU(spec.hidden_size, m.num_shared_experts * m.expert_intermediate) \
+            if m.num_shared_experts else None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(expert ids, gates) of shape (T, k); gates are the un-biased scores."""
@@ -135,7 +137,7 @@ class Layer(nn.Module):
         n_blocks = 2 if self.shortcut else 1
         self.attn = nn.ModuleList(Attention(spec.attention, h) for _ in range(n_blocks))
         self.norms = nn.ModuleList(RMSNorm(h) for _ in range(2 * n_blocks + 1))
-        n_ffn = n_blocks if (self.shortcut or dense) else 0
+        n_ffn = n_blocks if (self.shortcut or dense) else 0     # dense SwiGLUs of this layer
         self.ffn = nn.ModuleList(SwiGLU(h, spec.dense_intermediate) for _ in range(n_ffn))
         self.moe = None if dense else MoE(spec)
 

@@ -103,35 +103,48 @@ def layer_forward(layer: Layer, x: torch.Tensor, i: int, clock: _Clock, ep: _EP,
     """One layer, every op timed under its simulator name."""
     b, s, hdim = x.shape
     p = f"L{i}."
-    if layer.moe is None or not layer.shortcut:
-        return _conventional(layer, x, i, clock, ep)
-    h = x
-    n = layer.norms[0](h)
-    parts = clock.op(p + "attn0.qkv_proj", lambda: layer.attn[0].qkv_proj(n))
-    core = clock.op(p + "attn0.core", lambda: layer.attn[0].core(parts, (b, s)))
-    h = h + clock.op(p + "attn0.o_proj", lambda: layer.attn[0].o(core))
+    attn = p + ("attn0." if layer.shortcut else "attn.")
+    n = layer.norms[0](x)
+    parts = clock.op(attn + "qkv_proj", lambda: layer.attn[0].qkv_proj(n))
+    core = clock.op(attn + "core", lambda: layer.attn[0].core(parts, (b, s)))
+    h = x + clock.op(attn + "o_proj", lambda: layer.attn[0].o(core))
     xm = layer.norms[1](h)
-    flat = xm.reshape(b * s, hdim)
-    moe = layer.moe
+    if layer.moe is None:                                   # a dense layer
+        out = clock.op(p + "ffn.ffn", lambda: layer.ffn[0](xm))
+        return clock.op(p + "residual", lambda: h + out)
+    state = {"h": h, "xm": xm}
+    overlap = schedule in ("scmoe", "sbo")
+    if layer.shortcut:                  # the dense path after MLA_0 overlaps the MoE branch
+        window = _window(layer, state, b, s)
+        k = 2 if schedule == "sbo" else (slot if overlap else 0)
+    else:                               # conventional: only a shared expert can overlap
+        shared = layer.moe.shared
+        window = [] if shared is None else \
+            [("moe.shared", lambda: state.update(shared=shared(xm)))]
+        k = len(window) if overlap else 0
+    moe_out = _moe(layer.moe, xm.reshape(b * s, hdim), clock, ep, p, window, overlap, k)
+    return clock.op(p + "residual", lambda: state["h"] + moe_out.view(b, s, hdim)
+                    + state.get("shared", 0.0))
+
+
+def _moe(moe, flat: torch.Tensor, clock: _Clock, ep: _EP, p: str, window: list, overlap: bool,
+         k: int) -> torch.Tensor:
+    """Router, permute, dispatch, experts, combine, unpermute; `window` ops run in series after
+    the combine, or (overlap) window[:k] under the dispatch and window[k:] under the combine."""
+    hdim = flat.shape[1]
     ids, gates = clock.op(p + "moe.router", lambda: moe.route(flat))
     send, counts, tok, kslot = clock.op(p + "moe.permute",
                                         lambda: ep.permute(flat, ids, moe.n_ffn))
-    overlap = schedule in ("scmoe", "sbo")
-    k = 2 if schedule == "sbo" else (slot if overlap else 0)
     clock.start(p + "moe.dispatch")
     rcounts = ep.exchange_counts(counts)
     in_splits, out_splits = counts.tolist(), rcounts.tolist()
     recv, work = ep.all_to_all(send, out_splits, in_splits, async_op=overlap)
-    state = {"h": h, "xm": xm}
-    window = _window(layer, state, b, s, p)
-    if not overlap:
-        clock.end(p + "moe.dispatch")
-    for name, fn in window[:k] if overlap else []:
-        clock.op(p + name, fn)
+    if overlap:
+        for name, fn in window[:k]:
+            clock.op(p + name, fn)
     if work is not None:
         work.wait()
-    if overlap:
-        clock.end(p + "moe.dispatch")
+    clock.end(p + "moe.dispatch")
 
     def experts():
         out = torch.empty_like(recv[:, :hdim])
@@ -144,27 +157,25 @@ def layer_forward(layer: Layer, x: torch.Tensor, i: int, clock: _Clock, ep: _EP,
     y = clock.op(p + "moe.experts", experts)
     clock.start(p + "moe.combine")
     back, work = ep.all_to_all(y.contiguous(), in_splits, out_splits, async_op=overlap)
-    if not overlap:
-        clock.end(p + "moe.combine")
-        for name, fn in window:
-            clock.op(p + name, fn)
-    else:
+    if overlap:
         for name, fn in window[k:]:
             clock.op(p + name, fn)
-        if work is not None:
-            work.wait()
-        clock.end(p + "moe.combine")
+    if work is not None:
+        work.wait()
+    clock.end(p + "moe.combine")
+    if not overlap:
+        for name, fn in window:
+            clock.op(p + name, fn)
 
     def unpermute():
         zero = ids >= moe.n_ffn
         out = flat * (gates * zero).sum(dim=1, keepdim=True)      # identity experts, locally
         out.index_add_(0, tok, back * gates[tok, kslot][:, None])
         return out
-    moe_out = clock.op(p + "moe.unpermute", unpermute)
-    return clock.op(p + "residual", lambda: state["h"] + moe_out.view(b, s, hdim))
+    return clock.op(p + "moe.unpermute", unpermute)
 
 
-def _window(layer: Layer, st: dict, b: int, s: int, p: str) -> list:
+def _window(layer: Layer, st: dict, b: int, s: int) -> list:
     """The dense path after MLA_0 as (name, thunk) pairs that update st['h']."""
     def ffn0():
         st["h"] = st["h"] + layer.ffn[0](st["xm"])
@@ -181,19 +192,6 @@ def _window(layer: Layer, st: dict, b: int, s: int, p: str) -> list:
     def ffn1():
         st["h"] = st["h"] + layer.ffn[1](layer.norms[3](st["h"]))
     return list(zip(WINDOW, (ffn0, qkv1, core1, o1, ffn1)))
-
-
-def _conventional(layer: Layer, x: torch.Tensor, i: int, clock: _Clock, ep: _EP) -> torch.Tensor:
-    b, s, hdim = x.shape
-    p = f"L{i}."
-    n = layer.norms[0](x)
-    parts = clock.op(p + "attn.qkv_proj", lambda: layer.attn[0].qkv_proj(n))
-    core = clock.op(p + "attn.core", lambda: layer.attn[0].core(parts, (b, s)))
-    h = x + clock.op(p + "attn.o_proj", lambda: layer.attn[0].o(core))
-    if layer.moe is None:
-        out = clock.op(p + "ffn.ffn", lambda: layer.ffn[0](layer.norms[1](h)))
-        return clock.op(p + "residual", lambda: h + out)
-    raise NotImplementedError("conventional MoE layers: use a shortcut model for validation")
 
 
 def forward(model: TinyModel, x: torch.Tensor, ep: _EP, schedule: str, slot: int):

@@ -3,12 +3,10 @@ import sys
 import warnings
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from simulator.calibration import Row, fit, interp_log, rows_from_dicts
-from simulator.config import HardwareProfile
+from simulator.calibration import Row, fit, interp_log
 from simulator.errors import MoesimError
 from simulator.loading import load_profile
 from simulator.whatif import simulate

@@ -90,3 +90,17 @@ def test_a_dying_rank_stops_the_others():
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                 and "spawn_main" in " ".join(p.cmdline())}
     assert not (ranks() - before)
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "scmoe"])
+def test_conventional_moe_layers_with_a_shared_expert_and_a_dense_layer(schedule):
+    spec = load_model("tiny-scmoe").model_dump()
+    spec.update(num_layers=3, layer_kind="conventional", first_k_dense=1)
+    spec["moe"] = dict(spec["moe"], num_zero_experts=0, real_experts_per_token=None,
+                       num_shared_experts=1)
+    cfg = RunConfig(spec=spec, ranks=2, batch=2, seq=32, schedule=schedule, warmup=1, repeats=1)
+    got = run(cfg)
+    for a, b in zip(got["outputs"], reference(cfg)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    ops = got["ranks"][0]["ops"]
+    assert "L0.ffn.ffn" in ops and "L1.moe.shared" in ops and "L2.attn.core" in ops
