@@ -35,6 +35,13 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _print_warnings(caught: list) -> None:
+    """Show captured user warnings, one line each, on stderr."""
+    for c in caught:
+        if issubclass(c.category, UserWarning):
+            err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
+
+
 def _fmt(x: Optional[float], nd: int = 1) -> str:
     return "-" if x is None else f"{x:,.{nd}f}"
 
@@ -382,9 +389,7 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
                 force=force, price=price, name=name,
                 progress=lambda label, i, n: bar.update(task, description=label, completed=i,
                                                         total=n))
-    for c in caught:
-        if issubclass(c.category, UserWarning):
-            err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
+    _print_warnings(caught)
     table = Table(title=f"calibrated {data['gpu']} -> {path}")
     for col in ("fit", "held-out MAPE", "points", "flag"):
         table.add_column(col, justify="left" if col == "fit" else "right")
@@ -419,9 +424,7 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
         warnings.simplefilter("always")
         with err.status("running the executor and the simulator"):
             v = run_validate(w, profile, ranks, repeats)
-    for c in caught:
-        if issubclass(c.category, UserWarning):
-            err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
+    _print_warnings(caught)
     if report:
         from simulator.report import write_report
         write_report(report_results(v), report)

@@ -57,13 +57,11 @@ class Engine:
     """Runs a StreamPlan on `n_ranks` identical ranks and returns per-(rank, op) start/end."""
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
-                 comm_sm_fraction: float, n_ranks: int = 1,
-                 compute_scale: list[list[float]] | None = None) -> None:
+                 comm_sm_fraction: float, n_ranks: int = 1) -> None:
         self.p = plan
         self.bw = bandwidth_Bps
         self.sm = comm_sm_fraction
         self.n_ranks = n_ranks
-        self.scale = compute_scale
         n = len(plan.names)
         self.env = simpy.Environment()
         self.start = [[-1.0] * n for _ in range(n_ranks)]
@@ -117,8 +115,7 @@ class Engine:
         if demand is None:
             own = self.p.rank_compute_s.get(i)
             base = own[r % len(own)] if own is not None else self.p.compute_s[i]
-            work = base * (self.scale[r][i] if self.scale else 1.0)
-            task = _Task(i, r, remaining=work)
+            task = _Task(i, r, remaining=base)
         else:
             task = _Task(i, r, latency=demand.latency_s, is_comm=True,
                          link_left={k: v for k, v in demand.link_bytes.items() if v > 0})

@@ -124,8 +124,7 @@ class _Builder:
             qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
                               bytes=t * kv_elems * p.kv_bytes * (cp - 1), collective="all_gather",
                               group="cp", layer=layer, block=block), qkv)
-        scores = s.sequences * a.num_heads * s.query_tokens * (
-            s.context if s.phase == "decode" else s.context)   # a materialised matrix is full
+        scores = s.sequences * a.num_heads * s.query_tokens * s.context  # a materialised matrix
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block), qkv)

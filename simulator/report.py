@@ -15,7 +15,6 @@ COLORS = {"gemm": "#4C78A8", "grouped_gemm": "#F58518", "attention": "#54A24B",
 def timeline_figure(results: list, layers: int = 3, max_ranks: int = 4) -> go.Figure:
     """Per-stream, per-rank Gantt of a few middle layers for each schedule, with the exposed
     communication (no compute running beside it) on its own row; hover shows achieved rates."""
-    from simulator.timeline import _intersection_length, _union  # noqa: F401
     fig = go.Figure()
     seen: set[str] = set()
     rows = 0
@@ -167,15 +166,9 @@ def serving_figures(res, points) -> list[go.Figure]:
 
 def write_serving_report(res, points, path: Path) -> None:
     """A serving report (CDFs, KV, curve) written atomically."""
-    figs = serving_figures(res, points)
-    body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"moesim-fig-{i}")
-                   for i, f in enumerate(figs))
-    title = "moesim serving report"
-    if res is not None:
-        title = html.escape(f"moesim serving: {res.metrics['workload']}")
-    write_text_atomic(Path(path), f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}"
-                      f"</title></head><body style='font-family:sans-serif'><h1>{title}</h1>{body}"
-                      "</body></html>")
+    title = f"moesim serving: {res.metrics['workload']}" if res is not None else \
+        "moesim serving report"
+    write_figures(serving_figures(res, points), title, path)
 
 
 def training_figure(m: dict) -> go.Figure:

@@ -12,7 +12,7 @@ from simulator.config import HardwareProfile, ModelSpec, Workload
 from simulator.cost import cost_per_million_tokens
 from simulator.engine import Engine
 from simulator.errors import MoesimError
-from simulator.hardware import comm_demand, compute_time_s, link_bandwidths, op_time_s
+from simulator.hardware import CommDemand, comm_demand, link_bandwidths, op_time_s
 from simulator.loading import load_model, load_profile
 from simulator.memory import MemoryBreakdown, inference_memory
 from simulator.model import Shape, build_backward, build_forward
@@ -202,7 +202,7 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
                   [durations[n] for n in sp.names])
     notes = list(r.notes) + sorted({str(c.message) for c in caught})
     metrics = _metrics(r, schedule, tl, notes)
-    metrics.update(_ep_metrics(r, traffic, tl, prof))
+    metrics.update(_ep_metrics(traffic, tl, prof, demands))
     return RunResult(r, schedule, tl, metrics)
 
 
@@ -226,25 +226,16 @@ def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     return out
 
 
-def _ep_metrics(r: Resolved, traffic: dict[int, EPTraffic], tl: Timeline,
-                prof: HardwareProfile) -> dict:
-    """Routing imbalance and link utilisation of the representative rank."""
+def _ep_metrics(traffic: dict[int, EPTraffic], tl: Timeline, prof: HardwareProfile,
+                demands: dict[str, CommDemand]) -> dict:
+    """Routing imbalance and link utilisation of the representative (slowest) rank."""
     bw = link_bandwidths(prof)
     step = tl.span_s or 1.0
     per_class: dict[str, float] = {}
-    slowest: dict[tuple, int] = {}
-    for i, op in enumerate(tl.ops):
+    for op in tl.ops:
         if not op.is_comm:
             continue
-        d = comm_demand(op, r.workload.plan, prof)
-        t = traffic.get(op.micro_batch)
-        if t is not None and op.group == "ep":
-            key = (op.micro_batch, "combine" in op.name)
-            if key not in slowest:
-                slowest[key] = int(np.argmax([comm_time_s(t.demand(q, key[1]), prof)
-                                              for q in range(r.workload.plan.ep)]))
-            d = t.demand(slowest[key], key[1])
-        for cls, b in d.link_bytes.items():
+        for cls, b in demands[op.name].link_bytes.items():
             per_class[cls] = per_class.get(cls, 0.0) + b
     links = {cls: {"bytes_per_step": b, "utilisation": b / bw[cls] / step}
              for cls, b in sorted(per_class.items())}
@@ -335,4 +326,4 @@ def _metrics(r: Resolved, schedule: str, tl: Timeline, notes: list[str]) -> dict
     }
 
 
-__all__ = ["resolve", "simulate", "RunResult", "Resolved", "compute_time_s"]
+__all__ = ["resolve", "simulate", "RunResult", "Resolved"]

@@ -52,7 +52,7 @@ def test_collective_ends_when_slowest_rank_is_done():
     # rank 1's compute before the collective is 3x slower: everyone's collective output waits.
     p = plan(["compute", "comm", "compute"], [[], [0], [1]], [1.0, 0.0, 1.0],
              [None, CommDemand(0.0, {"nic": 1.0}), None])
-    start, end = Engine(p, {"nic": 1.0}, 0.0, n_ranks=2,
-                        compute_scale=[[1, 1, 1], [3, 1, 1]]).run()
+    p.rank_compute_s = {0: [1.0, 3.0]}
+    start, end = Engine(p, {"nic": 1.0}, 0.0, n_ranks=2).run()
     assert end[0][1] == pytest.approx(4.0) and end[1][1] == pytest.approx(4.0)
     assert start[0][2] == pytest.approx(4.0)
