@@ -39,7 +39,7 @@ def timeline_figure(results: list, layers: int = 3, max_ranks: int = 4) -> go.Fi
                     legendgroup=kind, showlegend=kind not in seen, hovertext=hover,
                     hoverinfo="text"))
                 seen.add(kind)
-            exposed = _exposed(tl, r, keep)
+            exposed = [(a, b) for a, b in tl.exposed_intervals(r, keep) if b - a > 1e-12]
             if exposed:
                 fig.add_trace(go.Bar(
                     orientation="h", base=[(a - t0) * 1e6 for a, _ in exposed],
@@ -61,25 +61,6 @@ def _hover(op, stream: str, dur_us: float) -> str:
     return (f"{html.escape(op.name)}<br>{op.kind} on {stream}<br>{dur_us:.1f} us<br>"
             f"{op.flops / 1e9:.2f} GFLOP, {op.bytes / 1e6:.2f} MB<br>"
             f"{op.flops / sec / 1e12:.1f} TFLOP/s, {op.bytes / sec / 1e9:.1f} GB/s")
-
-
-def _exposed(tl, r: int, keep: list[int]) -> list[tuple[float, float]]:
-    """Intervals where a collective runs and no compute op does."""
-    from simulator.timeline import _union
-    comm = _union([(tl.start_s[r, i], tl.end_s[r, i]) for i in keep if tl.ops[i].is_comm])
-    comp = _union([(tl.start_s[r, i], tl.end_s[r, i]) for i in keep if not tl.ops[i].is_comm])
-    out = []
-    for a, b in comm:
-        cur = a
-        for c, d in comp:
-            if d <= cur or c >= b:
-                continue
-            if c > cur:
-                out.append((cur, c))
-            cur = max(cur, d)
-        if cur < b:
-            out.append((cur, b))
-    return [(a, b) for a, b in out if b - a > 1e-12]
 
 
 def summary_figure(results: list) -> go.Figure:
@@ -106,31 +87,19 @@ def breakdown_figure(results: list) -> go.Figure:
     return fig
 
 
-def render_html(results: list) -> str:
-    """The whole report as one HTML string with plotly.js inline."""
+def write_report(results: list, path: Path) -> None:
+    """Schedules side by side: a summary table, step bars, op breakdown, timelines (atomic)."""
     first = results[0].metrics
-    figs = [summary_figure(results), breakdown_figure(results), timeline_figure(results)]
-    body = []
-    for k, fig in enumerate(figs):
-        body.append(fig.to_html(full_html=False, include_plotlyjs=(k == 0),
-                                div_id=f"moesim-fig-{k}"))
     rows = "".join(
         f"<tr><td>{html.escape(r.metrics['schedule'])}</td>"
         f"<td>{r.metrics['step_time_ms']:.3f}</td>"
         f"<td>{'-' if r.metrics['tpot_ms'] is None else format(r.metrics['tpot_ms'], '.3f')}</td>"
         f"<td>{r.metrics['exposed_comm_us']:.0f}</td></tr>" for r in results)
-    title = html.escape(f"moesim: {first['workload']} ({first['model']} on {first['hardware']})")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-            f"<body style='font-family:sans-serif'><h1>{title}</h1>"
-            f"<table border='1' cellpadding='4'><tr><th>schedule</th><th>step ms</th>"
-            f"<th>TPOT ms</th><th>exposed comm us</th></tr>{rows}</table>"
-            + "".join(body) + "</body></html>")
-
-
-def write_report(results: list, path: Path) -> None:
-    """Write the report atomically."""
-    write_text_atomic(Path(path), render_html(results))
-
+    table = ("<table border='1' cellpadding='4'><tr><th>schedule</th><th>step ms</th>"
+             f"<th>TPOT ms</th><th>exposed comm us</th></tr>{rows}</table>")
+    write_figures([summary_figure(results), breakdown_figure(results), timeline_figure(results)],
+                  f"moesim: {first['workload']} ({first['model']} on {first['hardware']})", path,
+                  intro=table)
 
 def serving_figures(res, points) -> list[go.Figure]:
     """Latency CDFs and KV utilisation of a serving run; the throughput-interactivity curve."""

@@ -38,14 +38,32 @@ class Timeline:
 
     def comm_exposure_s(self, rank: int = 0) -> tuple[float, float]:
         """(exposed, hidden) communication on a rank: comm time with / without compute beside it."""
-        comm = [(self.start_s[rank, i], self.end_s[rank, i]) for i, o in enumerate(self.ops)
-                if o.is_comm]
-        compute = [(self.start_s[rank, i], self.end_s[rank, i]) for i, o in enumerate(self.ops)
-                   if not o.is_comm]
-        comm_u = _union(comm)
-        busy = sum(b - a for a, b in comm_u)
-        overlap = _intersection_length(comm_u, _union(compute))
-        return busy - overlap, overlap
+        keep = range(len(self.ops))
+        busy = sum(b - a for a, b in _union([(self.start_s[rank, i], self.end_s[rank, i])
+                                             for i in keep if self.ops[i].is_comm]))
+        exposed = sum(b - a for a, b in self.exposed_intervals(rank, keep))
+        return exposed, busy - exposed
+
+    def exposed_intervals(self, rank: int, keep) -> list[tuple[float, float]]:
+        """Intervals (among ops `keep`) where a collective runs and no compute op does."""
+        comm = _union([(self.start_s[rank, i], self.end_s[rank, i]) for i in keep
+                       if self.ops[i].is_comm])
+        comp = _union([(self.start_s[rank, i], self.end_s[rank, i]) for i in keep
+                       if not self.ops[i].is_comm])
+        out, j = [], 0                      # both lists sorted and disjoint: one sweep
+        for a, b in comm:
+            while j < len(comp) and comp[j][1] <= a:
+                j += 1
+            cur, k = a, j
+            while k < len(comp) and comp[k][0] < b:
+                c, d = comp[k]
+                if c > cur:
+                    out.append((cur, c))
+                cur = max(cur, d)
+                k += 1
+            if cur < b:
+                out.append((cur, b))
+        return [(a, b) for a, b in out if b > a]
 
     def layer_times_s(self, rank: int = 0) -> dict[int, float]:
         """Time each layer adds: its last end minus the previous layer's last end."""
@@ -69,17 +87,3 @@ def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
         else:
             out.append((a, b))
     return out
-
-
-def _intersection_length(x: list[tuple[float, float]], y: list[tuple[float, float]]) -> float:
-    i = j = 0
-    total = 0.0
-    while i < len(x) and j < len(y):
-        lo, hi = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
-        if hi > lo:
-            total += hi - lo
-        if x[i][1] < y[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total

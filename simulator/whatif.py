@@ -1,6 +1,7 @@
 """Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
 from __future__ import annotations
 
+import gc
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -158,6 +159,17 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     schedule = schedule or w.schedule
     policy = get_policy(schedule)
     r = resolved or resolve(w)
+    prof, plan = r.profile, w.plan
+    gc_on = gc.isenabled()
+    gc.disable()      # tens of thousands of short-lived acyclic objects: refcounting frees them
+    try:
+        return _simulate(w, schedule, policy, r, per_rank)
+    finally:
+        if gc_on:
+            gc.enable()
+
+
+def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> RunResult:
     prof, plan = r.profile, w.plan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
