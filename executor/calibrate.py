@@ -103,7 +103,8 @@ def calibrate(device: str = "cpu", mode: str = "quick", ranks: int = 2,
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     steps = [("GEMM", mb.bench_gemm), ("grouped GEMM", mb.bench_grouped_gemm),
-             ("attention", mb.bench_attention), ("memory", mb.bench_memory)]
+             ("attention", mb.bench_attention), ("memory", mb.bench_memory),
+             ("eager ops", mb.bench_eager_ops)]
     rows: list[dict] = []
     total = len(steps) + (1 if ranks > 1 else 0)
     if device == "cpu" and ranks > 1:

@@ -57,13 +57,13 @@ class Grid:
 
 QUICK = Grid(gemm_m=(1, 8, 64, 256, 1024), gemm_nk=((512, 512), (1024, 1024), (2048, 512)),
              experts=(4, 8), tokens_per_expert=(8, 32, 128, 512),
-             attn_batch=(1, 4), attn_ctx=(256, 1024),
+             attn_batch=(1, 4), attn_ctx=(128, 256, 1024),
              copy_bytes=(1 << 12, 1 << 16, 1 << 20, 1 << 22, 1 << 24, 1 << 26),
              coll_bytes=(1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22), warmup=2, repeats=5)
 FULL = Grid(gemm_m=(1, 4, 16, 64, 128, 256, 512, 1024, 2048),
             gemm_nk=((512, 512), (1024, 1024), (2048, 512), (2048, 2048), (512, 2048)),
             experts=(4, 8, 16), tokens_per_expert=(4, 16, 64, 128, 256, 512, 1024),
-            attn_batch=(1, 4, 16), attn_ctx=(256, 1024, 4096),
+            attn_batch=(1, 4, 16), attn_ctx=(64, 128, 256, 1024, 4096),
             copy_bytes=(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 25,
                         1 << 26, 1 << 27),
             coll_bytes=(1 << 8, 1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22,
@@ -82,14 +82,36 @@ def backend_for(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
 
+def cache_flusher(device: str) -> Callable[[], None]:
+    """Writes a buffer the size of the last-level cache (untimed), so the next timed run reads
+    its weights from memory as a layer of a real forward pass does (triton's do_bench does the
+    same on GPUs)."""
+    size = 256 << 20
+    if device == "cuda":
+        size = max(size, 2 * int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0)))
+    else:
+        try:
+            text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+            size = int(text.rstrip("KMG")) * unit
+        except (OSError, ValueError):
+            pass
+    buf = torch.empty(size // 4, device=device)
+    return lambda: buf.fill_(1.0)
+
+
 def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
-            repeats: int) -> tuple[float, float]:
-    """(median, IQR) seconds of fn over `repeats` runs after `warmup` runs."""
+            repeats: int, before: Callable[[], object] | None = None) -> tuple[float, float]:
+    """(median, IQR) seconds of fn over `repeats` runs after `warmup` runs; `before` runs
+    untimed ahead of each timed run."""
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
+            sync()
         t = time.perf_counter()
         fn()
         sync()
@@ -99,13 +121,13 @@ def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
 
 
 def bench_gemm(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
-    """Dense GEMM (M x K) @ (K x N)."""
-    sync, out = sync_for(device), []
+    """Dense GEMM (M x K) @ (K x N), weights cold in cache."""
+    sync, out, flush = sync_for(device), [], cache_flusher(device)
     for n, k in grid.gemm_nk:
         b = torch.randn(k, n, device=device, dtype=dtype)
         for m in grid.gemm_m:
             a = torch.randn(m, k, device=device, dtype=dtype)
-            med, iqr = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats)
+            med, iqr = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats, flush)
             es = a.element_size()
             out.append(Measurement("gemm", {"m": m, "n": n, "k": k}, med, iqr, 2.0 * m * n * k,
                                    float((m * k + k * n + m * n) * es)))
@@ -114,13 +136,14 @@ def bench_gemm(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]
 
 def bench_grouped_gemm(device: str, grid: Grid, dtype: torch.dtype, hidden: int = 512,
                        inter: int = 512) -> list[Measurement]:
-    """Experts' FFN GEMMs: balanced (one bmm) and skewed (half the tokens on one expert)."""
-    sync, out = sync_for(device), []
+    """Experts' FFN GEMMs: balanced (one bmm) and skewed (half the tokens on one expert),
+    weights cold in cache."""
+    sync, out, flush = sync_for(device), [], cache_flusher(device)
     for e in grid.experts:
         w = torch.randn(e, hidden, inter, device=device, dtype=dtype)
         for t in grid.tokens_per_expert:
             x = torch.randn(e, t, hidden, device=device, dtype=dtype)
-            med, iqr = time_fn(lambda: torch.bmm(x, w), sync, grid.warmup, grid.repeats)
+            med, iqr = time_fn(lambda: torch.bmm(x, w), sync, grid.warmup, grid.repeats, flush)
             es = x.element_size()
             out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
                                                     "skew": 0}, med, iqr,
@@ -131,7 +154,7 @@ def bench_grouped_gemm(device: str, grid: Grid, dtype: torch.dtype, hidden: int 
             rest = [(total - hot) // (e - 1)] * (e - 1)
             chunks = [torch.randn(n, hidden, device=device, dtype=dtype) for n in [hot] + rest]
             med, iqr = time_fn(lambda: [c @ w[i] for i, c in enumerate(chunks)], sync,
-                               grid.warmup, grid.repeats)
+                               grid.warmup, grid.repeats, flush)
             out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
                                                     "skew": 1}, med, iqr,
                                    2.0 * sum(c.shape[0] for c in chunks) * hidden * inter,
@@ -171,7 +194,33 @@ def bench_attention(device: str, grid: Grid, dtype: torch.dtype, heads: int = 8,
                                                              "scores": bsz * heads * ctx * ctx},
                                        med, iqr, 2.0 * bsz * heads * ctx * ctx * head_dim,
                                        float(4 * k.numel() * es)))
+                # MLA's shape: query/key heads wider than value heads (nope + rope vs v)
+                vd = head_dim * 2 // 3
+                vm = torch.randn(bsz, heads, ctx, vd, device=device, dtype=dtype)
+                med, iqr = time_fn(lambda: sdpa(q, k, vm, is_causal=True), sync, grid.warmup,
+                                   grid.repeats)
+                out.append(Measurement("attention_prefill_mla",
+                                       {"batch": bsz, "ctx": ctx, "v_dim": vd,
+                                        "scores": bsz * heads * ctx * ctx},
+                                       med, iqr, 1.0 * bsz * heads * ctx * ctx * (head_dim + vd),
+                                       float((3 * k.numel() + vm.numel()) * es)))
     return out
+
+
+EAGER_CHAIN = 200
+
+
+def bench_eager_ops(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
+    """Framework cost of one eager op: a chain of in-place adds on a 16-element tensor."""
+    sync = sync_for(device)
+    x = torch.zeros(16, device=device, dtype=dtype)
+
+    def chain() -> None:
+        for _ in range(EAGER_CHAIN):
+            x.add_(1.0)
+    med, iqr = time_fn(chain, sync, grid.warmup, grid.repeats * 2)
+    return [Measurement("eager_op", {"ops": EAGER_CHAIN}, med, iqr, 0.0,
+                        float(2 * EAGER_CHAIN * x.numel() * x.element_size()))]
 
 
 def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
@@ -296,26 +345,37 @@ def bench_collectives(device: str, ranks: int, grid: Grid, threads: int) -> list
             return list(csv.DictReader(f))
 
 
+COMPUTE_BENCHES = (bench_gemm, bench_grouped_gemm, bench_attention, bench_memory,
+                   bench_eager_ops)
+
+
 def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name: str,
-                    out_path: str) -> None:
-    """Every rank runs the single-device benchmarks at once; rank 0 keeps its timings, so a
-    simulated device is measured the way it runs: beside the other ranks on the same host."""
+                    out_dir: str) -> None:
+    """Every rank runs the single-device benchmarks at once, so a simulated device is measured
+    the way it runs: beside the other ranks on the same host."""
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     rows: list[Measurement] = []
-    for fn in (bench_gemm, bench_grouped_gemm, bench_attention, bench_memory):
+    for fn in COMPUTE_BENCHES:
         rows += fn(device, grid, dtype)
-    if rank == 0:
-        _write_rows(out_path, rows)
+    _write_rows(os.path.join(out_dir, f"compute{rank}.csv"), rows)
 
 
 def bench_compute_concurrently(device: str, ranks: int, grid: Grid, threads: int,
                                dtype_name: str = "float32") -> list[dict]:
-    """The single-device benchmarks in `ranks` processes at once; rank 0's rows."""
+    """The single-device benchmarks in `ranks` processes at once; per case, the slowest rank's
+    row: ranks meet at every all-to-all, so an expert-parallel group runs at its slowest pace."""
+    import csv
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "compute.csv")
-        mp.start_processes(_compute_worker, args=(device, grid, threads, dtype_name, path),
+        mp.start_processes(_compute_worker, args=(device, grid, threads, dtype_name, d),
                            nprocs=ranks, join=True, start_method="spawn")
-        import csv
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        slowest: dict[tuple, dict] = {}
+        for r in range(ranks):
+            with open(os.path.join(d, f"compute{r}.csv"), newline="") as f:
+                for row in csv.DictReader(f):
+                    key = tuple(sorted((k, v) for k, v in row.items()
+                                       if k not in ("median_s", "iqr_s")))
+                    if key not in slowest or float(row["median_s"]) > float(
+                            slowest[key]["median_s"]):
+                        slowest[key] = row
+        return list(slowest.values())

@@ -125,6 +125,22 @@ class MoE(nn.Module):
         ids = torch.topk(scores + self.bias, self.k, dim=-1).indices
         return ids, scores.gather(1, ids).to(x.dtype)
 
+    def balance(self, x: torch.Tensor, real_per_token: float, steps: int = 300) -> None:
+        """Set the router bias as LongCat's bias controller does in training: every FFN expert
+        takes an equal share of `real_per_token` copies per token, the zero experts the rest
+        (sign updates with a shrinking step, on the router's input `x`)."""
+        scores = F.softmax(self.router(x).float(), dim=-1)
+        t = scores.shape[0]
+        target = torch.empty(self.n_ffn + self.n_zero)
+        target[:self.n_ffn] = t * real_per_token / self.n_ffn
+        target[self.n_ffn:] = t * (self.k - real_per_token) / max(self.n_zero, 1)
+        step = float(scores.std()) or 1e-3
+        for _ in range(steps):
+            ids = torch.topk(scores + self.bias, self.k, dim=-1).indices
+            load = torch.bincount(ids.flatten(), minlength=target.numel()).float()
+            self.bias += step * torch.sign(target - load)
+            step *= 0.985
+
 
 class Layer(nn.Module):
     """Shortcut (MLA_0, FFN_0, MLA_1, FFN_1 + MoE on MLA_0's output) or conventional."""

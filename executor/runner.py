@@ -42,6 +42,7 @@ class RunConfig:
     repeats: int = 5
     seed: int = 0
     threads: int = 1
+    real_experts: float = 0.0  # real experts per token the routers are biased to; 0: the model's
     fail_rank: int = -1        # fault injection for tests: this rank raises mid-run
 
 
@@ -208,6 +209,25 @@ def inputs(cfg: RunConfig, rank: int, hidden: int) -> torch.Tensor:
     return torch.randn(cfg.batch, cfg.seq, hidden, generator=g)
 
 
+def balance_routers(model: TinyModel, cfg: RunConfig) -> None:
+    """Bias every router (as LongCat's controller would have in training) on the inputs of all
+    ranks: the same result on every rank, routing the model's real experts per token."""
+    spec, hidden = model.spec, model.spec.hidden_size
+    if spec.moe is None:
+        return
+    x = torch.cat([inputs(cfg, r, hidden) for r in range(cfg.ranks)])
+    b, s, _ = x.shape
+    ep = _EP(1, 0, spec.moe.num_experts)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            if layer.moe is not None:
+                h = x + layer.attn[0].o(layer.attn[0].core(
+                    layer.attn[0].qkv_proj(layer.norms[0](x)), (b, s)))
+                layer.moe.balance(layer.norms[1](h).reshape(b * s, hidden),
+                                  cfg.real_experts or spec.moe.mean_real_experts)
+            x = layer_forward(layer, x, i, _Clock(), ep, "sequential", 0)
+
+
 def _worker(rank: int, cfg: RunConfig, port: int, out_dir: str) -> None:
     torch.set_num_threads(cfg.threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -226,6 +246,7 @@ def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
     """Build the model, time every schedule, write medians and outputs."""
     spec = ModelSpec.model_validate(cfg.spec)
     model = TinyModel(spec, cfg.seed).eval()
+    balance_routers(model, cfg)
     ep = _EP(cfg.ranks, rank, spec.moe.num_experts if spec.moe else 1)
     x = inputs(cfg, rank, spec.hidden_size)
     schedules = cfg.schedule.split(",")
@@ -274,6 +295,7 @@ def reference(cfg: RunConfig) -> list[torch.Tensor]:
     """Single-process outputs for every rank's batch (all experts local)."""
     spec = ModelSpec.model_validate(cfg.spec)
     model = TinyModel(spec, cfg.seed).eval()
+    balance_routers(model, cfg)
     ep = _EP(1, 0, spec.moe.num_experts if spec.moe else 1)
     with torch.no_grad():
         return [forward(model, inputs(cfg, r, spec.hidden_size), ep, "sequential", 0)[0]

@@ -82,16 +82,19 @@ def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> di
     """Measure and predict both schedules; the comparison as a JSON-able dict."""
     from executor.runner import RunConfig, run
     _check(w, ranks)
-    load_profile(profile)
+    prof = load_profile(profile)
     wv = _workload(w, ranks, profile)
     r = resolve(wv)
     pred = {s: simulate(wv, s, resolved=r) for s in SCHEDULES}
     model = load_model(w.model)
     slot = expert_slot(pred["scmoe"], model.num_layers // 2)
-    threads = max(1, (os.cpu_count() or 1) // ranks)
+    # a rank computes with the threads the profile was measured with (a CPU "device")
+    threads = prof.calibration.threads_per_rank if prof.calibration else \
+        max(1, (os.cpu_count() or 1) // ranks)
     cfg = RunConfig(spec=model.model_dump(), ranks=ranks, batch=w.batch_per_device,
                     seq=w.context_length, schedule=",".join(SCHEDULES), expert_slot=slot,
-                    repeats=repeats, seed=w.seed, threads=threads)
+                    repeats=repeats, seed=w.seed, threads=threads,
+                    real_experts=w.real_experts_per_token or 0.0)
     ranks_out = run(cfg)["ranks"]
     meas, tls = {}, {}
     for s in SCHEDULES:

@@ -80,7 +80,9 @@ class Fitted:
     gemm_table: list[tuple[float, float]]
     grouped_table: list[tuple[float, float]]
     attention_eff: float
-    score_rate: float
+    score_rate: list[tuple[float, float]]
+    mla_score_rate: list[tuple[float, float]]
+    eager_op_s: float
     a2a_latency_s: float
     a2a_Bps: float
     coll_latency_s: float
@@ -181,38 +183,28 @@ def fit(rows: list[Row]) -> Fitted:
     tpe = lambda r: float(r.params["tokens_per_expert"])
     quality["grouped_gemm"] = _table_quality(grouped, tpe, peak, bw, lat)
     grouped_table = _eff_table(grouped, tpe, peak, lat)
-    # per-score work (mask + softmax on a materialised score matrix): fitted on the prefill
-    # attention itself, net of its matmul FLOPs at the GEMM peak
-    pre_sc = [r for r in by["attention_prefill"] if r.params.get("scores")]
-    score_rate = float(np.median([float(r.params["scores"]) /
-                                  max(r.median_s - lat - r.flops / peak, 1e-9)
-                                  for r in pre_sc])) if pre_sc else 0.0
-    score_s = (lambda r: float(r.params.get("scores", 0)) / score_rate) if score_rate else \
-        (lambda r: 0.0)
-    attn = by["attention_prefill"] + by["attention_decode"]
-    pre = by["attention_prefill"] or attn
-    attn_eff = 1.0 if score_rate else float(np.median(
-        [min(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1.0) for r in pre]))
-    table = [(1.0, attn_eff)]
-    pre_rows = by["attention_prefill"]
-    pred_pre = []
-    for hold in _folds(len(pre_rows)):          # held out: refit the rate without the fold
-        train = [r for i, r in enumerate(pre_rows) if i not in set(hold)]
-        rate = float(np.median([float(r.params["scores"]) / max(r.median_s - lat - r.flops / peak,
-                                                                1e-9) for r in train]))
-        for i in hold:
-            r = pre_rows[i]
-            pred_pre.append((i, _predict_compute(r, table, lambda r: 1.0, peak, bw, lat)
-                             + float(r.params["scores"]) / rate))
-    m_pre = _mape([p for _, p in sorted(pred_pre)],
-                  [pre_rows[i].median_s for i, _ in sorted(pred_pre)])
-    quality["attention_prefill"] = {"mape": m_pre, "points": len(pre_rows),
-                                    "flagged": bool(m_pre > FLAG_MAPE)}
+    # per-score work (mask + softmax between the matmuls): fitted on the prefill attention
+    # itself, net of its matmul FLOPs at the GEMM peak, as a rate by score count (caches);
+    # MLA's shape separately
+    score_rate = _score_table(by["attention_prefill"], lat, peak)
+    mla_rate = _score_table(by["attention_prefill_mla"], lat, peak)
+    for key in ("attention_prefill", "attention_prefill_mla"):
+        if by[key]:
+            quality[key] = _score_quality(by[key], lat, peak)
+    attn_eff = 1.0
+    if not score_rate and by["attention_prefill"]:
+        attn_eff = float(np.median([min(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1.0)
+                                    for r in by["attention_prefill"]]))
     dec = by["attention_decode"]
-    m_dec = _mape([_predict_compute(r, table, lambda r: 1.0, peak, bw, lat) + score_s(r)
-                   for r in dec], [r.median_s for r in dec])
-    quality["attention_decode_vs_fit"] = {"mape": m_dec, "points": len(dec),
-                                          "flagged": bool(m_dec > FLAG_MAPE)}
+    if dec and score_rate:
+        m_dec = _mape([lat + r.flops / peak + float(r.params["scores"]) /
+                       interp_log(score_rate, float(r.params["scores"])) for r in dec],
+                      [r.median_s for r in dec])
+        quality["attention_decode_vs_fit"] = {"mape": m_dec, "points": len(dec),
+                                              "flagged": bool(m_dec > FLAG_MAPE)}
+    eager = by["eager_op"]
+    eager_s = float(np.median([r.median_s / float(r.params["ops"]) for r in eager])) \
+        if eager else 0.0
     a2a = by["all_to_all"]
     xa = np.array([r.bytes for r in a2a])
     ta = np.array([r.median_s for r in a2a])
@@ -235,7 +227,31 @@ def fit(rows: list[Row]) -> Fitted:
         r = inter[0]
         frac = float(min(max(1.0 - float(r.params["alone_s"]) / r.median_s, 0.0), 0.95))
     return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, score_rate,
-                  a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
+                  mla_rate, eager_s, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
+
+
+def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, float]]:
+    """Scores per second of attention time beyond its matmul FLOPs, median per score count."""
+    by: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.params.get("scores"):
+            sc = float(r.params["scores"])
+            by[sc].append(sc / max(r.median_s - lat - r.flops / peak, 1e-9))
+    return sorted((x, float(np.median(v))) for x, v in by.items())
+
+
+def _score_quality(rows: list[Row], lat: float, peak: float) -> dict:
+    """Held-out error of the score-rate table on these rows."""
+    pred, meas = [], []
+    for hold in _folds(len(rows)):
+        table = _score_table([r for i, r in enumerate(rows) if i not in set(hold)], lat, peak)
+        for i in hold:
+            r = rows[i]
+            sc = float(r.params["scores"])
+            pred.append(lat + r.flops / peak + sc / interp_log(table, sc))
+            meas.append(r.median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
 
 
 def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: float,
@@ -245,6 +261,9 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
 
     def s(v: float, what: str) -> dict:
         return {"value": float(v), "source": f"{src}: {what}"}
+
+    def rates(points, what):
+        return {"points": [[float(x), float(r)] for x, r in points], "source": f"{src}: {what}"}
 
     def table(points, what):
         return {"points": [[float(x), float(min(max(e, 1e-4), 1.0))] for x, e in points],
@@ -269,10 +288,18 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
                                   "attention matmuls at the GEMM peak; the per-score work is "
                                   "attention_score_rate" if f.score_rate else
                                   "prefill attention FLOP/s over the GEMM peak"),
-        **({"attention_score_rate": s(f.score_rate, "prefill attention time net of its matmul "
-                                                    "FLOPs, per score (mask + softmax)")}
+        **({"attention_score_rate": rates(f.score_rate, "scores/s by score count: prefill "
+                                                        "attention time net of its matmul FLOPs")}
            if f.score_rate else {}),
+        **({"mla_attention_score_rate": rates(f.mla_score_rate, "scores/s by score count: "
+                                                                "MLA-shaped prefill attention "
+                                                                "(value heads 2/3 of query/key "
+                                                                "heads) net of its matmul FLOPs")}
+           if f.mla_score_rate else {}),
         "kernel_latency_s": s(f.latency_s, "half the smallest copy's time"),
+        **({"eager_op_overhead_s": s(f.eager_op_s, "median time per op of a chain of in-place "
+                                                   "adds on 16 elements (eager dispatch)")}
+           if f.eager_op_s else {}),
         "nvlink": link, "nic": dict(link),
         "gpus_per_node": s(ranks, "ranks on this host"),
         "network": {"scale_up": "switch", "nodes_per_leaf": s(1, "a single host"),

@@ -147,6 +147,22 @@ class EfficiencyTable(Strict):
         return self
 
 
+class RateTable(Strict):
+    """A rate (per second) by size, log-interpolated, with a source."""
+
+    points: list[tuple[float, float]] = Field(min_length=1)
+    source: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "RateTable":
+        xs = [p[0] for p in self.points]
+        if any(x <= 0 for x in xs) or xs != sorted(xs):
+            raise ValueError("rate points need positive, increasing sizes")
+        if any(r <= 0 for _, r in self.points):
+            raise ValueError("rates must be positive")
+        return self
+
+
 class LinkSpec(Strict):
     """A per-GPU link class: spec and effective (measured) bandwidth per direction, latency."""
 
@@ -216,10 +232,17 @@ class HardwareProfile(Strict):
     gemm_efficiency: EfficiencyTable
     grouped_gemm_efficiency: EfficiencyTable
     attention_efficiency: Sourced
-    attention_score_rate: Optional[Sourced] = Field(
-        None, description="scores/s for masking + softmax over the score matrix, when the "
-        "attention kernel materialises it (CPU math path); none = fused, priced by FLOPs")
+    attention_score_rate: Optional[RateTable] = Field(
+        None, description="scores/s by score count for the per-score work (mask, softmax) of "
+        "attention kernels that are not FLOP-bound (CPU); none = priced by FLOPs alone")
+    mla_attention_score_rate: Optional[RateTable] = Field(
+        None, description="as attention_score_rate, for MLA prefill (query/key head dim "
+        "differs from the value head dim; fused CPU kernels refuse that shape)")
     kernel_latency_s: Sourced
+    eager_op_overhead_s: Optional[Sourced] = Field(
+        None, description="seconds per framework op in an eager runtime; when set, every op "
+        "pays it per kernel it launches and its unfused elementwise passes (norms, "
+        "activations, rope, gathers) move their own bytes; none = fused kernels")
     nvlink: LinkSpec
     nic: LinkSpec
     gpus_per_node: Sourced
@@ -256,6 +279,8 @@ class HardwareProfile(Strict):
         if self.network.oversubscription.value < 1:
             raise ValueError("network.oversubscription must be >= 1 (1 = non-blocking)")
         for key, num in {"kernel_latency_s": self.kernel_latency_s,
+                         **({"eager_op_overhead_s": self.eager_op_overhead_s}
+                            if self.eager_op_overhead_s is not None else {}),
                          "ep_kernel_latency_s": self.ep_kernel_latency_s,
                          "nvlink.latency_s": self.nvlink.latency_s,
                          "nic.latency_s": self.nic.latency_s,

@@ -9,7 +9,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from simulator.config import EfficiencyTable, HardwareProfile, ParallelPlan
+from simulator.config import EfficiencyTable, HardwareProfile, ParallelPlan, RateTable
 from simulator.model import Op
 
 
@@ -17,8 +17,9 @@ class OutOfRangeWarning(UserWarning):
     """A query fell outside a calibrated table; the nearest edge value was used."""
 
 
-def efficiency(table: EfficiencyTable, size: float, what: str) -> float:
-    """Fraction of peak at `size`, linear in log(size) between points; clamped with a warning."""
+def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> float:
+    """Table value (fraction of peak, or a rate) at `size`, linear in log(size) between points;
+    clamped to the edge with a warning outside the table."""
     pts = table.points
     if size <= 0:
         return pts[0][1]
@@ -53,13 +54,29 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
                                             "grouped GEMM tokens per expert"))
     elif op.kind == "attention":
         t_c = op.flops / (peak * prof.attention_efficiency.value)
-        if prof.attention_score_rate is not None:     # softmax between the two matmuls
-            latency += op.scores / prof.attention_score_rate.value
+        rate = prof.mla_attention_score_rate if "mla" in op.tags else None
+        rate = rate or prof.attention_score_rate
+        if rate is not None and op.scores > 0:         # softmax between the two matmuls
+            latency += op.scores / efficiency(rate, op.scores, "attention scores")
     elif op.kind == "elementwise":
         t_c = 0.0
     else:
         raise ValueError(f"{op.name} is not a compute op")
-    return latency + max(t_c, mem_bytes / bw)
+    return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
+
+
+def eager_extra_s(op: Op, prof: HardwareProfile) -> float:
+    """An eager runtime's cost beyond the fused kernel: a dispatch per extra kernel and the
+    unfused elementwise passes at the memory rate of one pass's size (simulator/unfused.py)."""
+    if prof.eager_op_overhead_s is None:
+        return 0.0
+    t = op.kernels * prof.eager_op_overhead_s.value
+    if op.aux_bytes > 0:
+        per_pass = op.aux_bytes / max(op.kernels - 1, 1)
+        eff = efficiency(prof.memory_efficiency, per_pass, "bytes moved") \
+            if prof.memory_efficiency is not None else prof.hbm_efficiency.value
+        t += op.aux_bytes / (prof.hbm_bandwidth_Bps.value * eff)
+    return t
 
 
 # Link classes a rank owns; the engine shares each between the flows on it.

@@ -12,6 +12,7 @@ from typing import Literal
 
 import networkx as nx
 
+from simulator import unfused
 from simulator.config import ModelSpec, ParallelPlan, Phase, Precision
 
 OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
@@ -34,6 +35,8 @@ class Op:
     group: str = ""                 # ep | tp
     micro_batch: int = 0
     scores: float = 0.0             # attention: query x key scores (softmax work)
+    kernels: int = 1                # launches in an eager runtime (simulator/unfused.py)
+    aux_bytes: float = 0.0          # unfused elementwise bytes an eager runtime adds
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -68,8 +71,11 @@ class _Builder:
         self.g = nx.DiGraph()
         self.prefix = f"mb{micro_batch}." if micro_batch else ""
 
-    def add(self, op: Op, *inputs: str) -> str:
+    def add(self, op: Op, *inputs: str, extra: unfused.Extra | None = None) -> str:
         op.name = self.prefix + op.name
+        if extra is not None:
+            op.kernels += extra.kernels
+            op.aux_bytes = extra.elems * self.p.activation_bytes
         op.micro_batch = self.mb
         self.g.add_node(op.name, op=op)
         for src in inputs:
@@ -82,8 +88,12 @@ class _Builder:
         """qkv projection -> core attention -> output projection; returns the last op."""
         a, h, s, p = self.m.attention, self.m.hidden_size, self.s, self.p
         t = s.tokens
+        tags: tuple[str, ...] = ()
         if a.kind == "mla":
             qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim
+            gemms = 3 if a.q_lora_rank else 2
+            core_extra = unfused.mla_core(t, a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim,
+                                          a.qk_rope_head_dim, a.v_head_dim)
             q_w = (h * a.q_lora_rank + a.q_lora_rank * a.num_heads * qk_head) if a.q_lora_rank \
                 else h * a.num_heads * qk_head
             proj_w = q_w + h * (a.kv_lora_rank + a.qk_rope_head_dim)
@@ -101,8 +111,11 @@ class _Builder:
                     + 2 * t * kv_b_w
                 kv_read = t * kv_elems * p.kv_bytes
                 io = t * a.num_heads * (qk_head + a.v_head_dim)
+                tags = ("mla",) if qk_head != a.v_head_dim else ()
         else:
             hd = a.head_dim
+            gemms = 1
+            core_extra = unfused.gqa_core(t, a.num_heads, a.num_kv_heads, hd)
             proj_w = h * (a.num_heads + 2 * a.num_kv_heads) * hd
             kv_b_w = 0
             o_w = a.num_heads * hd * h
@@ -118,7 +131,9 @@ class _Builder:
         wb, ab = p.weight_bytes, p.activation_bytes
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
                           bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
-                          layer=layer, block=block), after)
+                          layer=layer, block=block), after,
+                       extra=unfused.qkv_proj(t, h, a.q_lora_rank if a.kind == "mla" else 0,
+                                              gemms))
         cp = self.plan.cp
         if cp > 1 and s.phase != "decode":      # ring / all-gather of the other chunks' KV
             qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
@@ -127,13 +142,16 @@ class _Builder:
         scores = s.sequences * a.num_heads * s.query_tokens * s.context  # a materialised matrix
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
-                           weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block), qkv)
+                           weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block,
+                           tags=tags), qkv, extra=core_extra)
         return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                            bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
-                           layer=layer, block=block), core)
+                           layer=layer, block=block), core, extra=unfused.residual_after(t, h))
 
-    def dense_ffn(self, layer: int, block: str, after: str, inter: int) -> str:
-        """SwiGLU FFN, tensor-parallel with all-gather / reduce-scatter when tp > 1."""
+    def dense_ffn(self, layer: int, block: str, after: str, inter: int, pre_norm: bool = True,
+                  residual: bool = True) -> str:
+        """SwiGLU FFN, tensor-parallel with all-gather / reduce-scatter when tp > 1. `pre_norm`
+        and `residual`: whether its own norm and residual add belong to it (eager pricing)."""
         h, t, tp = self.m.hidden_size, self.s.tokens, self.plan.tp
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         prev = after
@@ -145,7 +163,8 @@ class _Builder:
         rows = t * tp
         prev = self.add(Op(f"L{layer}.{block}.ffn", "gemm", flops=2 * rows * w,
                            bytes=w * wb + rows * (2 * h + 3 * inter // tp) * ab,
-                           weight_bytes=w * wb, m=rows, layer=layer, block=block), prev)
+                           weight_bytes=w * wb, m=rows, layer=layer, block=block), prev,
+                        extra=unfused.swiglu(rows, h, inter / tp, pre_norm, residual))
         if tp > 1:
             prev = self.add(Op(f"L{layer}.{block}.reduce_scatter", "collective",
                                bytes=t * h * ab * (tp - 1), collective="reduce_scatter",
@@ -164,10 +183,12 @@ class _Builder:
         n_all = moe.num_experts + moe.num_zero_experts
         router = self.add(Op(f"L{layer}.moe.router", "gemm", flops=2 * t * h * n_all,
                              bytes=h * n_all * 4 + t * h * ab, weight_bytes=h * n_all * 4,
-                             m=t, layer=layer, block="moe"), after)
+                             m=t, layer=layer, block="moe"), after,
+                          extra=unfused.router(t, h, n_all))
         routed = t * k
         permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
-                              bytes=2 * routed * h * ab, layer=layer, block="moe"), router)
+                              bytes=2 * routed * h * ab, layer=layer, block="moe"), router,
+                           extra=unfused.permute(routed, h))
         dispatch = self.add(Op(f"L{layer}.moe.dispatch", "collective",
                                bytes=routed * h * self.p.dispatch_bytes, collective="all_to_all",
                                group="ep", layer=layer, block="moe"), permute)
@@ -176,25 +197,30 @@ class _Builder:
         experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
                               bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
                               weight_bytes=local_experts * w_exp * wb,
-                              m=routed / local_experts, layer=layer, block="moe"), dispatch)
+                              m=routed / local_experts, layer=layer, block="moe"), dispatch,
+                           extra=unfused.experts(routed, h, moe.expert_intermediate,
+                                                 local_experts))
         combine = self.add(Op(f"L{layer}.moe.combine", "collective",
                               bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
                               group="ep", layer=layer, block="moe"), experts)
         unpermute = self.add(Op(f"L{layer}.moe.unpermute", "elementwise",
-                                bytes=(routed + t) * h * ab, layer=layer, block="moe"), combine)
+                                bytes=(routed + t) * h * ab, layer=layer, block="moe"), combine,
+                             extra=unfused.unpermute())
         shared = ""
         if moe.num_shared_experts:
             w_sh = moe.num_shared_experts * w_exp
             shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
                                  bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
-                                 layer=layer, block="moe", tags=("shared_expert",)), after)
+                                 layer=layer, block="moe", tags=("shared_expert",)), after,
+                              extra=unfused.swiglu(t, h, w_sh / (3 * h), False, False))
         return unpermute, shared
 
     def join(self, layer: int, *inputs: str) -> str:
         """Residual add that closes a layer (waits on every branch)."""
         t, h, ab = self.s.tokens, self.m.hidden_size, self.p.activation_bytes
+        extra = unfused.join(t, h) if self.m.moe is not None and len(inputs) > 1 else None
         return self.add(Op(f"L{layer}.residual", "elementwise", bytes=3 * t * h * ab,
-                           layer=layer, block="residual"), *inputs)
+                           layer=layer, block="residual"), *inputs, extra=extra)
 
     # -- layers ---------------------------------------------------------------------------
     def layer(self, i: int, after: str) -> str:
@@ -204,13 +230,14 @@ class _Builder:
         if m.layer_kind == "shortcut" and not dense:
             a0 = self.attention(i, "attn0", after)
             moe_out, _ = self.moe(i, a0)
-            f0 = self.dense_ffn(i, "ffn0", a0, m.dense_intermediate)
+            f0 = self.dense_ffn(i, "ffn0", a0, m.dense_intermediate, pre_norm=False)
             a1 = self.attention(i, "attn1", f0)
             f1 = self.dense_ffn(i, "ffn1", a1, m.dense_intermediate)
             return self.join(i, f1, moe_out)
         a = self.attention(i, "attn", after)
         if dense:
-            return self.join(i, self.dense_ffn(i, "ffn", a, m.dense_intermediate))
+            return self.join(i, self.dense_ffn(i, "ffn", a, m.dense_intermediate,
+                                               residual=False))
         moe_out, shared = self.moe(i, a)
         return self.join(i, moe_out, shared)
 

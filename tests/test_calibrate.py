@@ -48,6 +48,10 @@ def test_fitting_recovers_known_parameters():
     for t in (8, 64, 512):
         rows.append(Row("grouped_gemm", lat + 1e9 / (peak * 0.5), 1e9, 1e6, {"tokens_per_expert": t}))
     rows.append(Row("attention_prefill", lat + 1e9 / (peak * 0.6), 1e9, 1e6, {}))
+    for sc in (1e5, 1e6, 4e6):          # MLA-shaped prefill: matmuls at the peak + 2e8 scores/s
+        rows.append(Row("attention_prefill_mla", lat + 1e3 * sc / (0.9 * peak) + sc / 2e8,
+                        1e3 * sc, 1e6, {"scores": sc}))
+    rows.append(Row("eager_op", 200 * 7e-6, 0, 0, {"ops": 200}))
     for n in (1 << 12, 1 << 16, 1 << 20, 1 << 22):
         rows.append(Row("all_to_all", 50e-6 + n / 2e9, 0, n, {"ranks": 2}))
         rows.append(Row("all_gather", 30e-6 + n / 1.5e9, 0, n, {"ranks": 2}))
@@ -58,6 +62,9 @@ def test_fitting_recovers_known_parameters():
     assert f.comm_fraction == pytest.approx(0.25)
     assert interp_log(f.gemm_table, 16) == pytest.approx(0.3 / 0.9, rel=0.1)
     assert f.quality["all_to_all"]["mape"] < 0.01 and not f.quality["all_to_all"]["flagged"]
+    assert interp_log(f.mla_score_rate, 1e6) == pytest.approx(2e8, rel=0.01)
+    assert f.quality["attention_prefill_mla"]["mape"] < 0.01
+    assert f.eager_op_s == pytest.approx(7e-6)
 
 
 def test_refits_agree_within_noise():
