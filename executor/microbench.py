@@ -241,7 +241,7 @@ def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measuremen
 
 
 # -- collectives across processes ------------------------------------------------------------
-INTERFERENCE_A2A = 300
+INTERFERENCE_A2A = 100
 
 
 def free_port() -> int:
@@ -276,36 +276,77 @@ def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, thre
         med, iqr = _dist_time(lambda: _reduce_scatter(part, full), sync, grid)
         rows.append(Measurement("reduce_scatter", {"bytes": n * 4, "ranks": world}, med, iqr,
                                 0.0, float(n * 4 * (world - 1) / world)))
-    # interference: GEMM throughput alone, then with an all-to-all loop beside it
-    a = torch.randn(512, 512, device=dev)
-    b = torch.randn(512, 512, device=dev)
-    x = torch.randn(1 << 20, device=dev)
-    y = torch.empty_like(x)
-    dist.barrier()
-    alone, _ = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 4)
-    comm_group = dist.new_group(list(range(world)))
-    started = threading.Event()
-
-    def comm_loop() -> None:              # a fixed count on every rank: no rank is left waiting
-        started.set()
-        for _ in range(INTERFERENCE_A2A):
-            dist.all_to_all_single(y, x, group=comm_group)
-
-    dist.barrier()
-    thread = threading.Thread(target=comm_loop)
-    thread.start()
-    started.wait()
-    time.sleep(0.01)
-    beside, _ = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 4)
-    overlapped = thread.is_alive()
-    thread.join()
-    rows.append(Measurement("interference", {"ranks": world, "alone_s": alone,
-                                             "overlapped": int(overlapped)}, beside, 0.0,
-                            2.0 * 512 ** 3, 0.0))
+    rows.append(_interference(world, dev, sync, grid))
+    rows.append(_straggling(world, dev, sync, grid))
     dist.barrier()
     if rank == 0:
         _write_rows(out_path, rows)
     dist.destroy_process_group()
+
+
+INTERFERENCE_ROUNDS = 3
+JITTER_ITERATIONS = 20
+
+
+def _interference(world: int, dev: str, sync: Callable[[], None], grid: Grid) -> Measurement:
+    """GEMM time alone and with an all-to-all loop beside it, in alternating rounds (so that a
+    drifting machine moves both alike); medians over rounds."""
+    a = torch.randn(512, 512, device=dev)
+    b = torch.randn(512, 512, device=dev)
+    x = torch.randn(1 << 20, device=dev)
+    y = torch.empty_like(x)
+    comm_group = dist.new_group(list(range(world)))
+    alone, beside, overlapped = [], [], True
+    for _ in range(INTERFERENCE_ROUNDS):
+        dist.barrier()
+        alone.append(time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 2)[0])
+        started = threading.Event()
+
+        def comm_loop() -> None:          # a fixed count on every rank: no rank is left waiting
+            started.set()
+            for _ in range(INTERFERENCE_A2A):
+                dist.all_to_all_single(y, x, group=comm_group)
+
+        dist.barrier()
+        thread = threading.Thread(target=comm_loop)
+        thread.start()
+        started.wait()
+        time.sleep(0.01)
+        beside.append(time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 2)[0])
+        overlapped = overlapped and thread.is_alive()
+        thread.join()
+    return Measurement("interference", {"ranks": world, "alone_s": statistics.median(alone),
+                                        "overlapped": int(overlapped)},
+                       statistics.median(beside), 0.0, 2.0 * 512 ** 3, 0.0)
+
+
+def _straggling(world: int, dev: str, sync: Callable[[], None], grid: Grid) -> Measurement:
+    """The same compute segment on every rank at once, started together, many times: how much
+    the slowest rank's time exceeds the ranks' mean (what a collective waits for)."""
+    a = torch.randn(512, 1024, device=dev)
+    b = torch.randn(1024, 1024, device=dev)
+
+    def segment() -> None:
+        for _ in range(3):
+            a @ b
+    for _ in range(grid.warmup):
+        segment()
+    sync()
+    excess, means = [], []
+    for _ in range(JITTER_ITERATIONS):
+        dist.barrier()
+        t = time.perf_counter()
+        segment()
+        sync()
+        mine = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+        every = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+        dist.all_gather(every, mine)
+        ts = [float(e) for e in every]
+        mean = sum(ts) / len(ts)
+        means.append(mean)
+        excess.append(max(ts) / mean - 1.0)
+    return Measurement("straggling", {"ranks": world, "excess": statistics.mean(excess)},
+                       statistics.median(means), 0.0, 3 * 2.0 * 512 * 1024 * 1024, 0.0)
 
 
 def _write_rows(path: str, rows: list[Measurement]) -> None:

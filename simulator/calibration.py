@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulator.hardware import expected_max_normal
+
 FOLDS = 4
 FLAG_MAPE = 0.10
 
@@ -83,6 +85,7 @@ class Fitted:
     score_rate: list[tuple[float, float]]
     mla_score_rate: list[tuple[float, float]]
     eager_op_s: float
+    rank_jitter: float
     a2a_latency_s: float
     a2a_Bps: float
     coll_latency_s: float
@@ -226,8 +229,13 @@ def fit(rows: list[Row]) -> Fitted:
     if inter:
         r = inter[0]
         frac = float(min(max(1.0 - float(r.params["alone_s"]) / r.median_s, 0.0), 0.95))
+    strag = by["straggling"]
+    jitter = 0.0
+    if strag and int(strag[0].params.get("ranks", 1)) > 1:
+        r = strag[0]
+        jitter = float(r.params["excess"]) / expected_max_normal(int(r.params["ranks"]))
     return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, score_rate,
-                  mla_rate, eager_s, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
+                  mla_rate, eager_s, jitter, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
 
 
 def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, float]]:
@@ -300,6 +308,10 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
         **({"eager_op_overhead_s": s(f.eager_op_s, "median time per op of a chain of in-place "
                                                    "adds on 16 elements (eager dispatch)")}
            if f.eager_op_s else {}),
+        **({"rank_jitter": s(f.rank_jitter, "mean excess of the slowest rank over the ranks' "
+                                            "mean on a GEMM segment run by all at once, over "
+                                            "the expected largest of that many normal draws")}
+           if f.rank_jitter > 0 else {}),
         "nvlink": link, "nic": dict(link),
         "gpus_per_node": s(ranks, "ranks on this host"),
         "network": {"scale_up": "switch", "nodes_per_leaf": s(1, "a single host"),

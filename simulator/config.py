@@ -243,6 +243,10 @@ class HardwareProfile(Strict):
         None, description="seconds per framework op in an eager runtime; when set, every op "
         "pays it per kernel it launches and its unfused elementwise passes (norms, "
         "activations, rope, gathers) move their own bytes; none = fused kernels")
+    rank_jitter: Optional[Sourced] = Field(
+        None, description="coefficient of variation of a rank's compute time between two "
+        "collectives; ranks meet at every all-to-all, so an EP group of n runs at the pace of "
+        "the slowest of n jittery ranks; none = ranks keep perfect time (GPUs)")
     nvlink: LinkSpec
     nic: LinkSpec
     gpus_per_node: Sourced
@@ -279,6 +283,8 @@ class HardwareProfile(Strict):
         if self.network.oversubscription.value < 1:
             raise ValueError("network.oversubscription must be >= 1 (1 = non-blocking)")
         for key, num in {"kernel_latency_s": self.kernel_latency_s,
+                         **({"rank_jitter": self.rank_jitter}
+                            if self.rank_jitter is not None else {}),
                          **({"eager_op_overhead_s": self.eager_op_overhead_s}
                             if self.eager_op_overhead_s is not None else {}),
                          "ep_kernel_latency_s": self.ep_kernel_latency_s,

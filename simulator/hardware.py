@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from simulator.config import EfficiencyTable, HardwareProfile, ParallelPlan, RateTable
 from simulator.model import Op
@@ -77,6 +78,18 @@ def eager_extra_s(op: Op, prof: HardwareProfile) -> float:
             if prof.memory_efficiency is not None else prof.hbm_efficiency.value
         t += op.aux_bytes / (prof.hbm_bandwidth_Bps.value * eff)
     return t
+
+
+def expected_max_normal(n: int) -> float:
+    """Expected largest of n standard normal draws (Blom's approximation; 0 for n = 1)."""
+    return 0.0 if n <= 1 else NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+
+
+def straggler_factor(prof: HardwareProfile, ranks: int) -> float:
+    """How much longer the slowest of `ranks` jittery ranks computes than one rank's median."""
+    if prof.rank_jitter is None:
+        return 1.0
+    return 1.0 + prof.rank_jitter.value * expected_max_normal(ranks)
 
 
 # Link classes a rank owns; the engine shares each between the flows on it.

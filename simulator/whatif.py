@@ -13,7 +13,8 @@ from simulator.config import HardwareProfile, ModelSpec, Workload
 from simulator.cost import cost_per_million_tokens
 from simulator.engine import Engine
 from simulator.errors import MoesimError
-from simulator.hardware import CommDemand, comm_demand, link_bandwidths, op_time_s
+from simulator.hardware import (CommDemand, comm_demand, link_bandwidths, op_time_s,
+                                straggler_factor)
 from simulator.loading import load_model, load_profile
 from simulator.memory import MemoryBreakdown, inference_memory
 from simulator.model import Shape, build_backward, build_forward
@@ -201,6 +202,12 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
                 if op.is_comm:
                     demands[name] = comm_demand(op, plan, prof)
                 durations[name] = op_time_s(op, plan, prof)
+        slow = straggler_factor(prof, plan.ep)      # ranks meet at every EP all-to-all
+        if slow != 1.0:
+            for name, data in g.nodes(data=True):
+                if not data["op"].is_comm:
+                    durations[name] *= slow
+            rank_compute = {n: [x * slow for x in v] for n, v in rank_compute.items()}
         sp = policy(g, durations, demands)
         if per_rank:          # every rank its own load; collapsed runs the slowest rank's
             index = {n: i for i, n in enumerate(sp.names)}

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from cli import app
 from simulator.calibration import Row, fit, interp_log
 from simulator.errors import MoesimError
+from simulator.hardware import expected_max_normal
 from simulator.loading import load_profile
 from simulator.whatif import simulate
 from tests.conftest import workload
@@ -52,6 +53,7 @@ def test_fitting_recovers_known_parameters():
         rows.append(Row("attention_prefill_mla", lat + 1e3 * sc / (0.9 * peak) + sc / 2e8,
                         1e3 * sc, 1e6, {"scores": sc}))
     rows.append(Row("eager_op", 200 * 7e-6, 0, 0, {"ops": 200}))
+    rows.append(Row("straggling", 0.02, 1e9, 0, {"ranks": 4, "excess": 0.1}))
     for n in (1 << 12, 1 << 16, 1 << 20, 1 << 22):
         rows.append(Row("all_to_all", 50e-6 + n / 2e9, 0, n, {"ranks": 2}))
         rows.append(Row("all_gather", 30e-6 + n / 1.5e9, 0, n, {"ranks": 2}))
@@ -65,6 +67,7 @@ def test_fitting_recovers_known_parameters():
     assert interp_log(f.mla_score_rate, 1e6) == pytest.approx(2e8, rel=0.01)
     assert f.quality["attention_prefill_mla"]["mape"] < 0.01
     assert f.eager_op_s == pytest.approx(7e-6)
+    assert f.rank_jitter == pytest.approx(0.1 / expected_max_normal(4))
 
 
 def test_refits_agree_within_noise():

@@ -73,3 +73,22 @@ def test_mla_prefill_uses_its_own_score_rate():
     assert table.points[0][0] <= core.scores <= table.points[-1][0]   # inside the calibration
     assert compute_time_s(core, prof) - compute_time_s(core, base) == pytest.approx(
         core.scores / 1e8 - core.scores / efficiency(table, core.scores, "x"), rel=1e-6)
+
+
+def test_jittery_ranks_set_the_pace_of_an_ep_group():
+    from simulator.hardware import expected_max_normal, straggler_factor
+    assert expected_max_normal(1) == 0.0
+    assert expected_max_normal(2) == pytest.approx(0.5642, abs=0.03)    # 1 / sqrt(pi)
+    assert expected_max_normal(256) == pytest.approx(2.8, abs=0.1)
+    jit = profile("cpu-2core-example", rank_jitter={"value": 0.1, "source": "test"})
+    calm = profile("cpu-2core-example", rank_jitter=None)
+    assert straggler_factor(calm, 64) == 1.0
+    w = workload(TINY)
+    ops_j, res_j = _ops(w, jit)
+    ops_c, res_c = _ops(w, calm)
+    f = straggler_factor(jit, w.plan.ep)
+    tl_j, tl_c = res_j.timeline, res_c.timeline
+    for i, op in enumerate(tl_c.ops):
+        if not op.is_comm:
+            assert tl_j.standalone_s[i] == pytest.approx(tl_c.standalone_s[i] * f)
+    assert res_j.metrics["step_time_ms"] > res_c.metrics["step_time_ms"]
