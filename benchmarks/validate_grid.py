@@ -1,12 +1,18 @@
 """Executor vs simulator on this machine over a grid of tiny ScMoE workloads.
 
-Run: python benchmarks/validate_grid.py [--profile cpu-2core-example] [--ranks 2] [--repeats 5]
+Run: python benchmarks/validate_grid.py [--profile cpu-2core-example] [--ranks 2] [--repeats 10]
+                                        [--fresh] [--out results.json]
 Targets (docs/accuracy.md): per-layer MAPE <= 15% (goal 10%), scmoe-vs-sequential speedup error
 <= 5 percentage points, the sign of the speedup right in every case.
+
+`--fresh` also runs `moesim calibrate --quick` right before each workload's measurement and
+compares the same measurement with that profile's prediction too: the difference between the two
+columns is how far this machine drifted since the shipped profile was calibrated.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,8 +21,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor.validate import validate  # noqa: E402
-from simulator.loading import load_workload  # noqa: E402
+from executor.validate import _check, compare, expert_slot, measure, predict  # noqa: E402
+from simulator.atomic import write_text_atomic  # noqa: E402
+from simulator.loading import load_model, load_profile, load_workload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [  # name, batch (sequences x tokens), hidden, experts, top_k, real experts
@@ -29,31 +36,65 @@ GRID = [  # name, batch (sequences x tokens), hidden, experts, top_k, real exper
 ]
 
 
+def _row(name: str, b: int, s: int, h: int, e: int, k: int, v: dict, fresh: dict | None) -> str:
+    sm, sp = v["speedup_measured"], v["speedup_predicted"]
+    sign = "right" if (sm > 1) == (sp > 1) else "WRONG"
+    cells = [f"{name} (b={b}x{s}, h={h}, E={e}, k={k})", f"{v['mape']:.1%}"]
+    if fresh is not None:
+        cells.append(f"{fresh['mape']:.1%}")
+    cells += [f"{sm:.3f}", f"{sp:.3f}", f"{100 * (sp - sm):+.1f}", sign]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="cpu-2core-example")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--fresh", action="store_true",
+                    help="also predict with a quick calibration made just before each run")
+    ap.add_argument("--out", default="", help="also write every comparison (per op) as JSON")
     args = ap.parse_args()
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())
-    print("| workload | per-layer MAPE | speedup measured | speedup predicted | error (pp) | sign |")
-    print("|---|---:|---:|---:|---:|---|")
+    prof = load_profile(args.profile)
+    threads = prof.calibration.threads_per_rank if prof.calibration else 1
+    head = ["workload", "per-layer MAPE"] + (["MAPE, fresh profile"] if args.fresh else []) + \
+        ["speedup measured", "speedup predicted", "error (pp)", "sign"]
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * (len(head) - 2) + "---|", flush=True)
+    results = []
     with tempfile.TemporaryDirectory() as d:
         for name, b, s, h, e, k, real in GRID:
             m = dict(base_model, name=f"tiny-{name}", hidden_size=h)
             m["moe"] = dict(m["moe"], num_experts=e, top_k=k, real_experts_per_token=real)
             mp_ = Path(d) / f"{name}-model.yaml"
             mp_.write_text(yaml.safe_dump(m))
-            w = dict(base_w, name=name, model=str(mp_), batch_per_device=b, context_length=s)
+            wd = dict(base_w, name=name, model=str(mp_), batch_per_device=b, context_length=s)
             wp = Path(d) / f"{name}.yaml"
-            wp.write_text(yaml.safe_dump(w))
-            v = validate(load_workload(str(wp)), args.profile, args.ranks, args.repeats)
-            sm, sp = v["speedup_measured"], v["speedup_predicted"]
-            sign = (sm > 1) == (sp > 1)
-            print(f"| {name} (b={b}x{s}, h={h}, E={e}, k={k}) | {v['mape']:.1%} | {sm:.3f} | "
-                  f"{sp:.3f} | {100 * (sp - sm):+.1f} | {'right' if sign else 'WRONG'} |",
-                  flush=True)
+            wp.write_text(yaml.safe_dump(wd))
+            w = load_workload(str(wp))
+            _check(w, args.ranks)
+            pred = predict(w, args.profile, args.ranks)
+            slot = expert_slot(pred["scmoe"], load_model(w.model).num_layers // 2)
+            fresh_path = None
+            if args.fresh:
+                from executor.calibrate import calibrate
+                fresh_path, _ = calibrate("cpu", "quick", args.ranks, Path(d) / f"fresh-{name}.yaml",
+                                          force=True)
+            ranks_out = measure(w, args.ranks, args.repeats, threads, slot)
+            v = compare(w, args.profile, pred, ranks_out, slot)
+            v.pop("_timelines")
+            fresh = None
+            if fresh_path is not None:
+                fresh = compare(w, str(fresh_path), predict(w, str(fresh_path), args.ranks),
+                                ranks_out, slot)
+                fresh.pop("_timelines")
+                v["fresh"] = fresh
+            results.append(v)
+            print(_row(name, b, s, h, e, k, v, fresh), flush=True)
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,16 @@ FULL = Grid(gemm_m=(1, 4, 16, 64, 128, 256, 512, 1024, 2048),
                         1 << 23), warmup=3, repeats=9)
 
 
+def pin_rank(rank: int, threads: int) -> None:
+    """Bind a CPU rank to its own block of `threads` cores (as a GPU rank owns its GPU), when
+    the cores go round; otherwise leave placement to the OS."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    block = cores[rank * threads:(rank + 1) * threads]
+    if len(block) == threads and threads > 0:
+        os.sched_setaffinity(0, set(block))
+    torch.set_num_threads(threads)
+
+
 def sync_for(device: str) -> Callable[[], None]:
     """The synchronisation a timer needs on this device."""
     if device == "cuda":
@@ -253,7 +263,10 @@ def free_port() -> int:
 
 def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, threads: int,
                  out_path: str) -> None:
-    torch.set_num_threads(threads)
+    if device == "cpu":
+        pin_rank(rank, threads)
+    else:
+        torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend_for(device), rank=rank, world_size=world)
     if device == "cuda":
@@ -394,7 +407,10 @@ def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name
                     out_dir: str) -> None:
     """Every rank runs the single-device benchmarks at once, so a simulated device is measured
     the way it runs: beside the other ranks on the same host."""
-    torch.set_num_threads(threads)
+    if device == "cpu":
+        pin_rank(rank, threads)
+    else:
+        torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     rows: list[Measurement] = []
     for fn in COMPUTE_BENCHES:

@@ -229,7 +229,8 @@ def balance_routers(model: TinyModel, cfg: RunConfig) -> None:
 
 
 def _worker(rank: int, cfg: RunConfig, port: int, out_dir: str) -> None:
-    torch.set_num_threads(cfg.threads)
+    from executor.microbench import pin_rank
+    pin_rank(rank, cfg.threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=cfg.ranks,
                             timeout=datetime.timedelta(seconds=60))

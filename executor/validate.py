@@ -22,8 +22,11 @@ SCHEDULES = ("sequential", "scmoe")
 def _workload(w: Workload, ranks: int, profile: str) -> Workload:
     plan = w.plan.model_copy(update={"gpus": ranks, "gpus_per_node": ranks, "ep": ranks,
                                      "tp": 1, "pp": 1, "cp": 1, "dp_attention": None})
+    # the executor sends one row per (token, real expert), as DeepEP's low-latency kernels do
+    # (its normal kernels send a token once per destination GPU)
+    routing = w.routing.model_copy(update={"ep_kernel": "low_latency"})
     return w.model_copy(update={"plan": plan, "hardware": profile, "phase": "prefill",
-                                "serving": None, "training": None})
+                                "routing": routing, "serving": None, "training": None})
 
 
 def _check(w: Workload, ranks: int) -> None:
@@ -78,24 +81,40 @@ def _layer_ends(tl: Timeline) -> dict[int, float]:
     return ends
 
 
-def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
-    """Measure and predict both schedules; the comparison as a JSON-able dict."""
-    from executor.runner import RunConfig, run
-    _check(w, ranks)
-    prof = load_profile(profile)
+def predict(w: Workload, profile: str, ranks: int) -> dict[str, RunResult]:
+    """The simulator's run of both schedules on `ranks` ranks of `profile`."""
     wv = _workload(w, ranks, profile)
     r = resolve(wv)
-    pred = {s: simulate(wv, s, resolved=r) for s in SCHEDULES}
+    return {s: simulate(wv, s, resolved=r) for s in SCHEDULES}
+
+
+def measure(w: Workload, ranks: int, repeats: int, threads: int, slot: int) -> list[dict]:
+    """Run the executor (both schedules, alternating); per-rank median op times."""
+    from executor.runner import RunConfig, run
     model = load_model(w.model)
-    slot = expert_slot(pred["scmoe"], model.num_layers // 2)
-    # a rank computes with the threads the profile was measured with (a CPU "device")
-    threads = prof.calibration.threads_per_rank if prof.calibration else \
-        max(1, (os.cpu_count() or 1) // ranks)
     cfg = RunConfig(spec=model.model_dump(), ranks=ranks, batch=w.batch_per_device,
                     seq=w.context_length, schedule=",".join(SCHEDULES), expert_slot=slot,
                     repeats=repeats, seed=w.seed, threads=threads,
                     real_experts=w.real_experts_per_token or 0.0)
-    ranks_out = run(cfg)["ranks"]
+    return run(cfg)["ranks"]
+
+
+def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
+    """Measure and predict both schedules; the comparison as a JSON-able dict."""
+    _check(w, ranks)
+    prof = load_profile(profile)
+    pred = predict(w, profile, ranks)
+    slot = expert_slot(pred["scmoe"], load_model(w.model).num_layers // 2)
+    # a rank computes with the threads the profile was measured with (a CPU "device")
+    threads = prof.calibration.threads_per_rank if prof.calibration else \
+        max(1, (os.cpu_count() or 1) // ranks)
+    return compare(w, profile, pred, measure(w, ranks, repeats, threads, slot), slot)
+
+
+def compare(w: Workload, profile: str, pred: dict[str, RunResult], ranks_out: list[dict],
+            slot: int) -> dict:
+    """Measured (executor ranks) against predicted (simulator) runs, per op and per layer."""
+    ranks = len(ranks_out)
     meas, tls = {}, {}
     for s in SCHEDULES:
         meas[s] = [{"ops": r["by_schedule"][s]} for r in ranks_out]

@@ -191,7 +191,8 @@ class _Builder:
                            extra=unfused.permute(routed, h))
         dispatch = self.add(Op(f"L{layer}.moe.dispatch", "collective",
                                bytes=routed * h * self.p.dispatch_bytes, collective="all_to_all",
-                               group="ep", layer=layer, block="moe"), permute)
+                               group="ep", layer=layer, block="moe"), permute,
+                            extra=unfused.split_exchange())
         local_experts = moe.num_experts / self.plan.ep
         w_exp = 3 * h * moe.expert_intermediate
         experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,

@@ -94,6 +94,11 @@ def experts(routed: float, h: int, inter: int, local_experts: float) -> Extra:
     return Extra(1 + 8 * int(round(local_experts)), 4 * routed * h + 5 * routed * inter)
 
 
+def split_exchange() -> Extra:
+    """Dispatch first swaps the row counts per destination: a second, tiny collective."""
+    return Extra(1, 0.0)
+
+
 def unpermute() -> Extra:
     """Zero-expert mask and gates, the gate gather and multiply, index_add."""
     return Extra(6, 0.0)

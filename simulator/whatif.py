@@ -4,7 +4,7 @@ from __future__ import annotations
 import gc
 import statistics
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -188,6 +188,8 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
                 key = ("comm", op.micro_batch, "combine" in op.name)
                 if key not in memo:
                     per = [t.demand(k, key[2]) for k in range(plan.ep)]
+                    if prof.eager_op_overhead_s is not None and op.kernels > 1:
+                        per = [replace(d, latency_s=d.latency_s * op.kernels) for d in per]
                     times = [comm_time_s(d, prof) for d in per]
                     memo[key] = (per, int(np.argmax(times)), times)
                 per, slow, times = memo[key]

@@ -52,6 +52,8 @@ def test_kernel_counts_follow_the_blocks():
     assert ops["L1.attn0.core"].kernels > ops["L1.attn0.qkv_proj"].kernels > ops[
         "L1.attn0.o_proj"].kernels > 1
     assert "mla" in ops["L1.attn0.core"].tags
+    # dispatch first swaps row counts: two collectives; combine reuses them
+    assert ops["L1.moe.dispatch"].kernels == 2 and ops["L1.moe.combine"].kernels == 1
     # experts: a fixed cost per local expert (mask, gather, SwiGLU, scatter)
     local = m.moe.num_experts // w.plan.ep
     more = workload(TINY, plan={"ep": 1, "gpus": 1, "gpus_per_node": 1})
