@@ -265,8 +265,9 @@ def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
     med = {sch: {name: [statistics.median(r[name][0] for r in rs),
                         statistics.median(r[name][1] for r in rs)] for name in rs[0]}
            for sch, rs in runs.items()}
+    totals = {sch: [max(v[1] for v in ops.values()) for ops in rs] for sch, rs in runs.items()}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
-        {"ops": med[schedules[0]], "by_schedule": med}))
+        {"ops": med[schedules[0]], "by_schedule": med, "totals": totals}))
     torch.save(outs[schedules[0]], Path(out_dir, f"out{rank}.pt"))
     dist.barrier()
 

@@ -104,3 +104,11 @@ def test_conventional_moe_layers_with_a_shared_expert_and_a_dense_layer(schedule
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     ops = got["ranks"][0]["ops"]
     assert "L0.ffn.ffn" in ops and "L1.moe.shared" in ops and "L2.attn.core" in ops
+
+
+def test_paired_speedup_takes_the_slowest_rank_per_run_and_the_median_ratio():
+    from executor.validate import paired_speedup
+    ranks = [{"totals": {"sequential": [1.0, 2.0, 1.2], "scmoe": [0.5, 1.0, 1.0]}},
+             {"totals": {"sequential": [1.1, 1.0, 1.3], "scmoe": [1.0, 1.0, 1.3]}}]
+    # slowest rank per run: seq [1.1, 2.0, 1.3], scmoe [1.0, 1.0, 1.3] -> ratios 1.1, 2.0, 1.0
+    assert paired_speedup(ranks) == pytest.approx(1.1)
