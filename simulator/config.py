@@ -131,24 +131,8 @@ class Sourced(Strict):
         return data
 
 
-class EfficiencyTable(Strict):
-    """Fraction of peak by size (M rows, or tokens per expert), log-interpolated, with a source."""
-
-    points: list[tuple[float, float]] = Field(min_length=1)
-    source: str = Field(min_length=3)
-
-    @model_validator(mode="after")
-    def _valid(self) -> "EfficiencyTable":
-        xs = [p[0] for p in self.points]
-        if any(x <= 0 for x in xs) or xs != sorted(xs):
-            raise ValueError("efficiency points need positive, increasing sizes")
-        if any(not (0 < e <= 1) for _, e in self.points):
-            raise ValueError("efficiency must lie in (0, 1]")
-        return self
-
-
 class RateTable(Strict):
-    """A rate (per second) by size, log-interpolated, with a source."""
+    """A positive value by size (a rate per second), log-interpolated, with a source."""
 
     points: list[tuple[float, float]] = Field(min_length=1)
     source: str = Field(min_length=3)
@@ -157,9 +141,19 @@ class RateTable(Strict):
     def _valid(self) -> "RateTable":
         xs = [p[0] for p in self.points]
         if any(x <= 0 for x in xs) or xs != sorted(xs):
-            raise ValueError("rate points need positive, increasing sizes")
-        if any(r <= 0 for _, r in self.points):
-            raise ValueError("rates must be positive")
+            raise ValueError("table points need positive, increasing sizes")
+        if any(v <= 0 for _, v in self.points):
+            raise ValueError("table values must be positive")
+        return self
+
+
+class EfficiencyTable(RateTable):
+    """Fraction of peak by size (M rows, or tokens per expert), log-interpolated, with a source."""
+
+    @model_validator(mode="after")
+    def _fraction(self) -> "EfficiencyTable":
+        if any(e > 1 for _, e in self.points):
+            raise ValueError("efficiency must lie in (0, 1]")
         return self
 
 
