@@ -251,7 +251,8 @@ def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measuremen
 
 
 # -- collectives across processes ------------------------------------------------------------
-INTERFERENCE_A2A = 100
+INTERFERENCE_A2A = 10
+INTERFERENCE_GEMMS = 20
 
 
 def free_port() -> int:
@@ -297,45 +298,62 @@ def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, thre
     dist.destroy_process_group()
 
 
-INTERFERENCE_ROUNDS = 3
-JITTER_ITERATIONS = 20
+INTERFERENCE_ROUNDS = 5
+JITTER_ITERATIONS = 40
 
 
 def _interference(world: int, dev: str, sync: Callable[[], None], grid: Grid) -> Measurement:
-    """GEMM time alone and with an all-to-all loop beside it, in alternating rounds (so that a
-    drifting machine moves both alike); medians over rounds."""
+    """A batch of GEMMs alone, a batch of all-to-alls alone, then both at once (the all-to-alls
+    on a thread, as an async work handle runs them), in alternating rounds so that a drifting
+    machine moves all three alike. The engine slows compute to (1 - f) while a collective runs,
+    so both-at-once takes alone + f x comm: f = (both - alone) / comm, median over rounds."""
     a = torch.randn(512, 512, device=dev)
     b = torch.randn(512, 512, device=dev)
     x = torch.randn(1 << 20, device=dev)
     y = torch.empty_like(x)
     comm_group = dist.new_group(list(range(world)))
-    alone, beside, overlapped = [], [], True
-    for _ in range(INTERFERENCE_ROUNDS):
-        dist.barrier()
-        alone.append(time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 2)[0])
-        started = threading.Event()
 
-        def comm_loop() -> None:          # a fixed count on every rank: no rank is left waiting
-            started.set()
-            for _ in range(INTERFERENCE_A2A):
-                dist.all_to_all_single(y, x, group=comm_group)
+    def gemms() -> None:
+        for _ in range(INTERFERENCE_GEMMS):
+            a @ b
+        sync()
 
+    def comms() -> None:                  # a fixed count on every rank: no rank is left waiting
+        for _ in range(INTERFERENCE_A2A):
+            dist.all_to_all_single(y, x, group=comm_group)
+        sync()
+
+    def timed(fn: Callable[[], None]) -> float:
         dist.barrier()
-        thread = threading.Thread(target=comm_loop)
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def both() -> None:
+        thread = threading.Thread(target=comms)
         thread.start()
-        started.wait()
-        time.sleep(0.01)
-        beside.append(time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats * 2)[0])
-        overlapped = overlapped and thread.is_alive()
+        gemms()
         thread.join()
+
+    gemms()
+    comms()
+    alone, comm, together = [], [], []
+    for _ in range(INTERFERENCE_ROUNDS):
+        alone.append(timed(gemms))
+        comm.append(timed(comms))
+        together.append(timed(both))
+    fracs = [(t - g) / c for g, c, t in zip(alone, comm, together)]
     return Measurement("interference", {"ranks": world, "alone_s": statistics.median(alone),
-                                        "overlapped": int(overlapped)},
-                       statistics.median(beside), 0.0, 2.0 * 512 ** 3, 0.0)
+                                        "comm_s": statistics.median(comm),
+                                        "fraction": statistics.median(fracs)},
+                       statistics.median(together), 0.0,
+                       INTERFERENCE_GEMMS * 2.0 * 512 ** 3, 0.0)
 
 
 def _straggling(world: int, dev: str, sync: Callable[[], None], grid: Grid) -> Measurement:
     """The same compute segment on every rank at once, started together, many times: how much
-    the slowest rank's time exceeds the ranks' mean (what a collective waits for)."""
+    the slowest rank's time typically (median) exceeds the ranks' mean (what a collective waits
+    for; validate's measured times are medians too)."""
     a = torch.randn(512, 1024, device=dev)
     b = torch.randn(1024, 1024, device=dev)
 
@@ -358,7 +376,7 @@ def _straggling(world: int, dev: str, sync: Callable[[], None], grid: Grid) -> M
         mean = sum(ts) / len(ts)
         means.append(mean)
         excess.append(max(ts) / mean - 1.0)
-    return Measurement("straggling", {"ranks": world, "excess": statistics.mean(excess)},
+    return Measurement("straggling", {"ranks": world, "excess": statistics.median(excess)},
                        statistics.median(means), 0.0, 3 * 2.0 * 512 * 1024 * 1024, 0.0)
 
 

@@ -227,8 +227,7 @@ def fit(rows: list[Row]) -> Fitted:
     inter = by["interference"]
     frac = 0.0
     if inter:
-        r = inter[0]
-        frac = float(min(max(1.0 - float(r.params["alone_s"]) / r.median_s, 0.0), 0.95))
+        frac = float(min(max(float(inter[0].params["fraction"]), 0.0), 0.95))
     strag = by["straggling"]
     jitter = 0.0
     if strag and int(strag[0].params.get("ranks", 1)) > 1:
@@ -320,7 +319,7 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
                                  "all_to_all latency beyond the collective latency"),
         "collective_efficiency": table(f.coll_table, "all_gather/reduce_scatter efficiency "
                                                      "by bytes per peer"),
-        "comm_sm_fraction": s(f.comm_fraction, "GEMM slowdown while an all_to_all runs beside"),
+        "comm_sm_fraction": s(f.comm_fraction, "extra time of GEMMs and all_to_alls run together over the all_to_alls' own time"),
         "price_per_gpu_hour": s(price, "user input (moesim calibrate --price)"),
         "calibration": {**{k: identity[k] for k in ("device", "device_name", "cores", "driver",
                                                      "torch_version", "date", "mode", "dtype")},

@@ -57,7 +57,8 @@ def test_fitting_recovers_known_parameters():
     for n in (1 << 12, 1 << 16, 1 << 20, 1 << 22):
         rows.append(Row("all_to_all", 50e-6 + n / 2e9, 0, n, {"ranks": 2}))
         rows.append(Row("all_gather", 30e-6 + n / 1.5e9, 0, n, {"ranks": 2}))
-    rows.append(Row("interference", 0.004, 1, 0, {"alone_s": 0.003}))
+    rows.append(Row("interference", 0.004, 1, 0, {"alone_s": 0.003, "comm_s": 0.002,
+                                                  "fraction": 0.25}))
     f = fit(rows)
     assert f.peak_flops == pytest.approx(peak * 0.9, rel=0.05)
     assert f.a2a_Bps == pytest.approx(2e9, rel=0.01) and f.a2a_latency_s == pytest.approx(50e-6, rel=0.05)
