@@ -160,7 +160,6 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     schedule = schedule or w.schedule
     policy = get_policy(schedule)
     r = resolved or resolve(w)
-    prof, plan = r.profile, w.plan
     gc_on = gc.isenabled()
     gc.disable()      # tens of thousands of short-lived acyclic objects: refcounting frees them
     try:
