@@ -498,7 +498,7 @@ def _profile_rows(data: dict, prefix: str = ""):
         name = f"{prefix}{key}"
         if isinstance(value, dict) and "value" in value and "source" in value:
             yield name, f"{value['value']:.6g}", value["source"]
-        elif isinstance(value, dict) and "points" in value:
+        elif isinstance(value, dict) and isinstance(value.get("points"), list):
             pts = ", ".join(f"{x:g}:{e:g}" for x, e in value["points"])
             yield name, pts, value["source"]
         elif isinstance(value, dict):

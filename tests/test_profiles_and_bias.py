@@ -48,6 +48,11 @@ def test_profiles_command_and_show():
     assert r.exit_code == 0
     assert "nic.bandwidth_Bps" in r.output and "nccl-tests" in r.output
     assert "gemm_efficiency" in r.output
+    r = runner.invoke(app, ["profile", "show", "cpu-2core-example"], terminal_width=200)
+    assert r.exit_code == 0, r.output            # a measured profile: fits, tables, eager fields
+    for key in ("eager_op_overhead_s", "rank_jitter", "mla_attention_score_rate",
+                "calibration.fits.gemm.mape"):
+        assert key in r.output
 
 
 def _bad_profile(tmp_path, old, new):
