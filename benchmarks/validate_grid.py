@@ -21,9 +21,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor.validate import _check, compare, expert_slot, measure, predict  # noqa: E402
+from executor.validate import compare, measure, predict, prepare  # noqa: E402
 from simulator.atomic import write_text_atomic  # noqa: E402
-from simulator.loading import load_model, load_profile, load_workload  # noqa: E402
+from simulator.loading import load_workload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [  # name, batch (sequences x tokens), hidden, experts, top_k, real experts
@@ -57,8 +57,6 @@ def main() -> None:
     args = ap.parse_args()
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())
-    prof = load_profile(args.profile)
-    threads = prof.calibration.threads_per_rank if prof.calibration else 1
     head = ["workload", "per-layer MAPE"] + (["MAPE, fresh profile"] if args.fresh else []) + \
         ["speedup measured", "speedup predicted", "error (pp)", "sign"]
     print("| " + " | ".join(head) + " |")
@@ -74,14 +72,12 @@ def main() -> None:
             wp = Path(d) / f"{name}.yaml"
             wp.write_text(yaml.safe_dump(wd))
             w = load_workload(str(wp))
-            _check(w, args.ranks)
-            pred = predict(w, args.profile, args.ranks)
-            slot = expert_slot(pred["scmoe"], load_model(w.model).num_layers // 2)
+            pred, slot, threads = prepare(w, args.profile, args.ranks)
             fresh_path = None
             if args.fresh:
                 from executor.calibrate import calibrate
-                fresh_path, _ = calibrate("cpu", "quick", args.ranks, Path(d) / f"fresh-{name}.yaml",
-                                          force=True)
+                fresh_path, _ = calibrate("cpu", "quick", args.ranks,
+                                          Path(d) / f"fresh-{name}.yaml", force=True)
             ranks_out = measure(w, args.ranks, args.repeats, threads, slot)
             v = compare(w, args.profile, pred, ranks_out, slot)
             v.pop("_timelines")

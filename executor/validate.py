@@ -99,15 +99,21 @@ def measure(w: Workload, ranks: int, repeats: int, threads: int, slot: int) -> l
     return run(cfg)["ranks"]
 
 
-def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
-    """Measure and predict both schedules; the comparison as a JSON-able dict."""
+def prepare(w: Workload, profile: str, ranks: int) -> tuple[dict[str, RunResult], int, int]:
+    """Checks, the prediction, the scmoe expert slot and the threads per rank to measure with
+    (those the profile was measured with: a CPU "device")."""
     _check(w, ranks)
     prof = load_profile(profile)
     pred = predict(w, profile, ranks)
     slot = expert_slot(pred["scmoe"], load_model(w.model).num_layers // 2)
-    # a rank computes with the threads the profile was measured with (a CPU "device")
     threads = prof.calibration.threads_per_rank if prof.calibration else \
         max(1, (os.cpu_count() or 1) // ranks)
+    return pred, slot, threads
+
+
+def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
+    """Measure and predict both schedules; the comparison as a JSON-able dict."""
+    pred, slot, threads = prepare(w, profile, ranks)
     return compare(w, profile, pred, measure(w, ranks, repeats, threads, slot), slot)
 
 

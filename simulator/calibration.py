@@ -307,7 +307,7 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
         **({"eager_op_overhead_s": s(f.eager_op_s, "median time per op of a chain of in-place "
                                                    "adds on 16 elements (eager dispatch)")}
            if f.eager_op_s else {}),
-        **({"rank_jitter": s(f.rank_jitter, "mean excess of the slowest rank over the ranks' "
+        **({"rank_jitter": s(f.rank_jitter, "median excess of the slowest rank over the ranks' "
                                             "mean on a GEMM segment run by all at once, over "
                                             "the expected largest of that many normal draws")}
            if f.rank_jitter > 0 else {}),
@@ -319,7 +319,8 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
                                  "all_to_all latency beyond the collective latency"),
         "collective_efficiency": table(f.coll_table, "all_gather/reduce_scatter efficiency "
                                                      "by bytes per peer"),
-        "comm_sm_fraction": s(f.comm_fraction, "extra time of GEMMs and all_to_alls run together over the all_to_alls' own time"),
+        "comm_sm_fraction": s(f.comm_fraction, "extra time of GEMMs and all_to_alls run together "
+                                               "over the all_to_alls' own time"),
         "price_per_gpu_hour": s(price, "user input (moesim calibrate --price)"),
         "calibration": {**{k: identity[k] for k in ("device", "device_name", "cores", "driver",
                                                      "torch_version", "date", "mode", "dtype")},

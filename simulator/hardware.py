@@ -113,6 +113,18 @@ def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
 
 def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
     """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM."""
+    return eager_launches(_link_demand(op, plan, prof), op, prof)
+
+
+def eager_launches(d: CommDemand, op: Op, prof: HardwareProfile) -> CommDemand:
+    """In an eager runtime a collective op of several launches (dispatch's split-size exchange,
+    then the rows) pays the start-up latency once per launch."""
+    if prof.eager_op_overhead_s is None or op.kernels <= 1:
+        return d
+    return CommDemand(d.latency_s * op.kernels, d.link_bytes)
+
+
+def _link_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
     if op.group in ("tp", "cp"):
         size = plan.tp if op.group == "tp" else plan.cp
         peers = max(size - 1, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gc
 import statistics
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -13,8 +13,8 @@ from simulator.config import HardwareProfile, ModelSpec, Workload
 from simulator.cost import cost_per_million_tokens
 from simulator.engine import Engine
 from simulator.errors import MoesimError
-from simulator.hardware import (CommDemand, comm_demand, link_bandwidths, op_time_s,
-                                straggler_factor)
+from simulator.hardware import (CommDemand, comm_demand, eager_launches, link_bandwidths,
+                                op_time_s, straggler_factor)
 from simulator.loading import load_model, load_profile
 from simulator.memory import MemoryBreakdown, inference_memory
 from simulator.model import Shape, build_backward, build_forward
@@ -186,9 +186,7 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
             if t is not None and op.is_comm and op.group == "ep":
                 key = ("comm", op.micro_batch, "combine" in op.name)
                 if key not in memo:
-                    per = [t.demand(k, key[2]) for k in range(plan.ep)]
-                    if prof.eager_op_overhead_s is not None and op.kernels > 1:
-                        per = [replace(d, latency_s=d.latency_s * op.kernels) for d in per]
+                    per = [eager_launches(t.demand(k, key[2]), op, prof) for k in range(plan.ep)]
                     times = [comm_time_s(d, prof) for d in per]
                     memo[key] = (per, int(np.argmax(times)), times)
                 per, slow, times = memo[key]
