@@ -499,8 +499,13 @@ def _profile_rows(data: dict, prefix: str = ""):
         if isinstance(value, dict) and "value" in value and "source" in value:
             yield name, f"{value['value']:.6g}", value["source"]
         elif isinstance(value, dict) and isinstance(value.get("points"), list):
-            pts = ", ".join(f"{x:g}:{e:g}" for x, e in value["points"])
+            pts = ", ".join(f"{x:g}:{e:.3g}" for x, e in value["points"])
             yield name, pts, value["source"]
+        elif isinstance(value, dict) and "efficiency" in value and "weights" in value:
+            head = "N x K: " + " ".join(f"{w:.3g}" for w in value["weights"])
+            rows = [f"M {m:g}: " + " ".join(f"{e:.2g}" for e in row)
+                    for m, row in zip(value["m"], value["efficiency"])]
+            yield name, "\n".join([head] + rows), value["source"]
         elif isinstance(value, dict):
             yield from _profile_rows(value, f"{name}.")
         elif key not in ("name",):

@@ -55,13 +55,17 @@ class Grid:
     repeats: int
 
 
-QUICK = Grid(gemm_m=(1, 8, 64, 256, 1024), gemm_nk=((512, 512), (1024, 1024), (2048, 512)),
+# GEMM shapes (N, K): weight sizes from a router's (8 x 512) to 2048 x 2048; shapes of equal
+# N x K (128 x 512 and 512 x 128, 512 x 512 and 1024 x 256) show N x K is what matters
+QUICK = Grid(gemm_m=(1, 8, 64, 256, 1024),
+             gemm_nk=((8, 512), (128, 512), (512, 512), (2048, 512), (2048, 2048)),
              experts=(4, 8), tokens_per_expert=(8, 32, 128, 512),
              attn_batch=(1, 4), attn_ctx=(128, 256, 1024),
              copy_bytes=(1 << 12, 1 << 16, 1 << 20, 1 << 22, 1 << 24, 1 << 26),
              coll_bytes=(1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22), warmup=2, repeats=5)
 FULL = Grid(gemm_m=(1, 4, 16, 64, 128, 256, 512, 1024, 2048),
-            gemm_nk=((512, 512), (1024, 1024), (2048, 512), (2048, 2048), (512, 2048)),
+            gemm_nk=((8, 512), (64, 512), (128, 512), (512, 128), (256, 512), (512, 512),
+                     (1024, 256), (1024, 512), (2048, 512), (2048, 2048)),
             experts=(4, 8, 16), tokens_per_expert=(4, 16, 64, 128, 256, 512, 1024),
             attn_batch=(1, 4, 16), attn_ctx=(64, 128, 256, 1024, 4096),
             copy_bytes=(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 25,
@@ -130,17 +134,45 @@ def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
     return statistics.median(times), q[2] - q[0]
 
 
+def time_rounds(fns: list[Callable[[], object]], sync: Callable[[], None], rounds: int,
+                before: Callable[[], object] | None = None) -> list[tuple[float, float]]:
+    """(median, IQR) seconds of each fn, timed once per round, round-robin over the cases after
+    one warm-up pass: a machine whose speed drifts over minutes then shifts every case alike
+    instead of bending the table between cases measured at different times."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            if before is not None:
+                before()
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t)
+    out = []
+    for ts in times:
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        out.append((statistics.median(ts), q[2] - q[0]))
+    return out
+
+
 def bench_gemm(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
-    """Dense GEMM (M x K) @ (K x N), weights cold in cache."""
-    sync, out, flush = sync_for(device), [], cache_flusher(device)
+    """Dense GEMM x @ W.T as a linear layer runs it (x: M x K, W: N x K), weights cold in
+    cache, every shape of the M by (N, K) grid once per round."""
+    sync, flush = sync_for(device), cache_flusher(device)
+    cases, fns = [], []
     for n, k in grid.gemm_nk:
-        b = torch.randn(k, n, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
         for m in grid.gemm_m:
-            a = torch.randn(m, k, device=device, dtype=dtype)
-            med, iqr = time_fn(lambda: a @ b, sync, grid.warmup, grid.repeats, flush)
-            es = a.element_size()
-            out.append(Measurement("gemm", {"m": m, "n": n, "k": k}, med, iqr, 2.0 * m * n * k,
-                                   float((m * k + k * n + m * n) * es)))
+            x = torch.randn(m, k, device=device, dtype=dtype)
+            cases.append((m, n, k, x.element_size()))
+            fns.append(lambda x=x, w=w: torch.nn.functional.linear(x, w))
+    out = []
+    for (m, n, k, es), (med, iqr) in zip(cases, time_rounds(fns, sync, grid.repeats, flush)):
+        out.append(Measurement("gemm", {"m": m, "n": n, "k": k}, med, iqr, 2.0 * m * n * k,
+                               float((m * k + k * n + m * n) * es)))
     return out
 
 
@@ -155,8 +187,8 @@ def bench_grouped_gemm(device: str, grid: Grid, dtype: torch.dtype, hidden: int 
             x = torch.randn(e, t, hidden, device=device, dtype=dtype)
             med, iqr = time_fn(lambda: torch.bmm(x, w), sync, grid.warmup, grid.repeats, flush)
             es = x.element_size()
-            out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
-                                                    "skew": 0}, med, iqr,
+            case = {"experts": e, "tokens_per_expert": t, "hidden": hidden, "inter": inter}
+            out.append(Measurement("grouped_gemm", {**case, "skew": 0}, med, iqr,
                                    2.0 * e * t * hidden * inter,
                                    float((e * t * hidden + e * hidden * inter) * es)))
             total = e * t
@@ -165,8 +197,7 @@ def bench_grouped_gemm(device: str, grid: Grid, dtype: torch.dtype, hidden: int 
             chunks = [torch.randn(n, hidden, device=device, dtype=dtype) for n in [hot] + rest]
             med, iqr = time_fn(lambda: [c @ w[i] for i, c in enumerate(chunks)], sync,
                                grid.warmup, grid.repeats, flush)
-            out.append(Measurement("grouped_gemm", {"experts": e, "tokens_per_expert": t,
-                                                    "skew": 1}, med, iqr,
+            out.append(Measurement("grouped_gemm", {**case, "skew": 1}, med, iqr,
                                    2.0 * sum(c.shape[0] for c in chunks) * hidden * inter,
                                    float((total * hidden + e * hidden * inter) * es)))
     return out
@@ -233,18 +264,39 @@ def bench_eager_ops(device: str, grid: Grid, dtype: torch.dtype) -> list[Measure
                         float(2 * EAGER_CHAIN * x.numel() * x.element_size()))]
 
 
+def bench_gather(device: str, grid: Grid, dtype: torch.dtype, width: int = 512) -> list[Measurement]:
+    """Row gathers and scatters by advanced indexing (x[idx] as an eager permute and the
+    experts pick the routed rows, out[idx] = y as the experts put them back) by bytes moved:
+    these kernels address every element, so on CPUs they run several times below a streaming
+    copy (index_select and index_add_ do not: they copy whole rows)."""
+    sync, out = sync_for(device), []
+    for nbytes in grid.copy_bytes:
+        rows = max(1, nbytes // (2 * width * torch.tensor([], dtype=dtype).element_size()))
+        x = torch.randn(rows, width, device=device, dtype=dtype)
+        idx = torch.randint(0, rows, (rows,), device=device)
+        moved = float(2 * x.numel() * x.element_size())
+        med, iqr = time_fn(lambda: x[idx], sync, grid.warmup, grid.repeats)
+        out.append(Measurement("gather", {"bytes": moved, "op": "index"}, med, iqr, 0.0, moved))
+        dst = torch.empty_like(x)
+        med, iqr = time_fn(lambda: dst.__setitem__(idx, x), sync, grid.warmup, grid.repeats)
+        out.append(Measurement("gather", {"bytes": moved, "op": "index_put"}, med, iqr, 0.0,
+                               moved))
+    return out
+
+
 def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:
-    """Device copies and elementwise adds (residual / unpermute-like) over a size sweep."""
+    """Device copies and elementwise adds (residual / unpermute-like) over a size sweep, each
+    into a new output as an eager op writes (on CPUs a fresh buffer is not in cache: 1.2-1.7x
+    slower than copying into the same buffer again)."""
     sync, out = sync_for(device), []
     es = torch.tensor([], dtype=dtype).element_size()
     for nbytes in grid.copy_bytes:
         n = max(1, nbytes // es)
         a = torch.randn(n, device=device, dtype=dtype)
-        b = torch.empty_like(a)
-        med, iqr = time_fn(lambda: b.copy_(a), sync, grid.warmup, grid.repeats)
+        med, iqr = time_fn(lambda: a.clone(), sync, grid.warmup, grid.repeats)
         out.append(Measurement("copy", {"bytes": 2 * n * es}, med, iqr, 0.0, float(2 * n * es)))
         c = torch.randn_like(a)
-        med, iqr = time_fn(lambda: torch.add(a, c, out=b), sync, grid.warmup, grid.repeats)
+        med, iqr = time_fn(lambda: a + c, sync, grid.warmup, grid.repeats)
         out.append(Measurement("elementwise", {"bytes": 3 * n * es}, med, iqr, 0.0,
                                float(3 * n * es)))
     return out
@@ -418,7 +470,7 @@ def bench_collectives(device: str, ranks: int, grid: Grid, threads: int) -> list
 
 
 COMPUTE_BENCHES = (bench_gemm, bench_grouped_gemm, bench_attention, bench_memory,
-                   bench_eager_ops)
+                   bench_gather, bench_eager_ops)
 
 
 def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name: str,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.hardware import expected_max_normal
+from simulator.hardware import bilinear_log, expected_max_normal
 
 FOLDS = 4
 FLAG_MAPE = 0.10
@@ -81,9 +81,11 @@ class Fitted:
     mem_table: list[tuple[float, float]]
     gemm_table: list[tuple[float, float]]
     grouped_table: list[tuple[float, float]]
+    shape_table: tuple[list[float], list[float], list[list[float]]] | None
     attention_eff: float
     score_rate: list[tuple[float, float]]
     mla_score_rate: list[tuple[float, float]]
+    gather_rate: list[tuple[float, float]]
     eager_op_s: float
     rank_jitter: float
     a2a_latency_s: float
@@ -100,6 +102,55 @@ def _eff_table(rows: list[Row], size, peak: float, lat: float) -> list[tuple[flo
         t = max(r.median_s - lat, 1e-9)
         by[size(r)].append(min(max(r.flops / (peak * t), 1e-4), 1.0))
     return sorted((x, float(np.median(v))) for x, v in by.items())
+
+
+ShapeGrid = tuple[list[float], list[float], list[list[float]]]
+
+
+def _shape_table(rows: list[Row], peak: float, lat: float) -> ShapeGrid:
+    """GEMM efficiency on the grid of M by N x K: median per cell; a cell no shape measured
+    takes the log-interpolated value of its M row."""
+    by: dict[tuple[float, float], list[float]] = defaultdict(list)
+    for r in rows:
+        m, nk = float(r.params["m"]), float(r.params["n"]) * float(r.params["k"])
+        by[(m, nk)].append(min(max(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1e-4), 1.0))
+    ms = sorted({m for m, _ in by})
+    ws = sorted({w for _, w in by})
+    grid = []
+    for m in ms:
+        known = [(w, float(np.median(by[(m, w)]))) for w in ws if (m, w) in by]
+        grid.append([float(np.median(by[(m, w)])) if (m, w) in by else interp_log(known, w)
+                     for w in ws])
+    return ms, ws, grid
+
+
+def _shape_quality(rows: list[Row], peak: float, bw: float, lat: float) -> dict:
+    pred, meas = [], []
+    for hold in _folds(len(rows)):
+        table = _shape_table([r for i, r in enumerate(rows) if i not in set(hold)], peak, lat)
+        for i in hold:
+            r = rows[i]
+            nk = float(r.params["n"]) * float(r.params["k"])
+            eff = bilinear_log(*table, float(r.params["m"]), nk)
+            pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
+            meas.append(r.median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+
+
+def _grouped_by_shape(rows: list[Row], table: ShapeGrid, peak: float, bw: float,
+                      lat: float) -> dict:
+    """Error of the shape table on the balanced grouped GEMMs (a benchmark it never saw), each
+    expert's GEMM priced at M = its tokens."""
+    pred, meas = [], []
+    for r in rows:
+        if int(r.params.get("skew", 0)) == 0 and "hidden" in r.params:
+            nk = float(r.params["hidden"]) * float(r.params["inter"])
+            eff = bilinear_log(*table, float(r.params["tokens_per_expert"]), nk)
+            pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
+            meas.append(r.median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(meas), "flagged": bool(m > FLAG_MAPE)}
 
 
 def _predict_compute(r: Row, table, size, peak, bw, lat) -> float:
@@ -151,6 +202,25 @@ def _mem_table(rows: list[Row], lat: float, bw: float) -> list[tuple[float, floa
     return sorted((x, float(np.median(v))) for x, v in by.items())
 
 
+def _gather_table(rows: list[Row], lat: float) -> list[tuple[float, float]]:
+    """Bytes/s of indexed row copies, median per bytes moved."""
+    by: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        by[r.bytes].append(r.bytes / max(r.median_s - lat, 1e-12))
+    return sorted((x, float(np.median(v))) for x, v in by.items())
+
+
+def _gather_quality(rows: list[Row], lat: float) -> dict:
+    pred, meas = [], []
+    for hold in _folds(len(rows)):
+        table = _gather_table([r for i, r in enumerate(rows) if i not in set(hold)], lat)
+        for i in hold:
+            pred.append(lat + rows[i].bytes / interp_log(table, rows[i].bytes))
+            meas.append(rows[i].median_s)
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+
+
 def _mem_quality(rows: list[Row], lat: float, bw: float) -> dict:
     pred, meas = [], []
     for hold in _folds(len(rows)):
@@ -177,15 +247,24 @@ def fit(rows: list[Row]) -> Fitted:
     bw = max(r.bytes / max(r.median_s - lat, 1e-12) for r in mem)
     mem_table = _mem_table(mem, lat, bw)
     quality["memory"] = _mem_quality(mem, lat, bw)
+    gather_rate = _gather_table(by["gather"], lat)
+    if by["gather"]:
+        quality["gather"] = _gather_quality(by["gather"], lat)
     gemm = by["gemm"]
     peak = max(r.flops / r.median_s for r in gemm)
     m_of = lambda r: float(r.params["m"])
     quality["gemm"] = _table_quality(gemm, m_of, peak, bw, lat)
     gemm_table = _eff_table(gemm, m_of, peak, lat)
+    shape_table = None
+    if gemm and all("n" in r.params and "k" in r.params for r in gemm):
+        shape_table = _shape_table(gemm, peak, lat)
+        quality["gemm_by_shape"] = _shape_quality(gemm, peak, bw, lat)
     grouped = by["grouped_gemm"]
     tpe = lambda r: float(r.params["tokens_per_expert"])
     quality["grouped_gemm"] = _table_quality(grouped, tpe, peak, bw, lat)
     grouped_table = _eff_table(grouped, tpe, peak, lat)
+    if shape_table is not None and grouped:
+        quality["grouped_gemm_by_shape"] = _grouped_by_shape(grouped, shape_table, peak, bw, lat)
     # per-score work (mask + softmax between the matmuls): fitted on the prefill attention
     # itself, net of its matmul FLOPs at the GEMM peak, as a rate by score count (caches);
     # MLA's shape separately
@@ -233,8 +312,8 @@ def fit(rows: list[Row]) -> Fitted:
     if strag and int(strag[0].params.get("ranks", 1)) > 1:
         r = strag[0]
         jitter = float(r.params["excess"]) / expected_max_normal(int(r.params["ranks"]))
-    return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, attn_eff, score_rate,
-                  mla_rate, eager_s, jitter, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
+    return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, shape_table, attn_eff,
+                  score_rate, mla_rate, gather_rate, eager_s, jitter, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
 
 
 def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, float]]:
@@ -291,6 +370,12 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
         "memory_efficiency": table(f.mem_table, "copy/add rate by bytes moved over the best"),
         "gemm_efficiency": table(f.gemm_table, "GEMM efficiency by M (median over N, K)"),
         "grouped_gemm_efficiency": table(f.grouped_table, "grouped GEMM by tokens per expert"),
+        **({"gemm_shape_efficiency": {
+            "m": f.shape_table[0], "weights": f.shape_table[1],
+            "efficiency": [[float(min(max(e, 1e-4), 1.0)) for e in row]
+                           for row in f.shape_table[2]],
+            "source": f"{src}: GEMM efficiency by M and N x K (median per cell, each shape "
+                      "timed once per round, round-robin)"}} if f.shape_table else {}),
         "attention_efficiency": s(min(max(f.attention_eff, 1e-4), 1.0),
                                   "attention matmuls at the GEMM peak; the per-score work is "
                                   "attention_score_rate" if f.score_rate else
@@ -303,6 +388,9 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
                                                                 "(value heads 2/3 of query/key "
                                                                 "heads) net of its matmul FLOPs")}
            if f.mla_score_rate else {}),
+        **({"gather_rate": rates(f.gather_rate, "bytes/s by bytes moved: x[idx] row gathers "
+                                                "and index_add_ scatters, 512 wide")}
+           if f.gather_rate else {}),
         "kernel_latency_s": s(f.latency_s, "half the smallest copy's time"),
         **({"eager_op_overhead_s": s(f.eager_op_s, "median time per op of a chain of in-place "
                                                    "adds on 16 elements (eager dispatch)")}

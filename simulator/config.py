@@ -157,6 +157,28 @@ class EfficiencyTable(RateTable):
         return self
 
 
+class ShapeEfficiencyTable(Strict):
+    """GEMM fraction of peak on a grid of M (rows) by weight elements (N x K), interpolated
+    bilinearly in log M and log N*K, with a source."""
+
+    m: list[float] = Field(min_length=1, description="rows, increasing")
+    weights: list[float] = Field(min_length=1, description="N x K elements, increasing")
+    efficiency: list[list[float]] = Field(description="one row per m, one column per weights")
+    source: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ShapeEfficiencyTable":
+        for name, xs in (("m", self.m), ("weights", self.weights)):
+            if any(x <= 0 for x in xs) or xs != sorted(xs) or len(set(xs)) != len(xs):
+                raise ValueError(f"{name} needs positive, strictly increasing values")
+        if len(self.efficiency) != len(self.m) or \
+                any(len(row) != len(self.weights) for row in self.efficiency):
+            raise ValueError("efficiency needs one row per m with one value per weights entry")
+        if any(not 0 < e <= 1 for row in self.efficiency for e in row):
+            raise ValueError("efficiency must lie in (0, 1]")
+        return self
+
+
 class LinkSpec(Strict):
     """A per-GPU link class: spec and effective (measured) bandwidth per direction, latency."""
 
@@ -225,6 +247,10 @@ class HardwareProfile(Strict):
         "(caches make small ops faster than large ones on CPUs)")
     gemm_efficiency: EfficiencyTable
     grouped_gemm_efficiency: EfficiencyTable
+    gemm_shape_efficiency: Optional[ShapeEfficiencyTable] = Field(
+        None, description="by M and by each GEMM's weight size N x K: when set, replaces "
+        "gemm_efficiency and grouped_gemm_efficiency (per expert, M = its tokens) for ops "
+        "that list their GEMMs' shapes; small weights run far below peak on CPUs")
     attention_efficiency: Sourced
     attention_score_rate: Optional[RateTable] = Field(
         None, description="scores/s by score count for the per-score work (mask, softmax) of "
@@ -232,6 +258,10 @@ class HardwareProfile(Strict):
     mla_attention_score_rate: Optional[RateTable] = Field(
         None, description="as attention_score_rate, for MLA prefill (query/key head dim "
         "differs from the value head dim; fused CPU kernels refuse that shape)")
+    gather_rate: Optional[RateTable] = Field(
+        None, description="bytes/s by bytes moved of an eager runtime's indexed row copies "
+        "(x[idx] gathers, index_add_ scatters: MoE permute, expert rows, unpermute); none = "
+        "they move at the memory rate")
     kernel_latency_s: Sourced
     eager_op_overhead_s: Optional[Sourced] = Field(
         None, description="seconds per framework op in an eager runtime; when set, every op "

@@ -10,7 +10,8 @@ import warnings
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from simulator.config import EfficiencyTable, HardwareProfile, ParallelPlan, RateTable
+from simulator.config import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
+                              ShapeEfficiencyTable)
 from simulator.model import Op
 
 
@@ -44,15 +45,10 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     floor = prof.idealizations.gemm_weight_floor
     peak = prof.peak_bf16_flops.value
     mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
-    eff_mem = efficiency(prof.memory_efficiency, mem_bytes, "bytes moved") \
-        if prof.memory_efficiency is not None else prof.hbm_efficiency.value
-    bw = prof.hbm_bandwidth_Bps.value * eff_mem
+    bw = memory_rate(prof, mem_bytes)
     latency = prof.kernel_latency_s.value
-    if op.kind == "gemm":
-        t_c = op.flops / (peak * efficiency(prof.gemm_efficiency, op.m, "GEMM M"))
-    elif op.kind == "grouped_gemm":
-        t_c = op.flops / (peak * efficiency(prof.grouped_gemm_efficiency, op.m,
-                                            "grouped GEMM tokens per expert"))
+    if op.kind in ("gemm", "grouped_gemm"):
+        t_c = op.flops / (peak * gemm_efficiency(op, prof))
     elif op.kind == "attention":
         t_c = op.flops / (peak * prof.attention_efficiency.value)
         rate = prof.mla_attention_score_rate if "mla" in op.tags else None
@@ -66,18 +62,71 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
 
 
+def gemm_efficiency(op: Op, prof: HardwareProfile) -> float:
+    """Fraction of peak of a (grouped) GEMM op: by M and each GEMM's N x K where the profile
+    has a shape table and the op lists its GEMMs (their FLOPs share is their N x K, all at the
+    same M), else by M alone."""
+    table = prof.gemm_shape_efficiency
+    if table is not None and op.gemm_nk:
+        slow = sum(nk / shape_efficiency(table, op.m, nk) for nk in op.gemm_nk)
+        return sum(op.gemm_nk) / slow
+    if op.kind == "grouped_gemm":
+        return efficiency(prof.grouped_gemm_efficiency, op.m, "grouped GEMM tokens per expert")
+    return efficiency(prof.gemm_efficiency, op.m, "GEMM M")
+
+
+def _log_position(xs: list[float], x: float) -> tuple[int, float]:
+    """(i, f): x lies a fraction f of the way from xs[i] to xs[i + 1] in log space, clamped."""
+    if len(xs) == 1 or x <= xs[0]:
+        return 0, 0.0
+    if x >= xs[-1]:
+        return len(xs) - 2, 1.0
+    i = next(j for j in range(len(xs) - 1) if xs[j] <= x <= xs[j + 1])
+    return i, (math.log(x) - math.log(xs[i])) / (math.log(xs[i + 1]) - math.log(xs[i]))
+
+
+def bilinear_log(ms: list[float], ws: list[float], grid: list[list[float]], m: float,
+                 w: float) -> float:
+    """grid[i][j] (at ms[i], ws[j]) at (m, w), bilinear in log m and log w, edges clamped."""
+    i, fm = _log_position(ms, max(m, 1e-9))
+    j, fw = _log_position(ws, max(w, 1e-9))
+    i1, j1 = min(i + 1, len(ms) - 1), min(j + 1, len(ws) - 1)
+    low = grid[i][j] + fw * (grid[i][j1] - grid[i][j])
+    high = grid[i1][j] + fw * (grid[i1][j1] - grid[i1][j])
+    return low + fm * (high - low)
+
+
+def shape_efficiency(table: ShapeEfficiencyTable, m: float, nk: float) -> float:
+    """Table value at (m, nk); edge values outside the grid, with a warning."""
+    for what, xs, x in (("GEMM M", table.m, m), ("GEMM weight elements", table.weights, nk)):
+        if len(xs) > 1 and x > 0 and not xs[0] <= x <= xs[-1]:
+            warnings.warn(f"{what} {x:.4g} is outside the calibrated range "
+                          f"[{xs[0]:.4g}, {xs[-1]:.4g}]; using the edge value",
+                          OutOfRangeWarning, stacklevel=4)
+    return bilinear_log(table.m, table.weights, table.efficiency, m, nk)
+
+
 def eager_extra_s(op: Op, prof: HardwareProfile) -> float:
-    """An eager runtime's cost beyond the fused kernel: a dispatch per extra kernel and the
-    unfused elementwise passes at the memory rate of one pass's size (simulator/unfused.py)."""
+    """An eager runtime's cost beyond the fused kernel: a dispatch per extra kernel, the
+    unfused elementwise passes at the memory rate of one pass's size, and indexed row copies at
+    the gather rate instead of the streaming one (simulator/unfused.py)."""
     if prof.eager_op_overhead_s is None:
         return 0.0
     t = op.kernels * prof.eager_op_overhead_s.value
     if op.aux_bytes > 0:
-        per_pass = op.aux_bytes / max(op.kernels - 1, 1)
-        eff = efficiency(prof.memory_efficiency, per_pass, "bytes moved") \
-            if prof.memory_efficiency is not None else prof.hbm_efficiency.value
-        t += op.aux_bytes / (prof.hbm_bandwidth_Bps.value * eff)
+        t += op.aux_bytes / memory_rate(prof, op.aux_bytes / max(op.kernels - 1, 1))
+    if prof.gather_rate is not None and op.gather_bytes > 0:   # priced above as streaming
+        g = op.gather_bytes
+        t += max(g / efficiency(prof.gather_rate, g, "gathered bytes") - g / memory_rate(prof, g),
+                 0.0)
     return t
+
+
+def memory_rate(prof: HardwareProfile, nbytes: float) -> float:
+    """Bytes/s of a streaming memory-bound op (or pass) that moves `nbytes`."""
+    eff = efficiency(prof.memory_efficiency, nbytes, "bytes moved") \
+        if prof.memory_efficiency is not None else prof.hbm_efficiency.value
+    return prof.hbm_bandwidth_Bps.value * eff
 
 
 def expected_max_normal(n: int) -> float:

@@ -37,6 +37,8 @@ class Op:
     scores: float = 0.0             # attention: query x key scores (softmax work)
     kernels: int = 1                # launches in an eager runtime (simulator/unfused.py)
     aux_bytes: float = 0.0          # unfused elementwise bytes an eager runtime adds
+    gather_bytes: float = 0.0       # of bytes + aux_bytes: indexed row copies (eager pricing)
+    gemm_nk: tuple[float, ...] = ()  # N x K weight elements of each GEMM (per expert if grouped)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -76,6 +78,7 @@ class _Builder:
         if extra is not None:
             op.kernels += extra.kernels
             op.aux_bytes = extra.elems * self.p.activation_bytes
+            op.gather_bytes = extra.gathers * self.p.activation_bytes
         op.micro_batch = self.mb
         self.g.add_node(op.name, op=op)
         for src in inputs:
@@ -94,9 +97,9 @@ class _Builder:
             gemms = 3 if a.q_lora_rank else 2
             core_extra = unfused.mla_core(t, a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim,
                                           a.qk_rope_head_dim, a.v_head_dim)
-            q_w = (h * a.q_lora_rank + a.q_lora_rank * a.num_heads * qk_head) if a.q_lora_rank \
-                else h * a.num_heads * qk_head
-            proj_w = q_w + h * (a.kv_lora_rank + a.qk_rope_head_dim)
+            q_gemms = (h * a.q_lora_rank, a.q_lora_rank * a.num_heads * qk_head) \
+                if a.q_lora_rank else (h * a.num_heads * qk_head,)
+            proj_nk = q_gemms + (h * (a.kv_lora_rank + a.qk_rope_head_dim),)
             kv_b_w = a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
             o_w = a.num_heads * a.v_head_dim * h
             kv_elems = a.kv_lora_rank + a.qk_rope_head_dim
@@ -116,7 +119,7 @@ class _Builder:
             hd = a.head_dim
             gemms = 1
             core_extra = unfused.gqa_core(t, a.num_heads, a.num_kv_heads, hd)
-            proj_w = h * (a.num_heads + 2 * a.num_kv_heads) * hd
+            proj_nk = (h * (a.num_heads + 2 * a.num_kv_heads) * hd,)
             kv_b_w = 0
             o_w = a.num_heads * hd * h
             kv_elems = 2 * a.num_kv_heads * hd
@@ -129,9 +132,10 @@ class _Builder:
                 core_flops = s.sequences * per_key * s.query_tokens * (s.context + 1) / 2
                 kv_read = t * kv_elems * p.kv_bytes
         wb, ab = p.weight_bytes, p.activation_bytes
+        proj_w = sum(proj_nk)
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
                           bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
-                          layer=layer, block=block), after,
+                          layer=layer, block=block, gemm_nk=proj_nk), after,
                        extra=unfused.qkv_proj(t, h, a.q_lora_rank if a.kind == "mla" else 0,
                                               gemms))
         cp = self.plan.cp
@@ -146,7 +150,7 @@ class _Builder:
                            tags=tags), qkv, extra=core_extra)
         return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                            bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
-                           layer=layer, block=block), core, extra=unfused.residual_after(t, h))
+                           layer=layer, block=block, gemm_nk=(o_w,)), core, extra=unfused.residual_after(t, h))
 
     def dense_ffn(self, layer: int, block: str, after: str, inter: int, pre_norm: bool = True,
                   residual: bool = True) -> str:
@@ -163,7 +167,8 @@ class _Builder:
         rows = t * tp
         prev = self.add(Op(f"L{layer}.{block}.ffn", "gemm", flops=2 * rows * w,
                            bytes=w * wb + rows * (2 * h + 3 * inter // tp) * ab,
-                           weight_bytes=w * wb, m=rows, layer=layer, block=block), prev,
+                           weight_bytes=w * wb, m=rows, layer=layer, block=block,
+                           gemm_nk=(2 * h * inter / tp, h * inter / tp)), prev,
                         extra=unfused.swiglu(rows, h, inter / tp, pre_norm, residual))
         if tp > 1:
             prev = self.add(Op(f"L{layer}.{block}.reduce_scatter", "collective",
@@ -183,7 +188,7 @@ class _Builder:
         n_all = moe.num_experts + moe.num_zero_experts
         router = self.add(Op(f"L{layer}.moe.router", "gemm", flops=2 * t * h * n_all,
                              bytes=h * n_all * 4 + t * h * ab, weight_bytes=h * n_all * 4,
-                             m=t, layer=layer, block="moe"), after,
+                             m=t, layer=layer, block="moe", gemm_nk=(h * n_all,)), after,
                           extra=unfused.router(t, h, n_all))
         routed = t * k
         permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
@@ -198,7 +203,9 @@ class _Builder:
         experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
                               bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
                               weight_bytes=local_experts * w_exp * wb,
-                              m=routed / local_experts, layer=layer, block="moe"), dispatch,
+                              m=routed / local_experts, layer=layer, block="moe",
+                              gemm_nk=(2 * h * moe.expert_intermediate,
+                                       h * moe.expert_intermediate)), dispatch,
                            extra=unfused.experts(routed, h, moe.expert_intermediate,
                                                  local_experts))
         combine = self.add(Op(f"L{layer}.moe.combine", "collective",
@@ -206,13 +213,14 @@ class _Builder:
                               group="ep", layer=layer, block="moe"), experts)
         unpermute = self.add(Op(f"L{layer}.moe.unpermute", "elementwise",
                                 bytes=(routed + t) * h * ab, layer=layer, block="moe"), combine,
-                             extra=unfused.unpermute())
+                             extra=unfused.unpermute(t, routed, h))
         shared = ""
         if moe.num_shared_experts:
             w_sh = moe.num_shared_experts * w_exp
             shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
                                  bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
-                                 layer=layer, block="moe", tags=("shared_expert",)), after,
+                                 layer=layer, block="moe", tags=("shared_expert",),
+                                 gemm_nk=(2 * w_sh / 3, w_sh / 3)), after,
                               extra=unfused.swiglu(t, h, w_sh / (3 * h), False, False))
         return unpermute, shared
 
@@ -248,7 +256,7 @@ class _Builder:
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         return self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
                            bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
-                           layer=layer, block=block), after)
+                           layer=layer, block=block, gemm_nk=(h * v,)), after)
 
     def mtp(self, layer: int, after: str) -> str:
         """One dense MTP layer (projection, attention, FFN) and its draft logits."""
@@ -256,7 +264,7 @@ class _Builder:
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         proj = self.add(Op(f"L{layer}.mtp.proj", "gemm", flops=2 * t * 2 * h * h,
                            bytes=2 * h * h * wb + 3 * t * h * ab, weight_bytes=2 * h * h * wb,
-                           m=t, layer=layer, block="mtp"), after)
+                           m=t, layer=layer, block="mtp", gemm_nk=(2 * h * h,)), after)
         a = self.attention(layer, "mtp_attn", proj)
         inter = self.m.dense_intermediate or (self.m.moe.expert_intermediate if self.m.moe else 0)
         f = self.dense_ffn(layer, "mtp_ffn", a, inter)

@@ -23,6 +23,7 @@ class Extra:
 
     kernels: int
     elems: float
+    gathers: float = 0.0      # elements moved by indexed row copies, of the op's bytes or elems
 
 
 def norm(n: float) -> Extra:
@@ -37,7 +38,8 @@ def rope(n: float) -> Extra:
 
 def total(*parts: Extra) -> Extra:
     """Sum of several extras."""
-    return Extra(sum(p.kernels for p in parts), sum(p.elems for p in parts))
+    return Extra(sum(p.kernels for p in parts), sum(p.elems for p in parts),
+                 sum(p.gathers for p in parts))
 
 
 def qkv_proj(t: float, h: int, q_lora: int, gemms: int) -> Extra:
@@ -84,14 +86,16 @@ def router(t: float, h: int, n_experts: int) -> Extra:
 
 
 def permute(routed: float, h: int) -> Extra:
-    """Masks, nonzero, argsort, index gathers and the concatenation of the send buffer."""
-    return Extra(13, 2 * routed * h)
+    """Masks, nonzero, argsort, index gathers and the concatenation of the send buffer; the
+    row gather x[tok] is the op's own bytes."""
+    return Extra(13, 2 * routed * h, gathers=2 * routed * h)
 
 
 def experts(routed: float, h: int, inter: int, local_experts: float) -> Extra:
     """Per local expert: a mask, nonzero, the row gather, SwiGLU's four kernels and the scatter
     back (the first GEMM is the op itself); gathers and scatters move the routed rows twice."""
-    return Extra(1 + 8 * int(round(local_experts)), 4 * routed * h + 5 * routed * inter)
+    return Extra(1 + 8 * int(round(local_experts)), 4 * routed * h + 5 * routed * inter,
+                 gathers=4 * routed * h)
 
 
 def split_exchange() -> Extra:
@@ -99,9 +103,11 @@ def split_exchange() -> Extra:
     return Extra(1, 0.0)
 
 
-def unpermute() -> Extra:
-    """Zero-expert mask and gates, the gate gather and multiply, index_add."""
-    return Extra(6, 0.0)
+def unpermute(t: float, routed: float, h: int) -> Extra:
+    """Zero-expert mask and gates, the identity experts' scaled copy of the input, the gate
+    gather and the routed rows' multiply; the index_add back is the op's own bytes (it copies
+    whole rows: streaming, not a gather)."""
+    return Extra(6, 2 * t * h + 2 * routed * h)
 
 
 def join(t: float, h: int) -> Extra:

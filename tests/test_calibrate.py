@@ -29,7 +29,8 @@ def test_quick_calibration_writes_a_loadable_profile_with_raw_csv(tmp_path):
     for q in cal.fits.values():
         assert q.flagged == (q.mape > 0.10)
     csv = (tmp_path / "cpu-test" / "measurements.csv").read_text()
-    assert "all_to_all" in csv and "interference" in csv and "gemm" in csv
+    assert "all_to_all" in csv and "interference" in csv and "gemm" in csv and "gather" in csv
+    assert prof.gather_rate is not None and prof.gemm_shape_efficiency is not None
     assert prof.peak_bf16_flops.value > 1e9 and 0 <= prof.comm_sm_fraction.value < 1
     again = CliRunner().invoke(app, ["calibrate", "--quick", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
@@ -53,6 +54,8 @@ def test_fitting_recovers_known_parameters():
         rows.append(Row("attention_prefill_mla", lat + 1e3 * sc / (0.9 * peak) + sc / 2e8,
                         1e3 * sc, 1e6, {"scores": sc}))
     rows.append(Row("eager_op", 200 * 7e-6, 0, 0, {"ops": 200}))
+    for n in (1 << 20, 1 << 24):      # indexed row copies at 5 GB/s
+        rows.append(Row("gather", n / 5e9, 0, n, {"op": "index"}))
     rows.append(Row("straggling", 0.02, 1e9, 0, {"ranks": 4, "excess": 0.1}))
     for n in (1 << 12, 1 << 16, 1 << 20, 1 << 22):
         rows.append(Row("all_to_all", 50e-6 + n / 2e9, 0, n, {"ranks": 2}))
@@ -68,6 +71,8 @@ def test_fitting_recovers_known_parameters():
     assert interp_log(f.mla_score_rate, 1e6) == pytest.approx(2e8, rel=0.01)
     assert f.quality["attention_prefill_mla"]["mape"] < 0.01
     assert f.eager_op_s == pytest.approx(7e-6)
+    assert interp_log(f.gather_rate, 1 << 24) == pytest.approx(5e9, rel=0.01)
+    assert f.quality["gather"]["points"] == 2
     assert f.rank_jitter == pytest.approx(0.1 / expected_max_normal(4))
 
 

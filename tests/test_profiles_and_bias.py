@@ -51,7 +51,7 @@ def test_profiles_command_and_show():
     r = runner.invoke(app, ["profile", "show", "cpu-2core-example"], terminal_width=200)
     assert r.exit_code == 0, r.output            # a measured profile: fits, tables, eager fields
     for key in ("eager_op_overhead_s", "rank_jitter", "mla_attention_score_rate",
-                "calibration.fits.gemm.mape"):
+                "calibration.fits.gemm.mape", "gemm_shape_efficiency", "M 1024:"):
         assert key in r.output
 
 

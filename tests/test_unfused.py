@@ -27,8 +27,8 @@ def test_fused_profiles_ignore_kernel_counts():
 
 
 def test_eager_profile_prices_every_launch_and_pass():
-    fused = profile("cpu-2core-example", eager_op_overhead_s=None)
-    eager = profile("cpu-2core-example", eager_op_overhead_s=EAGER)
+    fused = profile("cpu-2core-example", eager_op_overhead_s=None, gather_rate=None)
+    eager = profile("cpu-2core-example", eager_op_overhead_s=EAGER, gather_rate=None)
     w = workload(TINY)
     ops, res_f = _ops(w, fused)
     _, res_e = _ops(w, eager)
@@ -94,3 +94,26 @@ def test_jittery_ranks_set_the_pace_of_an_ep_group():
         if not op.is_comm:
             assert tl_j.standalone_s[i] == pytest.approx(tl_c.standalone_s[i] * f)
     assert res_j.metrics["step_time_ms"] > res_c.metrics["step_time_ms"]
+
+
+def test_eager_index_copies_move_at_the_gather_rate():
+    slow = {"points": [[1.0, 2e9], [1e12, 2e9]], "source": "test"}
+    base = profile("cpu-2core-example", eager_op_overhead_s=EAGER, gather_rate=None)
+    gath = profile("cpu-2core-example", eager_op_overhead_s=EAGER, gather_rate=slow)
+    ops, res_b = _ops(workload(TINY), base)
+    _, res_g = _ops(workload(TINY), gath)
+    m, w = load_model("tiny-scmoe"), workload(TINY)
+    routed = w.batch_per_device * w.context_length * m.moe.real_experts_per_token
+    from simulator.hardware import memory_rate
+    for name, passes in (("L1.moe.permute", 2), ("L1.moe.experts", 4)):
+        op = ops[name]            # the routed rows, hidden-wide float32, read and written
+        assert op.gather_bytes == pytest.approx(passes * routed * m.hidden_size * 4)
+        g = op.gather_bytes
+        assert compute_time_s(op, gath) - compute_time_s(op, base) == pytest.approx(
+            g / 2e9 - g / memory_rate(base, g), rel=1e-6)
+    for name in ("L1.ffn0.ffn", "L1.attn0.core", "L1.moe.unpermute"):   # index_add: rows
+        assert ops[name].gather_bytes == 0
+    assert res_g.metrics["step_time_ms"] > res_b.metrics["step_time_ms"]
+    fused = profile("h800")           # fused kernels: no eager pricing, the field is ignored
+    assert compute_time_s(op, fused) == compute_time_s(
+        type(op)(**{**op.__dict__, "gather_bytes": 0.0}), fused)
