@@ -446,9 +446,11 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
         ops.add_row(x["name"], x["kind"], _fmt(x["measured_us"]), _fmt(x["predicted_us"]),
                     f"{x['error']:+.1%}" if x["error"] is not None else "-")
     out.print(ops)
+    lo, hi = v["speedup_measured_ci95"]
+    noise = " (the interval spans 1: noise hides the sign here)" if lo <= 1 <= hi else ""
     out.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
-              f"{v['speedup_measured']:.3f}x, predicted {v['speedup_predicted']:.3f}x",
-              highlight=False)
+              f"{v['speedup_measured']:.3f}x (95% interval {lo:.3f}-{hi:.3f}{noise}), "
+              f"predicted {v['speedup_predicted']:.3f}x", highlight=False)
 
 
 def out_console() -> Console:

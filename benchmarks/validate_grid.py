@@ -3,7 +3,8 @@
 Run: python benchmarks/validate_grid.py [--profile cpu-2core-example] [--ranks 2] [--repeats 10]
                                         [--fresh] [--out results.json]
 Targets (docs/accuracy.md): per-layer MAPE <= 15% (goal 10%), scmoe-vs-sequential speedup error
-<= 5 percentage points, the sign of the speedup right in every case.
+<= 5 percentage points, the sign of the speedup right in every case. The measured speedup comes
+with a bootstrap 95% interval; a sign whose interval spans 1 is marked "within noise".
 
 `--fresh` also runs `moesim calibrate --quick` right before each workload's measurement and
 compares the same measurement with that profile's prediction too: the difference between the two
@@ -36,13 +37,19 @@ GRID = [  # name, batch (sequences x tokens), hidden, experts, top_k, real exper
 ]
 
 
+def sign_verdict(measured: float, ci: tuple[float, float], predicted: float) -> str:
+    """right / WRONG for the point estimate, and whether the measured interval resolves it."""
+    point = "right" if (measured > 1) == (predicted > 1) else "WRONG"
+    return point if not ci[0] <= 1 <= ci[1] else f"{point}, within noise"
+
+
 def _row(name: str, b: int, s: int, h: int, e: int, k: int, v: dict, fresh: dict | None) -> str:
-    sm, sp = v["speedup_measured"], v["speedup_predicted"]
-    sign = "right" if (sm > 1) == (sp > 1) else "WRONG"
+    sm, sp, ci = v["speedup_measured"], v["speedup_predicted"], v["speedup_measured_ci95"]
     cells = [f"{name} (b={b}x{s}, h={h}, E={e}, k={k})", f"{v['mape']:.1%}"]
     if fresh is not None:
         cells.append(f"{fresh['mape']:.1%}")
-    cells += [f"{sm:.3f}", f"{sp:.3f}", f"{100 * (sp - sm):+.1f}", sign]
+    cells += [f"{sm:.3f} ({ci[0]:.3f}-{ci[1]:.3f})", f"{sp:.3f}", f"{100 * (sp - sm):+.1f}",
+              sign_verdict(sm, ci, sp)]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -58,7 +65,7 @@ def main() -> None:
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())
     head = ["workload", "per-layer MAPE"] + (["MAPE, fresh profile"] if args.fresh else []) + \
-        ["speedup measured", "speedup predicted", "error (pp)", "sign"]
+        ["speedup measured (95% interval)", "speedup predicted", "error (pp)", "sign"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 2) + "---|", flush=True)
     results = []

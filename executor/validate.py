@@ -148,18 +148,34 @@ def compare(w: Workload, profile: str, pred: dict[str, RunResult], ranks_out: li
         "workload": w.name, "profile": profile, "ranks": ranks, "expert_slot": slot,
         "layers": layers, "mape": float(np.mean(errs)) if errs else None, "ops": ops,
         "speedup_measured": paired_speedup(ranks_out),
+        "speedup_measured_ci95": list(paired_speedup_ci(ranks_out)),
         "speedup_predicted": pred["sequential"].metrics["step_time_ms"]
         / pred["scmoe"].metrics["step_time_ms"],
         "_timelines": (pred, tls),
     }
 
 
+def _pair_ratios(ranks_out: list[dict]) -> np.ndarray:
+    seq = np.max([r["totals"]["sequential"] for r in ranks_out], axis=0)
+    sc = np.max([r["totals"]["scmoe"] for r in ranks_out], axis=0)
+    return np.asarray(seq / sc, dtype=float)
+
+
 def paired_speedup(ranks_out: list[dict]) -> float:
     """Median over repeats of sequential / scmoe forward time, each pair run back to back (the
     slowest rank's time per run): a drifting machine moves both runs of a pair alike."""
-    seq = np.max([r["totals"]["sequential"] for r in ranks_out], axis=0)
-    sc = np.max([r["totals"]["scmoe"] for r in ranks_out], axis=0)
-    return float(np.median(seq / sc))
+    return float(np.median(_pair_ratios(ranks_out)))
+
+
+def paired_speedup_ci(ranks_out: list[dict], level: float = 0.95, draws: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the paired speedup (the median of resampled pair ratios): where it
+    spans 1, this machine's noise hides the sign of the gain."""
+    ratios = _pair_ratios(ranks_out)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(ratios, size=(draws, ratios.size), replace=True), axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(meds, tail)), float(np.percentile(meds, 100 - tail))
 
 
 def report_results(v: dict) -> list:

@@ -55,6 +55,8 @@ def test_validate_end_to_end_json(tmp_path):
         assert x["measured_us"] > 0 and x["predicted_us"] > 0
     assert len(v["layers"]) == 2 * 4                              # two schedules x 4 layers
     assert v["speedup_measured"] > 0 and v["speedup_predicted"] > 0
+    lo, hi = v["speedup_measured_ci95"]
+    assert 0 < lo <= v["speedup_measured"] <= hi
     assert "(measured)" in report.read_text()
 
 
@@ -112,3 +114,20 @@ def test_paired_speedup_takes_the_slowest_rank_per_run_and_the_median_ratio():
              {"totals": {"sequential": [1.1, 1.0, 1.3], "scmoe": [1.0, 1.0, 1.3]}}]
     # slowest rank per run: seq [1.1, 2.0, 1.3], scmoe [1.0, 1.0, 1.3] -> ratios 1.1, 2.0, 1.0
     assert paired_speedup(ranks) == pytest.approx(1.1)
+
+
+def test_speedup_interval_tells_a_resolved_sign_from_noise():
+    from benchmarks.validate_grid import sign_verdict
+    from executor.validate import paired_speedup_ci
+
+    def ranks(ratios):
+        return [{"totals": {"sequential": list(ratios), "scmoe": [1.0] * len(ratios)}}]
+    steady = ranks([1.10, 1.11, 1.09, 1.10, 1.12, 1.08, 1.10, 1.11])
+    lo, hi = paired_speedup_ci(steady)
+    assert 1.08 <= lo <= 1.10 <= hi <= 1.12
+    noisy = ranks([0.95, 1.06, 0.97, 1.04, 1.01, 0.96, 1.05, 0.99])
+    lo, hi = paired_speedup_ci(noisy)
+    assert lo < 1 < hi
+    assert sign_verdict(1.10, (1.09, 1.11), 1.02) == "right"
+    assert sign_verdict(1.10, (1.09, 1.11), 0.98) == "WRONG"
+    assert sign_verdict(1.01, (0.97, 1.04), 1.02) == "right, within noise"
