@@ -114,6 +114,22 @@ def cache_flusher(device: str) -> Callable[[], None]:
     return lambda: buf.fill_(1.0)
 
 
+def _time_once(fn: Callable[[], object], sync: Callable[[], None],
+               before: Callable[[], object] | None) -> float:
+    if before is not None:
+        before()
+        sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def _median_iqr(times: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
 def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
             repeats: int, before: Callable[[], object] | None = None) -> tuple[float, float]:
     """(median, IQR) seconds of fn over `repeats` runs after `warmup` runs; `before` runs
@@ -121,17 +137,7 @@ def time_fn(fn: Callable[[], object], sync: Callable[[], None], warmup: int,
     for _ in range(warmup):
         fn()
     sync()
-    times = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-            sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+    return _median_iqr([_time_once(fn, sync, before) for _ in range(repeats)])
 
 
 def time_rounds(fns: list[Callable[[], object]], sync: Callable[[], None], rounds: int,
@@ -141,21 +147,12 @@ def time_rounds(fns: list[Callable[[], object]], sync: Callable[[], None], round
     instead of bending the table between cases measured at different times."""
     for fn in fns:
         fn()
+    sync()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for fn, ts in zip(fns, times):
-            if before is not None:
-                before()
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            ts.append(time.perf_counter() - t)
-    out = []
-    for ts in times:
-        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-        out.append((statistics.median(ts), q[2] - q[0]))
-    return out
+            ts.append(_time_once(fn, sync, before))
+    return [_median_iqr(ts) for ts in times]
 
 
 def bench_gemm(device: str, grid: Grid, dtype: torch.dtype) -> list[Measurement]:

@@ -71,6 +71,12 @@ def _mape(pred: list[float], meas: list[float]) -> float:
     return float(np.mean([abs(p - m) / m for p, m in zip(pred, meas)]))
 
 
+def _quality(pred: list[float], meas: list[float]) -> dict:
+    """Held-out MAPE of a fit, its point count and whether it is above the flag line."""
+    m = _mape(pred, meas)
+    return {"mape": m, "points": len(meas), "flagged": bool(m > FLAG_MAPE)}
+
+
 @dataclass(frozen=True)
 class Fitted:
     """Everything a profile needs, plus the held-out quality of each fit."""
@@ -134,8 +140,7 @@ def _shape_quality(rows: list[Row], peak: float, bw: float, lat: float) -> dict:
             eff = bilinear_log(*table, float(r.params["m"]), nk)
             pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
             meas.append(r.median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def _grouped_by_shape(rows: list[Row], table: ShapeGrid, peak: float, bw: float,
@@ -149,8 +154,7 @@ def _grouped_by_shape(rows: list[Row], table: ShapeGrid, peak: float, bw: float,
             eff = bilinear_log(*table, float(r.params["tokens_per_expert"]), nk)
             pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
             meas.append(r.median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(meas), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def _predict_compute(r: Row, table, size, peak, bw, lat) -> float:
@@ -167,8 +171,7 @@ def _table_quality(rows: list[Row], size, peak, bw, lat) -> dict:
         for i in hold:
             pred.append(_predict_compute(rows[i], table, size, peak, bw, lat))
             meas.append(rows[i].median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def _linear_fit(xs: np.ndarray, ts: np.ndarray) -> tuple[float, float]:
@@ -191,8 +194,7 @@ def _lb_quality(xs: np.ndarray, ts: np.ndarray) -> dict:
         a, b = _linear_fit(xs[keep], ts[keep])
         pred += list(a + xs[hold] / b)
         meas += list(ts[hold])
-    m = _mape(pred, meas)
-    return {"mape": m, "points": int(len(xs)), "flagged": bool(m > FLAG_MAPE)}
+    return _quality([float(p) for p in pred], [float(t) for t in meas])
 
 
 def _mem_table(rows: list[Row], lat: float, bw: float) -> list[tuple[float, float]]:
@@ -217,8 +219,7 @@ def _gather_quality(rows: list[Row], lat: float) -> dict:
         for i in hold:
             pred.append(lat + rows[i].bytes / interp_log(table, rows[i].bytes))
             meas.append(rows[i].median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def _mem_quality(rows: list[Row], lat: float, bw: float) -> dict:
@@ -230,8 +231,7 @@ def _mem_quality(rows: list[Row], lat: float, bw: float) -> dict:
             r = rows[i]
             pred.append(lat + r.bytes / (bw * interp_log(table, r.bytes)))
             meas.append(r.median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def fit(rows: list[Row]) -> Fitted:
@@ -279,11 +279,10 @@ def fit(rows: list[Row]) -> Fitted:
                                     for r in by["attention_prefill"]]))
     dec = by["attention_decode"]
     if dec and score_rate:
-        m_dec = _mape([lat + r.flops / peak + float(r.params["scores"]) /
-                       interp_log(score_rate, float(r.params["scores"])) for r in dec],
-                      [r.median_s for r in dec])
-        quality["attention_decode_vs_fit"] = {"mape": m_dec, "points": len(dec),
-                                              "flagged": bool(m_dec > FLAG_MAPE)}
+        quality["attention_decode_vs_fit"] = _quality(
+            [lat + r.flops / peak + float(r.params["scores"]) /
+             interp_log(score_rate, float(r.params["scores"])) for r in dec],
+            [r.median_s for r in dec])
     eager = by["eager_op"]
     eager_s = float(np.median([r.median_s / float(r.params["ops"]) for r in eager])) \
         if eager else 0.0
@@ -336,8 +335,7 @@ def _score_quality(rows: list[Row], lat: float, peak: float) -> dict:
             sc = float(r.params["scores"])
             pred.append(lat + r.flops / peak + sc / interp_log(table, sc))
             meas.append(r.median_s)
-    m = _mape(pred, meas)
-    return {"mape": m, "points": len(rows), "flagged": bool(m > FLAG_MAPE)}
+    return _quality(pred, meas)
 
 
 def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: float,
