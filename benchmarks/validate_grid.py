@@ -1,7 +1,7 @@
 """Executor vs simulator on this machine over a grid of tiny ScMoE workloads.
 
 Run: python benchmarks/validate_grid.py [--profile cpu-2core-example] [--ranks 2] [--repeats 10]
-                                        [--fresh] [--out results.json]
+                                        [--fresh] [--also-profile P ...] [--out results.json]
 Targets (docs/accuracy.md): per-layer MAPE <= 15% (goal 10%), scmoe-vs-sequential speedup error
 <= 5 percentage points, the sign of the speedup right in every case. The measured speedup comes
 with a bootstrap 95% interval; a sign whose interval spans 1 is marked "within noise".
@@ -43,11 +43,10 @@ def sign_verdict(measured: float, ci: tuple[float, float], predicted: float) -> 
     return point if not ci[0] <= 1 <= ci[1] else f"{point}, within noise"
 
 
-def _row(name: str, b: int, s: int, h: int, e: int, k: int, v: dict, fresh: dict | None) -> str:
+def _row(name: str, b: int, s: int, h: int, e: int, k: int, v: dict, others: list[dict]) -> str:
     sm, sp, ci = v["speedup_measured"], v["speedup_predicted"], v["speedup_measured_ci95"]
     cells = [f"{name} (b={b}x{s}, h={h}, E={e}, k={k})", f"{v['mape']:.1%}"]
-    if fresh is not None:
-        cells.append(f"{fresh['mape']:.1%}")
+    cells += [f"{o['mape']:.1%}" for o in others]
     cells += [f"{sm:.3f} ({ci[0]:.3f}-{ci[1]:.3f})", f"{sp:.3f}", f"{100 * (sp - sm):+.1f}",
               sign_verdict(sm, ci, sp)]
     return "| " + " | ".join(cells) + " |"
@@ -60,11 +59,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--fresh", action="store_true",
                     help="also predict with a quick calibration made just before each run")
+    ap.add_argument("--also-profile", action="append", default=[], metavar="PROFILE",
+                    help="also predict the same measurement with this profile (repeatable): "
+                         "compares profiles free of the machine's drift between runs")
     ap.add_argument("--out", default="", help="also write every comparison (per op) as JSON")
     args = ap.parse_args()
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())
-    head = ["workload", "per-layer MAPE"] + (["MAPE, fresh profile"] if args.fresh else []) + \
+    labels = [f"MAPE, {Path(p).stem}" for p in args.also_profile] + \
+        (["MAPE, fresh profile"] if args.fresh else [])
+    head = ["workload", "per-layer MAPE"] + labels + \
         ["speedup measured (95% interval)", "speedup predicted", "error (pp)", "sign"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 2) + "---|", flush=True)
@@ -80,22 +84,23 @@ def main() -> None:
             wp.write_text(yaml.safe_dump(wd))
             w = load_workload(str(wp))
             pred, slot, threads = prepare(w, args.profile, args.ranks)
-            fresh_path = None
+            profiles = list(args.also_profile)
             if args.fresh:
                 from executor.calibrate import calibrate
                 fresh_path, _ = calibrate("cpu", "quick", args.ranks,
                                           Path(d) / f"fresh-{name}.yaml", force=True)
+                profiles.append(str(fresh_path))
             ranks_out = measure(w, args.ranks, args.repeats, threads, slot)
             v = compare(w, args.profile, pred, ranks_out, slot)
             v.pop("_timelines")
-            fresh = None
-            if fresh_path is not None:
-                fresh = compare(w, str(fresh_path), predict(w, str(fresh_path), args.ranks),
-                                ranks_out, slot)
-                fresh.pop("_timelines")
-                v["fresh"] = fresh
+            others = []
+            for prof in profiles:
+                o = compare(w, prof, predict(w, prof, args.ranks), ranks_out, slot)
+                o.pop("_timelines")
+                others.append(o)
+            v["others"] = others
             results.append(v)
-            print(_row(name, b, s, h, e, k, v, fresh), flush=True)
+            print(_row(name, b, s, h, e, k, v, others), flush=True)
     if args.out:
         write_text_atomic(Path(args.out), json.dumps(results, indent=1))
 

@@ -131,3 +131,22 @@ def test_speedup_interval_tells_a_resolved_sign_from_noise():
     assert sign_verdict(1.10, (1.09, 1.11), 1.02) == "right"
     assert sign_verdict(1.10, (1.09, 1.11), 0.98) == "WRONG"
     assert sign_verdict(1.01, (0.97, 1.04), 1.02) == "right, within noise"
+
+
+def test_more_ranks_than_cores_warns_and_ports_are_never_busy(monkeypatch):
+    import os
+    import socket
+    import warnings
+    from executor.microbench import free_port
+    from executor.validate import _check
+    from simulator.loading import load_workload
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _check(load_workload("workloads/tiny-scmoe.yaml"), 4)
+    assert any("4 ranks on 2 cores" in str(c.message) for c in caught)
+    with socket.socket() as held:          # a port someone listens on is never handed out
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        assert all(free_port() != busy for _ in range(20))
