@@ -447,7 +447,7 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
                     f"{x['error']:+.1%}" if x["error"] is not None else "-")
     out.print(ops)
     lo, hi = v["speedup_measured_ci95"]
-    noise = " (the interval spans 1: noise hides the sign here)" if lo <= 1 <= hi else ""
+    noise = "; it spans 1: noise hides the sign here" if lo <= 1 <= hi else ""
     out.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
               f"{v['speedup_measured']:.3f}x (95% interval {lo:.3f}-{hi:.3f}{noise}), "
               f"predicted {v['speedup_predicted']:.3f}x", highlight=False)
