@@ -102,9 +102,7 @@ def calibrate(device: str = "cpu", mode: str = "quick", ranks: int = 2,
     threads = max(1, cores // max(ranks, 1)) if device == "cpu" else 1
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    steps = [("GEMM", mb.bench_gemm), ("grouped GEMM", mb.bench_grouped_gemm),
-             ("attention", mb.bench_attention), ("memory", mb.bench_memory),
-             ("eager ops", mb.bench_eager_ops)]
+    steps = mb.COMPUTE_BENCHES
     rows: list[dict] = []
     total = len(steps) + (1 if ranks > 1 else 0)
     if device == "cpu" and ranks > 1:
@@ -120,7 +118,8 @@ def calibrate(device: str = "cpu", mode: str = "quick", ranks: int = 2,
     if ranks > 1:
         if progress:
             progress(f"collectives on {ranks} ranks", len(steps), total)
-        rows += mb.bench_collectives(device, ranks, grid, max(1, cores // ranks))
+        from executor.collbench import bench_collectives
+        rows += bench_collectives(device, ranks, grid, max(1, cores // ranks))
     if progress:
         progress("fitting", total, total)
     ident = identity(torch, device, mode, threads)

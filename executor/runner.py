@@ -274,7 +274,7 @@ def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
 
 def run(cfg: RunConfig) -> dict:
     """Run the EP model in cfg.ranks processes; per-rank median op timings and outputs."""
-    from executor.microbench import free_port
+    from executor.collbench import free_port
     with tempfile.TemporaryDirectory() as d:
         try:
             mp.start_processes(_worker, args=(cfg, free_port(), d), nprocs=cfg.ranks,

@@ -137,7 +137,7 @@ def test_more_ranks_than_cores_warns_and_ports_are_never_busy(monkeypatch):
     import os
     import socket
     import warnings
-    from executor.microbench import free_port
+    from executor.collbench import free_port
     from executor.validate import _check
     from simulator.loading import load_workload
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
