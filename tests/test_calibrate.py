@@ -130,3 +130,15 @@ def test_cuda_path_selection_without_a_gpu():
 def test_cli_unknown_device():
     r = CliRunner().invoke(app, ["calibrate", "--device", "tpu", "--out", "/tmp/never.yaml"])
     assert r.exit_code == 2 and "unknown device" in r.output
+
+
+def test_single_rank_calibration_runs_every_compute_bench(tmp_path):
+    from executor.calibrate import calibrate
+    from executor.microbench import COMPUTE_BENCHES
+    path, _ = calibrate("cpu", "quick", 1, tmp_path / "one.yaml", force=True)
+    csv = (tmp_path / "one" / "measurements.csv").read_text()
+    benches = {line.split(",")[0] for line in csv.splitlines()[1:]}
+    assert {"gemm", "grouped_gemm", "copy", "gather", "eager_op"} <= benches
+    assert len({label for label, _ in COMPUTE_BENCHES}) == len(COMPUTE_BENCHES)
+    prof = load_profile(str(path))
+    assert prof.gather_rate is not None and prof.gemm_shape_efficiency is not None
