@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from executor.microbench import (Grid, Measurement, _write_rows, backend_for, pin_rank,
-                                 sync_for, time_fn)
+from executor.microbench import (Grid, Measurement, backend_for, pin_rank, sync_for, time_fn,
+                                 write_rows)
 
 INTERFERENCE_A2A = 10
 INTERFERENCE_GEMMS = 20
@@ -60,7 +60,7 @@ def _coll_worker(rank: int, world: int, port: int, device: str, grid: Grid, thre
     rows.append(_straggling(world, dev, sync, grid))
     dist.barrier()
     if rank == 0:
-        _write_rows(out_path, rows)
+        write_rows(out_path, rows)
     dist.destroy_process_group()
 
 
@@ -156,7 +156,8 @@ def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor) -> None:
     fn(out, inp)
 
 
-def _dist_time(fn: Callable[[], object], sync: Callable[[], None], grid: Grid) -> tuple[float, float]:
+def _dist_time(fn: Callable[[], object], sync: Callable[[], None],
+               grid: Grid) -> tuple[float, float]:
     def step() -> None:
         dist.barrier()
         fn()

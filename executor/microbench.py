@@ -258,14 +258,16 @@ def bench_eager_ops(device: str, grid: Grid, dtype: torch.dtype) -> list[Measure
                         float(2 * EAGER_CHAIN * x.numel() * x.element_size()))]
 
 
-def bench_gather(device: str, grid: Grid, dtype: torch.dtype, width: int = 512) -> list[Measurement]:
+def bench_gather(device: str, grid: Grid, dtype: torch.dtype,
+                 width: int = 512) -> list[Measurement]:
     """Row gathers and scatters by advanced indexing (x[idx] as an eager permute and the
     experts pick the routed rows, out[idx] = y as the experts put them back) by bytes moved:
     these kernels address every element, so on CPUs they run several times below a streaming
     copy (index_select and index_add_ do not: they copy whole rows)."""
     sync, out = sync_for(device), []
+    es = torch.tensor([], dtype=dtype).element_size()
     for nbytes in grid.copy_bytes:
-        rows = max(1, nbytes // (2 * width * torch.tensor([], dtype=dtype).element_size()))
+        rows = max(1, nbytes // (2 * width * es))
         x = torch.randn(rows, width, device=device, dtype=dtype)
         idx = torch.randint(0, rows, (rows,), device=device)
         moved = float(2 * x.numel() * x.element_size())
@@ -296,7 +298,8 @@ def bench_memory(device: str, grid: Grid, dtype: torch.dtype) -> list[Measuremen
     return out
 
 
-def _write_rows(path: str, rows: list[Measurement]) -> None:
+def write_rows(path: str, rows: list[Measurement]) -> None:
+    """Measurements as a CSV (one column per field and p_ parameter)."""
     import csv
     with open(path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r.row()}))
@@ -322,7 +325,7 @@ def _compute_worker(rank: int, device: str, grid: Grid, threads: int, dtype_name
     rows: list[Measurement] = []
     for _, fn in COMPUTE_BENCHES:
         rows += fn(device, grid, dtype)
-    _write_rows(os.path.join(out_dir, f"compute{rank}.csv"), rows)
+    write_rows(os.path.join(out_dir, f"compute{rank}.csv"), rows)
 
 
 def bench_compute_concurrently(device: str, ranks: int, grid: Grid, threads: int,

@@ -312,7 +312,8 @@ def fit(rows: list[Row]) -> Fitted:
         r = strag[0]
         jitter = float(r.params["excess"]) / expected_max_normal(int(r.params["ranks"]))
     return Fitted(peak, bw, lat, mem_table, gemm_table, grouped_table, shape_table, attn_eff,
-                  score_rate, mla_rate, gather_rate, eager_s, jitter, a2a_lat, a2a_bw, c_lat, coll_table, frac, quality)
+                  score_rate, mla_rate, gather_rate, eager_s, jitter, a2a_lat, a2a_bw, c_lat,
+                  coll_table, frac, quality)
 
 
 def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, float]]:
@@ -387,7 +388,7 @@ def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: flo
                                                                 "heads) net of its matmul FLOPs")}
            if f.mla_score_rate else {}),
         **({"gather_rate": rates(f.gather_rate, "bytes/s by bytes moved: x[idx] row gathers "
-                                                "and index_add_ scatters, 512 wide")}
+                                                "and out[idx] = y scatters, 512 wide")}
            if f.gather_rate else {}),
         "kernel_latency_s": s(f.latency_s, "half the smallest copy's time"),
         **({"eager_op_overhead_s": s(f.eager_op_s, "median time per op of a chain of in-place "

@@ -260,8 +260,8 @@ class HardwareProfile(Strict):
         "differs from the value head dim; fused CPU kernels refuse that shape)")
     gather_rate: Optional[RateTable] = Field(
         None, description="bytes/s by bytes moved of an eager runtime's indexed row copies "
-        "(x[idx] gathers, index_add_ scatters: MoE permute, expert rows, unpermute); none = "
-        "they move at the memory rate")
+        "(x[idx] gathers and out[idx] = y scatters: the MoE permute's and the experts' row picks); "
+        "none = they move at the memory rate")
     kernel_latency_s: Sourced
     eager_op_overhead_s: Optional[Sourced] = Field(
         None, description="seconds per framework op in an eager runtime; when set, every op "

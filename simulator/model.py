@@ -150,7 +150,8 @@ class _Builder:
                            tags=tags), qkv, extra=core_extra)
         return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                            bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
-                           layer=layer, block=block, gemm_nk=(o_w,)), core, extra=unfused.residual_after(t, h))
+                           layer=layer, block=block, gemm_nk=(o_w,)), core,
+                        extra=unfused.residual_after(t, h))
 
     def dense_ffn(self, layer: int, block: str, after: str, inter: int, pre_norm: bool = True,
                   residual: bool = True) -> str:
