@@ -10,14 +10,33 @@ A collective is one task per rank; its outputs are ready when every rank's part 
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 import simpy
 
-from simulator.hardware import CommDemand
+from simulator.errors import MoesimError
 
-EPS = 1e-15
 INF = float("inf")
+
+# Tolerances, relative to the magnitudes they compare (an absolute epsilon on times breaks once
+# simulated time grows: the float spacing of `now` passes 1e-15 s at ~8 s).
+TIME_RTOL = 1e-12        # two instants closer than this fraction of `now` are the same instant
+TIME_ATOL = 1e-15        # ... and closer than this many seconds near t = 0
+MAX_STALLS = 10_000      # wake-ups in a row that neither finish an op nor move time: a bug, stop
+
+
+def time_tol(now: float) -> float:
+    """The smallest duration the engine distinguishes at simulated time `now`."""
+    return max(TIME_ATOL, TIME_RTOL * abs(now))
+
+
+@dataclass(frozen=True)
+class CommDemand:
+    """What one rank's part of a collective needs: a start-up latency and bytes per link."""
+
+    latency_s: float
+    link_bytes: dict[str, float]
 
 
 @dataclass
@@ -46,7 +65,7 @@ class _Task:
     op: int
     rank: int
     remaining: float = 0.0                      # compute: seconds of standalone work
-    latency: float = 0.0                        # comm: start-up time left
+    latency_end: float = 0.0                    # comm: when the start-up latency is over
     link_left: dict[str, float] = field(default_factory=dict)   # comm: bytes left per link
     rate: float = 1.0
     is_comm: bool = False
@@ -58,6 +77,7 @@ class Engine:
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
                  comm_sm_fraction: float, n_ranks: int = 1) -> None:
+        _check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
         self.p = plan
         self.bw = bandwidth_Bps
         self.sm = comm_sm_fraction
@@ -74,6 +94,8 @@ class Engine:
         self.version = [0] * n_ranks
         self.wake_at = [-1.0] * n_ranks
         self.group_done = [0] * n
+        self._stall_t = -1.0
+        self._stalls = 0
 
     # -- public -----------------------------------------------------------------------------
     def run(self) -> tuple[list[list[float]], list[list[float]]]:
@@ -87,7 +109,11 @@ class Engine:
         self.env.run()
         missing = [self.p.names[i] for i, e in enumerate(self.end[0]) if e < 0]
         if missing:
-            raise RuntimeError(f"deadlock: ops never ran: {missing[:5]}")
+            stuck = sorted({self.p.names[t.op] for ts in self.running for t in ts})
+            raise MoesimError(
+                "engine", f"ops never ran: {missing[:5]} (still running when nothing could move: "
+                f"{stuck[:5]}; a dependency cycle, or a link or op with zero rate)",
+                "check the hardware profile's bandwidths and the schedule's dependencies")
         return self.start, self.end
 
     # -- streams ----------------------------------------------------------------------------
@@ -117,36 +143,44 @@ class Engine:
             base = own[r % len(own)] if own is not None else self.p.compute_s[i]
             task = _Task(i, r, remaining=base)
         else:
-            task = _Task(i, r, latency=demand.latency_s, is_comm=True,
+            task = _Task(i, r, latency_end=now + demand.latency_s, is_comm=True,
                          link_left={k: v for k, v in demand.link_bytes.items() if v > 0})
         self.running[r].append(task)
 
     # -- fluid sharing ----------------------------------------------------------------------
     def _advance(self, r: int, now: float) -> None:
-        dt = now - self.last_t[r]
+        """Do the work of [last_t, now] at the rates set by the last reschedule."""
+        t0 = self.last_t[r]
         self.last_t[r] = now
-        if dt <= 0:
+        if now <= t0:
             return
+        dt = now - t0
         for t in self.running[r]:
             if not t.is_comm:
                 t.remaining -= dt * t.rate
-            elif t.latency > 0:
-                t.latency -= dt
-            else:
+                continue
+            moving = now - max(t0, t.latency_end)      # bytes move only once latency is over
+            if moving > 0:
                 rates = t.rate_per_link
                 for k in t.link_left:
-                    t.link_left[k] -= dt * rates[k]
+                    t.link_left[k] -= moving * rates.get(k, 0.0)
+
+    def _link_done(self, k: str, left: float, tol: float) -> bool:
+        """Bytes left on link k take no distinguishable time even at the link's full rate."""
+        return left <= self.bw[k] * tol
 
     def _reschedule(self, r: int) -> None:
+        now = self.env.now
+        tol = time_tol(now)
         tasks = self.running[r]
         comm_active = False
         flows: dict[str, int] = {}
         for t in tasks:
             if t.is_comm:
                 comm_active = True
-                if t.latency <= EPS:
+                if t.latency_end - now <= tol:
                     for k, left in t.link_left.items():
-                        if left > EPS:
+                        if not self._link_done(k, left, tol):
                             flows[k] = flows.get(k, 0) + 1
         horizon = INF
         compute_rate = (1.0 - self.sm) if comm_active else 1.0
@@ -155,13 +189,14 @@ class Engine:
             if not t.is_comm:
                 t.rate = compute_rate
                 h = t.remaining / compute_rate
-            elif t.latency > EPS:
-                h = t.latency
+            elif t.latency_end - now > tol:
+                t.rate_per_link = {}
+                h = t.latency_end - now
             else:
                 rates = {}
                 h = 0.0
                 for k, left in t.link_left.items():
-                    if left > EPS:
+                    if not self._link_done(k, left, tol):
                         v = bw[k] / flows[k]
                         rates[k] = v
                         if left / v > h:
@@ -174,13 +209,14 @@ class Engine:
         if horizon == INF:
             self.version[r] += 1
             return
-        when = self.env.now + max(horizon, 0.0)
+        horizon = max(horizon, 0.0)
+        when = now + horizon
         if when == self.wake_at[r]:        # the pending wake-up still holds
             return
         self.version[r] += 1
         self.wake_at[r] = when
         ver = self.version[r]
-        ev = self.env.timeout(max(horizon, 0.0))
+        ev = self.env.timeout(horizon)
         ev.callbacks.append(lambda _e, r=r, ver=ver: self._wake(r, ver))
 
     def _wake(self, r: int, ver: int) -> None:
@@ -189,12 +225,14 @@ class Engine:
         self.wake_at[r] = -1.0
         now = self.env.now
         self._advance(r, now)
+        tol = time_tol(now)
         done, still = [], []
         for t in self.running[r]:
-            if self._finished(t):
+            if self._finished(t, now, tol):
                 done.append(t)
             else:
                 still.append(t)
+        self._guard_progress(now, bool(done))
         self.running[r] = still
         for t in done:
             self.busy[r][self.p.streams[t.op]] = False
@@ -202,17 +240,26 @@ class Engine:
         self._dispatch_streams(r)
         self._reschedule(r)
 
-    @staticmethod
-    def _finished(t: _Task) -> bool:
+    def _finished(self, t: _Task, now: float, tol: float) -> bool:
+        """Done when what is left would take no distinguishable time at `now`."""
         if not t.is_comm:
-            return t.remaining <= 1e-13
-        if t.latency > 1e-15:
+            return t.remaining <= t.rate * tol
+        if t.latency_end - now > tol:
             return False
-        # done within a milli-byte, or within a picosecond at its current rate (float noise of
-        # very fast links must not keep a finished flow alive)
-        rates = t.rate_per_link
-        return all(v <= 1e-3 or (rates.get(k, 0.0) > 0 and v / rates[k] <= 1e-12)
-                   for k, v in t.link_left.items())
+        return all(self._link_done(k, v, tol) for k, v in t.link_left.items())
+
+    def _guard_progress(self, now: float, finished_any: bool) -> None:
+        """Refuse to spin: wake-ups that finish nothing at one instant, again and again."""
+        if finished_any or now != self._stall_t:
+            self._stall_t, self._stalls = now, 0
+            return
+        self._stalls += 1
+        if self._stalls > MAX_STALLS:
+            raise MoesimError(
+                "engine", f"no progress at simulated time {now:.6g} s after {MAX_STALLS} "
+                "wake-ups (an op's remaining time is below what floats can resolve at this time)",
+                "report this as a bug with the workload; as a workaround shorten the simulated "
+                "duration")
 
     # -- completion -------------------------------------------------------------------------
     def _finish_local(self, r: int, i: int, now: float) -> None:
@@ -234,3 +281,32 @@ class Engine:
             self.waiting[r][s] -= 1
             if self.waiting[r][s] == 0:
                 self._make_ready(r, s)
+
+
+def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -> None:
+    """Every duration, byte count and rate finite and non-negative; compute keeps some rate."""
+    def bad(x: float) -> bool:
+        return not math.isfinite(x) or x < 0
+
+    if bad(sm) or sm >= 1:
+        raise MoesimError("comm_sm_fraction", f"{sm} leaves compute no rate while a collective "
+                          "runs", "use a fraction in [0, 1)")
+    for k, v in bandwidth_Bps.items():
+        if bad(v) or v == 0:
+            raise MoesimError(f"bandwidth of link '{k}'", f"{v} B/s is not a positive finite "
+                              "rate", "give the profile a positive, finite bandwidth")
+    for i, name in enumerate(plan.names):
+        times = [plan.compute_s[i], *plan.rank_compute_s.get(i, [])]
+        demands = [d for d in [plan.comm[i], *plan.rank_comm.get(i, [])] if d is not None]
+        times += [d.latency_s for d in demands]
+        nbytes = [v for d in demands for v in d.link_bytes.values()]
+        for x in times + nbytes:
+            if bad(x):
+                raise MoesimError(f"op '{name}'", f"a duration or byte count of {x} is not a "
+                                  "finite, non-negative number", "check the hardware profile "
+                                  "(peaks, bandwidths, latencies) and the workload's sizes")
+        for d in demands:
+            for k in d.link_bytes:
+                if k not in bandwidth_Bps:
+                    raise MoesimError(f"op '{name}'", f"uses link '{k}' that has no bandwidth",
+                                      "give the profile a bandwidth for that link")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from statistics import NormalDist
 
 from simulator.config import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
+from simulator.engine import CommDemand  # noqa: F401  (pricing builds the engine's demands)
 from simulator.model import Op
 
 
@@ -143,14 +143,6 @@ def straggler_factor(prof: HardwareProfile, ranks: int) -> float:
 
 # Link classes a rank owns; the engine shares each between the flows on it.
 LINKS = ("nvlink", "nic", "ep_flat")
-
-
-@dataclass(frozen=True)
-class CommDemand:
-    """What one rank's part of a collective needs: a start-up latency and bytes per link."""
-
-    latency_s: float
-    link_bytes: dict[str, float]
 
 
 def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
