@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -19,20 +21,56 @@ from simulator.params import count_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
+TOP_ROWS = 25              # sweep rows printed (all are in --json and the results file)
 out = Console(width=max(Console().width, 150))
 err = Console(stderr=True)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Print MoesimError as one paragraph and exit 2, never a traceback."""
+    """Print MoesimError as one paragraph and exit 2, never a traceback; Ctrl-C exits 130."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MoesimError as exc:
             err.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False, soft_wrap=True)
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: stopped on Ctrl-C; nothing half-written was kept",
+                      highlight=False)
+            raise typer.Exit(130) from None
+        except MemoryError:
+            err.print("[bold red]error[/]: the run needs more memory than this machine has. Fix: "
+                      "shrink the workload (batch, context, duration or ranks)", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
+
+
+def _number(value: Optional[float], option: str, *, low: float = 0.0, allow_low: bool = False,
+            high: float = float("inf")) -> None:
+    """Refuse a CLI number that is NaN, infinite, or outside (low, high]."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < low or (value == low and not allow_low) \
+            or value > high:
+        bound = f">= {low:g}" if allow_low else f"> {low:g}"
+        top = f" and <= {high:g}" if math.isfinite(high) else ""
+        raise MoesimError(option, f"{value} is not a finite number {bound}{top}",
+                          f"pass {option} with a number {bound}{top}")
+
+
+def _outputs(**paths: Optional[Path]) -> None:
+    """Check every output path before any work is done (a directory, under a file, unwritable)."""
+    from simulator.atomic import check_output_path
+    for option, path in paths.items():
+        if path is not None:
+            check_output_path(path, "--" + option.replace("_", "-"))
+
+
+def _print_json(obj) -> None:
+    """Print strict JSON (RFC 8259: no NaN or Infinity; undefined numbers are null)."""
+    from simulator.jsonout import dumps
+    print(dumps(obj))
 
 
 def _print_warnings(caught: list) -> None:
@@ -60,11 +98,12 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
              trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """One step of a workload: per-op table for one layer, then the totals."""
     from simulator.whatif import simulate as run
+    _outputs(report=report, trace=trace)
     w = load_workload(workload)
     res = run(w, schedule, per_rank=per_rank)
     _write_outputs([res], report, trace)
     if as_json:
-        print(json.dumps(res.metrics, indent=2))
+        _print_json(res.metrics)
         return
     _print_layer_table(res)
     _print_totals([res])
@@ -84,6 +123,7 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
     """Several schedules of one workload side by side, with speedups over the first."""
     from simulator.whatif import resolve, simulate as run
     from simulator.schedule import get_policy
+    _outputs(report=report, trace=trace)
     w = load_workload(workload)
     names = [s.strip() for s in schedules.split(",") if s.strip()]
     if not names:
@@ -95,8 +135,8 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
     _write_outputs(results, report, trace)
     if as_json:
         base = results[0].metrics["step_time_ms"]
-        print(json.dumps([dict(_public(x.metrics, False), speedup=base / x.metrics["step_time_ms"])
-                          for x in results], indent=2))
+        _print_json([dict(_public(x.metrics, False), speedup=base / x.metrics["step_time_ms"])
+                     for x in results])
         return
     _print_totals(results)
     if report:
@@ -173,6 +213,8 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
         if config is None:
             raise MoesimError("CONFIG", "no config.json given",
                               "run `moesim model import path/to/config.json`")
+        if out_path is not None:
+            _outputs(out=out_path)
         spec = import_hf_config(config)
         text = spec_to_yaml(spec)
         if out_path is None:
@@ -181,7 +223,7 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
         if out_path.exists() and not force:
             raise MoesimError("--out", f"{out_path} exists", "pass --force or another path")
         from simulator.atomic import write_text_atomic
-        write_text_atomic(out_path, text)
+        write_text_atomic(out_path, text, "--out")
         out.print(f"wrote {out_path}")
         return
     spec = load_model(name)
@@ -215,6 +257,9 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.serve_sweep import batch_sweep
     from simulator.serving import ServingSim
+    _number(rate, "--rate")
+    _number(duration, "--duration")
+    _outputs(report=report)
     w = load_workload(workload)
     if sweep_batch:
         try:
@@ -230,7 +275,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
             from simulator.report import write_serving_report
             write_serving_report(None, points, report)
         if as_json:
-            print(json.dumps(points, indent=2))
+            _print_json(points)
             return
         table = Table(title=f"{w.name}: throughput vs interactivity (context {w.context_length})")
         for col in ("schedule", "batch/device", "tok/s/user", "tok/GPU/s", "TPOT ms", "$/M out", "note"):
@@ -253,7 +298,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         from simulator.report import write_serving_report
         write_serving_report(res, None, report)
     if as_json:
-        print(json.dumps(m, indent=2))
+        _print_json(m)
         return
     table = Table(title=f"{w.name}: {m['requests']['arrived']} requests, {m['mode']}")
     for col in ("metric", "p50", "p90", "p99"):
@@ -283,17 +328,18 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
           report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
     """One training step simulated; MFU, tokens/day, days and $ to train."""
     from simulator.training import parse_tokens, train as run_train
+    _outputs(report=report)
     w = load_workload(workload)
     if schedule:
         from simulator.schedule import get_policy
         get_policy(schedule)
-        w = w.model_copy(update={"schedule": schedule})
+        w = w.variant(schedule=schedule)
     m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:
         from simulator.report import training_figure, write_figures
         write_figures([training_figure(m)], f"moesim training: {m['workload']}", report)
     if as_json:
-        print(json.dumps(m, indent=2))
+        _print_json(m)
         return
     table = Table(title=f"{m['workload']}: {m['model']} on {m['gpus']} x {m['hardware']}, "
                         f"{m['schedule']} layers, {m['pipeline']} pipeline")
@@ -328,6 +374,12 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
     from simulator.sweep import load_spec, pareto, run_sweep
     if workers <= 0:
         raise MoesimError("--workers", "must be at least 1", "pass --workers 2")
+    cores = os.cpu_count() or 1
+    if backend == "local" and workers > cores:
+        err.print(f"note: --workers {workers} capped at this machine's {cores} cores",
+                  highlight=False)
+        workers = cores
+    _outputs(report=report)
     spec = load_spec(spec_path)
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True) as bar:
@@ -340,17 +392,18 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
         from simulator.report import sweep_figure, write_figures
         write_figures([sweep_figure(rows, front)], f"moesim sweep: {spec.name}", report)
     if as_json:
-        print(json.dumps({"results": str(path), "points": rows,
-                          "pareto": [r["key"] for r in front]}, indent=2))
+        _print_json({"results": str(path), "points": rows, "pareto": [r["key"] for r in front]})
         return
     ok = [r for r in rows if r["metrics"]]
+    shown = min(len(ok), TOP_ROWS)
+    top = f"; the best {shown} by tok/GPU/s shown (--json for all)" if shown < len(ok) else ""
     table = Table(title=f"sweep {spec.name}: {len(rows)} points ({len(rows) - len(ok)} failed), "
-                        f"results in {path}")
+                        f"results in {path}{top}")
     fields = sorted({k for r in rows for k in r["overrides"]})
     for c in fields + ["step ms", "TPOT ms", "tok/GPU/s", "$/M out", "Pareto"]:
         table.add_column(c, justify="left" if c in fields else "right")
     keys = {r["key"] for r in front}
-    for r in sorted(ok, key=lambda r: -(r["metrics"].get("tokens_per_gpu_s") or 0))[:25]:
+    for r in sorted(ok, key=lambda r: -(r["metrics"].get("tokens_per_gpu_s") or 0))[:TOP_ROWS]:
         m = r["metrics"]
         table.add_row(*[str(r["overrides"].get(f, "")) for f in fields],
                       _fmt(m.get("step_time_ms"), 2), _fmt(m.get("tpot_ms"), 2),
@@ -378,6 +431,11 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     if quick and full:
         raise MoesimError("--quick/--full", "both given", "pass one of them")
+    if ranks < 1:
+        raise MoesimError("--ranks", f"{ranks} processes cannot run a benchmark",
+                          "pass --ranks 1 or more")
+    _number(price, "--price", allow_low=True)
+    _outputs(out=out)
     from executor.calibrate import calibrate as run_calibration
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -419,6 +477,13 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
     except ImportError:
         raise MoesimError("torch", "PyTorch is not installed and the executor needs it",
                           "pip install torch==2.13.0, or pip install 'moesim[executor]'") from None
+    if ranks < 1:
+        raise MoesimError("--ranks", f"{ranks} executor processes cannot run a model",
+                          "pass --ranks 1 or more (the EP degree)")
+    if repeats < 1:
+        raise MoesimError("--repeats", f"{repeats} timed repeats measure nothing",
+                          "pass --repeats 1 or more (10 by default)")
+    _outputs(report=report)
     w = load_workload(workload)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -430,7 +495,7 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
         write_report(report_results(v), report)
     public = {k: x for k, x in v.items() if not k.startswith("_")}
     if as_json:
-        print(json.dumps(public, indent=2))
+        _print_json(public)
         return
     table = Table(title=f"{w.name}: measured vs predicted ({profile}, {ranks} ranks)")
     for col in ("schedule", "layer", "measured us", "predicted us", "error"):
@@ -525,7 +590,8 @@ def router_bias(steps: int = typer.Option(400, help="controller steps"),
                 skew: float = typer.Option(1.0, help="log-normal sigma of expert affinity"),
                 window: int = typer.Option(40, help="steps of load averaging"),
                 seed: int = typer.Option(0),
-                plot: Path = typer.Option(Path("router-bias.html"), help="plotly figure path"),
+                plot: Optional[Path] = typer.Option(
+                    None, help="write the plotly figure (HTML) here; none = no file"),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Simulate LongCat-Flash's router-bias controller over synthetic logits."""
     from rich.progress import Progress
@@ -535,15 +601,17 @@ def router_bias(steps: int = typer.Option(400, help="controller steps"),
                      tokens_per_step=tokens, steps=steps, mu=mu, ki=ki, kd=kd, skew=skew,
                      window=window, seed=seed)
     cfg.check()
+    _outputs(plot=plot)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("routing steps", total=steps)
         trace = simulate_bias(cfg, progress=lambda _s: bar.advance(task))
-    write_text_atomic(plot, bias_figure(trace, cfg).to_html(include_plotlyjs=True))
+    if plot is not None:
+        write_text_atomic(plot, bias_figure(trace, cfg).to_html(include_plotlyjs=True), "--plot")
     settled = trace.first_step_settled(target)
     if as_json:
-        print(json.dumps({"settled_step": settled, "mean_real": trace.mean_real.tolist(),
+        _print_json({"settled_step": settled, "mean_real": trace.mean_real.tolist(),
                           "std_real": trace.std_real.tolist(),
-                          "load_max_over_mean": trace.load_max_over_mean.tolist()}))
+                          "load_max_over_mean": trace.load_max_over_mean.tolist()})
         return
     table = Table(title=f"router bias: target {target} real experts of top-{top_k}")
     for col in ("step", "mean real", "std real", "max/mean load"):
@@ -555,7 +623,10 @@ def router_bias(steps: int = typer.Option(400, help="controller steps"),
     out.print(table)
     out.print(f"settled (mean within 0.2 of target and max/mean load < 1.3 from then on): "
               f"{'step ' + str(settled + 1) if settled is not None else 'not within ' + str(steps) + ' steps'}")
-    out.print(f"figure written to {plot}")
+    if plot is not None:
+        out.print(f"figure written to {plot}")
+    else:
+        out.print("pass --plot router-bias.html for the interactive figure", highlight=False)
 
 
 @app.command()

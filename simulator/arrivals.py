@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from simulator.errors import MoesimError
+from simulator.loading import read_text_file
 from simulator.serving_config import ArrivalSpec, LengthSpec
 
 TRACE_FIELDS = ("arrival_s", "input_tokens", "output_tokens")
+MAX_REQUESTS = 2_000_000     # arrivals one run holds (arrays, and minutes of simulation)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ def generate(spec: ArrivalSpec, inputs: LengthSpec, outputs: LengthSpec,
              rng: np.random.Generator) -> Requests:
     """Synthetic arrivals over spec.duration_s."""
     expected = spec.rate_per_s * spec.duration_s
+    if expected > MAX_REQUESTS:
+        raise MoesimError("serving.arrivals", f"rate_per_s x duration_s = {expected:.3g} requests, "
+                          f"more than the {MAX_REQUESTS:,} one run simulates",
+                          "shorten duration_s (--duration) or lower rate_per_s (--rate)")
     n_draw = int(expected + 10 * np.sqrt(expected) + 10)
     if spec.process == "poisson":
         gaps = rng.exponential(1.0 / spec.rate_per_s, n_draw)
@@ -68,9 +75,10 @@ def load_trace(path: str | Path) -> Requests:
     path = Path(path)
     if not path.exists():
         raise MoesimError("serving.arrivals.trace", f"{path} not found", "check the path")
+    text = read_text_file(path, "trace file")
     rows: list[tuple[int, dict]] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
+        for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -83,7 +91,7 @@ def load_trace(path: str | Path) -> Requests:
                                   f"write objects with keys {', '.join(TRACE_FIELDS)}")
             rows.append((i, obj))
     else:
-        with path.open(newline="") as f:
+        with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f)
             missing = [k for k in TRACE_FIELDS if k not in (reader.fieldnames or [])]
             if missing:
@@ -93,6 +101,9 @@ def load_trace(path: str | Path) -> Requests:
                 rows.append((i, row))
     if not rows:
         raise MoesimError(f"trace {path.name}", "no requests", "add at least one row")
+    if len(rows) > MAX_REQUESTS:
+        raise MoesimError(f"trace {path.name}", f"{len(rows):,} requests, more than the "
+                          f"{MAX_REQUESTS:,} one run simulates", "split the trace")
     values = np.zeros((len(rows), 3))
     for k, (i, row) in enumerate(rows):
         for j, key in enumerate(TRACE_FIELDS):

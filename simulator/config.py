@@ -5,17 +5,46 @@ it could be misread. Every schema forbids unknown fields.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
+from simulator.errors import from_validation
+
+S = TypeVar("S", bound="Strict")
 Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
 
 
 class Strict(BaseModel):
-    """Base model: unknown fields are an error, models are immutable."""
+    """Base model: unknown fields are an error, models are immutable, numbers are finite and
+    never booleans (`true` is not 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and \
+                not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(value).lower()} is a boolean, not a number: write the number")
+        return value
+
+    def variant(self: S, **update: Any) -> S:
+        """A copy with fields replaced, validated again (model_copy(update=...) is not)."""
+        data = {**self.model_dump(), **{k: v.model_dump() if isinstance(v, BaseModel) else v
+                                        for k, v in update.items()}}
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as err:
+            raise from_validation(err, type(self).__name__) from None
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (bool itself, or a union holding bool)."""
+    if annotation is bool:
+        return True
+    return any(_accepts_bool(a) for a in get_args(annotation))
 
 
 # ----------------------------------------------------------------------------- model
@@ -298,6 +327,10 @@ class HardwareProfile(Strict):
         for key, num in positive.items():
             if num.value <= 0:
                 raise ValueError(f"{key} must be positive (got {num.value})")
+        for key, num in {"gpus_per_node": self.gpus_per_node,
+                         "network.nodes_per_leaf": self.network.nodes_per_leaf}.items():
+            if num.value != int(num.value):
+                raise ValueError(f"{key} must be a whole number (got {num.value})")
         for key, num in {"hbm_efficiency": self.hbm_efficiency,
                          "attention_efficiency": self.attention_efficiency}.items():
             if not (0 < num.value <= 1):

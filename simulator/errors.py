@@ -31,9 +31,16 @@ def from_validation(err: ValidationError, where: str) -> MoesimError:
             msg = "unknown key (not part of the schema; see `moesim schema`)"
         elif e.get("type") == "missing":
             msg = "required key is missing"
-        elif e.get("type") == "model_type" and isinstance(e.get("input"), (int, float)):
+        elif e.get("type") == "model_type" and isinstance(e.get("input"), (int, float)) and \
+                (e.get("ctx") or {}).get("class_name") == "Sourced":
             msg = (f"the number {e['input']} has no source: write "
                    f"{{value: {e['input']}, source: '<where it comes from>'}}")
+        elif e.get("type") == "model_type":
+            cls = (e.get("ctx") or {}).get("class_name", "mapping")
+            msg = (f"got {type(e.get('input')).__name__} {e.get('input')!r}, but {cls} is a "
+                   "block of keys: write it as a mapping (see `moesim schema`)")
+        elif e.get("type") == "finite_number":
+            msg = "must be a finite number (NaN and infinity are not allowed)"
         parts.append(f"{loc}: {_clean(msg)}")
     return MoesimError(f"{where} [{', '.join(fields)}]", "; ".join(parts),
                        "correct the named keys; `moesim schema` prints every allowed key")

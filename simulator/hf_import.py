@@ -9,14 +9,26 @@ import yaml
 
 from simulator.config import ModelSpec
 from simulator.errors import MoesimError
-from simulator.loading import parse
+from simulator.loading import parse, read_text_file
 
 
 def _req(cfg: dict, key: str, family: str) -> Any:
     if key not in cfg:
         raise MoesimError(f"config.json {key}", f"missing for a {family} config",
                           "use the model's original config.json")
-    return cfg[key]
+    return _dim(cfg, key)
+
+
+def _dim(cfg: dict, key: str, default: Any = None) -> Any:
+    """A size from the config: a positive whole number (None or absent gives `default`)."""
+    value = cfg.get(key)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
+            value != int(value):
+        raise MoesimError(f"config.json {key}", f"{value!r} is not a positive whole number",
+                          "use the model's original config.json")
+    return int(value)
 
 
 def _mla(cfg: dict, family: str, heads_key: str = "num_attention_heads") -> dict:
@@ -31,8 +43,8 @@ def _mla(cfg: dict, family: str, heads_key: str = "num_attention_heads") -> dict
 def _gqa(cfg: dict, family: str) -> dict:
     heads = _req(cfg, "num_attention_heads", family)
     return {"kind": "gqa", "num_heads": heads,
-            "num_kv_heads": cfg.get("num_key_value_heads") or heads,
-            "head_dim": cfg.get("head_dim") or _req(cfg, "hidden_size", family) // heads}
+            "num_kv_heads": _dim(cfg, "num_key_value_heads", heads),
+            "head_dim": _dim(cfg, "head_dim", _req(cfg, "hidden_size", family) // heads)}
 
 
 def _longcat(cfg: dict) -> dict:
@@ -104,22 +116,26 @@ FAMILIES: dict[str, Callable[[dict], dict]] = {
 
 def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
     """Read a config.json of a supported family and return its ModelSpec."""
+    text = read_text_file(Path(path), "config.json")
     try:
-        cfg = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MoesimError("CONFIG", f"{path} not found", "check the path") from None
+        cfg = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise MoesimError("CONFIG", f"{path} is not valid JSON ({exc})",
                           "pass the model's config.json") from None
     if not isinstance(cfg, dict):
         raise MoesimError("CONFIG", "config.json must hold a JSON object", "pass a config.json")
     family = cfg.get("model_type", "")
-    if family not in FAMILIES:
-        raise MoesimError("config.json model_type", f"'{family}' is not a supported family",
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise MoesimError("config.json model_type", f"{family!r} is not a supported family",
                           f"supported: {', '.join(FAMILIES)}")
     data = FAMILIES[family](cfg)
-    data["name"] = name or cfg.get("_name_or_path") or Path(path).parent.name or family
+    data["name"] = name or str(cfg.get("_name_or_path") or "") or Path(path).parent.name or family
     return parse(ModelSpec, data, f"imported {path}")
+
+
+def _no_constant(token: str) -> float:
+    raise MoesimError("CONFIG", f"the config holds {token}, which is not a number JSON allows",
+                      "write a finite number")
 
 
 def spec_to_yaml(spec: ModelSpec) -> str:

@@ -19,14 +19,40 @@ WORKLOADS_DIR = ROOT / "workloads"
 T = TypeVar("T", bound=BaseModel)
 
 
+def read_text_file(path: Path, what: str = "file") -> str:
+    """The UTF-8 text of a file, or a MoesimError that says why it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise MoesimError(str(path), f"is a directory, not a {what}", f"pass the {what}'s path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MoesimError(str(path), f"{what} not found", "check the path") from None
+    except UnicodeDecodeError as exc:
+        raise MoesimError(str(path), f"is not UTF-8 text (byte {exc.start}); a {what} is text",
+                          f"pass the {what} itself, saved as UTF-8") from None
+    except OSError as exc:
+        raise MoesimError(str(path), f"cannot be read ({exc.strerror or exc})",
+                          "check the path and its permissions") from None
+
+
 def read_yaml_mapping(path: Path) -> dict:
     """Read a YAML file that must hold a mapping."""
+    text = read_text_file(path, "YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise MoesimError(str(path), "file not found", "check the path") from None
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and "tag" in exc.problem:
+            raise MoesimError(str(path), f"YAML tags are not allowed ({exc.problem.strip()})",
+                              "remove the `!!...` tag and write plain values") from None
+        raise MoesimError(str(path), f"not valid YAML ({exc.problem})",
+                          "fix the YAML syntax") from None
     except yaml.YAMLError as exc:
-        raise MoesimError(str(path), f"not valid YAML ({exc})", "fix the YAML syntax") from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise MoesimError(str(path), f"not valid YAML{at}: {problem}",
+                          "fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise MoesimError(str(path), f"the YAML holds a {type(data).__name__}, not a mapping",
                           "write the file as `key: value` pairs at the top level")
@@ -80,6 +106,9 @@ def load_workload(path_or_name: str) -> Workload:
     """A Workload from a YAML path (or a name under workloads/)."""
     path = Path(path_or_name)
     if not path.exists():
+        if path.is_absolute() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise MoesimError("WORKLOAD", f"no workload file {path}",
+                              "check the path (or pass the name of a file under workloads/)")
         hits = sorted(WORKLOADS_DIR.rglob(f"{path_or_name}.yaml"))
         if not hits:
             raise MoesimError("WORKLOAD", f"no workload file '{path_or_name}'",

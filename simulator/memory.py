@@ -40,8 +40,9 @@ def kv_elements_per_token(model: ModelSpec) -> int:
 
 
 def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
-                     mtp: bool) -> MemoryBreakdown:
-    """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep."""
+                     mtp: bool, redundant_experts: int = 0) -> MemoryBreakdown:
+    """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep;
+    redundant expert copies spread evenly, ceil(copies / ep) more experts on a rank."""
     c = count_params(model)
     h = model.hidden_size
     blocks = 2 if model.layer_kind == "shortcut" else 1
@@ -50,7 +51,12 @@ def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shap
     if model.layer_kind == "shortcut":
         dense_ffn += moe_layers * blocks * ffn_params(h, model.dense_intermediate)
     replicated = c.non_expert - dense_ffn + dense_ffn / plan.tp + c.embedding
-    weights = (replicated + c.expert_total / plan.ep + (c.mtp if mtp else 0)) * prec.weight_bytes
+    extra = 0.0
+    if model.moe is not None and redundant_experts:
+        extra = -(-redundant_experts // plan.ep) * moe_layers * \
+            ffn_params(h, model.moe.expert_intermediate)
+    weights = (replicated + c.expert_total / plan.ep + extra + (c.mtp if mtp else 0)) \
+        * prec.weight_bytes
     kv = shape.sequences * (shape.context + shape.query_tokens) * kv_elements_per_token(model) \
         * prec.kv_bytes
     widest = max(h, model.dense_intermediate // plan.tp,

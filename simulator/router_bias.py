@@ -9,6 +9,8 @@ to expert i. Expert affinities start skewed (log-normal) and zero experts start 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,6 +40,21 @@ class BiasConfig:
 
     def check(self) -> None:
         """Refuse settings that cannot work, naming the field."""
+        for name in ("target_real", "mu", "ki", "kd", "skew", "token_noise"):
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                flag = {"target_real": "--target"}.get(name, f"--{name.replace('_', '-')}")
+                raise MoesimError(flag, f"{v} is not a finite number", "pass a finite number")
+        if self.n_zero < 0:
+            raise MoesimError("--zero-experts", f"{self.n_zero} is negative",
+                              "pass 0 or more zero-computation experts")
+        if self.mu < 0 or self.ki < 0 or self.kd < 0:
+            raise MoesimError("--mu/--ki/--kd", "a negative gain pushes the bias the wrong way",
+                              "use gains of 0 or more")
+        if self.tokens_per_step * (self.n_ffn + self.n_zero) > 5e8:
+            raise MoesimError("--tokens", f"{self.tokens_per_step} tokens x "
+                              f"{self.n_ffn + self.n_zero} experts of logits per step is more "
+                              "than this command holds (5e8)", "lower --tokens or the experts")
         if self.target_real > self.top_k:
             raise MoesimError("--target", f"target {self.target_real} real experts per token "
                               f"exceeds top-k {self.top_k}", "use a target between 0 and top-k")

@@ -71,7 +71,8 @@ def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> n
 
 def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Placement:
     """Contiguous blocks of experts per rank, plus `redundant` extra copies: each goes to the
-    expert with the highest load per copy, on the least-loaded rank not yet holding it."""
+    expert with the highest load per copy, on a rank not yet holding it with the fewest expert
+    slots (every rank hosts the same number, +-1, as deployments do), the least-loaded first."""
     per_rank = n_experts // ep
     owner = np.arange(n_experts) // per_rank
     copies = [[int(owner[e])] for e in range(n_experts)]
@@ -80,7 +81,7 @@ def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Pla
     for _ in range(redundant):
         per_copy = np.array([p[e] / len(copies[e]) for e in range(n_experts)])
         for e in np.argsort(-per_copy, kind="stable"):
-            free = [r for r in np.argsort(load, kind="stable") if r not in copies[e]]
+            free = [r for r in np.lexsort((load, slots)) if r not in copies[e]]
             if free:
                 break
         else:

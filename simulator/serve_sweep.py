@@ -11,8 +11,7 @@ def batch_sweep(w: Workload, batches: list[int], schedules: list[str]) -> list[d
     points = []
     for schedule in schedules:
         for b in batches:
-            wb = w.model_copy(update={"batch_per_device": b, "phase": "decode", "serving": None,
-                                      "schedule": schedule})
+            wb = w.variant(batch_per_device=b, phase="decode", serving=None, schedule=schedule)
             point = {"schedule": schedule, "batch_per_device": b, "tokens_per_s_per_user": None,
                      "tokens_per_gpu_s": None, "tpot_ms": None,
                      "cost_per_million_output_tokens": None, "note": None}

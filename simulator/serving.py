@@ -82,6 +82,16 @@ def _steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Genera
     return n
 
 
+def chunk_shape(chunk_tokens: float, dp: int, mean_prompt: float) -> tuple[float, float]:
+    """(sequences, context) per device that price a colocated prefill chunk on the tokens that
+    exist: `chunk_tokens` spread over `dp` ranks, whole prompts while a rank's share holds one,
+    else one partial prompt of the share's length (the MoE and all-to-all then carry exactly
+    the chunk's tokens; attention of a rank holding more of one prompt is priced at the share)."""
+    per_dev = chunk_tokens / dp
+    ctx = min(max(mean_prompt, 1.0), per_dev)
+    return per_dev / ctx, ctx
+
+
 class ServingSim:
     """One serving deployment under one arrival stream."""
 
@@ -92,10 +102,10 @@ class ServingSim:
                               "add `serving:` (see workloads/serving/) or use `moesim simulate`")
         spec: ServingSpec = w.serving
         arr = spec.arrivals
-        if rate is not None or duration is not None:
-            arr = arr.model_copy(update={k: v for k, v in (("rate_per_s", rate),
-                                                          ("duration_s", duration)) if v})
-        self.spec = spec.model_copy(update={"arrivals": arr})
+        if rate is not None or duration is not None:    # CLI overrides, validated like YAML
+            arr = arr.variant(**{k: v for k, v in (("rate_per_s", rate),
+                                                   ("duration_s", duration)) if v is not None})
+        self.spec = spec.variant(arrivals=arr)
         self.w = w
         self.model = load_model(w.model)
         self.profile = profile or load_profile(w.hardware)
@@ -117,7 +127,8 @@ class ServingSim:
         dec = self.spec.decode
         plan = dec.plan or self.w.plan
         shape = Shape("decode", dec.max_batch_per_device, 1 + self.mtp_draft, 0)
-        mem = inference_memory(self.model, plan, self.w.precision, shape, bool(self.mtp_draft))
+        mem = inference_memory(self.model, plan, self.w.precision, shape, bool(self.mtp_draft),
+                               self.w.routing.redundant_experts)
         free = self.profile.hbm_bytes.value - mem.weights - mem.activations
         if free <= 0:
             raise MoesimError("serving.decode.plan", f"the weights do not fit the decode pool: "
@@ -127,7 +138,8 @@ class ServingSim:
         if self.spec.mode == "disaggregated":
             pplan = self.spec.prefill.plan or self.w.plan
             pshape = Shape("prefill", 1, self.spec.prefill.max_tokens_per_device, 0)
-            pmem = inference_memory(self.model, pplan, self.w.precision, pshape, False)
+            pmem = inference_memory(self.model, pplan, self.w.precision, pshape, False,
+                                    self.w.routing.redundant_experts)
             if pmem.weights + pmem.activations > self.profile.hbm_bytes.value:
                 raise MoesimError("serving.prefill.plan", "the weights do not fit the prefill "
                                   f"pool: {pmem.describe()} per GPU",
@@ -329,8 +341,7 @@ class _Run:
             ctx = sum_ctx / n_active if n_active else 0.0
             dt = (sim.decode.step_s(per_dev, ctx) if n_active else 0.0)
             if colocated and chunk:
-                dt += sim.prefill.step_s(max(1.0, chunk / dp / max(spec.input_tokens.mean, 1)),
-                                         spec.input_tokens.mean)
+                dt += sim.prefill.step_s(*chunk_shape(chunk, dp, spec.input_tokens.mean))
             area += in_system * dt
             t += dt
             step += 1

@@ -52,8 +52,8 @@ class StepModel:
     def __post_init__(self) -> None:
         self.model = load_model(self.base.model)
         prof = self.base_profile or load_profile(self.base.hardware)
-        ideal = prof.idealizations.model_copy(update={"enforce_hbm_capacity": False})
-        self.profile = prof.model_copy(update={"idealizations": ideal})
+        ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
+        self.profile = prof.variant(idealizations=ideal)
 
     @property
     def dp(self) -> int:
@@ -73,9 +73,8 @@ class StepModel:
         n_mb = needs_micro_batches(self.schedule)
         if b < n_mb:          # split the prompt's tokens between the micro-batches instead
             b, c = n_mb, max(1, c // n_mb)
-        w = self.base.model_copy(update={"plan": self.plan, "schedule": self.schedule,
-                                         "phase": self.phase, "batch_per_device": b,
-                                         "context_length": c, "serving": None})
+        w = self.base.variant(plan=self.plan, schedule=self.schedule, phase=self.phase,
+                              batch_per_device=b, context_length=c, serving=None)
         r: Resolved = resolve(w, model=self.model, profile=self.profile)
         r.traffic_cache = self.traffic       # routing depends on tokens only: share it
         return simulate(w, resolved=r).metrics["step_time_ms"] / 1e3

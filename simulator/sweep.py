@@ -9,10 +9,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import signal
 import socket
 import sqlite3
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
@@ -20,15 +25,18 @@ from pydantic import BaseModel, Field, ValidationError
 
 from simulator.config import Strict, Workload
 from simulator.errors import MoesimError, from_validation
-from simulator.loading import parse, read_yaml_mapping
+from simulator.atomic import check_output_path
+from simulator.loading import load_model, load_profile, parse, read_yaml_mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2              # 2: keys cover model and profile contents and the code
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class SweepSpec(Strict):
     """A sweep file: a base workload, then a grid (cartesian) and/or a list of points."""
 
-    name: str = Field("sweep", min_length=1)
+    name: str = Field("sweep", min_length=1, pattern=SAFE_NAME,
+                      description="letters, digits, . _ -: names the results file")
     base: str = Field(min_length=1, description="workload YAML (relative to the sweep file)")
     kind: Literal["simulate", "train"] = "simulate"
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -88,6 +96,7 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
     if not base_path.is_absolute() and not base_path.exists():
         base_path = sweep_dir / spec.base
     base = read_yaml_mapping(base_path)
+    code = code_version()
     out, seen = [], set()
     for over in combos:
         data = json.loads(json.dumps(base))
@@ -98,12 +107,29 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
         except ValidationError as err:
             raise from_validation(err, f"sweep point {over}") from None
         resolved = w.model_dump(mode="json")
-        key = hashlib.sha256(json.dumps([spec.kind, resolved], sort_keys=True).encode()).hexdigest()
+        inputs = [spec.kind, resolved, _contents(load_model, w.model),
+                  _contents(load_profile, w.hardware), code]
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         if key in seen:
             continue
         seen.add(key)
         out.append(Point(key, over, resolved))
     return out
+
+
+def _contents(load: Callable[[str], BaseModel], name: str) -> dict:
+    """What a model or profile file holds now (an invalid file stops the sweep here)."""
+    return load(name).model_dump(mode="json")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the simulator's source: a result computed by other code is not reused."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def definition_hash(spec: SweepSpec) -> str:
@@ -117,13 +143,26 @@ class ResultStore:
 
     def __init__(self, path: Path, definition: str, force: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path))
+        check_output_path(self.path, "results")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path))
+            self.db.execute("PRAGMA journal_mode=WAL")      # cheap commits, readers never block
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._open(definition, force)
+        except sqlite3.DatabaseError as exc:
+            raise MoesimError("results", f"{self.path} is not a moesim results database ({exc})",
+                              "choose another --results path (or delete that file)") from None
+
+    def _open(self, definition: str, force: bool) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
         self.db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, "
                         "overrides TEXT, metrics TEXT, error TEXT)")
         row = self.db.execute("SELECT v FROM meta WHERE k='definition'").fetchone()
-        if row and row[0] != definition:
+        schema = self.db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        if row and schema and schema[0] != str(SCHEMA_VERSION):
+            self.db.execute("DELETE FROM results")       # keyed another way: recompute
+        elif row and row[0] != definition:
             if not force:
                 self.db.close()
                 raise MoesimError("results", f"{self.path} holds results of another sweep "
@@ -185,6 +224,18 @@ def _check_ray_address(address: str, timeout_s: float = 3.0) -> None:
                           "address, or use the local backend (--backend local)") from None
 
 
+class SweepInterrupted(MoesimError):
+    """Ctrl-C stopped a sweep; every finished point is kept in the results file."""
+
+    exit_code = 130
+
+    def __init__(self, done: int, total: int, path: Path) -> None:
+        self.done, self.total, self.path = done, total, path
+        super().__init__("sweep", f"interrupted: {done} of {total} points are kept in {path}",
+                         "run the same command again to resume with the remaining "
+                         f"{total - done}")
+
+
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", workers: int = 2,
               address: str = "auto", force: bool = False, results: Path | None = None,
               progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], Path]:
@@ -199,11 +250,14 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
         total, done = len(points), len(points) - len(todo)
         if progress:
             progress(done, total)
-        for point, (metrics, error) in _execute(todo, spec.kind, backend, workers, address):
-            store.put(point, metrics, error)
-            done += 1
-            if progress:
-                progress(done, total)
+        try:
+            for point, (metrics, error) in _execute(todo, spec.kind, backend, workers, address):
+                store.put(point, metrics, error)
+                done += 1
+                if progress:
+                    progress(done, total)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(done, total, path) from None
         wanted = {p.key for p in points}
         rows = [r for r in store.rows() if r["key"] in wanted]
     finally:
@@ -224,10 +278,54 @@ def _execute(todo: list[Point], kind: str, backend: str, workers: int,
         for p in todo:
             yield p, run_point(kind, p.workload)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    try:
         futures = {pool.submit(run_point, kind, p.workload): p for p in todo}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
+    except BaseException:            # Ctrl-C, or the consumer stopped: no worker keeps going
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued points and end the workers now (they hold nothing worth waiting for)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None   # a 2nd Ctrl-C waits
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """A sweep worker: leaves Ctrl-C to its parent and dies with it (even on kill -9)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:                                        # Linux: the kernel kills us with the parent
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:              # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:                        # elsewhere: notice a new parent and leave
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _execute_ray(todo: list[Point], kind: str, address: str) -> Iterable[tuple[Point, tuple]]:

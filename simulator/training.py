@@ -24,6 +24,9 @@ from simulator.whatif import resolve, simulate
 SECONDS_PER_DAY = 86400.0
 
 
+MAX_TOKENS = 1e18    # a million times the largest published pre-training run
+
+
 def parse_tokens(text: str) -> float:
     """'20T', '800B', '1.5e12', '3M' -> tokens."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBtT]?)\s*", text or "")
@@ -32,8 +35,9 @@ def parse_tokens(text: str) -> float:
                           "write e.g. 20T, 800B or 1.5e12")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2).lower()]
     value = float(m.group(1)) * scale
-    if value <= 0:
-        raise MoesimError("--tokens", "must be positive", "write e.g. 20T")
+    if not math.isfinite(value) or value <= 0 or value > MAX_TOKENS:
+        raise MoesimError("--tokens", f"'{text}' is not a token count in (0, {MAX_TOKENS:.0e}]",
+                          "write e.g. 20T")
     return value
 
 
@@ -139,12 +143,12 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
                           f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
                           "raise pp, ep or tp, use a higher training.zero_stage, set "
                           "training.recompute: true, or shrink micro_batch_sequences")
-    ideal = prof.idealizations.model_copy(update={"enforce_hbm_capacity": False})
-    sim_prof = prof.model_copy(update={"idealizations": ideal})
+    ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
+    sim_prof = prof.variant(idealizations=ideal)
     runs = {}
     for phase in ("train_fwd", "train_bwd"):
-        wp = w.model_copy(update={"phase": phase, "batch_per_device": t.micro_batch_sequences,
-                                  "training": None, "serving": None})
+        wp = w.variant(phase=phase, batch_per_device=t.micro_batch_sequences, training=None,
+                       serving=None)
         r = resolve(wp, model=model, profile=sim_prof)
         r.with_head = False
         runs[phase] = simulate(wp, resolved=r)

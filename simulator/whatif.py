@@ -83,7 +83,8 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                               f"{w.context_length}", "choose a cp that divides context_length")
         shape = Shape(w.phase, w.batch_per_device, w.context_length // w.plan.cp,
                       w.context_length)
-    memory = inference_memory(model, plan, w.precision, shape, mtp_on)
+    memory = inference_memory(model, plan, w.precision, shape, mtp_on,
+                              w.routing.redundant_experts)
     hbm = profile.hbm_bytes.value
     if memory.total > hbm:
         msg = (f"needs {memory.describe()} per GPU, but {profile.gpu} has "
@@ -109,6 +110,12 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
     if rt.expert_groups and rt.max_groups_per_token and rt.max_groups_per_token > rt.expert_groups:
         raise MoesimError("routing.max_groups_per_token", "exceeds routing.expert_groups",
                           "use at most expert_groups")
+    most = model.moe.num_experts * (w.plan.ep - 1)
+    if rt.redundant_experts > most:
+        raise MoesimError("routing.redundant_experts", f"{rt.redundant_experts} copies, but "
+                          f"{model.moe.num_experts} experts on EP {w.plan.ep} leave room for at "
+                          f"most {most} (one copy of an expert per rank)",
+                          f"use at most {most}, typically a few per rank")
     if rt.real_experts_std and model.moe.num_zero_experts == 0:
         raise MoesimError("routing.real_experts_std", f"{model.name} has no zero-computation "
                           "experts, so every token uses exactly top_k experts",
