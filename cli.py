@@ -84,6 +84,11 @@ def _fmt(x: Optional[float], nd: int = 1) -> str:
     return "-" if x is None else f"{x:,.{nd}f}"
 
 
+def _sig(x: float) -> str:
+    """Three significant digits without exponents: 1,307 / 989 / 2.04 / 0.117."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _public(metrics: dict, with_ops: bool = True) -> dict:
     return metrics if with_ops else {k: v for k, v in metrics.items() if k != "ops"}
 
@@ -106,6 +111,8 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
         _print_json(res.metrics)
         return
     _print_layer_table(res)
+    if per_rank:
+        _print_rank_spread(res)
     _print_totals([res])
     if report:
         out.print(f"report written to {report}")
@@ -139,8 +146,42 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
                      for x in results])
         return
     _print_totals(results)
+    _explain_ties(results)
     if report:
         out.print(f"report written to {report}")
+
+
+def _explain_ties(results) -> None:
+    """Say why two schedules print the same row (scmoe and sbo often do)."""
+    by = {x.metrics["schedule"]: x.metrics["step_time_ms"] for x in results}
+    if "scmoe" in by and "sbo" in by and math.isclose(by["scmoe"], by["sbo"], rel_tol=1e-9):
+        err.print("note: scmoe and sbo time the same here. Both overlap the shortcut MoE's "
+                  "all-to-all with dense compute; sbo fixes the experts right after the next "
+                  "attention's QKV projection (LongCat-Flash's four stages), while scmoe picks "
+                  "the slot that best balances compute against dispatch and combine, and here "
+                  "that is the same slot. They differ when dispatch and combine are unequal "
+                  "enough to pull the slot elsewhere (e.g. a slow NIC or a large batch).",
+                  highlight=False, soft_wrap=True)
+
+
+def _print_rank_spread(res) -> None:
+    """Per-rank view of a --per-rank run: when each rank finishes the step, slowest first."""
+    import numpy as np
+    tl = res.timeline
+    ends = tl.end_s.max(axis=1) * 1e3
+    busy = np.array([sum(tl.end_s[r, i] - tl.start_s[r, i] for i, op in enumerate(tl.ops)
+                         if not op.is_comm) for r in range(ends.size)]) * 1e3
+    order = np.argsort(-ends, kind="stable")
+    table = Table(title=f"per rank: {ends.size} ranks, step end min {ends.min():.3f} / median "
+                        f"{float(np.median(ends)):.3f} / max {ends.max():.3f} ms")
+    for col in ("rank", "step end ms", "compute busy ms", "waiting ms"):
+        table.add_column(col, justify="right")
+    shown = list(order[:5]) + ([int(order[-1])] if ends.size > 5 else [])
+    for r in shown:
+        table.add_row(str(int(r)), f"{ends[r]:.3f}", f"{busy[r]:.3f}", f"{ends[r] - busy[r]:.3f}")
+    out.print(table)
+    out.print(f"slowest 5 ranks and the fastest shown; the spread max/min is "
+              f"{ends.max() / ends.min():.4f}", highlight=False)
 
 
 def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path]) -> None:
@@ -309,8 +350,10 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
     out.print(f"tokens/s per user {_fmt(m['tokens_per_s_per_user'])}; decode tokens/GPU/s "
               f"{_fmt(m['decode_tokens_per_gpu_s'], 0)}; prefill tokens/GPU/s "
               f"{_fmt(m['prefill_tokens_per_gpu_s'], 0)}", highlight=False)
-    out.print(f"$ per million output tokens {_fmt(m['cost_per_million_output_tokens'], 3)}; "
-              f"per million input tokens {_fmt(m['cost_per_million_input_tokens'], 3)}", highlight=False)
+    out.print(f"$ per million output tokens: {_fmt(m['cost_per_million_output_tokens'], 3)} "
+              f"(decode GPUs only), {_fmt(m['cost_per_million_output_tokens_all_gpus'], 3)} "
+              f"(all GPUs, prefill included); $ per million input tokens (prefill GPUs): "
+              f"{_fmt(m['cost_per_million_input_tokens'], 3)}", highlight=False)
     r = m["requests"]
     out.print(f"requests: {r['arrived']} arrived, {r['finished']} finished, {r['rejected']} rejected, "
               f"{r['preempted']} preemptions; goodput {m['goodput_rps']:.1f} req/s under SLO "
@@ -419,7 +462,8 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
 @app.command()
 @user_errors
 def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
-              quick: bool = typer.Option(False, "--quick", help="small grid (about a minute)"),
+              quick: bool = typer.Option(False, "--quick",
+                                         help="small grid (about two minutes on 2 cores)"),
               full: bool = typer.Option(False, "--full", help="large grid"),
               ranks: int = typer.Option(2, help="processes for the collective benchmarks"),
               out: Optional[Path] = typer.Option(None, help="profile YAML to write"),
@@ -538,7 +582,7 @@ def profiles() -> None:
         table.add_column(col, justify="left" if col in ("name", "gpu") else "right")
     for name in known_names(PROFILES_DIR):
         p = load_profile(name)
-        table.add_row(name, p.gpu, f"{p.peak_bf16_flops.value / 1e12:.0f}",
+        table.add_row(name, p.gpu, _sig(p.peak_bf16_flops.value / 1e12),
                       f"{p.hbm_bytes.value / 1e9:.0f}", f"{p.hbm_bandwidth_Bps.value / 1e12:.2f}",
                       f"{p.nvlink.bandwidth_Bps.value / 1e9:.0f}",
                       f"{p.nic.bandwidth_Bps.value / 1e9:.0f}", f"{p.price_per_gpu_hour.value:.2f}")
@@ -629,13 +673,16 @@ def router_bias(steps: int = typer.Option(400, help="controller steps"),
         out.print("pass --plot router-bias.html for the interactive figure", highlight=False)
 
 
+SCHEMAS = ("workload", "model", "profile")
+
+
 @app.command()
-def schema(kind: str = typer.Argument("workload", help="workload | model | profile")) -> None:
-    """Print the JSON Schema of a YAML file kind."""
+def schema(kind: str = typer.Argument("workload", help="one of: workload, model, profile")) -> None:
+    """Print the JSON Schema of a YAML file kind (workload, model or profile)."""
     classes = {"workload": Workload, "model": ModelSpec, "profile": HardwareProfile}
     if kind not in classes:
-        err.print(f"[bold red]error[/]: kind: unknown schema '{kind}'. Fix: use one of "
-                  f"{', '.join(classes)}")
+        err.print(f"[bold red]error[/]: KIND: unknown schema {kind!r}. Fix: use one of "
+                  f"{', '.join(SCHEMAS)}, e.g. `moesim schema workload`", highlight=False)
         raise typer.Exit(2)
     print(json.dumps(classes[kind].model_json_schema(), indent=2))
 

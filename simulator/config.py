@@ -449,7 +449,7 @@ class Workload(Strict):
     routing: RoutingSpec = RoutingSpec()
     serving: Optional["ServingSpec"] = Field(None, description="request-level serving (moesim serve)")
     training: Optional["TrainingSpec"] = Field(None, description="training run (moesim train)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 63, description="random seed (same seed, same result)")
 
 
 from simulator.serving_config import ServingSpec  # noqa: E402  (defined on top of Strict)

@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 from simulator.config import ParallelPlan, Strict
 
 
+MAX_TOKENS = 10 ** 8      # a request length beyond any model's context window
+
+
 class PoolSpec(Strict):
     """One pool of GPUs. Decode: plan, schedule, max sequences per device; prefill: a token budget."""
 
@@ -20,10 +23,10 @@ class PoolSpec(Strict):
 class LengthSpec(Strict):
     """A distribution of token counts."""
 
-    mean: float = Field(gt=0)
+    mean: float = Field(gt=0, le=MAX_TOKENS, description="tokens")
     dist: Literal["fixed", "exponential", "lognormal"] = "fixed"
     sigma: float = Field(0.5, ge=0, description="lognormal sigma")
-    max: Optional[int] = Field(None, gt=0)
+    max: Optional[int] = Field(None, gt=0, le=MAX_TOKENS)
 
 
 class ArrivalSpec(Strict):

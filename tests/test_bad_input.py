@@ -296,3 +296,18 @@ def test_no_nan_in_any_metric():
             for v in x:
                 walk(v)
     walk(data)
+
+
+def test_serving_4096_token_prompts_on_the_cpu_profile_finish(tmp_path):
+    # hung forever on the absolute-epsilon engine: seconds-long prefill steps
+    import subprocess
+    import sys
+    w = yaml_variant(tmp_path, TINY, serving__input_tokens={"mean": 4096},
+                     serving__arrivals={"process": "poisson", "rate_per_s": 0.02,
+                                        "duration_s": 120})
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(w), "--json"],
+                         capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    m = strict_json(out.stdout)
+    assert m["requests"]["finished"] == m["requests"]["arrived"] >= 1
+    assert m["ttft_ms"]["p50"] > 1000        # a 4096-token prefill on 2 cores takes seconds
