@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_workload
 from simulator.params import count_params
@@ -129,14 +129,14 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
             trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """Several schedules of one workload side by side, with speedups over the first."""
     from simulator.whatif import resolve, simulate as run
-    from simulator.schedule import get_policy
+    from simulator.schedule import get_schedule
     _outputs(report=report, trace=trace)
     w = load_workload(workload)
     names = [s.strip() for s in schedules.split(",") if s.strip()]
     if not names:
         raise MoesimError("--schedules", "no schedule given", "e.g. --schedules sequential,sbo")
     for n in names:
-        get_policy(n)
+        get_schedule(n)
     r = resolve(w)
     results = [run(w, n, per_rank=per_rank, resolved=r) for n in names]
     _write_outputs(results, report, trace)
@@ -374,8 +374,8 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
     _outputs(report=report)
     w = load_workload(workload)
     if schedule:
-        from simulator.schedule import get_policy
-        get_policy(schedule)
+        from simulator.schedule import get_schedule
+        get_schedule(schedule)
         w = w.variant(schedule=schedule)
     m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:

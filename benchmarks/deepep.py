@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulator.config import RoutingSpec  # noqa: E402
+from simulator.schema import RoutingSpec  # noqa: E402
 from simulator.loading import load_profile  # noqa: E402
 from simulator.routing import route  # noqa: E402
 from simulator.topology import Cluster, rank_loads  # noqa: E402

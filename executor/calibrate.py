@@ -19,7 +19,7 @@ import yaml
 
 from simulator.atomic import write_text_atomic
 from simulator.calibration import fit, profile_dict, rows_from_dicts
-from simulator.config import HardwareProfile
+from simulator.schema import HardwareProfile
 from simulator.errors import MoesimError
 
 DEVICES = ("cpu", "cuda")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulator.config import AttentionSpec, ModelSpec
+from simulator.schema import AttentionSpec, ModelSpec
 
 
 class RMSNorm(nn.Module):

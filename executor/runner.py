@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from executor.model import Layer, TinyModel
-from simulator.config import ModelSpec
+from simulator.schema import ModelSpec
 
 WINDOW = ("ffn0.ffn", "attn1.qkv_proj", "attn1.core", "attn1.o_proj", "ffn1.ffn")
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from simulator.config import Workload
+from simulator.schema import Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
 from simulator.params import count_params

@@ -11,7 +11,7 @@ import numpy as np
 
 from simulator.errors import MoesimError
 from simulator.loading import read_text_file
-from simulator.serving_config import ArrivalSpec, LengthSpec
+from simulator.schema import ArrivalSpec, LengthSpec
 
 TRACE_FIELDS = ("arrival_s", "input_tokens", "output_tokens")
 MAX_REQUESTS = 2_000_000     # arrivals one run holds (arrays, and minutes of simulation)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from simulator.errors import MoesimError
+from simulator.streams import CommDemand, StreamPlan
 
 INF = float("inf")
 
@@ -29,35 +30,6 @@ MAX_STALLS = 10_000      # wake-ups in a row that neither finish an op nor move 
 def time_tol(now: float) -> float:
     """The smallest duration the engine distinguishes at simulated time `now`."""
     return max(TIME_ATOL, TIME_RTOL * abs(now))
-
-
-@dataclass(frozen=True)
-class CommDemand:
-    """What one rank's part of a collective needs: a start-up latency and bytes per link."""
-
-    latency_s: float
-    link_bytes: dict[str, float]
-
-
-@dataclass
-class StreamPlan:
-    """What to run: per op (for one rank) its stream, priority, inputs and work."""
-
-    names: list[str]
-    streams: list[str]
-    priorities: list[float]
-    preds: list[list[int]]
-    compute_s: list[float]               # standalone duration; 0 for collectives
-    comm: list[CommDemand | None]        # None for compute ops
-    rank_compute_s: dict[int, list[float]] = field(default_factory=dict)   # op -> per rank
-    rank_comm: dict[int, list[CommDemand]] = field(default_factory=dict)   # op -> per rank
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        self.succs: list[list[int]] = [[] for _ in range(n)]
-        for i, ps in enumerate(self.preds):
-            for p in ps:
-                self.succs[p].append(i)
 
 
 @dataclass

@@ -9,10 +9,10 @@ import math
 import warnings
 from statistics import NormalDist
 
-from simulator.config import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
+from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
-from simulator.engine import CommDemand  # noqa: F401  (pricing builds the engine's demands)
 from simulator.model import Op
+from simulator.streams import CommDemand
 
 
 class OutOfRangeWarning(UserWarning):

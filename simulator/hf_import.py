@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import yaml
 
-from simulator.config import ModelSpec
+from simulator.schema import ModelSpec
 from simulator.errors import MoesimError
 from simulator.loading import parse, read_text_file
 

@@ -8,7 +8,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from simulator.config import HardwareProfile, ModelSpec, Workload
+from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError, from_validation
 
 ROOT = Path(__file__).resolve().parent.parent

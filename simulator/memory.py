@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.config import ModelSpec, ParallelPlan, Precision
+from simulator.schema import ModelSpec, ParallelPlan, Precision
 from simulator.model import Shape
-from simulator.params import count_params, ffn_params
+from simulator.params import (count_params, expert_params, kv_elements_per_token,
+                              layer_counts, replicated_params)
 
 
 @dataclass(frozen=True)
@@ -28,33 +29,15 @@ class MemoryBreakdown:
                 f"activations {self.activations / gb:.1f} GB = {self.total / gb:.1f} GB")
 
 
-def kv_elements_per_token(model: ModelSpec) -> int:
-    """KV-cache elements one token stores across all attention blocks (MTP excluded)."""
-    a = model.attention
-    per_block = (a.kv_lora_rank + a.qk_rope_head_dim) if a.kind == "mla" \
-        else 2 * a.num_kv_heads * a.head_dim
-    blocks = model.num_layers * (2 if model.layer_kind == "shortcut" else 1)
-    if model.layer_kind == "shortcut" and model.first_k_dense:
-        blocks -= model.first_k_dense
-    return blocks * per_block
-
-
 def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                      mtp: bool, redundant_experts: int = 0) -> MemoryBreakdown:
     """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep;
     redundant expert copies spread evenly, ceil(copies / ep) more experts on a rank."""
     c = count_params(model)
     h = model.hidden_size
-    blocks = 2 if model.layer_kind == "shortcut" else 1
-    moe_layers = model.num_layers - (model.first_k_dense if model.moe else model.num_layers)
-    dense_ffn = (model.num_layers - moe_layers) * ffn_params(h, model.dense_intermediate)
-    if model.layer_kind == "shortcut":
-        dense_ffn += moe_layers * blocks * ffn_params(h, model.dense_intermediate)
-    replicated = c.non_expert - dense_ffn + dense_ffn / plan.tp + c.embedding
-    extra = 0.0
-    if model.moe is not None and redundant_experts:
-        extra = -(-redundant_experts // plan.ep) * moe_layers * \
-            ffn_params(h, model.moe.expert_intermediate)
+    _, moe_layers = layer_counts(model)
+    replicated = replicated_params(model, plan.tp, c) + c.embedding
+    extra = -(-redundant_experts // plan.ep) * moe_layers * expert_params(model)
     weights = (replicated + c.expert_total / plan.ep + extra + (c.mtp if mtp else 0)) \
         * prec.weight_bytes
     kv = shape.sequences * (shape.context + shape.query_tokens) * kv_elements_per_token(model) \

@@ -13,7 +13,7 @@ from typing import Literal
 import networkx as nx
 
 from simulator import unfused
-from simulator.config import ModelSpec, ParallelPlan, Phase, Precision
+from simulator.schema import ModelSpec, ParallelPlan, Phase, Precision
 
 OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
 COMPUTE_KINDS = ("gemm", "grouped_gemm", "attention", "elementwise")

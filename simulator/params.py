@@ -1,9 +1,10 @@
-"""Parameter counts computed from a ModelSpec: total, activated, and per block."""
+"""Model structure in one home: attention blocks per layer, dense and MoE layers, KV elements per
+token, and parameter counts (total, activated, per block, per device)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.config import AttentionSpec, ModelSpec
+from simulator.schema import AttentionSpec, ModelSpec
 
 
 def attention_params(att: AttentionSpec, hidden: int) -> int:
@@ -29,6 +30,45 @@ def ffn_params(hidden: int, intermediate: int) -> int:
     return 3 * hidden * intermediate
 
 
+def blocks_per_layer(model: ModelSpec, moe_layer: bool = True) -> int:
+    """Attention blocks (and dense FFNs) of a layer: two in a shortcut MoE layer, else one."""
+    return 2 if model.layer_kind == "shortcut" and moe_layer else 1
+
+
+def layer_counts(model: ModelSpec) -> tuple[int, int]:
+    """(dense layers, MoE layers): the first_k_dense leading layers of an MoE model are dense."""
+    dense = model.first_k_dense if model.moe else model.num_layers
+    return dense, model.num_layers - dense
+
+
+def attention_blocks(model: ModelSpec) -> int:
+    """Attention blocks in the whole model (MTP excluded)."""
+    dense, moe = layer_counts(model)
+    return dense + moe * blocks_per_layer(model)
+
+
+def kv_elements_per_token(model: ModelSpec) -> int:
+    """KV-cache elements one token stores across all attention blocks (MTP excluded)."""
+    a = model.attention
+    per_block = (a.kv_lora_rank + a.qk_rope_head_dim) if a.kind == "mla" \
+        else 2 * a.num_kv_heads * a.head_dim
+    return attention_blocks(model) * per_block
+
+
+def dense_ffn_params(model: ModelSpec) -> int:
+    """Weights of every dense FFN (the tensor-parallel part): one per dense layer, and the
+    shortcut layers' own dense FFNs (two per layer)."""
+    dense, moe = layer_counts(model)
+    per = ffn_params(model.hidden_size, model.dense_intermediate)
+    return dense * per + (moe * blocks_per_layer(model) * per
+                          if model.layer_kind == "shortcut" else 0)
+
+
+def expert_params(model: ModelSpec) -> int:
+    """Weights of one routed expert (0 for a dense model)."""
+    return ffn_params(model.hidden_size, model.moe.expert_intermediate) if model.moe else 0
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     """Totals in parameters (not bytes)."""
@@ -50,12 +90,11 @@ def count_params(model: ModelSpec, real_experts: float | None = None) -> ParamCo
     h = model.hidden_size
     att = attention_params(model.attention, h)
     norms_per_block = h
-    blocks = 2 if model.layer_kind == "shortcut" else 1
+    blocks = blocks_per_layer(model)
     embedding = model.vocab_size * h
     head = 0 if model.tied_embeddings else model.vocab_size * h
 
-    dense_layers = model.first_k_dense if model.moe else model.num_layers
-    moe_layers = model.num_layers - dense_layers
+    dense_layers, moe_layers = layer_counts(model)
     per_dense_layer = att + ffn_params(h, model.dense_intermediate) + 2 * norms_per_block
 
     total = activated = 0
@@ -83,3 +122,11 @@ def count_params(model: ModelSpec, real_experts: float | None = None) -> ParamCo
                               + 2 * h * h + 3 * h)
     return ParamCounts(total=total, activated=activated, embedding=embedding + head,
                        expert_total=expert_total, non_expert=non_expert, mtp=mtp)
+
+
+def replicated_params(model: ModelSpec, tp: int, c: ParamCounts | None = None) -> float:
+    """Non-expert weights one device holds (embeddings excluded): everything but the dense
+    FFNs whole, the dense FFNs split by tp."""
+    c = c or count_params(model)
+    dense = dense_ffn_params(model)
+    return c.non_expert - dense + dense / tp

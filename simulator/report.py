@@ -168,18 +168,18 @@ def write_figures(figs: list, title: str, path: Path, intro: str = "") -> None:
 
 def sweep_figure(rows: list, front: list) -> go.Figure:
     """Tokens/GPU/s against tokens/s per user for every sweep point; the Pareto front joined."""
-    from simulator.sweep import _x
+    from simulator.sweep import axis_value
     ok = [r for r in rows if r["metrics"] and r["metrics"].get("tpot_ms")]
     label = lambda r: html.escape(", ".join(f"{k}={v}" for k, v in sorted(r["overrides"].items())))
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=[_x(r, "tokens_per_s_per_user") for r in ok],
+        x=[axis_value(r, "tokens_per_s_per_user") for r in ok],
         y=[r["metrics"]["tokens_per_gpu_s"] for r in ok], mode="markers", name="points",
         marker=dict(color=[r["metrics"].get("cost_per_million_output_tokens") or 0 for r in ok],
                     colorscale="Viridis", showscale=True, colorbar=dict(title="$/M out")),
         hovertext=[label(r) + f"<br>${r['metrics'].get('cost_per_million_output_tokens') or 0:.3f}/M"
                    for r in ok], hoverinfo="text+x+y"))
-    fig.add_trace(go.Scatter(x=[_x(r, "tokens_per_s_per_user") for r in front],
+    fig.add_trace(go.Scatter(x=[axis_value(r, "tokens_per_s_per_user") for r in front],
                              y=[r["metrics"]["tokens_per_gpu_s"] for r in front],
                              mode="lines+markers", name="Pareto front",
                              hovertext=[label(r) for r in front], hoverinfo="text+x+y"))

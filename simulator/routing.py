@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from simulator.config import RoutingSpec
+from simulator.schema import RoutingSpec
 
 CHUNK_TOKENS = 4096
 MAX_SAMPLED_TOKENS = 131072   # above this, per-token expectations from a pooled sample

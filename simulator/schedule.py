@@ -8,44 +8,68 @@
   combine). Conventional layers fall back to the slot rule.
 - tbo: two micro-batches; both streams pick the ready op of either micro-batch, lower micro-batch
   first, so one micro-batch's communication runs under the other's compute.
-Adding a schedule means adding one function and one registry entry here.
+Adding a schedule means one function and one `@register(name, micro_batches=n)`; nothing
+else looks a schedule up by its name.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable
 
 import networkx as nx
 
-from simulator.engine import StreamPlan
 from simulator.errors import MoesimError
-from simulator.hardware import CommDemand
-from simulator.model import Op, graph_ops
+from simulator.model import Op, Shape, graph_ops
+from simulator.streams import CommDemand, StreamPlan
 
 Durations = dict[str, float]
 Policy = Callable[[nx.DiGraph, Durations, dict[str, CommDemand]], StreamPlan]
-SCHEDULES: dict[str, Policy] = {}
 
 
-def register(name: str) -> Callable[[Policy], Policy]:
-    """Add a policy to the registry under `name`."""
+@dataclass(frozen=True)
+class Schedule:
+    """A named policy and what it needs of the op graph: how many micro-batches to split into."""
+
+    name: str
+    policy: Policy
+    micro_batches: int = 1
+
+    def split(self, shape: Shape) -> list[Shape]:
+        """The per-device shape cut into this schedule's micro-batches: whole sequences when
+        there are enough, else (prefill, training) token chunks of one sequence."""
+        n = self.micro_batches
+        if n == 1:
+            return [shape]
+        if shape.sequences >= n:
+            return [Shape(shape.phase, shape.sequences // n + (1 if mb < shape.sequences % n else 0),
+                          shape.query_tokens, shape.context) for mb in range(n)]
+        if shape.phase == "decode" or shape.query_tokens < n:
+            raise MoesimError("batch_per_device", f"schedule {self.name} splits the batch into {n} "
+                              f"micro-batches but there are {shape.sequences} sequences per device",
+                              f"use batch_per_device >= {n} or another schedule")
+        return [Shape(shape.phase, shape.sequences,
+                      shape.query_tokens // n + (1 if mb < shape.query_tokens % n else 0),
+                      shape.context) for mb in range(n)]
+
+
+SCHEDULES: dict[str, Schedule] = {}
+
+
+def register(name: str, micro_batches: int = 1) -> Callable[[Policy], Policy]:
+    """Add a policy to the registry under `name`, splitting the batch into `micro_batches`."""
     def deco(fn: Policy) -> Policy:
-        SCHEDULES[name] = fn
+        SCHEDULES[name] = Schedule(name, fn, micro_batches)
         return fn
     return deco
 
 
-def get_policy(name: str) -> Policy:
-    """Look a policy up by name, with a clear error listing the known ones."""
+def get_schedule(name: str) -> Schedule:
+    """Look a schedule up by name, with a clear error listing the known ones."""
     if name not in SCHEDULES:
         raise MoesimError("schedule", f"unknown schedule '{name}'",
                           f"use one of: {', '.join(SCHEDULES)}")
     return SCHEDULES[name]
-
-
-def needs_micro_batches(name: str) -> int:
-    """How many micro-batches a schedule splits the batch into."""
-    return 2 if name == "tbo" else 1
 
 
 def _stream_of(op: Op, single: bool) -> str:
@@ -149,7 +173,7 @@ def sbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> 
     return _overlap_plan(g, durations, demands, sbo=True)
 
 
-@register("tbo")
+@register("tbo", micro_batches=2)
 def tbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
     """Two micro-batches (the graph holds both); work-conserving, lower micro-batch first."""
     ops = graph_ops(g)

@@ -1,7 +1,7 @@
 """Throughput-interactivity curve: decode at a fixed batch per device, schedule by schedule."""
 from __future__ import annotations
 
-from simulator.config import Workload
+from simulator.schema import Workload
 from simulator.errors import MoesimError
 from simulator.whatif import resolve, simulate
 

@@ -10,9 +10,9 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-from simulator.config import HardwareProfile, ModelSpec, ParallelPlan, Workload
+from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
 from simulator.loading import load_model, load_profile
-from simulator.schedule import needs_micro_batches
+from simulator.schedule import get_schedule
 from simulator.whatif import Resolved, resolve, simulate
 
 BATCH_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -70,7 +70,7 @@ class StepModel:
         return self.cache[key]
 
     def _simulate(self, b: int, c: int) -> float:
-        n_mb = needs_micro_batches(self.schedule)
+        n_mb = get_schedule(self.schedule).micro_batches
         if b < n_mb:          # split the prompt's tokens between the micro-batches instead
             b, c = n_mb, max(1, c // n_mb)
         w = self.base.variant(plan=self.plan, schedule=self.schedule, phase=self.phase,

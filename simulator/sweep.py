@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from simulator.config import Strict, Workload
+from simulator.schema import Strict, Workload
 from simulator.errors import MoesimError, from_validation
 from simulator.atomic import check_output_path
 from simulator.loading import load_model, load_profile, parse, read_yaml_mapping
@@ -358,20 +358,21 @@ def pareto(rows: list[dict], x: str = "tokens_per_s_per_user", y: str = "tokens_
            cost: str = "cost_per_million_output_tokens") -> list[dict]:
     """Rows not dominated in (x up, y up, cost down)."""
     pts = [r for r in rows if r["metrics"] and r["metrics"].get(y) is not None
-           and _x(r, x) is not None]
+           and axis_value(r, x) is not None]
     front = []
     for a in pts:
-        ax, ay, ac = _x(a, x), a["metrics"][y], a["metrics"].get(cost) or 0.0
-        dominated = any(_x(b, x) >= ax and b["metrics"][y] >= ay and
+        ax, ay, ac = axis_value(a, x), a["metrics"][y], a["metrics"].get(cost) or 0.0
+        dominated = any(axis_value(b, x) >= ax and b["metrics"][y] >= ay and
                         (b["metrics"].get(cost) or 0.0) <= ac and
-                        (_x(b, x) > ax or b["metrics"][y] > ay or (b["metrics"].get(cost) or 0) < ac)
+                        (axis_value(b, x) > ax or b["metrics"][y] > ay or (b["metrics"].get(cost) or 0) < ac)
                         for b in pts)
         if not dominated:
             front.append(a)
-    return sorted(front, key=lambda r: _x(r, x))
+    return sorted(front, key=lambda r: axis_value(r, x))
 
 
-def _x(row: dict, x: str) -> float | None:
+def axis_value(row: dict, x: str) -> float | None:
+    """A row's value on a Pareto axis (tokens/s per user from TPOT, else a metric)."""
     m = row["metrics"]
     if x == "tokens_per_s_per_user":
         return 1e3 / m["tpot_ms"] if m.get("tpot_ms") else None

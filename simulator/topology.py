@@ -17,7 +17,7 @@ from functools import cached_property
 import networkx as nx
 import numpy as np
 
-from simulator.config import HardwareProfile
+from simulator.schema import HardwareProfile
 from simulator.errors import MoesimError
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from simulator.config import HardwareProfile, ModelSpec, Workload
-from simulator.hardware import CommDemand, compute_time_s, link_bandwidths
+from simulator.schema import HardwareProfile, ModelSpec, Workload
+from simulator.hardware import compute_time_s, link_bandwidths
+from simulator.streams import CommDemand
 from simulator.model import Op
 from simulator.routing import RoutingResult, route
 from simulator.topology import Cluster, rank_loads

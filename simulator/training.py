@@ -12,13 +12,13 @@ import math
 import re
 from dataclasses import dataclass
 
-from simulator.config import HardwareProfile, Workload
+from simulator.schema import HardwareProfile, Workload
 from simulator.errors import MoesimError
 from simulator.hardware import efficiency
 from simulator.loading import load_model, load_profile
-from simulator.params import count_params, ffn_params
+from simulator.params import blocks_per_layer, count_params, replicated_params
 from simulator.pipeline import simulate_pipeline
-from simulator.training_config import TrainingSpec
+from simulator.schema import TrainingSpec
 from simulator.whatif import resolve, simulate
 
 SECONDS_PER_DAY = 86400.0
@@ -91,11 +91,8 @@ def training_memory(w: Workload, t: TrainingSpec, stage_layers: int,
     c = count_params(model)
     share = stage_layers / model.num_layers
     h = model.hidden_size
-    blocks = 2 if model.layer_kind == "shortcut" else 1
-    dense_ffn = ffn_params(h, model.dense_intermediate) * (
-        model.num_layers * blocks if model.layer_kind == "shortcut"
-        else (model.first_k_dense if model.moe else model.num_layers))
-    replicated = (c.non_expert - dense_ffn + dense_ffn / plan.tp) * share + c.embedding / plan.pp
+    blocks = blocks_per_layer(model)
+    replicated = replicated_params(model, plan.tp, c) * share + c.embedding / plan.pp
     experts = c.expert_total * share / plan.ep
     shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
     shard_exp = plan.gpus // (plan.pp * plan.ep)          # ranks holding the same experts

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from simulator.config import HardwareProfile, ModelSpec, Workload
 from simulator.cost import cost_per_million_tokens
 from simulator.engine import Engine
 from simulator.errors import MoesimError
-from simulator.hardware import (CommDemand, comm_demand, eager_launches, link_bandwidths,
+from simulator.hardware import (comm_demand, eager_launches, link_bandwidths,
                                 op_time_s, straggler_factor)
 from simulator.loading import load_model, load_profile
 from simulator.memory import MemoryBreakdown, inference_memory
 from simulator.model import Shape, build_backward, build_forward
-from simulator.schedule import get_policy, needs_micro_batches
+from simulator.schedule import get_schedule
+from simulator.schema import HardwareProfile, ModelSpec, Workload
+from simulator.streams import CommDemand
 from simulator.timeline import Timeline
 from simulator.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
 
@@ -129,21 +130,9 @@ def _divisors_hint(n: int, gpus: int) -> str:
 
 def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     """The op graph of one step (all layers, head, MTP), split into micro-batches if needed."""
-    w, s = r.workload, r.shape
-    n_mb = needs_micro_batches(schedule)
-    split_tokens = s.sequences < n_mb and s.phase != "decode"   # token chunks of one sequence
-    if s.sequences < n_mb and not split_tokens:
-        raise MoesimError("batch_per_device", f"schedule {schedule} splits the batch into {n_mb} "
-                          f"micro-batches but there are {s.sequences} sequences per device",
-                          f"use batch_per_device >= {n_mb} or another schedule")
+    w = r.workload
     graphs = []
-    for mb in range(n_mb):
-        if split_tokens:
-            q = s.query_tokens // n_mb + (1 if mb < s.query_tokens % n_mb else 0)
-            shape = Shape(s.phase, s.sequences, q, s.context)
-        else:
-            seqs = s.sequences // n_mb + (1 if mb < s.sequences % n_mb else 0)
-            shape = Shape(s.phase, seqs, s.query_tokens, s.context)
+    for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
                             mtp=r.mtp_on, micro_batch=mb, layers=r.layers,
                             with_head=r.with_head)
@@ -165,7 +154,7 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
              resolved: Resolved | None = None) -> RunResult:
     """Simulate one step of a workload under a schedule (default: the workload's)."""
     schedule = schedule or w.schedule
-    policy = get_policy(schedule)
+    policy = get_schedule(schedule).policy
     r = resolved or resolve(w)
     gc_on = gc.isenabled()
     gc.disable()      # tens of thousands of short-lived acyclic objects: refcounting frees them
@@ -236,14 +225,9 @@ def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     w, model, prof = r.workload, r.model, r.profile
     if model.moe is None or w.plan.ep <= 1 or prof.idealizations.ep_flat_bandwidth_Bps:
         return {}
-    n_mb = needs_micro_batches(schedule)
     out = {}
-    for mb in range(n_mb):
-        if r.shape.sequences < n_mb:
-            tokens = r.shape.query_tokens // n_mb + (1 if mb < r.shape.query_tokens % n_mb else 0)
-        else:
-            seqs = r.shape.sequences // n_mb + (1 if mb < r.shape.sequences % n_mb else 0)
-            tokens = seqs * r.shape.query_tokens
+    for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
+        tokens = shape.sequences * shape.query_tokens
         key = (tokens, w.seed + mb)
         if key not in r.traffic_cache:
             r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed + mb)

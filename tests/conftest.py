@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.config import HardwareProfile, Workload
+from simulator.schema import HardwareProfile, Workload
 from simulator.loading import load_profile, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -218,7 +218,7 @@ def test_redundant_experts_beyond_what_ep_can_hold(tmp_path):
 
 def test_redundant_experts_cost_their_weights_in_hbm():
     from simulator.loading import load_model
-    from simulator.config import ParallelPlan, Precision
+    from simulator.schema import ParallelPlan, Precision
     m = load_model("deepseek-v3")
     plan = ParallelPlan(gpus=144, gpus_per_node=8, ep=16)
     prec = Precision(weight_bytes=1)

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.config import HardwareProfile, Workload
+from simulator.schema import HardwareProfile, Workload
 from simulator.errors import MoesimError
 from simulator.loading import parse, read_yaml_mapping
 

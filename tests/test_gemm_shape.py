@@ -3,7 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from simulator.calibration import Row, fit
-from simulator.config import ShapeEfficiencyTable
+from simulator.schema import ShapeEfficiencyTable
 from simulator.hardware import bilinear_log, compute_time_s, gemm_efficiency
 from simulator.loading import load_workload
 from simulator.model import Op, Shape, build_forward, graph_ops

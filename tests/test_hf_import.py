@@ -40,7 +40,7 @@ def test_cli_import_writes_yaml_that_loads_back(tmp_path):
 def test_yaml_round_trip_is_lossless():
     spec = import_hf_config(DATA / "deepseek_v3.json")
     import yaml
-    from simulator.config import ModelSpec
+    from simulator.schema import ModelSpec
     assert ModelSpec.model_validate(yaml.safe_load(spec_to_yaml(spec))) == spec
 
 

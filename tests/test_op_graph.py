@@ -1,7 +1,7 @@
 """Op graphs: one builder for shortcut and conventional layers, phases, zero experts."""
 import networkx as nx
 
-from simulator.config import ParallelPlan, Precision
+from simulator.schema import ParallelPlan, Precision
 from simulator.loading import load_model
 from simulator.model import COMPUTE_KINDS, Shape, build_backward, build_forward
 

@@ -39,3 +39,47 @@ def test_zero_experts_carry_no_weights():
     # identical but for the router rows of the 256 zero experts
     diff = count_params(m).total - count_params(no_zero).total
     assert diff == m.num_layers * m.hidden_size * 256
+
+
+def _models():
+    from simulator.loading import MODELS_DIR, known_names, load_model
+    out = [load_model(n) for n in known_names(MODELS_DIR)]
+    longcat = load_model("longcat-flash")
+    out.append(longcat.variant(first_k_dense=2, name="longcat-flash-fkd2"))
+    return out
+
+
+@pytest.mark.parametrize("model", _models(), ids=lambda m: m.name)
+def test_memory_and_training_count_the_same_weights(model):
+    # Inference memory (weights at 1 byte, no MTP) and training's parameters (ZeRO 0, one
+    # stage, 1 byte) are one device's weights; they must agree for every model and layout.
+    from simulator.memory import inference_memory
+    from simulator.model import Shape
+    from simulator.schema import ParallelPlan, Precision, TrainingSpec, Workload
+    from simulator.training import training_memory
+    ep = 8 if model.moe else 1
+    plan = ParallelPlan(gpus=8, gpus_per_node=8, tp=1 if model.moe else 8, ep=ep)
+    prec = Precision(weight_bytes=1)
+    inf = inference_memory(model, plan, prec, Shape("decode", 1, 1, 1), False)
+    t = TrainingSpec(global_batch_sequences=8, zero_stage=0)
+    w = Workload(model="x", hardware="h800", plan=plan, batch_per_device=1, context_length=16,
+                 precision=prec, training=t)
+    import simulator.training as tr
+    orig = tr.load_model
+    tr.load_model = lambda _name: model
+    try:
+        tm = training_memory(w, t, model.num_layers, 1)
+    finally:
+        tr.load_model = orig
+    assert tm.params == pytest.approx(inf.weights, rel=1e-12)
+
+
+def test_first_k_dense_counts_one_dense_ffn_per_dense_layer():
+    # LongCat-Flash with two dense leading layers: those hold one attention block and one dense
+    # FFN each, the shortcut layers two of each. Worked out from the config.
+    from simulator.loading import load_model
+    from simulator.params import dense_ffn_params, ffn_params, attention_blocks
+    m = load_model("longcat-flash").variant(first_k_dense=2)
+    per = ffn_params(m.hidden_size, m.dense_intermediate)
+    assert dense_ffn_params(m) == 2 * per + (m.num_layers - 2) * 2 * per
+    assert attention_blocks(m) == 2 + 2 * (m.num_layers - 2)

@@ -130,3 +130,43 @@ def test_out_of_calibrated_range_is_answered_with_a_warning():
               hardware="h800")
     notes = simulate(w, "sequential").metrics["notes"]
     assert any("outside the calibrated range" in n for n in notes)
+
+
+def test_a_schedule_registered_from_a_test_runs_end_to_end():
+    # A new schedule is one function and one registration: here a three-batch overlap made from
+    # tbo's policy, registered by the test alone (no other module knows its name).
+    from simulator import schedule as sched
+    from simulator.whatif import simulate as run
+    from tests.conftest import workload
+    sched.register("test-three-batch", micro_batches=3)(sched.tbo)
+    try:
+        w = workload("workloads/longcat-flash-decode-h800.yaml", batch_per_device=64)
+        res = run(w, "test-three-batch")
+        mbs = {op.micro_batch for op in res.timeline.ops}
+        assert mbs == {0, 1, 2}
+        # 64 sequences split 22 / 21 / 21: the attention cores see those batches
+        firsts = sorted({op.name.split(".")[0] for op in res.timeline.ops if op.micro_batch})
+        assert firsts == ["mb1", "mb2"]
+        seq = run(w, "sequential")
+        # each micro-batch reads every weight again: three times the expert weight bytes
+        def expert_weights(r):
+            return sum(op.weight_bytes for op in r.timeline.ops if op.kind == "grouped_gemm")
+        assert expert_weights(res) == pytest.approx(3 * expert_weights(seq))
+        assert res.metrics["hidden_comm_us"] > 0 == seq.metrics["hidden_comm_us"]
+    finally:
+        sched.SCHEDULES.pop("test-three-batch")
+    from simulator.errors import MoesimError
+    with pytest.raises(MoesimError, match="unknown schedule"):
+        run(w, "test-three-batch")
+
+
+def test_split_cuts_sequences_then_tokens():
+    from simulator.model import Shape
+    from simulator.schedule import get_schedule
+    tbo = get_schedule("tbo")
+    assert [s.sequences for s in tbo.split(Shape("decode", 5, 2, 100))] == [3, 2]
+    assert [s.query_tokens for s in tbo.split(Shape("prefill", 1, 4097, 4097))] == [2049, 2048]
+    from simulator.errors import MoesimError
+    with pytest.raises(MoesimError, match="batch_per_device"):
+        tbo.split(Shape("decode", 1, 1, 100))
+    assert get_schedule("sbo").split(Shape("decode", 5, 2, 100)) == [Shape("decode", 5, 2, 100)]

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from simulator.config import Workload
+from simulator.schema import Workload
 from simulator.errors import MoesimError
 from simulator.serving import ServingSim, _steps_needed
 from tests.conftest import profile
@@ -108,7 +108,7 @@ def test_colocated_mode_runs():
 
 def test_gamma_arrivals_are_burstier():
     from simulator.arrivals import generate
-    from simulator.serving_config import ArrivalSpec, LengthSpec
+    from simulator.schema import ArrivalSpec, LengthSpec
     rng = np.random.default_rng(0)
     L = LengthSpec(mean=10)
     p = generate(ArrivalSpec(process="poisson", rate_per_s=50, duration_s=200), L, L, rng)

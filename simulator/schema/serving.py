@@ -5,7 +5,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from simulator.config import ParallelPlan, Strict
+from simulator.schema.base import Strict
+from simulator.schema.deployment import ParallelPlan
 
 
 MAX_TOKENS = 10 ** 8      # a request length beyond any model's context window

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from simulator.config import Strict
+from simulator.schema.base import Strict
 
 
 class TrainingSpec(Strict):

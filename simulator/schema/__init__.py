@@ -1,0 +1,19 @@
+"""Every pydantic schema of a YAML file, in one package, drawn bottom-up with no cycles:
+base (Strict, Sourced, tables) <- model, hardware, deployment <- serving, training <- workload."""
+from simulator.schema.base import (EfficiencyTable, RateTable, ShapeEfficiencyTable, Sourced,
+                                   Strict)
+from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision,
+                                         RoutingSpec)
+from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
+                                       Idealizations, LinkSpec, NetworkSpec)
+from simulator.schema.model import AttentionSpec, ModelSpec, MoESpec
+from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
+                                      SLOSpec)
+from simulator.schema.training import TrainingSpec
+from simulator.schema.workload import Workload
+
+__all__ = ["ArrivalSpec", "AttentionSpec", "CalibrationInfo", "EfficiencyTable", "FitQuality",
+           "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig",
+           "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
+           "Precision", "RateTable", "RoutingSpec", "SLOSpec", "ServingSpec",
+           "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingSpec", "Workload"]

@@ -1,0 +1,85 @@
+"""Schemas of a deployment: parallel plan, MTP, precision, routing."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from simulator.schema.base import Strict
+
+Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
+
+
+class ParallelPlan(Strict):
+    """How the model is laid over GPUs. dp_attention defaults to gpus / (pp * tp)."""
+
+    gpus: int = Field(gt=0)
+    gpus_per_node: int = Field(8, gt=0)
+    tp: int = Field(1, gt=0, description="tensor parallel degree of dense FFNs (within a node)")
+    ep: int = Field(1, gt=0, description="expert parallel degree")
+    dp_attention: Optional[int] = Field(None, gt=0, description="data-parallel attention groups")
+    pp: int = Field(1, gt=0, description="pipeline stages")
+    cp: int = Field(1, gt=0, description="context parallel degree for attention (training)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "ParallelPlan":
+        if self.gpus % self.gpus_per_node and self.gpus > self.gpus_per_node:
+            raise ValueError(f"gpus ({self.gpus}) must be a multiple of gpus_per_node "
+                             f"({self.gpus_per_node})")
+        if self.gpus % self.pp:
+            raise ValueError(f"pp ({self.pp}) must divide gpus ({self.gpus})")
+        if self.ep > self.gpus // self.pp:
+            raise ValueError(f"ep ({self.ep}) is larger than the GPUs of one pipeline stage "
+                             f"({self.gpus // self.pp})")
+        if self.tp > self.gpus_per_node:
+            raise ValueError(f"tp ({self.tp}) must fit in one node ({self.gpus_per_node} GPUs)")
+        if (self.gpus // self.pp) % self.tp:
+            raise ValueError(f"tp ({self.tp}) must divide the GPUs per stage")
+        if (self.gpus // self.pp) % (self.tp * self.cp):
+            raise ValueError(f"tp x cp ({self.tp} x {self.cp}) must divide the GPUs per stage "
+                             f"({self.gpus // self.pp})")
+        if (self.gpus // self.pp) % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide the GPUs per stage ({self.gpus // self.pp})")
+        return self
+
+    @property
+    def attention_dp(self) -> int:
+        """Data-parallel attention groups per pipeline stage."""
+        return self.dp_attention or self.gpus // (self.pp * self.tp * self.cp)
+
+
+class MTPConfig(Strict):
+    """Multi-token-prediction speculative decoding."""
+
+    enabled: bool = False
+    draft_tokens: int = Field(1, ge=1)
+    acceptance: Optional[float] = Field(None, ge=0, le=1, description="default: the model's")
+
+
+class Precision(Strict):
+    """Bytes per element of each tensor class."""
+
+    weight_bytes: float = Field(2.0, gt=0)
+    activation_bytes: float = Field(2.0, gt=0)
+    kv_bytes: float = Field(2.0, gt=0)
+    dispatch_bytes: float = Field(2.0, gt=0, description="all-to-all dispatch payload per element")
+    combine_bytes: float = Field(2.0, gt=0, description="all-to-all combine payload per element")
+
+
+class RoutingSpec(Strict):
+    """How tokens pick experts: popularity skew, spread of real experts, node limit, replicas."""
+
+    popularity: Literal["uniform", "zipf", "lognormal"] = "uniform"
+    zipf_s: float = Field(1.0, ge=0, description="Zipf exponent (skew) when popularity: zipf")
+    lognormal_sigma: float = Field(1.0, ge=0, description="log-normal sigma when lognormal")
+    real_experts_std: float = Field(
+        0.0, ge=0, description="std of real (FFN) experts per token, zero-expert models only")
+    max_nodes_per_token: Optional[int] = Field(
+        None, gt=0, description="node-limited routing: a token reaches at most M nodes")
+    expert_groups: Optional[int] = Field(
+        None, gt=0, description="group-limited routing (DeepSeek): contiguous expert groups")
+    max_groups_per_token: Optional[int] = Field(None, gt=0, description="groups a token may use")
+    redundant_experts: int = Field(0, ge=0, description="extra copies of the hottest experts")
+    ep_kernel: Literal["auto", "normal", "low_latency"] = Field(
+        "auto", description="all-to-all kernel: normal (node-deduplicated, NVLink forwarding) "
+        "or low_latency (one copy per expert); auto = low_latency for decode")
