@@ -17,7 +17,7 @@ from rich.table import Table
 from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_workload
-from simulator.params import count_params
+from simulator.graph.params import count_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
@@ -102,7 +102,7 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
              report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
              trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """One step of a workload: per-op table for one layer, then the totals."""
-    from simulator.whatif import simulate as run
+    from simulator.step.whatif import simulate as run
     _outputs(report=report, trace=trace)
     w = load_workload(workload)
     res = run(w, schedule, per_rank=per_rank)
@@ -128,8 +128,8 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
             report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
             trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
     """Several schedules of one workload side by side, with speedups over the first."""
-    from simulator.whatif import resolve, simulate as run
-    from simulator.schedule import get_schedule
+    from simulator.step.whatif import resolve, simulate as run
+    from simulator.engine.schedule import get_schedule
     _outputs(report=report, trace=trace)
     w = load_workload(workload)
     names = [s.strip() for s in schedules.split(",") if s.strip()]
@@ -186,10 +186,10 @@ def _print_rank_spread(res) -> None:
 
 def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path]) -> None:
     if report:
-        from simulator.report import write_report
+        from simulator.outputs.report import write_report
         write_report(results, report)
     if trace:
-        from simulator.trace import write_trace
+        from simulator.outputs.trace import write_trace
         write_trace(results, trace)
         err.print(f"trace written to {trace} (open in ui.perfetto.dev or chrome://tracing)")
 
@@ -296,8 +296,8 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
           as_json: bool = typer.Option(False, "--json"),
           report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
-    from simulator.serve_sweep import batch_sweep
-    from simulator.serving import ServingSim
+    from simulator.serving.batch_sweep import batch_sweep
+    from simulator.serving.run import ServingSim
     _number(rate, "--rate")
     _number(duration, "--duration")
     _outputs(report=report)
@@ -313,7 +313,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         names = [x.strip() for x in schedules.split(",") if x.strip()]
         points = batch_sweep(w, batches, names)
         if report:
-            from simulator.report import write_serving_report
+            from simulator.outputs.report import write_serving_report
             write_serving_report(None, points, report)
         if as_json:
             _print_json(points)
@@ -336,7 +336,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         res = sim.run()
     m = dict(res.metrics, capacity_rps=cap)
     if report:
-        from simulator.report import write_serving_report
+        from simulator.outputs.report import write_serving_report
         write_serving_report(res, None, report)
     if as_json:
         _print_json(m)
@@ -370,16 +370,16 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
           as_json: bool = typer.Option(False, "--json"),
           report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
     """One training step simulated; MFU, tokens/day, days and $ to train."""
-    from simulator.training import parse_tokens, train as run_train
+    from simulator.training.run import parse_tokens, train as run_train
     _outputs(report=report)
     w = load_workload(workload)
     if schedule:
-        from simulator.schedule import get_schedule
+        from simulator.engine.schedule import get_schedule
         get_schedule(schedule)
         w = w.variant(schedule=schedule)
     m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:
-        from simulator.report import training_figure, write_figures
+        from simulator.outputs.report import training_figure, write_figures
         write_figures([training_figure(m)], f"moesim training: {m['workload']}", report)
     if as_json:
         _print_json(m)
@@ -414,7 +414,7 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
     """Run a grid or list of what-ifs; resumable; summary, Pareto front and report."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
-    from simulator.sweep import load_spec, pareto, run_sweep
+    from simulator.outputs.sweep import load_spec, pareto, run_sweep
     if workers <= 0:
         raise MoesimError("--workers", "must be at least 1", "pass --workers 2")
     cores = os.cpu_count() or 1
@@ -432,7 +432,7 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
                                progress=lambda d, t: bar.update(task, completed=d, total=t))
     front = pareto(rows)
     if report:
-        from simulator.report import sweep_figure, write_figures
+        from simulator.outputs.report import sweep_figure, write_figures
         write_figures([sweep_figure(rows, front)], f"moesim sweep: {spec.name}", report)
     if as_json:
         _print_json({"results": str(path), "points": rows, "pareto": [r["key"] for r in front]})
@@ -535,7 +535,7 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
             v = run_validate(w, profile, ranks, repeats)
     _print_warnings(caught)
     if report:
-        from simulator.report import write_report
+        from simulator.outputs.report import write_report
         write_report(report_results(v), report)
     public = {k: x for k, x in v.items() if not k.startswith("_")}
     if as_json:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.schema import RoutingSpec  # noqa: E402
 from simulator.loading import load_profile  # noqa: E402
-from simulator.routing import route  # noqa: E402
-from simulator.topology import Cluster, rank_loads  # noqa: E402
+from simulator.pricing.routing import route  # noqa: E402
+from simulator.pricing.topology import Cluster, rank_loads  # noqa: E402
 
 HIDDEN = 7168
 FP8_COPY = HIDDEN + HIDDEN // 128 * 4

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.loading import load_workload  # noqa: E402
-from simulator.serving import ServingSim  # noqa: E402
+from simulator.serving.run import ServingSim  # noqa: E402
 
 WORKLOAD = Path(__file__).resolve().parent.parent / "workloads" / "serving" / "longcat-flash-h800.yaml"
 

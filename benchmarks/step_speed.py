@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.loading import load_workload  # noqa: E402
-from simulator.whatif import resolve, simulate  # noqa: E402
+from simulator.step.whatif import resolve, simulate  # noqa: E402
 
 WORKLOAD = Path(__file__).resolve().parent.parent / "workloads" / "longcat-flash-decode-h800.yaml"
 

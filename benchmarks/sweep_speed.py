@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulator.sweep import SweepSpec, run_sweep  # noqa: E402
+from simulator.outputs.sweep import SweepSpec, run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = SweepSpec(name="bench", base=str(ROOT / "workloads" / "longcat-flash-decode-h800.yaml"),

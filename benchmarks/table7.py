@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.errors import MoesimError  # noqa: E402
 from simulator.loading import load_profile, load_workload  # noqa: E402
-from simulator.whatif import resolve, simulate  # noqa: E402
+from simulator.step.whatif import resolve, simulate  # noqa: E402
 
 PAPER = {  # column: (attention, dispatch, moe, combine, tpot_ms, $/M, schedule)
     "longcat-flash": (264, 236, 60, 472, 16.0, 0.09, "sbo"),

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.loading import load_workload  # noqa: E402
-from simulator.training import train  # noqa: E402
+from simulator.training.run import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent / "workloads" / "training"
 

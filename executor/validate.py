@@ -12,9 +12,9 @@ import numpy as np
 from simulator.schema import Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
-from simulator.params import count_params
-from simulator.timeline import Timeline
-from simulator.whatif import RunResult, resolve, simulate
+from simulator.graph.params import count_params
+from simulator.engine.timeline import Timeline
+from simulator.step.whatif import RunResult, resolve, simulate
 
 SCHEDULES = ("sequential", "scmoe")
 

@@ -6,11 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from simulator.calibration import Row, fit, interp_log
+from simulator.pricing.calibration import Row, fit, interp_log
 from simulator.errors import MoesimError
-from simulator.hardware import expected_max_normal
+from simulator.pricing.hardware import expected_max_normal
 from simulator.loading import load_profile
-from simulator.whatif import simulate
+from simulator.step.whatif import simulate
 from tests.conftest import workload
 
 torch = pytest.importorskip("torch")
@@ -92,8 +92,8 @@ def test_shipped_cpu_profile_runs_every_command():
     assert p.calibration is not None and p.calibration.device == "cpu"
     w = workload("workloads/tiny-scmoe.yaml")
     assert simulate(w).metrics["step_time_ms"] > 0
-    from simulator.serving import ServingSim
-    from simulator.training import train
+    from simulator.serving.run import ServingSim
+    from simulator.training.run import train
     assert ServingSim(w, duration=5).run().metrics["requests"]["unfinished"] == 0
     assert train(w)["step_time_s"] > 0
 

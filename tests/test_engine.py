@@ -1,9 +1,9 @@
 """The engine: streams, processor sharing of SMs and links, collapsed vs per-rank."""
 import pytest
 
-from simulator.engine import Engine
-from simulator.streams import StreamPlan
-from simulator.streams import CommDemand
+from simulator.engine.core import Engine
+from simulator.engine.streams import StreamPlan
+from simulator.engine.streams import CommDemand
 
 
 def plan(streams, preds, compute, comm, prio=None):

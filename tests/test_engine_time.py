@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.engine import MAX_STALLS, Engine, time_tol
-from simulator.streams import CommDemand, StreamPlan
+from simulator.engine.core import MAX_STALLS, Engine, time_tol
+from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 
 BW = {"nic": 40e9, "nvlink": 160e9}

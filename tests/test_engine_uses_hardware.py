@@ -1,7 +1,7 @@
 """The engine uses routing and topology: skew, node limits and NIC speed move the step."""
 import pytest
 
-from simulator.whatif import resolve, simulate
+from simulator.step.whatif import resolve, simulate
 from tests.conftest import profile, workload
 
 BASE = "workloads/longcat-flash-decode-h800.yaml"

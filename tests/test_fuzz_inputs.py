@@ -84,7 +84,7 @@ SETTINGS = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES
 @SETTINGS
 @given(field=st.sampled_from(WORKLOAD_FIELDS), value=ODD)
 def test_generated_workloads_run_or_are_refused(field, value):
-    from simulator.whatif import simulate
+    from simulator.step.whatif import simulate
     base = read_yaml_mapping(ROOT / "workloads" / "longcat-flash-decode-h800.yaml")
     with bounded():
         try:
@@ -99,7 +99,7 @@ def test_generated_workloads_run_or_are_refused(field, value):
 @SETTINGS
 @given(field=st.sampled_from(PROFILE_FIELDS), value=ODD)
 def test_generated_profiles_run_or_are_refused(field, value):
-    from simulator.whatif import resolve, simulate
+    from simulator.step.whatif import resolve, simulate
     from simulator.loading import load_workload
     base = read_yaml_mapping(ROOT / "hardware_profiles" / "h800.yaml")
     w = load_workload(str(ROOT / "workloads" / "longcat-flash-decode-h800.yaml"))
@@ -115,7 +115,7 @@ def test_generated_profiles_run_or_are_refused(field, value):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(SERVING_FIELDS), value=ODD)
 def test_generated_serving_blocks_run_or_are_refused(field, value):
-    from simulator.serving import ServingSim
+    from simulator.serving.run import ServingSim
     base = read_yaml_mapping(ROOT / "workloads" / "tiny-scmoe.yaml")
     base["serving"] = put(base["serving"], field, value)
     with bounded():

@@ -1,12 +1,12 @@
 """Golden JSON of every shipped workload: refactors and speed work change no result.
 
-A commit that changes results on purpose regenerates them (`python -m simulator.golden --write`)
+A commit that changes results on purpose regenerates them (`python -m simulator.outputs.golden --write`)
 and says why in its message."""
 import json
 
 import pytest
 
-from simulator.golden import GOLDEN_DIR, differences, golden_name, results, shipped
+from simulator.outputs.golden import GOLDEN_DIR, differences, golden_name, results, shipped
 
 
 def test_every_shipped_workload_has_a_golden_file():

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from cli import app
 from simulator.hf_import import import_hf_config, spec_to_yaml
 from simulator.loading import load_model
-from simulator.params import count_params
+from simulator.graph.params import count_params
 
 DATA = Path(__file__).resolve().parent / "data" / "hf"
 PAIRS = [("longcat_flash", "longcat-flash"), ("deepseek_v3", "deepseek-v3"),

@@ -3,7 +3,7 @@ import networkx as nx
 
 from simulator.schema import ParallelPlan, Precision
 from simulator.loading import load_model
-from simulator.model import COMPUTE_KINDS, Shape, build_backward, build_forward
+from simulator.graph.model import COMPUTE_KINDS, Shape, build_backward, build_forward
 
 PLAN = ParallelPlan(gpus=128, gpus_per_node=8, ep=128)
 PREC = Precision()

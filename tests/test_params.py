@@ -2,7 +2,7 @@
 import pytest
 
 from simulator.loading import load_model
-from simulator.params import count_params
+from simulator.graph.params import count_params
 
 B = 1e9
 
@@ -53,10 +53,10 @@ def _models():
 def test_memory_and_training_count_the_same_weights(model):
     # Inference memory (weights at 1 byte, no MTP) and training's parameters (ZeRO 0, one
     # stage, 1 byte) are one device's weights; they must agree for every model and layout.
-    from simulator.memory import inference_memory
-    from simulator.model import Shape
+    from simulator.graph.memory import inference_memory
+    from simulator.graph.model import Shape
     from simulator.schema import ParallelPlan, Precision, TrainingSpec, Workload
-    from simulator.training import training_memory
+    from simulator.training.run import training_memory
     ep = 8 if model.moe else 1
     plan = ParallelPlan(gpus=8, gpus_per_node=8, tp=1 if model.moe else 8, ep=ep)
     prec = Precision(weight_bytes=1)
@@ -64,13 +64,7 @@ def test_memory_and_training_count_the_same_weights(model):
     t = TrainingSpec(global_batch_sequences=8, zero_stage=0)
     w = Workload(model="x", hardware="h800", plan=plan, batch_per_device=1, context_length=16,
                  precision=prec, training=t)
-    import simulator.training as tr
-    orig = tr.load_model
-    tr.load_model = lambda _name: model
-    try:
-        tm = training_memory(w, t, model.num_layers, 1)
-    finally:
-        tr.load_model = orig
+    tm = training_memory(w, t, model, model.num_layers, 1)
     assert tm.params == pytest.approx(inf.weights, rel=1e-12)
 
 
@@ -78,7 +72,7 @@ def test_first_k_dense_counts_one_dense_ffn_per_dense_layer():
     # LongCat-Flash with two dense leading layers: those hold one attention block and one dense
     # FFN each, the shortcut layers two of each. Worked out from the config.
     from simulator.loading import load_model
-    from simulator.params import dense_ffn_params, ffn_params, attention_blocks
+    from simulator.graph.params import dense_ffn_params, ffn_params, attention_blocks
     m = load_model("longcat-flash").variant(first_k_dense=2)
     per = ffn_params(m.hidden_size, m.dense_intermediate)
     assert dense_ffn_params(m) == 2 * per + (m.num_layers - 2) * 2 * per

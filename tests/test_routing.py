@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from simulator.schema import RoutingSpec
-from simulator.routing import place_experts, popularity, route
+from simulator.pricing.routing import place_experts, popularity, route
 
 LC = dict(n_experts=512, top_k=12, has_zero_experts=True, real_mean=8.0, ep=64,
           gpus_per_node=8, tokens_per_rank=128, seed=0)

@@ -1,8 +1,8 @@
 """Schedule invariants that could fail: overlap outcomes, exposure, dependencies."""
 import pytest
 
-from simulator.schedule import SCHEDULES
-from simulator.whatif import build_step_graph, resolve, simulate
+from simulator.engine.schedule import SCHEDULES
+from simulator.step.whatif import build_step_graph, resolve, simulate
 from tests.conftest import profile, workload
 
 LONGCAT = "workloads/paper/table7-longcat-flash.yaml"
@@ -135,8 +135,8 @@ def test_out_of_calibrated_range_is_answered_with_a_warning():
 def test_a_schedule_registered_from_a_test_runs_end_to_end():
     # A new schedule is one function and one registration: here a three-batch overlap made from
     # tbo's policy, registered by the test alone (no other module knows its name).
-    from simulator import schedule as sched
-    from simulator.whatif import simulate as run
+    from simulator.engine import schedule as sched
+    from simulator.step.whatif import simulate as run
     from tests.conftest import workload
     sched.register("test-three-batch", micro_batches=3)(sched.tbo)
     try:
@@ -161,8 +161,8 @@ def test_a_schedule_registered_from_a_test_runs_end_to_end():
 
 
 def test_split_cuts_sequences_then_tokens():
-    from simulator.model import Shape
-    from simulator.schedule import get_schedule
+    from simulator.graph.model import Shape
+    from simulator.engine.schedule import get_schedule
     tbo = get_schedule("tbo")
     assert [s.sequences for s in tbo.split(Shape("decode", 5, 2, 100))] == [3, 2]
     assert [s.query_tokens for s in tbo.split(Shape("prefill", 1, 4097, 4097))] == [2049, 2048]

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from cli import app
 from simulator.schema import Workload
 from simulator.errors import MoesimError
-from simulator.serving import ServingSim, _steps_needed
+from simulator.serving.run import ServingSim, _steps_needed
 from tests.conftest import profile
 
 SMALL = {
@@ -107,7 +107,7 @@ def test_colocated_mode_runs():
 
 
 def test_gamma_arrivals_are_burstier():
-    from simulator.arrivals import generate
+    from simulator.serving.arrivals import generate
     from simulator.schema import ArrivalSpec, LengthSpec
     rng = np.random.default_rng(0)
     L = LengthSpec(mean=10)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from simulator.errors import MoesimError
-from simulator.sweep import SweepSpec, expand, field_paths, pareto, run_sweep
+from simulator.outputs.sweep import SweepSpec, expand, field_paths, pareto, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = str(ROOT / "workloads" / "longcat-flash-decode-h800.yaml")

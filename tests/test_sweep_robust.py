@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from simulator.errors import MoesimError
-from simulator.sweep import SweepSpec, expand, run_sweep
+from simulator.outputs.sweep import SweepSpec, expand, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "workloads" / "longcat-flash-decode-h800.yaml"
@@ -59,7 +59,7 @@ def test_an_invalid_profile_stops_the_sweep_instead_of_serving_cached_numbers(tm
 
 
 def test_code_version_is_part_of_the_key(tmp_path, monkeypatch):
-    import simulator.sweep as sw
+    import simulator.outputs.sweep as sw
     keys = {p.key for p in expand(spec(BASE), tmp_path)}
     monkeypatch.setattr(sw, "code_version", lambda: "another-build")
     assert keys.isdisjoint({p.key for p in expand(spec(BASE), tmp_path)})

@@ -5,7 +5,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from simulator.topology import Cluster, rank_loads
+from simulator.pricing.topology import Cluster, rank_loads
 
 
 def cluster(gpus=32, gpn=4, leaf=2, over=1.0, mesh=False):

@@ -6,8 +6,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from simulator.errors import MoesimError
-from simulator.pipeline import simulate_pipeline
-from simulator.training import parse_tokens, train, training_memory
+from simulator.loading import load_model
+from simulator.training.pipeline import simulate_pipeline
+from simulator.training.run import parse_tokens, train, training_memory
 from tests.conftest import profile, workload
 
 LC = "workloads/training/longcat-flash-pretrain-h800.yaml"
@@ -59,7 +60,7 @@ def test_zero3_more_dp_never_raises_parameter_memory():
     for gpus in (128, 256, 512, 1024):
         w = small(plan={"gpus": gpus, "ep": 32, "pp": 4, "cp": 8},
                   training={"global_batch_sequences": 1024, "zero_stage": 3})
-        mems.append(training_memory(w, w.training, 7, 4).params)
+        mems.append(training_memory(w, w.training, load_model(w.model), 7, 4).params)
     assert all(b <= a for a, b in zip(mems, mems[1:]))
     assert mems[-1] < mems[0]
 

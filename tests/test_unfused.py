@@ -2,9 +2,9 @@
 declares an eager runtime (eager_op_overhead_s)."""
 import pytest
 
-from simulator.hardware import compute_time_s, efficiency
+from simulator.pricing.hardware import compute_time_s, efficiency
 from simulator.loading import load_model
-from simulator.whatif import resolve, simulate
+from simulator.step.whatif import resolve, simulate
 from tests.conftest import profile, workload
 
 TINY = "workloads/tiny-scmoe.yaml"
@@ -78,7 +78,7 @@ def test_mla_prefill_uses_its_own_score_rate():
 
 
 def test_jittery_ranks_set_the_pace_of_an_ep_group():
-    from simulator.hardware import expected_max_normal, straggler_factor
+    from simulator.pricing.hardware import expected_max_normal, straggler_factor
     assert expected_max_normal(1) == 0.0
     assert expected_max_normal(2) == pytest.approx(0.5642, abs=0.03)    # 1 / sqrt(pi)
     assert expected_max_normal(256) == pytest.approx(2.8, abs=0.1)
@@ -104,7 +104,7 @@ def test_eager_index_copies_move_at_the_gather_rate():
     _, res_g = _ops(workload(TINY), gath)
     m, w = load_model("tiny-scmoe"), workload(TINY)
     routed = w.batch_per_device * w.context_length * m.moe.real_experts_per_token
-    from simulator.hardware import memory_rate
+    from simulator.pricing.hardware import memory_rate
     for name, passes in (("L1.moe.permute", 2), ("L1.moe.experts", 4)):
         op = ops[name]            # the routed rows, hidden-wide float32, read and written
         assert op.gather_bytes == pytest.approx(passes * routed * m.hidden_size * 4)

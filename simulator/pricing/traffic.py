@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from simulator.schema import HardwareProfile, ModelSpec, Workload
-from simulator.hardware import compute_time_s, link_bandwidths
-from simulator.streams import CommDemand
-from simulator.model import Op
-from simulator.routing import RoutingResult, route
-from simulator.topology import Cluster, rank_loads
+from simulator.pricing.hardware import compute_time_s, link_bandwidths
+from simulator.engine.streams import CommDemand
+from simulator.graph.model import Op
+from simulator.pricing.routing import RoutingResult, route
+from simulator.pricing.topology import Cluster, rank_loads
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.model import Op
+from simulator.graph.model import Op
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from simulator.errors import MoesimError
-from simulator.streams import CommDemand, StreamPlan
+from simulator.engine.streams import CommDemand, StreamPlan
 
 INF = float("inf")
 

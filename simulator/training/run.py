@@ -12,16 +12,26 @@ import math
 import re
 from dataclasses import dataclass
 
-from simulator.schema import HardwareProfile, Workload
 from simulator.errors import MoesimError
-from simulator.hardware import efficiency
+from simulator.graph.params import blocks_per_layer, count_params, replicated_params
 from simulator.loading import load_model, load_profile
-from simulator.params import blocks_per_layer, count_params, replicated_params
-from simulator.pipeline import simulate_pipeline
-from simulator.schema import TrainingSpec
-from simulator.whatif import resolve, simulate
+from simulator.notes import collecting
+from simulator.pricing.hardware import efficiency
+from simulator.schema import HardwareProfile, ModelSpec, TrainingSpec, Workload
+from simulator.step.whatif import check_plan, resolve, simulate
+from simulator.training.pipeline import simulate_pipeline
 
 SECONDS_PER_DAY = 86400.0
+
+# Activation bytes per token per hidden element a layer keeps for its backward (x activation
+# bytes): Korthikanti et al. 2022 (arXiv 2205.05198) eq. 2, 34 per transformer block without
+# attention-score storage (flash attention); an MoE layer keeps its routed copies (dispatch and
+# expert input per real expert: ROUTED_COPIES); full recomputation keeps only the layer input
+# and output.
+ACTIVATIONS_PER_BLOCK = 34
+ROUTED_COPIES = 4
+RECOMPUTE_KEPT = 2
+MAX_WGRAD_SHARE = 0.9    # cap on the weight-gradient share of a backward, so the B pass stays > 0
 
 
 MAX_TOKENS = 1e18    # a million times the largest published pre-training run
@@ -63,17 +73,15 @@ class TrainingMemory:
                 f" = {self.total / g:.1f} GB")
 
 
-def _check(w: Workload, t: TrainingSpec, layers: int) -> tuple[int, int, int]:
+def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, int]:
     """Validate the plan against the model; returns (layers per stage, dp, micro-batches)."""
-    plan = w.plan
+    plan, layers = w.plan, model.num_layers
+    check_plan(w, model)
     if layers % plan.pp and not t.uneven_stages:
         raise MoesimError("plan.pp", f"pp {plan.pp} does not divide the {layers} layers",
                           "choose a pp that divides num_layers, or set training.uneven_stages: true")
     if plan.pp > layers:
         raise MoesimError("plan.pp", f"pp {plan.pp} exceeds the {layers} layers", "lower pp")
-    if w.context_length % plan.cp:
-        raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
-                          f"{w.context_length}", "choose a cp that divides context_length")
     dp = plan.gpus // plan.pp              # ranks of a stage, each with its own tokens (cp chunks)
     per_step = t.micro_batch_sequences * dp // plan.cp
     if t.global_batch_sequences % per_step:
@@ -84,10 +92,10 @@ def _check(w: Workload, t: TrainingSpec, layers: int) -> tuple[int, int, int]:
     return math.ceil(layers / plan.pp), dp, t.global_batch_sequences // per_step
 
 
-def training_memory(w: Workload, t: TrainingSpec, stage_layers: int,
+def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers: int,
                     in_flight: int) -> TrainingMemory:
     """Parameters, gradients, optimizer states (ZeRO-sharded) and in-flight activations."""
-    model, plan = load_model(w.model), w.plan
+    plan = w.plan
     c = count_params(model)
     share = stage_layers / model.num_layers
     h = model.hidden_size
@@ -107,17 +115,15 @@ def training_memory(w: Workload, t: TrainingSpec, stage_layers: int,
     tokens = t.micro_batch_sequences * w.context_length / plan.cp
     k = model.moe.mean_real_experts if model.moe else 0
     per_layer = tokens * h * w.precision.activation_bytes * (
-        2 if t.recompute else 34 * blocks + 4 * k)
+        RECOMPUTE_KEPT if t.recompute else ACTIVATIONS_PER_BLOCK * blocks + ROUTED_COPIES * k)
     return TrainingMemory(params, grads, optim, per_layer * stage_layers * in_flight)
 
 
 def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None) -> dict:
     """Simulate one optimizer step and extrapolate to the training run."""
-    import warnings
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collecting() as notes:
         out = _train(w, tokens, profile)
-    out["notes"] = sorted(set(out["notes"]) | {str(c.message) for c in caught})
+    out["notes"] = sorted(set(out["notes"]) | set(notes))
     return out
 
 
@@ -128,13 +134,10 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     t = w.training
     model = load_model(w.model)
     prof = profile or load_profile(w.hardware)
-    stage_layers, dp, m = _check(w, t, model.num_layers)
+    stage_layers, dp, m = _check(w, t, model)
     plan = w.plan
     in_flight = plan.pp if t.pipeline != "interleaved" else plan.pp + 1
-    mem = training_memory(w, t, stage_layers, in_flight)
-    if model.moe is not None and model.moe.num_experts % plan.ep:
-        raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
-                          f"experts of {model.name}", "choose an ep that divides the expert count")
+    mem = training_memory(w, t, model, stage_layers, in_flight)
     if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
         raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
                           f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
@@ -146,8 +149,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     for phase in ("train_fwd", "train_bwd"):
         wp = w.variant(phase=phase, batch_per_device=t.micro_batch_sequences, training=None,
                        serving=None)
-        r = resolve(wp, model=model, profile=sim_prof)
-        r.with_head = False
+        r = resolve(wp, model=model, profile=sim_prof, with_head=False)
         runs[phase] = simulate(wp, resolved=r)
     scale = stage_layers / model.num_layers
     fwd, bwd = runs["train_fwd"], runs["train_bwd"]
@@ -155,7 +157,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     b_total = bwd.metrics["step_time_ms"] / 1e3 * scale
     w_s = sum(d for op, d in zip(bwd.timeline.ops, bwd.timeline.standalone_s)
               if "wgrad" in op.tags) * scale
-    w_s = min(w_s, 0.9 * b_total)
+    w_s = min(w_s, MAX_WGRAD_SHARE * b_total)
     b_s = b_total - w_s
     if t.recompute:
         b_s += f_s

@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simulator.schema import ModelSpec, ParallelPlan, Precision
-from simulator.model import Shape
-from simulator.params import (count_params, expert_params, kv_elements_per_token,
+
+LIVE_ACTIVATION_BUFFERS = 4   # inference: input, output and two temporaries of the widest op live at once
+from simulator.graph.model import Shape
+from simulator.graph.params import (count_params, expert_params, kv_elements_per_token,
                               layer_counts, replicated_params)
 
 
@@ -44,5 +46,5 @@ def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shap
         * prec.kv_bytes
     widest = max(h, model.dense_intermediate // plan.tp,
                  (model.moe.top_k * h) if model.moe else 0)
-    activations = 4 * shape.tokens * widest * prec.activation_bytes
+    activations = LIVE_ACTIVATION_BUFFERS * shape.tokens * widest * prec.activation_bytes
     return MemoryBreakdown(weights=weights, kv_cache=kv, activations=activations)

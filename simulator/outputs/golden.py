@@ -1,6 +1,6 @@
 """Golden results of the shipped workloads: what every refactor and speed change must reproduce.
 
-`python -m simulator.golden --write` regenerates tests/golden/*.json (do it only in a commit
+`python -m simulator.outputs.golden --write` regenerates tests/golden/*.json (do it only in a commit
 that changes results on purpose, and say why); tests/test_golden.py compares.
 """
 from __future__ import annotations
@@ -28,16 +28,16 @@ def shipped() -> list[Path]:
 
 def results(path: Path) -> dict[str, Any]:
     """simulate (no ops), and train / serve where the workload has those blocks."""
-    from simulator.whatif import simulate
+    from simulator.step.whatif import simulate
     w = load_workload(str(path))
     out: dict[str, Any] = {}
     m = simulate(w).metrics
     out["simulate"] = {k: v for k, v in m.items() if k not in ("ops", "notes")}
     if w.training is not None:
-        from simulator.training import train
+        from simulator.training.run import train
         out["train"] = {k: v for k, v in train(w).items() if k != "notes"}
     if w.serving is not None:
-        from simulator.serving import ServingSim
+        from simulator.serving.run import ServingSim
         dur = min(SERVE_DURATION_S, w.serving.arrivals.duration_s)
         out["serve"] = ServingSim(w, duration=dur).run().metrics
     return json_safe(out)

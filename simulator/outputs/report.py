@@ -168,7 +168,7 @@ def write_figures(figs: list, title: str, path: Path, intro: str = "") -> None:
 
 def sweep_figure(rows: list, front: list) -> go.Figure:
     """Tokens/GPU/s against tokens/s per user for every sweep point; the Pareto front joined."""
-    from simulator.sweep import axis_value
+    from simulator.outputs.sweep import axis_value
     ok = [r for r in rows if r["metrics"] and r["metrics"].get("tpot_ms")]
     label = lambda r: html.escape(", ".join(f"{k}={v}" for k, v in sorted(r["overrides"].items())))
     fig = go.Figure()

@@ -1,32 +1,32 @@
 """Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
 from __future__ import annotations
 
-import gc
 import statistics
-import warnings
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 
-from simulator.cost import cost_per_million_tokens
-from simulator.engine import Engine
+from simulator.pricing.cost import cost_per_million_tokens
+from simulator.engine.core import Engine
 from simulator.errors import MoesimError
-from simulator.hardware import (comm_demand, eager_launches, link_bandwidths,
+from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
                                 op_time_s, straggler_factor)
 from simulator.loading import load_model, load_profile
-from simulator.memory import MemoryBreakdown, inference_memory
-from simulator.model import Shape, build_backward, build_forward
-from simulator.schedule import get_schedule
+from simulator.notes import collecting
+from simulator.graph.memory import MemoryBreakdown, inference_memory
+from simulator.graph.model import Shape, build_backward, build_forward
+from simulator.engine.schedule import get_schedule
 from simulator.schema import HardwareProfile, ModelSpec, Workload
-from simulator.streams import CommDemand
-from simulator.timeline import Timeline
-from simulator.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
+from simulator.engine.streams import CommDemand
+from simulator.engine.timeline import Timeline
+from simulator.pricing.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resolved:
-    """A workload with its model and profile loaded and its derived shapes checked."""
+    """A workload with its model and profile loaded and its derived shapes checked: built once
+    by `resolve`, read by everything downstream, never edited."""
 
     workload: Workload
     model: ModelSpec
@@ -36,10 +36,9 @@ class Resolved:
     acceptance: float
     shape: Shape
     memory: MemoryBreakdown
-    notes: list[str] = field(default_factory=list)
-    traffic_cache: dict = field(default_factory=dict)
-    layers: int | None = None          # simulate only the first N layers (a pipeline stage)
-    with_head: bool = True
+    notes: tuple[str, ...] = ()
+    with_head: bool = True             # the LM head (and MTP) run in this step
+    traffic_cache: dict = field(default_factory=dict, compare=False)   # memo: routing by tokens
 
     @property
     def tokens_per_forward(self) -> float:
@@ -50,18 +49,30 @@ class Resolved:
         return 1.0 + sum(self.acceptance ** i for i in range(1, d + 1))
 
 
-def resolve(w: Workload, model: ModelSpec | None = None,
-            profile: HardwareProfile | None = None) -> Resolved:
-    """Load and cross-check everything a workload names; raise MoesimError on bad input."""
-    model = model or load_model(w.model)
-    profile = profile or load_profile(w.hardware)
+def check_plan(w: Workload, model: ModelSpec) -> None:
+    """The plan against the model: EP divides the routed experts, CP divides the sequence."""
     plan = w.plan
-    notes: list[str] = []
     if model.moe is not None and model.moe.num_experts % plan.ep:
         raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
                           f"routed experts of {model.name}",
                           "choose an ep that divides the expert count (e.g. "
                           f"{_divisors_hint(model.moe.num_experts, plan.gpus)})")
+    if w.phase != "decode" and w.context_length % plan.cp:
+        raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
+                          f"{w.context_length}", "choose a cp that divides context_length")
+
+
+def resolve(w: Workload, model: ModelSpec | None = None,
+            profile: HardwareProfile | None = None, *, with_head: bool = True,
+            traffic_cache: dict | None = None) -> Resolved:
+    """Load and cross-check everything a workload names; raise MoesimError on bad input.
+    `model` / `profile` skip loading what the caller already holds; `traffic_cache` shares
+    routing samples between workloads that differ only in shape."""
+    model = model or load_model(w.model)
+    profile = profile or load_profile(w.hardware)
+    plan = w.plan
+    notes: list[str] = []
+    check_plan(w, model)
     k_real = 0.0
     if model.moe is not None:
         k_real = w.real_experts_per_token or model.moe.mean_real_experts
@@ -79,9 +90,6 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                  not profile.idealizations.mtp_verification_free else 0)
         shape = Shape("decode", w.batch_per_device, q, w.context_length)
     else:
-        if w.context_length % w.plan.cp:
-            raise MoesimError("plan.cp", f"cp {w.plan.cp} does not divide the sequence length "
-                              f"{w.context_length}", "choose a cp that divides context_length")
         shape = Shape(w.phase, w.batch_per_device, w.context_length // w.plan.cp,
                       w.context_length)
     memory = inference_memory(model, plan, w.precision, shape, mtp_on,
@@ -95,7 +103,8 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                               "lower batch_per_device or context_length, raise ep/tp, or use "
                               "smaller precision.weight_bytes / kv_bytes")
         notes.append(f"memory not enforced by this idealised profile: {msg}")
-    return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, notes)
+    return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, tuple(notes),
+                    with_head, traffic_cache if traffic_cache is not None else {})
 
 
 def _check_routing(w: Workload, model: ModelSpec) -> None:
@@ -134,8 +143,7 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     graphs = []
     for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
-                            mtp=r.mtp_on, micro_batch=mb, layers=r.layers,
-                            with_head=r.with_head)
+                            mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head)
         graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
     return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
 
@@ -156,19 +164,12 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     schedule = schedule or w.schedule
     policy = get_schedule(schedule).policy
     r = resolved or resolve(w)
-    gc_on = gc.isenabled()
-    gc.disable()      # tens of thousands of short-lived acyclic objects: refcounting frees them
-    try:
-        return _simulate(w, schedule, policy, r, per_rank)
-    finally:
-        if gc_on:
-            gc.enable()
+    return _simulate(w, schedule, policy, r, per_rank)
 
 
 def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> RunResult:
     prof, plan = r.profile, w.plan
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collecting() as caught:
         g = build_step_graph(r, schedule)
         traffic = _traffic(r, schedule)
         durations: dict[str, float] = {}
@@ -214,7 +215,7 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
     ops = [g.nodes[n]["op"] for n in sp.names]
     tl = Timeline(ops, sp.streams, np.array(start), np.array(end),
                   [durations[n] for n in sp.names])
-    notes = list(r.notes) + sorted({str(c.message) for c in caught})
+    notes = list(r.notes) + sorted(set(caught))
     metrics = _metrics(r, schedule, tl, notes)
     metrics.update(_ep_metrics(traffic, tl, prof, demands))
     return RunResult(r, schedule, tl, metrics)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.hardware import bilinear_log, expected_max_normal
+from simulator.pricing.hardware import bilinear_log, expected_max_normal
 
 FOLDS = 4
 FLAG_MAPE = 0.10

@@ -126,8 +126,8 @@ def _contents(load: Callable[[str], BaseModel], name: str) -> dict:
 def code_version() -> str:
     """Hash of the simulator's source: a result computed by other code is not reused."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
-        h.update(f.name.encode())
+    for f in sorted(Path(__file__).resolve().parent.parent.rglob("*.py")):
+        h.update(str(f.relative_to(Path(__file__).resolve().parent.parent)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -201,10 +201,10 @@ def run_point(kind: str, workload: dict) -> tuple[dict | None, str | None]:
     try:
         w = Workload.model_validate(workload)
         if kind == "train":
-            from simulator.training import train
+            from simulator.training.run import train
             m = train(w)
         else:
-            from simulator.whatif import simulate
+            from simulator.step.whatif import simulate
             m = {k: v for k, v in simulate(w).metrics.items() if k != "ops"}
         return json.loads(json.dumps(m, default=float)), None
     except MoesimError as exc:

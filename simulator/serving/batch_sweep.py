@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from simulator.schema import Workload
 from simulator.errors import MoesimError
-from simulator.whatif import resolve, simulate
+from simulator.step.whatif import resolve, simulate
 
 
 def batch_sweep(w: Workload, batches: list[int], schedules: list[str]) -> list[dict]:

@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.arrivals import Requests, generate, load_trace
+from simulator.serving.arrivals import Requests, generate, load_trace
 from simulator.schema import HardwareProfile, Workload
-from simulator.cost import cost_per_million_tokens
+from simulator.pricing.cost import cost_per_million_tokens
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
-from simulator.memory import inference_memory
-from simulator.params import kv_elements_per_token
-from simulator.model import Shape
+from simulator.graph.memory import inference_memory
+from simulator.graph.params import kv_elements_per_token
+from simulator.graph.model import Shape
 from simulator.schema import ServingSpec
-from simulator.step_model import StepModel
+from simulator.serving.step_model import StepModel
 
 KV_SAMPLES = 2000
 

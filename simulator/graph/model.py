@@ -12,11 +12,13 @@ from typing import Literal
 
 import networkx as nx
 
-from simulator import unfused
+from simulator.graph import unfused
 from simulator.schema import ModelSpec, ParallelPlan, Phase, Precision
 
 OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
 COMPUTE_KINDS = ("gemm", "grouped_gemm", "attention", "elementwise")
+
+ROUTER_WEIGHT_BYTES = 4     # routers are kept in fp32 whatever the weight precision (DeepSeek-V3 s3.3)
 
 
 @dataclass
@@ -188,7 +190,8 @@ class _Builder:
         wb, ab, k = self.p.weight_bytes, self.p.activation_bytes, self.k_real
         n_all = moe.num_experts + moe.num_zero_experts
         router = self.add(Op(f"L{layer}.moe.router", "gemm", flops=2 * t * h * n_all,
-                             bytes=h * n_all * 4 + t * h * ab, weight_bytes=h * n_all * 4,
+                             bytes=h * n_all * ROUTER_WEIGHT_BYTES + t * h * ab,
+                             weight_bytes=h * n_all * ROUTER_WEIGHT_BYTES,
                              m=t, layer=layer, block="moe", gemm_nk=(h * n_all,)), after,
                           extra=unfused.router(t, h, n_all))
         routed = t * k

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
 from simulator.loading import load_model, load_profile
-from simulator.schedule import get_schedule
-from simulator.whatif import Resolved, resolve, simulate
+from simulator.engine.schedule import get_schedule
+from simulator.step.whatif import Resolved, resolve, simulate
 
 BATCH_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
 
@@ -75,6 +75,6 @@ class StepModel:
             b, c = n_mb, max(1, c // n_mb)
         w = self.base.variant(plan=self.plan, schedule=self.schedule, phase=self.phase,
                               batch_per_device=b, context_length=c, serving=None)
-        r: Resolved = resolve(w, model=self.model, profile=self.profile)
-        r.traffic_cache = self.traffic       # routing depends on tokens only: share it
+        r: Resolved = resolve(w, model=self.model, profile=self.profile,
+                              traffic_cache=self.traffic)   # routing depends on tokens only
         return simulate(w, resolved=r).metrics["step_time_ms"] / 1e3

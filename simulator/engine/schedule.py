@@ -20,8 +20,8 @@ from typing import Callable
 import networkx as nx
 
 from simulator.errors import MoesimError
-from simulator.model import Op, Shape, graph_ops
-from simulator.streams import CommDemand, StreamPlan
+from simulator.graph.model import Op, Shape, graph_ops
+from simulator.engine.streams import CommDemand, StreamPlan
 
 Durations = dict[str, float]
 Policy = Callable[[nx.DiGraph, Durations, dict[str, CommDemand]], StreamPlan]

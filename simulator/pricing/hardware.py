@@ -6,17 +6,13 @@ bytes each link class of a rank must carry; the engine shares link bandwidth bet
 from __future__ import annotations
 
 import math
-import warnings
 from statistics import NormalDist
 
 from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
-from simulator.model import Op
-from simulator.streams import CommDemand
-
-
-class OutOfRangeWarning(UserWarning):
-    """A query fell outside a calibrated table; the nearest edge value was used."""
+from simulator.graph.model import Op
+from simulator.notes import note
+from simulator.engine.streams import CommDemand
 
 
 def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> float:
@@ -27,9 +23,8 @@ def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> fl
         return pts[0][1]
     if size < pts[0][0] or size > pts[-1][0]:
         if len(pts) > 1:
-            warnings.warn(f"{what} size {size:.4g} is outside the calibrated range "
-                          f"[{pts[0][0]:.4g}, {pts[-1][0]:.4g}]; using the edge value",
-                          OutOfRangeWarning, stacklevel=3)
+            note(f"{what} size {size:.4g} is outside the calibrated range "
+                 f"[{pts[0][0]:.4g}, {pts[-1][0]:.4g}]; using the edge value")
         return pts[0][1] if size < pts[0][0] else pts[-1][1]
     for (x0, e0), (x1, e1) in zip(pts, pts[1:]):
         if x0 <= size <= x1:
@@ -100,9 +95,8 @@ def shape_efficiency(table: ShapeEfficiencyTable, m: float, nk: float) -> float:
     """Table value at (m, nk); edge values outside the grid, with a warning."""
     for what, xs, x in (("GEMM M", table.m, m), ("GEMM weight elements", table.weights, nk)):
         if len(xs) > 1 and x > 0 and not xs[0] <= x <= xs[-1]:
-            warnings.warn(f"{what} {x:.4g} is outside the calibrated range "
-                          f"[{xs[0]:.4g}, {xs[-1]:.4g}]; using the edge value",
-                          OutOfRangeWarning, stacklevel=4)
+            note(f"{what} {x:.4g} is outside the calibrated range "
+                 f"[{xs[0]:.4g}, {xs[-1]:.4g}]; using the edge value")
     return bilinear_log(table.m, table.weights, table.efficiency, m, nk)
 
 
