@@ -16,12 +16,12 @@ from rich.table import Table
 
 from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError
+from simulator.outputs import tables as T
 from simulator.loading import load_model, load_workload
 from simulator.graph.params import count_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
-TOP_ROWS = 25              # sweep rows printed (all are in --json and the results file)
 out = Console(width=max(Console().width, 150))
 err = Console(stderr=True)
 
@@ -80,19 +80,6 @@ def _print_warnings(caught: list) -> None:
             err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
 
 
-def _fmt(x: Optional[float], nd: int = 1) -> str:
-    return "-" if x is None else f"{x:,.{nd}f}"
-
-
-def _sig(x: float) -> str:
-    """Three significant digits without exponents: 1,307 / 989 / 2.04 / 0.117."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def _public(metrics: dict, with_ops: bool = True) -> dict:
-    return metrics if with_ops else {k: v for k, v in metrics.items() if k != "ops"}
-
-
 @app.command()
 @user_errors
 def simulate(workload: str = typer.Argument(..., help="workload YAML"),
@@ -108,11 +95,13 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
     res = run(w, schedule, per_rank=per_rank)
     _write_outputs([res], report, trace)
     if as_json:
-        _print_json(res.metrics)
+        _print_json(res.to_json())
         return
-    _print_layer_table(res)
+    out.print(T.layer_table(res))
     if per_rank:
-        _print_rank_spread(res)
+        spread, line = T.rank_spread(res)
+        out.print(spread)
+        out.print(line, highlight=False)
     _print_totals([res])
     if report:
         out.print(f"report written to {report}")
@@ -141,47 +130,24 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
     results = [run(w, n, per_rank=per_rank, resolved=r) for n in names]
     _write_outputs(results, report, trace)
     if as_json:
-        base = results[0].metrics["step_time_ms"]
-        _print_json([dict(_public(x.metrics, False), speedup=base / x.metrics["step_time_ms"])
+        base = results[0].step_time_s
+        _print_json([dict(x.to_json(with_ops=False), speedup=base / x.step_time_s)
                      for x in results])
         return
     _print_totals(results)
-    _explain_ties(results)
+    tie = T.tie_note(results)
+    if tie:
+        err.print(f"note: {tie}", highlight=False, soft_wrap=True)
     if report:
         out.print(f"report written to {report}")
 
 
-def _explain_ties(results) -> None:
-    """Say why two schedules print the same row (scmoe and sbo often do)."""
-    by = {x.metrics["schedule"]: x.metrics["step_time_ms"] for x in results}
-    if "scmoe" in by and "sbo" in by and math.isclose(by["scmoe"], by["sbo"], rel_tol=1e-9):
-        err.print("note: scmoe and sbo time the same here. Both overlap the shortcut MoE's "
-                  "all-to-all with dense compute; sbo fixes the experts right after the next "
-                  "attention's QKV projection (LongCat-Flash's four stages), while scmoe picks "
-                  "the slot that best balances compute against dispatch and combine, and here "
-                  "that is the same slot. They differ when dispatch and combine are unequal "
-                  "enough to pull the slot elsewhere (e.g. a slow NIC or a large batch).",
-                  highlight=False, soft_wrap=True)
-
-
-def _print_rank_spread(res) -> None:
-    """Per-rank view of a --per-rank run: when each rank finishes the step, slowest first."""
-    import numpy as np
-    tl = res.timeline
-    ends = tl.end_s.max(axis=1) * 1e3
-    busy = np.array([sum(tl.end_s[r, i] - tl.start_s[r, i] for i, op in enumerate(tl.ops)
-                         if not op.is_comm) for r in range(ends.size)]) * 1e3
-    order = np.argsort(-ends, kind="stable")
-    table = Table(title=f"per rank: {ends.size} ranks, step end min {ends.min():.3f} / median "
-                        f"{float(np.median(ends)):.3f} / max {ends.max():.3f} ms")
-    for col in ("rank", "step end ms", "compute busy ms", "waiting ms"):
-        table.add_column(col, justify="right")
-    shown = list(order[:5]) + ([int(order[-1])] if ends.size > 5 else [])
-    for r in shown:
-        table.add_row(str(int(r)), f"{ends[r]:.3f}", f"{busy[r]:.3f}", f"{ends[r] - busy[r]:.3f}")
-    out.print(table)
-    out.print(f"slowest 5 ranks and the fastest shown; the spread max/min is "
-              f"{ends.max() / ends.min():.4f}", highlight=False)
+def _print_totals(results) -> None:
+    out.print(T.totals_table(results))
+    for line in T.link_lines(results):
+        out.print(line, highlight=False)
+    for note in results[0].notes:
+        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path]) -> None:
@@ -192,54 +158,6 @@ def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path])
         from simulator.outputs.trace import write_trace
         write_trace(results, trace)
         err.print(f"trace written to {trace} (open in ui.perfetto.dev or chrome://tracing)")
-
-
-def _print_layer_table(res) -> None:
-    m, tl = res.metrics, res.timeline
-    layer = m["representative_layer"]
-    idx = [i for i, op in enumerate(tl.ops) if op.layer == layer]
-    t0 = min(tl.start_s[0, i] for i in idx)
-    table = Table(title=f"{m['workload']}: layer {layer} under {m['schedule']} "
-                        f"({m['model']} on {m['hardware']})")
-    for col in ("op", "kind", "stream", "start us", "us", "alone us", "GFLOP", "MB"):
-        table.add_column(col, justify="left" if col in ("op", "kind", "stream") else "right")
-    for i in sorted(idx, key=lambda i: (tl.start_s[0, i], i)):
-        op = tl.ops[i]
-        table.add_row(op.name, op.kind, tl.streams[i], _fmt((tl.start_s[0, i] - t0) * 1e6),
-                      _fmt((tl.end_s[0, i] - tl.start_s[0, i]) * 1e6),
-                      _fmt(tl.standalone_s[i] * 1e6), _fmt(op.flops / 1e9, 2),
-                      _fmt(op.bytes / 1e6, 2))
-    out.print(table)
-
-
-def _print_totals(results) -> None:
-    table = Table(title="totals")
-    cols = ["schedule", "layer us", "step ms", "TPOT ms", "tok/GPU/s", "exposed comm us",
-            "hidden comm us", "$/M out", "speedup"]
-    for c in cols:
-        table.add_column(c, justify="left" if c == "schedule" else "right")
-    base = results[0].metrics["step_time_ms"]
-    for r in results:
-        m = r.metrics
-        table.add_row(m["schedule"], _fmt(m["layer_time_us"]), _fmt(m["step_time_ms"], 2),
-                      _fmt(m["tpot_ms"], 2), _fmt(m["tokens_per_gpu_s"], 0),
-                      _fmt(m["exposed_comm_us"], 0), _fmt(m["hidden_comm_us"], 0),
-                      _fmt(m["cost_per_million_output_tokens"], 3),
-                      f"{base / m['step_time_ms']:.2f}x")
-    out.print(table)
-    for r in results:
-        m = r.metrics
-        links = ", ".join(f"{k} {v['utilisation']:.0%}" for k, v in m.get("links", {}).items())
-        ep = m.get("ep")
-        line = f"{m['schedule']}: link utilisation (slowest rank) {links or '-'}"
-        if ep:
-            line += (f"; EP {ep['kernel']} kernel, rank imbalance {ep['imbalance']:.2f} "
-                     f"(max/mean expert rows), expert imbalance {ep['expert_imbalance']:.2f}, "
-                     f"real experts/token {ep['real_experts_mean']:.2f} +- "
-                     f"{ep['real_experts_std']:.2f}")
-        out.print(line, highlight=False)
-    for note in results[0].metrics["notes"]:
-        err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -318,14 +236,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         if as_json:
             _print_json(points)
             return
-        table = Table(title=f"{w.name}: throughput vs interactivity (context {w.context_length})")
-        for col in ("schedule", "batch/device", "tok/s/user", "tok/GPU/s", "TPOT ms", "$/M out", "note"):
-            table.add_column(col, justify="left" if col in ("schedule", "note") else "right")
-        for p in points:
-            table.add_row(p["schedule"], str(p["batch_per_device"]), _fmt(p["tokens_per_s_per_user"]),
-                          _fmt(p["tokens_per_gpu_s"], 0), _fmt(p["tpot_ms"], 2),
-                          _fmt(p["cost_per_million_output_tokens"], 3), p["note"] or "")
-        out.print(table)
+        out.print(T.batch_sweep_table(w.name, w.context_length, points))
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     sim = ServingSim(w, rate=rate, duration=duration)
@@ -341,25 +252,10 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
     if as_json:
         _print_json(m)
         return
-    table = Table(title=f"{w.name}: {m['requests']['arrived']} requests, {m['mode']}")
-    for col in ("metric", "p50", "p90", "p99"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        table.add_row(key, *(_fmt(m[key][p]) for p in ("p50", "p90", "p99")))
+    table, lines = T.serve_tables(m, cap)
     out.print(table)
-    out.print(f"tokens/s per user {_fmt(m['tokens_per_s_per_user'])}; decode tokens/GPU/s "
-              f"{_fmt(m['decode_tokens_per_gpu_s'], 0)}; prefill tokens/GPU/s "
-              f"{_fmt(m['prefill_tokens_per_gpu_s'], 0)}", highlight=False)
-    out.print(f"$ per million output tokens: {_fmt(m['cost_per_million_output_tokens'], 3)} "
-              f"(decode GPUs only), {_fmt(m['cost_per_million_output_tokens_all_gpus'], 3)} "
-              f"(all GPUs, prefill included); $ per million input tokens (prefill GPUs): "
-              f"{_fmt(m['cost_per_million_input_tokens'], 3)}", highlight=False)
-    r = m["requests"]
-    out.print(f"requests: {r['arrived']} arrived, {r['finished']} finished, {r['rejected']} rejected, "
-              f"{r['preempted']} preemptions; goodput {m['goodput_rps']:.1f} req/s under SLO "
-              f"TTFT {m['slo']['ttft_ms']:.0f} ms / TPOT {m['slo']['tpot_ms']:.0f} ms; "
-              f"KV utilisation mean {m['kv_utilisation']['mean']:.0%}, max "
-              f"{m['kv_utilisation']['max']:.0%}; capacity {cap:.1f} req/s", highlight=False)
+    for line in lines:
+        out.print(line, highlight=False)
 
 
 @app.command()
@@ -377,28 +273,14 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
         from simulator.engine.schedule import get_schedule
         get_schedule(schedule)
         w = w.variant(schedule=schedule)
-    m = run_train(w, parse_tokens(tokens) if tokens is not None else None)
+    res = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:
         from simulator.outputs.report import training_figure, write_figures
-        write_figures([training_figure(m)], f"moesim training: {m['workload']}", report)
+        write_figures([training_figure(res)], f"moesim training: {res.workload}", report)
     if as_json:
-        _print_json(m)
+        _print_json(res.to_json())
         return
-    table = Table(title=f"{m['workload']}: {m['model']} on {m['gpus']} x {m['hardware']}, "
-                        f"{m['schedule']} layers, {m['pipeline']} pipeline")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    rows = [("step time", f"{m['step_time_s']:.2f} s"), ("MFU", f"{m['mfu']:.1%}"),
-            ("tokens/day", f"{m['tokens_per_day'] / 1e9:.1f} B"),
-            ("exposed communication", f"{m['exposed_comm_fraction']:.1%} of the step"),
-            ("pipeline bubble", f"{m['bubble_fraction']:.1%}"),
-            ("peak memory per GPU", f"{m['peak_memory_gb']:.1f} GB"),
-            ("micro-batches per step", str(m["micro_batches"])),
-            (f"days to train {m['tokens_to_train'] / 1e12:g}T tokens", f"{m['days_to_train']:.1f}"),
-            ("cost", f"${m['cost_usd'] / 1e6:.2f} M")]
-    for k, v in rows:
-        table.add_row(k, v)
-    out.print(table)
+    out.print(T.train_table(res))
 
 
 @app.command()
@@ -437,23 +319,7 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
     if as_json:
         _print_json({"results": str(path), "points": rows, "pareto": [r["key"] for r in front]})
         return
-    ok = [r for r in rows if r["metrics"]]
-    shown = min(len(ok), TOP_ROWS)
-    top = f"; the best {shown} by tok/GPU/s shown (--json for all)" if shown < len(ok) else ""
-    table = Table(title=f"sweep {spec.name}: {len(rows)} points ({len(rows) - len(ok)} failed), "
-                        f"results in {path}{top}")
-    fields = sorted({k for r in rows for k in r["overrides"]})
-    for c in fields + ["step ms", "TPOT ms", "tok/GPU/s", "$/M out", "Pareto"]:
-        table.add_column(c, justify="left" if c in fields else "right")
-    keys = {r["key"] for r in front}
-    for r in sorted(ok, key=lambda r: -(r["metrics"].get("tokens_per_gpu_s") or 0))[:TOP_ROWS]:
-        m = r["metrics"]
-        table.add_row(*[str(r["overrides"].get(f, "")) for f in fields],
-                      _fmt(m.get("step_time_ms"), 2), _fmt(m.get("tpot_ms"), 2),
-                      _fmt(m.get("tokens_per_gpu_s"), 0),
-                      _fmt(m.get("cost_per_million_output_tokens"), 3),
-                      "*" if r["key"] in keys else "")
-    out.print(table)
+    out.print(T.sweep_table(spec.name, rows, {r["key"] for r in front}, str(path)))
     for r in rows:
         if r["error"]:
             err.print(f"[yellow]point {escape(str(r['overrides']))} failed[/]: {escape(r['error'])}")
@@ -545,14 +411,14 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
     for col in ("schedule", "layer", "measured us", "predicted us", "error"):
         table.add_column(col, justify="left" if col == "schedule" else "right")
     for x in v["layers"]:
-        table.add_row(x["schedule"], str(x["layer"]), _fmt(x["measured_us"]),
-                      _fmt(x["predicted_us"]), f"{x['error']:+.1%}")
+        table.add_row(x["schedule"], str(x["layer"]), T.fmt(x["measured_us"]),
+                      T.fmt(x["predicted_us"]), f"{x['error']:+.1%}")
     out.print(table)
     ops = Table(title="ops, sequential schedule (median over ranks)")
     for col in ("op", "kind", "measured us", "predicted us", "error"):
         ops.add_column(col, justify="left" if col in ("op", "kind") else "right")
     for x in v["ops"]:
-        ops.add_row(x["name"], x["kind"], _fmt(x["measured_us"]), _fmt(x["predicted_us"]),
+        ops.add_row(x["name"], x["kind"], T.fmt(x["measured_us"]), T.fmt(x["predicted_us"]),
                     f"{x['error']:+.1%}" if x["error"] is not None else "-")
     out.print(ops)
     lo, hi = v["speedup_measured_ci95"]
@@ -582,7 +448,7 @@ def profiles() -> None:
         table.add_column(col, justify="left" if col in ("name", "gpu") else "right")
     for name in known_names(PROFILES_DIR):
         p = load_profile(name)
-        table.add_row(name, p.gpu, _sig(p.peak_bf16_flops.value / 1e12),
+        table.add_row(name, p.gpu, T.sig(p.peak_bf16_flops.value / 1e12),
                       f"{p.hbm_bytes.value / 1e9:.0f}", f"{p.hbm_bandwidth_Bps.value / 1e12:.2f}",
                       f"{p.nvlink.bandwidth_Bps.value / 1e9:.0f}",
                       f"{p.nic.bandwidth_Bps.value / 1e9:.0f}", f"{p.price_per_gpu_hour.value:.2f}")
@@ -599,28 +465,9 @@ def profile_show(name: str = typer.Argument(..., help="profile name or YAML path
     table.add_column("field")
     table.add_column("value", justify="right")
     table.add_column("source", overflow="fold")
-    for key, value, source in _profile_rows(p.model_dump()):
+    for key, value, source in T.profile_rows(p.model_dump()):
         table.add_row(key, value, source)
     out.print(table)
-
-
-def _profile_rows(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and "value" in value and "source" in value:
-            yield name, f"{value['value']:.6g}", value["source"]
-        elif isinstance(value, dict) and isinstance(value.get("points"), list):
-            pts = ", ".join(f"{x:g}:{e:.3g}" for x, e in value["points"])
-            yield name, pts, value["source"]
-        elif isinstance(value, dict) and "efficiency" in value and "weights" in value:
-            head = "N x K: " + " ".join(f"{w:.3g}" for w in value["weights"])
-            rows = [f"M {m:g}: " + " ".join(f"{e:.2g}" for e in row)
-                    for m, row in zip(value["m"], value["efficiency"])]
-            yield name, "\n".join([head] + rows), value["source"]
-        elif isinstance(value, dict):
-            yield from _profile_rows(value, f"{name}.")
-        elif key not in ("name",):
-            yield name, str(value), ""
 
 
 @app.command("router-bias")

@@ -23,7 +23,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for sched in ("sequential", "scmoe", "tbo"):
         t0 = time.perf_counter()
-        m = train(w.model_copy(update={"schedule": sched}))
+        m = train(w.variant(schedule=sched)).to_json()
         wall = time.perf_counter() - t0
         a2a = m["a2a_exposed_ms_per_step"] / 1e3 / m["step_time_s"]
         print(f"| {sched} (simulated in {wall:.1f} s) | {m['step_time_s']:.2f} | {m['mfu']:.1%} | "
@@ -32,13 +32,13 @@ def main() -> None:
     print("| GPUs | micro-batches | step s | MFU | days for 20T | $ M |")
     print("|---:|---:|---:|---:|---:|---:|")
     for gpus in (2048, 4096, 8192, 16384):
-        plan = w.plan.model_copy(update={"gpus": gpus})
-        m = train(w.model_copy(update={"plan": plan}))
+        plan = w.plan.variant(gpus=gpus)
+        m = train(w.variant(plan=plan)).to_json()
         print(f"| {gpus} | {m['micro_batches']} | {m['step_time_s']:.2f} | {m['mfu']:.1%} | "
               f"{m['days_to_train']:.1f} | {m['cost_usd'] / 1e6:.2f} |")
     print()
     d = load_workload(str(ROOT / "deepseek-v3-pretrain-h800.yaml"))
-    m = train(d)
+    m = train(d).to_json()
     print(f"DeepSeek-V3, 2048 H800, 14.8T tokens: {m['days_to_train']:.1f} days, "
           f"{m['days_to_train'] * 24 * 2048 / 1e6:.2f} M GPU-hours, MFU {m['mfu']:.1%}, "
           f"exposed comm {m['exposed_comm_fraction']:.1%}, bubble {m['bubble_fraction']:.1%} "

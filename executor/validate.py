@@ -14,19 +14,19 @@ from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
 from simulator.graph.params import count_params
 from simulator.engine.timeline import Timeline
-from simulator.step.whatif import RunResult, resolve, simulate
+from simulator.step.whatif import StepResult, resolve, simulate
 
 SCHEDULES = ("sequential", "scmoe")
 
 
 def _workload(w: Workload, ranks: int, profile: str) -> Workload:
-    plan = w.plan.model_copy(update={"gpus": ranks, "gpus_per_node": ranks, "ep": ranks,
-                                     "tp": 1, "pp": 1, "cp": 1, "dp_attention": None})
+    plan = w.plan.variant(gpus=ranks, gpus_per_node=ranks, ep=ranks, tp=1, pp=1, cp=1,
+                          dp_attention=None)
     # the executor sends one row per (token, real expert), as DeepEP's low-latency kernels do
     # (its normal kernels send a token once per destination GPU)
-    routing = w.routing.model_copy(update={"ep_kernel": "low_latency"})
-    return w.model_copy(update={"plan": plan, "hardware": profile, "phase": "prefill",
-                                "routing": routing, "serving": None, "training": None})
+    routing = w.routing.variant(ep_kernel="low_latency")
+    return w.variant(plan=plan, hardware=profile, phase="prefill", routing=routing,
+                     serving=None, training=None)
 
 
 def _check(w: Workload, ranks: int) -> None:
@@ -54,7 +54,7 @@ def _check(w: Workload, ranks: int) -> None:
                       "include time-slicing the simulator does not model", stacklevel=3)
 
 
-def expert_slot(res: RunResult, layer: int) -> int:
+def expert_slot(res: StepResult, layer: int) -> int:
     """Where the simulator's scmoe schedule put the experts among the dense window ops."""
     from executor.runner import WINDOW
     tl = res.timeline
@@ -64,7 +64,7 @@ def expert_slot(res: RunResult, layer: int) -> int:
     return sum(1 for w in WINDOW if w in before)
 
 
-def measured_timeline(pred: RunResult, ranks: list[dict]) -> Timeline:
+def measured_timeline(pred: StepResult, ranks: list[dict]) -> Timeline:
     """The measured op times (all ranks) laid on the predicted timeline's ops."""
     ops = [op for op in pred.timeline.ops if op.name in ranks[0]["ops"]]
     idx = {op.name: i for i, op in enumerate(pred.timeline.ops)}
@@ -81,7 +81,7 @@ def _layer_ends(tl: Timeline) -> dict[int, float]:
     return ends
 
 
-def predict(w: Workload, profile: str, ranks: int) -> dict[str, RunResult]:
+def predict(w: Workload, profile: str, ranks: int) -> dict[str, StepResult]:
     """The simulator's run of both schedules on `ranks` ranks of `profile`."""
     wv = _workload(w, ranks, profile)
     r = resolve(wv)
@@ -99,7 +99,7 @@ def measure(w: Workload, ranks: int, repeats: int, threads: int, slot: int) -> l
     return run(cfg)["ranks"]
 
 
-def prepare(w: Workload, profile: str, ranks: int) -> tuple[dict[str, RunResult], int, int]:
+def prepare(w: Workload, profile: str, ranks: int) -> tuple[dict[str, StepResult], int, int]:
     """Checks, the prediction, the scmoe expert slot and the threads per rank to measure with
     (those the profile was measured with: a CPU "device")."""
     _check(w, ranks)
@@ -117,7 +117,7 @@ def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> di
     return compare(w, profile, pred, measure(w, ranks, repeats, threads, slot), slot)
 
 
-def compare(w: Workload, profile: str, pred: dict[str, RunResult], ranks_out: list[dict],
+def compare(w: Workload, profile: str, pred: dict[str, StepResult], ranks_out: list[dict],
             slot: int) -> dict:
     """Measured (executor ranks) against predicted (simulator) runs, per op and per layer."""
     ranks = len(ranks_out)
@@ -149,8 +149,7 @@ def compare(w: Workload, profile: str, pred: dict[str, RunResult], ranks_out: li
         "layers": layers, "mape": float(np.mean(errs)) if errs else None, "ops": ops,
         "speedup_measured": paired_speedup(ranks_out),
         "speedup_measured_ci95": list(paired_speedup_ci(ranks_out)),
-        "speedup_predicted": pred["sequential"].metrics["step_time_ms"]
-        / pred["scmoe"].metrics["step_time_ms"],
+        "speedup_predicted": pred["sequential"].step_time_s / pred["scmoe"].step_time_s,
         "_timelines": (pred, tls),
     }
 
@@ -179,14 +178,13 @@ def paired_speedup_ci(ranks_out: list[dict], level: float = 0.95, draws: int = 2
 
 
 def report_results(v: dict) -> list:
-    """RunResult-like objects for the report: predicted and measured, per schedule."""
+    """StepResult-like objects for the report: predicted and measured, per schedule."""
     pred, tls = v["_timelines"]
     out = []
     for s in SCHEDULES:
         out.append(pred[s])
-        m = dict(pred[s].metrics, schedule=f"{s} (measured)",
-                 step_time_ms=max(_layer_ends(tls[s]).values()) * 1e3)
         exp_, hid = tls[s].comm_exposure_s(0)
-        m.update(exposed_comm_us=exp_ * 1e6, hidden_comm_us=hid * 1e6)
-        out.append(replace(pred[s], schedule=m["schedule"], timeline=tls[s], metrics=m))
+        out.append(replace(pred[s], schedule=f"{s} (measured)", timeline=tls[s],
+                           step_time_s=max(_layer_ends(tls[s]).values()),
+                           exposed_comm_s=exp_, hidden_comm_s=hid))
     return out

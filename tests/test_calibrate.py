@@ -95,7 +95,7 @@ def test_shipped_cpu_profile_runs_every_command():
     from simulator.serving.run import ServingSim
     from simulator.training.run import train
     assert ServingSim(w, duration=5).run().metrics["requests"]["unfinished"] == 0
-    assert train(w)["step_time_s"] > 0
+    assert train(w).step_time_s > 0
 
 
 def test_bad_requests():

@@ -37,7 +37,7 @@ def test_interleaved_and_zero_bubble_shrink_the_bubble():
 
 
 def test_train_bubble_matches_formula_with_1f1b():
-    m = train(small())
+    m = train(small()).to_json()
     p, n = 4, m["micro_batches"]
     assert m["bubble_fraction"] == pytest.approx((p - 1) / (n + p - 1), rel=0.02)
 
@@ -47,11 +47,11 @@ def test_zero_cost_comm_scmoe_equals_sequential():
     free = profile("h800", nvlink={"bandwidth_Bps": fast, "latency_s": {"value": 0}},
                    nic={"bandwidth_Bps": fast, "latency_s": {"value": 0}},
                    ep_kernel_latency_s={"value": 0}, comm_sm_fraction={"value": 0})
-    seq = train(small(schedule="sequential"), profile=free)["step_time_s"]
-    sc = train(small(schedule="scmoe"), profile=free)["step_time_s"]
+    seq = train(small(schedule="sequential"), profile=free).step_time_s
+    sc = train(small(schedule="scmoe"), profile=free).step_time_s
     assert sc == pytest.approx(seq, rel=1e-6)
-    real_seq = train(small(schedule="sequential"))["step_time_s"]
-    real_sc = train(small(schedule="scmoe"))["step_time_s"]
+    real_seq = train(small(schedule="sequential")).step_time_s
+    real_sc = train(small(schedule="scmoe")).step_time_s
     assert real_sc < real_seq
 
 
@@ -70,7 +70,7 @@ def test_same_seed_same_result():
 
 
 def test_metrics_and_tokens():
-    m = train(small(), tokens=parse_tokens("1T"))
+    m = train(small(), tokens=parse_tokens("1T")).to_json()
     assert 0 < m["mfu"] < 1 and 0 <= m["exposed_comm_fraction"] <= 1
     assert m["days_to_train"] == pytest.approx(1e12 / m["tokens_per_day"])
     assert m["cost_usd"] == pytest.approx(m["days_to_train"] * 24 * 256 * 2.0)

@@ -35,7 +35,7 @@ def results(path: Path) -> dict[str, Any]:
     out["simulate"] = {k: v for k, v in m.items() if k not in ("ops", "notes")}
     if w.training is not None:
         from simulator.training.run import train
-        out["train"] = {k: v for k, v in train(w).items() if k != "notes"}
+        out["train"] = {k: v for k, v in train(w).to_json().items() if k != "notes"}
     if w.serving is not None:
         from simulator.serving.run import ServingSim
         dur = min(SERVE_DURATION_S, w.serving.arrivals.duration_s)

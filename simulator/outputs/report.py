@@ -6,6 +6,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from simulator.training.result import TrainResult
 from simulator.atomic import write_text_atomic
 
 COLORS = {"gemm": "#4C78A8", "grouped_gemm": "#F58518", "attention": "#54A24B",
@@ -140,18 +141,19 @@ def write_serving_report(res, points, path: Path) -> None:
     write_figures(serving_figures(res, points), title, path)
 
 
-def training_figure(m: dict) -> go.Figure:
+def training_figure(res: TrainResult) -> go.Figure:
     """Step anatomy of a training step: compute, exposed all-to-all, DP, bubble, optimizer."""
-    step = m["step_time_s"] * 1e3
-    bubble = m["bubble_fraction"] * (step - m["dp_exposed_ms"] - m["optimizer_ms"])
-    a2a = m["a2a_exposed_ms_per_step"] / max(m["micro_batches"], 1)   # per device, roughly
+    step = res.step_time_s * 1e3
+    dp_ms, opt_ms = res.dp_exposed_s * 1e3, res.optimizer_s * 1e3
+    bubble = res.bubble_fraction * (step - dp_ms - opt_ms)
+    a2a = res.a2a_exposed_s_per_step * 1e3 / max(res.micro_batches, 1)   # per device, roughly
     parts = {"pipeline bubble": bubble, "exposed all-to-all": a2a,
-             "exposed data-parallel": m["dp_exposed_ms"], "optimizer": m["optimizer_ms"]}
+             "exposed data-parallel": dp_ms, "optimizer": opt_ms}
     parts = {"compute and hidden comm": max(step - sum(parts.values()), 0.0), **parts}
     fig = go.Figure([go.Bar(name=k, x=["step"], y=[v], hovertext=f"{k}: {v:.1f} ms",
                             hoverinfo="text") for k, v in parts.items()])
     fig.update_layout(barmode="stack", title=html.escape(
-        f"Training step anatomy: {m['workload']} ({m['step_time_s']:.2f} s, MFU {m['mfu']:.1%})"),
+        f"Training step anatomy: {res.workload} ({res.step_time_s:.2f} s, MFU {res.mfu:.1%})"),
         yaxis_title="ms")
     return fig
 

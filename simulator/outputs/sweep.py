@@ -202,7 +202,7 @@ def run_point(kind: str, workload: dict) -> tuple[dict | None, str | None]:
         w = Workload.model_validate(workload)
         if kind == "train":
             from simulator.training.run import train
-            m = train(w)
+            m = train(w).to_json()
         else:
             from simulator.step.whatif import simulate
             m = {k: v for k, v in simulate(w).metrics.items() if k != "ops"}

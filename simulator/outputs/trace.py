@@ -8,7 +8,7 @@ from simulator.atomic import write_text_atomic
 
 
 def chrome_trace(results: list) -> dict:
-    """The trace-event JSON of one or more RunResults (times in microseconds)."""
+    """The trace-event JSON of one or more StepResults (times in microseconds)."""
     events: list[dict] = []
     pid = 0
     for res in results:

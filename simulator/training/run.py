@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.errors import MoesimError
 from simulator.graph.params import blocks_per_layer, count_params, replicated_params
@@ -20,6 +20,7 @@ from simulator.pricing.hardware import efficiency
 from simulator.schema import HardwareProfile, ModelSpec, TrainingSpec, Workload
 from simulator.step.whatif import check_plan, resolve, simulate
 from simulator.training.pipeline import simulate_pipeline
+from simulator.training.result import TrainingMemory, TrainResult
 
 SECONDS_PER_DAY = 86400.0
 
@@ -49,28 +50,6 @@ def parse_tokens(text: str) -> float:
         raise MoesimError("--tokens", f"'{text}' is not a token count in (0, {MAX_TOKENS:.0e}]",
                           "write e.g. 20T")
     return value
-
-
-@dataclass(frozen=True)
-class TrainingMemory:
-    """Bytes per GPU on the busiest pipeline stage."""
-
-    params: float
-    grads: float
-    optimizer: float
-    activations: float
-
-    @property
-    def total(self) -> float:
-        """Sum of the parts."""
-        return self.params + self.grads + self.optimizer + self.activations
-
-    def describe(self) -> str:
-        """One-line breakdown in GB."""
-        g = 1e9
-        return (f"parameters {self.params / g:.1f} GB + gradients {self.grads / g:.1f} GB + "
-                f"optimizer {self.optimizer / g:.1f} GB + activations {self.activations / g:.1f} GB"
-                f" = {self.total / g:.1f} GB")
 
 
 def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, int]:
@@ -119,15 +98,15 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     return TrainingMemory(params, grads, optim, per_layer * stage_layers * in_flight)
 
 
-def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None) -> dict:
+def train(w: Workload, tokens: float | None = None,
+          profile: HardwareProfile | None = None) -> TrainResult:
     """Simulate one optimizer step and extrapolate to the training run."""
     with collecting() as notes:
         out = _train(w, tokens, profile)
-    out["notes"] = sorted(set(out["notes"]) | set(notes))
-    return out
+    return replace(out, notes=tuple(sorted(set(out.notes) | set(notes))))
 
 
-def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -> dict:
+def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -> TrainResult:
     if w.training is None:
         raise MoesimError("training", "the workload has no training block",
                           "add `training:` (see workloads/training/)")
@@ -153,8 +132,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
         runs[phase] = simulate(wp, resolved=r)
     scale = stage_layers / model.num_layers
     fwd, bwd = runs["train_fwd"], runs["train_bwd"]
-    f_s = fwd.metrics["step_time_ms"] / 1e3 * scale
-    b_total = bwd.metrics["step_time_ms"] / 1e3 * scale
+    f_s = fwd.step_time_s * scale
+    b_total = bwd.step_time_s * scale
     w_s = sum(d for op, d in zip(bwd.timeline.ops, bwd.timeline.standalone_s)
               if "wgrad" in op.tags) * scale
     w_s = min(w_s, MAX_WGRAD_SHARE * b_total)
@@ -187,24 +166,19 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     fwd_flops = sum(op.flops for op in fwd.timeline.ops)          # per rank, one micro-batch
     model_flops = 3 * fwd_flops * m * dp    # dp counts every rank holding distinct tokens
     mfu = model_flops / (plan.gpus * prof.peak_bf16_flops.value * step_s)
-    per_mb_exposed = (fwd.metrics["exposed_comm_us"] + bwd.metrics["exposed_comm_us"]) / 1e6 * scale
+    per_mb_exposed = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale
     exposed = per_mb_exposed * m + dp_exposed
     total_tokens = tokens if tokens is not None else t.tokens_to_train
     tokens_per_day = tokens_per_step / step_s * SECONDS_PER_DAY
     days = total_tokens / tokens_per_day
-    return {
-        "workload": w.name, "model": model.name, "hardware": prof.name, "gpus": plan.gpus,
-        "schedule": w.schedule, "pipeline": t.pipeline,
-        "step_time_s": step_s, "mfu": mfu, "tokens_per_day": tokens_per_day,
-        "exposed_comm_fraction": min(exposed / step_s, 1.0),
-        "bubble_fraction": pipe.bubble_fraction, "peak_memory_gb": mem.total / 1e9,
-        "days_to_train": days, "cost_usd": days * 24 * plan.gpus * prof.price_per_gpu_hour.value,
-        "tokens_to_train": total_tokens, "tokens_per_step": tokens_per_step,
-        "micro_batches": m, "dp": dp // plan.cp, "stage_layers": stage_layers,
-        "forward_ms_per_microbatch": f_s * 1e3, "backward_ms_per_microbatch": (b_s + w_s) * 1e3,
-        "weight_grad_ms_per_microbatch": w_s * 1e3, "dp_exposed_ms": dp_exposed * 1e3,
-        "optimizer_ms": opt_s * 1e3, "a2a_exposed_ms_per_step": per_mb_exposed * m * 1e3,
-        "memory_gb": {"parameters": mem.params / 1e9, "gradients": mem.grads / 1e9,
-                      "optimizer": mem.optimizer / 1e9, "activations": mem.activations / 1e9},
-        "notes": fwd.metrics["notes"],
-    }
+    return TrainResult(
+        workload=w.name, model=model.name, hardware=prof.name, gpus=plan.gpus,
+        schedule=w.schedule, pipeline=t.pipeline, step_time_s=step_s, mfu=mfu,
+        tokens_per_day=tokens_per_day, exposed_comm_fraction=min(exposed / step_s, 1.0),
+        bubble_fraction=pipe.bubble_fraction, memory=mem, days_to_train=days,
+        cost_usd=days * 24 * plan.gpus * prof.price_per_gpu_hour.value,
+        tokens_to_train=total_tokens, tokens_per_step=tokens_per_step, micro_batches=m,
+        dp=dp // plan.cp, stage_layers=stage_layers, forward_s_per_microbatch=f_s,
+        backward_s_per_microbatch=b_s + w_s, weight_grad_s_per_microbatch=w_s,
+        dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=per_mb_exposed * m,
+        notes=tuple(fwd.notes))

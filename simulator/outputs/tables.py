@@ -1,0 +1,203 @@
+"""Console tables of typed results (rich renderables): what the CLI prints, in one place."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from rich.table import Table
+
+if TYPE_CHECKING:                       # the CLI imports this module at start-up: stay light
+    from simulator.step.result import StepResult
+    from simulator.training.result import TrainResult
+
+TOP_ROWS = 25              # sweep rows printed (all are in --json and the results file)
+
+
+def fmt(x: Optional[float], nd: int = 1) -> str:
+    """A number with thousands separators, or '-' when undefined."""
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def sig(x: float) -> str:
+    """Three significant digits without exponents: 1,307 / 989 / 2.04 / 0.117."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _table(title: str, cols: Iterable[str], left: Iterable[str] = ()) -> Table:
+    table = Table(title=title)
+    left = set(left)
+    for c in cols:
+        table.add_column(c, justify="left" if c in left else "right")
+    return table
+
+
+def layer_table(res: StepResult) -> Table:
+    """Every op of the representative layer on rank 0, in start order."""
+    tl, r, layer = res.timeline, res.resolved, res.representative_layer
+    idx = [i for i, op in enumerate(tl.ops) if op.layer == layer]
+    t0 = min(tl.start_s[0, i] for i in idx)
+    table = _table(f"{r.workload.name}: layer {layer} under {res.schedule} "
+                   f"({r.model.name} on {r.profile.name})",
+                   ("op", "kind", "stream", "start us", "us", "alone us", "GFLOP", "MB"),
+                   ("op", "kind", "stream"))
+    for i in sorted(idx, key=lambda i: (tl.start_s[0, i], i)):
+        op = tl.ops[i]
+        table.add_row(op.name, op.kind, tl.streams[i], fmt((tl.start_s[0, i] - t0) * 1e6),
+                      fmt((tl.end_s[0, i] - tl.start_s[0, i]) * 1e6),
+                      fmt(tl.standalone_s[i] * 1e6), fmt(op.flops / 1e9, 2),
+                      fmt(op.bytes / 1e6, 2))
+    return table
+
+
+def totals_table(results: list[StepResult]) -> Table:
+    """One row per schedule with its speedup over the first."""
+    table = _table("totals", ("schedule", "layer us", "step ms", "TPOT ms", "tok/GPU/s",
+                              "exposed comm us", "hidden comm us", "$/M out", "speedup"),
+                   ("schedule",))
+    base = results[0].step_time_s
+    for r in results:
+        table.add_row(r.schedule, fmt(r.layer_time_s * 1e6), fmt(r.step_time_s * 1e3, 2),
+                      fmt(None if r.tpot_s is None else r.tpot_s * 1e3, 2),
+                      fmt(r.tokens_per_gpu_s, 0), fmt(r.exposed_comm_s * 1e6, 0),
+                      fmt(r.hidden_comm_s * 1e6, 0), fmt(r.cost_per_million_output_tokens, 3),
+                      f"{base / r.step_time_s:.2f}x")
+    return table
+
+
+def link_lines(results: list[StepResult]) -> list[str]:
+    """Per schedule: link utilisation of the slowest rank and the EP routing summary."""
+    lines = []
+    for r in results:
+        links = ", ".join(f"{k} {v['utilisation']:.0%}" for k, v in r.links.items())
+        line = f"{r.schedule}: link utilisation (slowest rank) {links or '-'}"
+        if r.ep:
+            ep = r.ep
+            line += (f"; EP {ep['kernel']} kernel, rank imbalance {ep['imbalance']:.2f} "
+                     f"(max/mean expert rows), expert imbalance {ep['expert_imbalance']:.2f}, "
+                     f"real experts/token {ep['real_experts_mean']:.2f} +- "
+                     f"{ep['real_experts_std']:.2f}")
+        lines.append(line)
+    return lines
+
+
+def tie_note(results: list[StepResult]) -> Optional[str]:
+    """Why scmoe and sbo print the same row, when they do."""
+    by = {x.schedule: x.step_time_s for x in results}
+    if "scmoe" in by and "sbo" in by and math.isclose(by["scmoe"], by["sbo"], rel_tol=1e-9):
+        return ("scmoe and sbo time the same here. Both overlap the shortcut MoE's all-to-all "
+                "with dense compute; sbo fixes the experts right after the next attention's QKV "
+                "projection (LongCat-Flash's four stages), while scmoe picks the slot that best "
+                "balances compute against dispatch and combine, and here that is the same slot. "
+                "They differ when dispatch and combine are unequal enough to pull the slot "
+                "elsewhere (e.g. a slow NIC or a large batch).")
+    return None
+
+
+def rank_spread(res: StepResult) -> tuple[Table, str]:
+    """A --per-rank run: when each rank finishes the step, slowest first, and the spread."""
+    import numpy as np
+    tl = res.timeline
+    ends = tl.end_s.max(axis=1) * 1e3
+    busy = np.array([sum(tl.end_s[r, i] - tl.start_s[r, i] for i, op in enumerate(tl.ops)
+                         if not op.is_comm) for r in range(ends.size)]) * 1e3
+    order = np.argsort(-ends, kind="stable")
+    table = _table(f"per rank: {ends.size} ranks, step end min {ends.min():.3f} / median "
+                   f"{float(np.median(ends)):.3f} / max {ends.max():.3f} ms",
+                   ("rank", "step end ms", "compute busy ms", "waiting ms"))
+    shown = list(order[:5]) + ([int(order[-1])] if ends.size > 5 else [])
+    for r in shown:
+        table.add_row(str(int(r)), f"{ends[r]:.3f}", f"{busy[r]:.3f}", f"{ends[r] - busy[r]:.3f}")
+    return table, (f"slowest 5 ranks and the fastest shown; the spread max/min is "
+                   f"{ends.max() / ends.min():.4f}")
+
+
+def train_table(res: TrainResult) -> Table:
+    """Step time, MFU, tokens/day, exposure, memory, days and $ of a training what-if."""
+    table = _table(f"{res.workload}: {res.model} on {res.gpus} x {res.hardware}, "
+                   f"{res.schedule} layers, {res.pipeline} pipeline", ("quantity", "value"),
+                   ("quantity",))
+    rows = [("step time", f"{res.step_time_s:.2f} s"), ("MFU", f"{res.mfu:.1%}"),
+            ("tokens/day", f"{res.tokens_per_day / 1e9:.1f} B"),
+            ("exposed communication", f"{res.exposed_comm_fraction:.1%} of the step"),
+            ("pipeline bubble", f"{res.bubble_fraction:.1%}"),
+            ("peak memory per GPU", f"{res.memory.total / 1e9:.1f} GB"),
+            ("micro-batches per step", str(res.micro_batches)),
+            (f"days to train {res.tokens_to_train / 1e12:g}T tokens", f"{res.days_to_train:.1f}"),
+            ("cost", f"${res.cost_usd / 1e6:.2f} M")]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def serve_tables(m: dict, cap: float) -> tuple[Table, list[str]]:
+    """Latency percentiles, then the throughput, cost and request lines of a serving run."""
+    table = _table(f"{m['workload']}: {m['requests']['arrived']} requests, {m['mode']}",
+                   ("metric", "p50", "p90", "p99"), ("metric",))
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        table.add_row(key, *(fmt(m[key][p]) for p in ("p50", "p90", "p99")))
+    r = m["requests"]
+    lines = [
+        f"tokens/s per user {fmt(m['tokens_per_s_per_user'])}; decode tokens/GPU/s "
+        f"{fmt(m['decode_tokens_per_gpu_s'], 0)}; prefill tokens/GPU/s "
+        f"{fmt(m['prefill_tokens_per_gpu_s'], 0)}",
+        f"$ per million output tokens: {fmt(m['cost_per_million_output_tokens'], 3)} "
+        f"(decode GPUs only), {fmt(m['cost_per_million_output_tokens_all_gpus'], 3)} "
+        f"(all GPUs, prefill included); $ per million input tokens (prefill GPUs): "
+        f"{fmt(m['cost_per_million_input_tokens'], 3)}",
+        f"requests: {r['arrived']} arrived, {r['finished']} finished, {r['rejected']} rejected, "
+        f"{r['preempted']} preemptions; goodput {m['goodput_rps']:.1f} req/s under SLO "
+        f"TTFT {m['slo']['ttft_ms']:.0f} ms / TPOT {m['slo']['tpot_ms']:.0f} ms; "
+        f"KV utilisation mean {m['kv_utilisation']['mean']:.0%}, max "
+        f"{m['kv_utilisation']['max']:.0%}; capacity {cap:.1f} req/s"]
+    return table, lines
+
+
+def batch_sweep_table(name: str, context: int, points: list[dict]) -> Table:
+    """Throughput against interactivity, one row per (schedule, batch)."""
+    table = _table(f"{name}: throughput vs interactivity (context {context})",
+                   ("schedule", "batch/device", "tok/s/user", "tok/GPU/s", "TPOT ms", "$/M out",
+                    "note"), ("schedule", "note"))
+    for p in points:
+        table.add_row(p["schedule"], str(p["batch_per_device"]), fmt(p["tokens_per_s_per_user"]),
+                      fmt(p["tokens_per_gpu_s"], 0), fmt(p["tpot_ms"], 2),
+                      fmt(p["cost_per_million_output_tokens"], 3), p["note"] or "")
+    return table
+
+
+def sweep_table(name: str, rows: list[dict], front_keys: set[str], path: str) -> Table:
+    """The best TOP_ROWS points by tokens/GPU/s (saying so when there are more)."""
+    ok = [r for r in rows if r["metrics"]]
+    shown = min(len(ok), TOP_ROWS)
+    top = f"; the best {shown} by tok/GPU/s shown (--json for all)" if shown < len(ok) else ""
+    fields = sorted({k for r in rows for k in r["overrides"]})
+    table = _table(f"sweep {name}: {len(rows)} points ({len(rows) - len(ok)} failed), "
+                   f"results in {path}{top}",
+                   fields + ["step ms", "TPOT ms", "tok/GPU/s", "$/M out", "Pareto"], fields)
+    for r in sorted(ok, key=lambda r: -(r["metrics"].get("tokens_per_gpu_s") or 0))[:TOP_ROWS]:
+        m = r["metrics"]
+        table.add_row(*[str(r["overrides"].get(f, "")) for f in fields],
+                      fmt(m.get("step_time_ms"), 2), fmt(m.get("tpot_ms"), 2),
+                      fmt(m.get("tokens_per_gpu_s"), 0),
+                      fmt(m.get("cost_per_million_output_tokens"), 3),
+                      "*" if r["key"] in front_keys else "")
+    return table
+
+
+def profile_rows(data: dict, prefix: str = ""):
+    """(field, value, source) of every number and table of a profile's dump."""
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and "value" in value and "source" in value:
+            yield name, f"{value['value']:.6g}", value["source"]
+        elif isinstance(value, dict) and isinstance(value.get("points"), list):
+            pts = ", ".join(f"{x:g}:{e:.3g}" for x, e in value["points"])
+            yield name, pts, value["source"]
+        elif isinstance(value, dict) and "efficiency" in value and "weights" in value:
+            head = "N x K: " + " ".join(f"{w:.3g}" for w in value["weights"])
+            rows = [f"M {m:g}: " + " ".join(f"{e:.2g}" for e in row)
+                    for m, row in zip(value["m"], value["efficiency"])]
+            yield name, "\n".join([head] + rows), value["source"]
+        elif isinstance(value, dict):
+            yield from profile_rows(value, f"{name}.")
+        elif key not in ("name",):
+            yield name, str(value), ""

@@ -1,0 +1,124 @@
+"""Resolve once: a workload with its model and profile loaded, cross-checked and derived."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.errors import MoesimError
+from simulator.graph.memory import MemoryBreakdown, inference_memory
+from simulator.graph.model import Shape
+from simulator.loading import load_model, load_profile
+from simulator.schema import HardwareProfile, ModelSpec, Workload
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A workload with its model and profile loaded and its derived shapes checked: built once
+    by `resolve`, read by everything downstream, never edited."""
+
+    workload: Workload
+    model: ModelSpec
+    profile: HardwareProfile
+    real_experts: float
+    mtp_on: bool
+    acceptance: float
+    shape: Shape
+    memory: MemoryBreakdown
+    notes: tuple[str, ...] = ()
+    with_head: bool = True             # the LM head (and MTP) run in this step
+    traffic_cache: dict = field(default_factory=dict, compare=False)   # memo: routing by tokens
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Output tokens each sequence gains per decode forward (1 without MTP)."""
+        if not self.mtp_on:
+            return 1.0
+        d = self.workload.mtp.draft_tokens
+        return 1.0 + sum(self.acceptance ** i for i in range(1, d + 1))
+
+
+def check_plan(w: Workload, model: ModelSpec) -> None:
+    """The plan against the model: EP divides the routed experts, CP divides the sequence."""
+    plan = w.plan
+    if model.moe is not None and model.moe.num_experts % plan.ep:
+        raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
+                          f"routed experts of {model.name}",
+                          "choose an ep that divides the expert count (e.g. "
+                          f"{_divisors_hint(model.moe.num_experts, plan.gpus)})")
+    if w.phase != "decode" and w.context_length % plan.cp:
+        raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
+                          f"{w.context_length}", "choose a cp that divides context_length")
+
+
+def resolve(w: Workload, model: ModelSpec | None = None,
+            profile: HardwareProfile | None = None, *, with_head: bool = True,
+            traffic_cache: dict | None = None) -> Resolved:
+    """Load and cross-check everything a workload names; raise MoesimError on bad input.
+    `model` / `profile` skip loading what the caller already holds; `traffic_cache` shares
+    routing samples between workloads that differ only in shape."""
+    model = model or load_model(w.model)
+    profile = profile or load_profile(w.hardware)
+    plan = w.plan
+    notes: list[str] = []
+    check_plan(w, model)
+    k_real = 0.0
+    if model.moe is not None:
+        k_real = w.real_experts_per_token or model.moe.mean_real_experts
+        if k_real > model.moe.top_k:
+            raise MoesimError("real_experts_per_token", f"{k_real} exceeds top_k "
+                              f"{model.moe.top_k}", "use a value between 0 and top_k")
+    _check_routing(w, model)
+    mtp_on = w.mtp.enabled and w.phase == "decode"
+    if w.mtp.enabled and model.mtp_layers == 0:
+        raise MoesimError("mtp.enabled", f"{model.name} has no MTP layer",
+                          "set mtp.enabled: false or pick a model with mtp_layers")
+    acceptance = w.mtp.acceptance if w.mtp.acceptance is not None else model.mtp_acceptance
+    if w.phase == "decode":
+        q = 1 + (w.mtp.draft_tokens if mtp_on and
+                 not profile.idealizations.mtp_verification_free else 0)
+        shape = Shape("decode", w.batch_per_device, q, w.context_length)
+    else:
+        shape = Shape(w.phase, w.batch_per_device, w.context_length // w.plan.cp,
+                      w.context_length)
+    memory = inference_memory(model, plan, w.precision, shape, mtp_on,
+                              w.routing.redundant_experts)
+    hbm = profile.hbm_bytes.value
+    if memory.total > hbm:
+        msg = (f"needs {memory.describe()} per GPU, but {profile.gpu} has "
+               f"{hbm / 1e9:.0f} GB of HBM")
+        if profile.idealizations.enforce_hbm_capacity:
+            raise MoesimError("batch_per_device", f"the batch does not fit: {msg}",
+                              "lower batch_per_device or context_length, raise ep/tp, or use "
+                              "smaller precision.weight_bytes / kv_bytes")
+        notes.append(f"memory not enforced by this idealised profile: {msg}")
+    return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, tuple(notes),
+                    with_head, traffic_cache if traffic_cache is not None else {})
+
+
+def _check_routing(w: Workload, model: ModelSpec) -> None:
+    rt = w.routing
+    if model.moe is None:
+        return
+    if rt.expert_groups and model.moe.num_experts % rt.expert_groups:
+        raise MoesimError("routing.expert_groups", f"{rt.expert_groups} groups do not divide "
+                          f"the {model.moe.num_experts} experts", "use a divisor of the expert count")
+    if rt.max_groups_per_token and not rt.expert_groups:
+        raise MoesimError("routing.max_groups_per_token", "set without routing.expert_groups",
+                          "give expert_groups too, or drop max_groups_per_token")
+    if rt.expert_groups and rt.max_groups_per_token and rt.max_groups_per_token > rt.expert_groups:
+        raise MoesimError("routing.max_groups_per_token", "exceeds routing.expert_groups",
+                          "use at most expert_groups")
+    most = model.moe.num_experts * (w.plan.ep - 1)
+    if rt.redundant_experts > most:
+        raise MoesimError("routing.redundant_experts", f"{rt.redundant_experts} copies, but "
+                          f"{model.moe.num_experts} experts on EP {w.plan.ep} leave room for at "
+                          f"most {most} (one copy of an expert per rank)",
+                          f"use at most {most}, typically a few per rank")
+    if rt.real_experts_std and model.moe.num_zero_experts == 0:
+        raise MoesimError("routing.real_experts_std", f"{model.name} has no zero-computation "
+                          "experts, so every token uses exactly top_k experts",
+                          "drop real_experts_std for this model")
+
+
+def _divisors_hint(n: int, gpus: int) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, gpus) + 1) if n % d == 0 and gpus % d == 0
+                     and d & (d - 1) == 0)
