@@ -125,3 +125,13 @@ def test_tiny_scmoe_with_a_4096_token_prompt_finishes(tmp_path):
     import json
     step = json.loads(out.stdout)["step_time_ms"]
     assert step > 1000          # a 4096-token prefill on 2 CPU cores is seconds, not ms
+
+
+def test_an_op_of_centuries_is_refused_before_it_overflows():
+    from simulator.engine.core import MAX_OP_S
+    plan = StreamPlan(["x"], ["compute"], [0.0], [[]], [MAX_OP_S * 10], [None])
+    with pytest.raises(MoesimError, match="would take"):
+        Engine(plan, BW, 0.0)
+    plan = StreamPlan(["a2a"], ["comm"], [0.0], [[]], [0.0], [CommDemand(0.0, {"nic": 1e300})])
+    with pytest.raises(MoesimError, match="would take"):
+        Engine(plan, BW, 0.0)

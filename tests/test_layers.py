@@ -31,7 +31,13 @@ def import_graph(root: Path = ROOT) -> nx.DiGraph:
     for f in (root / "simulator").rglob("*.py"):
         mod = ".".join(f.relative_to(root).with_suffix("").parts)
         g.add_node(mod)
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", None) == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:     # annotations only: not an import at run time
+                continue
             names = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]

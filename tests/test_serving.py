@@ -8,8 +8,9 @@ from typer.testing import CliRunner
 from cli import app
 from simulator.schema import Workload
 from simulator.errors import MoesimError
-from simulator.serving.run import ServingSim, _steps_needed
-from tests.conftest import profile
+from simulator.serving.mtp import steps_needed as _steps_needed
+from simulator.serving.run import ServingSim
+from tests.conftest import profile, workload
 
 SMALL = {
     "name": "mixtral-serving-test", "model": "mixtral-8x7b", "hardware": "h100-sxm",
@@ -186,3 +187,38 @@ def test_serve_cli_json_keys_and_sweep(tmp_path):
     assert sbo[16]["tokens_per_gpu_s"] >= seq[16]["tokens_per_gpu_s"]
     r = CliRunner().invoke(app, ["serve", str(path), "--sweep-batch", "4,x"])
     assert r.exit_code == 2 and "--sweep-batch" in r.output
+
+
+def test_a_new_admission_policy_is_one_class(tmp_path):
+    # Registered from the test alone: admit at most one request per decode step. Requests that
+    # arrive together then wait for each other's admission, so none finishes sooner and the
+    # mean time to first decode grows; every request still finishes.
+    from simulator.serving.pools import ADMISSION_POLICIES, FcfsAdmission
+
+    class OnePerStep(FcfsAdmission):
+        def admit(self, run):
+            if run.ready and run.ready[0][0] <= run.t and run.n_active < run.slots:
+                rid = run.ready[0][1]
+                if run.sum_ctx + run.input[rid] + 1 + (run.n_active + 1) <= run.budget:
+                    import heapq
+                    heapq.heappop(run.ready)
+                    run.admit(rid)
+
+    ADMISSION_POLICIES["test-one-per-step"] = OnePerStep
+    try:
+        base = workload("workloads/tiny-scmoe.yaml",
+                        serving={"mode": "colocated", "decode": {"max_batch_per_device": 16},
+                                 "arrivals": {"process": "poisson", "rate_per_s": 1.5,
+                                              "duration_s": 20},
+                                 "input_tokens": {"mean": 64}, "output_tokens": {"mean": 32}})
+        fcfs = ServingSim(base).run().metrics
+        slow_w = base.variant(serving=base.serving.variant(admission="test-one-per-step"))
+        slow = ServingSim(slow_w).run().metrics
+    finally:
+        ADMISSION_POLICIES.pop("test-one-per-step")
+    for m in (fcfs, slow):
+        assert m["requests"]["finished"] == m["requests"]["arrived"] > 10
+    assert slow["e2e_ms"]["p50"] >= fcfs["e2e_ms"]["p50"]
+    assert slow["e2e_ms"]["p99"] > fcfs["e2e_ms"]["p99"]
+    with pytest.raises(MoesimError, match="serving.admission"):
+        ServingSim(slow_w)

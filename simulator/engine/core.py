@@ -25,6 +25,7 @@ INF = float("inf")
 TIME_RTOL = 1e-12        # two instants closer than this fraction of `now` are the same instant
 TIME_ATOL = 1e-15        # ... and closer than this many seconds near t = 0
 MAX_STALLS = 10_000      # wake-ups in a row that neither finish an op nor move time: a bug, stop
+MAX_OP_S = 1e9           # one op of over ~30 years is an input error, not a prediction
 
 
 def time_tol(now: float) -> float:
@@ -282,3 +283,9 @@ def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) 
                 if k not in bandwidth_Bps:
                     raise MoesimError(f"op '{name}'", f"uses link '{k}' that has no bandwidth",
                                       "give the profile a bandwidth for that link")
+        longest = max(times + [v / bandwidth_Bps[k] for d in demands
+                               for k, v in d.link_bytes.items()], default=0.0)
+        if longest > MAX_OP_S:
+            raise MoesimError(f"op '{name}'", f"would take {longest:.3g} s (more than "
+                              f"{MAX_OP_S:.0e} s)", "check the hardware profile (peaks, "
+                              "bandwidths, latencies) and the workload's sizes for a typo")

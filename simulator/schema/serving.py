@@ -65,4 +65,6 @@ class ServingSpec(Strict):
     output_tokens: LengthSpec = LengthSpec(mean=500)
     slo: SLOSpec = SLOSpec()
     max_queue: int = Field(100000, gt=0, description="waiting requests beyond this are rejected")
+    admission: str = Field("fcfs", min_length=1, description="decode admission policy "
+                           "(simulator/serving/pools.py ADMISSION_POLICIES): fcfs")
     drain_s: float = Field(3600.0, ge=0, description="after arrivals stop, finish in-flight work")

@@ -1,0 +1,178 @@
+"""Serving pools and policies: small classes with one interface each, so a new prefill pool or a
+new admission policy is one class (register it in PREFILL_POOLS / ADMISSION_POLICIES).
+
+The decode pool runs lockstep steps in `loop.Loop`. Around each step:
+- a PrefillPool turns queued prompts into requests ready to decode: `before_step` runs the
+  pool's own clock (disaggregated), `chunk` takes prompt tokens into this decode step
+  (colocated), `step_extra_s` is what that chunk adds to the step;
+- an AdmissionPolicy moves ready requests into the decode batch (`admit`) and, when the next
+  step would overflow the KV budget, picks who is evicted (`evict`).
+"""
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from simulator.serving.loop import Loop
+
+BUSY_EPS_S = 1e-12      # a prefill batch ending within this of now has ended
+
+
+def chunk_shape(chunk_tokens: float, dp: int, mean_prompt: float) -> tuple[float, float]:
+    """(sequences, context) per device that price a colocated prefill chunk on the tokens that
+    exist: `chunk_tokens` spread over `dp` ranks, whole prompts while a rank's share holds one,
+    else one partial prompt of the share's length (the MoE and all-to-all then carry exactly
+    the chunk's tokens; attention of a rank holding more of one prompt is priced at the share)."""
+    per_dev = chunk_tokens / dp
+    ctx = min(max(mean_prompt, 1.0), per_dev)
+    return per_dev / ctx, ctx
+
+
+class PrefillPool(Protocol):
+    """Where prompts are prefilled."""
+
+    def before_step(self, run: Loop) -> None:
+        """Advance the pool's own work up to run.t (finished prompts go to run.ready)."""
+
+    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+        """Prompt tokens taken into this decode step, and the requests they complete."""
+
+    def step_extra_s(self, run: Loop, chunk: float) -> float:
+        """Seconds the chunk adds to this decode step."""
+
+    def busy(self) -> bool:
+        """Work in flight that will produce ready requests by itself."""
+
+    def next_event_s(self) -> float | None:
+        """When the pool next produces something (None: nothing pending on its own clock)."""
+
+
+class DisaggregatedPrefill:
+    """A separate pool: batches of whole prompts up to its token budget, on its own clock; the
+    KV cache then crosses the NIC to the decode pool (overlapped with all but the last layer)."""
+
+    def __init__(self, run: Loop) -> None:
+        sim, spec = run.sim, run.sim.spec
+        self.dp = sim.prefill.dp
+        self.budget = spec.prefill.max_tokens_per_device * self.dp
+        self.nic = sim.profile.nic.bandwidth_Bps.value
+        self.layers = sim.model.num_layers
+        self.busy_until = 0.0
+        self.batch: list[int] = []
+
+    def before_step(self, run: Loop) -> None:
+        if self.batch and self.busy_until <= run.t + BUSY_EPS_S:
+            for rid in self.batch:
+                heapq.heappush(run.ready, (run.first[rid], rid))
+            self.batch = []
+        if self.batch or not run.prefill_q:
+            return
+        start = max(run.t, self.busy_until)
+        run.arrive(start)
+        batch, tokens = [], 0
+        while run.prefill_q and (not batch or
+                                 tokens + run.input[run.prefill_q[0]] <= self.budget):
+            rid = run.prefill_q.popleft()
+            batch.append(rid)
+            tokens += int(run.input[rid])
+        per_dev = tokens / self.dp
+        seqs = max(1.0, len(batch) / self.dp)
+        dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
+        kv_bytes = tokens * run.sim.kv_token_bytes / self.dp
+        exposed = max(kv_bytes / self.nic - dt * (self.layers - 1) / self.layers,
+                      kv_bytes / self.nic / self.layers)
+        self.busy_until = start + dt
+        for rid in batch:
+            run.first[rid] = start + dt + exposed
+        run.prefill_tokens += tokens
+        self.batch = batch
+
+    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+        return 0.0, []
+
+    def step_extra_s(self, run: Loop, chunk: float) -> float:
+        return 0.0
+
+    def busy(self) -> bool:
+        return bool(self.batch)
+
+    def next_event_s(self) -> float | None:
+        return self.busy_until if self.batch else None
+
+
+class ColocatedPrefill:
+    """Chunked prefill inside the decode pool's steps: up to chunk_tokens_per_device x dp prompt
+    tokens a step, a prompt's first token at the end of the step that completes it."""
+
+    def __init__(self, run: Loop) -> None:
+        self.budget = run.sim.spec.chunk_tokens_per_device * run.dp
+        self.left: dict[int, float] = {}
+
+    def before_step(self, run: Loop) -> None:
+        return None
+
+    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+        used = 0.0
+        completed: list[int] = []
+        q = run.prefill_q
+        while q and used < self.budget:
+            rid = q[0]
+            rem = self.left.get(rid, float(run.input[rid]))
+            take = min(rem, self.budget - used)
+            used += take
+            rem -= take
+            run.prefill_tokens += int(take)
+            if rem <= 0:
+                q.popleft()
+                self.left.pop(rid, None)
+                completed.append(rid)
+            else:
+                self.left[rid] = rem
+                break
+        return used, completed
+
+    def step_extra_s(self, run: Loop, chunk: float) -> float:
+        if not chunk:
+            return 0.0
+        return run.sim.prefill.step_s(*chunk_shape(chunk, run.dp, run.sim.spec.input_tokens.mean))
+
+    def busy(self) -> bool:
+        return False
+
+    def next_event_s(self) -> float | None:
+        return None
+
+
+class AdmissionPolicy(Protocol):
+    """Who joins the decode batch, and who leaves it when the KV cache would overflow."""
+
+    def admit(self, run: Loop) -> None:
+        """Move ready requests (run.ready, by ready time) into the batch."""
+
+    def evict(self, run: Loop) -> None:
+        """Evict until the next step's KV growth fits the budget."""
+
+
+class FcfsAdmission:
+    """First come, first served while slots and the KV budget allow; evict the newest first
+    (recompute: an evicted request is prefilled again with everything it holds)."""
+
+    def admit(self, run: Loop) -> None:
+        while run.ready and run.ready[0][0] <= run.t and run.n_active < run.slots:
+            rid = run.ready[0][1]
+            need = run.input[rid] + 1
+            if run.sum_ctx + need + (run.n_active + 1) * (1 + run.sim.mtp_draft) > run.budget:
+                break
+            heapq.heappop(run.ready)
+            run.admit(rid)
+
+    def evict(self, run: Loop) -> None:
+        while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:
+            rid = run.active.pop()
+            if run.in_active[rid]:
+                run.preempt(rid)
+
+
+PREFILL_POOLS = {"disaggregated": DisaggregatedPrefill, "colocated": ColocatedPrefill}
+ADMISSION_POLICIES = {"fcfs": FcfsAdmission}
