@@ -18,7 +18,7 @@ from typing import Callable
 import yaml
 
 from simulator.atomic import write_text_atomic
-from simulator.pricing.calibration import fit, profile_dict, rows_from_dicts
+from simulator.pricing.fits import fit, profile_dict, rows_from_dicts
 from simulator.schema import HardwareProfile
 from simulator.errors import MoesimError
 

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from simulator.pricing.calibration import Row, fit, interp_log
+from simulator.pricing.fits import Row, fit, interp_log
 from simulator.errors import MoesimError
 from simulator.pricing.hardware import expected_max_normal
 from simulator.loading import load_profile

@@ -2,7 +2,7 @@
 import pytest
 from pydantic import ValidationError
 
-from simulator.pricing.calibration import Row, fit
+from simulator.pricing.fits import Row, fit
 from simulator.schema import ShapeEfficiencyTable
 from simulator.pricing.hardware import bilinear_log, compute_time_s, gemm_efficiency
 from simulator.loading import load_workload

@@ -48,9 +48,9 @@ class ServingSim:
         self.rng = np.random.default_rng(w.seed)
         dec, pre = self.spec.decode, self.spec.prefill
         self.decode = StepModel(w, dec.plan or w.plan, dec.schedule or w.schedule, "decode",
-                                dec.max_batch_per_device, self.profile)
+                                dec.max_batch_per_device, self.model, self.profile)
         self.prefill = StepModel(w, pre.plan or w.plan, pre.schedule or w.schedule, "prefill",
-                                 max(1, pre.max_tokens_per_device), self.profile)
+                                 max(1, pre.max_tokens_per_device), self.model, self.profile)
         self.mtp_draft = w.mtp.draft_tokens if (w.mtp.enabled and self.model.mtp_layers) else 0
         self.acc = (w.mtp.acceptance if w.mtp.acceptance is not None
                     else self.model.mtp_acceptance) if self.mtp_draft else 0.0

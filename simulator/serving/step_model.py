@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass, field
 
 from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
-from simulator.loading import load_model, load_profile
 from simulator.engine.schedule import get_schedule
 from simulator.step.whatif import Resolved, resolve, simulate
 
@@ -43,17 +42,15 @@ class StepModel:
     schedule: str
     phase: str
     cap: int
-    base_profile: HardwareProfile | None = None
-    model: ModelSpec = field(init=False)
+    model: ModelSpec                   # loaded once by the deployment
+    base_profile: HardwareProfile
     profile: HardwareProfile = field(init=False)
     cache: dict = field(default_factory=dict)
     traffic: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.model = load_model(self.base.model)
-        prof = self.base_profile or load_profile(self.base.hardware)
-        ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
-        self.profile = prof.variant(idealizations=ideal)
+        ideal = self.base_profile.idealizations.variant(enforce_hbm_capacity=False)
+        self.profile = self.base_profile.variant(idealizations=ideal)
 
     @property
     def dp(self) -> int:
