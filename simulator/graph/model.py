@@ -41,6 +41,7 @@ class Op:
     aux_bytes: float = 0.0          # unfused elementwise bytes an eager runtime adds
     gather_bytes: float = 0.0       # of bytes + aux_bytes: indexed row copies (eager pricing)
     gemm_nk: tuple[float, ...] = ()  # N x K weight elements of each GEMM (per expert if grouped)
+    precision: str = "bf16"         # compute precision (GEMMs, attention core): bf16 | fp8
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -68,8 +69,10 @@ class _Builder:
     """Accumulates ops and edges for a step."""
 
     def __init__(self, model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
-                 real_experts: float, micro_batch: int = 0) -> None:
+                 real_experts: float, micro_batch: int = 0,
+                 compute: dict[str, str] | None = None) -> None:
         self.m, self.plan, self.p, self.s = model, plan, prec, shape
+        self.compute = compute or {}
         self.k_real = real_experts
         self.mb = micro_batch
         self.g = nx.DiGraph()
@@ -82,6 +85,9 @@ class _Builder:
             op.aux_bytes = extra.elems * self.p.activation_bytes
             op.gather_bytes = extra.gathers * self.p.activation_bytes
         op.micro_batch = self.mb
+        cls = compute_class(op)
+        if cls is not None:
+            op.precision = self.compute.get(cls, "bf16")
         self.g.add_node(op.name, op=op)
         for src in inputs:
             if src:
@@ -275,11 +281,26 @@ class _Builder:
         return self.head(layer, f, block="mtp_head")
 
 
+def compute_class(op: Op) -> str | None:
+    """The op class whose compute precision prices `op` (None: the router, memory ops)."""
+    if op.kind == "attention":
+        return "attention"
+    if op.kind == "grouped_gemm" or op.name.endswith("moe.shared"):
+        return "expert_gemm"
+    if op.kind == "gemm":
+        if op.name.endswith("lm_head"):
+            return "lm_head"
+        return None if op.name.endswith("moe.router") else "dense_gemm"
+    return None
+
+
 def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                   real_experts: float, *, layers: int | None = None, with_head: bool = True,
-                  mtp: bool = False, micro_batch: int = 0) -> nx.DiGraph:
-    """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer."""
-    b = _Builder(model, plan, prec, shape, real_experts, micro_batch)
+                  mtp: bool = False, micro_batch: int = 0,
+                  compute: dict[str, str] | None = None) -> nx.DiGraph:
+    """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer;
+    `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16)."""
+    b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute)
     n = model.num_layers if layers is None else layers
     last = ""
     for i in range(n):

@@ -10,6 +10,7 @@ from statistics import NormalDist
 
 from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
+from simulator.errors import MoesimError
 from simulator.graph.model import Op
 from simulator.notes import note
 from simulator.engine.streams import CommDemand
@@ -38,7 +39,7 @@ def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> fl
 def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     """Standalone duration of a compute op: latency + max(compute, memory) roofline."""
     floor = prof.idealizations.gemm_weight_floor
-    peak = prof.peak_bf16_flops.value
+    peak = peak_flops(prof, op.precision)
     mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
     bw = memory_rate(prof, mem_bytes)
     latency = prof.kernel_latency_s.value
@@ -57,17 +58,38 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
 
 
+def peak_flops(prof: HardwareProfile, precision: str) -> float:
+    """The datasheet peak of a compute precision (bf16 or fp8), FLOP/s."""
+    if precision == "fp8":
+        if prof.peak_fp8_flops is None:
+            raise MoesimError("peak_fp8_flops", f"profile {prof.name} has none, but an op "
+                              "computes in fp8", "add a sourced peak_fp8_flops to the profile, "
+                              "or set precision.compute to bf16")
+        return prof.peak_fp8_flops.value
+    return prof.peak_bf16_flops.value
+
+
 def gemm_efficiency(op: Op, prof: HardwareProfile) -> float:
-    """Fraction of peak of a (grouped) GEMM op: by M and each GEMM's N x K where the profile
-    has a shape table and the op lists its GEMMs (their FLOPs share is their N x K, all at the
-    same M), else by M alone."""
+    """Fraction of the op's precision's peak of a (grouped) GEMM op: by M and each GEMM's N x K
+    where the profile has a shape table and the op lists its GEMMs (their FLOPs share is their
+    N x K, all at the same M), else by M alone. A table measured at another precision is used
+    as the same fraction of this precision's peak, with a note saying so."""
     table = prof.gemm_shape_efficiency
     if table is not None and op.gemm_nk:
+        _mixed(table.precision, op.precision, "GEMM shape")
         slow = sum(nk / shape_efficiency(table, op.m, nk) for nk in op.gemm_nk)
         return sum(op.gemm_nk) / slow
     if op.kind == "grouped_gemm":
+        _mixed(prof.grouped_gemm_efficiency.precision, op.precision, "grouped GEMM")
         return efficiency(prof.grouped_gemm_efficiency, op.m, "grouped GEMM tokens per expert")
+    _mixed(prof.gemm_efficiency.precision, op.precision, "GEMM")
     return efficiency(prof.gemm_efficiency, op.m, "GEMM M")
+
+
+def _mixed(measured: str, used: str, what: str) -> None:
+    if measured != used:
+        note(f"{what} efficiency measured in {measured} prices {used} GEMMs as the same "
+             f"fraction of the {used} peak (no {used} measurement in the profile)")
 
 
 def _log_position(xs: list[float], x: float) -> tuple[int, float]:

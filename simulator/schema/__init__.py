@@ -6,13 +6,14 @@ from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precisi
                                          RoutingSpec)
 from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
                                        Idealizations, LinkSpec, NetworkSpec)
-from simulator.schema.model import AttentionSpec, ModelSpec, MoESpec
+from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePrecision,
+                                    ModelSpec, MoESpec)
 from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
                                       SLOSpec)
 from simulator.schema.training import TrainingSpec
 from simulator.schema.workload import Workload
 
-__all__ = ["ArrivalSpec", "AttentionSpec", "CalibrationInfo", "EfficiencyTable", "FitQuality",
+__all__ = ["ArrivalSpec", "AttentionSpec", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "SLOSpec", "ServingSpec",

@@ -85,6 +85,9 @@ class RateTable(Strict):
 class EfficiencyTable(RateTable):
     """Fraction of peak by size (M rows, or tokens per expert), log-interpolated, with a source."""
 
+    precision: Literal["bf16", "fp8"] = Field(
+        "bf16", description="the precision measured at: fractions are of that precision's peak")
+
     @model_validator(mode="after")
     def _fraction(self) -> "EfficiencyTable":
         if any(e > 1 for _, e in self.points):
@@ -100,6 +103,7 @@ class ShapeEfficiencyTable(Strict):
     weights: list[float] = Field(min_length=1, description="N x K elements, increasing")
     efficiency: list[list[float]] = Field(description="one row per m, one column per weights")
     source: str = Field(min_length=3)
+    precision: Literal["bf16", "fp8"] = Field("bf16", description="the precision measured at")
 
     @model_validator(mode="after")
     def _valid(self) -> "ShapeEfficiencyTable":

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from simulator.schema.base import Strict
+from simulator.schema.model import ComputePrecision
 
 Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
 
@@ -64,6 +65,10 @@ class Precision(Strict):
     kv_bytes: float = Field(2.0, gt=0)
     dispatch_bytes: float = Field(2.0, gt=0, description="all-to-all dispatch payload per element")
     combine_bytes: float = Field(2.0, gt=0, description="all-to-all combine payload per element")
+    compute: ComputePrecision = Field(
+        ComputePrecision(), description="compute precision per op class (expert_gemm, "
+        "dense_gemm, attention, lm_head: bf16 or fp8); unset: the model's serving_recipe for "
+        "inference, bf16 for training. Each is priced at that precision's peak")
 
 
 class RoutingSpec(Strict):

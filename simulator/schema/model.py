@@ -65,6 +65,20 @@ class MoESpec(Strict):
                      else self.real_experts_per_token)
 
 
+ComputeDtype = Literal["bf16", "fp8"]
+COMPUTE_CLASSES = ("expert_gemm", "dense_gemm", "attention", "lm_head")
+
+
+class ComputePrecision(Strict):
+    """Precision the GEMMs and attention cores of each op class compute in (None: not set here)."""
+
+    expert_gemm: Optional[ComputeDtype] = Field(None, description="routed and shared experts")
+    dense_gemm: Optional[ComputeDtype] = Field(
+        None, description="attention projections, dense FFNs, MTP projection")
+    attention: Optional[ComputeDtype] = Field(None, description="attention core")
+    lm_head: Optional[ComputeDtype] = Field(None, description="LM head")
+
+
 class ModelSpec(Strict):
     """A transformer LLM, dense or MoE, conventional or shortcut-connected (ScMoE)."""
 
@@ -82,6 +96,9 @@ class ModelSpec(Strict):
     mtp_layers: int = Field(0, ge=0, description="multi-token-prediction layers (dense)")
     mtp_acceptance: float = Field(0.0, ge=0, le=1, description="draft acceptance reported")
     tied_embeddings: bool = False
+    serving_recipe: ComputePrecision = Field(
+        ComputePrecision(), description="compute precision per op class of the model's "
+        "published serving recipe (inference default; unset classes: bf16)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":

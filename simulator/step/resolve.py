@@ -7,7 +7,7 @@ from simulator.errors import MoesimError
 from simulator.graph.memory import MemoryBreakdown, inference_memory
 from simulator.graph.model import Shape
 from simulator.loading import load_model, load_profile
-from simulator.schema import HardwareProfile, ModelSpec, Workload
+from simulator.schema import COMPUTE_CLASSES, HardwareProfile, ModelSpec, Workload
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Resolved:
     shape: Shape
     memory: MemoryBreakdown
     notes: tuple[str, ...] = ()
+    compute: dict[str, str] = field(default_factory=dict)   # op class -> bf16 | fp8
     with_head: bool = True             # the LM head (and MTP) run in this step
     traffic_cache: dict = field(default_factory=dict, compare=False)   # memo: routing by tokens
 
@@ -90,8 +91,9 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                               "lower batch_per_device or context_length, raise ep/tp, or use "
                               "smaller precision.weight_bytes / kv_bytes")
         notes.append(f"memory not enforced by this idealised profile: {msg}")
+    compute = compute_precision(w, model, profile, notes)
     return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, tuple(notes),
-                    with_head, traffic_cache if traffic_cache is not None else {})
+                    compute, with_head, traffic_cache if traffic_cache is not None else {})
 
 
 def _check_routing(w: Workload, model: ModelSpec) -> None:
@@ -122,3 +124,28 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
 def _divisors_hint(n: int, gpus: int) -> str:
     return ", ".join(str(d) for d in range(1, min(n, gpus) + 1) if n % d == 0 and gpus % d == 0
                      and d & (d - 1) == 0)
+
+
+def compute_precision(w: Workload, model: ModelSpec, profile: HardwareProfile,
+                      notes: list[str] | None = None) -> dict[str, str]:
+    """Precision per op class: the workload's, else (inference) the model's serving recipe,
+    else bf16. A recipe's fp8 on a GPU without FP8 compute runs in bf16 (weight-only FP8, with
+    a note); fp8 the workload asks for needs the profile's FP8 peak."""
+    inference = w.phase in ("decode", "prefill")
+    out = {}
+    for cls in COMPUTE_CLASSES:
+        own = getattr(w.precision.compute, cls)
+        recipe = getattr(model.serving_recipe, cls) if inference else None
+        if own is None and recipe == "fp8" and profile.peak_fp8_flops is None:
+            recipe = "bf16"
+            if notes is not None:
+                notes.append(f"{profile.gpu} has no FP8 compute: {model.name}'s FP8 {cls} "
+                             "run in BF16 (FP8 weights, BF16 math)")
+        out[cls] = own or recipe or "bf16"
+    if "fp8" in out.values() and profile.peak_fp8_flops is None:
+        classes = ", ".join(k for k, v in out.items() if v == "fp8")
+        raise MoesimError("precision.compute", f"{classes} compute in fp8 but profile "
+                          f"{profile.name} has no peak_fp8_flops",
+                          "give the profile a sourced peak_fp8_flops, or set those classes to "
+                          "bf16 under precision.compute")
+    return out

@@ -23,7 +23,8 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     graphs = []
     for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
-                            mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head)
+                            mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head,
+                            compute=r.compute)
         graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
     return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
 
