@@ -14,11 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError
 from simulator.outputs import tables as T
-from simulator.loading import load_model, load_workload
-from simulator.graph.params import count_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
@@ -65,6 +62,12 @@ def _outputs(**paths: Optional[Path]) -> None:
     for option, path in paths.items():
         if path is not None:
             check_output_path(path, "--" + option.replace("_", "-"))
+
+
+def load_workload(path: str):
+    """The workload YAML (schemas imported only when a command needs them: a fast --help)."""
+    from simulator.loading import load_workload as load
+    return load(path)
 
 
 def _print_json(obj) -> None:
@@ -185,6 +188,8 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
         write_text_atomic(out_path, text, "--out")
         out.print(f"wrote {out_path}")
         return
+    from simulator.graph.params import count_params
+    from simulator.loading import load_model
     spec = load_model(name)
     c = count_params(spec)
     table = Table(title=f"{spec.name} ({spec.family}, {spec.num_layers} layers, {spec.layer_kind})")
@@ -526,6 +531,7 @@ SCHEMAS = ("workload", "model", "profile")
 @app.command()
 def schema(kind: str = typer.Argument("workload", help="one of: workload, model, profile")) -> None:
     """Print the JSON Schema of a YAML file kind (workload, model or profile)."""
+    from simulator.schema import HardwareProfile, ModelSpec, Workload
     classes = {"workload": Workload, "model": ModelSpec, "profile": HardwareProfile}
     if kind not in classes:
         err.print(f"[bold red]error[/]: KIND: unknown schema {kind!r}. Fix: use one of "
