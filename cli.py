@@ -332,7 +332,14 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
 
 @app.command()
 @user_errors
-def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
+def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-measurements "
+                                                  "the device folder name (h800, h20 ...)"),
+              from_measurements: Optional[Path] = typer.Option(
+                  None, "--from-measurements", help="fit GEMM tables from measured kernel "
+                  "times under this folder (gemm/DEVICE/data.csv, grouped_gemm/...)"),
+              base: Optional[str] = typer.Option(
+                  None, help="with --from-measurements: the profile whose other numbers are "
+                  "kept (default: the device name)"),
               quick: bool = typer.Option(False, "--quick",
                                          help="small grid (about two minutes on 2 cores)"),
               full: bool = typer.Option(False, "--full", help="large grid"),
@@ -341,8 +348,12 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
               name: Optional[str] = typer.Option(None, help="profile name (default DEVICE-measured)"),
               price: float = typer.Option(0.05, help="$ per device-hour to record"),
               force: bool = typer.Option(False, help="overwrite --out")) -> None:
-    """Microbenchmark this device and fit a hardware profile (with held-out error)."""
+    """Microbenchmark this device (or read measured kernel times) and fit a hardware profile,
+    with the held-out error of every fit."""
     import warnings
+    if from_measurements is not None:
+        _calibrate_from_files(from_measurements, device, base or device, out, force)
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     if quick and full:
         raise MoesimError("--quick/--full", "both given", "pass one of them")
@@ -374,6 +385,24 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda"),
                 f"{data['hbm_bandwidth_Bps']['value'] / 1e9:.1f} GB/s, all-to-all "
                 f"{data['nvlink']['bandwidth_Bps']['value'] / 1e9:.2f} GB/s, comm takes "
                 f"{data['comm_sm_fraction']['value']:.0%} of compute", highlight=False)
+
+
+def _calibrate_from_files(root: Path, device: str, base: str, out: Optional[Path],
+                          force: bool) -> None:
+    from simulator.outputs.kernel_profile import profile_from_measurements
+    if out is not None:
+        _outputs(out=out)
+    path, data, not_fitted = profile_from_measurements(root, device, base, out, force)
+    table = Table(title=f"{data['gpu']}: fitted from {root} -> {path}")
+    for col in ("fit", "held-out MAPE", "points", "flag"):
+        table.add_column(col, justify="left" if col == "fit" else "right")
+    for k, q in data["calibration"]["fits"].items():
+        table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
+    out_c = out_console()
+    out_c.print(table)
+    if not_fitted:
+        out_c.print(f"not fitted (kept from {base}): {', '.join(not_fitted)} kernel files",
+                    highlight=False)
 
 
 @app.command()

@@ -29,7 +29,7 @@ def collective_among_compute(offset_s, latency_s, nbytes, chops, sm=0.0):
     return start[0], end[0]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(offset=st.sampled_from([0.0, 1e-3, 0.3, 7.9, 10.0, 3600.0, 86400.0]),
        latency=st.floats(1e-7, 1e-3), nbytes=st.floats(1e3, 1e8),
        chops=st.lists(st.floats(1e-7, 1e-3), min_size=1, max_size=12))

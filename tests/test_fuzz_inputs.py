@@ -2,6 +2,7 @@
 result in bounded time or is refused with a MoesimError. Nothing else escapes."""
 import copy
 import math
+import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,7 +78,8 @@ def finite(x) -> None:
             finite(v)
 
 
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 30)), deadline=None,
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 30))     # more locally: FUZZ_EXAMPLES=1000
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -112,7 +114,8 @@ def test_generated_profiles_run_or_are_refused(field, value):
     finite({k: v for k, v in m.items() if k != "ops"})
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(SERVING_FIELDS), value=ODD)
 def test_generated_serving_blocks_run_or_are_refused(field, value):
     from simulator.serving.run import ServingSim
@@ -128,7 +131,7 @@ def test_generated_serving_blocks_run_or_are_refused(field, value):
     finite(m)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(text=st.one_of(st.text(max_size=200),
                       st.recursive(st.none() | st.booleans() | st.floats() | st.integers() |
                                    st.text(max_size=10),

@@ -316,6 +316,28 @@ def fit(rows: list[Row]) -> Fitted:
                   coll_table, frac, quality)
 
 
+def fit_gpu_kernels(rows: dict[str, list[Row]], peak: float, bw: float,
+                    lat: float) -> tuple[ShapeGrid | None, list[tuple[float, float]] | None,
+                                         dict[str, dict]]:
+    """GEMM efficiency by M and N x K, grouped GEMM efficiency by tokens per expert, as
+    fractions of `peak` (the precision measured at), each with its k-fold held-out error; the
+    profile's memory rate `bw` and kernel latency `lat` price every held-out point."""
+    quality: dict[str, dict] = {}
+    shape = grouped = None
+    gemm = rows.get("gemm", [])
+    if gemm:
+        shape = _shape_table(gemm, peak, lat)
+        quality["gemm_by_shape"] = _shape_quality(gemm, peak, bw, lat)
+    group = rows.get("grouped_gemm", [])
+    if group:
+        tpe = lambda r: float(r.params["tokens_per_expert"])   # noqa: E731
+        grouped = _eff_table(group, tpe, peak, lat)
+        quality["grouped_gemm"] = _table_quality(group, tpe, peak, bw, lat)
+        if shape is not None:
+            quality["grouped_gemm_by_shape"] = _grouped_by_shape(group, shape, peak, bw, lat)
+    return shape, grouped, quality
+
+
 def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, float]]:
     """Scores per second of attention time beyond its matmul FLOPs, median per score count."""
     by: dict[float, list[float]] = defaultdict(list)

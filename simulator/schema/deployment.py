@@ -57,14 +57,17 @@ class MTPConfig(Strict):
     acceptance: Optional[float] = Field(None, ge=0, le=1, description="default: the model's")
 
 
+MAX_ELEMENT_BYTES = 16     # no tensor element is wider (fp64 is 8)
+
+
 class Precision(Strict):
     """Bytes per element of each tensor class."""
 
-    weight_bytes: float = Field(2.0, gt=0)
-    activation_bytes: float = Field(2.0, gt=0)
-    kv_bytes: float = Field(2.0, gt=0)
-    dispatch_bytes: float = Field(2.0, gt=0, description="all-to-all dispatch payload per element")
-    combine_bytes: float = Field(2.0, gt=0, description="all-to-all combine payload per element")
+    weight_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES)
+    activation_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES)
+    kv_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES)
+    dispatch_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES, description="all-to-all dispatch payload per element")
+    combine_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES, description="all-to-all combine payload per element")
     compute: ComputePrecision = Field(
         ComputePrecision(), description="compute precision per op class (expert_gemm, "
         "dense_gemm, attention, lm_head: bf16 or fp8); unset: the model's serving_recipe for "

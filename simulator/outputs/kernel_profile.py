@@ -1,0 +1,74 @@
+"""`moesim calibrate --from-measurements`: a GPU profile whose GEMM and grouped-GEMM efficiency
+tables are fitted from measured kernel times, every other number kept (with its source) from a
+base profile. No torch, no GPU: the measurements are files."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import yaml
+
+from simulator.atomic import write_text_atomic
+from simulator.errors import MoesimError
+from simulator.loading import PROFILES_DIR, known_names, parse, read_yaml_mapping
+from simulator.pricing.fits import fit_gpu_kernels
+from simulator.pricing.kernel_files import read_kernel_rows
+from simulator.schema import HardwareProfile
+
+EFF_FLOOR = 1e-4       # an efficiency table holds fractions in (0, 1]
+
+
+def _base_mapping(base: str) -> dict:
+    path = Path(base)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = PROFILES_DIR / f"{base}.yaml"
+    if not path.exists():
+        raise MoesimError("--base", f"unknown profile '{base}'",
+                          f"use one of: {', '.join(known_names(PROFILES_DIR))}, or a YAML path")
+    return read_yaml_mapping(path)
+
+
+def profile_from_measurements(root: Path, device: str, base: str, out: Path | None,
+                              force: bool) -> tuple[Path, dict, list[str]]:
+    """Fit, validate and write the profile; returns (path, profile mapping, kinds not fitted)."""
+    data = _base_mapping(base)
+    prof = parse(HardwareProfile, data, f"profile {base}")
+    if prof.peak_fp8_flops is None:
+        raise MoesimError("--base", f"profile {prof.name} has no peak_fp8_flops, and the "
+                          "measurements are FP8 kernels", "add a sourced peak_fp8_flops")
+    out = Path(out) if out is not None else Path(f"{device}-measured.yaml")
+    if out.exists() and not force:
+        raise MoesimError("--out", f"{out} already exists", "pass --force to overwrite it")
+    rows, sources, not_fitted = read_kernel_rows(root, device)
+    peak = prof.peak_fp8_flops.value
+    bw = prof.hbm_bandwidth_Bps.value * prof.hbm_efficiency.value
+    lat = prof.kernel_latency_s.value
+    shape, grouped, quality = fit_gpu_kernels(rows, peak, bw, lat)
+    how = (f"efficiency = FLOPs / (peak_fp8_flops x (latency - kernel_latency_s)), fitted by "
+           f"`moesim calibrate --from-measurements {root} --device {device} --base {base}`")
+    if shape is not None:
+        ms, ws, grid = shape
+        data["gemm_shape_efficiency"] = {
+            "m": [float(m) for m in ms], "weights": [float(w) for w in ws],
+            "efficiency": [[float(min(max(e, EFF_FLOOR), 1.0)) for e in row] for row in grid],
+            "source": f"{sources['gemm']} (FP8 dense GEMMs): median per (M, N x K) cell; {how}",
+            "precision": "fp8"}
+    if grouped is not None:
+        data["grouped_gemm_efficiency"] = {
+            "points": [[float(x), float(min(max(e, EFF_FLOOR), 1.0))] for x, e in grouped],
+            "source": f"{sources['grouped_gemm']} (FP8 grouped GEMMs, up and down projections): "
+                      f"median per tokens per expert; {how}",
+            "precision": "fp8"}
+    data["calibration"] = {
+        "device": device, "device_name": prof.gpu, "cores": 0, "driver": "",
+        "torch_version": "none (fitted from measurement files)",
+        "date": dt.date.today().isoformat(), "mode": "from-measurements", "ranks": 1,
+        "threads_per_rank": 0, "dtype": "fp8",
+        "fits": {k: {"mape": float(q["mape"]), "points": int(q["points"]),
+                     "flagged": bool(q["flagged"])} for k, q in quality.items()}}
+    parse(HardwareProfile, data, f"fitted profile {out.name}")      # refuse before writing
+    header = (f"# Written by `moesim calibrate --from-measurements {root} --device {device} "
+              f"--base {base}`:\n# GEMM and grouped-GEMM tables fitted from measured kernel "
+              f"times; every other number is the base profile's, with its source.\n")
+    write_text_atomic(out, header + yaml.safe_dump(data, sort_keys=False, width=100), "--out")
+    return out, data, not_fitted
