@@ -147,3 +147,14 @@ def test_kill_9_of_the_parent_leaves_no_worker(tmp_path):
     def gone():
         return not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     assert wait_for(gone, 10), [w.pid for w in workers if w.is_running()]
+
+
+def test_more_workers_than_cores_are_capped_with_a_note(tmp_path):
+    s = tmp_path / "s.yaml"
+    s.write_text(yaml.safe_dump({"name": "cap", "base": str(BASE),
+                                 "grid": {"batch_per_device": [8, 16]}}))
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sweep", str(s), "--workers",
+                          str((os.cpu_count() or 1) + 10)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"capped at this machine's {os.cpu_count() or 1} cores" in " ".join(out.stderr.split())

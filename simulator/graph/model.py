@@ -13,6 +13,8 @@ from typing import Literal
 import networkx as nx
 
 from simulator.graph import unfused
+from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
+                                    layer_counts)
 from simulator.schema import ModelSpec, ParallelPlan, Phase, Precision
 
 OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
@@ -110,7 +112,7 @@ class _Builder:
             proj_nk = q_gemms + (h * (a.kv_lora_rank + a.qk_rope_head_dim),)
             kv_b_w = a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
             o_w = a.num_heads * a.v_head_dim * h
-            kv_elems = a.kv_lora_rank + a.qk_rope_head_dim
+            kv_elems = kv_elements_per_block(a)
             if s.phase == "decode":   # absorbed MLA: attend over the latent cache
                 per_key = 2 * a.num_heads * (kv_elems + a.kv_lora_rank)
                 core_flops = t * s.context * per_key + 2 * t * kv_b_w
@@ -209,7 +211,7 @@ class _Builder:
                                group="ep", layer=layer, block="moe"), permute,
                             extra=unfused.split_exchange())
         local_experts = moe.num_experts / self.plan.ep
-        w_exp = 3 * h * moe.expert_intermediate
+        w_exp = expert_params(self.m)
         experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
                               bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
                               weight_bytes=local_experts * w_exp * wb,
@@ -245,8 +247,8 @@ class _Builder:
     def layer(self, i: int, after: str) -> str:
         """One transformer layer; returns its last op."""
         m = self.m
-        dense = m.moe is None or i < m.first_k_dense
-        if m.layer_kind == "shortcut" and not dense:
+        dense = i < layer_counts(m)[0]
+        if blocks_per_layer(m, moe_layer=not dense) == 2:
             a0 = self.attention(i, "attn0", after)
             moe_out, _ = self.moe(i, a0)
             f0 = self.dense_ffn(i, "ffn0", a0, m.dense_intermediate, pre_norm=False)

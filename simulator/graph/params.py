@@ -47,12 +47,16 @@ def attention_blocks(model: ModelSpec) -> int:
     return dense + moe * blocks_per_layer(model)
 
 
+def kv_elements_per_block(a: AttentionSpec) -> int:
+    """KV-cache elements one token stores in one attention block: MLA's latent and rope key,
+    or GQA's keys and values."""
+    return (a.kv_lora_rank + a.qk_rope_head_dim) if a.kind == "mla" \
+        else 2 * a.num_kv_heads * a.head_dim
+
+
 def kv_elements_per_token(model: ModelSpec) -> int:
     """KV-cache elements one token stores across all attention blocks (MTP excluded)."""
-    a = model.attention
-    per_block = (a.kv_lora_rank + a.qk_rope_head_dim) if a.kind == "mla" \
-        else 2 * a.num_kv_heads * a.head_dim
-    return attention_blocks(model) * per_block
+    return attention_blocks(model) * kv_elements_per_block(model.attention)
 
 
 def dense_ffn_params(model: ModelSpec) -> int:

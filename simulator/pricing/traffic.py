@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from simulator.schema import HardwareProfile, ModelSpec, Workload
+from simulator.graph.params import expert_params
 from simulator.pricing.hardware import compute_time_s, link_bandwidths
 from simulator.engine.streams import CommDemand
 from simulator.graph.model import Op
@@ -68,7 +69,7 @@ def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Wor
     """The expert GEMM of one rank: its routed rows and its expert copies' weights."""
     assert model.moe is not None
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
-    w_exp = 3 * h * model.moe.expert_intermediate
+    w_exp = expert_params(model)
     rows = float(t.routing.rank_rows[rank])
     slots = int(t.routing.placement.slots_per_rank[rank])
     return replace(op, flops=2 * rows * w_exp, m=rows / max(slots, 1),

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from simulator.engine.streams import CommDemand
 from simulator.engine.timeline import Timeline
 from simulator.graph.memory import MemoryBreakdown
+from simulator.graph.params import layer_counts
 from simulator.pricing.cost import cost_per_million_tokens
 from simulator.pricing.hardware import link_bandwidths
 from simulator.pricing.traffic import EPTraffic
@@ -87,7 +88,7 @@ def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
     step_s = tl.span_s
     exposed, hidden = tl.comm_exposure_s(0)
     layer_t = tl.layer_times_s(0)
-    first = model.first_k_dense if model.moe else 0
+    first = layer_counts(model)[0]
     moe_layers = [layer_t[i] for i in range(first, model.num_layers) if i in layer_t]
     layer_s = statistics.median(moe_layers) if moe_layers else 0.0
     price = prof.price_per_gpu_hour.value
@@ -133,7 +134,7 @@ def _ep_metrics(traffic: dict[int, EPTraffic], tl: Timeline, prof: HardwareProfi
 
 def representative_layer(model: ModelSpec) -> int:
     """A middle MoE layer (or the middle layer of a dense model)."""
-    first = model.first_k_dense if model.moe else 0
+    first = layer_counts(model)[0]
     return first + (model.num_layers - first) // 2
 
 
