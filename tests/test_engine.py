@@ -57,3 +57,30 @@ def test_collective_ends_when_slowest_rank_is_done():
     start, end = Engine(p, {"nic": 1.0}, 0.0, n_ranks=2).run()
     assert end[0][1] == pytest.approx(4.0) and end[1][1] == pytest.approx(4.0)
     assert start[0][2] == pytest.approx(4.0)
+
+
+def test_each_collective_takes_its_own_sm_share_and_the_largest_sets_the_pace():
+    # 10 s of compute beside two 4 s transfers on separate links taking 25% and 50% of the SMs:
+    # 4 s at 0.5 -> 2 s of work, then 8 s alone -> ends at 12 s. A hook-based kernel (share 0)
+    # leaves compute at full rate: 10 s.
+    p = plan(["compute", "comm", "comm2"], [[], [], []], [10.0, 0.0, 0.0],
+             [None, CommDemand(0.0, {"nic": 4.0}, 0.25), CommDemand(0.0, {"nvlink": 4.0}, 0.5)])
+    _, end = Engine(p, {"nic": 1.0, "nvlink": 1.0}, 0.18).run()
+    assert end[0][0] == pytest.approx(12.0)
+    p = plan(["compute", "comm"], [[], []], [10.0, 0.0],
+             [None, CommDemand(0.0, {"nic": 4.0}, 0.0)])
+    _, end = Engine(p, {"nic": 1.0}, 0.18).run()
+    assert end[0][0] == pytest.approx(10.0)
+
+
+def test_decode_low_latency_kernels_hold_no_sms_normal_ones_take_the_profile_share():
+    from simulator.step.whatif import resolve
+    from simulator.pricing.traffic import ep_traffic
+    from tests.conftest import workload
+    w = workload("workloads/longcat-flash-decode-h800.yaml")
+    r = resolve(w)
+    low = ep_traffic(r.model, w, r.profile, 64, 8.0, 0)
+    assert low.kernel == "low_latency" and low.demand(0, False).sm_fraction == 0.0
+    wn = workload("workloads/longcat-flash-decode-h800.yaml", routing={"ep_kernel": "normal"})
+    normal = ep_traffic(r.model, wn, r.profile, 64, 8.0, 0)
+    assert normal.demand(0, True).sm_fraction == pytest.approx(0.18)   # DeepEP: 24 of 132 SMs

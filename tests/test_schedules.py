@@ -86,10 +86,19 @@ def test_per_rank_matches_collapsed_for_symmetric_ranks():
 
 
 def test_comm_kernels_take_sms_from_overlapped_compute():
-    w = small()
+    # normal kernels take comm_sm_fraction; low-latency (decode) ones their own share
+    w = small().variant(routing=small().routing.variant(ep_kernel="normal"))
     base = run(w, profile("h800", comm_sm_fraction={"value": 0.0}), "sbo").metrics
     taxed = run(w, profile("h800", comm_sm_fraction={"value": 0.5}), "sbo").metrics
     assert taxed["step_time_ms"] > base["step_time_ms"]
+    low = small()
+    free = run(low, profile("h800", comm_sm_fraction={"value": 0.5}), "sbo").metrics
+    held = run(low, profile("h800", low_latency_comm_sm_fraction={"value": 0.5,
+                                                                 "source": "test"}), "sbo").metrics
+    assert held["step_time_ms"] > free["step_time_ms"]
+    assert free["step_time_ms"] == pytest.approx(
+        run(low, profile("h800", comm_sm_fraction={"value": 0.0}), "sbo").metrics["step_time_ms"],
+        rel=1e-12)
     seq0 = run(w, profile("h800", comm_sm_fraction={"value": 0.0}), "sequential").metrics
     seq5 = run(w, profile("h800", comm_sm_fraction={"value": 0.5}), "sequential").metrics
     assert seq5["step_time_ms"] == pytest.approx(seq0["step_time_ms"], rel=1e-12)

@@ -1,8 +1,9 @@
 """SimPy engine: ops on streams, bytes over links, processor sharing. Knows nothing of MoE.
 
 Each rank has streams (one op at a time each, the ready op with the lowest priority first) and
-link classes. A running compute op slows to (1 - comm_sm_fraction) while a collective runs on
-the same rank; flows on one link share its bandwidth equally. Whenever the set of running tasks
+link classes. A running compute op slows to (1 - the largest SM share of the collectives running
+on its rank: each collective's own, or comm_sm_fraction); flows on one link share its bandwidth
+equally. Whenever the set of running tasks
 on a rank changes, every remaining time on that rank is recomputed.
 
 A collective is one task per rank; its outputs are ready when every rank's part is done.
@@ -43,6 +44,7 @@ class _Task:
     rate: float = 1.0
     is_comm: bool = False
     rate_per_link: dict[str, float] = field(default_factory=dict)
+    sm: float = 0.0                             # comm: share of compute it takes while running
 
 
 class Engine:
@@ -117,7 +119,8 @@ class Engine:
             task = _Task(i, r, remaining=base)
         else:
             task = _Task(i, r, latency_end=now + demand.latency_s, is_comm=True,
-                         link_left={k: v for k, v in demand.link_bytes.items() if v > 0})
+                         link_left={k: v for k, v in demand.link_bytes.items() if v > 0},
+                         sm=self.sm if demand.sm_fraction is None else demand.sm_fraction)
         self.running[r].append(task)
 
     # -- fluid sharing ----------------------------------------------------------------------
@@ -146,17 +149,17 @@ class Engine:
         now = self.env.now
         tol = time_tol(now)
         tasks = self.running[r]
-        comm_active = False
+        taken = 0.0                   # the largest SM share of the collectives running
         flows: dict[str, int] = {}
         for t in tasks:
             if t.is_comm:
-                comm_active = True
+                taken = max(taken, t.sm)
                 if t.latency_end - now <= tol:
                     for k, left in t.link_left.items():
                         if not self._link_done(k, left, tol):
                             flows[k] = flows.get(k, 0) + 1
         horizon = INF
-        compute_rate = (1.0 - self.sm) if comm_active else 1.0
+        compute_rate = 1.0 - taken
         bw = self.bw
         for t in tasks:
             if not t.is_comm:
@@ -279,6 +282,9 @@ def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) 
                                   "finite, non-negative number", "check the hardware profile "
                                   "(peaks, bandwidths, latencies) and the workload's sizes")
         for d in demands:
+            if d.sm_fraction is not None and (bad(d.sm_fraction) or d.sm_fraction >= 1):
+                raise MoesimError(f"op '{name}'", f"SM fraction {d.sm_fraction} is outside "
+                                  "[0, 1)", "check the profile's comm SM fractions")
             for k in d.link_bytes:
                 if k not in bandwidth_Bps:
                     raise MoesimError(f"op '{name}'", f"uses link '{k}' that has no bandwidth",

@@ -11,6 +11,7 @@ class CommDemand:
 
     latency_s: float
     link_bytes: dict[str, float]
+    sm_fraction: float | None = None     # SMs it takes from compute; None: the engine default
 
 
 @dataclass

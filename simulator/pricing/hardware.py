@@ -6,6 +6,7 @@ bytes each link class of a rank must carry; the engine shares link bandwidth bet
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from statistics import NormalDist
 
 from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
@@ -178,7 +179,7 @@ def eager_launches(d: CommDemand, op: Op, prof: HardwareProfile) -> CommDemand:
     then the rows) pays the start-up latency once per launch."""
     if prof.eager_op_overhead_s is None or op.kernels <= 1:
         return d
-    return CommDemand(d.latency_s * op.kernels, d.link_bytes)
+    return replace(d, latency_s=d.latency_s * op.kernels)
 
 
 def _link_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:

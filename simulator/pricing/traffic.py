@@ -28,13 +28,14 @@ class EPTraffic:
     nic_bytes: np.ndarray        # per rank, dispatch, on the engine's nic class
     latency_s: float
     combine_ratio: float         # combine bytes / dispatch bytes
+    sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
 
     def demand(self, rank: int, combine: bool) -> CommDemand:
         """What `rank`'s part of the dispatch (or combine) needs."""
         f = self.combine_ratio if combine else 1.0
         d = {k: v for k, v in (("nvlink", self.nvlink_bytes[rank] * f),
                                ("nic", self.nic_bytes[rank] * f)) if v > 0}
-        return CommDemand(self.latency_s, d)
+        return CommDemand(self.latency_s, d, self.sm_fraction)
 
 
 def kernel_for(w: Workload) -> str:
@@ -62,7 +63,16 @@ def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_
     latency = prof.ep_kernel_latency_s.value + (prof.nic.latency_s.value if remote
                                                 else prof.nvlink.latency_s.value)
     return EPTraffic(r, kernel, nvl, nic, latency,
-                     w.precision.combine_bytes / w.precision.dispatch_bytes)
+                     w.precision.combine_bytes / w.precision.dispatch_bytes,
+                     comm_sm_fraction(prof, kernel))
+
+
+def comm_sm_fraction(prof: HardwareProfile, kernel: str) -> float:
+    """The share of compute an EP all-to-all kernel takes while it runs: the low-latency
+    (hook-based) kernels their own profile figure, every other kernel comm_sm_fraction."""
+    if kernel == "low_latency" and prof.low_latency_comm_sm_fraction is not None:
+        return prof.low_latency_comm_sm_fraction.value
+    return prof.comm_sm_fraction.value
 
 
 def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Workload) -> Op:

@@ -108,6 +108,10 @@ class HardwareProfile(Strict):
     collective_efficiency: EfficiencyTable = Field(
         description="NCCL-style collectives: fraction of link bandwidth by bytes per peer")
     comm_sm_fraction: Sourced
+    low_latency_comm_sm_fraction: Optional[Sourced] = Field(
+        None, description="share of compute a low-latency (decode) all-to-all kernel takes "
+        "while it runs; DeepEP's receive through a hook and hold no SMs; none = "
+        "comm_sm_fraction, as for normal kernels")
     price_per_gpu_hour: Sourced
     idealizations: Idealizations = Idealizations()
     calibration: Optional[CalibrationInfo] = Field(None, description="set by moesim calibrate")
@@ -137,6 +141,9 @@ class HardwareProfile(Strict):
                 raise ValueError(f"{key} must lie in (0, 1] (got {num.value})")
         if not (0 <= self.comm_sm_fraction.value < 1):
             raise ValueError("comm_sm_fraction must lie in [0, 1)")
+        low = self.low_latency_comm_sm_fraction
+        if low is not None and not (0 <= low.value < 1):
+            raise ValueError("low_latency_comm_sm_fraction must lie in [0, 1)")
         if self.network.oversubscription.value < 1:
             raise ValueError("network.oversubscription must be >= 1 (1 = non-blocking)")
         for key, num in {"kernel_latency_s": self.kernel_latency_s,
