@@ -19,7 +19,7 @@ from simulator.outputs import tables as T
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
-out = Console(width=max(Console().width, 150))
+stdout = Console(width=max(Console().width, 150))
 err = Console(stderr=True)
 
 
@@ -100,14 +100,14 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
     if as_json:
         _print_json(res.to_json())
         return
-    out.print(T.layer_table(res))
+    stdout.print(T.layer_table(res))
     if per_rank:
         spread, line = T.rank_spread(res)
-        out.print(spread)
-        out.print(line, highlight=False)
+        stdout.print(spread)
+        stdout.print(line, highlight=False)
     _print_totals([res])
     if report:
-        out.print(f"report written to {report}")
+        stdout.print(f"report written to {report}")
 
 
 @app.command()
@@ -142,13 +142,13 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
     if tie:
         err.print(f"note: {tie}", highlight=False, soft_wrap=True)
     if report:
-        out.print(f"report written to {report}")
+        stdout.print(f"report written to {report}")
 
 
 def _print_totals(results) -> None:
-    out.print(T.totals_table(results))
+    stdout.print(T.totals_table(results))
     for line in T.link_lines(results):
-        out.print(line, highlight=False)
+        stdout.print(line, highlight=False)
     for note in results[0].notes:
         err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
 
@@ -186,7 +186,7 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
             raise MoesimError("--out", f"{out_path} exists", "pass --force or another path")
         from simulator.atomic import write_text_atomic
         write_text_atomic(out_path, text, "--out")
-        out.print(f"wrote {out_path}")
+        stdout.print(f"wrote {out_path}")
         return
     from simulator.graph.params import count_params
     from simulator.loading import load_model
@@ -205,7 +205,7 @@ def model(name: str = typer.Argument(..., help="zoo name or YAML path, or 'impor
     table.add_row("embedding + LM head", f"{c.embedding / 1e9:.2f}B")
     if c.mtp:
         table.add_row("MTP layers (extra)", f"{c.mtp / 1e9:.2f}B")
-    out.print(table)
+    stdout.print(table)
 
 
 @app.command()
@@ -241,7 +241,7 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         if as_json:
             _print_json(points)
             return
-        out.print(T.batch_sweep_table(w.name, w.context_length, points))
+        stdout.print(T.batch_sweep_table(w.name, w.context_length, points))
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     sim = ServingSim(w, rate=rate, duration=duration)
@@ -258,9 +258,9 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
         _print_json(m)
         return
     table, lines = T.serve_tables(m, cap)
-    out.print(table)
+    stdout.print(table)
     for line in lines:
-        out.print(line, highlight=False)
+        stdout.print(line, highlight=False)
 
 
 @app.command()
@@ -285,7 +285,7 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
     if as_json:
         _print_json(res.to_json())
         return
-    out.print(T.train_table(res))
+    stdout.print(T.train_table(res))
 
 
 @app.command()
@@ -324,7 +324,7 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
     if as_json:
         _print_json({"results": str(path), "points": rows, "pareto": [r["key"] for r in front]})
         return
-    out.print(T.sweep_table(spec.name, rows, {r["key"] for r in front}, str(path)))
+    stdout.print(T.sweep_table(spec.name, rows, {r["key"] for r in front}, str(path)))
     for r in rows:
         if r["error"]:
             err.print(f"[yellow]point {escape(str(r['overrides']))} failed[/]: {escape(r['error'])}")
@@ -379,7 +379,7 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
         table.add_column(col, justify="left" if col == "fit" else "right")
     for k, q in data["calibration"]["fits"].items():
         table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
-    out_c = out_console()
+    out_c = stdout
     out_c.print(table)
     out_c.print(f"peak {data['peak_bf16_flops']['value'] / 1e9:.1f} GFLOP/s, memory "
                 f"{data['hbm_bandwidth_Bps']['value'] / 1e9:.1f} GB/s, all-to-all "
@@ -398,7 +398,7 @@ def _calibrate_from_files(root: Path, device: str, base: str, out: Optional[Path
         table.add_column(col, justify="left" if col == "fit" else "right")
     for k, q in data["calibration"]["fits"].items():
         table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
-    out_c = out_console()
+    out_c = stdout
     out_c.print(table)
     if not_fitted:
         out_c.print(f"not fitted (kept from {base}): {', '.join(not_fitted)} kernel files",
@@ -447,24 +447,19 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
     for x in v["layers"]:
         table.add_row(x["schedule"], str(x["layer"]), T.fmt(x["measured_us"]),
                       T.fmt(x["predicted_us"]), f"{x['error']:+.1%}")
-    out.print(table)
+    stdout.print(table)
     ops = Table(title="ops, sequential schedule (median over ranks)")
     for col in ("op", "kind", "measured us", "predicted us", "error"):
         ops.add_column(col, justify="left" if col in ("op", "kind") else "right")
     for x in v["ops"]:
         ops.add_row(x["name"], x["kind"], T.fmt(x["measured_us"]), T.fmt(x["predicted_us"]),
                     f"{x['error']:+.1%}" if x["error"] is not None else "-")
-    out.print(ops)
+    stdout.print(ops)
     lo, hi = v["speedup_measured_ci95"]
     noise = "; it spans 1: noise hides the sign here" if lo <= 1 <= hi else ""
-    out.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
+    stdout.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
               f"{v['speedup_measured']:.3f}x (95% interval {lo:.3f}-{hi:.3f}{noise}), "
               f"predicted {v['speedup_predicted']:.3f}x", highlight=False)
-
-
-def out_console() -> Console:
-    """The stdout console."""
-    return out
 
 
 profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
@@ -486,7 +481,7 @@ def profiles() -> None:
                       f"{p.hbm_bytes.value / 1e9:.0f}", f"{p.hbm_bandwidth_Bps.value / 1e12:.2f}",
                       f"{p.nvlink.bandwidth_Bps.value / 1e9:.0f}",
                       f"{p.nic.bandwidth_Bps.value / 1e9:.0f}", f"{p.price_per_gpu_hour.value:.2f}")
-    out.print(table)
+    stdout.print(table)
 
 
 @profile_app.command("show")
@@ -501,7 +496,7 @@ def profile_show(name: str = typer.Argument(..., help="profile name or YAML path
     table.add_column("source", overflow="fold")
     for key, value, source in T.profile_rows(p.model_dump()):
         table.add_row(key, value, source)
-    out.print(table)
+    stdout.print(table)
 
 
 @app.command("router-bias")
@@ -545,13 +540,13 @@ def router_bias(steps: int = typer.Option(400, help="controller steps"),
     for i in marks:
         table.add_row(str(i + 1), f"{trace.mean_real[i]:.2f}", f"{trace.std_real[i]:.2f}",
                       f"{trace.load_max_over_mean[i]:.2f}")
-    out.print(table)
-    out.print(f"settled (mean within 0.2 of target and max/mean load < 1.3 from then on): "
+    stdout.print(table)
+    stdout.print(f"settled (mean within 0.2 of target and max/mean load < 1.3 from then on): "
               f"{'step ' + str(settled + 1) if settled is not None else 'not within ' + str(steps) + ' steps'}")
     if plot is not None:
-        out.print(f"figure written to {plot}")
+        stdout.print(f"figure written to {plot}")
     else:
-        out.print("pass --plot router-bias.html for the interactive figure", highlight=False)
+        stdout.print("pass --plot router-bias.html for the interactive figure", highlight=False)
 
 
 SCHEMAS = ("workload", "model", "profile")
