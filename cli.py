@@ -374,14 +374,8 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
                 progress=lambda label, i, n: bar.update(task, description=label, completed=i,
                                                         total=n))
     _print_warnings(caught)
-    table = Table(title=f"calibrated {data['gpu']} -> {path}")
-    for col in ("fit", "held-out MAPE", "points", "flag"):
-        table.add_column(col, justify="left" if col == "fit" else "right")
-    for k, q in data["calibration"]["fits"].items():
-        table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
-    out_c = stdout
-    out_c.print(table)
-    out_c.print(f"peak {data['peak_bf16_flops']['value'] / 1e9:.1f} GFLOP/s, memory "
+    stdout.print(T.fits_table(f"calibrated {data['gpu']} -> {path}", data))
+    stdout.print(f"peak {data['peak_bf16_flops']['value'] / 1e9:.1f} GFLOP/s, memory "
                 f"{data['hbm_bandwidth_Bps']['value'] / 1e9:.1f} GB/s, all-to-all "
                 f"{data['nvlink']['bandwidth_Bps']['value'] / 1e9:.2f} GB/s, comm takes "
                 f"{data['comm_sm_fraction']['value']:.0%} of compute", highlight=False)
@@ -393,16 +387,10 @@ def _calibrate_from_files(root: Path, device: str, base: str, out: Optional[Path
     if out is not None:
         _outputs(out=out)
     path, data, not_fitted = profile_from_measurements(root, device, base, out, force)
-    table = Table(title=f"{data['gpu']}: fitted from {root} -> {path}")
-    for col in ("fit", "held-out MAPE", "points", "flag"):
-        table.add_column(col, justify="left" if col == "fit" else "right")
-    for k, q in data["calibration"]["fits"].items():
-        table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
-    out_c = stdout
-    out_c.print(table)
+    stdout.print(T.fits_table(f"{data['gpu']}: fitted from {root} -> {path}", data))
     if not_fitted:
-        out_c.print(f"not fitted (kept from {base}): {', '.join(not_fitted)} kernel files",
-                    highlight=False)
+        stdout.print(f"not fitted (kept from {base}): {', '.join(not_fitted)} kernel files",
+                     highlight=False)
 
 
 @app.command()

@@ -183,6 +183,14 @@ def sweep_table(name: str, rows: list[dict], front_keys: set[str], path: str) ->
     return table
 
 
+def fits_table(title: str, profile: dict) -> Table:
+    """Held-out error of every fit a calibration stored in a profile mapping."""
+    table = _table(title, ("fit", "held-out MAPE", "points", "flag"), ("fit",))
+    for k, q in profile["calibration"]["fits"].items():
+        table.add_row(k, f"{q['mape']:.1%}", str(q["points"]), "above 10%" if q["flagged"] else "")
+    return table
+
+
 def profile_rows(data: dict, prefix: str = ""):
     """(field, value, source) of every number and table of a profile's dump."""
     for key, value in data.items():
