@@ -92,6 +92,20 @@ def _plan(ops: list[Op], g: nx.DiGraph, durations: Durations, demands: dict[str,
         comm=[demands.get(o.name) if o.is_comm else None for o in ops])
 
 
+def _reach(g: nx.DiGraph, start: str, within: set[str], forward: bool) -> set[str]:
+    """Ops of `within` reachable from `start` (descendants if forward, else ancestors): the
+    slot search stays inside one layer, so its cost does not grow with the model's depth."""
+    step = g.successors if forward else g.predecessors
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for nxt in step(stack.pop()):
+            if nxt in within and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
 def _by_layer(ops: list[Op]) -> dict[int, list[Op]]:
     """Ops grouped by layer, layers in the order the (topologically sorted) ops first reach them:
     ascending in a forward pass, descending in a backward pass."""
@@ -132,7 +146,8 @@ def _overlap_plan(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDe
             compute_order += [o.name for o in compute]
             continue
         ex = experts[0].name
-        anc, desc = nx.ancestors(g, ex), nx.descendants(g, ex)
+        in_layer = {o.name for o in layer_ops}
+        anc, desc = _reach(g, ex, in_layer, False), _reach(g, ex, in_layer, True)
         pre = [o for o in compute if o.name in anc]
         post = [o for o in compute if o.name in desc]
         window = [o for o in compute if o.name not in anc and o.name not in desc and o.name != ex]
