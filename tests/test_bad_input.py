@@ -311,3 +311,23 @@ def test_serving_4096_token_prompts_on_the_cpu_profile_finish(tmp_path):
     m = strict_json(out.stdout)
     assert m["requests"]["finished"] == m["requests"]["arrived"] >= 1
     assert m["ttft_ms"]["p50"] > 1000        # a 4096-token prefill on 2 cores takes seconds
+
+
+def test_redundant_copies_that_do_not_divide_ep_charge_the_fullest_rank():
+    # 33 copies over 16 ranks: placed evenly, one rank holds ceil(33 / 16) = 3 extra experts,
+    # and the HBM charge is that rank's (the placement and the memory agree)
+    import numpy as np
+    from simulator.schema import ParallelPlan, Precision
+    from simulator.loading import load_model
+    from simulator.pricing.routing import place_experts
+    m = load_model("deepseek-v3")
+    plan = ParallelPlan(gpus=16, gpus_per_node=8, ep=16)
+    shape = Shape("decode", 8, 1, 4096)
+    base = inference_memory(m, plan, Precision(weight_bytes=1), shape, False)
+    more = inference_memory(m, plan, Precision(weight_bytes=1), shape, False,
+                            redundant_experts=33)
+    assert more.weights - base.weights == pytest.approx(3 * 58 * 3 * 7168 * 2048)
+    p = np.random.default_rng(0).dirichlet(np.ones(256))
+    placement = place_experts(256, 16, 33, p)
+    assert int(placement.slots_per_rank.max()) == 256 // 16 + 3
+    assert int(placement.slots_per_rank.min()) == 256 // 16 + 2
