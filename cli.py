@@ -445,7 +445,11 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
     stdout.print(ops)
     lo, hi = v["speedup_measured_ci95"]
     noise = "; it spans 1: noise hides the sign here" if lo <= 1 <= hi else ""
-    stdout.print(f"per-layer MAPE {v['mape']:.1%}; scmoe over sequential: measured "
+    speed = ", ".join(f"{k} x{r:.2f}" for k, r in v["in_run"]["machine_speed"].items())
+    stdout.print(f"per-layer MAPE {v['in_run']['mape']:.1%} with the profile scaled to this run's "
+                 f"probes (time measured/profiled: {speed}); {v['mape']:.1%} with {profile} as "
+                 "shipped", highlight=False)
+    stdout.print(f"scmoe over sequential: measured "
               f"{v['speedup_measured']:.3f}x (95% interval {lo:.3f}-{hi:.3f}{noise}), "
               f"predicted {v['speedup_predicted']:.3f}x", highlight=False)
 

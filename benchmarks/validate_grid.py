@@ -2,9 +2,14 @@
 
 Run: python benchmarks/validate_grid.py [--profile cpu-2core-example] [--ranks 2] [--repeats 10]
                                         [--fresh] [--also-profile P ...] [--out results.json]
+                                        [--hog]
 Targets (docs/accuracy.md): per-layer MAPE <= 15% (goal 10%), scmoe-vs-sequential speedup error
 <= 5 percentage points, the sign of the speedup right in every case. The measured speedup comes
 with a bootstrap 95% interval; a sign whose interval spans 1 is marked "within noise".
+
+The "in-run scaled" column predicts the same measurement with the profile scaled to the
+machine's speed measured by probes between the executor's rounds (executor/probes.py): `--hog`
+keeps one core busy for the whole grid, and the in-run column should move by a few points only.
 
 `--fresh` also runs `moesim calibrate --quick` right before each workload's measurement and
 compares the same measurement with that profile's prediction too: the difference between the two
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor.validate import compare, measure, predict, prepare  # noqa: E402
+from executor.validate import compare, in_run, measure, predict, prepare  # noqa: E402
 from simulator.atomic import write_text_atomic  # noqa: E402
 from simulator.loading import load_workload  # noqa: E402
 
@@ -45,7 +52,9 @@ def sign_verdict(measured: float, ci: tuple[float, float], predicted: float) -> 
 
 def _row(name: str, b: int, s: int, h: int, e: int, k: int, v: dict, others: list[dict]) -> str:
     sm, sp, ci = v["speedup_measured"], v["speedup_predicted"], v["speedup_measured_ci95"]
-    cells = [f"{name} (b={b}x{s}, h={h}, E={e}, k={k})", f"{v['mape']:.1%}"]
+    cells = [f"{name} (b={b}x{s}, h={h}, E={e}, k={k})", f"{v['mape']:.1%}",
+             f"{v['in_run']['mape']:.1%}",
+             " / ".join(f"{x:.2f}" for x in v["in_run"]["machine_speed"].values())]
     cells += [f"{o['mape']:.1%}" for o in others]
     cells += [f"{sm:.3f} ({ci[0]:.3f}-{ci[1]:.3f})", f"{sp:.3f}", f"{100 * (sp - sm):+.1f}",
               sign_verdict(sm, ci, sp)]
@@ -63,12 +72,42 @@ def main() -> None:
                     help="also predict the same measurement with this profile (repeatable): "
                          "compares profiles free of the machine's drift between runs")
     ap.add_argument("--out", default="", help="also write every comparison (per op) as JSON")
+    ap.add_argument("--hog", action="store_true",
+                    help="run a busy loop on one core for the whole grid (a busy machine)")
     args = ap.parse_args()
+    hog = start_hog() if args.hog else None
+    try:
+        run_grid(args)
+    finally:
+        if hog is not None:
+            hog.terminate()
+            hog.join()
+
+
+def _spin(deadline: float) -> None:
+    import time
+    os.sched_setaffinity(0, {0})
+    x = 0
+    while time.time() < deadline:
+        x += 1
+
+
+def start_hog(max_s: float = 3600.0) -> mp.Process:
+    """A bounded busy loop pinned to core 0: stopped when the grid ends, or after max_s."""
+    import time
+    p = mp.Process(target=_spin, args=(time.time() + max_s,), daemon=True)
+    p.start()
+    return p
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    """Measure and predict every workload of the grid; print the table."""
     base_model = yaml.safe_load((ROOT / "workloads" / "models" / "tiny-scmoe.yaml").read_text())
     base_w = yaml.safe_load((ROOT / "workloads" / "tiny-scmoe.yaml").read_text())
     labels = [f"MAPE, {Path(p).stem}" for p in args.also_profile] + \
         (["MAPE, fresh profile"] if args.fresh else [])
-    head = ["workload", "per-layer MAPE"] + labels + \
+    head = ["workload", "per-layer MAPE (shipped)", "MAPE (in-run scaled)",
+            "probe time / profiled (gemm / memory / launch)"] + labels + \
         ["speedup measured (95% interval)", "speedup predicted", "error (pp)", "sign"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 2) + "---|", flush=True)
@@ -93,6 +132,7 @@ def main() -> None:
             ranks_out = measure(w, args.ranks, args.repeats, threads, slot)
             v = compare(w, args.profile, pred, ranks_out, slot)
             v.pop("_timelines")
+            v["in_run"] = in_run(w, args.profile, ranks_out, slot)
             others = []
             for prof in profiles:
                 o = compare(w, prof, predict(w, prof, args.ranks), ranks_out, slot)

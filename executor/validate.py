@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from simulator.schema import Workload
+from simulator.schema import HardwareProfile, Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
 from simulator.graph.params import count_params
@@ -81,11 +81,30 @@ def _layer_ends(tl: Timeline) -> dict[int, float]:
     return ends
 
 
-def predict(w: Workload, profile: str, ranks: int) -> dict[str, StepResult]:
-    """The simulator's run of both schedules on `ranks` ranks of `profile`."""
+def predict(w: Workload, profile: str, ranks: int,
+            prof: HardwareProfile | None = None) -> dict[str, StepResult]:
+    """The simulator's run of both schedules on `ranks` ranks of `profile` (or of `prof`, a
+    profile object standing in for it)."""
     wv = _workload(w, ranks, profile)
-    r = resolve(wv)
+    r = resolve(wv, profile=prof)
     return {s: simulate(wv, s, resolved=r) for s in SCHEDULES}
+
+
+def in_run(w: Workload, profile: str, ranks_out: list[dict], slot: int) -> dict:
+    """The same measurement predicted with the profile scaled to the machine's speed measured
+    by the in-run probes: {"machine_speed": measured/profiled time per probe, "mape": ...,
+    "speedup_predicted": ...}. A busy machine moves the probes and the layers alike."""
+    from executor.probes import scaled_profile, speed_ratios
+    from executor.runner import RunConfig, probe_dims
+    model = load_model(w.model)
+    prof = load_profile(profile)
+    dims = probe_dims(model, RunConfig(spec={}, ranks=len(ranks_out), batch=w.batch_per_device,
+                                       seq=w.context_length))
+    ratios = speed_ratios(prof, [p for r in ranks_out for p in r["probes"]], *dims)
+    v = compare(w, profile, predict(w, profile, len(ranks_out), scaled_profile(prof, ratios)),
+                ranks_out, slot)
+    return {"machine_speed": ratios, "mape": v["mape"], "layers": v["layers"],
+            "speedup_predicted": v["speedup_predicted"]}
 
 
 def measure(w: Workload, ranks: int, repeats: int, threads: int, slot: int) -> list[dict]:
@@ -112,9 +131,13 @@ def prepare(w: Workload, profile: str, ranks: int) -> tuple[dict[str, StepResult
 
 
 def validate(w: Workload, profile: str, ranks: int = 2, repeats: int = 10) -> dict:
-    """Measure and predict both schedules; the comparison as a JSON-able dict."""
+    """Measure and predict both schedules; the comparison as a JSON-able dict (with the profile
+    as shipped, and under "in_run" scaled to the speed the probes measured in this run)."""
     pred, slot, threads = prepare(w, profile, ranks)
-    return compare(w, profile, pred, measure(w, ranks, repeats, threads, slot), slot)
+    ranks_out = measure(w, ranks, repeats, threads, slot)
+    v = compare(w, profile, pred, ranks_out, slot)
+    v["in_run"] = in_run(w, profile, ranks_out, slot)
+    return v
 
 
 def compare(w: Workload, profile: str, pred: dict[str, StepResult], ranks_out: list[dict],

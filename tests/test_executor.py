@@ -58,6 +58,11 @@ def test_validate_end_to_end_json(tmp_path):
     lo, hi = v["speedup_measured_ci95"]
     assert 0 < lo <= v["speedup_measured"] <= hi
     assert "(measured)" in report.read_text()
+    # the prediction scaled to this run's probes tracks the measurement (docs/accuracy.md:
+    # 3-11% on a busy 2-core machine; bound loose for 2 repeats), whatever the machine's load
+    speed = v["in_run"]["machine_speed"]
+    assert set(speed) == {"gemm", "memory", "launch"} and all(x > 0 for x in speed.values())
+    assert v["in_run"]["mape"] <= 0.35, v["in_run"]
 
 
 def test_validate_refuses_bad_input(tmp_path):

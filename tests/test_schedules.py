@@ -20,6 +20,21 @@ def small(path=LONGCAT, **kw):
     return workload(path, **kw)
 
 
+def _exposure_by_segments(tl, rank=0):
+    """(exposed, busy) communication seconds, counted segment by segment between every op
+    boundary: a segment is busy if a collective covers it, exposed if no compute op does."""
+    spans = [(tl.start_s[rank, i], tl.end_s[rank, i], op.is_comm) for i, op in enumerate(tl.ops)]
+    cuts = sorted({t for a, b, _ in spans for t in (a, b)})
+    exposed = busy = 0.0
+    for a, b in zip(cuts, cuts[1:]):
+        mid = (a + b) / 2
+        comm = any(s <= mid < e for s, e, c in spans if c)
+        comp = any(s <= mid < e for s, e, c in spans if not c)
+        busy += (b - a) * comm
+        exposed += (b - a) * (comm and not comp)
+    return exposed, busy
+
+
 def test_zero_cost_comm_gives_sequential_layer_time():
     w = small(plan={"gpus": 8, "ep": 1})              # EP 1: the all-to-all moves nothing
     prof = profile("h800", idealizations={"enforce_hbm_capacity": False})
@@ -64,7 +79,9 @@ def test_no_op_before_its_inputs_and_exposure_non_negative(path, schedule):
         for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
             assert b0 >= a1 - 1e-12
     m = res.metrics
-    assert m["exposed_comm_us"] >= 0 and m["hidden_comm_us"] >= 0
+    exposed, busy = _exposure_by_segments(tl)
+    assert m["exposed_comm_us"] + m["hidden_comm_us"] == pytest.approx(busy * 1e6, rel=1e-9)
+    assert m["exposed_comm_us"] == pytest.approx(exposed * 1e6, rel=1e-9, abs=1e-6)
     if schedule == "sequential":
         assert m["hidden_comm_us"] == pytest.approx(0.0, abs=1e-6)
 

@@ -1,5 +1,4 @@
 """The paper's Table 7 on the paper-theoretical H800 profile: one profile, no per-model factors."""
-import re
 import sys
 from pathlib import Path
 
@@ -19,29 +18,37 @@ def test_communication_and_moe_rows_within_5_percent(column, row):
     assert abs(err) <= 0.05, f"{column} {row}: paper {paper}, moesim {pred:.1f}"
 
 
-def test_longcat_tpot_under_sbo_with_mtp_within_10_percent():
-    paper, pred, err = CELLS[("longcat-flash", "tpot_ms")]
-    assert abs(err) <= 0.10, pred
-
-
 def test_longcat_cost_per_million_output_tokens_within_10_percent():
     paper, pred, err = CELLS[("longcat-flash", "cost")]
     assert abs(err) <= 0.10, pred
 
 
-@pytest.mark.parametrize("column", list(table7.PAPER))
-def test_attention_row_within_20_percent_or_documented(column):
-    """Rows the honest model misses must be in docs/accuracy.md with today's predicted value."""
+# The attention rows the honest model misses (docs/accuracy.md, "Table 7", says why): expected
+# failures against the paper's figure, strict, so a change that fixes one is noticed.
+ATTENTION_MISSES = {
+    "longcat-flash": "memory-bound absorbed MLA at 5000 tokens of context reads 553 MB of KV: "
+                     "~183 us against the paper's 264 (docs/accuracy.md)",
+    "deepseek-v3": "the paper's 471 us implies compute-bound attention (MTP verification at "
+                   "FlashMLA's rate), at odds with the table's own 96-token MoE rows",
+}
+
+
+@pytest.mark.parametrize("column", [
+    pytest.param(c, marks=pytest.mark.xfail(reason=ATTENTION_MISSES[c], strict=True))
+    if c in ATTENTION_MISSES else c for c in table7.PAPER])
+def test_attention_row_within_20_percent_of_the_paper(column):
     paper, pred, err = CELLS[(column, "attention")]
-    if abs(err) <= 0.20:
-        return
-    doc = (ROOT / "docs" / "accuracy.md").read_text()
-    line = next((ln for ln in doc.splitlines()
-                 if ln.startswith(f"| {column} | attention |")), None)
-    assert line is not None, f"{column} attention misses by {err:+.0%} and is not documented"
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert abs(float(cells[3]) - pred) <= 1.0, f"docs say {cells[3]}, moesim now {pred:.0f}"
-    assert re.search(rf"{column}.*attention", doc, re.S)
+    assert abs(pred / paper - 1) <= 0.20, f"{column} attention: paper {paper}, moesim {pred:.0f}"
+
+
+@pytest.mark.parametrize("column", [
+    pytest.param(c, marks=pytest.mark.xfail(
+        reason="Qwen3-235B has no MTP layer; the paper's 26.2 ms divides by an MTP-like 1.69 "
+               "that moesim does not credit (docs/accuracy.md)", strict=True))
+    if c == "qwen3-235b" else c for c in table7.PAPER])
+def test_tpot_within_10_percent_of_the_paper(column):
+    paper, pred, err = CELLS[(column, "tpot_ms")]
+    assert abs(pred / paper - 1) <= 0.10, f"{column} TPOT: paper {paper}, moesim {pred:.1f}"
 
 
 def test_theoretical_profile_is_an_idealisation_and_public_profile_keeps_floors():

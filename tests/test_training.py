@@ -70,10 +70,13 @@ def test_same_seed_same_result():
 
 
 def test_metrics_and_tokens():
-    m = train(small(), tokens=parse_tokens("1T")).to_json()
+    one = train(small())
+    steps = 1000                        # exactly 1000 optimizer steps' worth of tokens
+    m = train(small(), tokens=steps * one.tokens_per_step).to_json()
     assert 0 < m["mfu"] < 1 and 0 <= m["exposed_comm_fraction"] <= 1
-    assert m["days_to_train"] == pytest.approx(1e12 / m["tokens_per_day"])
-    assert m["cost_usd"] == pytest.approx(m["days_to_train"] * 24 * 256 * 2.0)
+    assert m["days_to_train"] == pytest.approx(steps * one.step_time_s / 86400)
+    price = profile("h800").price_per_gpu_hour.value
+    assert m["cost_usd"] == pytest.approx(steps * one.step_time_s / 3600 * 256 * price)
     assert parse_tokens("20T") == 20e12 and parse_tokens("800B") == 800e9
     assert parse_tokens("1.5e12") == 1.5e12
     with pytest.raises(MoesimError):
