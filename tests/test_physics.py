@@ -274,6 +274,10 @@ def test_ep_all_to_all_keeps_the_local_share_off_the_links():
     d = comm_demand(Op("a2a", "collective", bytes=1600.0, collective="all_to_all", group="ep"),
                     plan, profile("h800"))
     assert d.link_bytes == pytest.approx({"nvlink": 700.0, "nic": 800.0})
+    # the idealised flat EP network (Table 7's profile) carries all but the local 1/16
+    d = comm_demand(Op("a2a", "collective", bytes=1600.0, collective="all_to_all", group="ep"),
+                    plan, profile("h800-paper-theoretical"))
+    assert d.link_bytes == pytest.approx({"ep_flat": 1500.0})
 
 
 def test_straggler_factor_follows_the_expected_maximum_of_normals():

@@ -14,7 +14,7 @@ else looks a schedule up by its name.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import networkx as nx
@@ -42,15 +42,14 @@ class Schedule:
         if n == 1:
             return [shape]
         if shape.sequences >= n:
-            return [Shape(shape.phase, shape.sequences // n + (1 if mb < shape.sequences % n else 0),
-                          shape.query_tokens, shape.context) for mb in range(n)]
+            return [replace(shape, sequences=shape.sequences // n +
+                            (1 if mb < shape.sequences % n else 0)) for mb in range(n)]
         if shape.phase == "decode" or shape.query_tokens < n:
             raise MoesimError("batch_per_device", f"schedule {self.name} splits the batch into {n} "
                               f"micro-batches but there are {shape.sequences} sequences per device",
                               f"use batch_per_device >= {n} or another schedule")
-        return [Shape(shape.phase, shape.sequences,
-                      shape.query_tokens // n + (1 if mb < shape.query_tokens % n else 0),
-                      shape.context) for mb in range(n)]
+        return [replace(shape, query_tokens=shape.query_tokens // n +
+                        (1 if mb < shape.query_tokens % n else 0)) for mb in range(n)]
 
 
 SCHEDULES: dict[str, Schedule] = {}

@@ -34,14 +34,15 @@ class MemoryBreakdown:
 def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                      mtp: bool, redundant_experts: int = 0) -> MemoryBreakdown:
     """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep;
-    redundant expert copies spread evenly, ceil(copies / ep) more experts on a rank."""
+    the fullest rank holds ceil((experts + redundant copies) / ep) expert slots."""
     c = count_params(model)
     h = model.hidden_size
     _, moe_layers = layer_counts(model)
     replicated = replicated_params(model, plan.tp, c) + c.embedding
-    extra = -(-redundant_experts // plan.ep) * moe_layers * expert_params(model)
-    weights = (replicated + c.expert_total / plan.ep + extra + (c.mtp if mtp else 0)) \
-        * prec.weight_bytes
+    n = model.moe.num_experts if model.moe else 0
+    experts = -(-(n + redundant_experts) // plan.ep) * moe_layers * expert_params(model) if n \
+        else 0.0                      # the fullest rank's expert slots, copies included
+    weights = (replicated + experts + (c.mtp if mtp else 0)) * prec.weight_bytes
     kv = shape.sequences * (shape.context + shape.query_tokens) * kv_elements_per_token(model) \
         * prec.kv_bytes
     widest = max(h, model.dense_intermediate // plan.tp,

@@ -60,6 +60,13 @@ class Shape:
     sequences: int          # sequences on this device
     query_tokens: int       # new tokens per sequence in this pass (decode: 1 + drafts)
     context: int            # tokens already in the KV cache (decode) or prompt length
+    cached: int = 0         # prefill: prompt tokens found in the prefix cache (not computed)
+
+    def causal_pairs(self) -> float:
+        """Query-key pairs per sequence of a prefill pass: its query_tokens are a share of the
+        prompt's computed tokens (context - cached), each attending to the cached prefix and
+        causally to the computed tokens before it."""
+        return self.query_tokens * (self.cached + (self.context - self.cached + 1) / 2)
 
     @property
     def tokens(self) -> int:
@@ -120,9 +127,8 @@ class _Builder:
                 io = t * a.num_heads * (kv_elems + a.kv_lora_rank)
             else:                     # expanded MLA: causal attention over the prompt
                 per_key = 2 * a.num_heads * (qk_head + a.v_head_dim)
-                core_flops = s.sequences * per_key * s.query_tokens * (s.context + 1) / 2 \
-                    + 2 * t * kv_b_w
-                kv_read = t * kv_elems * p.kv_bytes
+                core_flops = s.sequences * per_key * s.causal_pairs() + 2 * t * kv_b_w
+                kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
                 io = t * a.num_heads * (qk_head + a.v_head_dim)
                 tags = ("mla",) if qk_head != a.v_head_dim else ()
         else:
@@ -139,8 +145,8 @@ class _Builder:
                 core_flops = t * s.context * per_key
                 kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
             else:
-                core_flops = s.sequences * per_key * s.query_tokens * (s.context + 1) / 2
-                kv_read = t * kv_elems * p.kv_bytes
+                core_flops = s.sequences * per_key * s.causal_pairs()
+                kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
         wb, ab = p.weight_bytes, p.activation_bytes
         proj_w = sum(proj_nk)
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,

@@ -59,7 +59,7 @@ class RoutingResult:
 
 def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> np.ndarray:
     """Probability of each FFN expert being chosen (sums to 1)."""
-    if spec.popularity == "uniform":
+    if spec.popularity in ("uniform", "balanced"):
         p = np.ones(n_experts)
     elif spec.popularity == "zipf":
         p = 1.0 / np.arange(1, n_experts + 1) ** spec.zipf_s
@@ -70,13 +70,12 @@ def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> n
 
 
 def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Placement:
-    """Contiguous blocks of experts per rank, plus `redundant` extra copies: each goes to the
-    expert with the highest load per copy, on a rank not yet holding it with the fewest expert
+    """Contiguous blocks of experts per rank (as even as the counts allow), plus `redundant`
+    extra copies: each goes to the expert with the highest load per copy, on a rank not yet holding it with the fewest expert
     slots (every rank hosts the same number, +-1, as deployments do), the least-loaded first."""
-    per_rank = n_experts // ep
-    owner = np.arange(n_experts) // per_rank
+    owner = primary_owner(n_experts, ep)
     copies = [[int(owner[e])] for e in range(n_experts)]
-    slots = np.full(ep, per_rank)
+    slots = np.bincount(owner, minlength=ep)
     load = np.bincount(owner, weights=p, minlength=ep).astype(float)
     for _ in range(redundant):
         per_copy = np.array([p[e] / len(copies[e]) for e in range(n_experts)])
@@ -107,6 +106,44 @@ def _limit(scores: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
     return np.where(np.repeat(allowed, e // blocks, axis=1), scores, -np.inf)
 
 
+def scores_for(logp: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Gumbel-perturbed log popularity of n tokens: their top-k is a popularity-weighted
+    sample of k distinct experts."""
+    return logp[None, :] + rng.gumbel(size=(n, logp.size))
+
+
+def _sampled(scores: np.ndarray, spec: RoutingSpec, nodes: int, kmax: int) -> np.ndarray:
+    """Each token's kmax best experts (best first) after node and group limits."""
+    if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
+        scores = _limit(scores, nodes, spec.max_nodes_per_token)
+    if spec.expert_groups and spec.max_groups_per_token and \
+            spec.max_groups_per_token < spec.expert_groups:
+        scores = _limit(scores, spec.expert_groups, spec.max_groups_per_token)
+    top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def _balanced(valid: np.ndarray, before: int, n_experts: int,
+              ep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact balance: the i-th token copy of the whole batch (counting only real ones) goes to
+    slot i mod n_experts of an order that walks the EP ranks first (expert r x per + j for
+    slot j x ep + r), so consecutive copies, and a token's experts, sit on distinct ranks and
+    every expert and rank receives the same count, +-1. Returns (experts, how many times each
+    expert was picked before)."""
+    owner = primary_owner(n_experts, ep)
+    local = np.arange(n_experts) - np.searchsorted(owner, owner)   # index within its rank
+    order = np.lexsort((owner, local))            # every rank's first expert, then second ...
+    slot = before + np.cumsum(valid.ravel()).reshape(valid.shape) - 1   # index of each real copy
+    return np.where(valid, order[slot % n_experts], 0), slot // n_experts
+
+
+def primary_owner(n_experts: int, ep: int) -> np.ndarray:
+    """The EP rank of each expert's first copy: contiguous blocks, as even as the counts allow
+    (n_experts / ep each when ep divides the experts, else floor or ceil)."""
+    return (np.arange(n_experts) * ep) // n_experts
+
+
 @lru_cache(maxsize=64)
 def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
           real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
@@ -133,6 +170,7 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     sampled = min(total, MAX_SAMPLED_TOKENS)
     exact = sampled == total
     kmax = min(top_k, n_experts)
+    copies_before = 0
     for start in range(0, sampled, CHUNK_TOKENS):
         n = min(CHUNK_TOKENS, sampled - start)
         tok = np.arange(start, start + n)
@@ -144,17 +182,14 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         k = k.astype(int)
         real_sum += k.sum()
         real_sq += (k.astype(float) ** 2).sum()
-        scores = logp[None, :] + rng.gumbel(size=(n, n_experts))
-        if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
-            scores = _limit(scores, nodes, spec.max_nodes_per_token)
-        if spec.expert_groups and spec.max_groups_per_token and \
-                spec.max_groups_per_token < spec.expert_groups:
-            scores = _limit(scores, spec.expert_groups, spec.max_groups_per_token)
-        top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        chosen = np.take_along_axis(top, order, axis=1)                 # [n, kmax] best first
         valid = np.arange(kmax)[None, :] < k[:, None]
-        copy_idx = (tok[:, None] + np.arange(kmax)[None, :]) % n_copies[chosen]
+        if spec.popularity == "balanced":     # the q-th pick of an expert uses copy q mod copies
+            chosen, pick = _balanced(valid, copies_before, n_experts, ep)
+            copies_before += int(valid.sum())
+        else:
+            chosen = _sampled(scores_for(logp, n, rng), spec, nodes, kmax)
+            pick = tok[:, None] + np.arange(kmax)[None, :]
+        copy_idx = pick % n_copies[chosen]
         dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
         s = np.broadcast_to(src[:, None], dst.shape)
         np.add.at(t_expert, (s[valid], dst[valid]), 1.0)

@@ -25,6 +25,10 @@ class Workload(Strict):
     schedule: str = "sequential"
     mtp: MTPConfig = MTPConfig()
     precision: Precision = Precision()
+    prefix_hit_rate: float = Field(
+        0.0, ge=0, lt=1, description="prefill: share of each prompt found in the prefix cache; "
+        "those tokens cost no compute, the rest attend to the whole prompt (and read the cached "
+        "KV)")
     real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
     routing: RoutingSpec = RoutingSpec()
     serving: Optional[ServingSpec] = Field(None, description="request-level serving (moesim serve)")

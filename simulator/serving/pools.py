@@ -49,8 +49,9 @@ class PrefillPool(Protocol):
 
 
 class DisaggregatedPrefill:
-    """A separate pool: batches of whole prompts up to its token budget, on its own clock; the
-    KV cache then crosses the NIC to the decode pool (overlapped with all but the last layer)."""
+    """A separate pool: batches of whole prompts up to its token budget (computed tokens: prefix
+    cache hits excluded), on its own clock; the KV cache then crosses the NIC to the decode pool
+    (overlapped with all but the last layer)."""
 
     def __init__(self, run: Loop) -> None:
         sim, spec = run.sim, run.sim.spec
@@ -70,12 +71,14 @@ class DisaggregatedPrefill:
             return
         start = max(run.t, self.busy_until)
         run.arrive(start)
-        batch, tokens = [], 0
+        batch, tokens, computed = [], 0, 0.0
+        miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
         while run.prefill_q and (not batch or
-                                 tokens + run.input[run.prefill_q[0]] <= self.budget):
+                                 computed + miss * run.input[run.prefill_q[0]] <= self.budget):
             rid = run.prefill_q.popleft()
             batch.append(rid)
             tokens += int(run.input[rid])
+            computed += miss * run.input[rid]
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)

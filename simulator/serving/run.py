@@ -42,6 +42,10 @@ class ServingSim:
             raise MoesimError("serving.admission", f"unknown admission policy "
                               f"'{self.spec.admission}'",
                               f"use one of: {', '.join(ADMISSION_POLICIES)}")
+        if w.prefix_hit_rate and self.spec.mode == "colocated":
+            raise MoesimError("prefix_hit_rate", "prefix-cache hits are modelled for a "
+                              "disaggregated prefill pool only", "use serving.mode: "
+                              "disaggregated, or drop prefix_hit_rate")
         self.w = w
         self.model = load_model(w.model)
         self.profile = profile or load_profile(w.hardware)
@@ -95,7 +99,7 @@ class ServingSim:
         decode_rps = slots / (max(mean_out - 1, 1) / gain * step)
         tok = s.prefill.max_tokens_per_device if s.mode == "disaggregated" else \
             s.chunk_tokens_per_device
-        seqs = max(1.0, tok / mean_in)
+        seqs = max(1.0, tok / (mean_in * (1 - self.w.prefix_hit_rate)))
         pstep = self.prefill.step_s(seqs, mean_in)
         pdp = self.prefill.dp if s.mode == "disaggregated" else self.decode.dp
         prefill_rps = pdp * seqs / pstep

@@ -38,13 +38,20 @@ class Resolved:
 
 
 def check_plan(w: Workload, model: ModelSpec) -> None:
-    """The plan against the model: EP divides the routed experts, CP divides the sequence."""
+    """The plan against the model: EP divides the routed experts (or, with redundant copies,
+    experts + copies, so every rank holds as many), CP divides the sequence."""
     plan = w.plan
     if model.moe is not None and model.moe.num_experts % plan.ep:
-        raise MoesimError("plan.ep", f"EP {plan.ep} does not divide the {model.moe.num_experts} "
-                          f"routed experts of {model.name}",
-                          "choose an ep that divides the expert count (e.g. "
-                          f"{_divisors_hint(model.moe.num_experts, plan.gpus)})")
+        n, red = model.moe.num_experts, w.routing.redundant_experts
+        if (n + red) % plan.ep:
+            fill = -n % plan.ep
+            raise MoesimError(
+                "plan.ep", f"EP {plan.ep} does not divide the {n} routed experts of "
+                f"{model.name}" + (f" plus {red} redundant copies ({n + red})" if red else ""),
+                "choose an ep that divides the expert count (e.g. "
+                f"{_divisors_hint(n, plan.gpus)}), or set routing.redundant_experts so that "
+                f"experts + copies fill every rank equally (e.g. {fill or plan.ep}: "
+                f"{n + (fill or plan.ep)} = {(n + (fill or plan.ep)) // plan.ep} x {plan.ep})")
     if w.phase != "decode" and w.context_length % plan.cp:
         raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
                           f"{w.context_length}", "choose a cp that divides context_length")
@@ -78,14 +85,19 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                  not profile.idealizations.mtp_verification_free else 0)
         shape = Shape("decode", w.batch_per_device, q, w.context_length)
     else:
-        shape = Shape(w.phase, w.batch_per_device, w.context_length // w.plan.cp,
-                      w.context_length)
+        shape = prefill_shape(w)
     memory = inference_memory(model, plan, w.precision, shape, mtp_on,
                               w.routing.redundant_experts)
     hbm = profile.hbm_bytes.value
     if memory.total > hbm:
         msg = (f"needs {memory.describe()} per GPU, but {profile.gpu} has "
                f"{hbm / 1e9:.0f} GB of HBM")
+        red = w.routing.redundant_experts
+        if profile.idealizations.enforce_hbm_capacity and red and inference_memory(
+                model, plan, w.precision, shape, mtp_on, 0).total <= hbm:
+            raise MoesimError("routing.redundant_experts", f"{red} redundant expert copies do "
+                              f"not fit: {msg}", "use fewer copies (a few per rank), or a "
+                              "smaller precision.weight_bytes")
         if profile.idealizations.enforce_hbm_capacity:
             raise MoesimError("batch_per_device", f"the batch does not fit: {msg}",
                               "lower batch_per_device or context_length, raise ep/tp, or use "
@@ -94,6 +106,21 @@ def resolve(w: Workload, model: ModelSpec | None = None,
     compute = compute_precision(w, model, profile, notes)
     return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, tuple(notes),
                     compute, with_head, traffic_cache if traffic_cache is not None else {})
+
+
+def prefill_shape(w: Workload) -> Shape:
+    """A prefill or training pass: the prompt's computed tokens (all but the prefix-cache hits)
+    split over cp ranks, attending to the whole prompt."""
+    cached = round(w.context_length * w.prefix_hit_rate) if w.phase == "prefill" else 0
+    if w.prefix_hit_rate and w.phase != "prefill":
+        raise MoesimError("prefix_hit_rate", f"applies to prefill, not phase {w.phase}",
+                          "drop prefix_hit_rate, or set phase: prefill")
+    computed = w.context_length - cached
+    if computed < w.plan.cp:
+        raise MoesimError("prefix_hit_rate", f"{w.prefix_hit_rate} of a {w.context_length}-token "
+                          f"prompt leaves {computed} tokens to compute on {w.plan.cp} cp ranks",
+                          "lower prefix_hit_rate or use a longer context_length")
+    return Shape(w.phase, w.batch_per_device, computed // w.plan.cp, w.context_length, cached)
 
 
 def _check_routing(w: Workload, model: ModelSpec) -> None:
@@ -115,6 +142,10 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
                           f"{model.moe.num_experts} experts on EP {w.plan.ep} leave room for at "
                           f"most {most} (one copy of an expert per rank)",
                           f"use at most {most}, typically a few per rank")
+    if rt.popularity == "balanced" and (rt.max_nodes_per_token or rt.max_groups_per_token):
+        raise MoesimError("routing.popularity", "balanced routing picks each token's experts "
+                          "to balance the ranks, so node or group limits cannot apply",
+                          "drop max_nodes_per_token / max_groups_per_token, or use uniform")
     if rt.real_experts_std and model.moe.num_zero_experts == 0:
         raise MoesimError("routing.real_experts_std", f"{model.name} has no zero-computation "
                           "experts, so every token uses exactly top_k experts",
