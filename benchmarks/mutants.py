@@ -27,6 +27,7 @@ HW, P = "simulator/pricing/hardware.py", "simulator/training/pipeline.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
+GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -109,6 +110,11 @@ MUTANTS: list[Mutant] = [
     Mutant(R, "zero-computation experts ignored (every token takes top_k real experts)",
            "k = np.clip(np.rint(rng.normal(real_mean, spec.real_experts_std, n)), 0, kmax)",
            "k = np.full(n, kmax)"),
+    Mutant(R, "balanced routing walks experts, not ranks (a token's experts share a rank)",
+           "order = np.lexsort((owner, local))", "order = np.arange(n_experts)"),
+    Mutant(R, "primary copies in blocks of floor(experts / ep), the last rank taking the rest",
+           "return (np.arange(n_experts) * ep) // n_experts",
+           "return np.minimum(np.arange(n_experts) // max(n_experts // ep, 1), ep - 1)"),
     Mutant(R, "imbalance as mean / max", "return float(self.rank_rows.max()) / mean if mean > 0",
            "return mean / float(self.rank_rows.max()) if mean > 0"),
     Mutant(TR, "combine carries dispatch's bytes (bf16 combine after fp8 dispatch ignored)",
@@ -209,6 +215,20 @@ MUTANTS: list[Mutant] = [
     Mutant(C, "cost per thousand, not per million tokens",
            "return price_per_gpu_hour / 3600.0 / tokens_per_gpu_s * 1e6",
            "return price_per_gpu_hour / 3600.0 / tokens_per_gpu_s * 1e3", quick=True),
+    # -- op graph and memory ---------------------------------------------------------------------
+    Mutant(GM, "prefix-cache hits ignored by attention (as if the prompt were all computed)",
+           "return self.query_tokens * (self.cached + (self.context - self.cached + 1) / 2)",
+           "return self.query_tokens * (self.context + 1) / 2"),
+    Mutant(GM, "cached prefix KV not read (MLA)",
+           "kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes\n                io = t",
+           "kv_read = t * kv_elems * p.kv_bytes\n                io = t"),
+    Mutant(GP, "MoE interval counted from the first layer (MoE first, then dense)",
+           "return (i - model.first_k_dense + 1) % model.moe_layer_interval == 0",
+           "return (i - model.first_k_dense) % model.moe_layer_interval == 0"),
+    Mutant(ME, "expert slots per rank rounded down",
+           "experts = -(-(n + redundant_experts) // plan.ep)", "experts = ((n + redundant_experts) // plan.ep)"),
+    Mutant(ME, "redundant copies not charged in HBM",
+           "experts = -(-(n + redundant_experts) // plan.ep)", "experts = -(-(n + 0) // plan.ep)"),
     # -- training -------------------------------------------------------------------------------
     Mutant(TN, "recomputation costs no extra forward", "        b_s += f_s\n", "        pass\n",
            quick=True),

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simulator.graph.params import is_moe_layer
 from simulator.schema import AttentionSpec, ModelSpec
 
 
@@ -165,8 +166,8 @@ class TinyModel(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.spec = spec
-        first_dense = spec.first_k_dense if spec.moe else spec.num_layers
-        self.layers = nn.ModuleList(Layer(spec, i < first_dense) for i in range(spec.num_layers))
+        self.layers = nn.ModuleList(Layer(spec, not is_moe_layer(spec, i))
+                                    for i in range(spec.num_layers))
         with torch.no_grad():
             for layer in self.layers:
                 if layer.moe is not None:        # a fixed, non-trivial router bias

@@ -12,7 +12,7 @@ import numpy as np
 from simulator.schema import HardwareProfile, Workload
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
-from simulator.graph.params import count_params
+from simulator.graph.params import count_params, is_moe_layer
 from simulator.engine.timeline import Timeline
 from simulator.step.whatif import StepResult, resolve, simulate
 
@@ -124,7 +124,10 @@ def prepare(w: Workload, profile: str, ranks: int) -> tuple[dict[str, StepResult
     _check(w, ranks)
     prof = load_profile(profile)
     pred = predict(w, profile, ranks)
-    slot = expert_slot(pred["scmoe"], load_model(w.model).num_layers // 2)
+    model = load_model(w.model)
+    middle = next(i for i in range(model.num_layers // 2, model.num_layers)
+                  if is_moe_layer(model, i))       # a MoE layer, where the slot is chosen
+    slot = expert_slot(pred["scmoe"], middle)
     threads = prof.calibration.threads_per_rank if prof.calibration else \
         max(1, (os.cpu_count() or 1) // ranks)
     return pred, slot, threads

@@ -78,16 +78,23 @@ def _deepseek(cfg: dict) -> dict:
 
 def _qwen3_moe(cfg: dict) -> dict:
     f = "qwen3_moe"
-    if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
-        raise MoesimError("config.json mlp_only_layers", "mixed dense/MoE Qwen3 layouts are not "
-                          "modelled", "use a config whose every layer is MoE")
+    if cfg.get("mlp_only_layers"):
+        raise MoesimError("config.json mlp_only_layers", "a list of dense layers is not "
+                          "modelled (only a regular interval, decoder_sparse_step)",
+                          "drop mlp_only_layers, or write the model with moe_layer_interval")
+    step = cfg.get("decoder_sparse_step", 1)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise MoesimError("config.json decoder_sparse_step", f"{step!r} is not a positive "
+                          "integer", "use 1 (every layer MoE) or the interval of MoE layers")
+    dense = {"moe_layer_interval": step,
+             "dense_intermediate": _req(cfg, "intermediate_size", f)} if step > 1 else {}
     return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
             "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
             "attention": _gqa(cfg, f),
             "moe": {"num_experts": _req(cfg, "num_experts", f),
                     "top_k": _req(cfg, "num_experts_per_tok", f),
                     "expert_intermediate": _req(cfg, "moe_intermediate_size", f)},
-            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)), **dense}
 
 
 def _mixtral(cfg: dict) -> dict:

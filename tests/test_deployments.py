@@ -91,6 +91,16 @@ def test_a_prefix_hit_rate_halves_the_computed_tokens_at_the_full_context():
     assert b.step_time_s < a.step_time_s
 
 
+def test_computed_tokens_read_the_cached_prefix_kv():
+    # 4096-token prompt with 2048 cached vs a 2048-token prompt without: the same 2048 computed
+    # tokens, but the core also reads the cached KV: 2048 x (512 + 64) MLA elements x 2 bytes
+    hits = workload(DS_PREFILL, prefix_hit_rate=0.5, schedule="sequential")
+    fresh = workload(DS_PREFILL, prefix_hit_rate=0.0, context_length=2048, schedule="sequential")
+    a = {op.name: op for op in simulate(hits).timeline.ops}
+    b = {op.name: op for op in simulate(fresh).timeline.ops}
+    assert a["L5.attn.core"].bytes - b["L5.attn.core"].bytes == pytest.approx(2048 * 576 * 2)
+
+
 @pytest.mark.parametrize("rate", [1.0, -0.1, 1.5])
 def test_a_hit_rate_outside_0_1_is_one_clear_error(tmp_path, rate):
     import yaml
@@ -109,3 +119,67 @@ def test_balanced_routing_refuses_node_limits():
     with pytest.raises(MoesimError) as e:
         resolve(w)
     assert e.value.field == "routing.popularity"
+
+
+def test_moe_every_second_block():
+    # 24 blocks, MoE interval 2: blocks 1, 3, ..., 23 route (12), the others run a dense FFN
+    from simulator.graph.params import is_moe_layer
+    model = load_model("gpt-moe-top2")
+    assert [i for i in range(24) if is_moe_layer(model, i)] == list(range(1, 24, 2))
+    assert layer_counts(model) == (12, 12)
+    res = simulate(workload("workloads/deployments/scmoe-paper-top2-a30.yaml"))
+    names = {op.name for op in res.timeline.ops}
+    assert "L0.ffn.ffn" in names and "L0.moe.experts" not in names
+    assert "L1.moe.experts" in names and "L1.ffn.ffn" not in names
+    # weights: 12 dense FFNs + 12 x 8 experts of 3 x 1024 x 4096 (SwiGLU), each
+    from simulator.graph.params import count_params
+    c = count_params(model)
+    assert c.expert_total == 12 * 8 * 3 * 1024 * 4096
+
+
+def test_moe_interval_follows_hf_decoder_sparse_step(tmp_path):
+    import json
+    from pathlib import Path
+    from simulator.hf_import import import_hf_config
+    cfg = json.loads(Path("tests/data/hf/qwen3_moe.json").read_text())
+    cfg.update(decoder_sparse_step=2, intermediate_size=12288)
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    spec = import_hf_config(p)
+    assert spec.moe_layer_interval == 2 and spec.dense_intermediate == 12288
+
+
+def test_a_moe_interval_without_dense_ffns_is_refused(tmp_path):
+    import yaml
+    from pathlib import Path
+    m = yaml.safe_load(Path("workloads/models/gpt-moe-top2.yaml").read_text())
+    m.pop("dense_intermediate")
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(m))
+    w = yaml.safe_load(Path("workloads/deployments/scmoe-paper-top2-a30.yaml").read_text())
+    w["model"] = str(p)
+    q = tmp_path / "w.yaml"
+    q.write_text(yaml.safe_dump(w))
+    r = CliRunner().invoke(app, ["simulate", str(q)])
+    assert r.exit_code == 2 and "dense_intermediate" in r.output
+
+
+def test_a30_and_a800_profiles_are_listed_and_differ_where_their_datasheets_do():
+    r = CliRunner().invoke(app, ["profiles"])
+    assert r.exit_code == 0 and "a30-pcie" in r.output and "a800-80gb-sxm" in r.output
+    a30, a800, a100 = profile("a30-pcie"), profile("a800-80gb-sxm"), profile("a100-80gb-sxm")
+    assert a800.peak_bf16_flops.value == a100.peak_bf16_flops.value == 2 * 156e12
+    assert a800.nvlink.spec_bandwidth_Bps.value == 200e9          # 400 GB/s bidirectional
+    assert a30.peak_bf16_flops.value == 165e12 and a30.hbm_bytes.value == 24e9
+    assert a30.nvlink.spec_bandwidth_Bps.value == pytest.approx(16 * 16e9 * 128 / 130 / 8,
+                                                                rel=0.02)   # PCIe Gen4 x16
+
+
+def test_scmoe_beats_the_top2_baseline_more_on_pcie_than_on_nvlink():
+    # the paper's direction (Cai et al.: communication is 60% of MoE time on A30 PCIe, 15% on
+    # A800 NVLink, so ScMoE gains more on PCIe)
+    def speedup(short):
+        base = simulate(workload(f"workloads/deployments/scmoe-paper-top2-{short}.yaml"))
+        sc = simulate(workload(f"workloads/deployments/scmoe-paper-scmoe-{short}.yaml"))
+        return base.step_time_s / sc.step_time_s
+    assert speedup("a30") > speedup("a800") > 1.0

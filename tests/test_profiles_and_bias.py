@@ -13,7 +13,7 @@ from simulator.router_bias import BiasConfig, simulate_bias
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-PUBLIC = ["h800", "h100-sxm", "h200-sxm", "a100-80gb-sxm", "mi300x"]
+PUBLIC = ["h800", "h100-sxm", "h200-sxm", "a100-80gb-sxm", "a800-80gb-sxm", "a30-pcie", "mi300x"]
 
 
 def test_shipped_profiles_and_every_number_has_a_source():

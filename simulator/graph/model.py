@@ -14,7 +14,7 @@ import networkx as nx
 
 from simulator.graph import unfused
 from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
-                                    layer_counts)
+                                    is_moe_layer)
 from simulator.schema import ModelSpec, ParallelPlan, Phase, Precision
 
 OpKind = Literal["gemm", "grouped_gemm", "attention", "elementwise", "collective"]
@@ -253,7 +253,7 @@ class _Builder:
     def layer(self, i: int, after: str) -> str:
         """One transformer layer; returns its last op."""
         m = self.m
-        dense = i < layer_counts(m)[0]
+        dense = not is_moe_layer(m, i)
         if blocks_per_layer(m, moe_layer=not dense) == 2:
             a0 = self.attention(i, "attn0", after)
             moe_out, _ = self.moe(i, a0)

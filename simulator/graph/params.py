@@ -35,10 +35,18 @@ def blocks_per_layer(model: ModelSpec, moe_layer: bool = True) -> int:
     return 2 if model.layer_kind == "shortcut" and moe_layer else 1
 
 
+def is_moe_layer(model: ModelSpec, i: int) -> bool:
+    """Layer i routes to experts: past the first_k_dense dense layers, every
+    moe_layer_interval-th layer (layers first_k_dense + n - 1, + 2n - 1, ...)."""
+    if model.moe is None or i < model.first_k_dense:
+        return False
+    return (i - model.first_k_dense + 1) % model.moe_layer_interval == 0
+
+
 def layer_counts(model: ModelSpec) -> tuple[int, int]:
-    """(dense layers, MoE layers): the first_k_dense leading layers of an MoE model are dense."""
-    dense = model.first_k_dense if model.moe else model.num_layers
-    return dense, model.num_layers - dense
+    """(dense layers, MoE layers) of the model (is_moe_layer)."""
+    moe = sum(is_moe_layer(model, i) for i in range(model.num_layers))
+    return model.num_layers - moe, moe
 
 
 def attention_blocks(model: ModelSpec) -> int:

@@ -92,6 +92,9 @@ class ModelSpec(Strict):
         "conventional", description="shortcut: MLA_0, FFN_0, MLA_1, FFN_1 + MoE on the shortcut")
     dense_intermediate: int = Field(0, ge=0, description="dense SwiGLU FFN width (0 = none)")
     first_k_dense: int = Field(0, ge=0, description="leading layers with a dense FFN, not MoE")
+    moe_layer_interval: int = Field(
+        1, ge=1, description="after first_k_dense, every n-th layer is MoE and the others dense "
+        "(2: MoE every second block, as GShard and the ScMoE paper; HF decoder_sparse_step)")
     moe: Optional[MoESpec] = None
     mtp_layers: int = Field(0, ge=0, description="multi-token-prediction layers (dense)")
     mtp_acceptance: float = Field(0.0, ge=0, le=1, description="draft acceptance reported")
@@ -110,4 +113,10 @@ class ModelSpec(Strict):
             raise ValueError("first_k_dense exceeds num_layers")
         if self.first_k_dense and self.dense_intermediate <= 0:
             raise ValueError("first_k_dense layers need dense_intermediate > 0")
+        if self.moe_layer_interval > 1 and self.dense_intermediate <= 0:
+            raise ValueError("moe_layer_interval > 1 leaves dense layers: they need "
+                             "dense_intermediate > 0")
+        if self.moe is not None and self.moe_layer_interval > self.num_layers - self.first_k_dense:
+            raise ValueError("moe_layer_interval leaves no MoE layer: make it at most "
+                             "num_layers - first_k_dense")
         return self
