@@ -21,7 +21,7 @@ def main() -> None:
     w = load_workload(str(ROOT / "longcat-flash-pretrain-h800.yaml"))
     print("| LongCat-Flash, 8192 H800 | step s | MFU | exposed all-to-all share | exposed comm share | bubble |")
     print("|---|---:|---:|---:|---:|---:|")
-    for sched in ("sequential", "scmoe", "tbo"):
+    for sched in ("sequential", "scmoe", "scmoe-chunked", "tbo"):
         t0 = time.perf_counter()
         m = train(w.variant(schedule=sched)).to_json()
         wall = time.perf_counter() - t0

@@ -183,3 +183,49 @@ def test_scmoe_beats_the_top2_baseline_more_on_pcie_than_on_nvlink():
         sc = simulate(workload(f"workloads/deployments/scmoe-paper-scmoe-{short}.yaml"))
         return base.step_time_s / sc.step_time_s
     assert speedup("a30") > speedup("a800") > 1.0
+
+
+def test_moe_chunks_hide_between_scmoe_and_tbo_on_longcat_training():
+    # communication-bound training forward: chunking the MoE hides the experts under the other
+    # chunk's all-to-all (more than scmoe), but not the attention a second micro-batch would
+    # (less than tbo)
+    w = workload("workloads/deployments/longcat-flash-pretrain-chunked.yaml", phase="train_fwd",
+                 batch_per_device=1, training=None)
+    r = resolve(w)
+    hid = {s: simulate(w, s, resolved=r).hidden_comm_s for s in ("scmoe", "scmoe-chunked", "tbo")}
+    assert hid["scmoe"] < hid["scmoe-chunked"] < hid["tbo"]
+
+
+def test_moe_chunks_that_do_not_divide_the_tokens_are_refused():
+    w = workload("workloads/longcat-flash-decode-h800.yaml", schedule="scmoe-chunked",
+                 batch_per_device=3, mtp={"enabled": False})
+    with pytest.raises(MoesimError) as e:
+        simulate(w)
+    assert e.value.field == "schedule" and "divide by 2" in e.value.fix
+
+
+def test_chunked_backward_issues_expert_weight_gradients_after_every_chunks_input_gradient():
+    # a chunk's weight gradient waits on that chunk's combine gradient, which the comm stream
+    # sends after the other chunk's: issued before the other chunk's input gradient it would
+    # deadlock the two streams
+    w = workload("workloads/deployments/longcat-flash-pretrain-chunked.yaml", phase="train_bwd",
+                 batch_per_device=1, training=None)
+    res = simulate(w, resolved=resolve(w, with_head=False))
+    at = {op.name: i for i, op in enumerate(res.timeline.ops)}
+    start, end = res.timeline.start_s[0], res.timeline.end_s[0]
+    for layer in (0, 27):
+        last_dgrad = max(end[at[f"L{layer}.moe.c{c}.experts.dgrad"]] for c in (0, 1))
+        for c in (0, 1):
+            assert start[at[f"L{layer}.moe.c{c}.experts.wgrad"]] >= last_dgrad - 1e-12
+
+
+def test_prefill_pool_budget_counts_computed_tokens_only(tmp_path):
+    # 8 devices x 8192 = 65536 computed tokens a batch: with half the prompt cached, two
+    # 60000-token prompts (30000 computed each) share one batch; without hits they take two
+    from tests.test_physics import stubbed_sim
+    miss = stubbed_sim(tmp_path, [(0.0, 60000, 2)] * 2, budget=1e9)
+    hits = stubbed_sim(tmp_path, [(0.0, 60000, 2)] * 2, budget=1e9)
+    hits.w = hits.w.variant(prefix_hit_rate=0.5)
+    batches = [sum(1 for kind, *_ in s.asked if kind == "prefill")
+               for s in (miss, hits) if s.run(check_stability=False)]
+    assert batches == [2, 1]

@@ -552,3 +552,55 @@ def test_gradient_reduce_scatter_beyond_the_backward_is_exposed():
     r = train(w, profile=slow)
     assert r.dp_exposed_s > r.backward_s_per_microbatch
     assert r.step_time_s >= r.dp_exposed_s
+
+
+def chunked_layer(t_dispatch: float, t_combine: float):
+    """shortcut_layer with the routed MoE cut into two token chunks (as the graph builder does
+    for scmoe-chunked): each chunk's dispatch, experts and combine take half the time."""
+    g = nx.DiGraph()
+    dur, dem = {}, {}
+
+    def add(name, kind, block, after, t, **kw):
+        g.add_node(f"L0.{name}", op=Op(f"L0.{name}", kind, layer=0, block=block, **kw))
+        for a in after:
+            g.add_edge(f"L0.{a}", f"L0.{name}")
+        dur[f"L0.{name}"] = t
+    add("attn0.core", "attention", "attn0", [], 1.0)
+    for c in (0, 1):
+        add(f"moe.c{c}.dispatch", "collective", "moe", ["attn0.core"], t_dispatch / 2,
+            collective="all_to_all", group="ep", share=0.5)
+        dem[f"L0.moe.c{c}.dispatch"] = CommDemand(0.0, {"nic": t_dispatch / 2})
+    for c in (0, 1):
+        add(f"moe.c{c}.experts", "grouped_gemm", "moe", [f"moe.c{c}.dispatch"], 0.5, share=0.5)
+    for c in (0, 1):
+        add(f"moe.c{c}.combine", "collective", "moe", [f"moe.c{c}.experts"], t_combine / 2,
+            collective="all_to_all", group="ep", share=0.5)
+        dem[f"L0.moe.c{c}.combine"] = CommDemand(0.0, {"nic": t_combine / 2})
+    for k, (name, block) in enumerate(WINDOW):
+        add(name, "gemm", block, ["attn0.core" if k == 0 else WINDOW[k - 1][0]], 1.0)
+    add("residual", "elementwise", "ffn1", ["moe.c0.combine", "moe.c1.combine", "ffn1.ffn"], 0.0)
+    return g, dur, dem
+
+
+def test_moe_chunks_hide_the_experts_under_the_other_chunks_all_to_all():
+    # comm-bound: dispatch 4 s, combine 4 s, experts 1 s, window 5 x 1 s. Slot K = 1 either way
+    # (|K - 4| + |1 - K| = 3 for K in 1..4). scmoe: dispatch 1-5 under ffn0 1-2; experts 5-6;
+    # combine 6-10 under the 4 other window ops: hidden 1 + 4 = 5 s, layer ends at 10 s.
+    # chunked: dispatches 1-3, 3-5; experts c0 3-3.5 (under c1's dispatch), c1 5-5.5; combines
+    # 5-7 (under c1's experts and the window), 7-9; window 5.5-9.5: hidden 1 + 0.5 + 4 = 5.5 s,
+    # the layer ends at 9.5 s.
+    from simulator.engine.timeline import Timeline
+    import numpy as np
+
+    def run(name, g, dur, dem):
+        plan = SCHEDULES[name].policy(g, dur, dem)
+        start, end = Engine(plan, {"nic": 1.0}, 0.0).run()
+        ops = [g.nodes[n]["op"] for n in plan.names]
+        tl = Timeline(ops, plan.streams, np.array(start), np.array(end), [0.0] * len(ops))
+        return dict(zip(plan.names, end[0])), tl.comm_exposure_s(0)
+    end, (exposed, hidden) = run("scmoe", *shortcut_layer(4.0, 4.0))
+    assert end["L0.residual"] == pytest.approx(10.0) and hidden == pytest.approx(5.0)
+    assert SCHEDULES["scmoe-chunked"].moe_chunks == 2
+    end, (exposed, hidden) = run("scmoe-chunked", *chunked_layer(4.0, 4.0))
+    assert end["L0.moe.c0.experts"] == pytest.approx(3.5)
+    assert end["L0.residual"] == pytest.approx(9.5) and hidden == pytest.approx(5.5)

@@ -6,9 +6,12 @@
 - sbo: LongCat-Flash's four stages: experts right after the QKV projection of the next attention
   block (stage 2 = FFN_0 + QKV of MLA_1 under dispatch; stage 4 = rest of MLA_1 + FFN_1 under
   combine). Conventional layers fall back to the slot rule.
+- scmoe-chunked: scmoe with each routed MoE path cut into two token chunks (the dense part
+  whole): a chunk's all-to-all runs under the other chunk's experts, each chunk's expert GEMM
+  reads the weights again.
 - tbo: two micro-batches; both streams pick the ready op of either micro-batch, lower micro-batch
   first, so one micro-batch's communication runs under the other's compute.
-Adding a schedule means one function and one `@register(name, micro_batches=n)`; nothing
+Adding a schedule means one function and one `@register(name, micro_batches=n, moe_chunks=c)`; nothing
 else looks a schedule up by its name.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Schedule:
     name: str
     policy: Policy
     micro_batches: int = 1
+    moe_chunks: int = 1        # token chunks each routed MoE path is cut into (the op graph's)
 
     def split(self, shape: Shape) -> list[Shape]:
         """The per-device shape cut into this schedule's micro-batches: whole sequences when
@@ -55,10 +59,12 @@ class Schedule:
 SCHEDULES: dict[str, Schedule] = {}
 
 
-def register(name: str, micro_batches: int = 1) -> Callable[[Policy], Policy]:
-    """Add a policy to the registry under `name`, splitting the batch into `micro_batches`."""
+def register(name: str, micro_batches: int = 1,
+             moe_chunks: int = 1) -> Callable[[Policy], Policy]:
+    """Add a policy to the registry under `name`, splitting the batch into `micro_batches`
+    and each routed MoE path into `moe_chunks` token chunks."""
     def deco(fn: Policy) -> Policy:
-        SCHEDULES[name] = Schedule(name, fn, micro_batches)
+        SCHEDULES[name] = Schedule(name, fn, micro_batches, moe_chunks)
         return fn
     return deco
 
@@ -144,12 +150,18 @@ def _overlap_plan(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDe
         if not experts:
             compute_order += [o.name for o in compute]
             continue
-        ex = experts[0].name
+        # the routed expert GEMMs of this pass (every token chunk's), then their weight
+        # gradients: a chunk's weight gradient waits on that chunk's all-to-all, so it must not
+        # be issued before the other chunks' input gradients
+        main = [o.name for o in experts if "wgrad" not in o.tags]
+        group = main + [o.name for o in experts if "wgrad" in o.tags]
         in_layer = {o.name for o in layer_ops}
-        anc, desc = _reach(g, ex, in_layer, False), _reach(g, ex, in_layer, True)
+        anc = set().union(*(_reach(g, x, in_layer, False) for x in main)) - set(group)
+        desc = set().union(*(_reach(g, x, in_layer, True) for x in main)) - set(group)
         pre = [o for o in compute if o.name in anc]
         post = [o for o in compute if o.name in desc]
-        window = [o for o in compute if o.name not in anc and o.name not in desc and o.name != ex]
+        window = [o for o in compute if o.name not in anc and o.name not in desc and
+                  o.name not in group]
         names = {o.name for o in layer_ops}
         disp = [o.name for o in layer_ops if o.collective == "all_to_all" and o.name in anc]
         comb = [o.name for o in layer_ops if o.collective == "all_to_all" and o.name in desc]
@@ -158,7 +170,7 @@ def _overlap_plan(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDe
         k = _sbo_slot(window) if sbo else None
         if k is None:
             k = _slot_rule(window, durations, t_d, t_c)
-        compute_order += [o.name for o in pre] + [o.name for o in window[:k]] + [ex] + \
+        compute_order += [o.name for o in pre] + [o.name for o in window[:k]] + group + \
             [o.name for o in window[k:]] + [o.name for o in post]
     comm_order = [o.name for o in ops if _stream_of(o, False) == "comm"]
     rank = {n: i for i, n in enumerate(compute_order + comm_order)}
@@ -185,6 +197,14 @@ def scmoe(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -
 def sbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
     """LongCat-Flash single-batch overlap: four stages per shortcut layer."""
     return _overlap_plan(g, durations, demands, sbo=True)
+
+
+@register("scmoe-chunked", moe_chunks=2)
+def scmoe_chunked(g: nx.DiGraph, durations: Durations,
+                  demands: dict[str, CommDemand]) -> StreamPlan:
+    """ScMoE with the routed MoE cut into two token chunks (LongCat-Flash's training overlap):
+    chunk 1's dispatch runs under chunk 0's experts, chunk 0's combine under chunk 1's."""
+    return _overlap_plan(g, durations, demands, sbo=False)
 
 
 @register("tbo", micro_batches=2)

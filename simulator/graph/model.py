@@ -43,6 +43,7 @@ class Op:
     aux_bytes: float = 0.0          # unfused elementwise bytes an eager runtime adds
     gather_bytes: float = 0.0       # of bytes + aux_bytes: indexed row copies (eager pricing)
     gemm_nk: tuple[float, ...] = ()  # N x K weight elements of each GEMM (per expert if grouped)
+    share: float = 1.0              # MoE token chunk: its share of the micro-batch's routed copies
     precision: str = "bf16"         # compute precision (GEMMs, attention core): bf16 | fp8
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -79,8 +80,9 @@ class _Builder:
 
     def __init__(self, model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                  real_experts: float, micro_batch: int = 0,
-                 compute: dict[str, str] | None = None) -> None:
+                 compute: dict[str, str] | None = None, moe_chunks: int = 1) -> None:
         self.m, self.plan, self.p, self.s = model, plan, prec, shape
+        self.moe_chunks = moe_chunks
         self.compute = compute or {}
         self.k_real = real_experts
         self.mb = micro_batch
@@ -212,35 +214,50 @@ class _Builder:
         permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
                               bytes=2 * routed * h * ab, layer=layer, block="moe"), router,
                            extra=unfused.permute(routed, h))
-        dispatch = self.add(Op(f"L{layer}.moe.dispatch", "collective",
-                               bytes=routed * h * self.p.dispatch_bytes, collective="all_to_all",
-                               group="ep", layer=layer, block="moe"), permute,
-                            extra=unfused.split_exchange())
-        local_experts = moe.num_experts / self.plan.ep
-        w_exp = expert_params(self.m)
-        experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
-                              bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
-                              weight_bytes=local_experts * w_exp * wb,
-                              m=routed / local_experts, layer=layer, block="moe",
-                              gemm_nk=(2 * h * moe.expert_intermediate,
-                                       h * moe.expert_intermediate)), dispatch,
-                           extra=unfused.experts(routed, h, moe.expert_intermediate,
-                                                 local_experts))
-        combine = self.add(Op(f"L{layer}.moe.combine", "collective",
-                              bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
-                              group="ep", layer=layer, block="moe"), experts)
+        combines = self._routed(layer, permute)
         unpermute = self.add(Op(f"L{layer}.moe.unpermute", "elementwise",
-                                bytes=(routed + t) * h * ab, layer=layer, block="moe"), combine,
+                                bytes=(routed + t) * h * ab, layer=layer, block="moe"), *combines,
                              extra=unfused.unpermute(t, routed, h))
         shared = ""
         if moe.num_shared_experts:
-            w_sh = moe.num_shared_experts * w_exp
+            w_sh = moe.num_shared_experts * expert_params(self.m)
             shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
                                  bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
                                  layer=layer, block="moe", tags=("shared_expert",),
                                  gemm_nk=(2 * w_sh / 3, w_sh / 3)), after,
                               extra=unfused.swiglu(t, h, w_sh / (3 * h), False, False))
         return unpermute, shared
+
+    def _routed(self, layer: int, after: str) -> list[str]:
+        """Dispatch -> experts -> combine of the routed tokens, as moe_chunks token chunks (one
+        unless the schedule cuts the MoE: each chunk then carries its share of the tokens and
+        reads every local expert's weights again). Built stage by stage, so a stream's issue
+        order is every chunk's dispatch, then experts, then combines. Returns the combines."""
+        moe, h, n = self.m.moe, self.m.hidden_size, self.moe_chunks
+        assert moe is not None
+        wb, ab = self.p.weight_bytes, self.p.activation_bytes
+        routed = self.s.tokens * self.k_real / n
+        names = [f"L{layer}.moe" + (f".c{c}" if n > 1 else "") for c in range(n)]
+        dispatches = [self.add(Op(f"{nm}.dispatch", "collective",
+                                  bytes=routed * h * self.p.dispatch_bytes,
+                                  collective="all_to_all", group="ep", layer=layer, block="moe",
+                                  share=1 / n), after, extra=unfused.split_exchange())
+                      for nm in names]
+        local_experts = moe.num_experts / self.plan.ep
+        w_exp = expert_params(self.m)
+        experts = [self.add(Op(f"{nm}.experts", "grouped_gemm", flops=2 * routed * w_exp,
+                               bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
+                               weight_bytes=local_experts * w_exp * wb,
+                               m=routed / local_experts, layer=layer, block="moe", share=1 / n,
+                               gemm_nk=(2 * h * moe.expert_intermediate,
+                                        h * moe.expert_intermediate)), d,
+                            extra=unfused.experts(routed, h, moe.expert_intermediate,
+                                                  local_experts))
+                   for nm, d in zip(names, dispatches)]
+        return [self.add(Op(f"{nm}.combine", "collective",
+                            bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
+                            group="ep", layer=layer, block="moe", share=1 / n), e)
+                for nm, e in zip(names, experts)]
 
     def join(self, layer: int, *inputs: str) -> str:
         """Residual add that closes a layer (waits on every branch)."""
@@ -305,10 +322,11 @@ def compute_class(op: Op) -> str | None:
 def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                   real_experts: float, *, layers: int | None = None, with_head: bool = True,
                   mtp: bool = False, micro_batch: int = 0,
-                  compute: dict[str, str] | None = None) -> nx.DiGraph:
+                  compute: dict[str, str] | None = None, moe_chunks: int = 1) -> nx.DiGraph:
     """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer;
-    `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16)."""
-    b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute)
+    `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16);
+    `moe_chunks` cuts each routed MoE path into that many token chunks."""
+    b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute, moe_chunks)
     n = model.num_layers if layers is None else layers
     last = ""
     for i in range(n):

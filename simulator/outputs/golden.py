@@ -81,6 +81,10 @@ def main() -> None:
             target.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
             print(f"wrote {target.name}")
             continue
+        if not target.exists():
+            bad += 1
+            print(f"{path.relative_to(WORKLOADS_DIR)}: no golden file yet (run with --write)")
+            continue
         diffs = list(differences(json.loads(target.read_text()), res))
         bad += bool(diffs)
         print(f"{path.relative_to(WORKLOADS_DIR)}: " + ("same" if not diffs else

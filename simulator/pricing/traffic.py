@@ -30,9 +30,10 @@ class EPTraffic:
     combine_ratio: float         # combine bytes / dispatch bytes
     sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
 
-    def demand(self, rank: int, combine: bool) -> CommDemand:
-        """What `rank`'s part of the dispatch (or combine) needs."""
-        f = self.combine_ratio if combine else 1.0
+    def demand(self, rank: int, combine: bool, share: float = 1.0) -> CommDemand:
+        """What `rank`'s part of the dispatch (or combine) needs; `share`: a token chunk's
+        fraction of the micro-batch."""
+        f = (self.combine_ratio if combine else 1.0) * share
         d = {k: v for k, v in (("nvlink", self.nvlink_bytes[rank] * f),
                                ("nic", self.nic_bytes[rank] * f)) if v > 0}
         return CommDemand(self.latency_s, d, self.sm_fraction)
@@ -80,7 +81,7 @@ def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Wor
     assert model.moe is not None
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
     w_exp = expert_params(model)
-    rows = float(t.routing.rank_rows[rank])
+    rows = float(t.routing.rank_rows[rank]) * op.share
     slots = int(t.routing.placement.slots_per_rank[rank])
     return replace(op, flops=2 * rows * w_exp, m=rows / max(slots, 1),
                    weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb + rows * 2 * h * ab)

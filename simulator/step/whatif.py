@@ -5,6 +5,7 @@ import networkx as nx
 import numpy as np
 
 from simulator.engine.core import Engine
+from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
 from simulator.engine.timeline import Timeline
 from simulator.graph.model import build_backward, build_forward
@@ -21,10 +22,16 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     """The op graph of one step (all layers, head, MTP), split into micro-batches if needed."""
     w = r.workload
     graphs = []
-    for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
+    sched = get_schedule(schedule)
+    for mb, shape in enumerate(sched.split(r.shape)):
+        if shape.tokens % sched.moe_chunks:
+            raise MoesimError("schedule", f"{schedule} cuts the MoE into {sched.moe_chunks} "
+                              f"token chunks, but a device holds {shape.tokens} tokens",
+                              f"use a batch whose tokens per device divide by "
+                              f"{sched.moe_chunks}, or schedule scmoe")
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
                             mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head,
-                            compute=r.compute)
+                            compute=r.compute, moe_chunks=sched.moe_chunks)
         graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
     return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
 
@@ -52,15 +59,16 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
             op = data["op"]
             t = traffic.get(op.micro_batch)
             if t is not None and op.is_comm and op.group == "ep":
-                key = ("comm", op.micro_batch, "combine" in op.name)
+                key = ("comm", op.micro_batch, "combine" in op.name, op.share)
                 if key not in memo:
-                    per = [eager_launches(t.demand(k, key[2]), op, prof) for k in range(plan.ep)]
+                    per = [eager_launches(t.demand(k, key[2], op.share), op, prof)
+                           for k in range(plan.ep)]
                     times = [comm_time_s(d, prof) for d in per]
                     memo[key] = (per, int(np.argmax(times)), times)
                 per, slow, times = memo[key]
                 rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
             elif t is not None and op.kind == "grouped_gemm":
-                key = ("experts", op.micro_batch, op.flops, op.weight_bytes)
+                key = ("experts", op.micro_batch, op.flops, op.weight_bytes, op.share)
                 if key not in memo:
                     memo[key] = (per_rank_times(op, t, r.model, w, prof),)
                 times = memo[key][0]
