@@ -229,3 +229,32 @@ def test_prefill_pool_budget_counts_computed_tokens_only(tmp_path):
     batches = [sum(1 for kind, *_ in s.asked if kind == "prefill")
                for s in (miss, hits) if s.run(check_stability=False)]
     assert batches == [2, 1]
+
+
+def test_selective_recomputation_costs_between_none_and_full():
+    # none keeps 34 per block (Korthikanti et al.), selective 22, full only the layer input (2):
+    # memory falls in that order; backward time rises: none < selective (memory-bound norm and
+    # activation passes) < full (a whole extra forward)
+    from simulator.training.run import train
+    from tests.test_training import small
+    roomy = profile("h800", idealizations={"enforce_hbm_capacity": False})
+    runs = {}
+    for rc in ("none", "selective", "full"):
+        w = small()
+        runs[rc] = train(w.variant(training=w.training.variant(recompute=rc)), profile=roomy)
+    b = {k: r.backward_s_per_microbatch for k, r in runs.items()}
+    act = {k: r.memory.activations for k, r in runs.items()}
+    assert b["none"] < b["selective"] < b["full"]
+    assert b["full"] - b["none"] == pytest.approx(runs["none"].forward_s_per_microbatch)
+    assert act["none"] > act["selective"] > act["full"]
+    # LongCat-Flash layers: two blocks each, ~8 real experts a token (4 kept copies each)
+    k = load_model("longcat-flash").moe.mean_real_experts
+    assert act["selective"] / act["none"] == pytest.approx((22 * 2 + 4 * k) / (34 * 2 + 4 * k))
+
+
+def test_recompute_accepts_the_old_booleans():
+    from simulator.schema import TrainingSpec
+    assert TrainingSpec(global_batch_sequences=8, recompute=True).recompute == "full"
+    assert TrainingSpec(global_batch_sequences=8, recompute=False).recompute == "none"
+    with pytest.raises(Exception):
+        TrainingSpec(global_batch_sequences=8, recompute="partial")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from simulator.schema.base import Strict
 
@@ -15,7 +15,15 @@ class TrainingSpec(Strict):
     micro_batch_sequences: int = Field(1, gt=0, description="sequences per micro-batch per rank")
     pipeline: Literal["1f1b", "interleaved", "zb-v"] = "1f1b"
     virtual_stages: int = Field(2, gt=0, description="chunks per device for interleaved 1F1B")
-    recompute: bool = Field(False, description="recompute activations in backward")
+    recompute: Literal["none", "selective", "full"] = Field(
+        "none", description="activation recomputation in backward: none; selective (norms and "
+        "FFN activation functions re-run, their outputs not kept); full (the whole forward "
+        "re-run, only each layer's input kept). true / false read as full / none")
+
+    @field_validator("recompute", mode="before")
+    @classmethod
+    def _bool_recompute(cls, v: object) -> object:
+        return {True: "full", False: "none"}.get(v, v) if isinstance(v, bool) else v
     zero_stage: Literal[0, 1, 2, 3] = 1
     uneven_stages: bool = Field(False, description="allow layers not divisible by pp")
     grad_bytes: float = Field(4.0, gt=0, description="bytes per gradient element")
