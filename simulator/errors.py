@@ -1,9 +1,10 @@
 """One error type for everything a user can get wrong, rendered as one clear paragraph."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:              # the CLI imports this at start-up: pydantic only when validating
+    from pydantic import ValidationError
 
 
 class MoesimError(Exception):

@@ -144,22 +144,72 @@ def primary_owner(n_experts: int, ep: int) -> np.ndarray:
     return (np.arange(n_experts) * ep) // n_experts
 
 
+class _TokenDraws:
+    """Per-token routing draws of one (routing spec, model, EP layout, seed), made in whole
+    chunks of CHUNK_TOKENS in token order and kept: token i's experts do not depend on how many
+    tokens a step has, so every step shape and micro-batch reuses the same draws (a shape with
+    more tokens only draws the chunks it lacks)."""
+
+    def __init__(self, spec: RoutingSpec, n_experts: int, top_k: int, has_zero_experts: bool,
+                 real_mean: float, ep: int, gpus_per_node: int, seed: int) -> None:
+        self.spec, self.n_experts, self.ep = spec, n_experts, ep
+        self.has_zero, self.real_mean = has_zero_experts, real_mean
+        self.rng = np.random.default_rng(seed)
+        p = popularity(spec, n_experts, self.rng)
+        self.placement = place_experts(n_experts, ep, spec.redundant_experts, p)
+        self.logp = np.log(p)
+        self.kmax = min(top_k, n_experts)
+        self.nodes = max(1, ep // min(gpus_per_node, ep))
+        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # k, chosen, pick
+        self.copies_before = 0
+
+    def upto(self, tokens: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(k, chosen, pick) of every chunk covering the first `tokens` tokens."""
+        while len(self.chunks) * CHUNK_TOKENS < tokens:
+            self.chunks.append(self._draw(len(self.chunks) * CHUNK_TOKENS))
+        return self.chunks[:-(-tokens // CHUNK_TOKENS)]
+
+    def _draw(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, spec, kmax = CHUNK_TOKENS, self.spec, self.kmax
+        if self.has_zero:
+            k = np.clip(np.rint(self.rng.normal(self.real_mean, spec.real_experts_std, n)), 0,
+                        kmax).astype(int)
+        else:
+            k = np.full(n, kmax)
+        valid = np.arange(kmax)[None, :] < k[:, None]
+        if spec.popularity == "balanced":     # the q-th pick of an expert uses copy q mod copies
+            chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep)
+            self.copies_before += int(valid.sum())
+        else:
+            chosen = _sampled(scores_for(self.logp, n, self.rng), spec, self.nodes, kmax)
+            pick = np.arange(start, start + n)[:, None] + np.arange(kmax)[None, :]
+        return k, chosen, pick
+
+
+@lru_cache(maxsize=16)
+def token_draws(spec: RoutingSpec, n_experts: int, top_k: int, has_zero_experts: bool,
+                real_mean: float, ep: int, gpus_per_node: int, seed: int) -> _TokenDraws:
+    """The shared per-token draws of one routing setup (memoised per process)."""
+    return _TokenDraws(spec, n_experts, top_k, has_zero_experts, real_mean, ep, gpus_per_node,
+                       seed)
+
+
 @lru_cache(maxsize=64)
 def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
           real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
           seed: int) -> RoutingResult:
-    """Sample the routing of `tokens_per_rank` tokens on each of `ep` ranks (memoised per
-    process: the same arguments give the same, shared, read-only result)."""
-    rng = np.random.default_rng(seed)
-    p = popularity(spec, n_experts, rng)
-    placement = place_experts(n_experts, ep, spec.redundant_experts, p)
+    """The routing of `tokens_per_rank` tokens on each of `ep` ranks: the first tokens of the
+    setup's shared draws (token_draws), aggregated per source and destination rank (memoised
+    per process: the same arguments give the same, shared, read-only result)."""
+    draws = token_draws(spec, n_experts, top_k, has_zero_experts, real_mean, ep, gpus_per_node,
+                        seed)
+    placement = draws.placement
     n_copies = np.array([len(c) for c in placement.copies])
     copy_table = np.full((n_experts, int(n_copies.max())), -1)
     for e, c in enumerate(placement.copies):
         copy_table[e, :len(c)] = c
     g = min(gpus_per_node, ep)
-    nodes = max(1, ep // g)
-    logp = np.log(p)
+    nodes = draws.nodes
 
     t_expert = np.zeros((ep, ep))
     t_gpu = np.zeros((ep, ep))
@@ -169,26 +219,15 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     total = ep * tokens_per_rank
     sampled = min(total, MAX_SAMPLED_TOKENS)
     exact = sampled == total
-    kmax = min(top_k, n_experts)
-    copies_before = 0
-    for start in range(0, sampled, CHUNK_TOKENS):
+    for c, (k, chosen, pick) in enumerate(draws.upto(sampled)):
+        start = c * CHUNK_TOKENS
         n = min(CHUNK_TOKENS, sampled - start)
+        k, chosen, pick = k[:n], chosen[:n], pick[:n]
         tok = np.arange(start, start + n)
         src = tok // tokens_per_rank if exact else tok % ep
-        if has_zero_experts:
-            k = np.clip(np.rint(rng.normal(real_mean, spec.real_experts_std, n)), 0, kmax)
-        else:
-            k = np.full(n, kmax)
-        k = k.astype(int)
         real_sum += k.sum()
         real_sq += (k.astype(float) ** 2).sum()
-        valid = np.arange(kmax)[None, :] < k[:, None]
-        if spec.popularity == "balanced":     # the q-th pick of an expert uses copy q mod copies
-            chosen, pick = _balanced(valid, copies_before, n_experts, ep)
-            copies_before += int(valid.sum())
-        else:
-            chosen = _sampled(scores_for(logp, n, rng), spec, nodes, kmax)
-            pick = tok[:, None] + np.arange(kmax)[None, :]
+        valid = np.arange(draws.kmax)[None, :] < k[:, None]
         copy_idx = pick % n_copies[chosen]
         dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
         s = np.broadcast_to(src[:, None], dst.shape)
