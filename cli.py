@@ -17,7 +17,7 @@ from rich.table import Table
 from simulator.errors import MoesimError
 from simulator.outputs import tables as T
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Simulate Mixture-of-Experts training and serving clusters.")
 stdout = Console(width=max(Console().width, 150))
 err = Console(stderr=True)
@@ -454,7 +454,8 @@ def validate(workload: str = typer.Argument(..., help="workload YAML (a shortcut
               f"predicted {v['speedup_predicted']:.3f}x", highlight=False)
 
 
-profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True)
+profile_app = typer.Typer(help="Inspect hardware profiles.", no_args_is_help=True,
+                          rich_markup_mode=None)
 app.add_typer(profile_app, name="profile")
 
 

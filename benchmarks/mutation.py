@@ -60,7 +60,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/graph/params.py": ["tests/test_params.py", "tests/test_deployments.py",
                                   "tests/test_physics.py"],
     "simulator/graph/memory.py": ["tests/test_params.py", "tests/test_deployments.py",
-                                  "tests/test_serving.py", "tests/test_physics.py"],
+                                  "tests/test_bad_input.py", "tests/test_physics.py"],
     "simulator/pricing/cost.py": ["tests/test_serving.py", "tests/test_training.py",
                                   "tests/test_physics.py"],
 }

@@ -2,8 +2,9 @@
 machine is *now* against what the profile says, so a busy machine's slowdown is measured rather
 than mistaken for a modelling error.
 
-Three probes per round on every rank: a GEMM of the model's FFN shape (compute), an elementwise
-add over an activation-sized tensor (memory), and a chain of in-place adds on a 16-element tensor
+Three probes per round on every rank, each the median of a few calls after a warm-up (as the
+calibration times kernels; a single call scatters 2-6x): a GEMM of the model's FFN shape
+(compute), an elementwise add of two activation-sized tensors (memory), and a chain of in-place adds on a 16-element tensor
 (launch overhead: what `moesim calibrate` times for eager_op_overhead_s). Each
 measured median over its profile prediction scales the matching profile numbers.
 """
@@ -17,6 +18,7 @@ from simulator.pricing.hardware import compute_time_s
 from simulator.schema import HardwareProfile, Sourced
 
 LAUNCH_REPEATS = 64          # tiny ops per launch probe (their mean is one launch)
+PROBE_REPEATS = 5            # timed calls per probe and round (median), after one warm-up
 FP32 = 4
 
 
@@ -30,6 +32,16 @@ def shapes(tokens: int, hidden: int, inter: int) -> dict[str, Op]:
     return {"gemm": gemm, "memory": memory}
 
 
+def _mean_time(fn, reps: int = PROBE_REPEATS) -> float:
+    """Mean seconds of `reps` calls after one warm-up: a mean, not a median, so that a rank
+    sharing its core is seen at its average pace (short calls often run between preemptions)."""
+    fn()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
 def run_probes(tokens: int, hidden: int, inter: int) -> dict[str, float]:
     """Seconds each probe takes on this rank now (torch, float32, the rank's threads)."""
     import torch
@@ -37,31 +49,25 @@ def run_probes(tokens: int, hidden: int, inter: int) -> dict[str, float]:
     w = torch.randn(hidden, 2 * inter)
     y = torch.randn(tokens, hidden)
     tiny = torch.zeros(16)
-    out = {}
-    t = time.perf_counter()
-    x @ w
-    out["gemm"] = time.perf_counter() - t
-    t = time.perf_counter()
-    x + y
-    out["memory"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(LAUNCH_REPEATS):
-        tiny.add_(1.0)
-    out["launch"] = (time.perf_counter() - t) / LAUNCH_REPEATS
-    return out
+
+    def chain() -> None:
+        for _ in range(LAUNCH_REPEATS):
+            tiny.add_(1.0)
+    return {"gemm": _mean_time(lambda: x @ w), "memory": _mean_time(lambda: x + y),
+            "launch": _mean_time(chain) / LAUNCH_REPEATS}
 
 
-def speed_ratios(prof: HardwareProfile, measured: list[dict[str, float]], tokens: int,
+def speed_ratios(prof: HardwareProfile, measured: list[list[dict[str, float]]], tokens: int,
                  hidden: int, inter: int) -> dict[str, float]:
-    """Measured / predicted time of each probe (median over rounds and ranks): 1.0 means the
-    machine runs as the profile says, 2.0 twice as slow."""
+    """Measured / predicted time of each probe: per rank the mean over its rounds, then the
+    slowest rank (ranks meet at every all-to-all, and the simulator's collapsed rank is the
+    slowest). 1.0: the machine runs as the profile says; 2.0: twice as slow."""
     ops = shapes(tokens, hidden, inter)
-    out = {k: statistics.median(m[k] for m in measured) / compute_time_s(op, prof)
-           for k, op in ops.items()}
-    # the launch probe is the calibration's own eager-op chain: per op against that figure
-    per_op = prof.eager_op_overhead_s or prof.kernel_latency_s
-    out["launch"] = statistics.median(m["launch"] for m in measured) / per_op.value
-    return out
+    per_op = prof.eager_op_overhead_s or prof.kernel_latency_s   # the calibration's own chain
+    predicted = {**{k: compute_time_s(op, prof) for k, op in ops.items()},
+                 "launch": per_op.value}
+    return {k: max(statistics.fmean(r[k] for r in rank) for rank in measured) / p
+            for k, p in predicted.items()}
 
 
 def scaled_profile(prof: HardwareProfile, ratios: dict[str, float]) -> HardwareProfile:

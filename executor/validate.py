@@ -100,7 +100,7 @@ def in_run(w: Workload, profile: str, ranks_out: list[dict], slot: int) -> dict:
     prof = load_profile(profile)
     dims = probe_dims(model, RunConfig(spec={}, ranks=len(ranks_out), batch=w.batch_per_device,
                                        seq=w.context_length))
-    ratios = speed_ratios(prof, [p for r in ranks_out for p in r["probes"]], *dims)
+    ratios = speed_ratios(prof, [r["probes"] for r in ranks_out], *dims)
     v = compare(w, profile, predict(w, profile, len(ranks_out), scaled_profile(prof, ratios)),
                 ranks_out, slot)
     return {"machine_speed": ratios, "mape": v["mape"], "layers": v["layers"],

@@ -36,11 +36,15 @@ def read_text_file(path: Path, what: str = "file") -> str:
                           "check the path and its permissions") from None
 
 
+# libyaml's safe loader when PyYAML has it (the same safe constructor, ~10x faster to parse)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml_mapping(path: Path) -> dict:
     """Read a YAML file that must hold a mapping."""
     text = read_text_file(path, "YAML file")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.constructor.ConstructorError as exc:
         if exc.problem and "tag" in exc.problem:
             raise MoesimError(str(path), f"YAML tags are not allowed ({exc.problem.strip()})",

@@ -74,9 +74,13 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
                 times = memo[key][0]
                 rank_compute[name], durations[name] = times, max(times)
             else:
-                if op.is_comm:
-                    demands[name] = comm_demand(op, plan, prof)
-                durations[name] = op_time_s(op, plan, prof)
+                key = ("op", _shape_key(op))         # identical layers price identical ops once
+                if key not in memo:
+                    memo[key] = (comm_demand(op, plan, prof) if op.is_comm else None,
+                                 op_time_s(op, plan, prof))
+                demand, durations[name] = memo[key]
+                if demand is not None:
+                    demands[name] = demand
         slow = straggler_factor(prof, plan.ep)      # ranks meet at every EP all-to-all
         if slow != 1.0:
             for name, data in g.nodes(data=True):
@@ -96,6 +100,13 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
                   [durations[n] for n in sp.names])
     notes = list(r.notes) + sorted(set(caught))
     return measure(r, schedule, tl, notes, traffic, demands)
+
+
+def _shape_key(op) -> tuple:
+    """Everything pricing reads of an op (not its name, layer or micro-batch)."""
+    return (op.kind, op.flops, op.bytes, op.weight_bytes, op.m, op.collective, op.group,
+            op.scores, op.kernels, op.aux_bytes, op.gather_bytes, op.gemm_nk, op.precision,
+            op.tags, op.share)
 
 
 def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
