@@ -47,10 +47,13 @@ TESTS: dict[str, list[str]] = {
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py"],
-    "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_physics.py"],
-    "simulator/training/run.py": ["tests/test_training.py", "tests/test_physics.py"],
+    "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_deployments.py",
+                                       "tests/test_physics.py"],
+    "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
+                                  "tests/test_physics.py"],
     "simulator/serving/run.py": ["tests/test_serving.py", "tests/test_physics.py"],
-    "simulator/serving/pools.py": ["tests/test_serving.py", "tests/test_physics.py"],
+    "simulator/serving/pools.py": ["tests/test_serving.py", "tests/test_deployments.py",
+                                   "tests/test_physics.py"],
     "simulator/serving/loop.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/mtp.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/result.py": ["tests/test_serving.py", "tests/test_physics.py"],
@@ -128,12 +131,19 @@ def main() -> None:
     t_start = time.perf_counter()
     try:
         suites = sorted({tuple(TESTS[m.module]) for m in selected})
-        for suite in suites:
-            ok, secs, tail = run_tests(copies[0], list(suite))
+        free = list(copies)
+
+        def baseline(suite: tuple[str, ...]) -> None:
+            where = free.pop()
+            try:
+                ok, secs, tail = run_tests(where, list(suite))
+            finally:
+                free.append(where)
             if not ok:
                 raise SystemExit(f"baseline tests fail unmutated ({', '.join(suite)}):\n{tail}")
             print(f"baseline ok in {secs:.0f} s: {' '.join(suite)}", flush=True)
-        free = list(copies)
+        with ThreadPoolExecutor(len(copies)) as pool:
+            list(pool.map(baseline, suites))
         results: list[dict] = []
 
         def one(m: Mutant) -> dict:

@@ -258,3 +258,42 @@ def test_recompute_accepts_the_old_booleans():
     assert TrainingSpec(global_batch_sequences=8, recompute=False).recompute == "none"
     with pytest.raises(Exception):
         TrainingSpec(global_batch_sequences=8, recompute="partial")
+
+
+def test_dualpipe_matches_its_published_bubble():
+    # DeepSeek-V3 report Table 2: bubble (PP/2 - 1)(F&B + B - 3W). p = 8, m = 16, F = 1, B = 2,
+    # W = 1, F&B = 2.5 (0.5 of communication hidden): 16 x (2.5 + 1) + 3 x (2.5 + 2 - 3) = 60.5;
+    # 1F1B on the same stages: (m + p - 1)(F + B + W) = 23 x 4 = 92
+    from simulator.training.pipeline import dualpipe, simulate_pipeline
+    r = dualpipe(8, 16, 1.0, 2.0, 1.0, 2.5)
+    assert r.makespan_s == pytest.approx(16 * 3.5 + 3 * 1.5)
+    assert r.bubble_fraction == pytest.approx(4.5 / 60.5)
+    assert simulate_pipeline(8, 16, 1.0, 2.0, 1.0, "1f1b").makespan_s == pytest.approx(92.0)
+
+
+def test_dualpipe_training_holds_two_stages_and_overlaps_its_chunks():
+    from simulator.training.run import train
+    dp = workload("workloads/deployments/deepseek-v3-pretrain-dualpipe.yaml")
+    zb = dp.variant(training=dp.training.variant(pipeline="zb-v"))
+    a, b = train(dp), train(zb)
+    assert a.memory.params == pytest.approx(2 * b.memory.params)      # Table 2: 2x parameters
+    # the step: m F&B chunks and W plus the published bubble, F&B no longer than F + B
+    m, f, bw, w = a.micro_batches, a.forward_s_per_microbatch, a.backward_s_per_microbatch, \
+        a.weight_grad_s_per_microbatch
+    b_only = bw - w
+    assert a.step_time_s >= m * max(f, b_only) + m * w - 1e-9
+    assert a.step_time_s <= m * (f + bw) + (16 // 2 - 1) * (f + 2 * b_only) + \
+        a.dp_exposed_s + a.optimizer_s + 1e-9
+
+
+@pytest.mark.parametrize("plan,batch,why", [
+    ({"gpus": 1920, "ep": 64, "pp": 15}, 15360, "even pp"),
+    ({"gpus": 2048, "ep": 64, "pp": 16}, 15360 + 128, "even number of micro-batches"),
+])
+def test_a_dualpipe_plan_it_cannot_run_is_refused(plan, batch, why):
+    from simulator.training.run import train
+    w = workload("workloads/deployments/deepseek-v3-pretrain-dualpipe.yaml", plan=plan)
+    w = w.variant(training=w.training.variant(global_batch_sequences=batch))
+    with pytest.raises(MoesimError) as e:
+        train(w)
+    assert e.value.field == "training.pipeline" and why in e.value.problem

@@ -46,35 +46,48 @@ WINDOW = [("ffn0.ffn", "ffn0"), ("attn1.qkv_proj", "attn1"), ("attn1.core", "att
           ("attn1.o_proj", "attn1"), ("ffn1.ffn", "ffn1")]
 
 
+class HandLayer:
+    """A hand-built layer-0 op graph, each op's standalone seconds, and the collectives' demands
+    (t seconds of bytes at 1 B/s on one link, no latency, no SMs)."""
+
+    def __init__(self) -> None:
+        self.g, self.dur, self.dem = nx.DiGraph(), {}, {}
+
+    def add(self, name, kind, block, after, t, link=None, **kw):
+        self.g.add_node(f"L0.{name}", op=Op(f"L0.{name}", kind, layer=0, block=block, **kw))
+        for a in after:
+            self.g.add_edge(f"L0.{a}", f"L0.{name}")
+        self.dur[f"L0.{name}"] = t
+        if link:
+            self.dem[f"L0.{name}"] = CommDemand(0.0, {link: t})
+
+    def window(self, after):
+        """The dense window: five 1 s ops in a chain after `after`, the last closing the layer."""
+        for k, (name, block) in enumerate(WINDOW):
+            self.add(name, "gemm", block, [after if k == 0 else WINDOW[k - 1][0]], 1.0)
+
+    def parts(self):
+        return self.g, self.dur, self.dem
+
+
 def shortcut_layer(t_dispatch: float, t_combine: float, tp_collective: bool = False):
     """attn0 (1 s) -> dispatch -> experts (1 s) -> combine -> residual, beside the dense window of
-    five 1 s ops after attn0; collectives move t seconds of bytes at 1 B/s, no latency, no SMs."""
-    g = nx.DiGraph()
-    dur, dem = {}, {}
-
-    def add(name, kind, block, after, t, **kw):
-        g.add_node(f"L0.{name}", op=Op(f"L0.{name}", kind, layer=0, block=block, **kw))
-        for a in after:
-            g.add_edge(f"L0.{a}", f"L0.{name}")
-        dur[f"L0.{name}"] = t
-    add("attn0.core", "attention", "attn0", [], 1.0)
+    five 1 s ops after attn0."""
+    h = HandLayer()
+    h.add("attn0.core", "attention", "attn0", [], 1.0)
     prev = "attn0.core"
     if tp_collective:
-        add("attn0.all_reduce", "collective", "attn0", [prev], 1.0, collective="all_reduce",
-            group="tp")
-        dem["L0.attn0.all_reduce"] = CommDemand(0.0, {"nvlink": 1.0})
+        h.add("attn0.all_reduce", "collective", "attn0", [prev], 1.0, link="nvlink",
+              collective="all_reduce", group="tp")
         prev = "attn0.all_reduce"
-    add("moe.dispatch", "collective", "moe", [prev], t_dispatch, collective="all_to_all",
-        group="ep")
-    add("moe.experts", "grouped_gemm", "moe", ["moe.dispatch"], 1.0)
-    add("moe.combine", "collective", "moe", ["moe.experts"], t_combine, collective="all_to_all",
-        group="ep")
-    for k, (name, block) in enumerate(WINDOW):
-        add(name, "gemm", block, [prev if k == 0 else WINDOW[k - 1][0]], 1.0)
-    add("residual", "elementwise", "ffn1", ["moe.combine", "ffn1.ffn"], 0.0)
-    dem["L0.moe.dispatch"] = CommDemand(0.0, {"nic": t_dispatch})
-    dem["L0.moe.combine"] = CommDemand(0.0, {"nic": t_combine})
-    return g, dur, dem
+    h.add("moe.dispatch", "collective", "moe", [prev], t_dispatch, link="nic",
+          collective="all_to_all", group="ep")
+    h.add("moe.experts", "grouped_gemm", "moe", ["moe.dispatch"], 1.0)
+    h.add("moe.combine", "collective", "moe", ["moe.experts"], t_combine, link="nic",
+          collective="all_to_all", group="ep")
+    h.window(prev)
+    h.add("residual", "elementwise", "ffn1", ["moe.combine", "ffn1.ffn"], 0.0)
+    return h.parts()
 
 
 def run_schedule(name, g, dur, dem):
@@ -557,29 +570,20 @@ def test_gradient_reduce_scatter_beyond_the_backward_is_exposed():
 def chunked_layer(t_dispatch: float, t_combine: float):
     """shortcut_layer with the routed MoE cut into two token chunks (as the graph builder does
     for scmoe-chunked): each chunk's dispatch, experts and combine take half the time."""
-    g = nx.DiGraph()
-    dur, dem = {}, {}
-
-    def add(name, kind, block, after, t, **kw):
-        g.add_node(f"L0.{name}", op=Op(f"L0.{name}", kind, layer=0, block=block, **kw))
-        for a in after:
-            g.add_edge(f"L0.{a}", f"L0.{name}")
-        dur[f"L0.{name}"] = t
-    add("attn0.core", "attention", "attn0", [], 1.0)
+    h = HandLayer()
+    h.add("attn0.core", "attention", "attn0", [], 1.0)
     for c in (0, 1):
-        add(f"moe.c{c}.dispatch", "collective", "moe", ["attn0.core"], t_dispatch / 2,
-            collective="all_to_all", group="ep", share=0.5)
-        dem[f"L0.moe.c{c}.dispatch"] = CommDemand(0.0, {"nic": t_dispatch / 2})
+        h.add(f"moe.c{c}.dispatch", "collective", "moe", ["attn0.core"], t_dispatch / 2,
+              link="nic", collective="all_to_all", group="ep", share=0.5)
     for c in (0, 1):
-        add(f"moe.c{c}.experts", "grouped_gemm", "moe", [f"moe.c{c}.dispatch"], 0.5, share=0.5)
+        h.add(f"moe.c{c}.experts", "grouped_gemm", "moe", [f"moe.c{c}.dispatch"], 0.5, share=0.5)
     for c in (0, 1):
-        add(f"moe.c{c}.combine", "collective", "moe", [f"moe.c{c}.experts"], t_combine / 2,
-            collective="all_to_all", group="ep", share=0.5)
-        dem[f"L0.moe.c{c}.combine"] = CommDemand(0.0, {"nic": t_combine / 2})
-    for k, (name, block) in enumerate(WINDOW):
-        add(name, "gemm", block, ["attn0.core" if k == 0 else WINDOW[k - 1][0]], 1.0)
-    add("residual", "elementwise", "ffn1", ["moe.c0.combine", "moe.c1.combine", "ffn1.ffn"], 0.0)
-    return g, dur, dem
+        h.add(f"moe.c{c}.combine", "collective", "moe", [f"moe.c{c}.experts"], t_combine / 2,
+              link="nic", collective="all_to_all", group="ep", share=0.5)
+    h.window("attn0.core")
+    h.add("residual", "elementwise", "ffn1", ["moe.c0.combine", "moe.c1.combine", "ffn1.ffn"],
+          0.0)
+    return h.parts()
 
 
 def test_moe_chunks_hide_the_experts_under_the_other_chunks_all_to_all():

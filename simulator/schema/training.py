@@ -13,7 +13,10 @@ class TrainingSpec(Strict):
 
     global_batch_sequences: int = Field(gt=0, description="sequences per optimizer step")
     micro_batch_sequences: int = Field(1, gt=0, description="sequences per micro-batch per rank")
-    pipeline: Literal["1f1b", "interleaved", "zb-v"] = "1f1b"
+    pipeline: Literal["1f1b", "interleaved", "zb-v", "dualpipe"] = Field(
+        "1f1b", description="pipeline schedule: 1f1b, interleaved 1F1B, zero-bubble V, or "
+        "dualpipe (DeepSeek-V3: bidirectional, forward and backward chunks overlapped; even pp "
+        "and micro-batches; two stages' parameters per device)")
     virtual_stages: int = Field(2, gt=0, description="chunks per device for interleaved 1F1B")
     recompute: Literal["none", "selective", "full"] = Field(
         "none", description="activation recomputation in backward: none; selective (norms and "

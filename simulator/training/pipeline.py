@@ -5,13 +5,14 @@ Chunks of layers sit on devices: 1F1B one chunk per device; interleaved 1F1B `v`
 c < p, else 2p - 1 - c) with backward split into input-gradient (B) and weight-gradient (W) tasks.
 Each device runs one task at a time: a ready backward first, then a forward if fewer than the
 schedule's limit of micro-batches are in flight on it, then (zero-bubble) a deferred W.
+DualPipe is priced by its published schedule (`dualpipe`), not by this list scheduler.
 """
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
 
-SCHEDULES = ("1f1b", "interleaved", "zb-v")
+SCHEDULES = ("1f1b", "interleaved", "zb-v", "dualpipe")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,18 @@ class PipelineResult:
         """Idle share of device time over the makespan."""
         total = self.makespan_s * len(self.busy_s)
         return 1.0 - sum(self.busy_s) / total if total > 0 else 0.0
+
+
+def dualpipe(p: int, m: int, f_s: float, b_s: float, w_s: float,
+             fb_s: float) -> PipelineResult:
+    """DualPipe (DeepSeek-V3 report s3.2.1, Table 2), priced by its published schedule rather than
+    simulated task by task: micro-batches enter from both ends, each device holds two stages
+    (one per direction), and a forward of one direction runs fused with a backward of the other
+    (one "F&B" chunk of fb_s, whose all-to-all hides under the other's compute). Each device runs
+    m F&B chunks and m weight gradients, plus the published bubble (p/2 - 1)(F&B + B - 3W)."""
+    bubble = max((p // 2 - 1) * (fb_s + b_s - 3 * w_s), 0.0)
+    busy = m * (fb_s + w_s)
+    return PipelineResult(busy + bubble, [busy] * p)
 
 
 def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,

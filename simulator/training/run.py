@@ -19,7 +19,7 @@ from simulator.notes import collecting
 from simulator.pricing.hardware import efficiency
 from simulator.schema import HardwareProfile, ModelSpec, TrainingSpec, Workload
 from simulator.step.whatif import check_plan, resolve, simulate
-from simulator.training.pipeline import simulate_pipeline
+from simulator.training.pipeline import dualpipe, simulate_pipeline
 from simulator.training.result import TrainingMemory, TrainResult
 
 SECONDS_PER_DAY = 86400.0
@@ -74,7 +74,17 @@ def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, in
                           f"{t.global_batch_sequences} sequences do not split into micro-batches "
                           f"of {t.micro_batch_sequences} on {dp // plan.cp} data-parallel ranks "
                           f"({per_step} per round)", f"use a multiple of {per_step}")
-    return math.ceil(layers / plan.pp), dp, t.global_batch_sequences // per_step
+    m = t.global_batch_sequences // per_step
+    wrong = [why for bad, why in (
+        (plan.pp % 2, f"an even pp (this plan has pp {plan.pp})"),
+        (m % 2, f"an even number of micro-batches (this batch gives {m})"),
+        (m < plan.pp, f"at least pp micro-batches ({m} < {plan.pp})")) if bad]
+    if t.pipeline == "dualpipe" and wrong:
+        raise MoesimError("training.pipeline", "dualpipe feeds micro-batches from both ends of "
+                          "the pipeline, so it needs " + " and ".join(wrong),
+                          "use an even pp and a global batch giving an even micro-batch count "
+                          ">= pp, or pipeline: zb-v")
+    return math.ceil(layers / plan.pp), dp, m
 
 
 def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers: int,
@@ -94,6 +104,8 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
         return n_rep / shard_rep + n_exp / shard_exp if on else n_rep + n_exp
 
     wb = w.precision.weight_bytes
+    if t.pipeline == "dualpipe":            # two stages per device (DeepSeek-V3 Table 2: 2x)
+        replicated, experts = 2 * replicated, 2 * experts
     params = sharded(replicated, experts, t.zero_stage >= 3) * wb
     grads = sharded(replicated, experts, t.zero_stage >= 2) * t.grad_bytes
     optim = sharded(replicated, experts, t.zero_stage >= 1) * t.optimizer_bytes_per_param
@@ -144,7 +156,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     prof = profile or load_profile(w.hardware)
     stage_layers, dp, m = _check(w, t, model)
     plan = w.plan
-    in_flight = plan.pp if t.pipeline != "interleaved" else plan.pp + 1
+    in_flight = plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else plan.pp
     mem = training_memory(w, t, model, stage_layers, in_flight)
     if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
         raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
@@ -175,12 +187,18 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     act_bytes = t.micro_batch_sequences * w.context_length / plan.cp * model.hidden_size * \
         w.precision.activation_bytes
     p2p = prof.nic.latency_s.value + act_bytes / prof.nic.bandwidth_Bps.value if plan.pp > 1 else 0
-    pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p)
+    if t.pipeline == "dualpipe":       # a forward's all-to-all hides under the paired backward
+        hidden = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale
+        fb = max(f_s + b_s - hidden, f_s, b_s)
+        pipe = dualpipe(plan.pp, m, f_s, b_s, w_s, fb)
+    else:
+        pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p)
 
     # data-parallel gradients: reduce-scatter under the last backward, all-gather after the step
     c = count_params(model)
-    rep = (c.non_expert + c.embedding) * scale / plan.tp
-    exp = c.expert_total * scale / plan.ep
+    stages = 2 if t.pipeline == "dualpipe" else 1          # stages' parameters per device
+    rep = (c.non_expert + c.embedding) * scale / plan.tp * stages
+    exp = c.expert_total * scale / plan.ep * stages
     d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
     grad_bytes = (rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / max(d_exp, 1)) * t.grad_bytes
     nic = prof.nic.bandwidth_Bps.value * efficiency(prof.collective_efficiency,
