@@ -11,8 +11,8 @@
   reads the weights again.
 - tbo: two micro-batches; both streams pick the ready op of either micro-batch, lower micro-batch
   first, so one micro-batch's communication runs under the other's compute.
-Adding a schedule means one function and one `@register(name, micro_batches=n, moe_chunks=c)`; nothing
-else looks a schedule up by its name.
+Adding a schedule means one function and one `@register(name, micro_batches=n,
+moe_chunks=c)`; nothing else looks a schedule up by its name.
 """
 from __future__ import annotations
 

@@ -71,8 +71,9 @@ def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> n
 
 def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Placement:
     """Contiguous blocks of experts per rank (as even as the counts allow), plus `redundant`
-    extra copies: each goes to the expert with the highest load per copy, on a rank not yet holding it with the fewest expert
-    slots (every rank hosts the same number, +-1, as deployments do), the least-loaded first."""
+    extra copies: each goes to the expert with the highest load per copy, on a rank not yet
+    holding it with the fewest expert slots (every rank hosts the same number, +-1, as
+    deployments do), the least-loaded first."""
     owner = primary_owner(n_experts, ep)
     copies = [[int(owner[e])] for e in range(n_experts)]
     slots = np.bincount(owner, minlength=ep)
@@ -127,10 +128,10 @@ def _sampled(scores: np.ndarray, spec: RoutingSpec, nodes: int, kmax: int) -> np
 def _balanced(valid: np.ndarray, before: int, n_experts: int,
               ep: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact balance: the i-th token copy of the whole batch (counting only real ones) goes to
-    slot i mod n_experts of an order that walks the EP ranks first (expert r x per + j for
-    slot j x ep + r), so consecutive copies, and a token's experts, sit on distinct ranks and
-    every expert and rank receives the same count, +-1. Returns (experts, how many times each
-    expert was picked before)."""
+    the (i mod n_experts)-th expert of an order that walks the EP ranks first (every rank's
+    first expert, then every rank's second, ...), so consecutive copies, and a token's experts,
+    sit on distinct ranks and every expert and rank receives the same count, +-1. Returns
+    (experts, how many times each expert was picked before)."""
     owner = primary_owner(n_experts, ep)
     local = np.arange(n_experts) - np.searchsorted(owner, owner)   # index within its rank
     order = np.lexsort((owner, local))            # every rank's first expert, then second ...
