@@ -7,11 +7,13 @@ inside a node (all-gather before, reduce-scatter after when tp > 1), experts are
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import networkx as nx
 
+from simulator.errors import MoesimError
 from simulator.graph import unfused
 from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
                                     is_moe_layer)
@@ -372,10 +374,28 @@ def build_backward(forward: nx.DiGraph) -> nx.DiGraph:
 
 
 def graph_ops(g: nx.DiGraph) -> list[Op]:
-    """Ops of a graph in a deterministic topological order."""
-    return [g.nodes[n]["op"] for n in nx.lexicographical_topological_sort(g, key=_order_key(g))]
-
-
-def _order_key(g: nx.DiGraph):
-    order = {n: i for i, n in enumerate(g.nodes)}
-    return lambda n: order[n]
+    """Ops of a graph in a deterministic topological order: of the ops whose inputs are all
+    placed, the one added to the graph first (networkx's lexicographical topological sort keyed
+    by insertion order, done on integer indices: the schedules call it on every step)."""
+    names = list(g.nodes)
+    index = {n: i for i, n in enumerate(names)}
+    waiting = [0] * len(names)
+    succ = [[index[s] for s in g.successors(n)] for n in names]
+    for outs in succ:
+        for j in outs:
+            waiting[j] += 1
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in succ[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(names):
+        raise MoesimError("schedule", "the op graph has a dependency cycle",
+                          "report this as a bug with the workload")
+    ops = nx.get_node_attributes(g, "op")
+    return [ops[names[i]] for i in order]
