@@ -1,5 +1,6 @@
 """Op graphs: one builder for shortcut and conventional layers, phases, zero experts."""
 import networkx as nx
+import pytest
 
 from simulator.schema import ParallelPlan, Precision
 from simulator.loading import load_model
@@ -92,3 +93,29 @@ def test_prefill_attention_is_quadratic_in_prompt():
     f = lambda L: build_forward(m, plan, PREC, Shape("prefill", 1, L, L), 0, layers=1,
                                 with_head=False).nodes["L0.attn.core"]["op"].flops
     assert 3.9 < f(8192) / f(4096) < 4.1
+
+
+def test_graph_ops_is_the_insertion_keyed_topological_order():
+    # the schedules' issue order: networkx's lexicographical topological sort keyed by insertion
+    # order, computed by hand on integer indices; a cycle is a clear error
+    import networkx as nx
+    from simulator.errors import MoesimError
+    from simulator.graph.model import Op, graph_ops
+    from simulator.step.whatif import build_step_graph, resolve
+    from tests.conftest import workload
+    w = workload("workloads/longcat-flash-decode-h800.yaml")
+    for phase, schedule in (("decode", "tbo"), ("train_bwd", "scmoe")):
+        r = resolve(w.variant(phase=phase, batch_per_device=2, context_length=256),
+                    with_head=phase == "decode")
+        g = build_step_graph(r, schedule)
+        order = {n: i for i, n in enumerate(g.nodes)}
+        ref = list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+        assert [op.name for op in graph_ops(g)] == ref
+    g = nx.DiGraph()
+    for n in ("a", "b", "c"):                          # c is ready first by insertion, b waits
+        g.add_node(n, op=Op(n, "gemm"))
+    g.add_edge("c", "b")
+    assert [op.name for op in graph_ops(g)] == ["a", "c", "b"]
+    g.add_edge("b", "c")
+    with pytest.raises(MoesimError):
+        graph_ops(g)
