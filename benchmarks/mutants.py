@@ -28,6 +28,7 @@ SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulato
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
+PR = "executor/probes.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -237,6 +238,10 @@ MUTANTS: list[Mutant] = [
            "experts = -(-(n + redundant_experts) // plan.ep)", "experts = ((n + redundant_experts) // plan.ep)"),
     Mutant(ME, "redundant copies not charged in HBM",
            "experts = -(-(n + redundant_experts) // plan.ep)", "experts = -(-(n + 0) // plan.ep)"),
+    # -- validate's in-run probes ----------------------------------------------------------------
+    Mutant(PR, "probes read at the fastest rank's pace", "return {k: max(", "return {k: min("),
+    Mutant(PR, "probes averaged by median (preemptions of a shared core hidden)",
+           "statistics.fmean(r[k] for r in rank)", "statistics.median(r[k] for r in rank)"),
     # -- training -------------------------------------------------------------------------------
     Mutant(TN, "recomputation costs no extra forward", "        b_s += f_s\n", "        pass\n",
            quick=True),

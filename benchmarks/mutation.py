@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mutants import EQUIVALENT, MUTANTS, Mutant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY = ("simulator", "executor", "tests", "workloads", "hardware_profiles", "cli.py",
+COPY = ("simulator", "executor", "benchmarks", "tests", "workloads", "hardware_profiles", "cli.py",
         "pyproject.toml")
 TIMEOUT_S = 300           # ~20x the slowest baseline: a mutant that spins is killed
 
@@ -64,6 +64,7 @@ TESTS: dict[str, list[str]] = {
                                   "tests/test_physics.py"],
     "simulator/graph/memory.py": ["tests/test_params.py", "tests/test_deployments.py",
                                   "tests/test_bad_input.py", "tests/test_physics.py"],
+    "executor/probes.py": ["tests/test_executor.py"],
     "simulator/pricing/cost.py": ["tests/test_serving.py", "tests/test_training.py",
                                   "tests/test_physics.py"],
 }

@@ -14,12 +14,12 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.loading import load_workload  # noqa: E402
+from step_speed import time_it  # noqa: E402
 from simulator.step.whatif import resolve, simulate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,14 +29,9 @@ TRAIN = ROOT / "workloads" / "training" / "longcat-flash-pretrain-h800.yaml"
 
 
 def wall(fn, repeats: int) -> float:
-    """Median seconds of fn() over `repeats` calls, after one untimed call."""
+    """Median seconds of fn() over `repeats` calls (step_speed.time_it), after one untimed."""
     fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return time_it(fn, repeats)
 
 
 def exponent(sizes: list[float], times: list[float]) -> float:

@@ -15,11 +15,18 @@ import time
 
 from simulator.graph.model import Op
 from simulator.pricing.hardware import compute_time_s
-from simulator.schema import HardwareProfile, Sourced
+from simulator.schema import HardwareProfile, ModelSpec, Sourced
 
 LAUNCH_REPEATS = 64          # tiny ops per launch probe (their mean is one launch)
 PROBE_REPEATS = 5            # timed calls per probe and round (median), after one warm-up
 FP32 = 4
+
+
+def probe_dims(spec: ModelSpec, batch: int, seq: int) -> tuple[int, int, int]:
+    """(tokens, hidden, FFN width) of the probes: one rank's batch through a dense FFN (the
+    expert width when the model has no dense FFN)."""
+    inter = spec.dense_intermediate or (spec.moe.expert_intermediate if spec.moe else 1)
+    return batch * seq, spec.hidden_size, inter
 
 
 def shapes(tokens: int, hidden: int, inter: int) -> dict[str, Op]:

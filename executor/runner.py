@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from executor.model import Layer, TinyModel
-from executor.probes import run_probes
+from executor.probes import probe_dims, run_probes
 from simulator.schema import ModelSpec
 
 WINDOW = ("ffn0.ffn", "attn1.qkv_proj", "attn1.core", "attn1.o_proj", "ffn1.ffn")
@@ -265,7 +265,7 @@ def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
                 if it >= cfg.warmup:
                     runs[sch].append(ops)
             if it >= cfg.warmup:           # how fast the machine is between these rounds
-                probes.append(run_probes(*probe_dims(spec, cfg)))
+                probes.append(run_probes(*probe_dims(spec, cfg.batch, cfg.seq)))
     med = {sch: {name: [statistics.median(r[name][0] for r in rs),
                         statistics.median(r[name][1] for r in rs)] for name in rs[0]}
            for sch, rs in runs.items()}
@@ -274,13 +274,6 @@ def _body(rank: int, cfg: RunConfig, out_dir: str) -> None:
         {"ops": med[schedules[0]], "by_schedule": med, "totals": totals, "probes": probes}))
     torch.save(outs[schedules[0]], Path(out_dir, f"out{rank}.pt"))
     dist.barrier()
-
-
-def probe_dims(spec: ModelSpec, cfg: RunConfig) -> tuple[int, int, int]:
-    """(tokens, hidden, FFN width) of the in-run probes: one rank's batch through a dense FFN
-    (the expert width when the model has no dense FFN)."""
-    inter = spec.dense_intermediate or (spec.moe.expert_intermediate if spec.moe else 1)
-    return cfg.batch * cfg.seq, spec.hidden_size, inter
 
 
 def run(cfg: RunConfig) -> dict:

@@ -94,12 +94,9 @@ def in_run(w: Workload, profile: str, ranks_out: list[dict], slot: int) -> dict:
     """The same measurement predicted with the profile scaled to the machine's speed measured
     by the in-run probes: {"machine_speed": measured/profiled time per probe, "mape": ...,
     "speedup_predicted": ...}. A busy machine moves the probes and the layers alike."""
-    from executor.probes import scaled_profile, speed_ratios
-    from executor.runner import RunConfig, probe_dims
-    model = load_model(w.model)
+    from executor.probes import probe_dims, scaled_profile, speed_ratios
     prof = load_profile(profile)
-    dims = probe_dims(model, RunConfig(spec={}, ranks=len(ranks_out), batch=w.batch_per_device,
-                                       seq=w.context_length))
+    dims = probe_dims(load_model(w.model), w.batch_per_device, w.context_length)
     ratios = speed_ratios(prof, [r["probes"] for r in ranks_out], *dims)
     v = compare(w, profile, predict(w, profile, len(ranks_out), scaled_profile(prof, ratios)),
                 ranks_out, slot)

@@ -155,3 +155,26 @@ def test_more_ranks_than_cores_warns_and_ports_are_never_busy(monkeypatch):
         held.listen()
         busy = held.getsockname()[1]
         assert all(free_port() != busy for _ in range(20))
+
+
+def test_probe_ratios_take_the_slowest_ranks_mean_and_scale_the_profile():
+    # rank 0 runs as profiled; rank 1's three rounds take 2x, 2x and 5x the profiled time: its
+    # mean is 3x (a median would say 2x), and the slowest rank sets the pace (ranks meet at every
+    # all-to-all). The scaled profile then computes 1/2 as fast, streams memory 1/4 as fast and
+    # pays half the per-op overheads for ratios (2, 4, 0.5).
+    from executor.probes import scaled_profile, shapes, speed_ratios
+    from simulator.loading import load_profile
+    from simulator.pricing.hardware import compute_time_s
+    prof = load_profile("cpu-2core-example")
+    dims = (512, 512, 1024)
+    base = {k: compute_time_s(op, prof) for k, op in shapes(*dims).items()}
+    base["launch"] = prof.eager_op_overhead_s.value
+    r0 = [dict(base), dict(base)]
+    r1 = [{k: f * v for k, v in base.items()} for f in (2.0, 2.0, 5.0)]
+    assert speed_ratios(prof, [r0, r1], *dims) == pytest.approx(
+        {"gemm": 3.0, "memory": 3.0, "launch": 3.0})
+    s = scaled_profile(prof, {"gemm": 2.0, "memory": 4.0, "launch": 0.5})
+    assert s.peak_bf16_flops.value == pytest.approx(prof.peak_bf16_flops.value / 2)
+    assert s.hbm_bandwidth_Bps.value == pytest.approx(prof.hbm_bandwidth_Bps.value / 4)
+    assert s.kernel_latency_s.value == pytest.approx(prof.kernel_latency_s.value / 2)
+    assert s.eager_op_overhead_s.value == pytest.approx(prof.eager_op_overhead_s.value / 2)
