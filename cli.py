@@ -389,7 +389,7 @@ def _calibrate_from_files(root: Path, device: str, base: str, out: Optional[Path
     path, data, not_fitted = profile_from_measurements(root, device, base, out, force)
     stdout.print(T.fits_table(f"{data['gpu']}: fitted from {root} -> {path}", data))
     if not_fitted:
-        stdout.print(f"not fitted (kept from {base}): {', '.join(not_fitted)} kernel files",
+        stdout.print(f"not fitted (kept from {base}): {'; '.join(not_fitted)}",
                      highlight=False)
 
 

@@ -107,6 +107,93 @@ def test_the_shipped_profile_is_what_the_command_writes(tmp_path, device):
     for key in ("gemm_shape_efficiency", "grouped_gemm_efficiency"):
         assert fresh[key]["efficiency" if key.startswith("gemm_shape") else "points"] == \
             shipped[key]["efficiency" if key.startswith("gemm_shape") else "points"]
+    for kernel, table in shipped["attention_tables"].items():
+        assert fresh["attention_tables"][kernel]["efficiency"] == table["efficiency"]
+    assert {"mla_decode", "gqa_decode"} <= set(shipped["attention_tables"])
     fits = load_profile(str(out)).calibration.fits
-    assert set(fits) >= {"gemm_by_shape", "grouped_gemm"}
+    assert set(fits) >= {"gemm_by_shape", "grouped_gemm", "attention_mla_decode",
+                         "attention_gqa_decode"}
     assert all(0 <= q.mape < 1 for q in fits.values())
+
+
+def write_attention(folder: Path, name: str, rows, header=("dtype", "kv_dtype", "batch_size",
+                                                          "kv_len", "latency_us")) -> Path:
+    p = folder / "mha" / "decode" / "x1" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return p
+
+
+def gqa_decode_rows(eff: float, lat_s: float, hbm: float, kv_dtype: str = "bf16"):
+    """GQA decode calls of 32 query heads over 4 KV heads of 128, memory-bound at these sizes
+    on an H800 (8 FLOPs per KV byte against a ridge of 295), run at `eff` of the HBM rate."""
+    kv_b = {"bf16": 2, "fp8": 1}[kv_dtype]
+    out = []
+    for b in (1, 16, 64):
+        for kv in (1024, 4096, 16384):
+            nbytes = b * kv * 2 * 4 * 128 * kv_b + 2 * b * 32 * 128 * 2
+            out.append(("bf16", kv_dtype, b, kv, (lat_s + nbytes / (hbm * eff)) * 1e6))
+    return out
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp8"])
+def test_an_attention_closed_form_is_fitted_back_and_prices_the_core(tmp_path, kv_dtype):
+    # base h800: HBM 3.35 TB/s datasheet, kernel latency 4 us. Calls built at 40% of the HBM
+    # rate must read 0.40 in every cell, with no held-out error; an FP8 KV cache reads half
+    # the bytes, so the same 0.40 comes back only if the fitter counts its bytes right.
+    write_gemm(tmp_path, synthetic(0.55, 4e-6, 1978.9e12))
+    write_attention(tmp_path, "32-4-128.csv", gqa_decode_rows(0.4, 4e-6, 3.35e12, kv_dtype))
+    out = tmp_path / "p.yaml"
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
+                  "--out", out)
+    assert r.exit_code == 0, r.output
+    p = load_profile(str(out))
+    t = p.attention_tables["gqa_decode"]
+    assert t.batch == [1, 16, 64] and t.kv_len == [1024, 4096, 16384]
+    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.efficiency for e in row)
+    assert p.calibration.fits["attention_gqa_decode"].mape < 1e-6
+    assert "mha/decode/x1/32-4-128.csv rows 2-10" in t.source
+    # the simulator prices a GQA decode core by the table: latency + KV bytes / (0.4 x 3.35 TB/s)
+    from simulator.graph.model import Op
+    from simulator.pricing.hardware import compute_time_s
+    kv_bytes = 48 * 3000 * 2 * 4 * 128 * 2
+    op = Op("core", "attention", flops=48 * 3000 * 4 * 32 * 128, bytes=kv_bytes,
+            kernel="gqa_decode", seqs=48, kv_len=3000)
+    assert compute_time_s(op, p) == pytest.approx(4e-6 + kv_bytes / (0.4 * 3.35e12), rel=1e-9)
+    # a profile without the kernel's table keeps the old pricing (attention_efficiency, HBM)
+    assert compute_time_s(Op("core", "attention", flops=op.flops, bytes=kv_bytes,
+                             kernel="mla_decode", seqs=48, kv_len=3000), p) != \
+        pytest.approx(compute_time_s(op, p))
+
+
+def test_an_attention_file_with_an_unknown_kv_dtype_or_a_bad_name_is_refused(tmp_path):
+    rows = gqa_decode_rows(0.4, 4e-6, 3.35e12)
+    rows[2] = ("bf16", "int3") + rows[2][2:]
+    write_attention(tmp_path, "32-4-128.csv", rows)
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
+                  "--out", tmp_path / "p.yaml")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "32-4-128.csv row 4 column kv_dtype" in text and "'int3'" in text
+    (tmp_path / "mha" / "decode" / "x1" / "32-4-128.csv").unlink()
+    write_attention(tmp_path, "gqa.csv", gqa_decode_rows(0.4, 4e-6, 3.35e12))
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
+                  "--out", tmp_path / "p.yaml")
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "gqa.csv name" in text and "32-4-128.csv" in text
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_file_without_a_header_row_is_named_and_left_out(tmp_path):
+    write_attention(tmp_path, "32-4-128.csv", gqa_decode_rows(0.4, 4e-6, 3.35e12))
+    write_attention(tmp_path, "64-2-128.csv", gqa_decode_rows(0.9, 4e-6, 3.35e12), header=())
+    out = tmp_path / "p.yaml"
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
+                  "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "64-2-128.csv (no header row)" in " ".join(r.output.split())
+    t = load_profile(str(out)).attention_tables["gqa_decode"]
+    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.efficiency for e in row)

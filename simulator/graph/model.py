@@ -47,6 +47,9 @@ class Op:
     gemm_nk: tuple[float, ...] = ()  # N x K weight elements of each GEMM (per expert if grouped)
     share: float = 1.0              # MoE token chunk: its share of the micro-batch's routed copies
     precision: str = "bf16"         # compute precision (GEMMs, attention core): bf16 | fp8
+    kernel: str = ""                # attention core: mla_decode | gqa_decode | mla_prefill ...
+    seqs: float = 0.0               # attention core: sequences in the batch
+    kv_len: float = 0.0             # attention core: KV length each query attends to
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -167,7 +170,10 @@ class _Builder:
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block,
-                           tags=tags), qkv, extra=core_extra)
+                           tags=tags, seqs=float(s.sequences), kv_len=float(s.context),
+                           kernel=f"{'mla' if a.kind == 'mla' else 'gqa'}_"
+                                  f"{'decode' if s.phase == 'decode' else 'prefill'}"),
+                        qkv, extra=core_extra)
         return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                            bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
                            layer=layer, block=block, gemm_nk=(o_w,)), core,

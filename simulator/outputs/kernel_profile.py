@@ -1,6 +1,6 @@
-"""`moesim calibrate --from-measurements`: a GPU profile whose GEMM and grouped-GEMM efficiency
-tables are fitted from measured kernel times, every other number kept (with its source) from a
-base profile. No torch, no GPU: the measurements are files."""
+"""`moesim calibrate --from-measurements`: a GPU profile whose GEMM, grouped-GEMM and attention
+efficiency tables are fitted from measured kernel times, every other number kept (with its
+source) from a base profile. No torch, no GPU: the measurements are files."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,6 +11,7 @@ import yaml
 from simulator.atomic import write_text_atomic
 from simulator.errors import MoesimError
 from simulator.loading import PROFILES_DIR, known_names, parse, read_yaml_mapping
+from simulator.pricing.attention_fit import fit_attention
 from simulator.pricing.fits import fit_gpu_kernels
 from simulator.pricing.kernel_files import read_kernel_rows
 from simulator.schema import HardwareProfile
@@ -59,6 +60,20 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
             "source": f"{sources['grouped_gemm']} (FP8 grouped GEMMs, up and down projections): "
                       f"median per tokens per expert; {how}",
             "precision": "fp8"}
+    attn, attn_quality = fit_attention(rows, prof.peak_bf16_flops.value,
+                                       prof.hbm_bandwidth_Bps.value, lat)
+    quality.update(attn_quality)
+    if attn:
+        data["attention_tables"] = {
+            kernel: {"batch": [float(b) for b in bs], "kv_len": [float(k) for k in ks],
+                     "efficiency": [[float(e) for e in row] for row in grid],
+                     "source": f"{sources[kernel]} (BF16 attention cores, every head layout "
+                               f"pooled): median per (sequences, KV length) cell; efficiency = "
+                               f"max(FLOPs / peak_bf16_flops, bytes / hbm_bandwidth_Bps) / "
+                               f"(latency - kernel_latency_s), fitted by `moesim calibrate "
+                               f"--from-measurements {root} --device {device} --base {base}`",
+                     "precision": "bf16"}
+            for kernel, (bs, ks, grid) in attn.items()}
     data["calibration"] = {
         "device": device, "device_name": prof.gpu, "cores": 0, "driver": "",
         "torch_version": "none (fitted from measurement files)",
@@ -68,7 +83,7 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
                      "flagged": bool(q["flagged"])} for k, q in quality.items()}}
     parse(HardwareProfile, data, f"fitted profile {out.name}")      # refuse before writing
     header = (f"# Written by `moesim calibrate --from-measurements {root} --device {device} "
-              f"--base {base}`:\n# GEMM and grouped-GEMM tables fitted from measured kernel "
+              f"--base {base}`:\n# GEMM, grouped-GEMM and attention tables fitted from measured kernel "
               f"times; every other number is the base profile's, with its source.\n")
     write_text_atomic(out, header + yaml.safe_dump(data, sort_keys=False, width=100), "--out")
     return out, data, not_fitted

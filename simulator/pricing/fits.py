@@ -60,7 +60,7 @@ def interp_log(points: list[tuple[float, float]], x: float) -> float:
     return points[-1][1]
 
 
-def _folds(n: int) -> list[np.ndarray]:
+def folds(n: int) -> list[np.ndarray]:
     idx = np.arange(n)
     return [idx[i::FOLDS] for i in range(min(FOLDS, n))] if n >= 2 else []
 
@@ -71,7 +71,7 @@ def _mape(pred: list[float], meas: list[float]) -> float:
     return float(np.mean([abs(p - m) / m for p, m in zip(pred, meas)]))
 
 
-def _quality(pred: list[float], meas: list[float]) -> dict:
+def held_out_quality(pred: list[float], meas: list[float]) -> dict:
     """Held-out MAPE of a fit, its point count and whether it is above the flag line."""
     m = _mape(pred, meas)
     return {"mape": m, "points": len(meas), "flagged": bool(m > FLAG_MAPE)}
@@ -113,26 +113,32 @@ def _eff_table(rows: list[Row], size, peak: float, lat: float) -> list[tuple[flo
 ShapeGrid = tuple[list[float], list[float], list[list[float]]]
 
 
+def median_grid(cells: dict[tuple[float, float], list[float]]) -> ShapeGrid:
+    """(rows, columns, grid) of the median per measured cell, each clamped to [1e-4, 1]; a
+    cell nothing measured takes the log-interpolated value of its row."""
+    ms = sorted({m for m, _ in cells})
+    ws = sorted({w for _, w in cells})
+    grid = []
+    for m in ms:
+        known = [(w, float(np.median(cells[(m, w)]))) for w in ws if (m, w) in cells]
+        grid.append([float(np.median(cells[(m, w)])) if (m, w) in cells
+                     else interp_log(known, w) for w in ws])
+    return ms, ws, [[min(max(e, 1e-4), 1.0) for e in row] for row in grid]
+
+
 def _shape_table(rows: list[Row], peak: float, lat: float) -> ShapeGrid:
     """GEMM efficiency on the grid of M by N x K: median per cell; a cell no shape measured
     takes the log-interpolated value of its M row."""
     by: dict[tuple[float, float], list[float]] = defaultdict(list)
     for r in rows:
         m, nk = float(r.params["m"]), float(r.params["n"]) * float(r.params["k"])
-        by[(m, nk)].append(min(max(r.flops / (peak * max(r.median_s - lat, 1e-9)), 1e-4), 1.0))
-    ms = sorted({m for m, _ in by})
-    ws = sorted({w for _, w in by})
-    grid = []
-    for m in ms:
-        known = [(w, float(np.median(by[(m, w)]))) for w in ws if (m, w) in by]
-        grid.append([float(np.median(by[(m, w)])) if (m, w) in by else interp_log(known, w)
-                     for w in ws])
-    return ms, ws, grid
+        by[(m, nk)].append(r.flops / (peak * max(r.median_s - lat, 1e-9)))
+    return median_grid(by)
 
 
 def _shape_quality(rows: list[Row], peak: float, bw: float, lat: float) -> dict:
     pred, meas = [], []
-    for hold in _folds(len(rows)):
+    for hold in folds(len(rows)):
         table = _shape_table([r for i, r in enumerate(rows) if i not in set(hold)], peak, lat)
         for i in hold:
             r = rows[i]
@@ -140,7 +146,7 @@ def _shape_quality(rows: list[Row], peak: float, bw: float, lat: float) -> dict:
             eff = bilinear_log(*table, float(r.params["m"]), nk)
             pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
             meas.append(r.median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def _grouped_by_shape(rows: list[Row], table: ShapeGrid, peak: float, bw: float,
@@ -154,7 +160,7 @@ def _grouped_by_shape(rows: list[Row], table: ShapeGrid, peak: float, bw: float,
             eff = bilinear_log(*table, float(r.params["tokens_per_expert"]), nk)
             pred.append(lat + max(r.flops / (peak * eff), r.bytes / bw))
             meas.append(r.median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def _predict_compute(r: Row, table, size, peak, bw, lat) -> float:
@@ -163,7 +169,7 @@ def _predict_compute(r: Row, table, size, peak, bw, lat) -> float:
 
 def _table_quality(rows: list[Row], size, peak, bw, lat) -> dict:
     pred, meas = [], []
-    for hold in _folds(len(rows)):
+    for hold in folds(len(rows)):
         train = [r for i, r in enumerate(rows) if i not in set(hold)]
         if not train:
             continue
@@ -171,7 +177,7 @@ def _table_quality(rows: list[Row], size, peak, bw, lat) -> dict:
         for i in hold:
             pred.append(_predict_compute(rows[i], table, size, peak, bw, lat))
             meas.append(rows[i].median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def _linear_fit(xs: np.ndarray, ts: np.ndarray) -> tuple[float, float]:
@@ -187,14 +193,14 @@ def _linear_fit(xs: np.ndarray, ts: np.ndarray) -> tuple[float, float]:
 
 def _lb_quality(xs: np.ndarray, ts: np.ndarray) -> dict:
     pred, meas = [], []
-    for hold in _folds(len(xs)):
+    for hold in folds(len(xs)):
         keep = np.setdiff1d(np.arange(len(xs)), hold)
         if len(keep) < 2:
             continue
         a, b = _linear_fit(xs[keep], ts[keep])
         pred += list(a + xs[hold] / b)
         meas += list(ts[hold])
-    return _quality([float(p) for p in pred], [float(t) for t in meas])
+    return held_out_quality([float(p) for p in pred], [float(t) for t in meas])
 
 
 def _mem_table(rows: list[Row], lat: float, bw: float) -> list[tuple[float, float]]:
@@ -214,24 +220,24 @@ def _gather_table(rows: list[Row], lat: float) -> list[tuple[float, float]]:
 
 def _gather_quality(rows: list[Row], lat: float) -> dict:
     pred, meas = [], []
-    for hold in _folds(len(rows)):
+    for hold in folds(len(rows)):
         table = _gather_table([r for i, r in enumerate(rows) if i not in set(hold)], lat)
         for i in hold:
             pred.append(lat + rows[i].bytes / interp_log(table, rows[i].bytes))
             meas.append(rows[i].median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def _mem_quality(rows: list[Row], lat: float, bw: float) -> dict:
     pred, meas = [], []
-    for hold in _folds(len(rows)):
+    for hold in folds(len(rows)):
         train = [r for i, r in enumerate(rows) if i not in set(hold)]
         table = _mem_table(train, lat, bw)
         for i in hold:
             r = rows[i]
             pred.append(lat + r.bytes / (bw * interp_log(table, r.bytes)))
             meas.append(r.median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def fit(rows: list[Row]) -> Fitted:
@@ -279,7 +285,7 @@ def fit(rows: list[Row]) -> Fitted:
                                     for r in by["attention_prefill"]]))
     dec = by["attention_decode"]
     if dec and score_rate:
-        quality["attention_decode_vs_fit"] = _quality(
+        quality["attention_decode_vs_fit"] = held_out_quality(
             [lat + r.flops / peak + float(r.params["scores"]) /
              interp_log(score_rate, float(r.params["scores"])) for r in dec],
             [r.median_s for r in dec])
@@ -351,14 +357,14 @@ def _score_table(rows: list[Row], lat: float, peak: float) -> list[tuple[float, 
 def _score_quality(rows: list[Row], lat: float, peak: float) -> dict:
     """Held-out error of the score-rate table on these rows."""
     pred, meas = [], []
-    for hold in _folds(len(rows)):
+    for hold in folds(len(rows)):
         table = _score_table([r for i, r in enumerate(rows) if i not in set(hold)], lat, peak)
         for i in hold:
             r = rows[i]
             sc = float(r.params["scores"])
             pred.append(lat + r.flops / peak + sc / interp_log(table, sc))
             meas.append(r.median_s)
-    return _quality(pred, meas)
+    return held_out_quality(pred, meas)
 
 
 def profile_dict(f: Fitted, *, name: str, identity: dict, ranks: int, price: float,

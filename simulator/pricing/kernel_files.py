@@ -4,9 +4,13 @@ bench_data layout) and a user's own, in one format.
 Layout under a root folder: `gemm/DEVICE/data.csv` (m, k, n, latency_us: an FP8 dense GEMM of m
 tokens through a k -> n weight) and `grouped_gemm/{decode,prefill}/DEVICE/data.csv`
 (num_local_experts, hidden_size, intermediate_size, tokens_per_expert, up_proj_us,
-down_proj_us: FP8 grouped GEMMs of the local experts). Other kernel folders (attention cores:
-mla, mha, dsa; gdn) are recognised and listed as not fitted. Every row is checked before
-anything is fitted: a bad file names its path, row and column.
+down_proj_us: FP8 grouped GEMMs of the local experts); attention cores
+`{mla,mha}/decode/DEVICE/H-A-B.csv` (dtype, kv_dtype, batch_size, kv_len, latency_us) and
+`{mla,mha}/prefill/DEVICE/H-A-B.csv` (dtype, seq_len, latency_us, causal), where the file name
+gives the head layout: MHA/GQA query heads, KV heads, head dim; MLA decode heads, KV latent
+rank, rope dim; MLA prefill heads, value head dim, rope dim (query/key head = value + rope).
+Other kernel folders (dsa, gdn) are recognised and listed as not fitted. Every row is checked
+before anything is fitted: a bad file names its path, row and column.
 """
 from __future__ import annotations
 
@@ -19,18 +23,25 @@ from simulator.errors import MoesimError
 from simulator.loading import read_text_file
 from simulator.pricing.fits import Row
 
-FITTED = ("gemm", "grouped_gemm")
-NOT_FITTED = ("mla", "mha", "dsa", "gdn")      # attention and linear-attention cores
-MIN_ROWS = 8                                   # a fit with fewer points says nothing held out
+FITTED = ("gemm", "grouped_gemm", "mla", "mha")
+NOT_FITTED = ("dsa", "gdn")                    # sparse and linear attention cores
+MIN_ROWS = 5                                   # 4 folds: each fit keeps 3+ rows, holds 1-2 out
 GEMM_COLUMNS = ("m", "k", "n", "latency_us")
 GROUPED_COLUMNS = ("num_local_experts", "hidden_size", "intermediate_size", "tokens_per_expert",
                    "up_proj_us", "down_proj_us")
+DECODE_COLUMNS = ("batch_size", "kv_len", "latency_us")
+PREFILL_COLUMNS = ("seq_len", "latency_us")
 FP8_BYTES, OUT_BYTES = 1.0, 2.0                # FP8 inputs and weights, BF16 outputs
+BF16_BYTES = 2.0                               # attention files: BF16 queries, KV and outputs
 
 
-def _table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:
-    """(line number, numbers) of every row; a missing column, a non-number, a non-positive
-    value: one error naming file, row and column."""
+DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+
+
+def _table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, values) of every row: numbers, and for a `kv_dtype` column its bytes per
+    element; a missing column, a non-number, a non-positive value, an unknown dtype: one error
+    naming file, row and column."""
     reader = csv.DictReader(io.StringIO(read_text_file(path, "measurement file"), newline=""))
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
@@ -38,7 +49,13 @@ def _table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, fl
                           f"the first line must name {', '.join(columns)}")
     out = []
     for line, raw in enumerate(reader, start=2):
-        row = {}
+        row: dict = {}
+        if "kv_dtype" in (reader.fieldnames or []):
+            dtype = (raw.get("kv_dtype") or "").strip()
+            if dtype not in DTYPE_BYTES:
+                raise MoesimError(f"{path} row {line} column kv_dtype", f"{dtype!r} is not a "
+                                  "known KV precision", f"write one of {', '.join(DTYPE_BYTES)}")
+            row["kv_bytes"] = DTYPE_BYTES[dtype]
         for c in columns:
             text = raw.get(c)
             try:
@@ -99,14 +116,91 @@ def read_kernel_rows(root: Path, device: str) -> tuple[dict[str, list[Row]], dic
         parts.append(f"{path} rows 2-{table[-1][0]}" if table else str(path))
     if parts:
         sources["grouped_gemm"] = "; ".join(parts)
+    skipped: list[str] = []
+    for kernel, (found, used) in _attention_rows(root, device, skipped).items():
+        rows[kernel], sources[kernel] = found, "; ".join(used)
     for kind, found in rows.items():
         if found and len(found) < MIN_ROWS:
             raise MoesimError(f"{sources[kind]}", f"{len(found)} {kind} measurements, too few "
                               f"to fit and hold out (at least {MIN_ROWS})", "measure more shapes")
     if not any(rows.values()):
-        raise MoesimError("--from-measurements", f"no gemm or grouped_gemm files for device "
+        raise MoesimError("--from-measurements", f"no gemm, grouped_gemm, mla or mha files for device "
                           f"'{device}' under {root}",
                           f"expected {root}/gemm/{device}/data.csv or "
                           f"{root}/grouped_gemm/decode/{device}/data.csv")
-    not_fitted = [k for k in kinds if k in NOT_FITTED]
+    not_fitted = [f"{k} kernel files" for k in kinds if k in NOT_FITTED] + skipped
     return rows, sources, not_fitted
+
+
+def _layout(path: Path) -> tuple[int, int, int]:
+    """The three numbers of an attention file's name (H-A-B.csv); refused otherwise."""
+    parts = path.stem.split("-")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise MoesimError(f"{path} name", "an attention file is named by its head layout, "
+                          "three positive whole numbers", "rename it like 32-4-128.csv "
+                          "(heads-kv_heads-head_dim; MLA: heads-kv_lora-rope)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def attention_shape(kernel: str, layout: tuple[int, int, int], batch: float,
+                    length: float, kv_bytes: float = BF16_BYTES) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) of one attention core call, counted as the op graph counts them
+    (simulator/graph/model.py): decode attends `batch` single-token queries to `length` keys;
+    prefill is one causal prompt of `length` tokens."""
+    a, b, c = layout
+    if kernel == "gqa_decode":          # a query heads, b KV heads, head dim c
+        flops = batch * length * 4 * a * c
+        nbytes = batch * length * 2 * b * c * kv_bytes + 2 * batch * a * c * BF16_BYTES
+    elif kernel == "gqa_prefill":
+        pairs = length * (length + 1) / 2
+        flops = pairs * 4 * a * c
+        nbytes = length * 2 * b * c * kv_bytes + 2 * length * a * c * BF16_BYTES
+    elif kernel == "mla_decode":        # a heads over a latent of b plus c rope dims
+        flops = batch * length * 2 * a * (2 * b + c)
+        nbytes = batch * length * (b + c) * kv_bytes + batch * a * (2 * b + c) * BF16_BYTES
+    elif kernel == "mla_prefill":       # a heads, value head b, query/key head b + c
+        pairs = length * (length + 1) / 2
+        flops = pairs * 2 * a * (2 * b + c)
+        nbytes = length * a * (2 * b + c) * BF16_BYTES
+    else:
+        raise ValueError(kernel)
+    return flops, nbytes
+
+
+def headerless(path: Path) -> bool:
+    """True when a file's first line is a data row (it starts with a dtype or a number), not
+    a header: such a file cannot say which column is which."""
+    first = read_text_file(path, "measurement file").split("\n", 1)[0].split(",")[0].strip()
+    try:
+        float(first)
+        return True
+    except ValueError:
+        return first in ("bf16", "fp16", "fp8", "fp32")
+
+
+def _attention_rows(root: Path, device: str,
+                    skipped: list[str]) -> dict[str, tuple[list[Row], list[str]]]:
+    """Rows per attention kernel (mla_decode, gqa_decode, mla_prefill, gqa_prefill) from every
+    head-layout file of the device, and the files (with line ranges) they came from. A file
+    without a header row is left out and named in `skipped`."""
+    out: dict[str, tuple[list[Row], list[str]]] = {}
+    for folder, attn in (("mla", "mla"), ("mha", "gqa")):
+        for phase, columns in (("decode", DECODE_COLUMNS), ("prefill", PREFILL_COLUMNS)):
+            kernel = f"{attn}_{phase}"
+            for path in sorted((root / folder / phase / device).glob("*.csv")):
+                if headerless(path):
+                    skipped.append(f"{path} (no header row)")
+                    continue
+                layout = _layout(path)
+                table = _table(path, columns)
+                found, used = out.setdefault(kernel, ([], []))
+                for _, r in table:
+                    batch = r.get("batch_size", 1.0)
+                    length = r["kv_len"] if phase == "decode" else r["seq_len"]
+                    flops, nbytes = attention_shape(kernel, layout, batch, length,
+                                                    r.get("kv_bytes", BF16_BYTES))
+                    found.append(Row(kernel, r["latency_us"] * 1e-6, flops, nbytes,
+                                     {"batch": batch, "kv_len": length,
+                                      "layout": "-".join(map(str, layout))}))
+                used.append(f"{path} rows 2-{table[-1][0]}" if table else str(path))
+    return out

@@ -1,7 +1,7 @@
 """Every pydantic schema of a YAML file, in one package, drawn bottom-up with no cycles:
 base (Strict, Sourced, tables) <- model, hardware, deployment <- serving, training <- workload."""
-from simulator.schema.base import (EfficiencyTable, RateTable, ShapeEfficiencyTable, Sourced,
-                                   Strict)
+from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, EfficiencyTable,
+                                   RateTable, ShapeEfficiencyTable, Sourced, Strict)
 from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision,
                                          RoutingSpec)
 from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
@@ -13,7 +13,7 @@ from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, Serving
 from simulator.schema.training import TrainingSpec
 from simulator.schema.workload import Workload
 
-__all__ = ["ArrivalSpec", "AttentionSpec", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
+__all__ = ["ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "SLOSpec", "ServingSpec",

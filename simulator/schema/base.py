@@ -107,12 +107,40 @@ class ShapeEfficiencyTable(Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> "ShapeEfficiencyTable":
-        for name, xs in (("m", self.m), ("weights", self.weights)):
-            if any(x <= 0 for x in xs) or xs != sorted(xs) or len(set(xs)) != len(xs):
-                raise ValueError(f"{name} needs positive, strictly increasing values")
-        if len(self.efficiency) != len(self.m) or \
-                any(len(row) != len(self.weights) for row in self.efficiency):
-            raise ValueError("efficiency needs one row per m with one value per weights entry")
-        if any(not 0 < e <= 1 for row in self.efficiency for e in row):
-            raise ValueError("efficiency must lie in (0, 1]")
+        _check_grid("m", self.m, "weights", self.weights, self.efficiency)
+        return self
+
+
+def _check_grid(row_name: str, rows: list[float], col_name: str, cols: list[float],
+                grid: list[list[float]]) -> None:
+    """Both axes positive and strictly increasing; one row per row value, one column per
+    column value; every cell a fraction in (0, 1]."""
+    for name, xs in ((row_name, rows), (col_name, cols)):
+        if any(x <= 0 for x in xs) or xs != sorted(xs) or len(set(xs)) != len(xs):
+            raise ValueError(f"{name} needs positive, strictly increasing values")
+    if len(grid) != len(rows) or any(len(row) != len(cols) for row in grid):
+        raise ValueError(f"efficiency needs one row per {row_name} with one value per "
+                         f"{col_name} entry")
+    if any(not 0 < e <= 1 for row in grid for e in row):
+        raise ValueError("efficiency must lie in (0, 1]")
+
+
+ATTENTION_KERNELS = ("mla_decode", "gqa_decode", "mla_prefill", "gqa_prefill")
+
+
+class AttentionTable(Strict):
+    """An attention core's fraction of its roofline (the slower of FLOPs at the compute peak
+    and bytes at the HBM datasheet rate) on a grid of sequences in the batch by KV length
+    (decode) or by prompt length with one batch row (prefill), bilinear in the logs."""
+
+    batch: list[float] = Field(min_length=1, description="sequences, increasing")
+    kv_len: list[float] = Field(min_length=1, description="KV (decode) or prompt (prefill) "
+                                "length in tokens, increasing")
+    efficiency: list[list[float]] = Field(description="one row per batch, one column per kv_len")
+    source: str = Field(min_length=3)
+    precision: Literal["bf16", "fp8"] = Field("bf16", description="the precision measured at")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "AttentionTable":
+        _check_grid("batch", self.batch, "kv_len", self.kv_len, self.efficiency)
         return self

@@ -5,7 +5,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from simulator.schema.base import EfficiencyTable, RateTable, ShapeEfficiencyTable, Sourced, Strict
+from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, EfficiencyTable, RateTable,
+                                   ShapeEfficiencyTable, Sourced, Strict)
 
 
 class LinkSpec(Strict):
@@ -81,6 +82,11 @@ class HardwareProfile(Strict):
         "gemm_efficiency and grouped_gemm_efficiency (per expert, M = its tokens) for ops "
         "that list their GEMMs' shapes; small weights run far below peak on CPUs")
     attention_efficiency: Sourced
+    attention_tables: dict[str, AttentionTable] = Field(
+        default_factory=dict, description="fraction of the roofline by batch x KV length per "
+        "attention kernel (mla_decode, gqa_decode, mla_prefill, gqa_prefill), fitted from "
+        "measured kernel times; an attention core with a table is priced by it instead of "
+        "attention_efficiency and the HBM efficiency")
     attention_score_rate: Optional[RateTable] = Field(
         None, description="scores/s by score count for the per-score work (mask, softmax) of "
         "attention kernels that are not FLOP-bound (CPU); none = priced by FLOPs alone")
@@ -157,6 +163,10 @@ class HardwareProfile(Strict):
                          "price_per_gpu_hour": self.price_per_gpu_hour}.items():
             if num.value < 0:
                 raise ValueError(f"{key} must not be negative")
+        unknown = sorted(set(self.attention_tables) - set(ATTENTION_KERNELS))
+        if unknown:
+            raise ValueError(f"attention_tables has unknown kernel '{unknown[0]}' (kernels: "
+                             f"{', '.join(ATTENTION_KERNELS)})")
         flat = self.idealizations.ep_flat_bandwidth_Bps
         if flat is not None and flat.value <= 0:
             raise ValueError("idealizations.ep_flat_bandwidth_Bps must be positive")
