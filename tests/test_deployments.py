@@ -232,8 +232,9 @@ def test_prefill_pool_budget_counts_computed_tokens_only(tmp_path):
 
 
 def test_selective_recomputation_costs_between_none_and_full():
-    # none keeps 34 per block (Korthikanti et al.), selective 22, full only the layer input (2):
-    # memory falls in that order; backward time rises: none < selective (memory-bound norm and
+    # none keeps every activation (Korthikanti et al.), selective drops norm inputs and
+    # activation outputs, full keeps only the layer input and output: memory falls in that
+    # order; backward time rises: none < selective (memory-bound norm and
     # activation passes) < full (a whole extra forward)
     from simulator.training.run import train
     from tests.test_training import small
@@ -247,9 +248,21 @@ def test_selective_recomputation_costs_between_none_and_full():
     assert b["none"] < b["selective"] < b["full"]
     assert b["full"] - b["none"] == pytest.approx(runs["none"].forward_s_per_microbatch)
     assert act["none"] > act["selective"] > act["full"]
-    # LongCat-Flash layers: two blocks each, ~8 real experts a token (4 kept copies each)
-    k = load_model("longcat-flash").moe.mean_real_experts
-    assert act["selective"] / act["none"] == pytest.approx((22 * 2 + 4 * k) / (34 * 2 + 4 * k))
+    # LongCat-Flash layers (h 6144, two blocks each with a dense SwiGLU FFN of 12288, k real
+    # experts of 2048 a token). Per token, in elements: none keeps attention 5.5 h and two norm
+    # inputs 2 h per block, each FFN its input h, gate/up output 2 f and activation output f,
+    # each expert copy h + 3 i; selective drops the norm inputs and the activation outputs;
+    # full keeps the layer input and output.
+    m = load_model("longcat-flash")
+    h, f, i, k = 6144, 12288, 2048, m.moe.mean_real_experts
+    none = 2 * (5.5 + 2) * h + 2 * (h + 3 * f) + k * (h + 3 * i)
+    selective = 2 * 5.5 * h + 2 * (h + 2 * f) + k * (h + 2 * i)
+    assert act["selective"] / act["none"] == pytest.approx(selective / none)
+    assert act["full"] / act["none"] == pytest.approx(2 * h / none)
+    # absolute: tokens of a micro-batch per rank (8192 / cp 8) x elements x 2 bytes x the
+    # stage's 7 layers x pp = 4 micro-batches in flight under 1F1B
+    w = small()
+    assert act["full"] == pytest.approx(w.context_length / 8 * 2 * h * 2 * 7 * 4)
 
 
 def test_recompute_accepts_the_old_booleans():

@@ -24,20 +24,22 @@ from simulator.training.result import TrainingMemory, TrainResult
 
 SECONDS_PER_DAY = 86400.0
 
-# Activation bytes per token per hidden element a layer keeps for its backward (x activation
-# bytes): Korthikanti et al. 2022 (arXiv 2205.05198) eq. 2, 34 per transformer block without
-# attention-score storage (flash attention); an MoE layer keeps its routed copies (dispatch and
-# expert input per real expert: ROUTED_COPIES); full recomputation keeps only the layer input
-# and output.
-ACTIVATIONS_PER_BLOCK = 34
-ROUTED_COPIES = 4
+# Activations a layer keeps for its backward, in elements per token (x activation bytes), after
+# Korthikanti et al. 2022 (arXiv 2205.05198) s4.1, whose per-block bytes at 16 bits (34 sbh,
+# without attention scores under flash attention) we split into elements: attention 5.5 h (QKV
+# input, Q, K, V, output-projection input, its dropout mask), two norm inputs 2 h, and the
+# FFN by its real width: a SwiGLU of width f keeps its input h, its gate/up output 2 f and the
+# activation's output f; each routed or shared expert copy of a token likewise (h + 3 i).
+# moesim's tp splits dense FFNs only (attention is data-parallel over sequences), with the
+# FFN input kept as the rank's own shard, so a rank's count per own token does not change with
+# tp (Megatron's tensor-parallel attention with sequence parallelism, which would divide all
+# of it by tp, is not a plan moesim expresses). Selective
+# recomputation re-runs the norms and the FFN activation function, so it drops the norm inputs
+# and the activation outputs (f, or i per copy); full recomputation keeps only the layer input
+# and output (2 h).
+ATTENTION_KEPT = 5.5
+NORMS_KEPT = 2.0
 RECOMPUTE_KEPT = 2
-# Selective recomputation re-runs the norms and the FFN activation function: of Korthikanti et
-# al.'s 34 per block, the two layer norms' inputs (4) and the activation's output (8) are not
-# kept (their section 4.1 breakdown), so 22 remain; the re-run is memory-bound passes: each norm
-# reads and writes the hidden state (2 x 2 h a token), the SwiGLU activation reads the gate and
-# up projections and writes their product (3 x FFN width a token, per routed expert for MoE).
-SELECTIVE_KEPT_PER_BLOCK = 22
 MAX_WGRAD_SHARE = 0.9    # cap on the weight-gradient share of a backward, so the B pass stays > 0
 
 
@@ -94,7 +96,6 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     c = count_params(model)
     share = stage_layers / model.num_layers
     h = model.hidden_size
-    blocks = blocks_per_layer(model)
     replicated = replicated_params(model, plan.tp, c) * share + c.embedding / plan.pp
     experts = c.expert_total * share / plan.ep
     shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
@@ -110,18 +111,37 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     grads = sharded(replicated, experts, t.zero_stage >= 2) * t.grad_bytes
     optim = sharded(replicated, experts, t.zero_stage >= 1) * t.optimizer_bytes_per_param
     tokens = t.micro_batch_sequences * w.context_length / plan.cp
-    k = model.moe.mean_real_experts if model.moe else 0
-    kept = {"full": RECOMPUTE_KEPT,
-            "selective": SELECTIVE_KEPT_PER_BLOCK * blocks + ROUTED_COPIES * k,
-            "none": ACTIVATIONS_PER_BLOCK * blocks + ROUTED_COPIES * k}[t.recompute]
-    per_layer = tokens * h * w.precision.activation_bytes * kept
+    kept = sum(kept_per_token(model, i, t.recompute)
+               for i in range(model.num_layers)) / model.num_layers
+    per_layer = tokens * kept * w.precision.activation_bytes
     return TrainingMemory(params, grads, optim, per_layer * stage_layers * in_flight)
+
+
+def kept_per_token(model: ModelSpec, layer: int, recompute: str) -> float:
+    """Activation elements a token leaves in layer `layer` on its rank for the backward (see
+    ATTENTION_KEPT); selective drops norm inputs and activation outputs; full keeps 2 h."""
+    from simulator.graph.params import is_moe_layer
+    h = model.hidden_size
+    if recompute == "full":
+        return RECOMPUTE_KEPT * h
+    moe = is_moe_layer(model, layer)
+    blocks = blocks_per_layer(model, moe_layer=moe)
+    selective = recompute == "selective"
+    act = 2 if selective else 3                      # gate/up output (+ activation output)
+    kept = blocks * (ATTENTION_KEPT + (0 if selective else NORMS_KEPT)) * h
+    if not moe or model.layer_kind == "shortcut":
+        kept += blocks * (h + act * model.dense_intermediate)
+    if moe and model.moe:
+        copies = model.moe.mean_real_experts + model.moe.num_shared_experts
+        kept += copies * (h + act * model.moe.expert_intermediate)
+    return kept
 
 
 def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
                           prof: HardwareProfile, stage_layers: int) -> float:
     """Backward time a stage spends re-running its norms and FFN activations for one
-    micro-batch: memory-bound passes (SELECTIVE_KEPT_PER_BLOCK) at the profile's memory rate."""
+    micro-batch: memory-bound passes over the norms and FFN activations at the profile's memory
+    rate."""
     from simulator.graph.params import is_moe_layer
     from simulator.pricing.hardware import memory_rate
     tokens = t.micro_batch_sequences * w.context_length / w.plan.cp
