@@ -243,17 +243,42 @@ def test_combine_carries_its_own_bytes_per_element():
             assert c.link_bytes[k] == pytest.approx(2.0 * d.link_bytes[k])
 
 
-def test_a_rank_reads_the_weights_of_every_expert_copy_it_holds():
+def test_a_rank_reads_the_weights_of_every_expert_copy_that_gets_a_row():
+    import numpy as np
     from simulator.graph.params import expert_params
     from simulator.pricing.traffic import expert_op_for_rank
     t, _, model, w = _traffic(16, 8, redundant=16)
-    op = Op("L0.moe.experts", "grouped_gemm")
-    for r in range(16):
-        slots = int(t.routing.placement.slots_per_rank[r])
-        got = expert_op_for_rank(op, t, r, model, w)
-        assert got.weight_bytes == pytest.approx(slots * expert_params(model) *
-                                                 w.precision.weight_bytes)
     assert t.routing.placement.slots_per_rank.sum() == model.moe.num_experts + 16
+    # 4 tokens a rank x 16 ranks, ~8 real experts each: at most 512 rows over 528 copies, so
+    # some copies get none and their weights are not read; count them from the rows themselves
+    op = Op("L0.moe.experts", "grouped_gemm")
+    active = t.routing.active_slots
+    assert 0 < active.sum() < t.routing.placement.slots_per_rank.sum()
+    assert active.sum() <= int(np.count_nonzero(t.routing.expert_load)) + 16
+    assert np.all(active <= t.routing.placement.slots_per_rank)
+    for r in range(16):
+        got = expert_op_for_rank(op, t, r, model, w)
+        assert got.weight_bytes == pytest.approx(active[r] * expert_params(model) *
+                                                 w.precision.weight_bytes)
+
+
+def test_a_grouped_gemm_reads_only_the_experts_its_tokens_pick():
+    # one token, top-2 of 8 experts on one GPU (no EP traffic): exactly 2 experts' weights,
+    # the closed form 8 x (1 - (1 - 2/8)^1) = 2; 64 tokens touch all 8 but for (3/4)^64
+    from simulator.graph.model import active_experts
+    from simulator.graph.params import expert_params
+    from simulator.step.whatif import build_step_graph, resolve
+    from tests.conftest import workload
+    assert active_experts(8, 8, 2, 1) == pytest.approx(2.0)
+    assert active_experts(8, 8, 2, 64) == pytest.approx(8 * (1 - 0.75 ** 64))
+    assert active_experts(4, 8, 2, 3) == pytest.approx(4 * (1 - 0.75 ** 3))
+    w = workload("workloads/validation/mixtral-8x7b-int8-a100-decode.yaml")
+    assert (w.batch_per_device, w.plan.ep, w.precision.weight_bytes) == (1, 1, 1)
+    r = resolve(w)
+    g = build_step_graph(r, "sequential")
+    op = g.nodes["L0.moe.experts"]["op"]
+    assert op.weight_bytes == pytest.approx(2 * expert_params(r.model) * 1)
+    assert op.m == pytest.approx(1.0)                # 2 rows over 2 active experts
 
 
 # -- hardware pricing -----------------------------------------------------------------------

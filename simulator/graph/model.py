@@ -58,6 +58,13 @@ class Op:
         return self.kind == "collective"
 
 
+def active_experts(local: float, n_experts: int, k: float, tokens: float) -> float:
+    """Expected local experts that receive at least one of `tokens` tokens under uniform
+    routing (each token picks k of n_experts): local x (1 - (1 - k / n)^tokens). A grouped
+    GEMM reads the weights of those experts only (an expert with no rows is skipped)."""
+    return local * (1.0 - (1.0 - min(k / n_experts, 1.0)) ** tokens)
+
+
 @dataclass(frozen=True)
 class Shape:
     """Per-device shapes of one forward (or backward) pass."""
@@ -252,11 +259,14 @@ class _Builder:
                                   share=1 / n), after, extra=unfused.split_exchange())
                       for nm in names]
         local_experts = moe.num_experts / self.plan.ep
+        active = active_experts(local_experts, moe.num_experts, self.k_real,
+                                self.s.tokens / n * self.plan.ep)
         w_exp = expert_params(self.m)
         experts = [self.add(Op(f"{nm}.experts", "grouped_gemm", flops=2 * routed * w_exp,
-                               bytes=local_experts * w_exp * wb + routed * 2 * h * ab,
-                               weight_bytes=local_experts * w_exp * wb,
-                               m=routed / local_experts, layer=layer, block="moe", share=1 / n,
+                               bytes=active * w_exp * wb + routed * 2 * h * ab,
+                               weight_bytes=active * w_exp * wb,
+                               m=routed / active if active > 0 else 0.0, layer=layer,
+                               block="moe", share=1 / n,
                                gemm_nk=(2 * h * moe.expert_intermediate,
                                         h * moe.expert_intermediate)), d,
                             extra=unfused.experts(routed, h, moe.expert_intermediate,

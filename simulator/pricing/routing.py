@@ -43,6 +43,7 @@ class RoutingResult:
     real_mean: float             # real (FFN) experts per token, measured
     real_std: float
     placement: Placement
+    active_slots: np.ndarray     # [ep] expert copies on each rank that receive any row
 
     @property
     def imbalance(self) -> float:
@@ -216,6 +217,7 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     t_gpu = np.zeros((ep, ep))
     t_node = np.zeros((ep, nodes))
     expert_load = np.zeros(n_experts)
+    copy_load = np.zeros(copy_table.shape)
     real_sum = real_sq = 0.0
     total = ep * tokens_per_rank
     sampled = min(total, MAX_SAMPLED_TOKENS)
@@ -234,6 +236,7 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         s = np.broadcast_to(src[:, None], dst.shape)
         np.add.at(t_expert, (s[valid], dst[valid]), 1.0)
         np.add.at(expert_load, chosen[valid], 1.0)
+        np.add.at(copy_load, (chosen[valid], copy_idx[valid]), 1.0)
         # deduplicate per destination GPU and per destination node
         dsts = np.where(valid, dst, -1)
         dsts.sort(axis=1)
@@ -257,7 +260,9 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         expert_load = expert_load * (total / sampled)
     mean = real_sum / sampled
     std = float(np.sqrt(max(real_sq / sampled - mean ** 2, 0.0)))
+    used = (copy_load > 0) & (copy_table >= 0)
+    active = np.bincount(copy_table[used], minlength=ep).astype(float)
     return RoutingResult(tokens_per_rank=tokens_per_rank, rank_rows=t_expert.sum(axis=0),
                          expert_load=expert_load, t_expert=t_expert, t_gpu=t_gpu,
                          t_node=t_node, real_mean=float(mean), real_std=std,
-                         placement=placement)
+                         placement=placement, active_slots=active)

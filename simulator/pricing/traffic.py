@@ -77,12 +77,13 @@ def comm_sm_fraction(prof: HardwareProfile, kernel: str) -> float:
 
 
 def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Workload) -> Op:
-    """The expert GEMM of one rank: its routed rows and its expert copies' weights."""
+    """The expert GEMM of one rank: its routed rows and the weights of its expert copies that
+    receive any row (a grouped GEMM skips an expert with none)."""
     assert model.moe is not None
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
     w_exp = expert_params(model)
     rows = float(t.routing.rank_rows[rank]) * op.share
-    slots = int(t.routing.placement.slots_per_rank[rank])
+    slots = int(t.routing.active_slots[rank])
     return replace(op, flops=2 * rows * w_exp, m=rows / max(slots, 1),
                    weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb + rows * 2 * h * ab)
 

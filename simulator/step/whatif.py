@@ -106,7 +106,7 @@ def _shape_key(op) -> tuple:
     """Everything pricing reads of an op (not its name, layer or micro-batch)."""
     return (op.kind, op.flops, op.bytes, op.weight_bytes, op.m, op.collective, op.group,
             op.scores, op.kernels, op.aux_bytes, op.gather_bytes, op.gemm_nk, op.precision,
-            op.tags, op.share)
+            op.tags, op.share, op.kernel, op.seqs, op.kv_len)
 
 
 def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:

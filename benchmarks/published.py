@@ -1,0 +1,147 @@
+"""moesim against published end-to-end measurements of real deployments.
+
+Reads `benchmarks/published.yaml` (each row: a workload under workloads/validation/ or
+workloads/deployments/ written as the deployment ran,
+the metric, the published figure and its source), predicts every row and prints the table of
+docs/accuracy.md, "End-to-end against published deployments", with the summary the fidelity
+goals are stated in (median |error|, worst row, signs of the decode rows).
+
+    python benchmarks/published.py [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pydantic import Field  # noqa: E402
+
+from simulator.loading import load_workload, read_yaml_mapping, parse  # noqa: E402
+from simulator.schema import Strict  # noqa: E402
+
+MANIFEST = ROOT / "benchmarks" / "published.yaml"
+Metric = Literal["decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s", "tpot_ms", "ttft_ms",
+                 "gpu_hours_per_trillion_tokens", "speedup"]
+
+
+class PublishedRow(Strict):
+    """One published figure and the workload that reproduces its deployment."""
+
+    id: str
+    workload: str
+    baseline: Optional[str] = Field(None, description="speedup rows: the baseline workload")
+    metric: Metric
+    measured: float = Field(gt=0)
+    kind: str
+    source: str = Field(min_length=10)
+
+
+class Manifest(Strict):
+    """The rows of benchmarks/published.yaml."""
+
+    rows: list[PublishedRow] = Field(min_length=1)
+
+
+def load_manifest(path: Path = MANIFEST) -> list[PublishedRow]:
+    """The manifest's rows, validated."""
+    return parse(Manifest, read_yaml_mapping(path), str(path)).rows
+
+
+def _step_ms(path: str) -> dict:
+    from simulator.step.whatif import simulate
+    return simulate(load_workload(str(ROOT / path))).to_json()
+
+
+def predict(row: PublishedRow) -> float:
+    """moesim's figure for a row's metric, from one simulation of its workload(s)."""
+    if row.metric == "gpu_hours_per_trillion_tokens":
+        from simulator.training.run import train
+        w = load_workload(str(ROOT / row.workload))
+        r = train(w).to_json()
+        return w.plan.gpus * r["step_time_s"] / r["tokens_per_step"] * 1e12 / 3600
+    s = _step_ms(row.workload)
+    if row.metric in ("decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s"):
+        return s["tokens_per_gpu_s"]
+    if row.metric == "tpot_ms":
+        return s["tpot_ms"]
+    if row.metric == "ttft_ms":
+        return s["step_time_ms"]
+    assert row.baseline is not None, f"{row.id}: a speedup row needs a baseline"
+    return _step_ms(row.baseline)["step_time_ms"] / s["step_time_ms"]
+
+
+TIMES = ("tpot_ms", "ttft_ms", "gpu_hours_per_trillion_tokens")   # lower is faster
+
+
+def signed_error(row: PublishedRow, predicted: float) -> float:
+    """moesim / published - 1."""
+    return predicted / row.measured - 1.0
+
+
+def optimistic(row: PublishedRow, predicted: float) -> bool:
+    """True when moesim predicts the deployment faster than it ran (a shorter time, or a
+    higher rate or speedup)."""
+    return predicted < row.measured if row.metric in TIMES else predicted > row.measured
+
+
+def run(rows: list[PublishedRow]) -> list[dict]:
+    """Every row predicted, with its signed error and which way it errs."""
+    out = []
+    for row in rows:
+        p = predict(row)
+        out.append({**row.model_dump(), "predicted": p, "error": signed_error(row, p),
+                    "optimistic": optimistic(row, p)})
+    return out
+
+
+def source_name(source: str) -> str:
+    """The publisher of a source string (the text before its first comma)."""
+    return source.split(",")[0].strip()
+
+
+def summary(results: list[dict]) -> dict:
+    """Median and largest |error|, the distinct sources, and whether the decode rows err both
+    ways (some optimistic, some pessimistic)."""
+    errs = [abs(r["error"]) for r in results]
+    decode = [r["optimistic"] for r in results if r["kind"].startswith("decode")]
+    return {"rows": len(results), "sources": len({source_name(r["source"]) for r in results}),
+            "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
+            "decode_errors_both_ways": any(decode) and not all(decode)}
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/accuracy.md."""
+    lines = ["| row | what | metric | published | moesim | error | moesim is |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['id']} | {r['kind']} | {r['metric']} | {r['measured']:.4g} | "
+                     f"{r['predicted']:.4g} | {r['error']:+.1%} | "
+                     f"{'optimistic' if r['optimistic'] else 'pessimistic'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the table and the summary; --json writes both."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    results = run(load_manifest())
+    s = summary(results)
+    print(table(results))
+    print(f"\n{s['rows']} rows from {s['sources']} sources: median |error| "
+          f"{s['median_abs_error']:.1%}, largest {s['max_abs_error']:.1%}; decode rows err both "
+          f"ways: {s['decode_errors_both_ways']}")
+    if args.json:
+        from simulator.atomic import write_text_atomic
+        write_text_atomic(args.json, json.dumps({"rows": results, "summary": s}, indent=2),
+                          "--json")
+
+
+if __name__ == "__main__":
+    main()

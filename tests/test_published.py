@@ -1,0 +1,65 @@
+"""End-to-end against published deployments (benchmarks/published.py, docs/accuracy.md)."""
+import pytest
+
+from benchmarks.published import (load_manifest, optimistic, predict, run, signed_error,
+                                  source_name, summary)
+from simulator.loading import load_workload
+from simulator.step.whatif import simulate
+
+ROWS = {r.id: r for r in load_manifest()}
+# Rows that miss the 25% line, with why (docs/accuracy.md); strict, so a fix is noticed.
+MISSES = {
+    "mixtral-8x7b-int8-a100-decode": "batch-1 int8 weight-only decode: moesim prices the "
+    "weight reads at the A100 table's BF16 efficiency and no per-step runtime cost",
+    "mixtral-8x7b-int8-a100-prefill": "the published TTFT holds the server's own time around "
+    "the forward, which moesim does not price",
+}
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {r["id"]: r for r in run(list(ROWS.values()))}
+
+
+def test_the_manifest_has_what_the_fidelity_goal_asks_for():
+    rows = list(ROWS.values())
+    assert len(rows) >= 8
+    assert len({source_name(r.source) for r in rows}) >= 3
+    for r in rows:            # every workload loads, and says where its deployment comes from
+        w = load_workload(r.workload)
+        assert w.name == r.id or r.metric in ("speedup", "gpu_hours_per_trillion_tokens")
+    kinds = {r.kind.split(",")[0] for r in rows}
+    assert {"decode", "prefill", "training"} <= kinds
+
+
+def test_metrics_are_read_off_the_simulation_as_defined():
+    # decode: tokens per GPU per second = sequences per GPU / step (no MTP), by hand
+    r = ROWS["qwen3-30b-a3b-h20-decode"]
+    s = simulate(load_workload(r.workload)).to_json()
+    assert predict(r) == pytest.approx(100 / (s["step_time_ms"] / 1e3))
+    # prefill: 4 prompts of 4096 tokens per forward
+    r = ROWS["qwen3-30b-a3b-h20-prefill"]
+    s = simulate(load_workload(r.workload)).to_json()
+    assert predict(r) == pytest.approx(4 * 4096 / (s["step_time_ms"] / 1e3))
+    # a speedup is the baseline's step over the workload's
+    r = ROWS["scmoe-a800-nvlink-speedup"]
+    base = simulate(load_workload(r.baseline)).to_json()["step_time_ms"]
+    sc = simulate(load_workload(r.workload)).to_json()["step_time_ms"]
+    assert predict(r) == pytest.approx(base / sc)
+    assert signed_error(r, 1.15 * 1.1) == pytest.approx(0.1)
+    # optimistic: a shorter time, or a higher rate, than published
+    assert optimistic(ROWS["mixtral-8x7b-int8-a100-decode"], 10.0)
+    assert not optimistic(ROWS["qwen3-8b-fp8-h20-decode"], 2000.0)
+
+
+@pytest.mark.parametrize("row", [
+    pytest.param(i, marks=pytest.mark.xfail(reason=MISSES[i], strict=True)) if i in MISSES
+    else i for i in ROWS])
+def test_each_row_within_25_percent(results, row):
+    assert abs(results[row]["error"]) <= 0.25, results[row]
+
+
+def test_median_error_and_no_systematic_sign(results):
+    s = summary(list(results.values()))
+    assert s["median_abs_error"] <= 0.10, s
+    assert s["decode_errors_both_ways"], s
