@@ -66,6 +66,13 @@ def identity(torch, device: str, mode: str, threads: int) -> dict:
     return info
 
 
+def device_slug(device_name: str, device: str) -> str:
+    """The folder name of this device's kernel files: its name in lower case, words joined by
+    '-' (NVIDIA H200 -> nvidia-h200); the device kind when the name says nothing."""
+    words = "".join(c if c.isalnum() else " " for c in device_name.lower()).split()
+    return "-".join(words[:4]) or device
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -136,8 +143,13 @@ def calibrate(device: str = "cpu", mode: str = "quick", ranks: int = 2,
     for r in rows:
         wr.writerow(r)
     write_text_atomic(csv_path, buf.getvalue())
+    from simulator.pricing.kernel_files import write_kernel_files
+    write_kernel_files(rows, csv_dir / "kernels", device_slug(ident["device_name"], device),
+                       "bf16" if device == "cuda" else "fp32")
     header = (f"# Calibrated by `moesim calibrate --device {device} --{mode} --ranks {ranks}` on "
               f"{ident['device_name']}, torch {ident['torch_version']}, {ident['date']}.\n"
-              f"# Raw measurements: {csv_dir.name}/measurements.csv\n")
+              f"# Raw measurements: {csv_dir.name}/measurements.csv; the GEMM and attention "
+              f"timings also in the kernel-file layout under {csv_dir.name}/kernels/\n"
+              f"# (`moesim calibrate --from-measurements` reads them).\n")
     write_text_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
     return out, data

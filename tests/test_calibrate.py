@@ -142,3 +142,41 @@ def test_single_rank_calibration_runs_every_compute_bench(tmp_path):
     assert len({label for label, _ in COMPUTE_BENCHES}) == len(COMPUTE_BENCHES)
     prof = load_profile(str(path))
     assert prof.gather_rate is not None and prof.gemm_shape_efficiency is not None
+
+
+def test_calibration_writes_kernel_files_the_measurement_fitter_reads(tmp_path):
+    # `moesim calibrate` writes its GEMM and attention timings in the published kernel-file
+    # layout; `calibrate --from-measurements` reads them back row for row and fits from them
+    import csv as csvmod
+    from executor.calibrate import calibrate, device_slug
+    from simulator.pricing.kernel_files import read_kernel_rows
+    path, data = calibrate("cpu", "quick", 1, tmp_path / "one.yaml", force=True)
+    slug = device_slug(data["calibration"]["device_name"], "cpu")
+    assert slug and all(c.isalnum() or c == "-" for c in slug)
+    kernels = tmp_path / "one" / "kernels"
+    raw = list(csvmod.DictReader((tmp_path / "one" / "measurements.csv").open()))
+    gemms = [r for r in raw if r["bench"] == "gemm"]
+    rows, sources, _ = read_kernel_rows(kernels, slug)
+    assert len(rows["gemm"]) == len(gemms) > 0
+    for got, meas in zip(rows["gemm"], gemms):
+        assert got.median_s == pytest.approx(float(meas["median_s"]), rel=1e-9)
+        assert (got.params["m"], got.params["n"], got.params["k"]) == \
+            (float(meas["p_m"]), float(meas["p_n"]), float(meas["p_k"]))
+        assert got.params["dtype"] == "fp32"
+    decode = [r for r in raw if r["bench"] == "attention_decode"]
+    assert len(rows["gqa_decode"]) == len(decode) and len(rows["gqa_prefill"]) >= 5
+    out = tmp_path / "refit.yaml"
+    r = CliRunner().invoke(app, ["calibrate", "--from-measurements", str(kernels), "--device",
+                                 slug, "--base", str(path), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    refit = load_profile(str(out))
+    assert refit.gemm_shape_efficiency.precision == "bf16"     # not FP8: priced at the fp32 peak
+    assert {"gqa_decode", "gqa_prefill"} <= set(refit.attention_tables)
+    assert "FP32 dense GEMMs" in refit.gemm_shape_efficiency.source
+
+
+def test_device_slug_names_a_folder():
+    from executor.calibrate import device_slug
+    assert device_slug("NVIDIA H200", "cuda") == "nvidia-h200"
+    assert device_slug("Intel(R) Xeon(R) Processor x2", "cpu") == "intel-r-xeon-r"
+    assert device_slug("", "cuda") == "cuda"

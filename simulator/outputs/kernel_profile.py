@@ -34,17 +34,28 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
     """Fit, validate and write the profile; returns (path, profile mapping, kinds not fitted)."""
     data = _base_mapping(base)
     prof = parse(HardwareProfile, data, f"profile {base}")
-    if prof.peak_fp8_flops is None:
-        raise MoesimError("--base", f"profile {prof.name} has no peak_fp8_flops, and the "
-                          "measurements are FP8 kernels", "add a sourced peak_fp8_flops")
     out = Path(out) if out is not None else Path(f"{device}-measured.yaml")
     if out.exists() and not force:
         raise MoesimError("--out", f"{out} already exists", "pass --force to overwrite it")
     rows, sources, not_fitted = read_kernel_rows(root, device)
-    peak = prof.peak_fp8_flops.value
+    gemm_dtype = rows["gemm"][0].params["dtype"] if rows["gemm"] else "fp8"
+    gemm_precision = "fp8" if gemm_dtype == "fp8" else "bf16"
+    if prof.peak_fp8_flops is None and (gemm_precision == "fp8" and rows["gemm"]
+                                        or rows["grouped_gemm"]):
+        raise MoesimError("--base", f"profile {prof.name} has no peak_fp8_flops, and the "
+                          "measurements are FP8 kernels", "add a sourced peak_fp8_flops")
+    gemm_peak = prof.peak_fp8_flops.value if gemm_precision == "fp8" else \
+        prof.peak_bf16_flops.value
+    peak = prof.peak_fp8_flops.value if prof.peak_fp8_flops is not None else gemm_peak
     bw = prof.hbm_bandwidth_Bps.value * prof.hbm_efficiency.value
     lat = prof.kernel_latency_s.value
-    shape, grouped, quality = fit_gpu_kernels(rows, peak, bw, lat)
+    shape, _, quality = fit_gpu_kernels({"gemm": rows["gemm"]}, gemm_peak, bw, lat)
+    _, grouped, grouped_quality = fit_gpu_kernels({"grouped_gemm": rows["grouped_gemm"]}, peak,
+                                                  bw, lat)
+    quality.update(grouped_quality)
+    if shape is not None and rows["grouped_gemm"] and gemm_precision == "fp8":
+        quality.update(fit_gpu_kernels(rows, peak, bw, lat)[2])
+    gemm_peak_name = "peak_fp8_flops" if gemm_precision == "fp8" else "peak_bf16_flops"
     how = (f"efficiency = FLOPs / (peak_fp8_flops x (latency - kernel_latency_s)), fitted by "
            f"`moesim calibrate --from-measurements {root} --device {device} --base {base}`")
     if shape is not None:
@@ -52,8 +63,9 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
         data["gemm_shape_efficiency"] = {
             "m": [float(m) for m in ms], "weights": [float(w) for w in ws],
             "efficiency": [[float(min(max(e, EFF_FLOOR), 1.0)) for e in row] for row in grid],
-            "source": f"{sources['gemm']} (FP8 dense GEMMs): median per (M, N x K) cell; {how}",
-            "precision": "fp8"}
+            "source": f"{sources['gemm']} ({gemm_dtype.upper()} dense GEMMs): median per "
+                      f"(M, N x K) cell; {how.replace('peak_fp8_flops', gemm_peak_name)}",
+            "precision": gemm_precision}
     if grouped is not None:
         data["grouped_gemm_efficiency"] = {
             "points": [[float(x), float(min(max(e, EFF_FLOOR), 1.0))] for x, e in grouped],
@@ -78,7 +90,7 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
         "device": device, "device_name": prof.gpu, "cores": 0, "driver": "",
         "torch_version": "none (fitted from measurement files)",
         "date": dt.date.today().isoformat(), "mode": "from-measurements", "ranks": 1,
-        "threads_per_rank": 0, "dtype": "fp8",
+        "threads_per_rank": 0, "dtype": gemm_dtype,
         "fits": {k: {"mape": float(q["mape"]), "points": int(q["points"]),
                      "flagged": bool(q["flagged"])} for k, q in quality.items()}}
     parse(HardwareProfile, data, f"fitted profile {out.name}")      # refuse before writing

@@ -1,12 +1,14 @@
 """GPU kernel measurement files -> fit rows: published ones (shared/data/gpu-kernels, InferSim's
 bench_data layout) and a user's own, in one format.
 
-Layout under a root folder: `gemm/DEVICE/data.csv` (m, k, n, latency_us: an FP8 dense GEMM of m
-tokens through a k -> n weight) and `grouped_gemm/{decode,prefill}/DEVICE/data.csv`
+Layout under a root folder: `gemm/DEVICE/data.csv` (m, k, n, latency_us: a dense GEMM of m
+tokens through a k -> n weight; FP8 unless a `dtype` column says bf16, fp16 or fp32, one
+precision per file) and `grouped_gemm/{decode,prefill}/DEVICE/data.csv`
 (num_local_experts, hidden_size, intermediate_size, tokens_per_expert, up_proj_us,
 down_proj_us: FP8 grouped GEMMs of the local experts); attention cores
 `{mla,mha}/decode/DEVICE/H-A-B.csv` (dtype, kv_dtype, batch_size, kv_len, latency_us) and
-`{mla,mha}/prefill/DEVICE/H-A-B.csv` (dtype, seq_len, latency_us, causal), where the file name
+`{mla,mha}/prefill/DEVICE/H-A-B.csv` (dtype, seq_len, latency_us; causal; an optional
+batch_size column, else one prompt), where the file name
 gives the head layout: MHA/GQA query heads, KV heads, head dim; MLA decode heads, KV latent
 rank, rope dim; MLA prefill heads, value head dim, rope dim (query/key head = value + rope).
 Other kernel folders (dsa, gdn) are recognised and listed as not fitted. Every row is checked
@@ -35,10 +37,11 @@ FP8_BYTES, OUT_BYTES = 1.0, 2.0                # FP8 inputs and weights, BF16 ou
 BF16_BYTES = 2.0                               # attention files: BF16 queries, KV and outputs
 
 
-DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp32": 4.0}
 
 
-def _table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+def _table(path: Path, columns: tuple[str, ...],
+           optional: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """(line number, values) of every row: numbers, and for a `kv_dtype` column its bytes per
     element; a missing column, a non-number, a non-positive value, an unknown dtype: one error
     naming file, row and column."""
@@ -50,13 +53,15 @@ def _table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
     out = []
     for line, raw in enumerate(reader, start=2):
         row: dict = {}
-        if "kv_dtype" in (reader.fieldnames or []):
-            dtype = (raw.get("kv_dtype") or "").strip()
+        for col in ("kv_dtype", "dtype"):
+            if col not in (reader.fieldnames or []):
+                continue
+            dtype = (raw.get(col) or "").strip()
             if dtype not in DTYPE_BYTES:
-                raise MoesimError(f"{path} row {line} column kv_dtype", f"{dtype!r} is not a "
-                                  "known KV precision", f"write one of {', '.join(DTYPE_BYTES)}")
-            row["kv_bytes"] = DTYPE_BYTES[dtype]
-        for c in columns:
+                raise MoesimError(f"{path} row {line} column {col}", f"{dtype!r} is not a "
+                                  "known precision", f"write one of {', '.join(DTYPE_BYTES)}")
+            row[col] = dtype
+        for c in columns + tuple(o for o in optional if o in (reader.fieldnames or [])):
             text = raw.get(c)
             try:
                 v = float(text)
@@ -89,11 +94,16 @@ def read_kernel_rows(root: Path, device: str) -> tuple[dict[str, list[Row]], dic
     gemm = root / "gemm" / device / "data.csv"
     if gemm.exists():
         table = _table(gemm, GEMM_COLUMNS)
+        dtypes = {r.get("dtype", "fp8") for _, r in table}
+        if len(dtypes) > 1:
+            raise MoesimError(f"{gemm} column dtype", f"mixes {', '.join(sorted(dtypes))}",
+                              "keep one precision per GEMM file (one table per precision)")
         for _, r in table:
             m, k, n = r["m"], r["k"], r["n"]
+            b = DTYPE_BYTES[r.get("dtype", "fp8")]
             rows["gemm"].append(Row("gemm", r["latency_us"] * 1e-6, 2 * m * n * k,
-                                    (m * k + k * n) * FP8_BYTES + m * n * OUT_BYTES,
-                                    {"m": m, "n": n, "k": k}))
+                                    (m * k + k * n) * b + m * n * max(b, OUT_BYTES),
+                                    {"m": m, "n": n, "k": k, "dtype": r.get("dtype", "fp8")}))
         sources["gemm"] = f"{gemm} rows 2-{table[-1][0]}" if table else str(gemm)
     parts = []
     for layout in ("decode", "prefill"):
@@ -151,17 +161,17 @@ def attention_shape(kernel: str, layout: tuple[int, int, int], batch: float,
     if kernel == "gqa_decode":          # a query heads, b KV heads, head dim c
         flops = batch * length * 4 * a * c
         nbytes = batch * length * 2 * b * c * kv_bytes + 2 * batch * a * c * BF16_BYTES
-    elif kernel == "gqa_prefill":
-        pairs = length * (length + 1) / 2
+    elif kernel == "gqa_prefill":       # `batch` prompts of `length` tokens
+        pairs = batch * length * (length + 1) / 2
         flops = pairs * 4 * a * c
-        nbytes = length * 2 * b * c * kv_bytes + 2 * length * a * c * BF16_BYTES
+        nbytes = batch * (length * 2 * b * c * kv_bytes + 2 * length * a * c * BF16_BYTES)
     elif kernel == "mla_decode":        # a heads over a latent of b plus c rope dims
         flops = batch * length * 2 * a * (2 * b + c)
         nbytes = batch * length * (b + c) * kv_bytes + batch * a * (2 * b + c) * BF16_BYTES
     elif kernel == "mla_prefill":       # a heads, value head b, query/key head b + c
-        pairs = length * (length + 1) / 2
+        pairs = batch * length * (length + 1) / 2
         flops = pairs * 2 * a * (2 * b + c)
-        nbytes = length * a * (2 * b + c) * BF16_BYTES
+        nbytes = batch * length * a * (2 * b + c) * BF16_BYTES
     else:
         raise ValueError(kernel)
     return flops, nbytes
@@ -192,15 +202,53 @@ def _attention_rows(root: Path, device: str,
                     skipped.append(f"{path} (no header row)")
                     continue
                 layout = _layout(path)
-                table = _table(path, columns)
+                table = _table(path, columns, optional=("batch_size",))
                 found, used = out.setdefault(kernel, ([], []))
                 for _, r in table:
                     batch = r.get("batch_size", 1.0)
                     length = r["kv_len"] if phase == "decode" else r["seq_len"]
                     flops, nbytes = attention_shape(kernel, layout, batch, length,
-                                                    r.get("kv_bytes", BF16_BYTES))
+                                                    DTYPE_BYTES[r.get("kv_dtype", "bf16")])
                     found.append(Row(kernel, r["latency_us"] * 1e-6, flops, nbytes,
                                      {"batch": batch, "kv_len": length,
                                       "layout": "-".join(map(str, layout))}))
                 used.append(f"{path} rows 2-{table[-1][0]}" if table else str(path))
     return out
+
+
+ATTENTION_HEADS_OF_CALIBRATION = (8, 8, 64)   # executor/microbench.bench_attention's layout
+
+
+def write_kernel_files(rows: list[dict], root: Path, device: str, dtype: str) -> list[Path]:
+    """`moesim calibrate`'s own GEMM and attention timings in the layout read_kernel_rows
+    reads (gemm/DEVICE/data.csv with a dtype column; mha/decode and mha/prefill per head
+    layout), so a user's runs and published files feed one fitter. Rows are the benchmarks'
+    CSV rows (bench, median_s, p_* parameters). Returns the files written."""
+    from simulator.atomic import write_text_atomic
+    root = Path(root)
+    layout = "-".join(map(str, ATTENTION_HEADS_OF_CALIBRATION))
+    files = {
+        root / "gemm" / device / "data.csv": (
+            ("dtype", "m", "k", "n", "latency_us"),
+            [(dtype, r["p_m"], r["p_k"], r["p_n"], float(r["median_s"]) * 1e6)
+             for r in rows if r["bench"] == "gemm"]),
+        root / "mha" / "decode" / device / f"{layout}.csv": (
+            ("dtype", "kv_dtype", "batch_size", "kv_len", "latency_us"),
+            [(dtype, dtype, r["p_batch"], r["p_ctx"], float(r["median_s"]) * 1e6)
+             for r in rows if r["bench"] == "attention_decode"]),
+        root / "mha" / "prefill" / device / f"{layout}.csv": (
+            ("dtype", "batch_size", "seq_len", "latency_us"),
+            [(dtype, r["p_batch"], r["p_ctx"], float(r["median_s"]) * 1e6)
+             for r in rows if r["bench"] == "attention_prefill"]),
+    }
+    written = []
+    for path, (header, data) in files.items():
+        if not data:
+            continue
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(data)
+        write_text_atomic(path, buf.getvalue())
+        written.append(path)
+    return written
