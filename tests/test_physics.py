@@ -633,3 +633,24 @@ def test_moe_chunks_hide_the_experts_under_the_other_chunks_all_to_all():
     end, (exposed, hidden) = run("scmoe-chunked", *chunked_layer(4.0, 4.0))
     assert end["L0.moe.c0.experts"] == pytest.approx(3.5)
     assert end["L0.residual"] == pytest.approx(9.5) and hidden == pytest.approx(5.5)
+
+
+def test_runtime_costs_add_to_every_step_by_hand():
+    # a runtime with 1.5 ms of host time per step and 6 kernels a layer the op graph folds away:
+    # the step grows by 1.5 ms + 32 layers x 6 x the profile's kernel latency, and nothing else
+    from simulator.loading import load_profile
+    from simulator.step.whatif import simulate
+    from tests.conftest import workload
+    path = "workloads/validation/mixtral-8x7b-int8-a100-decode.yaml"
+    base = simulate(workload(path)).to_json()
+    rt = {"step_overhead_s": {"value": 1.5e-3, "source": "test"},
+          "extra_kernels_per_layer": {"value": 6, "source": "test"}}
+    got = simulate(workload(path, runtime=rt)).to_json()
+    lat = load_profile("a100-80gb-sxm").kernel_latency_s.value
+    added = 1.5e-3 + 32 * 6 * lat
+    assert got["runtime_overhead_us"] == pytest.approx(added * 1e6)
+    assert got["step_time_ms"] == pytest.approx(base["step_time_ms"] + added * 1e3)
+    assert got["tpot_ms"] == pytest.approx(got["step_time_ms"])          # batch 1, no MTP
+    assert base["runtime_overhead_us"] == 0.0
+    with pytest.raises(Exception, match="step_overhead_s"):
+        workload(path, runtime={"step_overhead_s": {"value": -1, "source": "test"}})

@@ -3,7 +3,7 @@ base (Strict, Sourced, tables) <- model, hardware, deployment <- serving, traini
 from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, EfficiencyTable,
                                    RateTable, ShapeEfficiencyTable, Sourced, Strict)
 from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision,
-                                         RoutingSpec)
+                                         RoutingSpec, RuntimeSpec)
 from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
                                        Idealizations, LinkSpec, NetworkSpec)
 from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePrecision,
@@ -16,5 +16,5 @@ from simulator.schema.workload import Workload
 __all__ = ["ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
-           "Precision", "RateTable", "RoutingSpec", "SLOSpec", "ServingSpec",
+           "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",
            "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingSpec", "Workload"]

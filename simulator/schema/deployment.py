@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from simulator.schema.base import Strict
+from simulator.schema.base import Sourced, Strict
 from simulator.schema.model import ComputePrecision
 
 Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
@@ -94,3 +94,25 @@ class RoutingSpec(Strict):
     ep_kernel: Literal["auto", "normal", "low_latency"] = Field(
         "auto", description="all-to-all kernel: normal (node-deduplicated, NVLink forwarding) "
         "or low_latency (one copy per expert); auto = low_latency for decode")
+
+
+class RuntimeSpec(Strict):
+    """Fixed costs of the engine that runs the model, beyond its kernels, each sourced (a
+    runtime measurement, e.g. an Nsight Systems trace of your engine): host time per forward
+    step that the GPU waits for, and kernels the op graph leaves out. Unset: not priced."""
+
+    step_overhead_s: Optional[Sourced] = Field(
+        None, description="per forward step: scheduling, batch preparation, sampling, MTP "
+        "bookkeeping not hidden under GPU work (seconds)")
+    extra_kernels_per_layer: Optional[Sourced] = Field(
+        None, description="kernels a layer runs that moesim's op graph folds away (norms, rope, "
+        "activation quantisation, split-KV combine, router top-k ...), each paying the "
+        "profile's kernel_latency_s")
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> "RuntimeSpec":
+        for key in ("step_overhead_s", "extra_kernels_per_layer"):
+            v = getattr(self, key)
+            if v is not None and not v.value >= 0:
+                raise ValueError(f"{key} must be a number >= 0 (got {v.value})")
+        return self

@@ -7,7 +7,8 @@ from typing import Optional
 from pydantic import Field
 
 from simulator.schema.base import Strict
-from simulator.schema.deployment import MTPConfig, ParallelPlan, Phase, Precision, RoutingSpec
+from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision, RoutingSpec,
+                                         RuntimeSpec)
 from simulator.schema.serving import ServingSpec
 from simulator.schema.training import TrainingSpec
 
@@ -31,6 +32,8 @@ class Workload(Strict):
         "KV)")
     real_experts_per_token: Optional[float] = Field(None, gt=0, description="override the model's")
     routing: RoutingSpec = RoutingSpec()
+    runtime: RuntimeSpec = Field(RuntimeSpec(), description="fixed engine costs per step and "
+                                 "per layer (sourced); unset: not priced")
     serving: Optional[ServingSpec] = Field(None, description="request-level serving (moesim serve)")
     training: Optional[TrainingSpec] = Field(None, description="training run (moesim train)")
     seed: int = Field(0, ge=0, lt=2 ** 63, description="random seed (same seed, same result)")

@@ -81,11 +81,23 @@ class StepResult:
         return self.to_json()
 
 
+def runtime_overhead_s(r: Resolved) -> float:
+    """The workload's runtime costs of one forward step: its step overhead, and its extra
+    kernels per layer (over every layer, MTP layers included) at the profile's kernel
+    latency."""
+    rt = r.workload.runtime
+    layers = r.model.num_layers + (r.model.mtp_layers if r.workload.mtp.enabled else 0)
+    extra = rt.extra_kernels_per_layer.value if rt.extra_kernels_per_layer else 0.0
+    step = rt.step_overhead_s.value if rt.step_overhead_s else 0.0
+    return step + layers * extra * r.profile.kernel_latency_s.value
+
+
 def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
             traffic: dict[int, EPTraffic], demands: dict[str, CommDemand]) -> StepResult:
     """Everything a step's timeline measures: times, throughput, cost, breakdown, links, EP."""
     w, prof, model = r.workload, r.profile, r.model
-    step_s = tl.span_s
+    runtime_s = runtime_overhead_s(r)
+    step_s = tl.span_s + runtime_s
     exposed, hidden = tl.comm_exposure_s(0)
     layer_t = tl.layer_times_s(0)
     first = layer_counts(model)[0]
@@ -104,7 +116,8 @@ def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
     rep = representative_layer(model)
     links, ep = _ep_metrics(traffic, tl, prof, demands)
     return StepResult(r, schedule, tl, layer_s, step_s, tpot, tokens_per_gpu_s, exposed, hidden,
-                      cost_out, cost_in, breakdown_s(tl, rep), rep, links, ep, tuple(notes))
+                      cost_out, cost_in, breakdown_s(tl, rep), rep, links, ep, tuple(notes),
+                      extra={"runtime_overhead_us": runtime_s * 1e6})
 
 
 def _ep_metrics(traffic: dict[int, EPTraffic], tl: Timeline, prof: HardwareProfile,
