@@ -29,6 +29,8 @@ MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulat
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
 PR = "executor/probes.py"
+KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
+ST = "simulator/step/result.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -259,8 +261,41 @@ MUTANTS: list[Mutant] = [
     Mutant(TN, "pipeline p2p ignored", "p2p = prof.nic.latency_s.value + act_bytes /",
            "p2p = 0 * prof.nic.latency_s.value + 0 * act_bytes /"),
     Mutant(TN, "in-flight activations of 1F1B: one micro-batch, not pp",
-           'in_flight = plan.pp if t.pipeline != "interleaved" else plan.pp + 1',
-           'in_flight = 1 if t.pipeline != "interleaved" else plan.pp + 1'),
+           'in_flight = plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else plan.pp',
+           'in_flight = plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else 1'),
+    Mutant(TN, "activation bytes counted twice (bytes per element applied again)",
+           "per_layer = tokens * kept * w.precision.activation_bytes",
+           "per_layer = tokens * kept * w.precision.activation_bytes * 2"),
+    Mutant(TN, "selective recomputation keeps the activation outputs",
+           "act = 2 if selective else 3", "act = 3"),
+    # -- attention tables, idle experts, runtime costs (fourth session) --------------------------
+    Mutant(HW, "attention tables ignored (one efficiency for every core)",
+           'elif op.kind == "attention" and op.kernel in prof.attention_tables:',
+           'elif op.kind == "attention" and False:'),
+    Mutant(HW, "attention roofline without its bytes",
+           "return max(flops / peak, nbytes / prof.hbm_bandwidth_Bps.value)",
+           "return flops / peak"),
+    Mutant(HW, "attention table read at (KV length, sequences)",
+           "table.efficiency, op.seqs, op.kv_len)", "table.efficiency, op.kv_len, op.seqs)"),
+    Mutant(KF, "an FP8 KV cache read as two bytes an element",
+           'DTYPE_BYTES[r.get("kv_dtype", "bf16")])', "BF16_BYTES)"),
+    Mutant(KF, "GQA decode reads the keys but not the values",
+           "nbytes = batch * length * 2 * b * c * kv_bytes + 2 * batch * a * c * BF16_BYTES",
+           "nbytes = batch * length * b * c * kv_bytes + 2 * batch * a * c * BF16_BYTES"),
+    Mutant(AF, "held-out rows left in the fit (in-sample error reported as held out)",
+           "train = [r for i, r in enumerate(found) if i not in held]", "train = found"),
+    Mutant(GM, "a grouped GEMM reads every local expert's weights",
+           "        active = active_experts(local_experts, moe.num_experts, self.k_real,\n",
+           "        active = local_experts or active_experts(local_experts, moe.num_experts, "
+           "self.k_real,\n"),
+    Mutant(TR, "idle expert copies' weights read",
+           "slots = int(t.routing.active_slots[rank])",
+           "slots = int(t.routing.placement.slots_per_rank[rank])"),
+    Mutant(ST, "runtime step overhead ignored",
+           "step = rt.step_overhead_s.value if rt.step_overhead_s else 0.0", "step = 0.0"),
+    Mutant(ST, "runtime extra kernels ignored",
+           "    return step + layers * extra * r.profile.kernel_latency_s.value",
+           "    return step"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -46,7 +46,7 @@ TESTS: dict[str, list[str]] = {
                                      "tests/test_physics.py"],
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
-                                      "tests/test_physics.py"],
+                                      "tests/test_physics.py", "tests/test_kernel_calibration.py"],
     "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_deployments.py",
                                        "tests/test_physics.py"],
     "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
@@ -65,6 +65,9 @@ TESTS: dict[str, list[str]] = {
     "simulator/graph/memory.py": ["tests/test_params.py", "tests/test_deployments.py",
                                   "tests/test_bad_input.py", "tests/test_physics.py"],
     "executor/probes.py": ["tests/test_executor.py"],
+    "simulator/pricing/kernel_files.py": ["tests/test_kernel_calibration.py"],
+    "simulator/pricing/attention_fit.py": ["tests/test_kernel_calibration.py"],
+    "simulator/step/result.py": ["tests/test_physics.py", "tests/test_published.py"],
     "simulator/pricing/cost.py": ["tests/test_serving.py", "tests/test_training.py",
                                   "tests/test_physics.py"],
 }

@@ -197,3 +197,34 @@ def test_a_file_without_a_header_row_is_named_and_left_out(tmp_path):
     assert "64-2-128.csv (no header row)" in " ".join(r.output.split())
     t = load_profile(str(out)).attention_tables["gqa_decode"]
     assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.efficiency for e in row)
+
+
+def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_out(tmp_path):
+    # efficiency = f(sequences) x g(KV length): the fitted grid is that product cell by cell;
+    # between cells it is linear in the logs (2048 lies halfway from 1024 to 4096); and a held-
+    # out cell is priced from its neighbours, so the held-out error is not zero
+    f = {1: 0.2, 16: 0.5, 64: 0.9}
+    g = {1024: 0.5, 4096: 0.75, 16384: 1.0}
+    rows = []
+    for b in f:
+        for kv in g:
+            nbytes = b * kv * 2 * 4 * 128 * 2 + 2 * b * 32 * 128 * 2
+            rows.append(("bf16", "bf16", b, kv, (4e-6 + nbytes / (3.35e12 * f[b] * g[kv])) * 1e6))
+    write_attention(tmp_path, "32-4-128.csv", rows)
+    out = tmp_path / "p.yaml"
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
+                  "--out", out)
+    assert r.exit_code == 0, r.output
+    p = load_profile(str(out))
+    t = p.attention_tables["gqa_decode"]
+    for i, b in enumerate(f):
+        for j, kv in enumerate(g):
+            assert t.efficiency[i][j] == pytest.approx(f[b] * g[kv], rel=1e-6)
+    assert p.calibration.fits["attention_gqa_decode"].mape > 0.02
+    from simulator.graph.model import Op
+    from simulator.pricing.hardware import compute_time_s
+    for seqs, kv, eff in ((16, 4096, 0.375), (16, 2048, 0.5 * 0.625)):
+        nbytes = seqs * kv * 2 * 4 * 128 * 2
+        op = Op("core", "attention", flops=seqs * kv * 4 * 32 * 128, bytes=nbytes,
+                kernel="gqa_decode", seqs=seqs, kv_len=kv)
+        assert compute_time_s(op, p) == pytest.approx(4e-6 + nbytes / (3.35e12 * eff), rel=1e-6)
