@@ -108,7 +108,8 @@ def test_the_shipped_profile_is_what_the_command_writes(tmp_path, device):
         assert fresh[key]["efficiency" if key.startswith("gemm_shape") else "points"] == \
             shipped[key]["efficiency" if key.startswith("gemm_shape") else "points"]
     for kernel, table in shipped["attention_tables"].items():
-        assert fresh["attention_tables"][kernel]["efficiency"] == table["efficiency"]
+        for side in ("memory_efficiency", "compute_efficiency"):
+            assert fresh["attention_tables"][kernel][side] == table[side]
     assert {"mla_decode", "gqa_decode"} <= set(shipped["attention_tables"])
     fits = load_profile(str(out)).calibration.fits
     assert set(fits) >= {"gemm_by_shape", "grouped_gemm", "attention_mla_decode",
@@ -154,7 +155,7 @@ def test_an_attention_closed_form_is_fitted_back_and_prices_the_core(tmp_path, k
     p = load_profile(str(out))
     t = p.attention_tables["gqa_decode"]
     assert t.batch == [1, 16, 64] and t.kv_len == [1024, 4096, 16384]
-    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.efficiency for e in row)
+    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.memory_efficiency for e in row)
     assert p.calibration.fits["attention_gqa_decode"].mape < 1e-6
     assert "mha/decode/x1/32-4-128.csv rows 2-10" in t.source
     # the simulator prices a GQA decode core by the table: latency + KV bytes / (0.4 x 3.35 TB/s)
@@ -196,7 +197,7 @@ def test_a_file_without_a_header_row_is_named_and_left_out(tmp_path):
     assert r.exit_code == 0, r.output
     assert "64-2-128.csv (no header row)" in " ".join(r.output.split())
     t = load_profile(str(out)).attention_tables["gqa_decode"]
-    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.efficiency for e in row)
+    assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.memory_efficiency for e in row)
 
 
 def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_out(tmp_path):
@@ -219,7 +220,7 @@ def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_o
     t = p.attention_tables["gqa_decode"]
     for i, b in enumerate(f):
         for j, kv in enumerate(g):
-            assert t.efficiency[i][j] == pytest.approx(f[b] * g[kv], rel=1e-6)
+            assert t.memory_efficiency[i][j] == pytest.approx(f[b] * g[kv], rel=1e-6)
     assert p.calibration.fits["attention_gqa_decode"].mape > 0.02
     from simulator.graph.model import Op
     from simulator.pricing.hardware import compute_time_s
@@ -228,3 +229,31 @@ def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_o
         op = Op("core", "attention", flops=seqs * kv * 4 * 32 * 128, bytes=nbytes,
                 kernel="gqa_decode", seqs=seqs, kv_len=kv)
         assert compute_time_s(op, p) == pytest.approx(4e-6 + nbytes / (3.35e12 * eff), rel=1e-6)
+
+
+def test_memory_and_compute_bound_layouts_keep_their_own_side(tmp_path):
+    # base h20: BF16 peak 148 TFLOP/s, HBM 4.0 TB/s (ridge 37 FLOP/B). 32 query heads over 4 KV
+    # heads do 8 FLOPs per KV byte (memory-bound), 256 over 2 do 128 (compute-bound). Calls
+    # built at 80% of the HBM rate and at 50% of the peak, in the same cells, must give a
+    # memory side of 0.8 and a compute side of 0.5, and price both layouts back exactly.
+    lat = load_profile("h20").kernel_latency_s.value
+    out_rows = {}
+    for name, (a, kvh) in {"32-4-128.csv": (32, 4), "256-2-128.csv": (256, 2)}.items():
+        rows = []
+        for b in (1, 16, 64):
+            for kv in (1024, 4096, 16384):
+                flops = b * kv * 4 * a * 128
+                nbytes = b * kv * 2 * kvh * 128 * 2 + 2 * b * a * 128 * 2
+                t = lat + max(flops / (148e12 * 0.5), nbytes / (4.0e12 * 0.8))
+                rows.append(("bf16", "bf16", b, kv, t * 1e6))
+        out_rows[name] = rows
+        write_attention(tmp_path, name, rows)
+    out = tmp_path / "p.yaml"
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h20",
+                  "--out", out)
+    assert r.exit_code == 0, r.output
+    p = load_profile(str(out))
+    t = p.attention_tables["gqa_decode"]
+    assert all(e == pytest.approx(0.8, rel=1e-6) for row in t.memory_efficiency for e in row)
+    assert all(e == pytest.approx(0.5, rel=1e-6) for row in t.compute_efficiency for e in row)
+    assert p.calibration.fits["attention_gqa_decode"].mape < 1e-6

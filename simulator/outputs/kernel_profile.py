@@ -78,14 +78,16 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
     if attn:
         data["attention_tables"] = {
             kernel: {"batch": [float(b) for b in bs], "kv_len": [float(k) for k in ks],
-                     "efficiency": [[float(e) for e in row] for row in grid],
+                     "memory_efficiency": [[float(e) for e in row] for row in g_m],
+                     "compute_efficiency": [[float(e) for e in row] for row in g_c],
                      "source": f"{sources[kernel]} (BF16 attention cores, every head layout "
-                               f"pooled): median per (sequences, KV length) cell; efficiency = "
-                               f"max(FLOPs / peak_bf16_flops, bytes / hbm_bandwidth_Bps) / "
-                               f"(latency - kernel_latency_s), fitted by `moesim calibrate "
+                               f"pooled): per (sequences, KV length) cell, the median over the "
+                               f"memory-bound calls of (bytes / hbm_bandwidth_Bps) and over the "
+                               f"compute-bound ones of (FLOPs / peak_bf16_flops), each divided "
+                               f"by (latency - kernel_latency_s); fitted by `moesim calibrate "
                                f"--from-measurements {root} --device {device} --base {base}`",
                      "precision": "bf16"}
-            for kernel, (bs, ks, grid) in attn.items()}
+            for kernel, (bs, ks, g_m, g_c) in attn.items()}
     data["calibration"] = {
         "device": device, "device_name": prof.gpu, "cores": 0, "driver": "",
         "torch_version": "none (fitted from measurement files)",

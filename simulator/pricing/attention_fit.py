@@ -1,42 +1,85 @@
 """Attention tables from measured attention-core times: per kernel (mla_decode, gqa_decode,
-mla_prefill, gqa_prefill), the fraction of the roofline on a grid of sequences by KV length,
-each with its k-fold held-out error.
+mla_prefill, gqa_prefill), the achieved fraction of the HBM datasheet rate (memory side) and of
+the compute peak (compute side) on a grid of sequences by KV length, with k-fold held-out error.
 
-The roofline of a call is the slower of its FLOPs at the compute peak of the precision measured
-(BF16) and its bytes at the HBM datasheet rate (`pricing.hardware.attention_roofline_s`), so
-one table serves head layouts of different arithmetic intensity: the files of every head
-layout measured for a kernel are pooled, median per cell.
+A measured call is memory-bound when its bytes at the HBM datasheet rate take longer than its
+FLOPs at the peak, else compute-bound; it measures its own side only. Every head layout measured
+for a kernel is pooled (median per cell and side): a many-head GQA layout (64-128 query heads
+per KV head) is compute-bound and reaches about half the peak, a few-head one memory-bound at
+70-95% of the HBM rate, and each side keeps its own figure. A side a cell did not measure is
+filled from its row (log-interpolated), else from the kernel's median for that side, raised if
+needed so that it never binds the cell's own measured calls (they ran on the other side).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
-from simulator.pricing.fits import Row, ShapeGrid, folds, held_out_quality, median_grid
+import numpy as np
+
+from simulator.pricing.fits import Row, folds, held_out_quality, interp_log
 from simulator.pricing.hardware import bilinear_log
 
+Grid = tuple[list[float], list[float], list[list[float]], list[list[float]]]
+FLOOR = 1e-4
 
-def _roofline(r: Row, peak: float, hbm: float) -> float:
-    return max(r.flops / peak, r.bytes / hbm)
+
+def _sides(r: Row, peak: float, hbm: float, lat: float) -> tuple[bool, float]:
+    """(memory-bound?, the achieved fraction of that side's datasheet rate)."""
+    t = max(r.median_s - lat, 1e-9)
+    t_m, t_c = r.bytes / hbm, r.flops / peak
+    return (t_m >= t_c), (t_m if t_m >= t_c else t_c) / t
 
 
-def attention_grid(rows: list[Row], peak: float, hbm: float, lat: float) -> ShapeGrid:
-    """(batch values, KV lengths, efficiency grid): roofline / (measured - kernel latency),
-    median per (batch, KV length) cell over every head layout."""
-    cells: dict[tuple[float, float], list[float]] = defaultdict(list)
+def _fill(cells: dict[tuple[float, float], list[float]], bs: list[float], ks: list[float],
+          fallback: float) -> list[list[float]]:
+    """Median per measured cell; a cell without one takes its row's log-interpolation, a row
+    without any the fallback."""
+    grid = []
+    for b in bs:
+        known = [(k, float(np.median(cells[(b, k)]))) for k in ks if (b, k) in cells]
+        grid.append([float(np.median(cells[(b, k)])) if (b, k) in cells
+                     else interp_log(known, k) if known else fallback for k in ks])
+    return grid
+
+
+def attention_grid(rows: list[Row], peak: float, hbm: float, lat: float) -> Grid:
+    """(batch values, KV lengths, memory-side grid, compute-side grid), each side the median of
+    the calls it bound, per cell; a side no call of a cell measured never binds that cell."""
+    mem: dict[tuple[float, float], list[float]] = defaultdict(list)
+    comp: dict[tuple[float, float], list[float]] = defaultdict(list)
+    need: dict[tuple[float, float, bool], float] = defaultdict(float)  # least non-binding value
     for r in rows:
-        cells[(float(r.params["batch"]), float(r.params["kv_len"]))].append(
-            _roofline(r, peak, hbm) / max(r.median_s - lat, 1e-9))
-    return median_grid(cells)
+        key = (float(r.params["batch"]), float(r.params["kv_len"]))
+        is_mem, eff = _sides(r, peak, hbm, lat)
+        (mem if is_mem else comp)[key].append(eff)
+        t = max(r.median_s - lat, 1e-9)
+        other = (r.flops / peak) / t if is_mem else (r.bytes / hbm) / t
+        need[(*key, not is_mem)] = max(need[(*key, not is_mem)], other)
+    bs = sorted({b for b, _ in (*mem, *comp)})
+    ks = sorted({k for _, k in (*mem, *comp)})
+    med_m = float(np.median([e for v in mem.values() for e in v])) if mem else 1.0
+    med_c = float(np.median([e for v in comp.values() for e in v])) if comp else 1.0
+    g_m, g_c = _fill(mem, bs, ks, med_m), _fill(comp, bs, ks, med_c)
+    for i, b in enumerate(bs):
+        for j, k in enumerate(ks):
+            if (b, k) not in mem:
+                g_m[i][j] = max(g_m[i][j], need[(b, k, True)])
+            if (b, k) not in comp:
+                g_c[i][j] = max(g_c[i][j], need[(b, k, False)])
+    clamp = lambda g: [[min(max(e, FLOOR), 1.0) for e in row] for row in g]  # noqa: E731
+    return bs, ks, clamp(g_m), clamp(g_c)
 
 
-def predict_s(r: Row, grid: ShapeGrid, peak: float, hbm: float, lat: float) -> float:
-    """A call's time as the simulator prices it: latency + roofline / table efficiency."""
-    eff = bilinear_log(*grid, float(r.params["batch"]), float(r.params["kv_len"]))
-    return lat + _roofline(r, peak, hbm) / eff
+def predict_s(r: Row, grid: Grid, peak: float, hbm: float, lat: float) -> float:
+    """A call's time as the simulator prices it (pricing.hardware.attention_table_time_s)."""
+    bs, ks, g_m, g_c = grid
+    b, k = float(r.params["batch"]), float(r.params["kv_len"])
+    return lat + max(r.flops / (peak * bilinear_log(bs, ks, g_c, b, k)),
+                     r.bytes / (hbm * bilinear_log(bs, ks, g_m, b, k)))
 
 
 def fit_attention(rows: dict[str, list[Row]], peak: float, hbm: float,
-                  lat: float) -> tuple[dict[str, ShapeGrid], dict[str, dict]]:
+                  lat: float) -> tuple[dict[str, Grid], dict[str, dict]]:
     """A grid per attention kernel present in `rows`, and each grid's held-out error (a held-out
     row is priced from a grid fitted without it, i.e. interpolated from its neighbours)."""
     grids, quality = {}, {}

@@ -47,8 +47,7 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     if op.kind in ("gemm", "grouped_gemm"):
         t_c = op.flops / (peak * gemm_efficiency(op, prof))
     elif op.kind == "attention" and op.kernel in prof.attention_tables:
-        return latency + attention_roofline_s(op.flops, op.bytes, peak, prof) / \
-            attention_table_efficiency(op, prof) + eager_extra_s(op, prof)
+        return latency + attention_table_time_s(op, peak, prof) + eager_extra_s(op, prof)
     elif op.kind == "attention":
         t_c = op.flops / (peak * prof.attention_efficiency.value)
         rate = prof.mla_attention_score_rate if "mla" in op.tags else None
@@ -62,16 +61,10 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
 
 
-def attention_roofline_s(flops: float, nbytes: float, peak: float,
-                         prof: HardwareProfile) -> float:
-    """The slower of an attention core's FLOPs at `peak` and its bytes at the HBM datasheet
-    rate: what an attention table's efficiency is a fraction of."""
-    return max(flops / peak, nbytes / prof.hbm_bandwidth_Bps.value)
-
-
-def attention_table_efficiency(op: Op, prof: HardwareProfile) -> float:
-    """Fraction of the roofline of an attention core from its kernel's table, at (sequences,
-    KV length); edge values outside the grid, with a note."""
+def attention_table_time_s(op: Op, peak: float, prof: HardwareProfile) -> float:
+    """An attention core priced by its kernel's table at (sequences, KV length): the slower of
+    its FLOPs at the table's fraction of `peak` and its bytes at the table's fraction of the
+    HBM datasheet rate; edge values outside the grid, with a note."""
     table = prof.attention_tables[op.kernel]
     _mixed(table.precision, op.precision, f"{op.kernel} attention")
     for what, xs, x in (("sequences", table.batch, op.seqs), ("KV length", table.kv_len,
@@ -79,7 +72,9 @@ def attention_table_efficiency(op: Op, prof: HardwareProfile) -> float:
         if len(xs) > 1 and x > 0 and not xs[0] <= x <= xs[-1]:
             note(f"{op.kernel} attention {what} {x:.4g} is outside the measured range "
                  f"[{xs[0]:.4g}, {xs[-1]:.4g}]; using the edge value")
-    return bilinear_log(table.batch, table.kv_len, table.efficiency, op.seqs, op.kv_len)
+    e_m = bilinear_log(table.batch, table.kv_len, table.memory_efficiency, op.seqs, op.kv_len)
+    e_c = bilinear_log(table.batch, table.kv_len, table.compute_efficiency, op.seqs, op.kv_len)
+    return max(op.flops / (peak * e_c), op.bytes / (prof.hbm_bandwidth_Bps.value * e_m))
 
 
 def peak_flops(prof: HardwareProfile, precision: str) -> float:

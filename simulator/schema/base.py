@@ -129,18 +129,22 @@ ATTENTION_KERNELS = ("mla_decode", "gqa_decode", "mla_prefill", "gqa_prefill")
 
 
 class AttentionTable(Strict):
-    """An attention core's fraction of its roofline (the slower of FLOPs at the compute peak
-    and bytes at the HBM datasheet rate) on a grid of sequences in the batch by KV length
-    (decode) or by prompt length with one batch row (prefill), bilinear in the logs."""
+    """An attention core's achieved fractions of the HBM datasheet rate (memory side) and of the
+    compute peak (compute side) on a grid of sequences in the batch by KV length (decode) or by
+    prompt length (prefill), bilinear in the logs; a call takes the slower side."""
 
     batch: list[float] = Field(min_length=1, description="sequences, increasing")
     kv_len: list[float] = Field(min_length=1, description="KV (decode) or prompt (prefill) "
                                 "length in tokens, increasing")
-    efficiency: list[list[float]] = Field(description="one row per batch, one column per kv_len")
+    memory_efficiency: list[list[float]] = Field(
+        description="fraction of hbm_bandwidth_Bps; one row per batch, one column per kv_len")
+    compute_efficiency: list[list[float]] = Field(
+        description="fraction of the compute peak; one row per batch, one column per kv_len")
     source: str = Field(min_length=3)
     precision: Literal["bf16", "fp8"] = Field("bf16", description="the precision measured at")
 
     @model_validator(mode="after")
     def _valid(self) -> "AttentionTable":
-        _check_grid("batch", self.batch, "kv_len", self.kv_len, self.efficiency)
+        _check_grid("batch", self.batch, "kv_len", self.kv_len, self.memory_efficiency)
+        _check_grid("batch", self.batch, "kv_len", self.kv_len, self.compute_efficiency)
         return self
