@@ -1,6 +1,6 @@
 """The serving event loop: arrivals, a prefill pool, lockstep decode steps, an admission policy.
 
-Request state lives in numpy arrays indexed by request id; a calendar keyed by decode step holds
+Request state lives in lists indexed by request id (numpy arrays for the summary); a calendar keyed by decode step holds
 who finishes when, so a step costs O(1) plus the requests that start or finish in it.
 Preemption (the policy's `evict`): an evicted request is re-queued for prefill of everything it
 holds (recompute).
@@ -8,6 +8,7 @@ holds (recompute).
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -33,26 +34,31 @@ class Loop:
         self.sim, self.r = sim, reqs
         spec = sim.spec
         n = len(reqs)
-        self.input = reqs.input_tokens.copy()
-        self.output = reqs.output_tokens.copy()
-        self.first = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
-        self.rejected = np.zeros(n, dtype=bool)
-        self.ctx_at_admit = np.zeros(n)
-        self.rate = np.zeros(n)               # context tokens gained per step while decoding
-        self.epoch = np.zeros(n, dtype=np.int64)
-        self.steps_left = steps_needed(self.output, sim.mtp_draft, sim.acc, sim.rng)
-        self.admit_step = np.zeros(n, dtype=np.int64)
+        # per-request state as Python lists while the loop runs (a list element is a plain
+        # int or float: several times cheaper to read and combine than a numpy scalar);
+        # go() hands numpy arrays to summarize
+        self.input = reqs.input_tokens.tolist()
+        self.output = reqs.output_tokens.tolist()
+        self.first = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.rejected = [False] * n
+        self.ctx_at_admit = [0.0] * n
+        self.rate = [0.0] * n                 # context tokens gained per step while decoding
+        self.epoch = [0] * n
+        self.steps_left = steps_needed(reqs.output_tokens, sim.mtp_draft, sim.acc,
+                                       sim.rng).tolist()
+        self.admit_step = [0] * n
         self.preemptions = 0
         self.prefill_tokens = 0
         # the decode pool
         self.dp = sim.decode.dp
         self.slots = self.dp * spec.decode.max_batch_per_device
         self.budget = sim.kv_budget_tokens
+        self.arrivals = reqs.arrival_s.tolist()
         self.prefill_q: deque[int] = deque()          # waiting for prefill
         self.ready: list[tuple[float, int]] = []      # heap (ready time, id) after prefill
         self.active: list[int] = []                   # decoding, in admission order (lazy)
-        self.in_active = np.zeros(n, dtype=bool)
+        self.in_active = [False] * n
         self.n_active = 0
         self.calendar: dict[int, list[int]] = {}      # decode step -> requests finishing then
         self.sum_ctx = 0.0
@@ -67,7 +73,7 @@ class Loop:
     # -- what pools and policies call ------------------------------------------------------
     def arrive(self, upto: float) -> None:
         """Queue every arrival up to `upto` for prefill (reject beyond max_queue)."""
-        arrivals, n, spec = self.r.arrival_s, len(self.r), self.sim.spec
+        arrivals, n, spec = self.arrivals, len(self.r), self.sim.spec
         while self.next_arrival < n and arrivals[self.next_arrival] <= upto:
             rid = self.next_arrival
             if not self.rejected[rid]:
@@ -111,8 +117,9 @@ class Loop:
     def go(self) -> ServeResult:
         """Run until every request finished, was rejected, or the drain time ran out."""
         sim, spec = self.sim, self.sim.spec
-        arrivals, n = self.r.arrival_s, len(self.r)
-        self.rejected[(self.input + self.output) > self.budget / self.dp] = True   # > 1 device
+        arrivals, n = self.r.arrival_s.tolist(), len(self.r)
+        too_big = (self.r.input_tokens + self.r.output_tokens) > self.budget / self.dp
+        self.rejected = too_big.tolist()                                        # > 1 device
         area = 0.0                                   # integral of requests in system
         kv_t: list[float] = []
         kv_u: list[float] = []
@@ -154,6 +161,8 @@ class Loop:
             kv_u.append(self.sum_ctx / self.budget)
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
             if kv_t else np.array([], dtype=int)
+        self.first, self.finish = np.array(self.first), np.array(self.finish)
+        self.rejected = np.array(self.rejected, dtype=bool)
         return summarize(self, self.t, area, np.array(kv_t)[keep], np.array(kv_u)[keep])
 
     def _decode_step_s(self) -> float:
