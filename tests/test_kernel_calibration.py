@@ -43,11 +43,7 @@ def test_a_closed_form_is_fitted_back_exactly(tmp_path):
     # base h800: FP8 peak 1978.9 TFLOP/s, kernel latency 4 us. Rows built at 55% of peak are
     # compute-bound at these shapes, so every cell must read 0.55 and held-out error be ~0.
     write_gemm(tmp_path, synthetic(0.55, 4e-6, 1978.9e12))
-    out = tmp_path / "p.yaml"
-    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
-                  "--out", out)
-    assert r.exit_code == 0, r.output
-    p = load_profile(str(out))
+    p = fitted(tmp_path)
     t = p.gemm_shape_efficiency
     assert t.precision == "fp8"
     assert all(e == pytest.approx(0.55, rel=1e-6) for row in t.efficiency for e in row)
@@ -129,6 +125,15 @@ def write_attention(folder: Path, name: str, rows, header=("dtype", "kv_dtype", 
     return p
 
 
+def fitted(tmp_path, base: str = "h800"):
+    """Run calibrate --from-measurements over tmp_path's files; the profile it writes."""
+    out = tmp_path / "p.yaml"
+    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", base,
+                  "--out", out)
+    assert r.exit_code == 0, r.output
+    return load_profile(str(out))
+
+
 def gqa_decode_rows(eff: float, lat_s: float, hbm: float, kv_dtype: str = "bf16"):
     """GQA decode calls of 32 query heads over 4 KV heads of 128, memory-bound at these sizes
     on an H800 (8 FLOPs per KV byte against a ridge of 295), run at `eff` of the HBM rate."""
@@ -148,11 +153,7 @@ def test_an_attention_closed_form_is_fitted_back_and_prices_the_core(tmp_path, k
     # the bytes, so the same 0.40 comes back only if the fitter counts its bytes right.
     write_gemm(tmp_path, synthetic(0.55, 4e-6, 1978.9e12))
     write_attention(tmp_path, "32-4-128.csv", gqa_decode_rows(0.4, 4e-6, 3.35e12, kv_dtype))
-    out = tmp_path / "p.yaml"
-    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
-                  "--out", out)
-    assert r.exit_code == 0, r.output
-    p = load_profile(str(out))
+    p = fitted(tmp_path)
     t = p.attention_tables["gqa_decode"]
     assert t.batch == [1, 16, 64] and t.kv_len == [1024, 4096, 16384]
     assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.memory_efficiency for e in row)
@@ -212,11 +213,7 @@ def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_o
             nbytes = b * kv * 2 * 4 * 128 * 2 + 2 * b * 32 * 128 * 2
             rows.append(("bf16", "bf16", b, kv, (4e-6 + nbytes / (3.35e12 * f[b] * g[kv])) * 1e6))
     write_attention(tmp_path, "32-4-128.csv", rows)
-    out = tmp_path / "p.yaml"
-    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h800",
-                  "--out", out)
-    assert r.exit_code == 0, r.output
-    p = load_profile(str(out))
+    p = fitted(tmp_path)
     t = p.attention_tables["gqa_decode"]
     for i, b in enumerate(f):
         for j, kv in enumerate(g):
@@ -248,11 +245,7 @@ def test_memory_and_compute_bound_layouts_keep_their_own_side(tmp_path):
                 rows.append(("bf16", "bf16", b, kv, t * 1e6))
         out_rows[name] = rows
         write_attention(tmp_path, name, rows)
-    out = tmp_path / "p.yaml"
-    r = calibrate("--from-measurements", tmp_path, "--device", "x1", "--base", "h20",
-                  "--out", out)
-    assert r.exit_code == 0, r.output
-    p = load_profile(str(out))
+    p = fitted(tmp_path, base="h20")
     t = p.attention_tables["gqa_decode"]
     assert all(e == pytest.approx(0.8, rel=1e-6) for row in t.memory_efficiency for e in row)
     assert all(e == pytest.approx(0.5, rel=1e-6) for row in t.compute_efficiency for e in row)
