@@ -157,6 +157,10 @@ def test_an_attention_closed_form_is_fitted_back_and_prices_the_core(tmp_path, k
     t = p.attention_tables["gqa_decode"]
     assert t.batch == [1, 16, 64] and t.kv_len == [1024, 4096, 16384]
     assert all(e == pytest.approx(0.4, rel=1e-6) for row in t.memory_efficiency for e in row)
+    # no call was compute-bound: the compute side is the base profile's attention efficiency
+    # (H800: FlashMLA's 660 of 989.4 TFLOP/s), not a free 100% of the peak
+    base = load_profile("h800").attention_efficiency.value
+    assert all(e == pytest.approx(base) for row in t.compute_efficiency for e in row)
     assert p.calibration.fits["attention_gqa_decode"].mape < 1e-6
     assert "mha/decode/x1/32-4-128.csv rows 2-10" in t.source
     # the simulator prices a GQA decode core by the table: latency + KV bytes / (0.4 x 3.35 TB/s)

@@ -73,7 +73,9 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
                       f"median per tokens per expert; {how}",
             "precision": "fp8"}
     attn, attn_quality = fit_attention(rows, prof.peak_bf16_flops.value,
-                                       prof.hbm_bandwidth_Bps.value, lat)
+                                       prof.hbm_bandwidth_Bps.value, lat,
+                                       (prof.hbm_efficiency.value,
+                                        prof.attention_efficiency.value))
     quality.update(attn_quality)
     if attn:
         data["attention_tables"] = {
@@ -84,7 +86,10 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
                                f"pooled): per (sequences, KV length) cell, the median over the "
                                f"memory-bound calls of (bytes / hbm_bandwidth_Bps) and over the "
                                f"compute-bound ones of (FLOPs / peak_bf16_flops), each divided "
-                               f"by (latency - kernel_latency_s); fitted by `moesim calibrate "
+                               f"by (latency - kernel_latency_s); a side no call measured "
+                               f"starts from the base profile's hbm_efficiency "
+                               f"({prof.hbm_efficiency.source}) or attention_efficiency "
+                               f"({prof.attention_efficiency.source}); fitted by `moesim calibrate "
                                f"--from-measurements {root} --device {device} --base {base}`",
                      "precision": "bf16"}
             for kernel, (bs, ks, g_m, g_c) in attn.items()}

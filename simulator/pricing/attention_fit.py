@@ -8,7 +8,11 @@ for a kernel is pooled (median per cell and side): a many-head GQA layout (64-12
 per KV head) is compute-bound and reaches about half the peak, a few-head one memory-bound at
 70-95% of the HBM rate, and each side keeps its own figure. A side a cell did not measure is
 filled from its row (log-interpolated), else from the kernel's median for that side, raised if
-needed so that it never binds the cell's own measured calls (they ran on the other side).
+needed so that it never binds the cell's own measured calls (they ran on the other side). A side
+no call of the kernel measured at all takes the base profile's figure for it (`defaults`: its
+attention_efficiency for the compute side, its hbm_efficiency for the memory side), with their
+sources: e.g. H800's MLA decode files are all memory-bound with one query token a sequence,
+while an MTP draft doubles the queries per KV byte and makes the call compute-bound.
 """
 from __future__ import annotations
 
@@ -42,9 +46,11 @@ def _fill(cells: dict[tuple[float, float], list[float]], bs: list[float], ks: li
     return grid
 
 
-def attention_grid(rows: list[Row], peak: float, hbm: float, lat: float) -> Grid:
+def attention_grid(rows: list[Row], peak: float, hbm: float, lat: float,
+                   defaults: tuple[float, float] = (1.0, 1.0)) -> Grid:
     """(batch values, KV lengths, memory-side grid, compute-side grid), each side the median of
-    the calls it bound, per cell; a side no call of a cell measured never binds that cell."""
+    the calls it bound, per cell; a side no call of a cell measured never binds that cell; a side
+    no call measured at all starts from `defaults` (memory, compute)."""
     mem: dict[tuple[float, float], list[float]] = defaultdict(list)
     comp: dict[tuple[float, float], list[float]] = defaultdict(list)
     need: dict[tuple[float, float, bool], float] = defaultdict(float)  # least non-binding value
@@ -57,8 +63,8 @@ def attention_grid(rows: list[Row], peak: float, hbm: float, lat: float) -> Grid
         need[(*key, not is_mem)] = max(need[(*key, not is_mem)], other)
     bs = sorted({b for b, _ in (*mem, *comp)})
     ks = sorted({k for _, k in (*mem, *comp)})
-    med_m = float(np.median([e for v in mem.values() for e in v])) if mem else 1.0
-    med_c = float(np.median([e for v in comp.values() for e in v])) if comp else 1.0
+    med_m = float(np.median([e for v in mem.values() for e in v])) if mem else defaults[0]
+    med_c = float(np.median([e for v in comp.values() for e in v])) if comp else defaults[1]
     g_m, g_c = _fill(mem, bs, ks, med_m), _fill(comp, bs, ks, med_c)
     for i, b in enumerate(bs):
         for j, k in enumerate(ks):
@@ -78,21 +84,23 @@ def predict_s(r: Row, grid: Grid, peak: float, hbm: float, lat: float) -> float:
                      r.bytes / (hbm * bilinear_log(bs, ks, g_m, b, k)))
 
 
-def fit_attention(rows: dict[str, list[Row]], peak: float, hbm: float,
-                  lat: float) -> tuple[dict[str, Grid], dict[str, dict]]:
+def fit_attention(rows: dict[str, list[Row]], peak: float, hbm: float, lat: float,
+                  defaults: tuple[float, float] = (1.0, 1.0)
+                  ) -> tuple[dict[str, Grid], dict[str, dict]]:
     """A grid per attention kernel present in `rows`, and each grid's held-out error (a held-out
-    row is priced from a grid fitted without it, i.e. interpolated from its neighbours)."""
+    row is priced from a grid fitted without it, i.e. interpolated from its neighbours);
+    `defaults` (memory, compute) for a side no call of a kernel measured."""
     grids, quality = {}, {}
     for kernel in sorted(k for k in rows if "_decode" in k or "_prefill" in k):
         found = rows[kernel]
         if not found:
             continue
-        grids[kernel] = attention_grid(found, peak, hbm, lat)
+        grids[kernel] = attention_grid(found, peak, hbm, lat, defaults)
         pred, meas = [], []
         for hold in folds(len(found)):
             held = set(hold.tolist())
             train = [r for i, r in enumerate(found) if i not in held]
-            grid = attention_grid(train, peak, hbm, lat)
+            grid = attention_grid(train, peak, hbm, lat, defaults)
             for i in hold:
                 pred.append(predict_s(found[i], grid, peak, hbm, lat))
                 meas.append(found[i].median_s)
