@@ -48,7 +48,7 @@ TESTS: dict[str, list[str]] = {
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py", "tests/test_kernel_calibration.py"],
     "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_deployments.py",
-                                       "tests/test_physics.py"],
+                                       "tests/test_physics.py", "tests/test_pipeline_reference.py"],
     "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
                                   "tests/test_physics.py"],
     "simulator/serving/run.py": ["tests/test_serving.py", "tests/test_physics.py"],

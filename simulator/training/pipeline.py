@@ -70,28 +70,45 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
     busy = [0.0] * p
     free_at = [0.0] * p
     pending_w: list[list[tuple[int, int]]] = [[] for _ in range(p)]
-    next_f = [sorted(((mb // p, c, mb) for mb in range(m) for c in range(chunks) if dev[c] == d))
-              for d in range(p)]
-    next_b = [sorted(((mb // p, -c, mb) for mb in range(m) for c in range(chunks) if dev[c] == d))
-              for d in range(p)]
+    # Per device, the tasks whose inputs are booked: a heap by the time they are ready (waiting)
+    # and a heap by the scheduler's preference once that time has come (eligible). A backward
+    # is preferred by (mb // p, -chunk, mb), a forward by (-chunk, mb): deepest chunk, oldest mb.
+    wait_f: list[list[tuple[float, int, int]]] = [[] for _ in range(p)]
+    wait_b: list[list[tuple[float, int, int, int]]] = [[] for _ in range(p)]
+    elig_f: list[list[tuple[int, int]]] = [[] for _ in range(p)]
+    elig_b: list[list[tuple[int, int, int]]] = [[] for _ in range(p)]
+    hop = [[p2p_s if dev[a] != dev[c] else 0.0 for c in range(chunks)] for a in range(chunks)]
+    for mb in range(m):
+        elig_f[dev[0]].append((0, mb))
+    heapq.heapify(elig_f[dev[0]])
     events: list[float] = [0.0]
     remaining = m * chunks * (3 if split_w else 2)
     now = 0.0
 
-    def ready_f(mb: int, c: int) -> float | None:
-        if c == 0:
-            return 0.0
-        t = done.get(("F", mb, c - 1))
-        return None if t is None else t + (p2p_s if dev[c - 1] != dev[c] else 0.0)
+    def book(kind: str, mb: int, c: int, end: float) -> None:
+        """Record a task's end and make ready what waited on it."""
+        done[(kind, mb, c)] = end
+        if kind == "F":
+            if c + 1 < chunks:
+                heapq.heappush(wait_f[dev[c + 1]], (end + hop[c][c + 1], -(c + 1), mb))
+            if c == chunks - 1:
+                heapq.heappush(wait_b[dev[c]], (end, mb // p, -c, mb))
+            elif ("B", mb, c + 1) in done:
+                t = max(done[("B", mb, c + 1)] + hop[c + 1][c], end)
+                heapq.heappush(wait_b[dev[c]], (t, mb // p, -c, mb))
+        elif kind == "B" and c > 0 and ("F", mb, c - 1) in done:
+            t = max(end + hop[c][c - 1], done[("F", mb, c - 1)])
+            heapq.heappush(wait_b[dev[c - 1]], (t, mb // p, -(c - 1), mb))
 
-    def ready_b(mb: int, c: int) -> float | None:
-        if ("F", mb, c) not in done:
-            return None
-        if c == chunks - 1:
-            return done[("F", mb, c)]
-        t = done.get(("B", mb, c + 1))
-        return None if t is None else max(t + (p2p_s if dev[c + 1] != dev[c] else 0.0),
-                                          done[("F", mb, c)])
+    def release(d: int) -> None:
+        """Move device d's tasks whose ready time has come into its eligible heaps."""
+        wf, wb = wait_f[d], wait_b[d]
+        while wf and wf[0][0] <= now + 1e-15:
+            _, negc, mb = heapq.heappop(wf)
+            heapq.heappush(elig_f[d], (negc, mb))
+        while wb and wb[0][0] <= now + 1e-15:
+            _, group, negc, mb = heapq.heappop(wb)
+            heapq.heappush(elig_b[d], (group, negc, mb))
 
     while remaining:
         now = heapq.heappop(events)
@@ -101,24 +118,16 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
             for d in range(p):
                 if free_at[d] > now + 1e-15:
                     continue
+                release(d)
                 task = None
-                for i, (_, negc, mb) in enumerate(next_b[d]):
-                    t = ready_b(mb, -negc)
-                    if t is not None and t <= now + 1e-15:
-                        task = ("B", mb, -negc, b)
-                        next_b[d].pop(i)
-                        break
+                if elig_b[d]:
+                    _, negc, mb = heapq.heappop(elig_b[d])
+                    task = ("B", mb, -negc, b)
                 over = inflight[d] >= limit[d]
-                if task is None and (not over or (not strict and not pending_w[d])):
-                    best = None                 # the deepest ready chunk, then the oldest mb
-                    for i, (_, c, mb) in enumerate(next_f[d]):
-                        t = ready_f(mb, c)
-                        if t is not None and t <= now + 1e-15 and \
-                                (best is None or (-c, mb) < (-best[1], best[2])):
-                            best = (i, c, mb)
-                    if best is not None:
-                        next_f[d].pop(best[0])
-                        task = ("F", best[2], best[1], f)
+                if task is None and (not over or (not strict and not pending_w[d])) \
+                        and elig_f[d]:
+                    negc, mb = heapq.heappop(elig_f[d])
+                    task = ("F", mb, -negc, f)
                 if task is None and pending_w[d]:
                     mb, c = pending_w[d].pop(0)
                     task = ("W", mb, c, w)
@@ -126,7 +135,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
                     continue
                 kind, mb, c, dur = task
                 end = now + dur
-                done[(kind, mb, c)] = end
+                book(kind, mb, c, end)
                 busy[d] += dur
                 free_at[d] = end
                 heapq.heappush(events, end)
