@@ -1,37 +1,21 @@
 """The pipeline list scheduler against a plain reference: the straightforward version that
 rescans every pending task at every event (the scheduler before it kept ready heaps, and the
-oracle here). Same choices, so the same makespan and busy times to the last bit."""
+oracle here; both take the chunk layout from pipeline.layout). Same choices, so the same
+makespan and busy times to the last bit."""
 import heapq
 import random
 
 import pytest
 
-from simulator.training.pipeline import SCHEDULES, simulate_pipeline
+from simulator.training.pipeline import layout, simulate_pipeline
 
 
 def reference_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,
                       v: int = 2, p2p_s: float = 0.0) -> tuple[float, list[float]]:
     """Run m micro-batches through p devices. f_s, b_s, w_s: one device's whole-stage forward,
     input-gradient and weight-gradient time per micro-batch (w_s is folded into B except zb-v)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(schedule)
-    if schedule == "1f1b":
-        chunks, dev = p, list(range(p))
-    elif schedule == "interleaved":
-        chunks, dev = p * v, [c % p for c in range(p * v)]
-    else:
-        chunks, dev = 2 * p, [c if c < p else 2 * p - 1 - c for c in range(2 * p)]
-    per = chunks // p
-    f, b, w = f_s / per, b_s / per, w_s / per
+    chunks, dev, (f, b, w), limit = layout(p, f_s, b_s, w_s, schedule, v)
     split_w = schedule == "zb-v"
-    if not split_w:
-        b, w = b + w, 0.0
-    if schedule == "1f1b":
-        limit = [p - d for d in range(p)]
-    elif schedule == "interleaved":
-        limit = [(p - d - 1) * 2 + (v - 1) * p + 1 for d in range(p)]
-    else:
-        limit = [2 * (p - d) for d in range(p)]
     strict = schedule == "1f1b"     # the others may exceed the warm-up limit rather than idle
     done: dict[tuple[str, int, int], float] = {}
     inflight = [0] * p

@@ -41,10 +41,10 @@ def dualpipe(p: int, m: int, f_s: float, b_s: float, w_s: float,
     return PipelineResult(busy + bubble, [busy] * p)
 
 
-def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,
-                      v: int = 2, p2p_s: float = 0.0) -> PipelineResult:
-    """Run m micro-batches through p devices. f_s, b_s, w_s: one device's whole-stage forward,
-    input-gradient and weight-gradient time per micro-batch (w_s is folded into B except zb-v)."""
+def layout(p: int, f_s: float, b_s: float, w_s: float, schedule: str,
+           v: int = 2) -> tuple[int, list[int], tuple[float, float, float], list[int]]:
+    """(chunks, device of each chunk, per-chunk (F, B, W) times, in-flight limit per device)
+    of a list-scheduled pipeline; W is folded into B except under zb-v."""
     if schedule not in SCHEDULES:
         raise ValueError(schedule)
     if schedule == "1f1b":
@@ -55,8 +55,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
         chunks, dev = 2 * p, [c if c < p else 2 * p - 1 - c for c in range(2 * p)]
     per = chunks // p
     f, b, w = f_s / per, b_s / per, w_s / per
-    split_w = schedule == "zb-v"
-    if not split_w:
+    if schedule != "zb-v":
         b, w = b + w, 0.0
     if schedule == "1f1b":
         limit = [p - d for d in range(p)]
@@ -64,6 +63,15 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
         limit = [(p - d - 1) * 2 + (v - 1) * p + 1 for d in range(p)]
     else:
         limit = [2 * (p - d) for d in range(p)]
+    return chunks, dev, (f, b, w), limit
+
+
+def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,
+                      v: int = 2, p2p_s: float = 0.0) -> PipelineResult:
+    """Run m micro-batches through p devices. f_s, b_s, w_s: one device's whole-stage forward,
+    input-gradient and weight-gradient time per micro-batch (w_s is folded into B except zb-v)."""
+    chunks, dev, (f, b, w), limit = layout(p, f_s, b_s, w_s, schedule, v)
+    split_w = schedule == "zb-v"
     strict = schedule == "1f1b"     # the others may exceed the warm-up limit rather than idle
     done: dict[tuple[str, int, int], float] = {}
     inflight = [0] * p
