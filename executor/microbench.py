@@ -210,6 +210,7 @@ def bench_attention(device: str, grid: Grid, dtype: torch.dtype, heads: int = 8,
             med, iqr = time_fn(lambda: sdpa(q1, k, v), sync, grid.warmup, grid.repeats)
             es = k.element_size()
             out.append(Measurement("attention_decode", {"batch": bsz, "ctx": ctx,
+                                                        "heads": heads, "head_dim": head_dim,
                                                         "scores": bsz * heads * ctx}, med, iqr,
                                    4.0 * bsz * heads * ctx * head_dim,
                                    float(2 * k.numel() * es)))
@@ -226,6 +227,7 @@ def bench_attention(device: str, grid: Grid, dtype: torch.dtype, heads: int = 8,
                 med, iqr = time_fn(lambda: sdpa(q, k, v, is_causal=True), sync, grid.warmup,
                                    grid.repeats)
                 out.append(Measurement("attention_prefill", {"batch": bsz, "ctx": ctx,
+                                                             "heads": heads, "head_dim": head_dim,
                                                              "scores": bsz * heads * ctx * ctx},
                                        med, iqr, 2.0 * bsz * heads * ctx * ctx * head_dim,
                                        float(4 * k.numel() * es)))

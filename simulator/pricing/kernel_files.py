@@ -216,31 +216,32 @@ def _attention_rows(root: Path, device: str,
     return out
 
 
-ATTENTION_HEADS_OF_CALIBRATION = (8, 8, 64)   # executor/microbench.bench_attention's layout
-
-
 def write_kernel_files(rows: list[dict], root: Path, device: str, dtype: str) -> list[Path]:
     """`moesim calibrate`'s own GEMM and attention timings in the layout read_kernel_rows
     reads (gemm/DEVICE/data.csv with a dtype column; mha/decode and mha/prefill per head
-    layout), so a user's runs and published files feed one fitter. Rows are the benchmarks'
-    CSV rows (bench, median_s, p_* parameters). Returns the files written."""
+    layout, from each row's heads and head_dim: MHA, as many KV heads as query heads), so a
+    user's runs and published files feed one fitter. Rows are the benchmarks' CSV rows (bench,
+    median_s, p_* parameters). Returns the files written."""
     from simulator.atomic import write_text_atomic
     root = Path(root)
-    layout = "-".join(map(str, ATTENTION_HEADS_OF_CALIBRATION))
-    files = {
+    files: dict[Path, tuple[tuple[str, ...], list[tuple]]] = {
         root / "gemm" / device / "data.csv": (
             ("dtype", "m", "k", "n", "latency_us"),
             [(dtype, r["p_m"], r["p_k"], r["p_n"], float(r["median_s"]) * 1e6)
-             for r in rows if r["bench"] == "gemm"]),
-        root / "mha" / "decode" / device / f"{layout}.csv": (
-            ("dtype", "kv_dtype", "batch_size", "kv_len", "latency_us"),
-            [(dtype, dtype, r["p_batch"], r["p_ctx"], float(r["median_s"]) * 1e6)
-             for r in rows if r["bench"] == "attention_decode"]),
-        root / "mha" / "prefill" / device / f"{layout}.csv": (
-            ("dtype", "batch_size", "seq_len", "latency_us"),
-            [(dtype, r["p_batch"], r["p_ctx"], float(r["median_s"]) * 1e6)
-             for r in rows if r["bench"] == "attention_prefill"]),
-    }
+             for r in rows if r["bench"] == "gemm"])}
+    for r in rows:
+        if r["bench"] not in ("attention_decode", "attention_prefill"):
+            continue
+        name = f"{r['p_heads']}-{r['p_heads']}-{r['p_head_dim']}.csv"
+        us = float(r["median_s"]) * 1e6
+        if r["bench"] == "attention_decode":
+            files.setdefault(root / "mha" / "decode" / device / name, (
+                ("dtype", "kv_dtype", "batch_size", "kv_len", "latency_us"), []))[1].append(
+                (dtype, dtype, r["p_batch"], r["p_ctx"], us))
+        else:
+            files.setdefault(root / "mha" / "prefill" / device / name, (
+                ("dtype", "batch_size", "seq_len", "latency_us"), []))[1].append(
+                (dtype, r["p_batch"], r["p_ctx"], us))
     written = []
     for path, (header, data) in files.items():
         if not data:
