@@ -49,12 +49,13 @@ def profile_from_measurements(root: Path, device: str, base: str, out: Path | No
     peak = prof.peak_fp8_flops.value if prof.peak_fp8_flops is not None else gemm_peak
     bw = prof.hbm_bandwidth_Bps.value * prof.hbm_efficiency.value
     lat = prof.kernel_latency_s.value
-    shape, _, quality = fit_gpu_kernels({"gemm": rows["gemm"]}, gemm_peak, bw, lat)
-    _, grouped, grouped_quality = fit_gpu_kernels({"grouped_gemm": rows["grouped_gemm"]}, peak,
-                                                  bw, lat)
-    quality.update(grouped_quality)
-    if shape is not None and rows["grouped_gemm"] and gemm_precision == "fp8":
-        quality.update(fit_gpu_kernels(rows, peak, bw, lat)[2])
+    if gemm_precision == "fp8":        # one precision: the shape table also prices the grouped
+        shape, grouped, quality = fit_gpu_kernels(rows, peak, bw, lat)
+    else:
+        shape, _, quality = fit_gpu_kernels({"gemm": rows["gemm"]}, gemm_peak, bw, lat)
+        _, grouped, grouped_quality = fit_gpu_kernels(
+            {"grouped_gemm": rows["grouped_gemm"]}, peak, bw, lat)
+        quality.update(grouped_quality)
     gemm_peak_name = "peak_fp8_flops" if gemm_precision == "fp8" else "peak_bf16_flops"
     how = (f"efficiency = FLOPs / (peak_fp8_flops x (latency - kernel_latency_s)), fitted by "
            f"`moesim calibrate --from-measurements {root} --device {device} --base {base}`")
