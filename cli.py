@@ -462,18 +462,20 @@ app.add_typer(profile_app, name="profile")
 @app.command()
 @user_errors
 def profiles() -> None:
-    """List the shipped hardware profiles."""
-    from simulator.loading import PROFILES_DIR, known_names, load_profile
+    """List the shipped hardware profiles (read, not validated: `moesim profile show NAME`
+    checks one, and every command that uses a profile validates it)."""
+    from simulator.loading import PROFILES_DIR, known_names, read_yaml_mapping
     table = Table(title="hardware profiles (hardware_profiles/)")
     for col in ("name", "gpu", "BF16 TFLOP/s", "HBM GB", "HBM TB/s", "scale-up GB/s",
                 "NIC GB/s", "$/GPU-h"):
         table.add_column(col, justify="left" if col in ("name", "gpu") else "right")
     for name in known_names(PROFILES_DIR):
-        p = load_profile(name)
-        table.add_row(name, p.gpu, T.sig(p.peak_bf16_flops.value / 1e12),
-                      f"{p.hbm_bytes.value / 1e9:.0f}", f"{p.hbm_bandwidth_Bps.value / 1e12:.2f}",
-                      f"{p.nvlink.bandwidth_Bps.value / 1e9:.0f}",
-                      f"{p.nic.bandwidth_Bps.value / 1e9:.0f}", f"{p.price_per_gpu_hour.value:.2f}")
+        d = read_yaml_mapping(PROFILES_DIR / f"{name}.yaml")
+        cells = [T.sourced_cell(d, keys, scale, fmt) for keys, scale, fmt in (
+            (("peak_bf16_flops",), 1e12, None), (("hbm_bytes",), 1e9, ".0f"),
+            (("hbm_bandwidth_Bps",), 1e12, ".2f"), (("nvlink", "bandwidth_Bps"), 1e9, ".0f"),
+            (("nic", "bandwidth_Bps"), 1e9, ".0f"), (("price_per_gpu_hour",), 1.0, ".2f"))]
+        table.add_row(name, str(d.get("gpu", "?")), *cells)
     stdout.print(table)
 
 

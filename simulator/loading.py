@@ -3,20 +3,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.errors import MoesimError, from_validation
+
+if TYPE_CHECKING:       # the schemas (pydantic) load on first use: listing files needs neither
+    from pydantic import BaseModel
+
+    from simulator.schema import HardwareProfile, ModelSpec, Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "workloads" / "models"
 PROFILES_DIR = ROOT / "hardware_profiles"
 WORKLOADS_DIR = ROOT / "workloads"
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T", bound="BaseModel")
 
 
 def read_text_file(path: Path, what: str = "file") -> str:
@@ -65,6 +68,7 @@ def read_yaml_mapping(path: Path) -> dict:
 
 def parse(cls: type[T], data: dict, where: str) -> T:
     """Validate a mapping into a schema, with a readable error."""
+    from pydantic import ValidationError
     try:
         return cls.model_validate(data)
     except ValidationError as err:
@@ -89,12 +93,14 @@ def _resolve(name: str, folder: Path, what: str, field: str) -> Path:
 
 def load_model(name: str) -> ModelSpec:
     """A ModelSpec from the zoo (workloads/models) or a YAML path."""
+    from simulator.schema import ModelSpec
     path = _resolve(name, MODELS_DIR, "model", "model")
     return _cached(ModelSpec, str(path.resolve()), path.stat().st_mtime_ns, "model file")
 
 
 def load_profile(name: str) -> HardwareProfile:
     """A HardwareProfile from hardware_profiles/ or a YAML path."""
+    from simulator.schema import HardwareProfile
     path = _resolve(name, PROFILES_DIR, "hardware profile", "hardware")
     return _cached(HardwareProfile, str(path.resolve()), path.stat().st_mtime_ns, "profile")
 
@@ -108,6 +114,7 @@ def _cached(cls: type[T], path: str, mtime_ns: int, what: str) -> T:
 
 def load_workload(path_or_name: str) -> Workload:
     """A Workload from a YAML path (or a name under workloads/)."""
+    from simulator.schema import Workload
     path = Path(path_or_name)
     if not path.exists():
         if path.is_absolute() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:

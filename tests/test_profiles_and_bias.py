@@ -42,8 +42,15 @@ def test_shipped_profiles_and_every_number_has_a_source():
 
 
 def test_profiles_command_and_show():
-    r = runner.invoke(app, ["profiles"])
+    r = runner.invoke(app, ["profiles"], terminal_width=200)
     assert r.exit_code == 0 and "mi300x" in r.output and "a100-80gb-sxm" in r.output
+    h800 = next(line for line in r.output.splitlines() if "│ h800 " in line)
+    assert [c.strip() for c in h800.split("│")[3:9]] == ["989", "80", "3.35", "160", "46", "2.00"]
+    from simulator.outputs.tables import sourced_cell
+    assert sourced_cell({"p": {"value": "312.0e12"}}, ("p",), 1e12, None) == "312"   # YAML text
+    assert sourced_cell({"n": {"b": {"value": 4.6e10}}}, ("n", "b"), 1e9, ".0f") == "46"
+    for bad in ({}, {"p": 3}, {"p": {"value": True}}, {"p": {"value": "fast"}}):
+        assert sourced_cell(bad, ("p",), 1.0, ".2f") == "?"
     r = runner.invoke(app, ["profile", "show", "h800"])
     assert r.exit_code == 0
     assert "nic.bandwidth_Bps" in r.output and "nccl-tests" in r.output

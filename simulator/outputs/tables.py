@@ -23,6 +23,22 @@ def sig(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def sourced_cell(data: dict, keys: tuple[str, ...], scale: float, fmt: str | None) -> str:
+    """A profile mapping's `{value, source}` number at `keys`, divided by `scale` and formatted
+    (`sig` when fmt is None); '?' when it is not a number (the profile does not validate)."""
+    node = data
+    for k in keys:
+        node = node.get(k) if isinstance(node, dict) else None
+    value = node.get("value") if isinstance(node, dict) else None
+    try:                # YAML 1.1 reads 312.0e12 (no exponent sign) as text; the schema coerces
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != number:
+        return "?"
+    return sig(number / scale) if fmt is None else format(number / scale, fmt)
+
+
 def _table(title: str, cols: Iterable[str], left: Iterable[str] = ()) -> Table:
     table = Table(title=title)
     left = set(left)
