@@ -6,7 +6,7 @@ the metric, the published figure and its source), predicts every row and prints 
 docs/accuracy.md, "End-to-end against published deployments", with the summary the fidelity
 goals are stated in (median |error|, worst row, signs of the decode rows).
 
-    python benchmarks/published.py [--json OUT]
+    python benchmarks/published.py [--json OUT] [--report OUT.html]
 """
 from __future__ import annotations
 
@@ -126,10 +126,28 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def error_figure(results: list[dict]):
+    """Signed error of every row as a bar (optimistic and pessimistic coloured apart), with the
+    +-10% and +-25% lines of the fidelity goals; the hover names the row's source."""
+    import plotly.graph_objects as go
+    fig = go.Figure(go.Bar(
+        x=[r["id"] for r in results], y=[100 * r["error"] for r in results],
+        marker_color=["#d62728" if r["optimistic"] else "#1f77b4" for r in results],
+        customdata=[[r["metric"], r["measured"], r["predicted"], r["source"]] for r in results],
+        hovertemplate="%{x}<br>%{customdata[0]}: published %{customdata[1]:.4g}, moesim "
+                      "%{customdata[2]:.4g}<br>error %{y:+.1f}%<br>%{customdata[3]}<extra></extra>"))
+    for y, dash in ((10, "dot"), (-10, "dot"), (25, "dash"), (-25, "dash")):
+        fig.add_hline(y=y, line_dash=dash, line_color="gray")
+    fig.update_layout(title="moesim / published - 1 (red: moesim optimistic, blue: pessimistic)",
+                      yaxis_title="error (%)", xaxis_tickangle=-30)
+    return fig
+
+
 def main() -> None:
-    """Print the table and the summary; --json writes both."""
+    """Print the table and the summary; --json writes both, --report a plotly page."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--report", type=Path, default=None, help="HTML page with the error figure")
     args = ap.parse_args()
     results = run(load_manifest())
     s = summary(results)
@@ -137,6 +155,11 @@ def main() -> None:
     print(f"\n{s['rows']} rows from {s['sources']} sources: median |error| "
           f"{s['median_abs_error']:.1%}, largest {s['max_abs_error']:.1%}; decode rows err both "
           f"ways: {s['decode_errors_both_ways']}")
+    if args.report:
+        from simulator.outputs.report import write_figures
+        write_figures([error_figure(results)], "moesim against published deployments",
+                      args.report, f"<p>{s['rows']} rows from {s['sources']} sources; median "
+                      f"|error| {s['median_abs_error']:.1%} (docs/accuracy.md s10)</p>")
     if args.json:
         from simulator.atomic import write_text_atomic
         write_text_atomic(args.json, json.dumps({"rows": results, "summary": s}, indent=2),

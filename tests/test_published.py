@@ -63,3 +63,13 @@ def test_median_error_and_no_systematic_sign(results):
     s = summary(list(results.values()))
     assert s["median_abs_error"] <= 0.10, s
     assert s["decode_errors_both_ways"], s
+
+
+def test_the_error_figure_has_a_bar_per_row_with_its_error(results):
+    from benchmarks.published import error_figure
+    rows = list(results.values())
+    fig = error_figure(rows)
+    bar = fig.data[0]
+    assert list(bar.x) == [r["id"] for r in rows]
+    assert list(bar.y) == pytest.approx([100 * r["error"] for r in rows])
+    assert {round(s.y0) for s in fig.layout.shapes} == {10, -10, 25, -25}
