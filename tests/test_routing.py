@@ -71,3 +71,35 @@ def test_same_seed_same_routing_and_large_batches_use_expectations():
     big = route(RoutingSpec(), **{**LC, "tokens_per_rank": 8192})
     assert big.t_expert.sum() == pytest.approx(64 * 8192 * 8, rel=1e-9)
     assert big.imbalance < 1.05
+
+
+def test_sampled_experts_follow_plackett_luce_probabilities():
+    """A token's first pick is expert i with probability p_i, and its second pick is j given a
+    first i with p_j / (1 - p_i) (sampling without replacement by popularity), worked out here
+    from the popularity vector, not read back from the sampler."""
+    from simulator.pricing.routing import _sampled, scores_for
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    rng = np.random.default_rng(3)
+    n = 200_000
+    picks = _sampled(scores_for((1.0 / p).astype(np.float32), n, rng), RoutingSpec(), 1, 2)
+    first = np.bincount(picks[:, 0], minlength=4) / n
+    assert first == pytest.approx(p, abs=0.005)             # ~4.5 standard errors
+    pair = np.mean((picks[:, 0] == 0) & (picks[:, 1] == 1))
+    assert pair == pytest.approx(0.4 * 0.3 / 0.6, abs=0.004)   # 0.2
+    assert (picks[:, 0] != picks[:, 1]).all()
+
+
+def test_micro_batches_route_different_tokens_of_one_sample():
+    """Micro-batch 1 routes the tokens right after micro-batch 0's, so the two together are the
+    routing of twice the tokens (destination counts add up exactly); above the sampling cap both
+    share the pooled expectations."""
+    args = {**LC, "tokens_per_rank": 64}
+    m0 = route(RoutingSpec(), **args, micro_batch=0)
+    m1 = route(RoutingSpec(), **args, micro_batch=1)
+    both = route(RoutingSpec(), **{**args, "tokens_per_rank": 128})
+    assert not np.array_equal(m0.t_expert, m1.t_expert)
+    assert np.array_equal(m0.rank_rows + m1.rank_rows, both.rank_rows)
+    assert np.array_equal(m0.expert_load + m1.expert_load, both.expert_load)
+    big = {**LC, "tokens_per_rank": 8192}
+    assert np.array_equal(route(RoutingSpec(), **big, micro_batch=1).t_expert,
+                          route(RoutingSpec(), **big).t_expert)

@@ -46,14 +46,15 @@ def kernel_for(w: Workload) -> str:
 
 
 def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_rank: int,
-               real_experts: float, seed: int) -> EPTraffic:
-    """Route `tokens_per_rank` tokens on each EP rank and map the traffic onto the cluster."""
+               real_experts: float, seed: int, micro_batch: int = 0) -> EPTraffic:
+    """Route micro-batch `micro_batch`'s `tokens_per_rank` tokens on each EP rank (routing.route)
+    and map the traffic onto the cluster."""
     assert model.moe is not None
     plan = w.plan
     r = route(w.routing, n_experts=model.moe.num_experts, top_k=model.moe.top_k,
               has_zero_experts=model.moe.num_zero_experts > 0, real_mean=real_experts,
               ep=plan.ep, gpus_per_node=plan.gpus_per_node, tokens_per_rank=tokens_per_rank,
-              seed=seed)
+              seed=seed, micro_batch=micro_batch)
     kernel = kernel_for(w)
     per_copy = model.hidden_size * w.precision.dispatch_bytes
     cluster = Cluster.from_profile(prof, plan.ep, plan.gpus_per_node)

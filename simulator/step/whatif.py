@@ -12,6 +12,7 @@ from simulator.graph.model import build_backward, build_forward
 from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
                                         op_time_s, straggler_factor)
+from simulator.pricing.routing import MAX_SAMPLED_TOKENS
 from simulator.pricing.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
 from simulator.schema import Workload
 from simulator.step.resolve import Resolved, check_plan, resolve
@@ -117,9 +118,14 @@ def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     out = {}
     for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
         tokens = shape.sequences * shape.query_tokens
-        key = (tokens, w.seed + mb)
+        if tokens * w.plan.ep > MAX_SAMPLED_TOKENS:
+            mb_draws = 0              # above the sampling cap micro-batches share the pooled sample
+        else:
+            mb_draws = mb
+        key = (tokens, mb_draws)
         if key not in r.traffic_cache:
-            r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed + mb)
+            r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed,
+                                              mb_draws)
         out[mb] = r.traffic_cache[key]
     return out
 
