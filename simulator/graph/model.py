@@ -92,13 +92,14 @@ class _Builder:
 
     def __init__(self, model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                  real_experts: float, micro_batch: int = 0,
-                 compute: dict[str, str] | None = None, moe_chunks: int = 1) -> None:
+                 compute: dict[str, str] | None = None, moe_chunks: int = 1,
+                 into: nx.DiGraph | None = None) -> None:
         self.m, self.plan, self.p, self.s = model, plan, prec, shape
         self.moe_chunks = moe_chunks
         self.compute = compute or {}
         self.k_real = real_experts
         self.mb = micro_batch
-        self.g = nx.DiGraph()
+        self.g = nx.DiGraph() if into is None else into
         self.prefix = f"mb{micro_batch}." if micro_batch else ""
 
     def add(self, op: Op, *inputs: str, extra: unfused.Extra | None = None) -> str:
@@ -340,11 +341,14 @@ def compute_class(op: Op) -> str | None:
 def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                   real_experts: float, *, layers: int | None = None, with_head: bool = True,
                   mtp: bool = False, micro_batch: int = 0,
-                  compute: dict[str, str] | None = None, moe_chunks: int = 1) -> nx.DiGraph:
+                  compute: dict[str, str] | None = None, moe_chunks: int = 1,
+                  into: nx.DiGraph | None = None) -> nx.DiGraph:
     """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer;
     `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16);
-    `moe_chunks` cuts each routed MoE path into that many token chunks."""
-    b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute, moe_chunks)
+    `moe_chunks` cuts each routed MoE path into that many token chunks; `into`: add the ops
+    to this graph (another micro-batch's) instead of a new one."""
+    b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute, moe_chunks,
+                 into)
     n = model.num_layers if layers is None else layers
     last = ""
     for i in range(n):
@@ -356,14 +360,15 @@ def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: 
     return b.g
 
 
-def build_backward(forward: nx.DiGraph) -> nx.DiGraph:
-    """The backward pass of a forward graph: edges reversed, GEMMs split into dgrad + wgrad.
+def build_backward(forward: nx.DiGraph, into: nx.DiGraph | None = None) -> nx.DiGraph:
+    """The backward pass of a forward graph: edges reversed, GEMMs split into dgrad + wgrad
+    (added to `into` when given).
 
     GEMM FLOPs double (input gradient and weight gradient, each the forward's), attention's
     backward costs twice its forward, collectives move the same bytes the other way. Weight
     gradients hang off the critical path, ready for zero-bubble schedules.
     """
-    g = nx.DiGraph()
+    g = nx.DiGraph() if into is None else into
     names: dict[str, str] = {}
     for name, data in forward.nodes(data=True):
         op: Op = data["op"]

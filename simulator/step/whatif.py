@@ -20,9 +20,10 @@ from simulator.step.result import StepResult, measure
 
 
 def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
-    """The op graph of one step (all layers, head, MTP), split into micro-batches if needed."""
+    """The op graph of one step (all layers, head, MTP), split into micro-batches if needed
+    (every micro-batch's ops in one graph, micro-batch 0's first)."""
     w = r.workload
-    graphs = []
+    g = nx.DiGraph()
     sched = get_schedule(schedule)
     for mb, shape in enumerate(sched.split(r.shape)):
         if shape.tokens % sched.moe_chunks:
@@ -30,11 +31,14 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
                               f"token chunks, but a device holds {shape.tokens} tokens",
                               f"use a batch whose tokens per device divide by "
                               f"{sched.moe_chunks}, or schedule scmoe")
+        backward = w.phase == "train_bwd"
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
                             mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head,
-                            compute=r.compute, moe_chunks=sched.moe_chunks)
-        graphs.append(build_backward(fwd) if w.phase == "train_bwd" else fwd)
-    return nx.union_all(graphs) if len(graphs) > 1 else graphs[0]
+                            compute=r.compute, moe_chunks=sched.moe_chunks,
+                            into=None if backward else g)
+        if backward:
+            build_backward(fwd, into=g)
+    return g
 
 
 def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
