@@ -139,6 +139,8 @@ MUTANTS: list[Mutant] = [
            "weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb",
            "weight_bytes=w_exp * wb, bytes=w_exp * wb"),
     # -- hardware pricing -----------------------------------------------------------------------
+    Mutant(HW, "an op of several GEMMs pays one kernel latency",
+           "        latency *= max(1, len(op.gemm_nk))\n", ""),
     Mutant(HW, "FP8 ops priced at the BF16 peak", 'if precision == "fp8":', "if False:",
            quick=True),
     Mutant(HW, "roofline adds compute and memory time",
