@@ -22,6 +22,7 @@ class Mutant:
 
 
 E, S, T = "simulator/engine/core.py", "simulator/engine/schedule.py", "simulator/engine/timeline.py"
+TB = "simulator/engine/tbo_stages.py"
 R, TR = "simulator/pricing/routing.py", "simulator/pricing/traffic.py"
 HW, P = "simulator/pricing/hardware.py", "simulator/training/pipeline.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
@@ -100,6 +101,16 @@ MUTANTS: list[Mutant] = [
            "            prev = ends[layer]\n", ""),
     Mutant(T, "hidden communication returned as the busy total",
            "return exposed, busy - exposed", "return exposed, busy"),
+    Mutant(TB, "decode micro-batches in lockstep (no two-stage lag)",
+           'PLANS = {"decode": (DECODE_STAGES, DECODE_WAITS, 5, 2),',
+           'PLANS = {"decode": (DECODE_STAGES, DECODE_WAITS, 5, 0),'),
+    Mutant(TB, "receive waits do not block the compute stream",
+           "                wait_for[o.name], pending = pending, []",
+           "                pending = []"),
+    Mutant(TB, "shared expert issued with the experts, not under the dispatch",
+           '"moe.shared": (2, 2), "moe.experts": (3, 0)', '"moe.shared": (3, 1), "moe.experts": (3, 0)'),
+    Mutant(S, "tbo ignores the stage plans (work-conserving everywhere)",
+           "    if orders is not None:\n        compute_order", "    if False:\n        compute_order"),
     # -- routing and traffic --------------------------------------------------------------------
     Mutant(R, "popularity not normalised to sum 1", "return p / p.sum()", "return p"),
     Mutant(R, "zipf popularity not shuffled over experts (hot experts share a rank)",

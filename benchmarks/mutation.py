@@ -38,6 +38,7 @@ SCHED = ["tests/test_schedules.py", "tests/test_engine.py", "tests/test_engine_p
 TESTS: dict[str, list[str]] = {
     "simulator/engine/core.py": ENGINE,
     "simulator/engine/schedule.py": SCHED,
+    "simulator/engine/tbo_stages.py": SCHED,
     "simulator/engine/timeline.py": SCHED,
     "simulator/pricing/routing.py": ["tests/test_routing.py", "tests/test_deployments.py",
                                      "tests/test_physics.py"],

@@ -196,3 +196,82 @@ def test_split_cuts_sequences_then_tokens():
     with pytest.raises(MoesimError, match="batch_per_device"):
         tbo.split(Shape("decode", 1, 1, 100))
     assert get_schedule("sbo").split(Shape("decode", 5, 2, 100)) == [Shape("decode", 5, 2, 100)]
+
+
+DEEPSEEK_DECODE = "workloads/deployments/deepseek-v3-decode-ep144-balanced.yaml"
+
+
+def _issue_order(w, stream="compute"):
+    """(micro-batch, layer, role) of a stream's ops in the order they started."""
+    from simulator.engine.tbo_stages import role
+    res = simulate(w, "tbo", resolved=resolve(w))
+    tl = res.timeline
+    idx = sorted((i for i in range(len(tl.ops)) if tl.streams[i] == stream),
+                 key=lambda i: (tl.start_s[0, i], i))
+    return [(tl.ops[i].micro_batch, tl.ops[i].layer, role(tl.ops[i])) for i in idx], res
+
+
+def test_tbo_decode_interleaves_the_runtimes_stages():
+    """SGLang's DeepSeek decode strategy, written out here from its published op list: per MoE
+    layer the stages [qkv] [core, o_proj, router] [permute, shared] [experts] [combine wait]
+    [unpermute, residual + next qkv]; micro-batch 1 runs two stages behind micro-batch 0 and the
+    two alternate stage by stage on the compute stream."""
+    w = workload(DEEPSEEK_DECODE)
+    order, _ = _issue_order(w)
+    first_moe = 3                                     # DeepSeek-V3: layers 0-2 are dense
+    def stage(layer, s):          # the last stage of a layer is the first of the next
+        if s == 0:
+            return [(layer - 1, "moe.unpermute"), (layer - 1, "residual"),
+                    (layer, "attn.qkv_proj")]
+        return [[], [(layer, "attn.core"), (layer, "attn.o_proj"), (layer, "moe.router")],
+                [(layer, "moe.permute"), (layer, "moe.shared")], [(layer, "moe.experts")],
+                []][s]
+    L = 10                                            # a middle layer, mb0 at stage s, mb1 at s-2
+    expected = []
+    for s in range(2, 6):
+        expected += [(0, *x) for x in (stage(L + 1, 0) if s == 5 else stage(L, s))]
+        expected += [(1, *x) for x in stage(L, s - 2)]
+    start = order.index((0, L, "moe.permute"))
+    assert order[start:start + len(expected)] == expected
+    # dense layers carry no yields: micro-batch 0 runs them and its first MoE layer's first two
+    # stages before micro-batch 1 starts
+    assert order.index((1, 0, "attn.qkv_proj")) > order.index((0, first_moe, "attn.core"))
+
+
+def test_tbo_decode_waits_for_the_combine_before_the_other_batch_dispatches():
+    # combine_b (micro-batch 0) is issued on the compute stream before micro-batch 1's
+    # dispatch stage: micro-batch 1's permute cannot start before micro-batch 0's combine ends
+    w = workload(DEEPSEEK_DECODE)
+    _, res = _issue_order(w)
+    tl = res.timeline
+    at = {op.name: i for i, op in enumerate(tl.ops)}
+    for layer in (5, 20, 40):
+        comb, perm = at[f"L{layer}.moe.combine"], at[f"mb1.L{layer}.moe.permute"]
+        assert tl.start_s[0, perm] >= tl.end_s[0, comb] - 1e-12
+        # and micro-batch 1's attention core ran under micro-batch 0's combine
+        core = at[f"mb1.L{layer}.attn.core"]
+        assert tl.start_s[0, comb] <= tl.start_s[0, core] < tl.end_s[0, comb]
+
+
+def test_tbo_prefill_alternates_with_no_lag():
+    w = workload("workloads/deployments/deepseek-v3-prefill-prefix-hits.yaml")
+    order, _ = _issue_order(w)
+    L = 10
+    i = order.index((0, L, "moe.experts"))
+    # [experts] of mb0, then mb1's [experts], then mb0's [shared, unpermute, residual + next]
+    assert order[i:i + 5] == [(0, L, "moe.experts"), (1, L, "moe.experts"), (0, L, "moe.shared"),
+                              (0, L, "moe.unpermute"), (0, L, "residual")]
+
+
+def test_tbo_without_a_published_stage_plan_stays_work_conserving():
+    from simulator.engine.tbo_stages import stage_orders
+    from simulator.graph.model import graph_ops
+    from simulator.step.whatif import build_step_graph
+    shortcut = workload("workloads/longcat-flash-decode-h800.yaml", schedule="tbo")
+    g = build_step_graph(resolve(shortcut), "tbo")
+    assert stage_orders(graph_ops(g), "decode", lambda o: o.is_comm) is None
+    train = workload(DEEPSEEK_DECODE, phase="train_fwd", mtp={"enabled": False},
+                     batch_per_device=2, context_length=1024)
+    g = build_step_graph(resolve(train), "tbo")
+    assert g.graph["phase"] == "train_fwd"
+    assert stage_orders(graph_ops(g), "train_fwd", lambda o: o.is_comm) is None

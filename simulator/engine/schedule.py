@@ -9,8 +9,9 @@
 - scmoe-chunked: scmoe with each routed MoE path cut into two token chunks (the dense part
   whole): a chunk's all-to-all runs under the other chunk's experts, each chunk's expert GEMM
   reads the weights again.
-- tbo: two micro-batches; both streams pick the ready op of either micro-batch, lower micro-batch
-  first, so one micro-batch's communication runs under the other's compute.
+- tbo: two micro-batches, so one micro-batch's communication runs under the other's compute:
+  inference graphs of conventional MoE layers in the serving runtimes' stage interleaving
+  (engine/tbo_stages.py), other graphs on work-conserving streams, lower micro-batch first.
 Adding a schedule means one function and one `@register(name, micro_batches=n,
 moe_chunks=c)`; nothing else looks a schedule up by its name.
 """
@@ -25,6 +26,7 @@ import networkx as nx
 from simulator.errors import MoesimError
 from simulator.graph.model import Op, Shape, graph_ops
 from simulator.engine.streams import CommDemand, StreamPlan
+from simulator.engine.tbo_stages import stage_orders
 
 Durations = dict[str, float]
 Policy = Callable[[nx.DiGraph, Durations, dict[str, CommDemand]], StreamPlan]
@@ -84,13 +86,17 @@ def _stream_of(op: Op, single: bool) -> str:
 
 
 def _plan(ops: list[Op], g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand],
-          streams: list[str], priorities: list[float], chain_orders: list[list[str]]) -> StreamPlan:
+          streams: list[str], priorities: list[float], chain_orders: list[list[str]],
+          waits: dict[str, list[str]] | None = None) -> StreamPlan:
+    """The StreamPlan of ops in topological order: their graph inputs, plus chain edges for a
+    strict issue order on a stream, plus `waits` (op -> collectives its stream waits for first)."""
     index = {op.name: i for i, op in enumerate(ops)}
     preds = [[index[p] for p in g.predecessors(op.name)] for op in ops]
-    for order in chain_orders:                      # strict issue order on a stream
-        for a, b in zip(order, order[1:]):
-            if index[a] not in preds[index[b]]:
-                preds[index[b]].append(index[a])
+    extra = [pair for order in chain_orders for pair in zip(order, order[1:])]  # issue order
+    extra += [(w, op) for op, ws in (waits or {}).items() for w in ws]
+    for a, b in extra:
+        if index[a] not in preds[index[b]]:
+            preds[index[b]].append(index[a])
     return StreamPlan(
         names=[o.name for o in ops], streams=streams, priorities=priorities, preds=preds,
         compute_s=[0.0 if o.is_comm and o.name in demands else durations[o.name] for o in ops],
@@ -209,12 +215,22 @@ def scmoe_chunked(g: nx.DiGraph, durations: Durations,
 
 @register("tbo", micro_batches=2)
 def tbo(g: nx.DiGraph, durations: Durations, demands: dict[str, CommDemand]) -> StreamPlan:
-    """Two micro-batches (the graph holds both); work-conserving, lower micro-batch first."""
+    """Two micro-batches (the graph holds both). Inference graphs of conventional MoE layers:
+    the serving runtimes' stage interleaving (engine/tbo_stages.py: each micro-batch's layer cut
+    at fixed yields, B `delta` stages behind A, strict issue order, receive waits blocking the
+    compute stream). Other graphs (shortcut layers, training): work-conserving streams, the
+    ready op of either micro-batch, lower micro-batch first."""
     ops = graph_ops(g)
+    streams = [_stream_of(o, False) for o in ops]
+    orders = stage_orders(ops, g.graph.get("phase", ""), lambda o: _stream_of(o, False) == "comm")
+    if orders is not None:
+        compute_order, comm_order, waits = orders
+        rank = {n: i for i, n in enumerate(compute_order + comm_order)}
+        return _plan(ops, g, durations, demands, streams, [float(rank[o.name]) for o in ops],
+                     [compute_order, comm_order], waits)
     pos: dict[int, int] = defaultdict(int)
     priorities: list[float] = []
     for o in ops:
         priorities.append(2.0 * pos[o.micro_batch] + o.micro_batch)
         pos[o.micro_batch] += 1
-    return _plan(ops, g, durations, demands, [_stream_of(o, False) for o in ops],
-                 priorities, [])
+    return _plan(ops, g, durations, demands, streams, priorities, [])

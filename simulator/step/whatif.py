@@ -23,7 +23,7 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
     """The op graph of one step (all layers, head, MTP), split into micro-batches if needed
     (every micro-batch's ops in one graph, micro-batch 0's first)."""
     w = r.workload
-    g = nx.DiGraph()
+    g = nx.DiGraph(phase=w.phase)         # schedules may read the pass (tbo's stage plans)
     sched = get_schedule(schedule)
     for mb, shape in enumerate(sched.split(r.shape)):
         if shape.tokens % sched.moe_chunks:
