@@ -150,6 +150,9 @@ MUTANTS: list[Mutant] = [
            "weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb",
            "weight_bytes=w_exp * wb, bytes=w_exp * wb"),
     # -- hardware pricing -----------------------------------------------------------------------
+    Mutant(GM, "MLA's q_a and kv_a priced as two GEMMs (not the runtimes' fused one)",
+           "proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * a.num_heads * qk_head)",
+           "proj_nk = (h * a.q_lora_rank, h * kv_a, a.q_lora_rank * a.num_heads * qk_head)"),
     Mutant(HW, "an op of several GEMMs pays one kernel latency",
            "        latency *= max(1, len(op.gemm_nk))\n", ""),
     Mutant(HW, "FP8 ops priced at the BF16 peak", 'if precision == "fp8":', "if False:",

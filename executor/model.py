@@ -46,10 +46,11 @@ class Attention(nn.Module):
         self.a = a
         if a.kind == "mla":
             qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-            self.q_a = nn.Linear(hidden, a.q_lora_rank, bias=False)
+            # q_a and kv_a fused into one GEMM, as serving runtimes run them
+            self.qkv_a = nn.Linear(hidden, a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim,
+                                   bias=False)
             self.q_norm = RMSNorm(a.q_lora_rank)
             self.q_b = nn.Linear(a.q_lora_rank, a.num_heads * qk, bias=False)
-            self.kv_a = nn.Linear(hidden, a.kv_lora_rank + a.qk_rope_head_dim, bias=False)
             self.kv_norm = RMSNorm(a.kv_lora_rank)
             self.kv_b = nn.Linear(a.kv_lora_rank, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim),
                                   bias=False)
@@ -61,7 +62,9 @@ class Attention(nn.Module):
     def qkv_proj(self, x: torch.Tensor):
         """Projections (B, S, hidden) -> what core() needs."""
         if self.a.kind == "mla":
-            return self.q_b(self.q_norm(self.q_a(x))), self.kv_a(x)
+            q_c, kv = self.qkv_a(x).split([self.a.q_lora_rank,
+                                           self.a.kv_lora_rank + self.a.qk_rope_head_dim], dim=-1)
+            return self.q_b(self.q_norm(q_c)), kv
         return (self.qkv(x),)
 
     def core(self, parts, shape) -> torch.Tensor:

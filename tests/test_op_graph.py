@@ -119,3 +119,13 @@ def test_graph_ops_is_the_insertion_keyed_topological_order():
     g.add_edge("b", "c")
     with pytest.raises(MoesimError):
         graph_ops(g)
+
+
+def test_mla_projections_are_two_gemms_with_q_a_and_kv_a_fused():
+    # DeepSeek-V3: hidden 7168, q_lora 1536, kv_lora 512, rope 64, 128 heads of 128 + 64:
+    # the fused q_a + kv_a GEMM is 7168 x 2112 (SGLang's fused_qkv_a_proj_with_mqa), then q_b
+    m = load_model("deepseek-v3")
+    g = build_forward(m, PLAN, PREC, DECODE, 8.0, layers=1, with_head=False)
+    op = g.nodes["L0.attn.qkv_proj"]["op"]
+    assert op.gemm_nk == (7168 * 2112, 1536 * 128 * 192)
+    assert op.flops == 2 * DECODE.tokens * (7168 * 2112 + 1536 * 128 * 192)

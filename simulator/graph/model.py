@@ -126,12 +126,14 @@ class _Builder:
         tags: tuple[str, ...] = ()
         if a.kind == "mla":
             qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim
-            gemms = 3 if a.q_lora_rank else 2
+            gemms = 2
             core_extra = unfused.mla_core(t, a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim,
                                           a.qk_rope_head_dim, a.v_head_dim)
-            q_gemms = (h * a.q_lora_rank, a.q_lora_rank * a.num_heads * qk_head) \
-                if a.q_lora_rank else (h * a.num_heads * qk_head,)
-            proj_nk = q_gemms + (h * (a.kv_lora_rank + a.qk_rope_head_dim),)
+            kv_a = a.kv_lora_rank + a.qk_rope_head_dim
+            # with a low-rank q, q_a and kv_a both read the hidden state: runtimes run them as
+            # one GEMM (SGLang's and vLLM's fused_qkv_a_proj_with_mqa), then q_b
+            proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * a.num_heads * qk_head) \
+                if a.q_lora_rank else (h * a.num_heads * qk_head, h * kv_a)
             kv_b_w = a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
             o_w = a.num_heads * a.v_head_dim * h
             kv_elems = kv_elements_per_block(a)

@@ -45,7 +45,7 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     bw = memory_rate(prof, mem_bytes)
     latency = prof.kernel_latency_s.value
     if op.kind in ("gemm", "grouped_gemm"):
-        # one launch per GEMM the op holds (MLA's q_a/q_b/kv_a, an FFN's up and down): the
+        # one launch per GEMM the op holds (MLA's fused q_a+kv_a and q_b, an FFN's up and down): the
         # tables were fitted per kernel with one kernel_latency_s taken off each
         latency *= max(1, len(op.gemm_nk))
         t_c = op.flops / (peak * gemm_efficiency(op, prof))
