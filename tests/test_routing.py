@@ -77,11 +77,11 @@ def test_sampled_experts_follow_plackett_luce_probabilities():
     """A token's first pick is expert i with probability p_i, and its second pick is j given a
     first i with p_j / (1 - p_i) (sampling without replacement by popularity), worked out here
     from the popularity vector, not read back from the sampler."""
-    from simulator.pricing.routing import _sampled, scores_for
+    from simulator.pricing.routing import _sampled, race_keys
     p = np.array([0.4, 0.3, 0.2, 0.1])
     rng = np.random.default_rng(3)
     n = 200_000
-    picks = _sampled(scores_for((1.0 / p).astype(np.float32), n, rng), RoutingSpec(), 1, 2)
+    picks = _sampled(race_keys((1.0 / p).astype(np.float32), n, rng), RoutingSpec(), 1, 2)
     first = np.bincount(picks[:, 0], minlength=4) / n
     assert first == pytest.approx(p, abs=0.005)             # ~4.5 standard errors
     pair = np.mean((picks[:, 0] == 0) & (picks[:, 1] == 1))

@@ -97,36 +97,38 @@ def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Pla
     return Placement([np.array(c) for c in copies], slots)
 
 
-def _limit(scores: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
-    """Keep only each token's `keep_n` best contiguous expert blocks (nodes or groups),
-    a block scoring as its best expert; the rest are masked out."""
-    n, e = scores.shape
-    block_score = scores.reshape(n, blocks, e // blocks).max(axis=2)
-    keep = np.argpartition(-block_score, keep_n - 1, axis=1)[:, :keep_n]
-    allowed = np.zeros((n, blocks), dtype=bool)
-    np.put_along_axis(allowed, keep, True, axis=1)
-    return np.where(np.repeat(allowed, e // blocks, axis=1), scores, -np.inf)
-
-
-def scores_for(inv_p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Scores of n tokens whose top-k is a popularity-weighted sample of k distinct experts
-    (sequential sampling without replacement, Plackett-Luce): minus an exponential race,
-    -E_e / p_e with E_e ~ Exp(1), the same order as Gumbel-perturbed log p_e (log p_e - log E_e
-    is Gumbel) at a third of the cost (float32 keys; `inv_p` is 1 / popularity)."""
-    keys = rng.standard_exponential((n, inv_p.size), dtype=np.float32)
-    keys *= -inv_p
+def _limit(keys: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
+    """Keep only each token's `keep_n` best contiguous expert blocks (nodes or groups), a block
+    ranking as its best (smallest-key) expert; the others' keys become +inf, in place."""
+    n, e = keys.shape
+    by_block = keys.reshape(n, blocks, e // blocks)
+    keep = np.argpartition(by_block.min(axis=2), keep_n - 1, axis=1)[:, :keep_n]
+    dropped = np.ones((n, blocks), dtype=bool)
+    np.put_along_axis(dropped, keep, False, axis=1)
+    by_block[dropped] = np.inf
     return keys
 
 
-def _sampled(scores: np.ndarray, spec: RoutingSpec, nodes: int, kmax: int) -> np.ndarray:
-    """Each token's kmax best experts (best first) after node and group limits."""
+def race_keys(inv_p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Keys of n tokens whose k smallest are a popularity-weighted sample of k distinct experts
+    (sequential sampling without replacement, Plackett-Luce): an exponential race, E_e / p_e
+    with E_e ~ Exp(1), in the order of Gumbel-perturbed log p_e (log p_e - log E_e is Gumbel)
+    at a third of the cost (float32; `inv_p` is 1 / popularity)."""
+    keys = rng.standard_exponential((n, inv_p.size), dtype=np.float32)
+    keys *= inv_p
+    return keys
+
+
+def _sampled(keys: np.ndarray, spec: RoutingSpec, nodes: int, kmax: int) -> np.ndarray:
+    """Each token's kmax first experts of the race (first first) after node and group limits
+    (`keys` is overwritten)."""
     if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
-        scores = _limit(scores, nodes, spec.max_nodes_per_token)
+        keys = _limit(keys, nodes, spec.max_nodes_per_token)
     if spec.expert_groups and spec.max_groups_per_token and \
             spec.max_groups_per_token < spec.expert_groups:
-        scores = _limit(scores, spec.expert_groups, spec.max_groups_per_token)
-    top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        keys = _limit(keys, spec.expert_groups, spec.max_groups_per_token)
+    top = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
+    order = np.argsort(np.take_along_axis(keys, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
 
 
@@ -187,7 +189,7 @@ class _TokenDraws:
             chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep)
             self.copies_before += int(valid.sum())
         else:
-            chosen = _sampled(scores_for(self.inv_p, n, self.rng), spec, self.nodes, kmax)
+            chosen = _sampled(race_keys(self.inv_p, n, self.rng), spec, self.nodes, kmax)
             pick = np.arange(start, start + n)[:, None] + np.arange(kmax)[None, :]
         return k, chosen, pick
 
