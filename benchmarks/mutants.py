@@ -29,6 +29,7 @@ SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulato
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
+GO = "simulator/graph/ops.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
@@ -249,7 +250,7 @@ MUTANTS: list[Mutant] = [
            "return price_per_gpu_hour / 3600.0 / tokens_per_gpu_s * 1e6",
            "return price_per_gpu_hour / 3600.0 / tokens_per_gpu_s * 1e3", quick=True),
     # -- op graph and memory ---------------------------------------------------------------------
-    Mutant(GM, "prefix-cache hits ignored by attention (as if the prompt were all computed)",
+    Mutant(GO, "prefix-cache hits ignored by attention (as if the prompt were all computed)",
            "return self.query_tokens * (self.cached + (self.context - self.cached + 1) / 2)",
            "return self.query_tokens * (self.context + 1) / 2"),
     Mutant(GM, "cached prefix KV not read (MLA)",

@@ -61,6 +61,8 @@ TESTS: dict[str, list[str]] = {
     "simulator/serving/step_model.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/graph/model.py": ["tests/test_op_graph.py", "tests/test_deployments.py",
                                  "tests/test_physics.py"],
+    "simulator/graph/ops.py": ["tests/test_op_graph.py", "tests/test_deployments.py",
+                               "tests/test_physics.py"],
     "simulator/graph/params.py": ["tests/test_params.py", "tests/test_deployments.py",
                                   "tests/test_physics.py"],
     "simulator/graph/memory.py": ["tests/test_params.py", "tests/test_deployments.py",

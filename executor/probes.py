@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 from simulator.pricing.hardware import compute_time_s
 from simulator.schema import HardwareProfile, ModelSpec, Sourced
 

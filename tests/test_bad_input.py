@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cli import app
 from simulator.errors import MoesimError
 from simulator.graph.memory import inference_memory
-from simulator.graph.model import Shape
+from simulator.graph.ops import Shape
 from simulator.graph.params import ffn_params
 
 ROOT = Path(__file__).resolve().parent.parent

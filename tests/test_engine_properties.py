@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from simulator.engine.core import Engine
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.engine.timeline import Timeline
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 
 BW = 2.0
 

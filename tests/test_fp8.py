@@ -2,7 +2,7 @@
 import pytest
 
 from simulator.errors import MoesimError
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 from simulator.notes import collecting
 from simulator.pricing.hardware import compute_time_s
 from simulator.step.whatif import build_step_graph, resolve, simulate

@@ -6,7 +6,8 @@ from simulator.pricing.fits import Row, fit
 from simulator.schema import ShapeEfficiencyTable
 from simulator.pricing.hardware import bilinear_log, compute_time_s, gemm_efficiency
 from simulator.loading import load_workload
-from simulator.graph.model import Op, Shape, build_forward, graph_ops
+from simulator.graph.model import build_forward
+from simulator.graph.ops import Op, Shape, graph_ops
 from simulator.step.whatif import resolve
 from tests.conftest import ROOT, profile
 

@@ -164,7 +164,7 @@ def test_an_attention_closed_form_is_fitted_back_and_prices_the_core(tmp_path, k
     assert p.calibration.fits["attention_gqa_decode"].mape < 1e-6
     assert "mha/decode/x1/32-4-128.csv rows 2-10" in t.source
     # the simulator prices a GQA decode core by the table: latency + KV bytes / (0.4 x 3.35 TB/s)
-    from simulator.graph.model import Op
+    from simulator.graph.ops import Op
     from simulator.pricing.hardware import compute_time_s
     kv_bytes = 48 * 3000 * 2 * 4 * 128 * 2
     op = Op("core", "attention", flops=48 * 3000 * 4 * 32 * 128, bytes=kv_bytes,
@@ -223,7 +223,7 @@ def test_an_attention_grid_is_interpolated_by_sequences_and_kv_length_and_held_o
         for j, kv in enumerate(g):
             assert t.memory_efficiency[i][j] == pytest.approx(f[b] * g[kv], rel=1e-6)
     assert p.calibration.fits["attention_gqa_decode"].mape > 0.02
-    from simulator.graph.model import Op
+    from simulator.graph.ops import Op
     from simulator.pricing.hardware import compute_time_s
     for seqs, kv, eff in ((16, 4096, 0.375), (16, 2048, 0.5 * 0.625)):
         nbytes = seqs * kv * 2 * 4 * 128 * 2

@@ -4,7 +4,8 @@ import pytest
 
 from simulator.schema import ParallelPlan, Precision
 from simulator.loading import load_model
-from simulator.graph.model import COMPUTE_KINDS, Shape, build_backward, build_forward
+from simulator.graph.model import build_backward, build_forward
+from simulator.graph.ops import COMPUTE_KINDS, Shape
 
 PLAN = ParallelPlan(gpus=128, gpus_per_node=8, ep=128)
 PREC = Precision()
@@ -100,7 +101,7 @@ def test_graph_ops_is_the_insertion_keyed_topological_order():
     # order, computed by hand on integer indices; a cycle is a clear error
     import networkx as nx
     from simulator.errors import MoesimError
-    from simulator.graph.model import Op, graph_ops
+    from simulator.graph.ops import Op, graph_ops
     from simulator.step.whatif import build_step_graph, resolve
     from tests.conftest import workload
     w = workload("workloads/longcat-flash-decode-h800.yaml")

@@ -53,7 +53,7 @@ def test_memory_and_training_count_the_same_weights(model):
     # Inference memory (weights at 1 byte, no MTP) and training's parameters (ZeRO 0, one
     # stage, 1 byte) are one device's weights; they must agree for every model and layout.
     from simulator.graph.memory import inference_memory
-    from simulator.graph.model import Shape
+    from simulator.graph.ops import Shape
     from simulator.schema import ParallelPlan, Precision, TrainingSpec, Workload
     from simulator.training.run import training_memory
     ep = 8 if model.moe else 1

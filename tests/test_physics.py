@@ -7,7 +7,7 @@ import pytest
 from simulator.engine.core import Engine
 from simulator.engine.schedule import SCHEDULES
 from simulator.engine.streams import CommDemand, StreamPlan
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 
 # -- the engine -----------------------------------------------------------------------------
 
@@ -265,7 +265,7 @@ def test_a_rank_reads_the_weights_of_every_expert_copy_that_gets_a_row():
 def test_a_grouped_gemm_reads_only_the_experts_its_tokens_pick():
     # one token, top-2 of 8 experts on one GPU (no EP traffic): exactly 2 experts' weights,
     # the closed form 8 x (1 - (1 - 2/8)^1) = 2; 64 tokens touch all 8 but for (3/4)^64
-    from simulator.graph.model import active_experts
+    from simulator.graph.ops import active_experts
     from simulator.graph.params import expert_params
     from simulator.step.whatif import build_step_graph, resolve
     from tests.conftest import workload
@@ -397,7 +397,7 @@ def kv_exposed_s(sim, tokens):
 
 def test_the_kv_budget_is_what_weights_and_activations_leave():
     from simulator.graph.memory import inference_memory
-    from simulator.graph.model import Shape
+    from simulator.graph.ops import Shape
     from simulator.serving.run import ServingSim
     from tests.test_serving import small
     sim = ServingSim(small())

@@ -187,7 +187,7 @@ def test_a_schedule_registered_from_a_test_runs_end_to_end():
 
 
 def test_split_cuts_sequences_then_tokens():
-    from simulator.graph.model import Shape
+    from simulator.graph.ops import Shape
     from simulator.engine.schedule import get_schedule
     tbo = get_schedule("tbo")
     assert [s.sequences for s in tbo.split(Shape("decode", 5, 2, 100))] == [3, 2]
@@ -265,7 +265,7 @@ def test_tbo_prefill_alternates_with_no_lag():
 
 def test_tbo_without_a_published_stage_plan_stays_work_conserving():
     from simulator.engine.tbo_stages import stage_orders
-    from simulator.graph.model import graph_ops
+    from simulator.graph.ops import graph_ops
     from simulator.step.whatif import build_step_graph
     shortcut = workload("workloads/longcat-flash-decode-h800.yaml", schedule="tbo")
     g = build_step_graph(resolve(shortcut), "tbo")

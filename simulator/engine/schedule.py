@@ -24,7 +24,7 @@ from typing import Callable
 import networkx as nx
 
 from simulator.errors import MoesimError
-from simulator.graph.model import Op, Shape, graph_ops
+from simulator.graph.ops import Op, Shape, graph_ops
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.engine.tbo_stages import stage_orders
 

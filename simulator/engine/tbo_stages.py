@@ -21,7 +21,7 @@ Only conventional layers (one attention block, then the MoE) have a published st
 """
 from __future__ import annotations
 
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 
 # role of an op in a layer -> (stage within the layer, order inside the stage)
 DECODE_STAGES = {"attn.qkv_proj": (0, 0), "attn.core": (1, 0), "attn.o_proj": (1, 1),

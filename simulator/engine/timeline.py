@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 
 
 @dataclass

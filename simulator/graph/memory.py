@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from simulator.schema import ModelSpec, ParallelPlan, Precision
 
 LIVE_ACTIVATION_BUFFERS = 4   # inference: input, output and two temporaries of the widest op live at once
-from simulator.graph.model import Shape
+from simulator.graph.ops import Shape
 from simulator.graph.params import (count_params, expert_params, kv_elements_per_token,
                               layer_counts, replicated_params)
 

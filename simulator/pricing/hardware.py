@@ -12,7 +12,7 @@ from statistics import NormalDist
 from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
 from simulator.errors import MoesimError
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 from simulator.notes import note
 from simulator.engine.streams import CommDemand
 

@@ -13,7 +13,7 @@ from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.graph.params import expert_params
 from simulator.pricing.hardware import compute_time_s, link_bandwidths
 from simulator.engine.streams import CommDemand
-from simulator.graph.model import Op
+from simulator.graph.ops import Op
 from simulator.pricing.routing import RoutingResult, route
 from simulator.pricing.topology import Cluster, rank_loads
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from simulator.errors import MoesimError
 from simulator.graph.memory import inference_memory
-from simulator.graph.model import Shape
+from simulator.graph.ops import Shape
 from simulator.graph.params import kv_elements_per_token
 from simulator.loading import load_model, load_profile
 from simulator.schema import HardwareProfile, ServingSpec, Workload

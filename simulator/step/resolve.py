@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from simulator.errors import MoesimError
 from simulator.graph.memory import MemoryBreakdown, inference_memory
-from simulator.graph.model import Shape
+from simulator.graph.ops import Shape
 from simulator.loading import load_model, load_profile
 from simulator.schema import COMPUTE_CLASSES, HardwareProfile, ModelSpec, Workload
 
