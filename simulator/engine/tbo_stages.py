@@ -21,6 +21,8 @@ Only conventional layers (one attention block, then the MoE) have a published st
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from simulator.graph.ops import Op
 
 # role of an op in a layer -> (stage within the layer, order inside the stage)
@@ -44,8 +46,8 @@ def role(op: Op) -> str:
     return name.split(".", 1)[1]
 
 
-def stage_orders(ops: list[Op], phase: str,
-                 is_comm) -> tuple[list[str], list[str], dict[str, list[str]]] | None:
+def stage_orders(ops: list[Op], phase: str, is_comm: Callable[[Op], bool]
+                 ) -> tuple[list[str], list[str], dict[str, list[str]]] | None:
     """(compute issue order, comm issue order, waits) of a two-micro-batch graph whose ops are in
     topological order; waits maps a compute op to the collectives the stream waits for just
     before issuing it. None when no published stage plan covers the graph."""
