@@ -73,30 +73,35 @@ class Loop:
     # -- what pools and policies call ------------------------------------------------------
     def arrive(self, upto: float) -> None:
         """Queue every arrival up to `upto` for prefill (reject beyond max_queue)."""
-        arrivals, n, spec = self.arrivals, len(self.r), self.sim.spec
-        while self.next_arrival < n and arrivals[self.next_arrival] <= upto:
-            rid = self.next_arrival
-            if not self.rejected[rid]:
-                if len(self.prefill_q) >= spec.max_queue:
-                    self.rejected[rid] = True
+        arrivals, n, cap = self.arrivals, len(self.arrivals), self.sim.spec.max_queue
+        rejected, q = self.rejected, self.prefill_q
+        rid = self.next_arrival
+        while rid < n and arrivals[rid] <= upto:
+            if not rejected[rid]:
+                if len(q) >= cap:
+                    rejected[rid] = True
                 else:
-                    self.prefill_q.append(rid)
+                    q.append(rid)
                     self.in_system += 1
-            self.next_arrival += 1
+            rid += 1
+        self.next_arrival = rid
 
     def admit(self, rid: int) -> None:
         """Start decoding `rid` at this step; book its finishing step."""
         steps = int(max(self.steps_left[rid], 1))
+        step = self.step
         self.steps_left[rid] = steps
-        self.admit_step[rid] = self.step
-        self.ctx_at_admit[rid] = self.input[rid] + 1
-        self.rate[rid] = max(self.output[rid] - 1, 0) / steps
-        self.calendar.setdefault(self.step + steps, []).append(rid)
+        self.admit_step[rid] = step
+        ctx = self.input[rid] + 1
+        self.ctx_at_admit[rid] = ctx
+        rate = max(self.output[rid] - 1, 0) / steps
+        self.rate[rid] = rate
+        self.calendar.setdefault(step + steps, []).append(rid)
         self.active.append(rid)
         self.in_active[rid] = True
         self.n_active += 1
-        self.sum_ctx += self.input[rid] + 1
-        self.sum_rate += self.rate[rid]
+        self.sum_ctx += ctx
+        self.sum_rate += rate
 
     def preempt(self, rid: int) -> None:
         """Evict a decoding request: it goes back to the head of the prefill queue."""
@@ -172,14 +177,16 @@ class Loop:
 
     def _finish_step(self) -> None:
         self.sum_ctx += self.sum_rate
-        for rid in self.calendar.pop(self.step, []):
-            if not self.in_active[rid] or self.admit_step[rid] + self.steps_left[rid] != self.step:
+        in_active, admit_step, steps_left = self.in_active, self.admit_step, self.steps_left
+        ctx_at_admit, rate, step, t = self.ctx_at_admit, self.rate, self.step, self.t
+        for rid in self.calendar.pop(step, ()):
+            if not in_active[rid] or admit_step[rid] + steps_left[rid] != step:
                 continue
-            self.in_active[rid] = False
+            in_active[rid] = False
             self.n_active -= 1
-            self.finish[rid] = self.t
-            self.sum_ctx -= self.ctx_at_admit[rid] + self.steps_left[rid] * self.rate[rid]
-            self.sum_rate -= self.rate[rid]
+            self.finish[rid] = t
+            self.sum_ctx -= ctx_at_admit[rid] + steps_left[rid] * rate[rid]
+            self.sum_rate -= rate[rid]
             self.in_system -= 1
         if len(self.active) > 2 * self.n_active + COMPACT_SLACK:
             self.active = [rid for rid in self.active if self.in_active[rid]]

@@ -73,12 +73,12 @@ class DisaggregatedPrefill:
         run.arrive(start)
         batch, tokens, computed = [], 0, 0.0
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
-        while run.prefill_q and (not batch or
-                                 computed + miss * run.input[run.prefill_q[0]] <= self.budget):
-            rid = run.prefill_q.popleft()
+        q, inputs, budget = run.prefill_q, run.input, self.budget
+        while q and (not batch or computed + miss * inputs[q[0]] <= budget):
+            rid = q.popleft()
             batch.append(rid)
-            tokens += int(run.input[rid])
-            computed += miss * run.input[rid]
+            tokens += int(inputs[rid])
+            computed += miss * inputs[rid]
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
@@ -162,12 +162,14 @@ class FcfsAdmission:
     (recompute: an evicted request is prefilled again with everything it holds)."""
 
     def admit(self, run: Loop) -> None:
-        while run.ready and run.ready[0][0] <= run.t and run.n_active < run.slots:
-            rid = run.ready[0][1]
+        ready, t, slots, budget = run.ready, run.t, run.slots, run.budget
+        per_seq = 1 + run.sim.mtp_draft
+        while ready and ready[0][0] <= t and run.n_active < slots:
+            rid = ready[0][1]
             need = run.input[rid] + 1
-            if run.sum_ctx + need + (run.n_active + 1) * (1 + run.sim.mtp_draft) > run.budget:
+            if run.sum_ctx + need + (run.n_active + 1) * per_seq > budget:
                 break
-            heapq.heappop(run.ready)
+            heapq.heappop(ready)
             run.admit(rid)
 
     def evict(self, run: Loop) -> None:
