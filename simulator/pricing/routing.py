@@ -202,6 +202,12 @@ def token_draws(spec: RoutingSpec, n_experts: int, top_k: int, has_zero_experts:
                        seed)
 
 
+def draws_of(micro_batch: int, tokens_per_rank: int, ep: int) -> int:
+    """Whose tokens of the shared draws a micro-batch routes: its own while a micro-batch's
+    tokens are sampled exactly, micro-batch 0's pooled sample above MAX_SAMPLED_TOKENS."""
+    return micro_batch if ep * tokens_per_rank <= MAX_SAMPLED_TOKENS else 0
+
+
 @lru_cache(maxsize=64)
 def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bool,
           real_mean: float, ep: int, gpus_per_node: int, tokens_per_rank: int,
@@ -231,7 +237,7 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     total = ep * tokens_per_rank
     sampled = min(total, MAX_SAMPLED_TOKENS)
     exact = sampled == total
-    tok0 = micro_batch * total if exact else 0          # this micro-batch's first token
+    tok0 = draws_of(micro_batch, tokens_per_rank, ep) * total   # this micro-batch's first token
     for c, (k, chosen, pick) in enumerate(draws.upto(tok0 + sampled)):
         start = c * CHUNK_TOKENS
         lo, hi = max(start, tok0), min(start + CHUNK_TOKENS, tok0 + sampled)

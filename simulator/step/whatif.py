@@ -12,7 +12,7 @@ from simulator.graph.model import build_backward, build_forward
 from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
                                         op_time_s, straggler_factor)
-from simulator.pricing.routing import MAX_SAMPLED_TOKENS
+from simulator.pricing.routing import draws_of
 from simulator.pricing.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
 from simulator.schema import Workload
 from simulator.step.resolve import Resolved, check_plan, resolve
@@ -122,10 +122,7 @@ def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     out = {}
     for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
         tokens = shape.sequences * shape.query_tokens
-        if tokens * w.plan.ep > MAX_SAMPLED_TOKENS:
-            mb_draws = 0              # above the sampling cap micro-batches share the pooled sample
-        else:
-            mb_draws = mb
+        mb_draws = draws_of(mb, tokens, w.plan.ep)     # pooled: every micro-batch shares one
         key = (tokens, mb_draws)
         if key not in r.traffic_cache:
             r.traffic_cache[key] = ep_traffic(model, w, prof, tokens, r.real_experts, w.seed,
