@@ -55,7 +55,8 @@ def stage_orders(ops: list[Op], phase: str, is_comm: Callable[[Op], bool]
         return None
     stages, waits, stride, delta = PLANS[phase]
     moe_layers = {o.layer for o in ops if o.kind == "grouped_gemm"}
-    if any(o.layer in moe_layers and role(o) not in stages for o in ops):
+    roles = [role(o) if o.layer in moe_layers else "" for o in ops]
+    if any(r and r not in stages for r in roles):
         return None                                 # shortcut layers, chunked MoE ...
     first: dict[int, int] = {}                     # each layer's first stage
     stage = 0
@@ -63,12 +64,12 @@ def stage_orders(ops: list[Op], phase: str, is_comm: Callable[[Op], bool]
         first[layer] = stage
         stage += stride if layer in moe_layers else 0
     keyed = []
-    for pos, o in enumerate(ops):
-        st, k = stages[role(o)] if o.layer in moe_layers else (0, 0)
+    for pos, (o, r) in enumerate(zip(ops, roles)):
+        st, k = stages[r] if r else (0, 0)
         lag = delta if o.micro_batch else 0
         keyed.append(((first[o.layer] + st + lag, o.micro_batch, o.layer, k, pos), o, False))
-        if o.layer in moe_layers and role(o) in waits:
-            st, k = waits[role(o)]
+        if r in waits:
+            st, k = waits[r]
             keyed.append(((first[o.layer] + st + lag, o.micro_batch, o.layer, k, pos), o, True))
     keyed.sort(key=lambda x: x[0])
     compute, comm, wait_for, pending = [], [], {}, []
