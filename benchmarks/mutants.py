@@ -33,6 +33,7 @@ GO = "simulator/graph/ops.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
+RQ = "simulator/serving/ready.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -214,8 +215,7 @@ MUTANTS: list[Mutant] = [
     Mutant(SV, "KV budget per device, not per pool", "return free / self.kv_token_bytes * self.decode.dp",
            "return free / self.kv_token_bytes"),
     Mutant(PO, "admission ignores the KV budget",
-           "if run.sum_ctx + need + (run.n_active + 1) * per_seq > budget:",
-           "if False:", quick=True),
+           "if ctx + need + n * per_seq > budget:", "if False:", quick=True),
     Mutant(PO, "eviction ignores MTP's extra tokens per step",
            "while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:",
            "while run.n_active and run.sum_ctx + run.n_active > run.budget:"),
@@ -224,12 +224,21 @@ MUTANTS: list[Mutant] = [
            "                      kv_bytes / self.nic / self.layers)",
            "        exposed = 0.0"),
     Mutant(PO, "prefill batches ignore the token budget",
-           "computed + miss * inputs[q[0]] <= budget", "True"),
+           "if computed + miss * size > budget:", "if False:"),
     Mutant(PO, "prefill budget counts prefix-cache hits as computed tokens",
            "miss = 1.0 - run.sim.w.prefix_hit_rate", "miss = 1.0"),
     Mutant(PO, "colocated chunk priced as whole prompts",
            "ctx = min(max(mean_prompt, 1.0), per_dev)", "ctx = max(mean_prompt, 1.0)"),
-    Mutant(LP, "context does not grow during decode", "        self.sum_ctx += self.sum_rate\n", ""),
+    Mutant(LP, "context does not grow during decode",
+           "sum_ctx, sum_rate = self.sum_ctx + self.sum_rate, self.sum_rate",
+           "sum_ctx, sum_rate = self.sum_ctx, self.sum_rate"),
+    Mutant(RQ, "ready requests of one time taken in arrival, not id, order",
+           "self._front, self._front_t, self._pos = sorted(self._groups.pop(t)), t, 0",
+           "self._front, self._front_t, self._pos = self._groups.pop(t), t, 0"),
+    Mutant(RQ, "a batch ready earlier than the front group waits behind it",
+           "if self._pos < len(self._front) and t < self._front_t:", "if False:"),
+    Mutant(RQ, "a batch joining the front group's time is not merged in id order",
+           "            rest.sort()\n", ""),
     Mutant(LP, "a preempted request keeps its KV (no recompute)",
            "        self.input[rid] = int(held)\n", ""),
     Mutant(MT, "MTP: every output token needs a decode step (first from prefill ignored)",

@@ -56,6 +56,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/serving/pools.py": ["tests/test_serving.py", "tests/test_deployments.py",
                                    "tests/test_physics.py"],
     "simulator/serving/loop.py": ["tests/test_serving.py", "tests/test_physics.py"],
+    "simulator/serving/ready.py": ["tests/test_serving.py"],
     "simulator/serving/mtp.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/result.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/step_model.py": ["tests/test_serving.py", "tests/test_physics.py"],

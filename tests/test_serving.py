@@ -197,12 +197,10 @@ def test_a_new_admission_policy_is_one_class(tmp_path):
 
     class OnePerStep(FcfsAdmission):
         def admit(self, run):
-            if run.ready and run.ready[0][0] <= run.t and run.n_active < run.slots:
-                rid = run.ready[0][1]
-                if run.sum_ctx + run.input[rid] + 1 + (run.n_active + 1) <= run.budget:
-                    import heapq
-                    heapq.heappop(run.ready)
-                    run.admit(rid)
+            ids = run.ready.front(run.t, 1) if run.n_active < run.slots else []
+            if ids and run.sum_ctx + run.input[ids[0]] + 1 + (run.n_active + 1) <= run.budget:
+                run.ready.drop(1)
+                run.admit(ids)
 
     ADMISSION_POLICIES["test-one-per-step"] = OnePerStep
     try:
@@ -222,3 +220,36 @@ def test_a_new_admission_policy_is_one_class(tmp_path):
     assert slow["e2e_ms"]["p99"] > fcfs["e2e_ms"]["p99"]
     with pytest.raises(MoesimError, match="serving.admission"):
         ServingSim(slow_w)
+
+
+def test_ready_queue_yields_what_a_heap_of_time_and_id_yields():
+    # The oracle is a heap of (ready time, id): the order FCFS admission has always used.
+    import heapq
+    from simulator.serving.ready import ReadyQueue
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        q, heap, next_id, now = ReadyQueue(), [], 0, 0.0
+        for _ in range(60):
+            if rng.random() < 0.5:           # a batch ready at one time (ties and the past too)
+                t = float(rng.choice([now, now + 1.0, now - 0.5, float(rng.integers(0, 9))]))
+                ids = [int(i) for i in rng.permutation(np.arange(next_id, next_id + rng.integers(0, 6)))]
+                next_id += len(ids)
+                q.push(t, ids)
+                for i in ids:
+                    heapq.heappush(heap, (t, i))
+            else:                            # admit up to `limit` of the front group
+                now += float(rng.integers(0, 3))
+                limit = int(rng.integers(1, 5))
+                got = q.front(now, limit)
+                want = []
+                if heap and heap[0][0] <= now:
+                    t0 = heap[0][0]
+                    want = [i for t, i in sorted(heap)[:limit] if t == t0]
+                assert got == want, trial
+                k = int(rng.integers(0, len(got) + 1))
+                q.drop(k)
+                for _ in range(k):
+                    heapq.heappop(heap)
+            assert len(q) == len(heap) and bool(q) == bool(heap)
+            if heap:
+                assert q.first_time() == heap[0][0]

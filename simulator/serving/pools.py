@@ -5,12 +5,12 @@ The decode pool runs lockstep steps in `loop.Loop`. Around each step:
 - a PrefillPool turns queued prompts into requests ready to decode: `before_step` runs the
   pool's own clock (disaggregated), `chunk` takes prompt tokens into this decode step
   (colocated), `step_extra_s` is what that chunk adds to the step;
-- an AdmissionPolicy moves ready requests into the decode batch (`admit`) and, when the next
-  step would overflow the KV budget, picks who is evicted (`evict`).
+- an AdmissionPolicy moves ready requests (`run.ready`, a ReadyQueue by ready time and id) into
+  the decode batch (`admit`, which calls `run.admit(ids)`) and, when the next step would
+  overflow the KV budget, picks who is evicted (`evict`).
 """
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -60,25 +60,28 @@ class DisaggregatedPrefill:
         self.nic = sim.profile.nic.bandwidth_Bps.value
         self.layers = sim.model.num_layers
         self.busy_until = 0.0
+        self.first_s = 0.0                  # when the batch in flight reaches the decode pool
         self.batch: list[int] = []
 
     def before_step(self, run: Loop) -> None:
         if self.batch and self.busy_until <= run.t + BUSY_EPS_S:
-            for rid in self.batch:
-                heapq.heappush(run.ready, (run.first[rid], rid))
+            run.ready.push(self.first_s, self.batch)      # the whole batch at one time
             self.batch = []
         if self.batch or not run.prefill_q:
             return
         start = max(run.t, self.busy_until)
         run.arrive(start)
-        batch, tokens, computed = [], 0, 0.0
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
         q, inputs, budget = run.prefill_q, run.input, self.budget
-        while q and (not batch or computed + miss * inputs[q[0]] <= budget):
-            rid = q.popleft()
-            batch.append(rid)
-            tokens += int(inputs[rid])
-            computed += miss * inputs[rid]
+        rid = q.popleft()
+        batch, tokens, computed = [rid], inputs[rid], miss * inputs[rid]
+        while q:
+            size = inputs[q[0]]
+            if computed + miss * size > budget:
+                break
+            batch.append(q.popleft())
+            tokens += size
+            computed += miss * size
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
@@ -86,8 +89,9 @@ class DisaggregatedPrefill:
         exposed = max(kv_bytes / self.nic - dt * (self.layers - 1) / self.layers,
                       kv_bytes / self.nic / self.layers)
         self.busy_until = start + dt
+        self.first_s = first = start + dt + exposed
         for rid in batch:
-            run.first[rid] = start + dt + exposed
+            run.first[rid] = first
         run.prefill_tokens += tokens
         self.batch = batch
 
@@ -162,15 +166,24 @@ class FcfsAdmission:
     (recompute: an evicted request is prefilled again with everything it holds)."""
 
     def admit(self, run: Loop) -> None:
-        ready, t, slots, budget = run.ready, run.t, run.slots, run.budget
+        ready, t, slots, budget, inputs = run.ready, run.t, run.slots, run.budget, run.input
         per_seq = 1 + run.sim.mtp_draft
-        while ready and ready[0][0] <= t and run.n_active < slots:
-            rid = ready[0][1]
-            need = run.input[rid] + 1
-            if run.sum_ctx + need + (run.n_active + 1) * per_seq > budget:
-                break
-            heapq.heappop(ready)
-            run.admit(rid)
+        while run.n_active < slots:
+            ids = ready.front(t, slots - run.n_active)
+            if not ids:
+                return
+            ctx, n, k = run.sum_ctx, run.n_active, 0
+            for rid in ids:                 # the KV budget, request by request
+                need = inputs[rid] + 1
+                n += 1
+                if ctx + need + n * per_seq > budget:
+                    break
+                ctx += need
+                k += 1
+            ready.drop(k)
+            run.admit(ids[:k] if k < len(ids) else ids)
+            if k < len(ids):
+                return
 
     def evict(self, run: Loop) -> None:
         while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:
