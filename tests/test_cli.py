@@ -173,3 +173,8 @@ def test_negative_skew_parameters(tmp_path):
 def test_group_limits_that_do_not_fit(tmp_path):
     p = _write(tmp_path, BASE + "routing: {expert_groups: 7, max_groups_per_token: 2}\n")
     _bad(invoke("simulate", p), "routing.expert_groups", "divide")
+
+
+def test_limits_too_tight_for_top_k(tmp_path):
+    p = _write(tmp_path, BASE + "routing: {expert_groups: 64, max_groups_per_token: 1}\n")
+    _bad(invoke("simulate", p), "routing.max_groups_per_token", "top_k", "at least")

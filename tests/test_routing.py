@@ -77,16 +77,40 @@ def test_sampled_experts_follow_plackett_luce_probabilities():
     """A token's first pick is expert i with probability p_i, and its second pick is j given a
     first i with p_j / (1 - p_i) (sampling without replacement by popularity), worked out here
     from the popularity vector, not read back from the sampler."""
-    from simulator.pricing.routing import _sampled, race_keys
+    from simulator.pricing.routing import AliasTable, _sampled
     p = np.array([0.4, 0.3, 0.2, 0.1])
-    rng = np.random.default_rng(3)
     n = 200_000
-    picks = _sampled(race_keys((1.0 / p).astype(np.float32), n, rng), RoutingSpec(), 1, 2)
+    picks = _sampled(AliasTable(p), [np.random.default_rng(3)], n, RoutingSpec(), 1, 2)
     first = np.bincount(picks[:, 0], minlength=4) / n
     assert first == pytest.approx(p, abs=0.005)             # ~4.5 standard errors
     pair = np.mean((picks[:, 0] == 0) & (picks[:, 1] == 1))
     assert pair == pytest.approx(0.4 * 0.3 / 0.6, abs=0.004)   # 0.2
     assert (picks[:, 0] != picks[:, 1]).all()
+
+
+@pytest.mark.parametrize("spec,nodes", [(RoutingSpec(max_nodes_per_token=1), 2),
+                                        (RoutingSpec(expert_groups=2, max_groups_per_token=1), 1)])
+def test_limits_keep_the_block_a_token_reaches_first(spec, nodes):
+    """Experts {0, 1} and {2, 3} form two blocks (nodes, or groups); a token may use one, and
+    takes two experts. Its block is the one its first pick falls in, so the pair is (i, the
+    other expert of i's block) with probability p_i, worked out from the popularity."""
+    from simulator.pricing.routing import AliasTable, _sampled
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    n = 100_000
+    picks = _sampled(AliasTable(p), [np.random.default_rng(5), np.random.default_rng(6)], n // 2,
+                     spec, nodes, 2)
+    partner = np.array([1, 0, 3, 2])
+    assert (picks[:, 1] == partner[picks[:, 0]]).all()      # never outside the first block
+    first = np.bincount(picks[:, 0], minlength=4) / n
+    assert first == pytest.approx(p, abs=0.006)             # ~4 standard errors
+
+
+def test_alias_table_draws_the_popularity():
+    from simulator.pricing.routing import AliasTable
+    p = np.array([0.5, 0.05, 0.25, 0.2])
+    got = np.bincount(AliasTable(p).draw(np.random.default_rng(0).random(400_000)),
+                      minlength=4) / 400_000
+    assert got == pytest.approx(p, abs=0.003)               # ~4 standard errors
 
 
 def test_micro_batches_route_different_tokens_of_one_sample():
@@ -103,3 +127,22 @@ def test_micro_batches_route_different_tokens_of_one_sample():
     big = {**LC, "tokens_per_rank": 8192}
     assert np.array_equal(route(RoutingSpec(), **big, micro_batch=1).t_expert,
                           route(RoutingSpec(), **big).t_expert)
+
+
+def test_draws_do_not_depend_on_how_many_chunks_are_drawn_at_once():
+    from simulator.pricing.routing import CHUNK_TOKENS, _TokenDraws
+    args = (RoutingSpec(expert_groups=8, max_groups_per_token=4), 256, 8, False, 8.0, 16, 8, 4)
+    together, stepwise = _TokenDraws(*args), _TokenDraws(*args)
+    a = together.upto(3 * CHUNK_TOKENS)
+    stepwise.upto(CHUNK_TOKENS)
+    b = stepwise.upto(3 * CHUNK_TOKENS)
+    for (ka, ca, pa), (kb, cb, pb) in zip(a, b):
+        assert np.array_equal(ka, kb) and np.array_equal(ca, cb) and np.array_equal(pa, pb)
+
+
+def test_limits_that_cannot_hold_top_k_experts_are_refused(tmp_path):
+    from simulator.errors import MoesimError
+    from simulator.pricing.routing import AliasTable, _sampled
+    with pytest.raises(MoesimError, match="max_nodes_per_token"):
+        _sampled(AliasTable(np.full(4, 0.25)), [np.random.default_rng(0)], 8,
+                 RoutingSpec(max_nodes_per_token=1), 2, 3)

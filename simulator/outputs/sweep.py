@@ -303,6 +303,12 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+        # let the pool's manager thread close its wake-up pipe now: at interpreter exit
+        # concurrent.futures writes to that pipe, and a close racing that write prints an
+        # OSError traceback (CPython 3.11's _ThreadWakeup checks, then writes, unlocked)
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(timeout=5)
     finally:
         if main:
             signal.signal(signal.SIGINT, old)

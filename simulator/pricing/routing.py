@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from simulator.errors import MoesimError
 from simulator.schema import RoutingSpec
 
 CHUNK_TOKENS = 4096
@@ -97,39 +98,115 @@ def place_experts(n_experts: int, ep: int, redundant: int, p: np.ndarray) -> Pla
     return Placement([np.array(c) for c in copies], slots)
 
 
-def _limit(keys: np.ndarray, blocks: int, keep_n: int) -> np.ndarray:
-    """Keep only each token's `keep_n` best contiguous expert blocks (nodes or groups), a block
-    ranking as its best (smallest-key) expert; the others' keys become +inf, in place."""
-    n, e = keys.shape
-    by_block = keys.reshape(n, blocks, e // blocks)
-    keep = np.argpartition(by_block.min(axis=2), keep_n - 1, axis=1)[:, :keep_n]
-    dropped = np.ones((n, blocks), dtype=bool)
-    np.put_along_axis(dropped, keep, False, axis=1)
-    by_block[dropped] = np.inf
-    return keys
+SEQ_DRAWS_PER_PICK = 2     # draws per token and round: this many per expert it needs
+MAX_ROUNDS = 64            # rounds of draws before a token short of experts is an input error
 
 
-def race_keys(inv_p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Keys of n tokens whose k smallest are a popularity-weighted sample of k distinct experts
-    (sequential sampling without replacement, Plackett-Luce): an exponential race, E_e / p_e
-    with E_e ~ Exp(1), in the order of Gumbel-perturbed log p_e (log p_e - log E_e is Gumbel)
-    at a third of the cost (float32; `inv_p` is 1 / popularity)."""
-    keys = rng.standard_exponential((n, inv_p.size), dtype=np.float32)
-    keys *= inv_p
-    return keys
-
-
-def _sampled(keys: np.ndarray, spec: RoutingSpec, nodes: int, kmax: int) -> np.ndarray:
-    """Each token's kmax first experts of the race (first first) after node and group limits
-    (`keys` is overwritten)."""
+def _limits(spec: RoutingSpec, n_experts: int, nodes: int) -> list[tuple[int, int]]:
+    """(block size, blocks kept) of each limit, in the order they apply: nodes, then groups."""
+    out = []
     if spec.max_nodes_per_token and spec.max_nodes_per_token < nodes:
-        keys = _limit(keys, nodes, spec.max_nodes_per_token)
+        out.append((n_experts // nodes, spec.max_nodes_per_token))
     if spec.expert_groups and spec.max_groups_per_token and \
             spec.max_groups_per_token < spec.expert_groups:
-        keys = _limit(keys, spec.expert_groups, spec.max_groups_per_token)
-    top = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
-    order = np.argsort(np.take_along_axis(keys, top, axis=1), axis=1)
-    return np.take_along_axis(top, order, axis=1)
+        out.append((n_experts // spec.expert_groups, spec.max_groups_per_token))
+    return out
+
+
+class AliasTable:
+    """Walker's alias method: draws from a discrete distribution at O(1) per draw (an index
+    uniform over the experts, then the index itself with probability `keep`, else its
+    `alias`), exact up to float rounding."""
+
+    def __init__(self, p: np.ndarray) -> None:
+        e = p.size
+        scaled = np.asarray(p, dtype=float) * (e / p.sum())
+        self.keep = np.ones(e)
+        self.alias = np.arange(e)
+        small = [i for i in range(e) if scaled[i] < 1.0]
+        large = [i for i in range(e) if scaled[i] >= 1.0]
+        while small and large:                  # Vose: pair each light cell with a heavy one
+            s, g = small.pop(), large.pop()
+            self.keep[s], self.alias[s] = scaled[s], g
+            scaled[g] -= 1.0 - scaled[s]
+            (small if scaled[g] < 1.0 else large).append(g)
+        self.uniform = bool((self.keep >= 1.0).all())
+
+    def draw(self, u: np.ndarray) -> np.ndarray:
+        """One index per uniform in [0, 1): its integer part picks the cell, the rest decides."""
+        v = u * self.keep.size
+        cell = v.astype(np.int32)
+        if self.uniform:                        # every cell keeps its own index
+            return cell
+        return np.where(v - cell < self.keep[cell], cell, self.alias[cell])
+
+
+def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, spec: RoutingSpec,
+             nodes: int, kmax: int) -> np.ndarray:
+    """kmax experts, first pick first, for each of len(gens) x per_gen tokens (generator g
+    draws for tokens [g x per_gen, (g + 1) x per_gen)): a popularity-weighted sample without
+    replacement (Plackett-Luce), drawn as experts with replacement in sequence, keeping each
+    one's first appearance (the next distinct expert of such a sequence follows p restricted to
+    the experts not yet picked). Node and group limits keep the blocks a token reaches first
+    (a block ranks by its first-drawn expert, as in the exponential race of Gumbel top-k) and
+    skip draws outside them. `table`: the popularity's alias table."""
+    e, n = table.keep.size, len(gens) * per_gen
+    limits = _limits(spec, e, nodes)
+    reach = float(np.prod([keep_n * size / e for size, keep_n in limits]))
+    per_round = int(np.ceil(SEQ_DRAWS_PER_PICK * kmax / reach))
+    out = np.full((n, kmax), -1, dtype=np.int64)
+    got = np.zeros(n, dtype=np.int64)
+    kept = [np.zeros((n, e // size), dtype=bool) for size, _ in limits]   # blocks reached,
+    reached = [np.zeros(n, dtype=np.int64) for _ in limits]              # up to keep_n
+    rows = np.arange(n)
+    for _ in range(MAX_ROUNDS):
+        if rows.size == 0:
+            return out
+        owner = rows // per_gen               # rows ascend, so each generator's rows are a run
+        bounds = np.searchsorted(owner, np.arange(len(gens) + 1))
+        draws = table.draw(np.concatenate([gens[i].random((per_round,
+                                                           int(bounds[i + 1] - bounds[i])))
+                                           for i in range(len(gens))], axis=1))  # [draw, row]
+        live = rows                           # this round's rows still short, shrinking
+        o, g = out[live].T.copy(), got[live]  # o: [kmax, rows], a pick's column per row
+        kp, rc = [a[live] for a in kept], [a[live] for a in reached]
+        had = int(g.max())                    # picks a row already holds from earlier rounds
+        for j in range(per_round):
+            short = g < kmax
+            if 2 * int(short.sum()) < live.size:   # write the finished back, go on with the rest
+                out[live], got[live] = o.T, g
+                for whole, part in ((kept, kp), (reached, rc)):
+                    for li in range(len(limits)):
+                        whole[li][live] = part[li]
+                keep = short
+                live, o, g, draws = live[keep], o[:, keep], g[keep], draws[:, keep]
+                kp, rc = [a[keep] for a in kp], [a[keep] for a in rc]
+                short = short[keep]
+                if not live.size:
+                    break
+            ar = np.arange(live.size)
+            x = draws[j]
+            ok = short
+            for li, (size, keep_n) in enumerate(limits):
+                flat = ar * kp[li].shape[1] + x // size
+                hit = kp[li].reshape(-1)[flat]
+                new = ok & ~hit & (rc[li] < keep_n)   # a block not reached before, kept if room
+                kp[li].reshape(-1)[flat[new]] = True
+                rc[li] += new
+                ok = ok & (hit | new)
+            for c in range(min(had + j, kmax)):   # not a repeat of an expert already picked
+                ok &= o[c] != x
+            i = ar[ok]
+            o[g[i], i] = x[i]
+            g[i] += 1
+        out[live], got[live] = o.T, g
+        for whole, part in ((kept, kp), (reached, rc)):
+            for li in range(len(limits)):
+                whole[li][live] = part[li]
+        rows = rows[got[rows] < kmax]
+    raise MoesimError("routing", f"tokens found fewer than {kmax} experts in the nodes and "
+                      "groups their limits keep", "raise routing.max_nodes_per_token or "
+                      "routing.max_groups_per_token so the kept experts number top_k or more")
 
 
 def _balanced(valid: np.ndarray, before: int, n_experts: int,
@@ -161,11 +238,10 @@ class _TokenDraws:
     def __init__(self, spec: RoutingSpec, n_experts: int, top_k: int, has_zero_experts: bool,
                  real_mean: float, ep: int, gpus_per_node: int, seed: int) -> None:
         self.spec, self.n_experts, self.ep = spec, n_experts, ep
-        self.has_zero, self.real_mean = has_zero_experts, real_mean
-        self.rng = np.random.default_rng(seed)
-        p = popularity(spec, n_experts, self.rng)
+        self.has_zero, self.real_mean, self.seed = has_zero_experts, real_mean, seed
+        p = popularity(spec, n_experts, np.random.default_rng(seed))
         self.placement = place_experts(n_experts, ep, spec.redundant_experts, p)
-        self.inv_p = (1.0 / p).astype(np.float32)
+        self.table = AliasTable(p)
         self.kmax = min(top_k, n_experts)
         self.nodes = max(1, ep // min(gpus_per_node, ep))
         self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # k, chosen, pick
@@ -173,25 +249,30 @@ class _TokenDraws:
 
     def upto(self, tokens: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(k, chosen, pick) of every chunk covering the first `tokens` tokens."""
-        while len(self.chunks) * CHUNK_TOKENS < tokens:
-            self.chunks.append(self._draw(len(self.chunks) * CHUNK_TOKENS))
-        return self.chunks[:-(-tokens // CHUNK_TOKENS)]
+        need = -(-tokens // CHUNK_TOKENS)
+        if len(self.chunks) < need:
+            self.chunks += self._draw(len(self.chunks), need)
+        return self.chunks[:need]
 
-    def _draw(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _draw(self, first: int, last: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunks [first, last), each from its own generator (seeded by the setup's seed and
+        the chunk's index), so that drawing them together or one at a time gives the same."""
         n, spec, kmax = CHUNK_TOKENS, self.spec, self.kmax
-        if self.has_zero:
-            k = np.clip(np.rint(self.rng.normal(self.real_mean, spec.real_experts_std, n)), 0,
-                        kmax).astype(int)
-        else:
-            k = np.full(n, kmax)
-        valid = np.arange(kmax)[None, :] < k[:, None]
+        gens = [np.random.default_rng([self.seed, c]) for c in range(first, last)]
+        ks = [np.clip(np.rint(g.normal(self.real_mean, spec.real_experts_std, n)), 0,
+                      kmax).astype(int) if self.has_zero else np.full(n, kmax) for g in gens]
         if spec.popularity == "balanced":     # the q-th pick of an expert uses copy q mod copies
-            chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep)
-            self.copies_before += int(valid.sum())
-        else:
-            chosen = _sampled(race_keys(self.inv_p, n, self.rng), spec, self.nodes, kmax)
-            pick = np.arange(start, start + n)[:, None] + np.arange(kmax)[None, :]
-        return k, chosen, pick
+            out = []
+            for k in ks:
+                valid = np.arange(kmax)[None, :] < k[:, None]
+                chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep)
+                self.copies_before += int(valid.sum())
+                out.append((k, chosen, pick))
+            return out
+        chosen = _sampled(self.table, gens, n, spec, self.nodes, kmax)
+        return [(k, chosen[i * n:(i + 1) * n],
+                 np.arange((first + i) * n, (first + i + 1) * n)[:, None] +
+                 np.arange(kmax)[None, :]) for i, k in enumerate(ks)]
 
 
 @lru_cache(maxsize=16)
