@@ -283,6 +283,11 @@ def token_draws(spec: RoutingSpec, n_experts: int, top_k: int, has_zero_experts:
                        seed)
 
 
+def _counts(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """How many times each cell of an array of `shape` appears in `flat` (row-major indices)."""
+    return np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(float)
+
+
 def draws_of(micro_batch: int, tokens_per_rank: int, ep: int) -> int:
     """Whose tokens of the shared draws a micro-batch routes: its own while a micro-batch's
     tokens are sampled exactly, micro-batch 0's pooled sample above MAX_SAMPLED_TOKENS."""
@@ -334,22 +339,22 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
         copy_idx = pick % n_copies[chosen]
         dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
         s = np.broadcast_to(src[:, None], dst.shape)
-        np.add.at(t_expert, (s[valid], dst[valid]), 1.0)
-        np.add.at(expert_load, chosen[valid], 1.0)
-        np.add.at(copy_load, (chosen[valid], copy_idx[valid]), 1.0)
+        t_expert += _counts(s[valid] * ep + dst[valid], t_expert.shape)
+        expert_load += _counts(chosen[valid], expert_load.shape)
+        copy_load += _counts(chosen[valid] * copy_load.shape[1] + copy_idx[valid], copy_load.shape)
         # deduplicate per destination GPU and per destination node
         dsts = np.where(valid, dst, -1)
         dsts.sort(axis=1)
         first = np.ones_like(dsts, dtype=bool)
         first[:, 1:] = dsts[:, 1:] != dsts[:, :-1]
         m = first & (dsts >= 0)
-        np.add.at(t_gpu, (s[m], dsts[m]), 1.0)
+        t_gpu += _counts(s[m] * ep + dsts[m], t_gpu.shape)
         dn = np.where(dsts >= 0, dsts // g, -1)
         dn.sort(axis=1)
         first_n = np.ones_like(dn, dtype=bool)
         first_n[:, 1:] = dn[:, 1:] != dn[:, :-1]
         mn = first_n & (dn >= 0)
-        np.add.at(t_node, (s[mn], dn[mn]), 1.0)
+        t_node += _counts(s[mn] * nodes + dn[mn], t_node.shape)
     if not exact:
         # destinations do not depend on the source rank: pool the sample into per-token
         # expectations and give every source rank its tokens_per_rank tokens' worth
