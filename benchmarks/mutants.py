@@ -158,6 +158,11 @@ MUTANTS: list[Mutant] = [
            "weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb",
            "weight_bytes=w_exp * wb, bytes=w_exp * wb"),
     # -- hardware pricing -----------------------------------------------------------------------
+    Mutant(GM, "copied layers keep the recorded layer's index",
+           "c.name, c.layer = new + op.name[len(old):], i",
+           "c.name, c.layer = new + op.name[len(old):], ti"),
+    Mutant(GM, "copied layers hang off the recorded layer's input, not the previous layer",
+           "names = {t_after: after}", "names = {t_after: t_after}"),
     Mutant(GM, "MLA's q_a and kv_a priced as two GEMMs (not the runtimes' fused one)",
            "proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * a.num_heads * qk_head)",
            "proj_nk = (h * a.q_lora_rank, h * kv_a, a.q_lora_rank * a.num_heads * qk_head)"),

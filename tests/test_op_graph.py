@@ -130,3 +130,27 @@ def test_mla_projections_are_two_gemms_with_q_a_and_kv_a_fused():
     op = g.nodes["L0.attn.qkv_proj"]["op"]
     assert op.gemm_nk == (7168 * 2112, 1536 * 128 * 192)
     assert op.flops == 2 * DECODE.tokens * (7168 * 2112 + 1536 * 128 * 192)
+
+
+@pytest.mark.parametrize("name", ["longcat-flash", "deepseek-v3", "qwen3-30b-a3b", "llama-3-70b",
+                                  "mixtral-8x7b", "tiny-scmoe"])
+@pytest.mark.parametrize("micro_batch,chunks", [(0, 1), (1, 2)])
+def test_copied_layers_equal_layers_built_one_by_one(name, micro_batch, chunks):
+    """build_forward copies each layer kind's first (recorded) layer; the reference here builds
+    every layer afresh with the same builder. Nodes, op fields, edges and insertion order match."""
+    from simulator.graph.model import _Builder
+    m = load_model(name)
+    plan = ParallelPlan(gpus=8, gpus_per_node=8, ep=8, tp=2 if name == "llama-3-70b" else 1)
+    got = build_forward(m, plan, PREC, DECODE, 6.0, micro_batch=micro_batch, moe_chunks=chunks,
+                        compute={"expert_gemm": "fp8"}, mtp=True)
+    b = _Builder(m, plan, PREC, DECODE, 6.0, micro_batch, {"expert_gemm": "fp8"}, chunks)
+    last = ""
+    for i in range(m.num_layers):
+        last = b.layer(i, last)
+    b.mtp(m.num_layers, b.head(m.num_layers, last))
+    want = b.g
+    assert list(got.nodes) == list(want.nodes)
+    assert list(got.edges) == list(want.edges)
+    for n in want:
+        assert got.nodes[n]["op"] == want.nodes[n]["op"], n
+    assert len({id(got.nodes[n]["op"]) for n in got}) == len(got)    # no op shared by two nodes

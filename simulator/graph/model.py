@@ -7,6 +7,7 @@ inside a node (all-gather before, reduce-scatter after when tp > 1), experts are
 """
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import replace
 
 import networkx as nx
@@ -34,6 +35,7 @@ class _Builder:
         self.mb = micro_batch
         self.g = nx.DiGraph() if into is None else into
         self.prefix = f"mb{micro_batch}." if micro_batch else ""
+        self.recorded: list[tuple[Op, tuple[str, ...]]] | None = None
 
     def add(self, op: Op, *inputs: str, extra: unfused.Extra | None = None) -> str:
         op.name = self.prefix + op.name
@@ -49,7 +51,33 @@ class _Builder:
         for src in inputs:
             if src:
                 self.g.add_edge(src, op.name)
+        if self.recorded is not None:
+            self.recorded.append((op, inputs))
         return op.name
+
+    def recorded_layer(self, i: int, after: str) -> tuple[int, str, list, str]:
+        """Build layer i (after a non-empty `after`) and keep its ops as a template."""
+        self.recorded = []
+        last = self.layer(i, after)
+        template, self.recorded = self.recorded, None
+        return i, after, template, last
+
+    def copy_layer(self, template: tuple[int, str, list, str], i: int, after: str) -> str:
+        """Layer i as a copy of a recorded layer of the same kind (same ops, shapes and edges;
+        names and layer index its own); returns its last op."""
+        ti, t_after, ops, t_last = template
+        old, new = f"{self.prefix}L{ti}.", f"{self.prefix}L{i}."
+        names = {t_after: after}
+        g = self.g
+        for op, inputs in ops:
+            c = copy(op)
+            c.name, c.layer = new + op.name[len(old):], i
+            names[op.name] = c.name
+            g.add_node(c.name, op=c)
+            for src in inputs:
+                if src:
+                    g.add_edge(names[src], c.name)
+        return names[t_last]
 
     # -- blocks ---------------------------------------------------------------------------
     def attention(self, layer: int, block: str, after: str) -> str:
@@ -273,8 +301,16 @@ def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: 
                  into)
     n = model.num_layers if layers is None else layers
     last = ""
+    templates: dict[bool, tuple] = {}      # layers differ only in being MoE or dense
     for i in range(n):
-        last = b.layer(i, last)
+        kind = is_moe_layer(model, i)
+        if kind in templates:
+            last = b.copy_layer(templates[kind], i, last)
+        elif last:
+            templates[kind] = b.recorded_layer(i, last)
+            last = templates[kind][3]
+        else:
+            last = b.layer(i, last)
     if with_head:
         last = b.head(n, last)
         if mtp:

@@ -91,9 +91,15 @@ def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Wor
 
 def per_rank_times(op: Op, t: EPTraffic, model: ModelSpec, w: Workload,
                    prof: HardwareProfile) -> list[float]:
-    """Standalone duration of an expert op on every EP rank."""
-    return [compute_time_s(expert_op_for_rank(op, t, r, model, w), prof)
-            for r in range(w.plan.ep)]
+    """Standalone duration of an expert op on every EP rank (ranks with the same rows and
+    active expert copies share one pricing)."""
+    seen: dict[tuple[float, float], float] = {}
+    out = []
+    for r, key in enumerate(zip(t.routing.rank_rows.tolist(), t.routing.active_slots.tolist())):
+        if key not in seen:
+            seen[key] = compute_time_s(expert_op_for_rank(op, t, r, model, w), prof)
+        out.append(seen[key])
+    return out
 
 
 def comm_time_s(d: CommDemand, prof: HardwareProfile) -> float:
