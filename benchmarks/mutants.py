@@ -37,6 +37,12 @@ RQ = "simulator/serving/ready.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
+    Mutant(E, "the engine's input check lets a negative duration through",
+           "return bool(np.isfinite(t).all() and (t >= 0).all() and (t <= MAX_OP_S).all()",
+           "return bool(np.isfinite(t).all() and (t <= MAX_OP_S).all()"),
+    Mutant(E, "the engine's input check lets an over-long op through",
+           "return bool(np.isfinite(t).all() and (t >= 0).all() and (t <= MAX_OP_S).all()",
+           "return bool(np.isfinite(t).all() and (t >= 0).all()"),
     Mutant(E, "compute slowed only after a collective's latency phase",
            "                taken = max(taken, t.sm)\n                if t.latency_end - now <= tol:\n",
            "                if t.latency_end - now <= tol:\n                    taken = max(taken, t.sm)\n",

@@ -14,6 +14,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import simpy
 
 from simulator.errors import MoesimError
@@ -259,6 +260,29 @@ class Engine:
                 self._make_ready(r, s)
 
 
+def _all_sound(plan: StreamPlan, bandwidth_Bps: dict[str, float]) -> bool:
+    """Every duration, byte count and SM share sound, checked at once (the per-op check below
+    then only runs to name the op that is not)."""
+    times = list(plan.compute_s)
+    for v in plan.rank_compute_s.values():
+        times += v
+    demands = {id(d): d for d in plan.comm if d is not None}
+    for v in plan.rank_comm.values():
+        demands.update((id(d), d) for d in v)
+    shares = []
+    for d in demands.values():
+        times.append(d.latency_s)
+        if d.sm_fraction is not None:
+            shares.append(d.sm_fraction)
+        for k, b in d.link_bytes.items():
+            if k not in bandwidth_Bps or not math.isfinite(b) or b < 0:
+                return False
+            times.append(b / bandwidth_Bps[k])
+    t, f = np.array(times, dtype=float), np.array(shares, dtype=float)
+    return bool(np.isfinite(t).all() and (t >= 0).all() and (t <= MAX_OP_S).all()
+                and np.isfinite(f).all() and (f >= 0).all() and (f < 1).all())
+
+
 def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -> None:
     """Every duration, byte count and rate finite and non-negative; compute keeps some rate."""
     def bad(x: float) -> bool:
@@ -271,6 +295,8 @@ def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) 
         if bad(v) or v == 0:
             raise MoesimError(f"bandwidth of link '{k}'", f"{v} B/s is not a positive finite "
                               "rate", "give the profile a positive, finite bandwidth")
+    if _all_sound(plan, bandwidth_Bps):
+        return
     for i, name in enumerate(plan.names):
         times = [plan.compute_s[i], *plan.rank_compute_s.get(i, [])]
         demands = [d for d in [plan.comm[i], *plan.rank_comm.get(i, [])] if d is not None]

@@ -7,7 +7,6 @@ inside a node (all-gather before, reduce-scatter after when tp > 1), experts are
 """
 from __future__ import annotations
 
-from copy import copy
 from dataclasses import replace
 
 import networkx as nx
@@ -70,7 +69,8 @@ class _Builder:
         names = {t_after: after}
         g = self.g
         for op, inputs in ops:
-            c = copy(op)
+            c = object.__new__(Op)                 # a shallow copy (every field immutable)
+            c.__dict__.update(op.__dict__)
             c.name, c.layer = new + op.name[len(old):], i
             names[op.name] = c.name
             g.add_node(c.name, op=c)
