@@ -29,12 +29,55 @@ def time_it(fn, repeats: int) -> float:
     return statistics.median(out)
 
 
+def breakdown(w, r, repeats: int) -> None:
+    """Milliseconds per collapsed step in each phase (wrapped timers: graph, expert pricing,
+    engine input check, engine run, measuring), and what is left (plan, pricing loop)."""
+    import simulator.engine.core as core
+    import simulator.step.whatif as whatif
+    spent: dict[str, float] = {}
+
+    def timed(mod, name, key):
+        f = getattr(mod, name)
+
+        def g(*a, **k):
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+        setattr(mod, name, g)
+    for mod, name, key in ((whatif, "build_step_graph", "graph"),
+                           (whatif, "per_rank_times", "expert pricing"),
+                           (core, "_check_inputs", "input check"),
+                           (core.Engine, "run", "engine"), (whatif, "measure", "measure")):
+        timed(mod, name, key)
+    print("| schedule | step (ms) | " + " | ".join(("graph", "expert pricing", "input check",
+                                                    "engine", "measure", "rest")) + " |")
+    print("|---|" + "---:|" * 7)
+    for s in ("sequential", "scmoe", "sbo", "tbo"):
+        simulate(w, s, resolved=r)
+        spent.clear()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            simulate(w, s, resolved=r)
+        total = (time.perf_counter() - t) / repeats * 1e3
+        parts = [spent.get(k, 0.0) / repeats * 1e3 for k in
+                 ("graph", "expert pricing", "input check", "engine", "measure")]
+        print(f"| {s} | {total:.1f} | " + " | ".join(f"{x:.1f}" for x in parts) +
+              f" | {total - sum(parts):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time each phase of a collapsed step instead (no per-rank runs)")
     args = ap.parse_args()
     w = load_workload(str(WORKLOAD))
     r = resolve(w)
+    if args.breakdown:
+        breakdown(w, r, max(args.repeats, 10))
+        return
     print(f"| schedule | collapsed (ms) | {w.plan.gpus} ranks (s) |")
     print("|---|---:|---:|")
     for s in ("sequential", "scmoe", "sbo", "tbo"):
