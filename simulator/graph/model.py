@@ -296,7 +296,9 @@ def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: 
     """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer;
     `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16);
     `moe_chunks` cuts each routed MoE path into that many token chunks; `into`: add the ops
-    to this graph (another micro-batch's) instead of a new one."""
+    to this graph (another micro-batch's) instead of a new one. Layers of one kind (MoE or
+    dense: all `_Builder.layer` reads of the index) are copies of the first recorded one; a
+    layer that depends on its index otherwise needs that in the `templates` key."""
     b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute, moe_chunks,
                  into)
     n = model.num_layers if layers is None else layers
