@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulator.engine.core import time_tol
 from simulator.graph.ops import Op
 
 
@@ -63,7 +64,7 @@ class Timeline:
                 k += 1
             if cur < b:
                 out.append((cur, b))
-        return [(a, b) for a, b in out if b > a]
+        return [(a, b) for a, b in out if b - a > time_tol(b)]   # not float noise of an instant
 
     def layer_times_s(self, rank: int = 0) -> dict[int, float]:
         """Time each layer adds: its last end minus the previous layer's last end."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from simulator.engine.core import time_tol
+
 SCHEDULES = ("1f1b", "interleaved", "zb-v", "dualpipe")
 
 
@@ -111,20 +113,22 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
     def release(d: int) -> None:
         """Move device d's tasks whose ready time has come into its eligible heaps."""
         wf, wb = wait_f[d], wait_b[d]
-        while wf and wf[0][0] <= now + 1e-15:
+        lim = now + time_tol(now)         # ready "now" up to float noise of the sums
+        while wf and wf[0][0] <= lim:
             _, negc, mb = heapq.heappop(wf)
             heapq.heappush(elig_f[d], (negc, mb))
-        while wb and wb[0][0] <= now + 1e-15:
+        while wb and wb[0][0] <= lim:
             _, group, negc, mb = heapq.heappop(wb)
             heapq.heappush(elig_b[d], (group, negc, mb))
 
     while remaining:
         now = heapq.heappop(events)
+        lim = now + time_tol(now)
         progressed = True
         while progressed:
             progressed = False
             for d in range(p):
-                if free_at[d] > now + 1e-15:
+                if free_at[d] > lim:
                     continue
                 release(d)
                 task = None
