@@ -34,9 +34,21 @@ PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
 RQ = "simulator/serving/ready.py"
+PE = "simulator/engine/periodic.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
+    Mutant(PE, "middle layers shifted by one period too many",
+           "src[i], shift[i] = new_of[twin(i, ref)], layer - ref",
+           "src[i], shift[i] = new_of[twin(i, ref)], layer - ref + 1"),
+    Mutant(PE, "the tail not shifted by the layers left out",
+           "src[i], shift[i] = new_of[i], shift_layers", "src[i], shift[i] = new_of[i], 0"),
+    Mutant(PE, "layers taken as copies without checking their work",
+           "            if (plan.streams[a], plan.compute_s[a]) != (plan.streams[b], plan.compute_s[b]) \\\n",
+           "            if False and (plan.streams[a], plan.compute_s[a]) != (plan.streams[b], plan.compute_s[b]) \\\n"),
+    Mutant(PE, "the truncated plan's last layers keep their own inputs, not the full plan's end",
+           "    source = [twin(i, layers[i] + shift_layers) if cut - SUFFIX <= layers[i] < cut else i",
+           "    source = [i if cut - SUFFIX <= layers[i] < cut else i"),
     Mutant(E, "the engine's input check lets a negative duration through",
            "return bool(np.isfinite(t).all() and (t >= 0).all() and (t <= MAX_OP_S).all()",
            "return bool(np.isfinite(t).all() and (t <= MAX_OP_S).all()"),

@@ -57,6 +57,7 @@ TESTS: dict[str, list[str]] = {
                                    "tests/test_physics.py"],
     "simulator/serving/loop.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/ready.py": ["tests/test_serving.py"],
+    "simulator/engine/periodic.py": ["tests/test_periodic.py", "tests/test_schedules.py"],
     "simulator/serving/mtp.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/result.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/step_model.py": ["tests/test_serving.py", "tests/test_physics.py"],

@@ -5,6 +5,8 @@ import networkx as nx
 import numpy as np
 
 from simulator.engine.core import Engine
+from simulator.engine.periodic import run_layers
+from simulator.engine.streams import StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
 from simulator.engine.timeline import Timeline
@@ -98,8 +100,15 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
             sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
             sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
         n_ranks = plan.gpus // plan.pp if per_rank else 1
-        start, end = Engine(sp, link_bandwidths(prof), prof.comm_sm_fraction.value,
-                            n_ranks).run()
+        bw, sm = link_bandwidths(prof), prof.comm_sm_fraction.value
+
+        def run(p: StreamPlan) -> tuple[list[list[float]], list[list[float]]]:
+            return Engine(p, bw, sm, n_ranks).run()
+        if w.phase == "train_bwd":                 # inputs flow from later layers back
+            start, end = run(sp)
+        else:                                       # identical layers: simulate a few
+            start, end = run_layers(sp, [g.nodes[n]["op"].layer for n in sp.names],
+                                    r.model.num_layers, run)
     ops = [g.nodes[n]["op"] for n in sp.names]
     tl = Timeline(ops, sp.streams, np.array(start), np.array(end),
                   [durations[n] for n in sp.names])
