@@ -1,7 +1,7 @@
 """Run a forward pass of many identical layers by simulating a few of them.
 
-A plan whose layers lo..hi-1 are copies (the same ops, keys and streams, every input from the
-same or an earlier layer) settles into a periodic regime: once layer j+1's ops start and end
+A plan whose layers lo..hi-1 are copies (the same ops, streams and work in the same order, a
+body op's inputs and issue order from at most the next layer) settles into a periodic regime: once layer j+1's ops start and end
 exactly `period` after layer j's, every later layer repeats the pattern, because the engine is
 deterministic and what it runs next is the same shifted in time. So the engine runs a truncated
 plan (the first `KEEP` body layers, then the tail: LM head, MTP layer), checks that its middle
@@ -24,6 +24,7 @@ CHECK = (1, 4)      # body layers [1, 4) of the truncated run must repeat exactl
 RTOL = 1e-9         # ... to this fraction of the step
 
 Runner = Callable[[StreamPlan], tuple[list[list[float]], list[list[float]]]]
+
 
 def run_layers(plan: StreamPlan, layers: list[int], n_layers: int, run: Runner
                ) -> tuple[list[list[float]], list[list[float]]]:
