@@ -102,6 +102,11 @@ SEQ_DRAWS_PER_PICK = 2     # draws per token and round: this many per expert it 
 MAX_ROUNDS = 64            # rounds of draws before a token short of experts is an input error
 
 
+def ep_nodes(ep: int, gpus_per_node: int) -> int:
+    """Nodes an EP group spans (the blocks a node limit counts)."""
+    return max(1, ep // min(gpus_per_node, ep))
+
+
 def _limits(spec: RoutingSpec, n_experts: int, nodes: int) -> list[tuple[int, int]]:
     """(block size, blocks kept) of each limit, in the order they apply: nodes, then groups."""
     out = []
@@ -243,7 +248,7 @@ class _TokenDraws:
         self.placement = place_experts(n_experts, ep, spec.redundant_experts, p)
         self.table = AliasTable(p)
         self.kmax = min(top_k, n_experts)
-        self.nodes = max(1, ep // min(gpus_per_node, ep))
+        self.nodes = ep_nodes(ep, gpus_per_node)
         self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # k, chosen, pick
         self.copies_before = 0
 

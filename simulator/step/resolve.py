@@ -7,6 +7,7 @@ from simulator.errors import MoesimError
 from simulator.graph.memory import MemoryBreakdown, inference_memory
 from simulator.graph.ops import Shape
 from simulator.loading import load_model, load_profile
+from simulator.pricing.routing import ep_nodes
 from simulator.schema import COMPUTE_CLASSES, HardwareProfile, ModelSpec, Workload
 
 
@@ -136,7 +137,7 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
     if rt.expert_groups and rt.max_groups_per_token and rt.max_groups_per_token > rt.expert_groups:
         raise MoesimError("routing.max_groups_per_token", "exceeds routing.expert_groups",
                           "use at most expert_groups")
-    nodes = max(1, w.plan.ep // min(w.plan.gpus_per_node, w.plan.ep))
+    nodes = ep_nodes(w.plan.ep, w.plan.gpus_per_node)
     for field, blocks, keep in (("max_nodes_per_token", nodes, rt.max_nodes_per_token),
                                 ("max_groups_per_token", rt.expert_groups,
                                  rt.max_groups_per_token)):
