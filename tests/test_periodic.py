@@ -72,3 +72,78 @@ def test_a_layer_that_differs_runs_the_whole_plan():
                         lambda p: (runs.append(len(p.names)), ([[0.0] * len(p.names)],
                                                                [[0.0] * len(p.names)]))[1])
     assert runs == [len(ops)]
+
+
+def _random_plan(seed: int):
+    """A plan of two prefix layers, `n` copies of one random layer and a two-op tail: random
+    streams, work and in-layer edges, the first op after the previous layer's last, sometimes
+    an op waiting on the previous layer's middle, comm ops sharing a link and SMs."""
+    import random
+    from simulator.engine.streams import CommDemand, StreamPlan
+    rng = random.Random(seed)
+    n = 14
+    per = rng.randint(3, 7)
+    kinds = [rng.choice(["compute", "comm"]) for _ in range(per)]
+    work = [rng.uniform(1e-5, 5e-5) for _ in range(per)]
+    demands = [CommDemand(rng.uniform(1e-6, 5e-6), {"link": rng.uniform(1e5, 1e6)},
+                          rng.choice([None, 0.0, 0.2])) for _ in range(per)]
+    inner = [(a, b) for b in range(1, per) for a in range(b) if rng.random() < 0.4]
+    cross = rng.random() < 0.5
+    names, streams, preds, compute_s, comm, layers = [], [], [], [], [], []
+    rank_work = [rng.uniform(1e-5, 6e-5) for _ in range(3)]
+
+    def add(name, stream, ps, secs, demand, layer):
+        names.append(name)
+        streams.append(stream)
+        preds.append(ps)
+        compute_s.append(secs)
+        comm.append(demand)
+        layers.append(layer)
+        return len(names) - 1
+    last = None
+    for layer in range(2):                               # two dense layers
+        last = add(f"L{layer}.dense", "compute", [] if last is None else [last], 3e-5, None,
+                   layer)
+    prev_first = None
+    for layer in range(2, n):
+        idx = []
+        for j in range(per):
+            ps = [idx[a] for a, b in inner if b == j]
+            if j == 0:
+                ps.append(last)
+                if cross and prev_first is not None:
+                    ps.append(prev_first)
+            is_comm = kinds[j] == "comm"
+            idx.append(add(f"L{layer}.op{j}", kinds[j], ps, 0.0 if is_comm else work[j],
+                           demands[j] if is_comm else None, layer))
+        prev_first = idx[0]
+        last = add(f"L{layer}.join", "compute", idx[:], 1e-6, None, layer)
+    head = add(f"L{n}.head", "compute", [last], 4e-5, None, n)
+    add(f"L{n}.mtp", "comm", [head], 0.0, demands[0], n)
+    plan = StreamPlan(names, streams, [float(i) for i in range(len(names))], preds, compute_s,
+                      comm)
+    experts = [i for i, nm in enumerate(names) if nm.endswith(".op0") and streams[i] == "compute"]
+    for i in experts:                                      # per-rank work, one list for all
+        plan.rank_compute_s[i] = rank_work
+    return plan, layers, n
+
+
+def test_random_layered_plans_equal_the_full_run():
+    """40 random layered plans on 3 ranks (comm sharing a link, SM shares, per-rank work): the
+    short path's timeline equals the whole plan's, and most plans take the short path."""
+    from simulator.engine.core import Engine
+    truncated = 0
+    for seed in range(40):
+        plan, layers, n = _random_plan(seed)
+        sizes = []
+
+        def run(p):
+            sizes.append(len(p.names))
+            return Engine(p, {"link": 5e10}, 0.1, n_ranks=3).run()
+        start, end = periodic.run_layers(plan, layers, n, run)
+        f_start, f_end = Engine(plan, {"link": 5e10}, 0.1, n_ranks=3).run()
+        span = max(max(r) for r in f_end)
+        assert np.abs(np.array(start) - np.array(f_start)).max() <= 1e-9 * span, seed
+        assert np.abs(np.array(end) - np.array(f_end)).max() <= 1e-9 * span, seed
+        truncated += sizes[0] < len(plan.names)
+    assert truncated >= 20
