@@ -22,6 +22,7 @@ KEEP = 7            # body layers the truncated plan keeps
 SUFFIX = 3          # last body layers taken from the truncated run's end (they see the tail)
 CHECK = (1, 4)      # body layers [1, 4) of the truncated run must repeat exactly, shifted
 RTOL = 1e-9         # ... to this fraction of the step
+MIN_BODY = KEEP + 4  # fewer identical layers than this: truncating saves too little, run whole
 
 Runner = Callable[[StreamPlan], tuple[list[list[float]], list[list[float]]]]
 
@@ -95,7 +96,7 @@ def _body(plan: StreamPlan, layers: list[int], n_layers: int
     """(first, end, ops of each layer in plan order, each op's place in its layer) of the run
     of identical layers that ends the pass, when truncating it gains something; a body op's
     inputs (and issue order) come from at most the next layer."""
-    if n_layers < KEEP + 4:
+    if n_layers < MIN_BODY:
         return None
     members: dict[int, list[int]] = {}
     pos = [0] * len(layers)
@@ -114,7 +115,7 @@ def _body(plan: StreamPlan, layers: list[int], n_layers: int
     lo = n_layers - 1
     while lo > 0 and keys(lo - 1) == last:
         lo -= 1
-    if n_layers - lo < KEEP + 4:
+    if n_layers - lo < MIN_BODY:
         return None
     first = members[lo]
     for layer in range(lo, n_layers):              # copies: same stream and work
