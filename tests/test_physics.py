@@ -385,6 +385,8 @@ def stubbed_sim(tmp_path, rows, budget=None, **serving):
     sim.asked = []
     sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or DECODE_S
     sim.prefill.step_s = lambda b, c: sim.asked.append(("prefill", b, c)) or PREFILL_S
+    # no shape bucket is shared, so every decode step asks (and is recorded)
+    sim.decode.step_s_bounds = lambda b, c: (sim.decode.step_s(b, c), b, b, c, c)
     if budget is not None:
         sim.kv_budget_tokens = budget
     return sim
@@ -407,6 +409,19 @@ def test_the_kv_budget_is_what_weights_and_activations_leave():
     assert mem.activations > 0
     per_gpu = sim.profile.hbm_bytes.value - mem.weights - mem.activations
     assert sim.kv_budget_tokens == pytest.approx(8 * per_gpu / KV_TOKEN_BYTES)
+
+
+def test_a_finished_request_frees_its_kv_for_the_rest(tmp_path):
+    # two prompts prefilled together, decoded from the same step: A (1000 tokens, 3 outputs)
+    # decodes 2 steps, B (2000, 6) 5 steps; a step's context is the mean over those decoding:
+    # steps 1-2 (1001 + 2001) / 2 + 0, + 1; steps 3-5 B alone at 2003..2005 - A's context is gone
+    sim = stubbed_sim(tmp_path, [(0.0, 1000, 3), (0.0, 2000, 6)])
+    m = sim.run(check_stability=False).metrics
+    contexts = [c for kind, _, c in sim.asked if kind == "decode"]
+    assert contexts == pytest.approx([1501, 1502, 2003, 2004, 2005])
+    sequences = [b for kind, b, _ in sim.asked if kind == "decode"]
+    assert sequences == pytest.approx([2 / 8, 2 / 8, 1 / 8, 1 / 8, 1 / 8])     # 8 devices
+    assert m["requests"]["finished"] == 2
 
 
 def test_one_request_hand_worked(tmp_path):

@@ -253,3 +253,38 @@ def test_ready_queue_yields_what_a_heap_of_time_and_id_yields():
             assert len(q) == len(heap) and bool(q) == bool(heap)
             if heap:
                 assert q.first_time() == heap[0][0]
+
+
+def test_a_step_shape_bucket_holds_exactly_the_shapes_step_s_buckets_alike():
+    # step_s_bounds says which (sequences, context) share a bucket, so the decode loop can skip
+    # the lookup; any point it calls inside must price like the query, and the loop's cached
+    # lookups must equal asking step_s every step
+    import math
+    from simulator.serving.step_model import BATCH_GRID, DecodeSteps, StepModel
+    from tests.conftest import workload as _w
+    w = small()
+    sm = StepModel(w, w.plan, "sbo", "decode", 96, None, profile("h100-sxm"))
+    sm._simulate = lambda b, c: b * 1e7 + c          # the bucket itself, not an engine run
+    rng = np.random.default_rng(0)
+    edges = [g for g in BATCH_GRID] + [96, 95.5, 97]
+    cedges = [256 * 2 ** (k / 2) for k in range(0, 30)]
+    seqs = list(rng.uniform(0.1, 200, 300)) + edges + [math.nextafter(e, 0) for e in edges] + \
+        [math.nextafter(e, math.inf) for e in edges]
+    ctxs = list(np.exp(rng.uniform(0, 14, 300))) + cedges + \
+        [math.nextafter(c, 0) for c in cedges] + [math.nextafter(c, math.inf) for c in cedges]
+    for b, c in zip(rng.permutation(seqs * 2)[:600], rng.permutation(ctxs * 2)[:600]):
+        s, b_lo, b_hi, c_lo, c_hi = sm.step_s_bounds(b, c)
+        near_edge = min(abs(c / e - 1) for e in cedges) < 1e-11     # inside the safety margin
+        assert s == sm.step_s(b, c) and b_lo < b <= b_hi and (c_lo < c <= c_hi or near_edge)
+        for bb in (math.nextafter(b_lo, math.inf), b_hi, (b_lo + b_hi) / 2):
+            if math.isfinite(bb):
+                for cc in (math.nextafter(c_lo, math.inf), c_hi, (c_lo + c_hi) / 2):
+                    if math.isfinite(cc):
+                        assert sm.step_s(bb, cc) == s, (b, c, bb, cc)
+    # a random walk of the decode pool: cached lookups equal direct ones
+    steps, n, ctx = DecodeSteps(sm, 8), 0, 0.0
+    for _ in range(3000):
+        n = max(0, n + int(rng.integers(-3, 4)))
+        ctx = max(0.0, ctx + float(rng.normal(n * 5, 3000)))
+        want = sm.step_s(n / 8, ctx / n) if n else 0.0
+        assert steps(n, ctx) == want

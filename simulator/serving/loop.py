@@ -1,9 +1,11 @@
 """The serving event loop: arrivals, a prefill pool, lockstep decode steps, an admission policy.
 
-Request state lives in lists indexed by request id (numpy arrays for the summary); a calendar keyed by decode step holds
-who finishes when, so a step costs O(1) plus the requests that start or finish in it.
-Preemption (the policy's `evict`): an evicted request is re-queued for prefill of everything it
-holds (recompute).
+Request state lives in lists indexed by request id (numpy arrays for the summary). A calendar
+indexed by decode step sums what the requests finishing at that step hold (count, context,
+context gained per step), so a step costs O(1) plus the requests that start in it; a request's
+finishing time is read from the step times at the end. Preemption (the policy's `evict`): an
+evicted request leaves its calendar entry and is re-queued for prefill of everything it holds
+(recompute).
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from simulator.serving.pools import (ADMISSION_POLICIES, PREFILL_POOLS, Admissio
                                      PrefillPool)
 from simulator.serving.ready import ReadyQueue
 from simulator.serving.result import KV_SAMPLES, ServeResult, summarize
+from simulator.serving.step_model import DecodeSteps
 
 if TYPE_CHECKING:
     from simulator.serving.run import ServingSim
 
 IDLE_NUDGE_S = 1e-9     # an idle loop with nothing scheduled later moves time on by this much
+ARRIVAL_PROBE = 64      # arrive() searches this many arrivals ahead before the whole rest
 COMPACT_SLACK = 64      # rebuild the admission-order list once it holds this many stale ids
 
 
@@ -42,14 +46,17 @@ class Loop:
         self.input = reqs.input_tokens.tolist()
         self.output = reqs.output_tokens.tolist()
         self.first = [math.nan] * n
-        self.finish = [math.nan] * n
         self.rejected = [False] * n
-        self.ctx_at_admit = [0.0] * n
-        self.rate = [0.0] * n                 # context tokens gained per step while decoding
-        self.epoch = [0] * n
-        self.steps_left = steps_needed(reqs.output_tokens, sim.mtp_draft, sim.acc,
-                                       sim.rng).tolist()
-        self.admit_step = [0] * n
+        self.steps_left = np.maximum(steps_needed(reqs.output_tokens, sim.mtp_draft, sim.acc,
+                                                  sim.rng), 1)
+        # what a request adds when admitted: context (prompt + first token), context gained per
+        # step, and its context at its last step; preempt() recomputes them for its request
+        ctx0 = reqs.input_tokens + 1
+        rate0 = np.maximum(reqs.output_tokens - 1, 0) / self.steps_left
+        self.ctx0, self.rate0 = ctx0.tolist(), rate0.tolist()
+        self.fin0 = (ctx0 + self.steps_left * rate0).tolist()
+        self.steps_left = self.steps_left.tolist()
+        self.book = [-1] * n                  # the step a decoding request finishes at, else -1
         self.preemptions = 0
         self.prefill_tokens = 0
         # the decode pool
@@ -60,9 +67,15 @@ class Loop:
         self.prefill_q: deque[int] = deque()          # waiting for prefill
         self.ready = ReadyQueue()                      # done with prefill, by (time, id)
         self.active: list[int] = []                   # decoding, in admission order (lazy)
-        self.in_active = [False] * n
         self.n_active = 0
-        self.calendar: dict[int, list[int]] = {}      # decode step -> requests finishing then
+        # the calendar, indexed by decode step: requests finishing then, their context at their
+        # last step and their context gained per step (preempt() takes its request out)
+        self.cal_n: list[int] = []
+        self.cal_ctx: list[float] = []
+        self.cal_rate: list[float] = []
+        self.max_steps = max(self.steps_left, default=1)
+        self.step_t = [0.0]                            # when each decode step ended
+        self.step_ctx = [0.0]                          # KV tokens held after it
         self.sum_ctx = 0.0
         self.sum_rate = 0.0
         self.t = 0.0
@@ -78,9 +91,12 @@ class Loop:
         arrivals, cap = self.arrivals, self.sim.spec.max_queue
         rejected, q = self.rejected, self.prefill_q
         rid = self.next_arrival
-        n = bisect_right(arrivals, upto, rid)          # arrivals are sorted
-        if n == rid:
+        if rid >= len(arrivals) or arrivals[rid] > upto:
             return
+        hi = min(rid + ARRIVAL_PROBE, len(arrivals))     # arrivals are sorted; few per call
+        n = bisect_right(arrivals, upto, rid, hi)
+        if n == hi:
+            n = bisect_right(arrivals, upto, hi)
         if len(q) + n - rid <= cap and self.too_big_before[n] == self.too_big_before[rid]:
             q.extend(range(rid, n))                    # all fit, none rejected up front
             self.in_system += n - rid
@@ -98,41 +114,49 @@ class Loop:
 
     def admit(self, rids: list[int]) -> None:
         """Start decoding `rids` (in this order) at this step; book their finishing steps."""
-        step, steps_left, admit_step, inputs = self.step, self.steps_left, self.admit_step, \
-            self.input
-        ctx_at_admit, output, rate_of, in_active = self.ctx_at_admit, self.output, self.rate, \
-            self.in_active
-        book = self.calendar.setdefault
+        step, steps_left, book = self.step, self.steps_left, self.book
+        ctx0, rate0, fin0 = self.ctx0, self.rate0, self.fin0
+        cal_n, cal_ctx, cal_rate = self.cal_n, self.cal_ctx, self.cal_rate
+        if step + self.max_steps >= len(cal_n):
+            grow = max(len(cal_n), step + self.max_steps + 1 - len(cal_n))
+            cal_n.extend([0] * grow)
+            cal_ctx.extend([0.0] * grow)
+            cal_rate.extend([0.0] * grow)
         sum_ctx, sum_rate = self.sum_ctx, self.sum_rate
         for rid in rids:
-            steps = steps_left[rid]
-            if steps < 1:
-                steps = steps_left[rid] = 1
-            admit_step[rid] = step
-            ctx = inputs[rid] + 1
-            ctx_at_admit[rid] = ctx
-            o = output[rid] - 1
-            rate = rate_of[rid] = (o if o > 0 else 0) / steps
-            book(step + steps, []).append(rid)
-            in_active[rid] = True
-            sum_ctx += ctx
+            fs = book[rid] = step + steps_left[rid]
+            rate = rate0[rid]
+            cal_n[fs] += 1
+            cal_ctx[fs] += fin0[rid]
+            cal_rate[fs] += rate
+            sum_ctx += ctx0[rid]
             sum_rate += rate
         self.active.extend(rids)
         self.n_active += len(rids)
         self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
 
+    def decoding(self, rid: int) -> bool:
+        """Whether `rid` is in the decode batch now."""
+        return self.book[rid] > self.step
+
     def preempt(self, rid: int) -> None:
         """Evict a decoding request: it goes back to the head of the prefill queue."""
-        self.in_active[rid] = False
+        fs, steps = self.book[rid], self.steps_left[rid]
+        self.book[rid] = -1
+        self.cal_n[fs] -= 1
+        self.cal_ctx[fs] -= self.fin0[rid]
+        self.cal_rate[fs] -= self.rate0[rid]
         self.n_active -= 1
-        done = self.step - self.admit_step[rid]
-        held = self.ctx_at_admit[rid] + done * self.rate[rid]
+        done = self.step - (fs - steps)
+        held = self.ctx0[rid] + done * self.rate0[rid]
         self.sum_ctx -= held
-        self.sum_rate -= self.rate[rid]
-        self.epoch[rid] += 1
+        self.sum_rate -= self.rate0[rid]
         self.input[rid] = int(held)
-        self.steps_left[rid] = max(1, self.steps_left[rid] - done)
-        self.output[rid] = max(2, self.output[rid] - int(done * self.rate[rid]))
+        self.output[rid] = out = max(2, self.output[rid] - int(done * self.rate0[rid]))
+        self.steps_left[rid] = steps = max(1, steps - done)
+        self.ctx0[rid] = ctx = self.input[rid] + 1
+        self.rate0[rid] = rate = (out - 1) / steps
+        self.fin0[rid] = ctx + steps * rate
         self.prefill_q.appendleft(rid)
         self.preemptions += 1
 
@@ -140,20 +164,18 @@ class Loop:
     def go(self) -> ServeResult:
         """Run until every request finished, was rejected, or the drain time ran out."""
         sim, spec = self.sim, self.sim.spec
-        arrivals, n = self.r.arrival_s.tolist(), len(self.r)
+        arrivals, n = self.arrivals, len(self.r)
         too_big = (self.r.input_tokens + self.r.output_tokens) > self.budget / self.dp
         self.rejected = too_big.tolist()                                        # > 1 device
         self.too_big_before = [0, *accumulate(self.rejected)]
         area = 0.0                                   # integral of requests in system
-        kv_t: list[float] = []
-        kv_u: list[float] = []
         end_limit = max(self.r.duration_s, spec.arrivals.duration_s) + spec.drain_s
         prefill, policy, ready = self.prefill, self.policy, self.ready
         before_step, arrive, admit, take_chunk = prefill.before_step, self.arrive, \
             policy.admit, prefill.chunk
-        decode_step_s, extra_s, finish_step = sim.decode.step_s, prefill.step_extra_s, \
-            self._finish_step
-        dp, budget = self.dp, self.budget
+        extra_s, finish_step = prefill.step_extra_s, self._finish_step
+        step_t, step_ctx = self.step_t, self.step_ctx
+        decode_s = DecodeSteps(sim.decode, self.dp)
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
                     or prefill.busy()) or self.t > end_limit:
@@ -178,9 +200,9 @@ class Loop:
                 self.t = t_next if t_next > self.t else self.t + IDLE_NUDGE_S
                 continue
             policy.evict(self)
-            n_active = self.n_active
-            dt = (decode_step_s(n_active / dp, self.sum_ctx / n_active) if n_active else 0.0) \
-                + extra_s(self, chunk)
+            dt = decode_s(self.n_active, self.sum_ctx)
+            if chunk:
+                dt += extra_s(self, chunk)
             area += self.in_system * dt
             self.t = t = self.t + dt
             self.step += 1
@@ -189,34 +211,32 @@ class Loop:
                     self.first[rid] = t
                 ready.push(t, prefilled)
             finish_step()
-            kv_t.append(t)
-            kv_u.append(self.sum_ctx / budget)
+            step_t.append(t)
+            step_ctx.append(self.sum_ctx)
+        kv_t, kv_u = np.array(step_t[1:]), np.array(step_ctx[1:]) / self.budget
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
-            if kv_t else np.array([], dtype=int)
-        self.first, self.finish = np.array(self.first), np.array(self.finish)
+            if len(kv_t) else np.array([], dtype=int)
+        book = np.array(self.book)
+        done = (book >= 0) & (book <= self.step)
+        self.finish = np.where(done, np.array(step_t)[np.where(done, book, 0)], np.nan)
+        self.first = np.array(self.first)
         self.rejected = np.array(self.rejected, dtype=bool)
-        return summarize(self, self.t, area, np.array(kv_t)[keep], np.array(kv_u)[keep])
+        return summarize(self, self.t, area, kv_t[keep], kv_u[keep])
 
     def _finish_step(self) -> None:
+        """Grow every decoding request's context by a step; retire those finishing now."""
+        step = self.step
         sum_ctx, sum_rate = self.sum_ctx + self.sum_rate, self.sum_rate
-        done = self.calendar.pop(self.step, None)
-        if done:
-            in_active, admit_step, steps_left = self.in_active, self.admit_step, self.steps_left
-            ctx_at_admit, rate, step, t = self.ctx_at_admit, self.rate, self.step, self.t
-            finish, left = self.finish, 0
-            for rid in done:
-                if not in_active[rid] or admit_step[rid] + steps_left[rid] != step:
-                    continue                    # preempted since it was booked
-                in_active[rid] = False
-                finish[rid] = t
-                r = rate[rid]
-                sum_ctx -= ctx_at_admit[rid] + steps_left[rid] * r
-                sum_rate -= r
-                left += 1
+        left = self.cal_n[step] if step < len(self.cal_n) else 0
+        if left:
+            sum_ctx -= self.cal_ctx[step]
+            sum_rate -= self.cal_rate[step]
             self.n_active -= left
             self.in_system -= left
             if len(self.active) > 2 * self.n_active + COMPACT_SLACK:
-                self.active = [rid for rid in self.active if in_active[rid]]
+                book = self.book
+                self.active = [rid for rid in self.active if book[rid] > step]
         if not self.n_active:
             sum_ctx, sum_rate = 0.0, 0.0     # clear float drift when the pool empties
         self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
+

@@ -23,10 +23,13 @@ def steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Generat
     n = np.maximum(np.floor(est - PASSAGE_SIGMAS * np.sqrt(est * acc * (1 - acc) + 1) - 1),
                    0).astype(np.int64)
     tokens = n + rng.binomial(n, acc)
-    short = tokens < need
-    while short.any():
-        idx = np.nonzero(short)[0]
-        tokens[idx] += 1 + (rng.random(idx.size) < acc)
-        n[idx] += 1
-        short[idx] = tokens[idx] < need[idx]
+    idx = np.nonzero(tokens < need)[0]                 # still short, in id order
+    tok, steps, left = tokens[idx], n[idx], need[idx]
+    while idx.size:                                    # one step each, until past the need
+        tok += 1 + (rng.random(idx.size) < acc)
+        steps += 1
+        short = tok < left
+        if not short.all():
+            n[idx[~short]] = steps[~short]
+            idx, tok, steps, left = idx[short], tok[short], steps[short], left[short]
     return n

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from simulator.serving.loop import Loop
 
 BUSY_EPS_S = 1e-12      # a prefill batch ending within this of now has ended
+NO_CHUNK: tuple[float, list[int]] = (0.0, [])     # no prompt tokens this step (never mutated)
 
 
 def chunk_shape(chunk_tokens: float, dp: int, mean_prompt: float) -> tuple[float, float]:
@@ -96,7 +97,7 @@ class DisaggregatedPrefill:
         self.batch = batch
 
     def chunk(self, run: Loop) -> tuple[float, list[int]]:
-        return 0.0, []
+        return NO_CHUNK
 
     def step_extra_s(self, run: Loop, chunk: float) -> float:
         return 0.0
@@ -172,6 +173,12 @@ class FcfsAdmission:
             ids = ready.front(t, slots - run.n_active)
             if not ids:
                 return
+            n = run.n_active + len(ids)
+            if run.sum_ctx + sum(map(inputs.__getitem__, ids)) + len(ids) + n * per_seq \
+                    <= budget:               # all of them fit (the need grows with each)
+                ready.drop(len(ids))
+                run.admit(ids)
+                continue
             ctx, n, k = run.sum_ctx, run.n_active, 0
             for rid in ids:                 # the KV budget, request by request
                 need = inputs[rid] + 1
@@ -188,7 +195,7 @@ class FcfsAdmission:
     def evict(self, run: Loop) -> None:
         while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:
             rid = run.active.pop()
-            if run.in_active[rid]:
+            if run.decoding(rid):
                 run.preempt(rid)
 
 

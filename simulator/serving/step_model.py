@@ -14,15 +14,29 @@ from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
 from simulator.engine.schedule import get_schedule
 from simulator.step.whatif import Resolved, resolve, simulate
 
+EDGE_RTOL = 1e-12        # context_interval's margin: far above log2's rounding, far below a step
 BATCH_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+
+
+def _grid_step(tokens: float) -> int:
+    """k of the context grid point 256 * 2^(k/2) that `tokens` (> 256) rounds up to."""
+    return math.ceil(2 * math.log2(tokens / 256))
 
 
 def context_bucket(tokens: float) -> int:
     """Round a context length up to the next grid point (256 * 2^(k/2))."""
     if tokens <= 256:
         return 256
-    k = math.ceil(2 * math.log2(tokens / 256))
-    return int(round(256 * 2 ** (k / 2)))
+    return int(round(256 * 2 ** (_grid_step(tokens) / 2)))
+
+
+def context_interval(tokens: float) -> tuple[float, float]:
+    """(lo, hi]: contexts inside it share `tokens`' bucket (a hair narrower than the exact
+    edges, so a context at an edge is always bucketed by context_bucket itself)."""
+    if tokens <= 256:
+        return -math.inf, 256.0
+    k = _grid_step(tokens)
+    return 256 * 2 ** ((k - 1) / 2) * (1 + EDGE_RTOL), 256 * 2 ** (k / 2) * (1 - EDGE_RTOL)
 
 
 def batch_bucket(b: float, cap: int) -> int:
@@ -66,6 +80,18 @@ class StepModel:
             self.cache[key] = self._simulate(b, c)
         return self.cache[key]
 
+    def step_s_bounds(self, sequences: float, context: float) -> tuple[float, float, float,
+                                                                      float, float]:
+        """step_s, and the (lo, hi] ranges of sequences and of context that share its bucket."""
+        if sequences >= self.cap:
+            b_lo, b_hi = math.nextafter(self.cap, -math.inf), math.inf
+        else:
+            i = bisect.bisect_left(BATCH_GRID, sequences)
+            b_lo = BATCH_GRID[i - 1] if i else -math.inf
+            b_hi = min(BATCH_GRID[i] if i < len(BATCH_GRID) else math.inf,
+                       math.nextafter(self.cap, -math.inf))
+        return (self.step_s(sequences, context), b_lo, b_hi, *context_interval(context))
+
     def _simulate(self, b: int, c: int) -> float:
         n_mb = get_schedule(self.schedule).micro_batches
         if b < n_mb:          # split the prompt's tokens between the micro-batches instead
@@ -75,3 +101,22 @@ class StepModel:
         r: Resolved = resolve(w, model=self.model, profile=self.profile,
                               traffic_cache=self.traffic)   # routing depends on tokens only
         return simulate(w, resolved=r).metrics["step_time_ms"] / 1e3
+
+
+class DecodeSteps:
+    """Decode step seconds by (requests decoding, KV tokens held), remembering the last shape
+    bucket so that consecutive steps in one bucket skip the lookup."""
+
+    def __init__(self, model: StepModel, dp: int) -> None:
+        self.model, self.dp = model, dp
+        self.bounds = (0.0, -1.0, -1.0, -1.0, -1.0)   # seconds, (lo, hi] of sequences, of context
+
+    def __call__(self, n_active: int, sum_ctx: float) -> float:
+        if not n_active:
+            return 0.0
+        seqs, ctx = n_active / self.dp, sum_ctx / n_active
+        s, b_lo, b_hi, c_lo, c_hi = self.bounds
+        if b_lo < seqs <= b_hi and c_lo < ctx <= c_hi:
+            return s
+        self.bounds = self.model.step_s_bounds(seqs, ctx)
+        return self.bounds[0]
