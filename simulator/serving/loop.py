@@ -176,6 +176,7 @@ class Loop:
         extra_s, finish_step = prefill.step_extra_s, self._finish_step
         step_t, step_ctx = self.step_t, self.step_ctx
         decode_s = DecodeSteps(sim.decode, self.dp)
+        per_seq, budget = 1 + sim.mtp_draft, self.budget
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
                     or prefill.busy()) or self.t > end_limit:
@@ -199,7 +200,8 @@ class Loop:
                 area += self.in_system * (t_next - self.t)
                 self.t = t_next if t_next > self.t else self.t + IDLE_NUDGE_S
                 continue
-            policy.evict(self)
+            if self.sum_ctx + self.n_active * per_seq > budget:    # the next step's KV
+                policy.evict(self)
             dt = decode_s(self.n_active, self.sum_ctx)
             if chunk:
                 dt += extra_s(self, chunk)
