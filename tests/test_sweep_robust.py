@@ -95,9 +95,16 @@ def start(sweep: Path) -> subprocess.Popen:
 
 
 def finished(db: Path) -> int:
+    """Points stored so far; read-only, never creating the file (a connection that creates it
+    before the sweep opens it would keep the sweep's WAL switch from taking effect)."""
+    if not db.exists():
+        return 0
     try:
-        with sqlite3.connect(db) as con:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
             return con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        finally:
+            con.close()
     except sqlite3.Error:
         return 0
 
