@@ -159,10 +159,11 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
     limits = _limits(spec, e, nodes)
     reach = float(np.prod([keep_n * size / e for size, keep_n in limits]))
     per_round = int(np.ceil(SEQ_DRAWS_PER_PICK * kmax / reach))
+    small_int = np.int16 if e <= np.iinfo(np.int16).max else np.int64   # less to compare
     out = np.full((n, kmax), -1, dtype=np.int64)
-    got = np.zeros(n, dtype=np.int64)
+    got = np.zeros(n, dtype=small_int)
     kept = [np.zeros((n, e // size), dtype=bool) for size, _ in limits]   # blocks reached,
-    reached = [np.zeros(n, dtype=np.int64) for _ in limits]              # up to keep_n
+    reached = [np.zeros(n, dtype=small_int) for _ in limits]             # up to keep_n
     rows = np.arange(n)
     for _ in range(MAX_ROUNDS):
         if rows.size == 0:
@@ -171,11 +172,13 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
         bounds = np.searchsorted(owner, np.arange(len(gens) + 1))
         draws = table.draw(np.concatenate([gens[i].random((per_round,
                                                            int(bounds[i + 1] - bounds[i])))
-                                           for i in range(len(gens))], axis=1))  # [draw, row]
+                                           for i in range(len(gens))], axis=1)
+                           ).astype(small_int)       # [draw, row]
         live = rows                           # this round's rows still short, shrinking
-        o, g = out[live].T.copy(), got[live]  # o: [kmax, rows], a pick's column per row
+        o, g = out[live].T.astype(small_int), got[live]  # o: [kmax, rows], picks per row
         kp, rc = [a[live] for a in kept], [a[live] for a in reached]
         had = int(g.max())                    # picks a row already holds from earlier rounds
+        ar = np.arange(live.size)
         for j in range(per_round):
             short = g < kmax
             if 2 * int(short.sum()) < live.size:   # write the finished back, go on with the rest
@@ -189,7 +192,8 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
                 short = short[keep]
                 if not live.size:
                     break
-            ar = np.arange(live.size)
+            if ar.size != live.size:
+                ar = np.arange(live.size)
             x = draws[j]
             ok = short
             for li, (size, keep_n) in enumerate(limits):
