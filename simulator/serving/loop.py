@@ -241,4 +241,3 @@ class Loop:
         if not self.n_active:
             sum_ctx, sum_rate = 0.0, 0.0     # clear float drift when the pool empties
         self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
-
