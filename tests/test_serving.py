@@ -288,3 +288,92 @@ def test_a_step_shape_bucket_holds_exactly_the_shapes_step_s_buckets_alike():
         ctx = max(0.0, ctx + float(rng.normal(n * 5, 3000)))
         want = sm.step_s(n / 8, ctx / n) if n else 0.0
         assert steps(n, ctx) == want
+
+
+class _PerRequestLoop:
+    """The decode pool's bookkeeping done request by request (every request's context and
+    growth added at admission and taken off when it finishes or is evicted): an oracle for the
+    loop's calendar of per-step sums."""
+
+    @staticmethod
+    def make(sim, reqs):
+        from simulator.serving.loop import Loop
+
+        class Oracle(Loop):
+            def __init__(self, sim, reqs):
+                super().__init__(sim, reqs)
+                self.due: dict[int, list[int]] = {}         # step -> requests booked then
+                self.held: dict[int, tuple[float, float, int]] = {}   # ctx, rate, admit step
+
+            def admit(self, rids):
+                for rid in rids:
+                    steps = self.steps_left[rid]
+                    ctx = self.input[rid] + 1
+                    rate = max(self.output[rid] - 1, 0) / steps
+                    self.held[rid] = (ctx, rate, self.step)
+                    self.book[rid] = self.step + steps
+                    self.due.setdefault(self.step + steps, []).append(rid)
+                    self.sum_ctx += ctx
+                    self.sum_rate += rate
+                self.active.extend(rids)
+                self.n_active += len(rids)
+
+            def preempt(self, rid):
+                ctx, rate, at = self.held.pop(rid)
+                done = self.step - at
+                held = ctx + done * rate
+                self.book[rid] = -1
+                self.n_active -= 1
+                self.sum_ctx -= held
+                self.sum_rate -= rate
+                self.input[rid] = int(held)
+                self.output[rid] = max(2, self.output[rid] - int(done * rate))
+                self.steps_left[rid] = max(1, self.steps_left[rid] - done)
+                self.prefill_q.appendleft(rid)
+                self.preemptions += 1
+
+            def _finish_step(self):
+                self.sum_ctx += self.sum_rate
+                for rid in self.due.pop(self.step, []):
+                    if self.book[rid] != self.step or rid not in self.held:
+                        continue                            # evicted since it was booked
+                    ctx, rate, at = self.held.pop(rid)
+                    self.sum_ctx -= ctx + self.steps_left[rid] * rate
+                    self.sum_rate -= rate
+                    self.n_active -= 1
+                    self.in_system -= 1
+                if not self.n_active:
+                    self.sum_ctx = self.sum_rate = 0.0
+        return Oracle(sim, reqs)
+
+
+@pytest.mark.parametrize("mode", ["disaggregated", "colocated"])
+def test_the_calendar_of_sums_matches_request_by_request_bookkeeping(tmp_path, mode):
+    # random traces under a KV budget tight enough to evict; decode steps priced by their exact
+    # (sequences, context), so any difference in what the pool holds changes the timings
+    from simulator.serving.loop import Loop
+    from tests.test_physics import stubbed_sim
+    rng = np.random.default_rng(7)
+    evicted = 0
+    for trial in range(6):
+        n = int(rng.integers(20, 120))
+        rows = sorted(zip(np.round(rng.uniform(0, 3, n), 4), rng.integers(50, 3000, n),
+                          rng.integers(1, 400, n)))
+        budget = float(rng.integers(6000, 30000))
+        outcomes = []
+        for make in (Loop, _PerRequestLoop.make):
+            sim = stubbed_sim(tmp_path, rows, budget=budget, mode=mode)
+            sim.decode.step_s = lambda b, c: 0.004 + 1e-3 * b + 2e-6 * c
+            if trial % 2:
+                sim.mtp_draft, sim.acc = 1, 0.6
+            sim.rng = np.random.default_rng(trial)
+            res = make(sim, sim.requests()).go()
+            outcomes.append(res)
+        new, ref = outcomes
+        evicted += ref.metrics["requests"]["preempted"]
+        assert new.metrics["requests"] == ref.metrics["requests"]
+        assert new.metrics["decode_steps"] == ref.metrics["decode_steps"]
+        for a, b in ((new.ttft_s, ref.ttft_s), (new.e2e_s, ref.e2e_s), (new.tpot_s, ref.tpot_s),
+                     (new.kv_util, ref.kv_util)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert evicted > 0                  # the budget did evict
