@@ -291,6 +291,8 @@ MUTANTS: list[Mutant] = [
            "        self.input[rid] = int(held)\n", ""),
     Mutant(MT, "MTP: every output token needs a decode step (first from prefill ignored)",
            "need = np.maximum(out - 1, 0).astype(np.int64)", "need = out.astype(np.int64)"),
+    Mutant(MT, "MTP: a binomial jump that reached the need is taken as the passage",
+           "    if over.size:\n", "    if False:\n"),
     Mutant(MT, "MTP gain counts the draft as always accepted",
            "gain = 1 + sum(acc ** i for i in range(1, draft + 1))", "gain = 1 + draft"),
     Mutant(SM, "decode batch rounded down to the grid", "i = bisect.bisect_left(BATCH_GRID, b)",

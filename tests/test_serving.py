@@ -377,3 +377,25 @@ def test_the_calendar_of_sums_matches_request_by_request_bookkeeping(tmp_path, m
                      (new.kv_util, ref.kv_util)):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert evicted > 0                  # the budget did evict
+
+
+@pytest.mark.parametrize("sigmas", [4, 0, -3])
+def test_mtp_steps_follow_the_exact_first_passage_law(monkeypatch, sigmas):
+    # a step emits 1 + Bernoulli(a) tokens, so a request needing `need` tokens is done by step m
+    # exactly when m + Binomial(m, a) >= need: P(T <= m) = P(Binomial(m, a) >= need - m).
+    # sigmas 0 and -3 make the binomial jump overshoot often and almost always, exercising the
+    # exact repair of a jump that reached the need
+    import math
+    import simulator.serving.mtp as mtp
+    monkeypatch.setattr(mtp, "PASSAGE_SIGMAS", sigmas)
+    a, need, n = 0.8, 60, 50_000
+    t = mtp.steps_needed(np.full(n, need + 1), 1, a, np.random.default_rng(11))
+
+    def cdf(m: int) -> float:
+        k0 = max(need - m, 0)
+        return sum(math.comb(m, k) * a ** k * (1 - a) ** (m - k) for k in range(k0, m + 1))
+    ms = np.arange(math.ceil(need / 2), need + 1)           # the whole support
+    empirical = np.array([(t <= m).mean() for m in ms])
+    exact = np.array([cdf(int(m)) for m in ms])
+    assert np.abs(empirical - exact).max() < 0.009        # KS bound at 99.9% is 0.0087
+    assert t.min() >= math.ceil(need / 2) and t.max() <= need

@@ -10,8 +10,10 @@ def steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Generat
     """Decode steps for each request to emit `out` tokens (the first comes from prefill).
 
     With one draft token: the first passage of n + Binomial(n, a) past the need, sampled exactly
-    (a binomial jump to 4 sigma below the mean passage, then step by step); more drafts use the
-    mean gain 1 + a + a^2 + ...
+    (a binomial jump to 4 sigma below the mean passage, then step by step; a jump that reaches
+    the need anyway places its accepted drafts uniformly among its steps, as exchangeable draws
+    given their count are, and finds the step that reached it); more drafts use the mean gain
+    1 + a + a^2 + ...
     """
     need = np.maximum(out - 1, 0).astype(np.int64)
     if draft == 0 or acc <= 0:
@@ -23,6 +25,11 @@ def steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Generat
     n = np.maximum(np.floor(est - PASSAGE_SIGMAS * np.sqrt(est * acc * (1 - acc) + 1) - 1),
                    0).astype(np.int64)
     tokens = n + rng.binomial(n, acc)
+    over = np.nonzero((tokens >= need) & (n > 0))[0]   # rare (about 3e-5 of requests)
+    if over.size:
+        aside = rng.spawn(1)[0]                        # leaves the main stream as it was
+        for i in over:
+            n[i] = _passage_within(int(n[i]), int(tokens[i] - n[i]), int(need[i]), aside)
     idx = np.nonzero(tokens < need)[0]                 # still short, in id order
     tok, steps, left = tokens[idx], n[idx], need[idx]
     while idx.size:                                    # one step each, until past the need
@@ -33,3 +40,11 @@ def steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Generat
             n[idx[~short]] = steps[~short]
             idx, tok, steps, left = idx[short], tok[short], steps[short], left[short]
     return n
+
+
+def _passage_within(steps: int, accepted: int, need: int, rng: np.random.Generator) -> int:
+    """The step at which `steps` steps holding `accepted` accepted drafts, placed uniformly
+    among them, first emit `need` tokens."""
+    tokens = np.ones(steps, dtype=np.int64)
+    tokens[rng.choice(steps, size=accepted, replace=False)] += 1
+    return int(np.argmax(np.cumsum(tokens) >= need)) + 1
