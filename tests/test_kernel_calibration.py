@@ -92,14 +92,17 @@ def test_a_base_without_an_fp8_peak_is_refused(tmp_path):
 
 
 
-@pytest.mark.parametrize("device", ["h800", "h20"])
-def test_the_shipped_profile_is_what_the_command_writes(tmp_path, device):
-    out = tmp_path / f"{device}.yaml"
-    r = calibrate("--from-measurements", DATA, "--device", device, "--out", out)
+@pytest.mark.parametrize("device,base", [("h800", "h800"), ("h20", "h20"),
+                                         ("h800", "h100-sxm")])   # the H800's die, H100 links
+def test_the_shipped_profile_is_what_the_command_writes(tmp_path, device, base):
+    out = tmp_path / f"{base}.yaml"
+    r = calibrate("--from-measurements", DATA, "--device", device, "--base", base, "--out", out)
     assert r.exit_code == 0, r.output
     assert "gemm_by_shape" in r.output and "held-out MAPE" in r.output
     fresh, shipped = yaml.safe_load(out.read_text()), \
-        yaml.safe_load((ROOT / "hardware_profiles" / f"{device}.yaml").read_text())
+        yaml.safe_load((ROOT / "hardware_profiles" / f"{base}.yaml").read_text())
+    for key in ("nvlink", "nic", "peak_fp8_flops", "hbm_bandwidth_Bps"):   # kept from the base
+        assert fresh[key] == shipped[key]
     for key in ("gemm_shape_efficiency", "grouped_gemm_efficiency"):
         assert fresh[key]["efficiency" if key.startswith("gemm_shape") else "points"] == \
             shipped[key]["efficiency" if key.startswith("gemm_shape") else "points"]

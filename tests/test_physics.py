@@ -293,7 +293,7 @@ def test_efficiency_is_linear_in_log_size():
 def test_grouped_gemms_use_the_grouped_table():
     from simulator.pricing.hardware import efficiency, gemm_efficiency
     from tests.conftest import profile
-    prof = profile("h100-sxm")
+    prof = profile("h200-sxm")      # a profile without a shape table
     assert prof.gemm_shape_efficiency is None
     op = Op("e", "grouped_gemm", m=16.0)
     dense = efficiency(prof.gemm_efficiency, 16.0, "m")

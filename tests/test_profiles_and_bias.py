@@ -63,7 +63,7 @@ def test_profiles_command_and_show():
 
 
 def _bad_profile(tmp_path, old, new):
-    text = (PROFILES_DIR / "h100-sxm.yaml").read_text()     # hand-written, one line a number
+    text = (PROFILES_DIR / "h200-sxm.yaml").read_text()     # hand-written, one line a number
     assert old in text
     p = tmp_path / "bad.yaml"
     p.write_text(text.replace(old, new))
@@ -73,10 +73,10 @@ def _bad_profile(tmp_path, old, new):
 
 
 def test_number_without_source_is_refused(tmp_path):
-    out = _bad_profile(tmp_path, 'hbm_bytes: {value: 80.0e9, source: "NVIDIA H100 SXM datasheet: '
-                       '80 GB HBM3"}', "hbm_bytes: 80.0e9")
+    out = _bad_profile(tmp_path, 'hbm_bytes: {value: 141.0e9, source: "NVIDIA H200 datasheet: '
+                       '141 GB HBM3e"}', "hbm_bytes: 141.0e9")
     assert "hbm_bytes" in out and "no source" in out
-    out = _bad_profile(tmp_path, 'source: "NVIDIA H100 SXM datasheet: 80 GB HBM3"', 'source: ""')
+    out = _bad_profile(tmp_path, 'source: "NVIDIA H200 datasheet: 141 GB HBM3e"', 'source: ""')
     assert "hbm_bytes" in out and "source" in out
 
 
