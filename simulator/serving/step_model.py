@@ -112,6 +112,7 @@ class DecodeSteps:
         self.bounds = (0.0, -1.0, -1.0, -1.0, -1.0)   # seconds, (lo, hi] of sequences, of context
 
     def __call__(self, n_active: int, sum_ctx: float) -> float:
+        """Seconds of the next decode step of `n_active` requests holding `sum_ctx` tokens."""
         if not n_active:
             return 0.0
         seqs, ctx = n_active / self.dp, sum_ctx / n_active
