@@ -80,7 +80,7 @@ def test_decode_low_latency_kernels_hold_no_sms_normal_ones_take_the_profile_sha
     w = workload("workloads/longcat-flash-decode-h800.yaml")
     r = resolve(w)
     low = ep_traffic(r.model, w, r.profile, 64, 8.0, 0)
-    assert low.kernel == "low_latency" and low.demand(0, False).sm_fraction == 0.0
+    assert low.kernel == "low_latency" and low.demands(False)[0].sm_fraction == 0.0
     wn = workload("workloads/longcat-flash-decode-h800.yaml", routing={"ep_kernel": "normal"})
     normal = ep_traffic(r.model, wn, r.profile, 64, 8.0, 0)
-    assert normal.demand(0, True).sm_fraction == pytest.approx(0.18)   # DeepEP: 24 of 132 SMs
+    assert normal.demands(True)[0].sm_fraction == pytest.approx(0.18)   # DeepEP: 24 of 132 SMs

@@ -237,7 +237,7 @@ def test_combine_carries_its_own_bytes_per_element():
     # fp8 dispatch (1 byte) and bf16 combine (2 bytes): the combine moves twice the bytes
     t, *_ = _traffic(16, 8, dispatch_bytes=1.0, combine_bytes=2.0)
     for r in (0, 5):
-        d, c = t.demand(r, combine=False), t.demand(r, combine=True)
+        d, c = t.demands(combine=False)[r], t.demands(combine=True)[r]
         assert set(d.link_bytes) == set(c.link_bytes)
         for k in d.link_bytes:
             assert c.link_bytes[k] == pytest.approx(2.0 * d.link_bytes[k])

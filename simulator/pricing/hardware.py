@@ -6,6 +6,7 @@ bytes each link class of a rank must carry; the engine shares link bandwidth bet
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import replace
 from statistics import NormalDist
 
@@ -115,12 +116,13 @@ def _mixed(measured: str, used: str, what: str) -> None:
 
 
 def _log_position(xs: list[float], x: float) -> tuple[int, float]:
-    """(i, f): x lies a fraction f of the way from xs[i] to xs[i + 1] in log space, clamped."""
+    """(i, f): x lies a fraction f of the way from xs[i] to xs[i + 1] in log space, clamped
+    (xs strictly increasing, as the schema requires of table axes)."""
     if len(xs) == 1 or x <= xs[0]:
         return 0, 0.0
     if x >= xs[-1]:
         return len(xs) - 2, 1.0
-    i = next(j for j in range(len(xs) - 1) if xs[j] <= x <= xs[j + 1])
+    i = bisect_left(xs, x) - 1            # the first i with xs[i] <= x <= xs[i + 1]
     return i, (math.log(x) - math.log(xs[i])) / (math.log(xs[i + 1]) - math.log(xs[i]))
 
 

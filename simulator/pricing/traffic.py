@@ -5,7 +5,8 @@ the collapsed representative's expert GEMM and all-to-all; per-rank runs use eve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from copy import copy
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,13 +31,16 @@ class EPTraffic:
     combine_ratio: float         # combine bytes / dispatch bytes
     sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
 
-    def demand(self, rank: int, combine: bool, share: float = 1.0) -> CommDemand:
-        """What `rank`'s part of the dispatch (or combine) needs; `share`: a token chunk's
-        fraction of the micro-batch."""
+    def demands(self, combine: bool, share: float = 1.0) -> list[CommDemand]:
+        """What each rank's part of the dispatch (or combine) needs, by rank; `share`: a token
+        chunk's fraction of the micro-batch."""
         f = (self.combine_ratio if combine else 1.0) * share
-        d = {k: v for k, v in (("nvlink", self.nvlink_bytes[rank] * f),
-                               ("nic", self.nic_bytes[rank] * f)) if v > 0}
-        return CommDemand(self.latency_s, d, self.sm_fraction)
+        out = []
+        for nvl, nic in zip(self.nvlink_bytes.tolist(), self.nic_bytes.tolist()):
+            nvl, nic = nvl * f, nic * f
+            d = {k: v for k, v in (("nvlink", nvl), ("nic", nic)) if v > 0}
+            out.append(CommDemand(self.latency_s, d, self.sm_fraction))
+        return out
 
 
 def kernel_for(w: Workload) -> str:
@@ -80,29 +84,37 @@ def comm_sm_fraction(prof: HardwareProfile, kernel: str) -> float:
 def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Workload) -> Op:
     """The expert GEMM of one rank: its routed rows and the weights of its expert copies that
     receive any row (a grouped GEMM skips an expert with none)."""
+    return _expert_op(op, float(t.routing.rank_rows[rank]), int(t.routing.active_slots[rank]),
+                      model, w)
+
+
+def _expert_op(op: Op, routed: float, slots: int, model: ModelSpec, w: Workload) -> Op:
     assert model.moe is not None
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
     w_exp = expert_params(model)
-    rows = float(t.routing.rank_rows[rank]) * op.share
-    slots = int(t.routing.active_slots[rank])
-    return replace(op, flops=2 * rows * w_exp, m=rows / max(slots, 1),
-                   weight_bytes=slots * w_exp * wb, bytes=slots * w_exp * wb + rows * 2 * h * ab)
+    rows = routed * op.share
+    out = copy(op)                     # every other field as the op's (a shallow copy)
+    out.flops, out.m = 2 * rows * w_exp, rows / max(slots, 1)
+    out.weight_bytes = slots * w_exp * wb
+    out.bytes = slots * w_exp * wb + rows * 2 * h * ab
+    return out
 
 
 def per_rank_times(op: Op, t: EPTraffic, model: ModelSpec, w: Workload,
                    prof: HardwareProfile) -> list[float]:
     """Standalone duration of an expert op on every EP rank (ranks with the same rows and
     active expert copies share one pricing)."""
-    seen: dict[tuple[float, float], float] = {}
+    seen: dict[tuple[float, int], float] = {}
     out = []
-    for r, key in enumerate(zip(t.routing.rank_rows.tolist(), t.routing.active_slots.tolist())):
+    for key in zip(t.routing.rank_rows.tolist(), t.routing.active_slots.tolist()):
         if key not in seen:
-            seen[key] = compute_time_s(expert_op_for_rank(op, t, r, model, w), prof)
+            seen[key] = compute_time_s(_expert_op(op, key[0], int(key[1]), model, w), prof)
         out.append(seen[key])
     return out
 
 
-def comm_time_s(d: CommDemand, prof: HardwareProfile) -> float:
-    """Standalone duration of a demand with its links to itself."""
+def comm_times_s(demands: list[CommDemand], prof: HardwareProfile) -> list[float]:
+    """Standalone duration of each demand with its links to itself."""
     bw = link_bandwidths(prof)
-    return d.latency_s + max((b / bw[k] for k, b in d.link_bytes.items()), default=0.0)
+    return [d.latency_s + max((b / bw[k] for k, b in d.link_bytes.items()), default=0.0)
+            for d in demands]

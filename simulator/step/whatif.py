@@ -15,7 +15,7 @@ from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
                                         op_time_s, straggler_factor)
 from simulator.pricing.routing import draws_of
-from simulator.pricing.traffic import EPTraffic, comm_time_s, ep_traffic, per_rank_times
+from simulator.pricing.traffic import EPTraffic, comm_times_s, ep_traffic, per_rank_times
 from simulator.schema import Workload
 from simulator.step.resolve import Resolved, check_plan, resolve
 from simulator.step.result import StepResult, measure
@@ -68,9 +68,8 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
             if t is not None and op.is_comm and op.group == "ep":
                 key = ("comm", op.micro_batch, "combine" in op.name, op.share)
                 if key not in memo:
-                    per = [eager_launches(t.demand(k, key[2], op.share), op, prof)
-                           for k in range(plan.ep)]
-                    times = [comm_time_s(d, prof) for d in per]
+                    per = [eager_launches(d, op, prof) for d in t.demands(key[2], op.share)]
+                    times = comm_times_s(per, prof)
                     memo[key] = (per, int(np.argmax(times)), times)
                 per, slow, times = memo[key]
                 rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
