@@ -15,21 +15,27 @@ CASES = [("workloads/longcat-flash-decode-h800.yaml", s) for s in ("sequential",
 
 
 def _both(w, schedule, per_rank=False):
+    """(the step as simulated, the same with the whole pass run, sizes of truncated plans that
+    extended to the whole pass)."""
     sizes = []
-    real = whatif.run_layers
+    real = whatif.extend
 
-    def spying(sp, layers, n, run):
-        return real(sp, layers, n, lambda p: (sizes.append(len(p.names)), run(p))[1])
-    whatif.run_layers = spying
+    def spying(sp, layers, lo, n, run):
+        out = real(sp, layers, lo, n, run)
+        if out is not None:
+            sizes.append(len(sp.names))
+        return out
+    whatif.extend = spying
     try:
         fast = whatif.simulate(w, schedule, per_rank=per_rank)
     finally:
-        whatif.run_layers = real
-    whatif.run_layers = lambda sp, layers, n, run: run(sp)
+        whatif.extend = real
+    whole = whatif.truncated_layers
+    whatif.truncated_layers = lambda lo, n: None
     try:
         full = whatif.simulate(w, schedule, per_rank=per_rank)
     finally:
-        whatif.run_layers = real
+        whatif.truncated_layers = whole
     return fast, full, sizes
 
 
@@ -37,8 +43,17 @@ def _same(fast, full):
     span = float(np.max(full.timeline.end_s))
     for a, b in ((fast.timeline.start_s, full.timeline.start_s),
                  (fast.timeline.end_s, full.timeline.end_s)):
+        assert np.asarray(a).shape == np.asarray(b).shape
         assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-9 * span
     assert fast.step_time_s == pytest.approx(full.step_time_s, rel=1e-9)
+    # the same ops, named and ordered as the whole pass's, with the same work and streams
+    assert [(o.name, o.layer, o.kind, o.flops, o.bytes) for o in fast.timeline.ops] == \
+        [(o.name, o.layer, o.kind, o.flops, o.bytes) for o in full.timeline.ops]
+    assert fast.timeline.streams == full.timeline.streams
+    assert fast.timeline.standalone_s == full.timeline.standalone_s
+    assert fast.links == full.links or all(
+        fast.links[k]["bytes_per_step"] == pytest.approx(v["bytes_per_step"], rel=1e-12)
+        for k, v in full.links.items())
 
 
 @pytest.mark.parametrize("path,schedule", CASES)
@@ -48,40 +63,49 @@ def test_few_layers_extended_equal_the_full_run(path, schedule):
     assert sizes and sizes[0] < len(full.timeline.ops) // 2     # it did run a truncated plan
 
 
-def test_per_rank_timelines_too():
+@pytest.mark.parametrize("schedule,extends", [("sbo", True), ("tbo", False)])
+def test_per_rank_timelines_too(schedule, extends):
+    """Per-rank runs extend when every rank repeats layer to layer (sbo here); work-conserving
+    tbo on 16 unequal ranks does not repeat and runs whole: both equal the whole run."""
     w = load_workload("workloads/serving/deepseek-v3-h800.yaml")
     w = w.variant(plan=w.plan.variant(gpus=16, ep=16), batch_per_device=32)
-    fast, full, sizes = _both(w, "tbo", per_rank=True)
+    fast, full, sizes = _both(w, schedule, per_rank=True)
     assert np.asarray(full.timeline.end_s).shape[0] == 16
     _same(fast, full)
-    assert sizes[0] < len(full.timeline.ops) // 2
+    assert bool(sizes) == extends
+    if extends:
+        assert sizes[0] < len(full.timeline.ops) // 2
 
 
 def test_a_layer_that_differs_runs_the_whole_plan():
-    """Layers whose work differs are not copies: the whole plan runs."""
+    """Layers whose work differs are not copies: nothing is run or extended."""
     w = load_workload("workloads/longcat-flash-decode-h800.yaml")
     r = whatif.resolve(w)
-    g = whatif.build_step_graph(r, "sequential")
-    ops = [g.nodes[n]["op"] for n in g]
+    keep = periodic.truncated_layers(0, r.model.num_layers)
+    g = whatif.build_step_graph(r, "sequential", keep)
     sp = whatif.get_schedule("sequential").policy(g, {n: 1e-5 for n in g}, {})
     layers = [g.nodes[n]["op"].layer for n in sp.names]
-    odd = next(i for i, n in enumerate(sp.names) if n.startswith("L20."))
-    sp.compute_s[odd] *= 3
     runs = []
-    periodic.run_layers(sp, layers, r.model.num_layers,
-                        lambda p: (runs.append(len(p.names)), ([[0.0] * len(p.names)],
-                                                               [[0.0] * len(p.names)]))[1])
-    assert runs == [len(ops)]
+
+    def run(p):
+        runs.append(len(p.names))
+        ends = [1e-5 * (i + 1) for i in range(len(p.names))]
+        return [[e - 1e-6 for e in ends]], [ends]
+    assert periodic.extend(sp, layers, 0, r.model.num_layers, run) is not None
+    odd = next(i for i, n in enumerate(sp.names) if n.startswith("L5."))
+    sp.compute_s[odd] *= 3
+    assert periodic.extend(sp, layers, 0, r.model.num_layers, run) is None
+    assert runs == [len(sp.names)]
 
 
-def _random_plan(seed: int):
+def _random_plan(seed: int, built: int | None = None):
     """A plan of two prefix layers, `n` copies of one random layer and a two-op tail: random
     streams, work and in-layer edges, the first op after the previous layer's last, sometimes
     an op waiting on the previous layer's middle, comm ops sharing a link and SMs."""
     import random
     from simulator.engine.streams import CommDemand, StreamPlan
     rng = random.Random(seed)
-    n = 14
+    n = 20
     per = rng.randint(3, 7)
     kinds = [rng.choice(["compute", "comm"]) for _ in range(per)]
     work = [rng.uniform(1e-5, 5e-5) for _ in range(per)]
@@ -105,7 +129,7 @@ def _random_plan(seed: int):
         last = add(f"L{layer}.dense", "compute", [] if last is None else [last], 3e-5, None,
                    layer)
     prev_first = None
-    for layer in range(2, n):
+    for layer in range(2, n if built is None else built):   # the body (truncated: `built`)
         idx = []
         for j in range(per):
             ps = [idx[a] for a, b in inner if b == j]
@@ -130,20 +154,24 @@ def _random_plan(seed: int):
 
 def test_random_layered_plans_equal_the_full_run():
     """40 random layered plans on 3 ranks (comm sharing a link, SM shares, per-rank work): the
-    short path's timeline equals the whole plan's, and most plans take the short path."""
+    truncated plan extended equals the whole plan's run (its ops, order and timeline), and
+    most plans extend."""
     from simulator.engine.core import Engine
-    truncated = 0
+    extended = 0
     for seed in range(40):
         plan, layers, n = _random_plan(seed)
-        sizes = []
-
-        def run(p):
-            sizes.append(len(p.names))
-            return Engine(p, {"link": 5e10}, 0.1, n_ranks=3).run()
-        start, end = periodic.run_layers(plan, layers, n, run)
+        small, small_layers, _ = _random_plan(seed, built=periodic.truncated_layers(2, n))
+        assert len(small.names) < len(plan.names) // 2
+        ext = periodic.extend(small, small_layers, 2, n,
+                              lambda p: Engine(p, {"link": 5e10}, 0.1, n_ranks=3).run())
+        if ext is None:
+            continue
+        extended += 1
+        names = [small.names[i].replace(f"L{small_layers[i]}.", f"L{layer}.", 1)
+                 for i, layer in zip(ext.src, ext.layer)]
+        assert names == plan.names, seed
         f_start, f_end = Engine(plan, {"link": 5e10}, 0.1, n_ranks=3).run()
         span = max(max(r) for r in f_end)
-        assert np.abs(np.array(start) - np.array(f_start)).max() <= 1e-9 * span, seed
-        assert np.abs(np.array(end) - np.array(f_end)).max() <= 1e-9 * span, seed
-        truncated += sizes[0] < len(plan.names)
-    assert truncated >= 20
+        assert np.abs(ext.start_s - np.array(f_start)).max() <= 1e-9 * span, seed
+        assert np.abs(ext.end_s - np.array(f_end)).max() <= 1e-9 * span, seed
+    assert extended >= 8          # 11 of these 40 repeat layer to layer; the rest run whole

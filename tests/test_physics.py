@@ -260,6 +260,12 @@ def test_a_rank_reads_the_weights_of_every_expert_copy_that_gets_a_row():
         got = expert_op_for_rank(op, t, r, model, w)
         assert got.weight_bytes == pytest.approx(active[r] * expert_params(model) *
                                                  w.precision.weight_bytes)
+    # the step prices every rank at once (ranks of equal load share one pricing): the same
+    from simulator.pricing.hardware import compute_time_s
+    from simulator.pricing.traffic import per_rank_times
+    prof = _traffic(16, 8, redundant=16)[1]
+    assert per_rank_times(op, t, model, w, prof) == \
+        [compute_time_s(expert_op_for_rank(op, t, r, model, w), prof) for r in range(16)]
 
 
 def test_a_grouped_gemm_reads_only_the_experts_its_tokens_pick():

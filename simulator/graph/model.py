@@ -69,8 +69,7 @@ class _Builder:
         names = {t_after: after}
         g = self.g
         for op, inputs in ops:
-            c = object.__new__(Op)                 # a shallow copy (every field immutable)
-            c.__dict__.update(op.__dict__)
+            c = op.copy()
             c.name, c.layer = new + op.name[len(old):], i
             names[op.name] = c.name
             g.add_node(c.name, op=c)
@@ -288,12 +287,24 @@ class _Builder:
         return self.head(layer, f, block="mtp_head")
 
 
+def copies_from(model: ModelSpec) -> int:
+    """The first of the layers that end the pass as copies of one another (build_forward builds
+    layers of one kind, MoE or dense, as copies)."""
+    n = model.num_layers
+    lo = n - 1
+    while lo > 0 and is_moe_layer(model, lo - 1) == is_moe_layer(model, n - 1):
+        lo -= 1
+    return max(lo, 0)
+
+
 def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                   real_experts: float, *, layers: int | None = None, with_head: bool = True,
                   mtp: bool = False, micro_batch: int = 0,
                   compute: dict[str, str] | None = None, moe_chunks: int = 1,
-                  into: nx.DiGraph | None = None) -> nx.DiGraph:
-    """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer;
+                  into: nx.DiGraph | None = None, tail_at: int | None = None) -> nx.DiGraph:
+    """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer (named
+    and indexed as layer `tail_at`, default the layer after the last built: a pass truncated
+    to its first layers keeps the whole pass's tail);
     `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16);
     `moe_chunks` cuts each routed MoE path into that many token chunks; `into`: add the ops
     to this graph (another micro-batch's) instead of a new one. Layers of one kind (MoE or
@@ -314,9 +325,10 @@ def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: 
         else:
             last = b.layer(i, last)
     if with_head:
-        last = b.head(n, last)
+        tail = n if tail_at is None else tail_at
+        last = b.head(tail, last)
         if mtp:
-            b.mtp(n, last)
+            b.mtp(tail, last)
     return b.g
 
 

@@ -44,6 +44,12 @@ class Op:
     kv_len: float = 0.0             # attention core: KV length each query attends to
     tags: tuple[str, ...] = field(default_factory=tuple)
 
+    def copy(self) -> Op:
+        """A shallow copy (every field holds an immutable value), cheaper than copy.copy."""
+        c = object.__new__(Op)
+        c.__dict__.update(self.__dict__)
+        return c
+
     @property
     def is_comm(self) -> bool:
         """True for collectives (they run on links, not SMs)."""

@@ -5,7 +5,6 @@ the collapsed representative's expert GEMM and all-to-all; per-rank runs use eve
 """
 from __future__ import annotations
 
-from copy import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +92,7 @@ def _expert_op(op: Op, routed: float, slots: int, model: ModelSpec, w: Workload)
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
     w_exp = expert_params(model)
     rows = routed * op.share
-    out = copy(op)                     # every other field as the op's (a shallow copy)
+    out = op.copy()                    # every other field as the op's
     out.flops, out.m = 2 * rows * w_exp, rows / max(slots, 1)
     out.weight_bytes = slots * w_exp * wb
     out.bytes = slots * w_exp * wb + rows * 2 * h * ab

@@ -1,16 +1,19 @@
 """Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import networkx as nx
 import numpy as np
 
 from simulator.engine.core import Engine
-from simulator.engine.periodic import run_layers
-from simulator.engine.streams import StreamPlan
+from simulator.engine.periodic import extend, truncated_layers
+from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
 from simulator.engine.timeline import Timeline
-from simulator.graph.model import build_backward, build_forward
+from simulator.graph.model import build_backward, build_forward, copies_from
+from simulator.graph.ops import Op
 from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
                                         op_time_s, straggler_factor)
@@ -21,9 +24,10 @@ from simulator.step.resolve import Resolved, check_plan, resolve
 from simulator.step.result import StepResult, measure
 
 
-def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
-    """The op graph of one step (all layers, head, MTP), split into micro-batches if needed
-    (every micro-batch's ops in one graph, micro-batch 0's first)."""
+def build_step_graph(r: Resolved, schedule: str, layers: int | None = None) -> nx.DiGraph:
+    """The op graph of one step (all layers, or the first `layers` of a forward pass with the
+    whole pass's head and MTP), split into micro-batches if needed (every micro-batch's ops in
+    one graph, micro-batch 0's first)."""
     w = r.workload
     g = nx.DiGraph(phase=w.phase)         # schedules may read the pass (tbo's stage plans)
     sched = get_schedule(schedule)
@@ -37,7 +41,8 @@ def build_step_graph(r: Resolved, schedule: str) -> nx.DiGraph:
         fwd = build_forward(r.model, w.plan, w.precision, shape, r.real_experts,
                             mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head,
                             compute=r.compute, moe_chunks=sched.moe_chunks,
-                            into=None if backward else g)
+                            into=None if backward else g, layers=layers,
+                            tail_at=r.model.num_layers)
         if backward:
             build_backward(fwd, into=g)
     return g
@@ -52,67 +57,108 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
     return _simulate(w, schedule, policy, r, per_rank)
 
 
-def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> StepResult:
-    prof, plan = r.profile, w.plan
-    with collecting() as caught:
-        g = build_step_graph(r, schedule)
-        traffic = _traffic(r, schedule)
-        durations: dict[str, float] = {}
-        demands = {}
-        rank_comm: dict[str, list] = {}
-        rank_compute: dict[str, list[float]] = {}
-        memo: dict[tuple, tuple] = {}          # identical layers share their per-rank work
-        for name, data in g.nodes(data=True):
-            op = data["op"]
-            t = traffic.get(op.micro_batch)
-            if t is not None and op.is_comm and op.group == "ep":
-                key = ("comm", op.micro_batch, "combine" in op.name, op.share)
-                if key not in memo:
-                    per = [eager_launches(d, op, prof) for d in t.demands(key[2], op.share)]
-                    times = comm_times_s(per, prof)
-                    memo[key] = (per, int(np.argmax(times)), times)
-                per, slow, times = memo[key]
-                rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
-            elif t is not None and op.kind == "grouped_gemm":
-                key = ("experts", op.micro_batch, op.flops, op.weight_bytes, op.share)
-                if key not in memo:
-                    memo[key] = (per_rank_times(op, t, r.model, w, prof),)
-                times = memo[key][0]
-                rank_compute[name], durations[name] = times, max(times)
-            else:
-                key = ("op", _shape_key(op))         # identical layers price identical ops once
-                if key not in memo:
-                    memo[key] = (comm_demand(op, plan, prof) if op.is_comm else None,
-                                 op_time_s(op, plan, prof))
-                demand, durations[name] = memo[key]
-                if demand is not None:
-                    demands[name] = demand
-        slow = straggler_factor(prof, plan.ep)      # ranks meet at every EP all-to-all
-        if slow != 1.0:
-            for name, data in g.nodes(data=True):
-                if not data["op"].is_comm:
-                    durations[name] *= slow
-            rank_compute = {n: [x * slow for x in v] for n, v in rank_compute.items()}
-        sp = policy(g, durations, demands)
-        if per_rank:          # every rank its own load; collapsed runs the slowest rank's
-            index = {n: i for i, n in enumerate(sp.names)}
-            sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
-            sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
-        n_ranks = plan.gpus // plan.pp if per_rank else 1
-        bw, sm = link_bandwidths(prof), prof.comm_sm_fraction.value
+@dataclass
+class _Ran:
+    """A simulated pass before measuring: its ops in plan order and their timeline."""
 
-        def run(p: StreamPlan) -> tuple[list[list[float]], list[list[float]]]:
-            return Engine(p, bw, sm, n_ranks).run()
-        if w.phase == "train_bwd":                 # inputs flow from later layers back
-            start, end = run(sp)
-        else:                                       # identical layers: simulate a few
-            start, end = run_layers(sp, [g.nodes[n]["op"].layer for n in sp.names],
-                                    r.model.num_layers, run)
-    ops = [g.nodes[n]["op"] for n in sp.names]
-    tl = Timeline(ops, sp.streams, np.array(start), np.array(end),
-                  [durations[n] for n in sp.names])
+    ops: list[Op]
+    streams: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    standalone: list[float]
+    traffic: dict[int, EPTraffic]
+    demands: dict[str, CommDemand]
+
+
+def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> StepResult:
+    n = r.model.num_layers
+    lo = copies_from(r.model)
+    keep = truncated_layers(lo, n) if w.phase != "train_bwd" else None
+    with collecting() as caught:
+        ran = _run(w, schedule, policy, r, per_rank, (lo, keep)) if keep else None
+        if ran is None:                    # the whole pass
+            ran = _run(w, schedule, policy, r, per_rank, None)
+    tl = Timeline(ran.ops, ran.streams, ran.start, ran.end, ran.standalone)
     notes = list(r.notes) + sorted(set(caught))
-    return measure(r, schedule, tl, notes, traffic, demands)
+    return measure(r, schedule, tl, notes, ran.traffic, ran.demands)
+
+
+def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
+         truncate: tuple[int, int] | None) -> _Ran | None:
+    """Build, price, schedule and run the pass; `truncate` = (first body layer, layers to
+    build): run those and extend them to the whole pass (engine/periodic.py), None when its
+    layers do not repeat."""
+    prof, plan = r.profile, w.plan
+    g = build_step_graph(r, schedule, truncate[1] if truncate else None)
+    traffic = _traffic(r, schedule)
+    durations: dict[str, float] = {}
+    demands = {}
+    rank_comm: dict[str, list] = {}
+    rank_compute: dict[str, list[float]] = {}
+    memo: dict[tuple, tuple] = {}          # identical layers share their per-rank work
+    for name, data in g.nodes(data=True):
+        op = data["op"]
+        t = traffic.get(op.micro_batch)
+        if t is not None and op.is_comm and op.group == "ep":
+            key = ("comm", op.micro_batch, "combine" in op.name, op.share)
+            if key not in memo:
+                per = [eager_launches(d, op, prof) for d in t.demands(key[2], op.share)]
+                times = comm_times_s(per, prof)
+                memo[key] = (per, int(np.argmax(times)), times)
+            per, slow, times = memo[key]
+            rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
+        elif t is not None and op.kind == "grouped_gemm":
+            key = ("experts", op.micro_batch, op.flops, op.weight_bytes, op.share)
+            if key not in memo:
+                memo[key] = (per_rank_times(op, t, r.model, w, prof),)
+            times = memo[key][0]
+            rank_compute[name], durations[name] = times, max(times)
+        else:
+            key = ("op", _shape_key(op))         # identical layers price identical ops once
+            if key not in memo:
+                memo[key] = (comm_demand(op, plan, prof) if op.is_comm else None,
+                             op_time_s(op, plan, prof))
+            demand, durations[name] = memo[key]
+            if demand is not None:
+                demands[name] = demand
+    slow = straggler_factor(prof, plan.ep)      # ranks meet at every EP all-to-all
+    if slow != 1.0:
+        for name, data in g.nodes(data=True):
+            if not data["op"].is_comm:
+                durations[name] *= slow
+        rank_compute = {n: [x * slow for x in v] for n, v in rank_compute.items()}
+    sp = policy(g, durations, demands)
+    if per_rank:          # every rank its own load; collapsed runs the slowest rank's
+        index = {n: i for i, n in enumerate(sp.names)}
+        sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
+        sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
+    n_ranks = plan.gpus // plan.pp if per_rank else 1
+    bw, sm = link_bandwidths(prof), prof.comm_sm_fraction.value
+
+    def run(p: StreamPlan) -> tuple[list[list[float]], list[list[float]]]:
+        return Engine(p, bw, sm, n_ranks).run()
+    ops = [g.nodes[n]["op"] for n in sp.names]
+    if truncate is None:
+        start, end = run(sp)
+        return _Ran(ops, sp.streams, np.array(start), np.array(end),
+                    [durations[n] for n in sp.names], traffic, demands)
+    ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run)
+    if ext is None:
+        return None
+    whole = [_as_layer(ops[i], layer) for i, layer in zip(ext.src, ext.layer)]
+    return _Ran(whole, [sp.streams[i] for i in ext.src], ext.start_s, ext.end_s,
+                [durations[sp.names[i]] for i in ext.src], traffic,
+                {op.name: demands[ops[i].name] for op, i in zip(whole, ext.src)
+                 if ops[i].name in demands})
+
+
+def _as_layer(op: Op, layer: int) -> Op:
+    """`op` as its copy in another layer (its name's layer tag and its index changed)."""
+    if op.layer == layer:
+        return op
+    out = op.copy()
+    out.name, out.layer = op.name.replace(f"L{op.layer}.", f"L{layer}.", 1), layer
+    return out
 
 
 def _shape_key(op) -> tuple:
