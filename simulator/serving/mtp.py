@@ -31,14 +31,17 @@ def steps_needed(out: np.ndarray, draft: int, acc: float, rng: np.random.Generat
         for i in over:
             n[i] = _passage_within(int(n[i]), int(tokens[i] - n[i]), int(need[i]), aside)
     idx = np.nonzero(tokens < need)[0]                 # still short, in id order
-    tok, steps, left = tokens[idx], n[idx], need[idx]
+    small = not need.size or int(need.max()) < 2 ** 31   # int32 halves the memory traffic
+    deficit = (need[idx] - tokens[idx]).astype(np.int32 if small else np.int64)   # still needed
+    taken = 0                                          # steps each has taken since
     while idx.size:                                    # one step each, until past the need
-        tok += 1 + (rng.random(idx.size) < acc)
-        steps += 1
-        short = tok < left
+        deficit -= rng.random(idx.size) < acc          # an accepted draft ...
+        deficit -= 1                                   # ... and the step's own token
+        taken += 1
+        short = deficit > 0
         if not short.all():
-            n[idx[~short]] = steps[~short]
-            idx, tok, steps, left = idx[short], tok[short], steps[short], left[short]
+            n[idx[~short]] += taken
+            idx, deficit = idx[short], deficit[short]
     return n
 
 
