@@ -122,18 +122,16 @@ class Loop:
             cal_n.extend([0] * grow)
             cal_ctx.extend([0.0] * grow)
             cal_rate.extend([0.0] * grow)
-        sum_ctx, sum_rate = self.sum_ctx, self.sum_rate
         for rid in rids:
             fs = book[rid] = step + steps_left[rid]
-            rate = rate0[rid]
             cal_n[fs] += 1
             cal_ctx[fs] += fin0[rid]
-            cal_rate[fs] += rate
-            sum_ctx += ctx0[rid]
-            sum_rate += rate
+            cal_rate[fs] += rate0[rid]
+        # sum() with a start adds in the same order as a loop would (one C loop)
+        self.sum_ctx = sum(map(ctx0.__getitem__, rids), self.sum_ctx)
+        self.sum_rate = sum(map(rate0.__getitem__, rids), self.sum_rate)
         self.active.extend(rids)
         self.n_active += len(rids)
-        self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
 
     def decoding(self, rid: int) -> bool:
         """Whether `rid` is in the decode batch now."""

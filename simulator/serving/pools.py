@@ -74,15 +74,19 @@ class DisaggregatedPrefill:
         run.arrive(start)
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
         q, inputs, budget = run.prefill_q, run.input, self.budget
-        rid = q.popleft()
+        pop = q.popleft
+        rid = pop()
         batch, tokens, computed = [rid], inputs[rid], miss * inputs[rid]
         while q:
-            size = inputs[q[0]]
-            if computed + miss * size > budget:
+            rid = pop()
+            size = inputs[rid]
+            more = computed + miss * size
+            if more > budget:
+                q.appendleft(rid)                     # the next batch's first
                 break
-            batch.append(q.popleft())
+            batch.append(rid)
             tokens += size
-            computed += miss * size
+            computed = more
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
