@@ -55,13 +55,14 @@ MUTANTS: list[Mutant] = [
            "return bool(np.isfinite(t).all() and (t >= 0).all() and (t <= MAX_OP_S).all()",
            "return bool(np.isfinite(t).all() and (t >= 0).all()"),
     Mutant(E, "compute slowed only after a collective's latency phase",
-           "                taken = max(taken, t.sm)\n                if t.latency_end - now <= tol:\n",
+           "                if t.sm > taken:\n                    taken = t.sm\n"
+           "                if t.latency_end - now <= tol:\n",
            "                if t.latency_end - now <= tol:\n                    taken = max(taken, t.sm)\n",
            quick=True),
     Mutant(E, "compute never slowed by collectives", "compute_rate = 1.0 - taken",
            "compute_rate = 1.0"),
     Mutant(E, "SM shares of concurrent collectives added, not maxed",
-           "taken = max(taken, t.sm)", "taken = taken + t.sm"),
+           "                    taken = t.sm\n", "                    taken += t.sm\n"),
     Mutant(E, "flows on a link do not share its bandwidth", "v = bw[k] / flows[k]", "v = bw[k]",
            quick=True),
     Mutant(E, "bytes move during the latency phase",
@@ -81,7 +82,7 @@ MUTANTS: list[Mutant] = [
            "        if t.latency_end - now > tol:\n            return False\n"
            "        return all(", "        return t.latency_end - now <= tol or all("),
     Mutant(E, "an op counts as finished far too early (absolute 1 us tolerance)",
-           "return t.remaining <= t.rate * tol", "return t.remaining <= 1e-6"),
+           "else t.remaining <= t.rate * tol:", "else t.remaining <= 1e-6:"),
     # -- schedule -------------------------------------------------------------------------------
     Mutant(S, "ScMoE experts always first in the window",
            "k = _slot_rule(window, durations, t_d, t_c)", "k = 0", quick=True),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -35,17 +34,26 @@ def time_tol(now: float) -> float:
     return max(TIME_ATOL, TIME_RTOL * abs(now))
 
 
-@dataclass
+NO_LINKS: dict[str, float] = {}   # a compute task's links (never written: comm tasks get their own)
+
+
 class _Task:
-    op: int
-    rank: int
-    remaining: float = 0.0                      # compute: seconds of standalone work
-    latency_end: float = 0.0                    # comm: when the start-up latency is over
-    link_left: dict[str, float] = field(default_factory=dict)   # comm: bytes left per link
-    rate: float = 1.0
-    is_comm: bool = False
-    rate_per_link: dict[str, float] = field(default_factory=dict)
-    sm: float = 0.0                             # comm: share of compute it takes while running
+    """One op running on one rank (slots: the engine touches these fields on every event)."""
+
+    __slots__ = ("op", "rank", "remaining", "latency_end", "link_left", "rate", "is_comm",
+                 "rate_per_link", "sm")
+
+    def __init__(self, op: int, rank: int, remaining: float = 0.0, latency_end: float = 0.0,
+                 link_left: dict[str, float] = NO_LINKS, is_comm: bool = False,
+                 sm: float = 0.0) -> None:
+        self.op, self.rank = op, rank
+        self.remaining = remaining              # compute: seconds of standalone work
+        self.latency_end = latency_end          # comm: when the start-up latency is over
+        self.link_left = link_left              # comm: bytes left per link
+        self.rate = 1.0
+        self.is_comm = is_comm
+        self.rate_per_link: dict[str, float] = NO_LINKS
+        self.sm = sm                            # comm: share of compute it takes while running
 
 
 class Engine:
@@ -107,7 +115,8 @@ class Engine:
     def _start(self, r: int, i: int) -> None:
         """Put op i on its stream; the caller recomputes rates once for the whole batch."""
         now = self.env.now
-        self._advance(r, now)
+        if now > self.last_t[r]:
+            self._advance(r, now)
         self.busy[r][self.p.streams[i]] = True
         self.start[r][i] = now
         demand = self.p.comm[i]
@@ -148,32 +157,35 @@ class Engine:
 
     def _reschedule(self, r: int) -> None:
         now = self.env.now
-        tol = time_tol(now)
+        tol = TIME_RTOL * now                     # time_tol(now), inline: run on every event
+        if tol < TIME_ATOL:
+            tol = TIME_ATOL
         tasks = self.running[r]
+        bw = self.bw
         taken = 0.0                   # the largest SM share of the collectives running
         flows: dict[str, int] = {}
         for t in tasks:
             if t.is_comm:
-                taken = max(taken, t.sm)
+                if t.sm > taken:
+                    taken = t.sm
                 if t.latency_end - now <= tol:
                     for k, left in t.link_left.items():
-                        if not self._link_done(k, left, tol):
+                        if left > bw[k] * tol:          # not _link_done
                             flows[k] = flows.get(k, 0) + 1
         horizon = INF
         compute_rate = 1.0 - taken
-        bw = self.bw
         for t in tasks:
             if not t.is_comm:
                 t.rate = compute_rate
                 h = t.remaining / compute_rate
             elif t.latency_end - now > tol:
-                t.rate_per_link = {}
+                t.rate_per_link = NO_LINKS
                 h = t.latency_end - now
             else:
                 rates = {}
                 h = 0.0
                 for k, left in t.link_left.items():
-                    if not self._link_done(k, left, tol):
+                    if left > bw[k] * tol:
                         v = bw[k] / flows[k]
                         rates[k] = v
                         if left / v > h:
@@ -186,7 +198,8 @@ class Engine:
         if horizon == INF:
             self.version[r] += 1
             return
-        horizon = max(horizon, 0.0)
+        if horizon < 0.0:
+            horizon = 0.0
         when = now + horizon
         if when == self.wake_at[r]:        # the pending wake-up still holds
             return
@@ -202,10 +215,13 @@ class Engine:
         self.wake_at[r] = -1.0
         now = self.env.now
         self._advance(r, now)
-        tol = time_tol(now)
+        tol = TIME_RTOL * now                     # time_tol(now), inline
+        if tol < TIME_ATOL:
+            tol = TIME_ATOL
         done, still = [], []
         for t in self.running[r]:
-            if self._finished(t, now, tol):
+            # done when what is left would take no distinguishable time at `now`
+            if self._comm_done(t, now, tol) if t.is_comm else t.remaining <= t.rate * tol:
                 done.append(t)
             else:
                 still.append(t)
@@ -217,10 +233,9 @@ class Engine:
         self._dispatch_streams(r)
         self._reschedule(r)
 
-    def _finished(self, t: _Task, now: float, tol: float) -> bool:
-        """Done when what is left would take no distinguishable time at `now`."""
-        if not t.is_comm:
-            return t.remaining <= t.rate * tol
+    def _comm_done(self, t: _Task, now: float, tol: float) -> bool:
+        """A collective's part is done: latency over, and its bytes left take no
+        distinguishable time at `now` on any link."""
         if t.latency_end - now > tol:
             return False
         return all(self._link_done(k, v, tol) for k, v in t.link_left.items())
