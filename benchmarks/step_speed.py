@@ -1,6 +1,6 @@
 """Wall time to simulate one LongCat-Flash decode step (28 layers) per schedule.
 
-Run: python benchmarks/step_speed.py [--repeats 5]
+Run: python benchmarks/step_speed.py [--repeats 5] [--ranks 512] [--breakdown]
 Goals on the 2-core dev machine: collapsed ranks < 50 ms, all 128 ranks < 2 s (docs/performance.md).
 """
 from __future__ import annotations
@@ -70,11 +70,19 @@ def breakdown(w, r, repeats: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ranks", type=int, default=None,
+                    help="EP ranks (= GPUs) for the per-rank column (default: the workload's)")
     ap.add_argument("--breakdown", action="store_true",
                     help="time each phase of a collapsed step instead (no per-rank runs)")
     args = ap.parse_args()
     w = load_workload(str(WORKLOAD))
     r = resolve(w)
+    if args.ranks:                 # HBM capacity not enforced: small EP does not fit, is timed
+        from simulator.loading import load_profile
+        prof = load_profile(w.hardware)
+        prof = prof.variant(idealizations=prof.idealizations.variant(enforce_hbm_capacity=False))
+        w = w.variant(plan=w.plan.variant(gpus=args.ranks, ep=args.ranks))
+        r = resolve(w, profile=prof)
     if args.breakdown:
         breakdown(w, r, max(args.repeats, 10))
         return
