@@ -154,3 +154,21 @@ def test_copied_layers_equal_layers_built_one_by_one(name, micro_batch, chunks):
     for n in want:
         assert got.nodes[n]["op"] == want.nodes[n]["op"], n
     assert len({id(got.nodes[n]["op"]) for n in got}) == len(got)    # no op shared by two nodes
+
+
+def test_the_copied_layers_start_after_the_dense_ones():
+    """copies_from: where the run of same-kind layers that ends the pass begins (the truncated
+    pass keeps the layers before it as they are)."""
+    from simulator.graph.model import copies_from
+    assert copies_from(load_model("longcat-flash")) == 0           # 28 MoE layers
+    assert copies_from(load_model("deepseek-v3")) == 3             # 3 dense, then 58 MoE
+    assert copies_from(load_model("llama-3-70b")) == 0             # dense throughout
+    ds = load_model("deepseek-v3")
+    # every other layer MoE past the dense ones: the last kind-run is one layer long
+    alternating = ds.variant(moe_layer_interval=2)
+    assert copies_from(alternating) == alternating.num_layers - 1
+    # a graph truncated to the first layers keeps the whole pass's tail names and index
+    g = build_forward(ds, PLAN, PREC, DECODE, 8.0, layers=5, tail_at=ds.num_layers, mtp=True)
+    tail = [n for n in g if g.nodes[n]["op"].layer >= 5]
+    assert tail and all(n.startswith(f"L{ds.num_layers}.") and
+                        g.nodes[n]["op"].layer == ds.num_layers for n in tail)
