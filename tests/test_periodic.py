@@ -175,3 +175,33 @@ def test_random_layered_plans_equal_the_full_run():
         assert np.abs(ext.start_s - np.array(f_start)).max() <= 1e-9 * span, seed
         assert np.abs(ext.end_s - np.array(f_end)).max() <= 1e-9 * span, seed
     assert extended >= 8          # 11 of these 40 repeat layer to layer; the rest run whole
+
+
+@pytest.mark.parametrize("layers,schedule", [(11, "sbo"), (11, "tbo"), (12, "sequential"),
+                                             (10, "sbo")])
+def test_bodies_at_the_edge_of_truncating(layers, schedule):
+    """The fewest identical layers that truncate (periodic.MIN_BODY = 11), one more, and one
+    fewer (the whole pass runs): each equals the whole run, ops and order included."""
+    from simulator.loading import load_model
+    w = load_workload("workloads/longcat-flash-decode-h800.yaml")
+    model = load_model(w.model).variant(num_layers=layers)
+    r = whatif.resolve(w, model=model)
+    sizes = []
+    real, whole = whatif.extend, whatif.truncated_layers
+
+    def spying(sp, lays, lo, n, run):
+        out = real(sp, lays, lo, n, run)
+        sizes.append(out is not None)
+        return out
+    whatif.extend = spying
+    try:
+        fast = whatif.simulate(w, schedule, resolved=r)
+    finally:
+        whatif.extend = real
+    whatif.truncated_layers = lambda lo, n: None
+    try:
+        full = whatif.simulate(w, schedule, resolved=r)
+    finally:
+        whatif.truncated_layers = whole
+    _same(fast, full)
+    assert sizes == ([True] if layers >= periodic.MIN_BODY else [])
