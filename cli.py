@@ -83,6 +83,12 @@ def _print_warnings(caught: list) -> None:
             err.print(f"[yellow]warning[/]: {escape(str(c.message))}", highlight=False)
 
 
+def _doing(w, schedule: str, per_rank: bool) -> str:
+    """The spinner's line while a step is simulated."""
+    ranks = f", all {w.plan.gpus // w.plan.pp} ranks" if per_rank else ""
+    return f"simulating {w.name} under {schedule}{ranks}"
+
+
 @app.command()
 @user_errors
 def simulate(workload: str = typer.Argument(..., help="workload YAML"),
@@ -95,7 +101,8 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
     from simulator.step.whatif import simulate as run
     _outputs(report=report, trace=trace)
     w = load_workload(workload)
-    res = run(w, schedule, per_rank=per_rank)
+    with err.status(_doing(w, schedule or w.schedule, per_rank)):   # shown on a terminal only
+        res = run(w, schedule, per_rank=per_rank)
     _write_outputs([res], report, trace)
     if as_json:
         _print_json(res.to_json())
@@ -129,8 +136,12 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
         raise MoesimError("--schedules", "no schedule given", "e.g. --schedules sequential,sbo")
     for n in names:
         get_schedule(n)
-    r = resolve(w)
-    results = [run(w, n, per_rank=per_rank, resolved=r) for n in names]
+    results = []
+    with err.status(_doing(w, names[0], per_rank)) as status:      # shown on a terminal only
+        r = resolve(w)
+        for i, n in enumerate(names):
+            status.update(_doing(w, n, per_rank) + f" ({i + 1} of {len(names)})")
+            results.append(run(w, n, per_rank=per_rank, resolved=r))
     _write_outputs(results, report, trace)
     if as_json:
         base = results[0].step_time_s
