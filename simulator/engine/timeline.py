@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -37,54 +38,75 @@ class Timeline:
                  "kind": op.kind, "flops": op.flops, "bytes": op.bytes}
                 for r in ranks for i, op in enumerate(self.ops)]
 
+    @cached_property
+    def is_comm(self) -> np.ndarray:
+        """Per op: a collective (bool array, in op order)."""
+        return np.array([op.is_comm for op in self.ops], dtype=bool)
+
+    @cached_property
+    def layers(self) -> np.ndarray:
+        """Per op: its layer index (int array, in op order)."""
+        return np.array([op.layer for op in self.ops], dtype=np.int64)
+
     def comm_exposure_s(self, rank: int = 0) -> tuple[float, float]:
         """(exposed, hidden) communication on a rank: comm time with / without compute beside it."""
-        keep = range(len(self.ops))
-        busy = sum(b - a for a, b in _union([(self.start_s[rank, i], self.end_s[rank, i])
-                                             for i in keep if self.ops[i].is_comm]))
-        exposed = sum(b - a for a, b in self.exposed_intervals(rank, keep))
+        keep = np.arange(len(self.ops))
+        comm = self._merged(rank, keep, True)
+        busy = sum(b - a for a, b in comm)
+        exposed = sum(b - a for a, b in _exposed(comm, self._merged(rank, keep, False)))
         return exposed, busy - exposed
 
     def exposed_intervals(self, rank: int, keep) -> list[tuple[float, float]]:
         """Intervals (among ops `keep`) where a collective runs and no compute op does."""
-        comm = _union([(self.start_s[rank, i], self.end_s[rank, i]) for i in keep
-                       if self.ops[i].is_comm])
-        comp = _union([(self.start_s[rank, i], self.end_s[rank, i]) for i in keep
-                       if not self.ops[i].is_comm])
-        out, j = [], 0                      # both lists sorted and disjoint: one sweep
-        for a, b in comm:
-            while j < len(comp) and comp[j][1] <= a:
-                j += 1
-            cur, k = a, j
-            while k < len(comp) and comp[k][0] < b:
-                c, d = comp[k]
-                if c > cur:
-                    out.append((cur, c))
-                cur = max(cur, d)
-                k += 1
-            if cur < b:
-                out.append((cur, b))
-        return [(a, b) for a, b in out if b - a > time_tol(b)]   # not float noise of an instant
+        keep = np.asarray(list(keep), dtype=np.int64)
+        return _exposed(self._merged(rank, keep, True), self._merged(rank, keep, False))
+
+    def _merged(self, rank: int, keep: np.ndarray, comm: bool) -> list[tuple[float, float]]:
+        """The union of the busy intervals of the collectives (or the compute ops) among
+        `keep`, as sorted disjoint (start, end) pairs (intervals that touch merge)."""
+        idx = keep[self.is_comm[keep] == comm] if keep.size else keep
+        a, b = self.start_s[rank, idx], self.end_s[rank, idx]
+        live = b > a
+        a, b = a[live], b[live]
+        if not a.size:
+            return []
+        order = np.lexsort((b, a))               # by start, then end
+        a, b = a[order], b[order]
+        reach = np.maximum.accumulate(b)          # the end of the union so far
+        new = np.nonzero(a[1:] > reach[:-1])[0] + 1   # an interval past it starts a piece
+        first = np.concatenate(([0], new))
+        last = np.concatenate((new - 1, [a.size - 1]))
+        return list(zip(a[first].tolist(), reach[last].tolist()))
 
     def layer_times_s(self, rank: int = 0) -> dict[int, float]:
         """Time each layer adds: its last end minus the previous layer's last end."""
-        ends: dict[int, float] = {}
-        for i, op in enumerate(self.ops):
-            ends[op.layer] = max(ends.get(op.layer, 0.0), float(self.end_s[rank, i]))
+        if not self.ops:
+            return {}
+        layers, pos = np.unique(self.layers, return_inverse=True)
+        ends = np.zeros(layers.size)              # each layer's last end (times are >= 0)
+        np.maximum.at(ends, pos, self.end_s[rank])
         out, prev = {}, float(self.start_s[rank].min())
-        for layer in sorted(ends):
-            out[layer] = ends[layer] - prev
-            prev = ends[layer]
+        for layer, end in zip(layers.tolist(), ends.tolist()):
+            out[layer] = end - prev
+            prev = end
         return out
 
 
-def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for a, b in sorted(intervals):
-        if b <= a:
-            continue
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+def _exposed(comm: list[tuple[float, float]], comp: list[tuple[float, float]]
+             ) -> list[tuple[float, float]]:
+    """Pieces of the sorted disjoint intervals `comm` that no interval of `comp` covers
+    (both sorted and disjoint: one sweep), leaving out float noise of an instant."""
+    out, j = [], 0
+    for a, b in comm:
+        while j < len(comp) and comp[j][1] <= a:
+            j += 1
+        cur, k = a, j
+        while k < len(comp) and comp[k][0] < b:
+            c, d = comp[k]
+            if c > cur:
+                out.append((cur, c))
+            cur = max(cur, d)
+            k += 1
+        if cur < b:
+            out.append((cur, b))
+    return [(a, b) for a, b in out if b - a > time_tol(b)]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
+import numpy as np
+
 from simulator.engine.streams import CommDemand
 from simulator.engine.timeline import Timeline
 from simulator.graph.memory import MemoryBreakdown
@@ -126,10 +128,8 @@ def _ep_metrics(traffic: dict[int, EPTraffic], tl: Timeline, prof: HardwareProfi
     bw = link_bandwidths(prof)
     step = tl.span_s or 1.0
     per_class: dict[str, float] = {}
-    for op in tl.ops:
-        if not op.is_comm:
-            continue
-        for cls, b in demands[op.name].link_bytes.items():
+    for i in np.nonzero(tl.is_comm)[0].tolist():
+        for cls, b in demands[tl.ops[i].name].link_bytes.items():
             per_class[cls] = per_class.get(cls, 0.0) + b
     links = {cls: {"bytes_per_step": b, "utilisation": b / bw[cls] / step}
              for cls, b in sorted(per_class.items())}
@@ -159,9 +159,8 @@ def breakdown_s(tl: Timeline, layer: int) -> dict[str, float]:
     parts = {"attention_block": 0.0, "dispatch": 0.0, "moe": 0.0, "combine": 0.0,
              "dense_ffn": 0.0, "other": 0.0}
     blocks: set[str] = set()
-    for op, t in zip(tl.ops, tl.standalone_s):
-        if op.layer != layer:
-            continue
+    for i in np.nonzero(tl.layers == layer)[0].tolist():
+        op, t = tl.ops[i], tl.standalone_s[i]
         if op.block.startswith("attn"):
             parts["attention_block"] += t      # summed over micro-batches: the whole batch
             blocks.add(op.block)
