@@ -675,3 +675,40 @@ def test_runtime_costs_add_to_every_step_by_hand():
     assert base["runtime_overhead_us"] == 0.0
     with pytest.raises(Exception, match="step_overhead_s"):
         workload(path, runtime={"step_overhead_s": {"value": -1, "source": "test"}})
+
+
+def test_breakdown_and_link_totals_of_a_hand_built_timeline():
+    """breakdown_s reads only the representative layer (attention averaged over its blocks);
+    link totals sum every collective's bytes per link class, utilisation over the step."""
+    import numpy as np
+    from simulator.engine.streams import CommDemand
+    from simulator.engine.timeline import Timeline
+    from simulator.pricing.hardware import link_bandwidths
+    from simulator.step.result import _ep_metrics, breakdown_s
+    from tests.conftest import profile
+    spec = [("L0.attn0.qkv_proj", "gemm", 0, "attn0", 2.0),
+            ("L0.moe.dispatch", "collective", 0, "moe", 3.0),
+            ("L1.attn0.qkv_proj", "gemm", 1, "attn0", 5.0),
+            ("L1.attn1.core", "attention", 1, "attn1", 7.0),
+            ("L1.moe.dispatch", "collective", 1, "moe", 11.0),
+            ("L1.moe.experts", "grouped_gemm", 1, "moe", 13.0),
+            ("L1.moe.combine", "collective", 1, "moe", 17.0),
+            ("L1.ffn0.ffn", "gemm", 1, "ffn0", 19.0),
+            ("L2.head.lm_head", "gemm", 2, "head", 23.0)]
+    ops = [Op(n, k, layer=layer, block=b) for n, k, layer, b, _ in spec]
+    start = np.array([[float(i) for i in range(len(ops))]])
+    tl = Timeline(ops, ["compute"] * len(ops), start, start + 1.0, [t for *_, t in spec])
+    assert breakdown_s(tl, 1) == {"attention_block": (5.0 + 7.0) / 2, "dispatch": 11.0,
+                                  "moe": 13.0, "combine": 17.0, "dense_ffn": 19.0, "other": 0.0}
+    assert breakdown_s(tl, 2)["other"] == 23.0 and breakdown_s(tl, 0)["dispatch"] == 3.0
+    demands = {"L0.moe.dispatch": CommDemand(0.0, {"nic": 100.0, "nvlink": 10.0}),
+               "L1.moe.dispatch": CommDemand(0.0, {"nic": 200.0}),
+               "L1.moe.combine": CommDemand(0.0, {"nvlink": 30.0})}
+    prof = profile("h800")
+    bw = link_bandwidths(prof)
+    links, ep = _ep_metrics({}, tl, prof, demands)
+    span = float(len(ops))                        # first start 0, last end len(ops)
+    assert ep is None
+    assert links == {"nic": {"bytes_per_step": 300.0, "utilisation": 300.0 / bw["nic"] / span},
+                     "nvlink": {"bytes_per_step": 40.0,
+                                "utilisation": 40.0 / bw["nvlink"] / span}}
