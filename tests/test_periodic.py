@@ -14,7 +14,7 @@ CASES = [("workloads/longcat-flash-decode-h800.yaml", s) for s in ("sequential",
          ("workloads/validation/qwen3-30b-a3b-h20-decode.yaml", "sequential")]
 
 
-def _both(w, schedule, per_rank=False):
+def _both(w, schedule, per_rank=False, resolved=None):
     """(the step as simulated, the same with the whole pass run, sizes of truncated plans that
     extended to the whole pass)."""
     sizes = []
@@ -27,13 +27,13 @@ def _both(w, schedule, per_rank=False):
         return out
     whatif.extend = spying
     try:
-        fast = whatif.simulate(w, schedule, per_rank=per_rank)
+        fast = whatif.simulate(w, schedule, per_rank=per_rank, resolved=resolved)
     finally:
         whatif.extend = real
     whole = whatif.truncated_layers
     whatif.truncated_layers = lambda lo, n: None
     try:
-        full = whatif.simulate(w, schedule, per_rank=per_rank)
+        full = whatif.simulate(w, schedule, per_rank=per_rank, resolved=resolved)
     finally:
         whatif.truncated_layers = whole
     return fast, full, sizes
@@ -185,23 +185,6 @@ def test_bodies_at_the_edge_of_truncating(layers, schedule):
     from simulator.loading import load_model
     w = load_workload("workloads/longcat-flash-decode-h800.yaml")
     model = load_model(w.model).variant(num_layers=layers)
-    r = whatif.resolve(w, model=model)
-    sizes = []
-    real, whole = whatif.extend, whatif.truncated_layers
-
-    def spying(sp, lays, lo, n, run):
-        out = real(sp, lays, lo, n, run)
-        sizes.append(out is not None)
-        return out
-    whatif.extend = spying
-    try:
-        fast = whatif.simulate(w, schedule, resolved=r)
-    finally:
-        whatif.extend = real
-    whatif.truncated_layers = lambda lo, n: None
-    try:
-        full = whatif.simulate(w, schedule, resolved=r)
-    finally:
-        whatif.truncated_layers = whole
+    fast, full, sizes = _both(w, schedule, resolved=whatif.resolve(w, model=model))
     _same(fast, full)
-    assert sizes == ([True] if layers >= periodic.MIN_BODY else [])
+    assert bool(sizes) == (layers >= periodic.MIN_BODY)
