@@ -254,13 +254,19 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
             return
         stdout.print(T.batch_sweep_table(w.name, w.context_length, points))
         return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     sim = ServingSim(w, rate=rate, duration=duration)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
-        bar.add_task("checking capacity and simulating step shapes", total=None)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("checking capacity and simulating step shapes", total=None)
         cap = sim.capacity_rps()
-        res = sim.run()
+
+        def simulated(t: float, horizon: float) -> None:
+            what = f"simulated {t:,.0f} of {horizon:,.0f} s of arrivals" if t <= horizon else \
+                f"draining: simulated {t:,.0f} s ({horizon:,.0f} s of arrivals)"
+            bar.update(task, description=what, total=horizon, completed=min(t, horizon),
+                       refresh=True)
+        res = sim.run(progress=simulated)
     m = dict(res.metrics, capacity_rps=cap)
     if report:
         from simulator.outputs.report import write_serving_report

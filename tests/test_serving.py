@@ -75,6 +75,38 @@ def test_same_seed_same_metrics():
     assert a == b
 
 
+def test_progress_reports_simulated_time_and_changes_nothing(monkeypatch):
+    """run(progress=...) is told the simulated time (rising, up to the run's end) and when
+    arrivals end, every PROGRESS_STEPS decode steps; the result is the same as without."""
+    from simulator.serving import loop
+    monkeypatch.setattr(loop, "PROGRESS_STEPS", 64)
+    seen = []
+    res = ServingSim(small()).run(progress=lambda t, horizon: seen.append((t, horizon)))
+    m = res.metrics
+    assert len(seen) == m["decode_steps"] // 64
+    times = [t for t, _ in seen]
+    assert times == sorted(times) and 0 < times[0] and times[-1] <= m["simulated_s"]
+    assert {h for _, h in seen} == {SMALL["serving"]["arrivals"]["duration_s"]}
+    assert m == ServingSim(small()).run().metrics
+
+
+def test_serve_shows_simulated_time_on_a_terminal(monkeypatch, tmp_path):
+    import io
+
+    import cli
+    from rich.console import Console
+    from simulator.serving import loop
+    monkeypatch.setattr(loop, "PROGRESS_STEPS", 64)
+    tty = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=tty, force_terminal=True))
+    path = tmp_path / "w.yaml"
+    path.write_text(json.dumps(SMALL))
+    r = CliRunner().invoke(app, ["serve", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["requests"]["arrived"] > 0
+    assert "s of arrivals" in tty.getvalue()
+
+
 def test_mtp_steps_follow_acceptance():
     rng = np.random.default_rng(0)
     out = np.full(20000, 501)

@@ -13,7 +13,7 @@ import math
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 IDLE_NUDGE_S = 1e-9     # an idle loop with nothing scheduled later moves time on by this much
 ARRIVAL_PROBE = 64      # arrive() searches this many arrivals ahead before the whole rest
 COMPACT_SLACK = 64      # rebuild the admission-order list once it holds this many stale ids
+PROGRESS_STEPS = 4096   # decode steps between progress reports (an hour has ~2e5)
 
 
 class Loop:
@@ -159,15 +160,17 @@ class Loop:
         self.preemptions += 1
 
     # -- the loop --------------------------------------------------------------------------
-    def go(self) -> ServeResult:
-        """Run until every request finished, was rejected, or the drain time ran out."""
+    def go(self, progress: Callable[[float, float], None] | None = None) -> ServeResult:
+        """Run until every request finished, was rejected, or the drain time ran out;
+        `progress(t, horizon)`: told the simulated time every PROGRESS_STEPS decode steps."""
         sim, spec = self.sim, self.sim.spec
         arrivals, n = self.arrivals, len(self.r)
         too_big = (self.r.input_tokens + self.r.output_tokens) > self.budget / self.dp
         self.rejected = too_big.tolist()                                        # > 1 device
         self.too_big_before = [0, *accumulate(self.rejected)]
         area = 0.0                                   # integral of requests in system
-        end_limit = max(self.r.duration_s, spec.arrivals.duration_s) + spec.drain_s
+        horizon = max(self.r.duration_s, spec.arrivals.duration_s)    # when arrivals end
+        end_limit = horizon + spec.drain_s
         prefill, policy, ready = self.prefill, self.policy, self.ready
         before_step, arrive, admit, take_chunk = prefill.before_step, self.arrive, \
             policy.admit, prefill.chunk
@@ -213,6 +216,8 @@ class Loop:
             finish_step()
             step_t.append(t)
             step_ctx.append(self.sum_ctx)
+            if progress is not None and not self.step % PROGRESS_STEPS:
+                progress(t, horizon)
         kv_t, kv_u = np.array(step_t[1:]), np.array(step_ctx[1:]) / self.budget
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
             if len(kv_t) else np.array([], dtype=int)

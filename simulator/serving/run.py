@@ -7,6 +7,8 @@ counts are mtp.py; the summary is result.py.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from simulator.errors import MoesimError
@@ -115,8 +117,10 @@ class ServingSim:
             return load_trace(a.trace)
         return generate(a, self.spec.input_tokens, self.spec.output_tokens, self.rng)
 
-    def run(self, check_stability: bool = True) -> ServeResult:
-        """Simulate every request to completion (or rejection)."""
+    def run(self, check_stability: bool = True,
+            progress: Callable[[float, float], None] | None = None) -> ServeResult:
+        """Simulate every request to completion (or rejection); `progress(t, horizon)` is told
+        the simulated time now and when arrivals end, every few thousand decode steps."""
         reqs = self.requests()
         n = len(reqs)
         horizon = max(reqs.duration_s, self.spec.arrivals.duration_s)
@@ -128,4 +132,4 @@ class ServingSim:
                                   f"{offered:.2f} requests/s offered, but the deployment serves at "
                                   f"most {cap:.2f} requests/s (highest sustainable rate)",
                                   f"use --rate {STABLE_MARGIN * cap:.2f} or less, or add GPUs")
-        return Loop(self, reqs).go()
+        return Loop(self, reqs).go(progress)
