@@ -21,11 +21,16 @@ import numpy as np
 
 from simulator.engine.streams import StreamPlan
 
-KEEP = 7            # body layers the truncated pass keeps
+KEEPS = (7, 15)     # body layers a truncated pass keeps: first try, then a longer one for
+                    # a body still settling (converging, not yet exact, in the first)
 SUFFIX = 3          # last body layers taken from the truncated run's end (they see the tail)
-CHECK = (1, 4)      # body layers [1, 4) of the truncated run must repeat exactly, shifted
+CHECKED = 3         # body layers, just before those, that must repeat exactly, shifted ...
 RTOL = 1e-9         # ... to this fraction of the step
-MIN_BODY = KEEP + 4  # fewer identical layers than this: truncating saves too little, run whole
+SPARE = 4           # fewer identical layers than keep + SPARE: truncating saves too little
+SETTLING = 0.5      # settling: each checked layer deviates from a common shift by less than
+                    # this fraction of the layer before it (a deviation that holds, or shrinks
+                    # by float noise, is a pattern that will not vanish in a longer pass)
+KEEP, MIN_BODY = KEEPS[0], KEEPS[0] + SPARE
 
 Runner = Callable[[StreamPlan], tuple[list[list[float]], list[list[float]]]]
 
@@ -41,27 +46,39 @@ class Extended:
     end_s: np.ndarray
 
 
-def truncated_layers(lo: int, n_layers: int) -> int | None:
-    """How many layers to build of a pass whose layers lo..n_layers-1 are copies (None:
-    build them all, truncating gains too little)."""
-    return lo + KEEP if n_layers - lo >= MIN_BODY else None
+@dataclass
+class NotRepeating:
+    """A truncated run that did not extend; `settling`: its checked layers' deviations from a
+    common shift at least halve layer to layer (a longer truncated pass may find them exact).
+    Only which passes are tried depends on it: every extension is checked exact."""
+
+    settling: bool = False
 
 
-def extend(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, run: Runner
-           ) -> Extended | None:
-    """Run `plan`, a pass truncated to body layers lo..lo+KEEP-1 and its tail (`layers[i]`: op
-    i's layer; the tail's are n_layers and up), and lay out the pass of n_layers layers; None
-    when its body layers are not copies or do not repeat."""
-    cut = lo + KEEP
+def truncated_layers(lo: int, n_layers: int, keep: int = KEEP) -> int | None:
+    """How many layers to build of a pass whose layers lo..n_layers-1 are copies, keeping
+    `keep` body layers (None: build them all, truncating gains too little)."""
+    return lo + keep if n_layers - lo >= keep + SPARE else None
+
+
+def extend(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, run: Runner,
+           keep: int = KEEP) -> Extended | NotRepeating:
+    """Run `plan`, a pass truncated to body layers lo..lo+keep-1 and its tail (`layers[i]`: op
+    i's layer; the tail's are n_layers and up), and lay out the pass of n_layers layers; or
+    NotRepeating when its body layers are not copies or do not repeat."""
+    cut = lo + keep
     members = _members(plan, layers, lo, cut, n_layers)
     if members is None:
-        return None
+        return NotRepeating()
     start, end = run(plan)
     st, en = np.array(start), np.array(end)
-    checked = [i for j in range(*CHECK) for i in members[lo + j]]
-    period = _period(st, en, checked, len(members[lo]))
+    first = keep - SUFFIX - CHECKED               # body layers [first, keep - SUFFIX) checked
+    idx = np.array([members[lo + j] for j in range(first, keep - SUFFIX)])
+    period = _period(st, en, idx)
     if period is None:
-        return None
+        spread = [max(float(np.ptp(arr[:, b] - arr[:, a])) for arr in (st, en))
+                  for a, b in zip(idx[:-1], idx[1:])]
+        return NotRepeating(all(y < SETTLING * x for x, y in zip(spread, spread[1:])))
     drop = n_layers - cut                     # body layers the truncated pass left out
     ref = cut - SUFFIX - 1                    # the last layer the tail cannot reach
     src: list[int] = []
@@ -132,10 +149,9 @@ def _members(plan: StreamPlan, layers: list[int], lo: int, cut: int, n_layers: i
     return members
 
 
-def _period(start: np.ndarray, end: np.ndarray, ops: list[int], per: int) -> float | None:
-    """The common shift between consecutive checked layers (all ranks, all ops, starts and
-    ends), or None when they do not repeat."""
-    idx = np.array(ops).reshape(-1, per)           # [checked layer, op of the layer]
+def _period(start: np.ndarray, end: np.ndarray, idx: np.ndarray) -> float | None:
+    """The common shift between consecutive checked layers (`idx`: [layer, op of the layer];
+    all ranks, all ops, starts and ends), or None when they do not repeat."""
     span = float(end.max()) if end.size else 0.0
     tol = RTOL * max(span, 1e-30)
     shifts = []

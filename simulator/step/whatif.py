@@ -7,7 +7,7 @@ import networkx as nx
 import numpy as np
 
 from simulator.engine.core import Engine
-from simulator.engine.periodic import extend, truncated_layers
+from simulator.engine.periodic import KEEPS, NotRepeating, extend, truncated_layers
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
@@ -73,9 +73,17 @@ class _Ran:
 def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> StepResult:
     n = r.model.num_layers
     lo = copies_from(r.model)
-    keep = truncated_layers(lo, n) if w.phase != "train_bwd" else None
     with collecting() as caught:
-        ran = _run(w, schedule, policy, r, per_rank, (lo, keep)) if keep else None
+        ran = None
+        for keep in KEEPS if w.phase != "train_bwd" else ():
+            if truncated_layers(lo, n, keep) is None:
+                break
+            out = _run(w, schedule, policy, r, per_rank, (lo, keep))
+            if isinstance(out, _Ran):
+                ran = out
+                break
+            if not out.settling:           # a longer truncated pass would not repeat either
+                break
         if ran is None:                    # the whole pass
             ran = _run(w, schedule, policy, r, per_rank, None)
     tl = Timeline(ran.ops, ran.streams, ran.start, ran.end, ran.standalone)
@@ -84,12 +92,12 @@ def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -
 
 
 def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
-         truncate: tuple[int, int] | None) -> _Ran | None:
-    """Build, price, schedule and run the pass; `truncate` = (first body layer, layers to
-    build): run those and extend them to the whole pass (engine/periodic.py), None when its
-    layers do not repeat."""
+         truncate: tuple[int, int] | None) -> _Ran | NotRepeating:
+    """Build, price, schedule and run the pass; `truncate` = (first body layer, body layers
+    to keep): run those and extend them to the whole pass (engine/periodic.py), or say why
+    not (NotRepeating)."""
     prof, plan = r.profile, w.plan
-    g = build_step_graph(r, schedule, truncate[1] if truncate else None)
+    g = build_step_graph(r, schedule, sum(truncate) if truncate else None)
     traffic = _traffic(r, schedule)
     durations: dict[str, float] = {}
     demands = {}
@@ -142,9 +150,10 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
         start, end = run(sp)
         return _Ran(ops, sp.streams, np.array(start), np.array(end),
                     [durations[n] for n in sp.names], traffic, demands)
-    ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run)
-    if ext is None:
-        return None
+    ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run,
+                 truncate[1])
+    if isinstance(ext, NotRepeating):
+        return ext
     whole = [_as_layer(ops[i], layer) for i, layer in zip(ext.src, ext.layer)]
     return _Ran(whole, [sp.streams[i] for i in ext.src], ext.start_s, ext.end_s,
                 [durations[sp.names[i]] for i in ext.src], traffic,
