@@ -266,7 +266,7 @@ MUTANTS: list[Mutant] = [
            "                      kv_bytes / self.nic / self.layers)",
            "        exposed = 0.0"),
     Mutant(PO, "prefill batches ignore the token budget",
-           "if more > budget:", "if False:"),
+           "k = max(1, len(list(fits)))", "k = len(q)"),
     Mutant(PO, "prefill budget counts prefix-cache hits as computed tokens",
            "miss = 1.0 - run.sim.w.prefix_hit_rate", "miss = 1.0"),
     Mutant(PO, "colocated chunk priced as whole prompts",

@@ -11,6 +11,9 @@ The decode pool runs lockstep steps in `loop.Loop`. Around each step:
 """
 from __future__ import annotations
 
+from functools import partial
+from itertools import accumulate, takewhile
+from operator import ge
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -73,20 +76,19 @@ class DisaggregatedPrefill:
         start = max(run.t, self.busy_until)
         run.arrive(start)
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
-        q, inputs, budget = run.prefill_q, run.input, self.budget
-        pop = q.popleft
-        rid = pop()
-        batch, tokens, computed = [rid], inputs[rid], miss * inputs[rid]
-        while q:
-            rid = pop()
-            size = inputs[rid]
-            more = computed + miss * size
-            if more > budget:
-                q.appendleft(rid)                     # the next batch's first
-                break
-            batch.append(rid)
-            tokens += size
-            computed = more
+        q, inputs = run.prefill_q, run.input
+        # the prompts whose running sum of computed tokens stays within the budget (at least
+        # one): accumulate adds in queue order, as a loop would, and takewhile stops at the
+        # first prompt over it, so only the batch and one more prompt are read
+        fits = takewhile(partial(ge, self.budget),
+                         accumulate(map(miss.__mul__, map(inputs.__getitem__, q))))
+        k = max(1, len(list(fits)))
+        if k == len(q):
+            batch = list(q)
+            q.clear()
+        else:
+            batch = [q.popleft() for _ in range(k)]
+        tokens = sum(map(inputs.__getitem__, batch))
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
@@ -95,8 +97,9 @@ class DisaggregatedPrefill:
                       kv_bytes / self.nic / self.layers)
         self.busy_until = start + dt
         self.first_s = first = start + dt + exposed
+        firsts = run.first
         for rid in batch:
-            run.first[rid] = first
+            firsts[rid] = first
         run.prefill_tokens += tokens
         self.batch = batch
 
