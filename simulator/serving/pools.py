@@ -11,15 +11,13 @@ The decode pool runs lockstep steps in `loop.Loop`. Around each step:
 """
 from __future__ import annotations
 
-from functools import partial
-from itertools import accumulate, takewhile
-from operator import ge
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from simulator.serving.loop import Loop
 
 BUSY_EPS_S = 1e-12      # a prefill batch ending within this of now has ended
+WHOLE_QUEUE_MAX = 256   # a prefill queue up to this long is first tried as one batch
 NO_CHUNK: tuple[float, list[int]] = (0.0, [])     # no prompt tokens this step (never mutated)
 
 
@@ -76,19 +74,14 @@ class DisaggregatedPrefill:
         start = max(run.t, self.busy_until)
         run.arrive(start)
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
-        q, inputs = run.prefill_q, run.input
-        # the prompts whose running sum of computed tokens stays within the budget (at least
-        # one): accumulate adds in queue order, as a loop would, and takewhile stops at the
-        # first prompt over it, so only the batch and one more prompt are read
-        fits = takewhile(partial(ge, self.budget),
-                         accumulate(map(miss.__mul__, map(inputs.__getitem__, q))))
-        k = max(1, len(list(fits)))
-        if k == len(q):
+        q, inputs, budget = run.prefill_q, run.input, self.budget
+        short = miss == 1.0 and len(q) <= WHOLE_QUEUE_MAX
+        tokens = sum(map(inputs.__getitem__, q)) if short else budget + 1
+        if tokens <= budget:       # the whole queue fits (integer sums: every prefix exact)
             batch = list(q)
             q.clear()
         else:
-            batch = [q.popleft() for _ in range(k)]
-        tokens = sum(map(inputs.__getitem__, batch))
+            batch, tokens = self._take(q, inputs, miss)
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
         dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
@@ -102,6 +95,24 @@ class DisaggregatedPrefill:
             firsts[rid] = first
         run.prefill_tokens += tokens
         self.batch = batch
+
+    def _take(self, q, inputs: list[int], miss: float) -> tuple[list[int], int]:
+        """The queue's first prompts while their computed tokens fit the budget (at least
+        one), and their tokens."""
+        pop, budget = q.popleft, self.budget
+        rid = pop()
+        batch, tokens, computed = [rid], inputs[rid], miss * inputs[rid]
+        while q:
+            rid = pop()
+            size = inputs[rid]
+            more = computed + miss * size
+            if more > budget:
+                q.appendleft(rid)                     # the next batch's first
+                break
+            batch.append(rid)
+            tokens += size
+            computed = more
+        return batch, tokens
 
     def chunk(self, run: Loop) -> tuple[float, list[int]]:
         return NO_CHUNK
