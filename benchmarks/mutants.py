@@ -25,6 +25,7 @@ E, S, T = "simulator/engine/core.py", "simulator/engine/schedule.py", "simulator
 TB = "simulator/engine/tbo_stages.py"
 R, TR = "simulator/pricing/routing.py", "simulator/pricing/traffic.py"
 HW, P = "simulator/pricing/hardware.py", "simulator/training/pipeline.py"
+BA = "simulator/pricing/batched.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
@@ -210,6 +211,22 @@ MUTANTS: list[Mutant] = [
     Mutant(HW, "efficiency interpolated linearly in size, not log size",
            "f = (math.log(size) - math.log(x0)) / (math.log(x1) - math.log(x0))",
            "f = (size - x0) / (x1 - x0)"),
+    Mutant(BA, "batched: roofline adds compute and memory time",
+           "return latency + np.maximum(t_c, mem_bytes / bw) + eager_extra_s(op, prof)",
+           "return latency + t_c + mem_bytes / bw + eager_extra_s(op, prof)"),
+    Mutant(BA, "batched: tables interpolated linearly in size, not log size",
+           "f = (np.log(inside) - np.log(x0)) / (np.log(x1) - np.log(x0))",
+           "f = (inside - x0) / (x1 - x0)"),
+    Mutant(BA, "batched: the shape grid's M axis extrapolates below its first point",
+           "x = np.clip(x, a[0], a[-1])          # below", "x = np.minimum(x, a[-1])          # below"),
+    Mutant(BA, "batched: no note for an M below the shape grid",
+           "return x[(x > 0) & ((x < xs[0]) | (x > xs[-1]))].tolist()",
+           "return x[(x > 0) & (x > xs[-1])].tolist()"),
+    Mutant(BA, "batched: the weight floor ignored (weights never read)",
+           "mem_bytes = nbytes if prof.idealizations.gemm_weight_floor else nbytes - weight_bytes",
+           "mem_bytes = nbytes - weight_bytes"),
+    Mutant(BA, "batched: a zero-width table segment read as its lower point",
+           "out = np.where(x1 == x0, e1, e0 + f * (e1 - e0))", "out = np.where(x1 == x0, e0, e0 + f * (e1 - e0))"),
     Mutant(HW, "grouped GEMM priced by the dense GEMM table",
            'if op.kind == "grouped_gemm":\n        _mixed(', 'if False:\n        _mixed('),
     Mutant(HW, "shape table weights each GEMM equally, not by its FLOPs",
@@ -400,8 +417,8 @@ MUTANTS: list[Mutant] = [
            "        active = local_experts or active_experts(local_experts, moe.num_experts, "
            "self.k_real,\n"),
     Mutant(TR, "idle expert copies' weights read",
-           "zip(t.routing.rank_rows.tolist(), t.routing.active_slots.tolist())",
-           "zip(t.routing.rank_rows.tolist(), list(t.routing.placement.slots_per_rank))"),
+           "t.routing.rank_rows, t.routing.active_slots.astype(np.int64)",
+           "t.routing.rank_rows, np.asarray(t.routing.placement.slots_per_rank)"),
     Mutant(TR, "idle expert copies' weights read (one rank's op)",
            "int(t.routing.active_slots[rank])", "int(t.routing.placement.slots_per_rank[rank])"),
     Mutant(ST, "the layer breakdown sums every layer, not the representative one",

@@ -45,6 +45,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/pricing/traffic.py": ["tests/test_routing.py", "tests/test_topology.py",
                                      "tests/test_fp8.py", "tests/test_engine.py",
                                      "tests/test_physics.py"],
+    "simulator/pricing/batched.py": ["tests/test_batched.py", "tests/test_physics.py"],
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py", "tests/test_kernel_calibration.py"],

@@ -268,6 +268,25 @@ def test_a_rank_reads_the_weights_of_every_expert_copy_that_gets_a_row():
         [compute_time_s(expert_op_for_rank(op, t, r, model, w), prof) for r in range(16)]
 
 
+def test_ranks_priced_together_match_each_rank_priced_alone_with_its_notes():
+    # per_rank_times prices the distinct loads as arrays through the shape table (M x N*K);
+    # each rank must get exactly what its own op priced alone gets, and the same notes: 4
+    # tokens a rank put M (rows per active expert copy, ~1-2) below the table's 16
+    from simulator.notes import collecting
+    from simulator.pricing.hardware import compute_time_s
+    from simulator.pricing.traffic import expert_op_for_rank, per_rank_times
+    t, prof, model, w = _traffic(16, 8, redundant=16)
+    op = Op("L0.moe.experts", "grouped_gemm", gemm_nk=(25165824, 12582912), precision="fp8")
+    with collecting() as together:
+        got = per_rank_times(op, t, model, w, prof)
+    with collecting() as alone:
+        want = [compute_time_s(expert_op_for_rank(op, t, r, model, w), prof) for r in range(16)]
+    assert got == want and all(type(x) is float for x in got)
+    assert sorted(together) == sorted(alone)
+    assert any(n.startswith("GEMM M ") for n in alone)
+    assert len(set(got)) > 1                       # unequal ranks, not one price repeated
+
+
 def test_a_grouped_gemm_reads_only_the_experts_its_tokens_pick():
     # one token, top-2 of 8 experts on one GPU (no EP traffic): exactly 2 experts' weights,
     # the closed form 8 x (1 - (1 - 2/8)^1) = 2; 64 tokens touch all 8 but for (3/4)^64

@@ -11,7 +11,8 @@ import numpy as np
 
 from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.graph.params import expert_params
-from simulator.pricing.hardware import compute_time_s, link_bandwidths
+from simulator.pricing.batched import gemm_times_s
+from simulator.pricing.hardware import link_bandwidths
 from simulator.engine.streams import CommDemand
 from simulator.graph.ops import Op
 from simulator.pricing.routing import RoutingResult, route
@@ -87,13 +88,15 @@ def expert_op_for_rank(op: Op, t: EPTraffic, rank: int, model: ModelSpec, w: Wor
                       model, w)
 
 
-def _expert_op(op: Op, routed: float, slots: int, model: ModelSpec, w: Workload) -> Op:
+def _expert_op(op: Op, routed, slots, model: ModelSpec, w: Workload) -> Op:
+    """`op` with `routed` rows over `slots` active expert copies (numbers, or arrays: one
+    element per rank)."""
     assert model.moe is not None
     h, wb, ab = model.hidden_size, w.precision.weight_bytes, w.precision.activation_bytes
     w_exp = expert_params(model)
     rows = routed * op.share
     out = op.copy()                    # every other field as the op's
-    out.flops, out.m = 2 * rows * w_exp, rows / max(slots, 1)
+    out.flops, out.m = 2 * rows * w_exp, rows / np.maximum(slots, 1)
     out.weight_bytes = slots * w_exp * wb
     out.bytes = slots * w_exp * wb + rows * 2 * h * ab
     return out
@@ -101,15 +104,10 @@ def _expert_op(op: Op, routed: float, slots: int, model: ModelSpec, w: Workload)
 
 def per_rank_times(op: Op, t: EPTraffic, model: ModelSpec, w: Workload,
                    prof: HardwareProfile) -> list[float]:
-    """Standalone duration of an expert op on every EP rank (ranks with the same rows and
-    active expert copies share one pricing)."""
-    seen: dict[tuple[float, int], float] = {}
-    out = []
-    for key in zip(t.routing.rank_rows.tolist(), t.routing.active_slots.tolist()):
-        if key not in seen:
-            seen[key] = compute_time_s(_expert_op(op, key[0], int(key[1]), model, w), prof)
-        out.append(seen[key])
-    return out
+    """Standalone duration of an expert op on every EP rank, all ranks priced at once
+    (pricing/batched.py: each rank as compute_time_s prices its own op)."""
+    e = _expert_op(op, t.routing.rank_rows, t.routing.active_slots.astype(np.int64), model, w)
+    return gemm_times_s(op, prof, e.flops, e.m, e.bytes, e.weight_bytes).tolist()
 
 
 def comm_times_s(demands: list[CommDemand], prof: HardwareProfile) -> list[float]:
