@@ -25,7 +25,7 @@ E, S, T = "simulator/engine/core.py", "simulator/engine/schedule.py", "simulator
 TB = "simulator/engine/tbo_stages.py"
 R, TR = "simulator/pricing/routing.py", "simulator/pricing/traffic.py"
 HW, P = "simulator/pricing/hardware.py", "simulator/training/pipeline.py"
-BA = "simulator/pricing/batched.py"
+BA, WI = "simulator/pricing/batched.py", "simulator/step/whatif.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
@@ -180,7 +180,7 @@ MUTANTS: list[Mutant] = [
     Mutant(R, "imbalance as mean / max", "return float(self.rank_rows.max()) / mean if mean > 0",
            "return mean / float(self.rank_rows.max()) if mean > 0"),
     Mutant(TR, "combine carries dispatch's bytes (bf16 combine after fp8 dispatch ignored)",
-           "f = (self.combine_ratio if combine else 1.0) * share", "f = share"),
+           "return (self.combine_ratio if combine else 1.0) * share", "return share"),
     Mutant(TR, "remote EP priced at NVLink latency",
            "latency = prof.ep_kernel_latency_s.value + (prof.nic.latency_s.value if remote",
            "latency = prof.ep_kernel_latency_s.value + (prof.nvlink.latency_s.value if remote"),
@@ -419,6 +419,11 @@ MUTANTS: list[Mutant] = [
     Mutant(TR, "idle expert copies' weights read",
            "t.routing.rank_rows, t.routing.active_slots.astype(np.int64)",
            "t.routing.rank_rows, np.asarray(t.routing.placement.slots_per_rank)"),
+    Mutant(TR, "an all-to-all's time is its faster link's, not its slower one's",
+           "return latency_s + np.maximum(self.nvlink_bytes * f / bandwidth_Bps[\"nvlink\"],",
+           "return latency_s + np.minimum(self.nvlink_bytes * f / bandwidth_Bps[\"nvlink\"],"),
+    Mutant(WI, "the collapsed step runs rank 0's all-to-all, not the slowest rank's",
+           "slow = int(np.argmax(times))", "slow = 0"),
     Mutant(TR, "idle expert copies' weights read (one rank's op)",
            "int(t.routing.active_slots[rank])", "int(t.routing.placement.slots_per_rank[rank])"),
     Mutant(ST, "the layer breakdown sums every layer, not the representative one",

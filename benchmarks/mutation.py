@@ -46,6 +46,8 @@ TESTS: dict[str, list[str]] = {
                                      "tests/test_fp8.py", "tests/test_engine.py",
                                      "tests/test_physics.py"],
     "simulator/pricing/batched.py": ["tests/test_batched.py", "tests/test_physics.py"],
+    "simulator/step/whatif.py": ["tests/test_physics.py", "tests/test_periodic.py",
+                                 "tests/test_engine.py", "tests/test_schedules.py"],
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py", "tests/test_kernel_calibration.py"],

@@ -243,6 +243,48 @@ def test_combine_carries_its_own_bytes_per_element():
             assert c.link_bytes[k] == pytest.approx(2.0 * d.link_bytes[k])
 
 
+def test_each_ranks_all_to_all_time_is_its_latency_plus_its_slower_link():
+    from simulator.graph.ops import Op
+    from simulator.pricing.hardware import launch_latency_s, link_bandwidths
+    from tests.conftest import profile
+    t, prof, _, _ = _traffic(16, 8)                     # two nodes: NVLink and NIC bytes
+    bw = link_bandwidths(prof)
+    for combine in (False, True):
+        times = t.times_s(combine, 0.5, 7e-6, bw)
+        demands = t.demands(combine, 0.5, 7e-6)
+        assert len(times) == len(demands) == 16
+        for r, d in enumerate(demands):
+            assert d.latency_s == 7e-6 and set(d.link_bytes) == {"nvlink", "nic"}
+            assert d.link_bytes["nic"] == pytest.approx(
+                float(t.nic_bytes[r]) * 0.5 * (2.0 if combine else 1.0))
+            slower = max(d.link_bytes["nvlink"] / bw["nvlink"], d.link_bytes["nic"] / bw["nic"])
+            assert times[r] == pytest.approx(7e-6 + slower, rel=1e-12)
+        assert len(set(times.tolist())) > 1               # unequal ranks
+    # an eager runtime pays the start-up latency once per launch of the op; a fused one once
+    op = Op("L0.moe.dispatch", "collective", kernels=3)
+    assert launch_latency_s(1e-5, op, profile("cpu-2core-example")) == pytest.approx(3e-5)
+    assert launch_latency_s(1e-5, op, prof) == 1e-5
+
+
+def test_the_collapsed_step_runs_the_slowest_ranks_all_to_all():
+    # collapsed, the step's representative rank takes every rank's slowest part: its dispatch
+    # and combine last as long as the slowest rank's (not rank 0's, not the mean)
+    from simulator.pricing.hardware import link_bandwidths
+    from simulator.step.whatif import _traffic, resolve, simulate
+    from tests.conftest import workload
+    w = workload("workloads/longcat-flash-decode-h800.yaml", batch_per_device=8,
+                 plan={"gpus": 16, "ep": 16, "gpus_per_node": 8})
+    r = resolve(w)
+    t = _traffic(r, "sequential")[0]
+    res = simulate(w, "sequential", resolved=r)
+    tl = res.timeline
+    for combine, suffix in ((False, "moe.dispatch"), (True, "moe.combine")):
+        times = t.times_s(combine, 1.0, t.latency_s, link_bandwidths(r.profile))
+        assert times.max() > times[0] and times.max() > times.mean()
+        got = [tl.standalone_s[i] for i, op in enumerate(tl.ops) if op.name.endswith(suffix)]
+        assert got and all(x == pytest.approx(times.max(), rel=1e-12) for x in got)
+
+
 def test_a_rank_reads_the_weights_of_every_expert_copy_that_gets_a_row():
     import numpy as np
     from simulator.graph.params import expert_params

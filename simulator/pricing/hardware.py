@@ -200,9 +200,15 @@ def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand
 def eager_launches(d: CommDemand, op: Op, prof: HardwareProfile) -> CommDemand:
     """In an eager runtime a collective op of several launches (dispatch's split-size exchange,
     then the rows) pays the start-up latency once per launch."""
+    latency = launch_latency_s(d.latency_s, op, prof)
+    return d if latency == d.latency_s else replace(d, latency_s=latency)
+
+
+def launch_latency_s(latency_s: float, op: Op, prof: HardwareProfile) -> float:
+    """A collective's start-up latency: once per launch of its op in an eager runtime."""
     if prof.eager_op_overhead_s is None or op.kernels <= 1:
-        return d
-    return replace(d, latency_s=d.latency_s * op.kernels)
+        return latency_s
+    return latency_s * op.kernels
 
 
 def _link_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:

@@ -31,16 +31,34 @@ class EPTraffic:
     combine_ratio: float         # combine bytes / dispatch bytes
     sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
 
-    def demands(self, combine: bool, share: float = 1.0) -> list[CommDemand]:
+    def demands(self, combine: bool, share: float = 1.0,
+                latency_s: float | None = None) -> list[CommDemand]:
         """What each rank's part of the dispatch (or combine) needs, by rank; `share`: a token
-        chunk's fraction of the micro-batch."""
-        f = (self.combine_ratio if combine else 1.0) * share
-        out = []
-        for nvl, nic in zip(self.nvlink_bytes.tolist(), self.nic_bytes.tolist()):
-            nvl, nic = nvl * f, nic * f
-            d = {k: v for k, v in (("nvlink", nvl), ("nic", nic)) if v > 0}
-            out.append(CommDemand(self.latency_s, d, self.sm_fraction))
-        return out
+        chunk's fraction of the micro-batch; `latency_s`: its start-up latency (default the
+        kernel's; an eager runtime's op pays one per launch)."""
+        return [self.demand(r, combine, share, latency_s) for r in range(self.nvlink_bytes.size)]
+
+    def demand(self, rank: int, combine: bool, share: float = 1.0,
+               latency_s: float | None = None) -> CommDemand:
+        """What one rank's part of the dispatch (or combine) needs (as demands())."""
+        f = self._factor(combine, share)
+        nvl, nic = float(self.nvlink_bytes[rank]) * f, float(self.nic_bytes[rank]) * f
+        d = {k: v for k, v in (("nvlink", nvl), ("nic", nic)) if v > 0}
+        return CommDemand(self.latency_s if latency_s is None else latency_s, d,
+                          self.sm_fraction)
+
+    def _factor(self, combine: bool, share: float) -> float:
+        """A rank's bytes are its dispatch bytes times this (the combine's bytes per element,
+        a token chunk's share)."""
+        return (self.combine_ratio if combine else 1.0) * share
+
+    def times_s(self, combine: bool, share: float, latency_s: float,
+                bandwidth_Bps: dict[str, float]) -> np.ndarray:
+        """Each rank's demand() with its links to itself, in seconds: the latency and the
+        slower link (the links run in parallel)."""
+        f = self._factor(combine, share)
+        return latency_s + np.maximum(self.nvlink_bytes * f / bandwidth_Bps["nvlink"],
+                                      self.nic_bytes * f / bandwidth_Bps["nic"])
 
 
 def kernel_for(w: Workload) -> str:
@@ -108,10 +126,3 @@ def per_rank_times(op: Op, t: EPTraffic, model: ModelSpec, w: Workload,
     (pricing/batched.py: each rank as compute_time_s prices its own op)."""
     e = _expert_op(op, t.routing.rank_rows, t.routing.active_slots.astype(np.int64), model, w)
     return gemm_times_s(op, prof, e.flops, e.m, e.bytes, e.weight_bytes).tolist()
-
-
-def comm_times_s(demands: list[CommDemand], prof: HardwareProfile) -> list[float]:
-    """Standalone duration of each demand with its links to itself."""
-    bw = link_bandwidths(prof)
-    return [d.latency_s + max((b / bw[k] for k, b in d.link_bytes.items()), default=0.0)
-            for d in demands]

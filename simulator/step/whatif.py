@@ -15,10 +15,10 @@ from simulator.engine.timeline import Timeline
 from simulator.graph.model import build_backward, build_forward, copies_from
 from simulator.graph.ops import Op
 from simulator.notes import collecting
-from simulator.pricing.hardware import (comm_demand, eager_launches, link_bandwidths,
+from simulator.pricing.hardware import (comm_demand, launch_latency_s, link_bandwidths,
                                         op_time_s, straggler_factor)
 from simulator.pricing.routing import draws_of
-from simulator.pricing.traffic import EPTraffic, comm_times_s, ep_traffic, per_rank_times
+from simulator.pricing.traffic import EPTraffic, ep_traffic, per_rank_times
 from simulator.schema import Workload
 from simulator.step.resolve import Resolved, check_plan, resolve
 from simulator.step.result import StepResult, measure
@@ -104,17 +104,21 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
     rank_comm: dict[str, list] = {}
     rank_compute: dict[str, list[float]] = {}
     memo: dict[tuple, tuple] = {}          # identical layers share their per-rank work
+    bw = link_bandwidths(prof)
     for name, data in g.nodes(data=True):
         op = data["op"]
         t = traffic.get(op.micro_batch)
         if t is not None and op.is_comm and op.group == "ep":
             key = ("comm", op.micro_batch, "combine" in op.name, op.share)
             if key not in memo:
-                per = [eager_launches(d, op, prof) for d in t.demands(key[2], op.share)]
-                times = comm_times_s(per, prof)
-                memo[key] = (per, int(np.argmax(times)), times)
-            per, slow, times = memo[key]
-            rank_comm[name], demands[name], durations[name] = per, per[slow], times[slow]
+                lat = launch_latency_s(t.latency_s, op, prof)
+                times = t.times_s(key[2], op.share, lat, bw)
+                slow = int(np.argmax(times))
+                memo[key] = (t.demands(key[2], op.share, lat) if per_rank else None,
+                             t.demand(slow, key[2], op.share, lat), float(times[slow]))
+            per, demands[name], durations[name] = memo[key]
+            if per is not None:
+                rank_comm[name] = per
         elif t is not None and op.kind == "grouped_gemm":
             key = ("experts", op.micro_batch, op.flops, op.weight_bytes, op.share)
             if key not in memo:
@@ -141,7 +145,7 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
         sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
         sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
     n_ranks = plan.gpus // plan.pp if per_rank else 1
-    bw, sm = link_bandwidths(prof), prof.comm_sm_fraction.value
+    sm = prof.comm_sm_fraction.value
 
     def run(p: StreamPlan) -> tuple[list[list[float]], list[list[float]]]:
         return Engine(p, bw, sm, n_ranks).run()
