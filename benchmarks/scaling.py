@@ -2,8 +2,9 @@
 time ~ size^k, fitted in log-log space over a range of each size, all in one run (ratios inside
 one run are what this noisy machine can measure).
 
-Run: python benchmarks/scaling.py [--repeats 3] [--quick]
-Sizes (LongCat-Flash decode on H800 unless said): ranks simulated per-rank under tbo (EP = GPUs),
+Run: python benchmarks/scaling.py [--repeats 3] [--quick] [--max-ranks 1024]
+Sizes (LongCat-Flash decode on H800 unless said): ranks simulated per-rank under tbo and under
+sbo (EP = GPUs),
 layers of the model, sequences per GPU, simulated seconds of serving, serving arrival rate,
 training micro-batches per step. Routing draws are warmed before timing (they are shared by every
 shape of one setup, see docs/performance.md), so the figures are the per-shape cost.
@@ -49,11 +50,11 @@ def roomy():
     return prof.variant(idealizations=prof.idealizations.variant(enforce_hbm_capacity=False))
 
 
-def ranks_case(n: int):
+def ranks_case(n: int, schedule: str = "tbo"):
     w = load_workload(str(DECODE))
     w = w.variant(plan=w.plan.variant(gpus=n, ep=n))
     r = resolve(w, profile=roomy())
-    return lambda: simulate(w, "tbo", per_rank=True, resolved=r)
+    return lambda: simulate(w, schedule, per_rank=True, resolved=r)
 
 
 def layers_case(n: int):
@@ -92,10 +93,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller ranges")
+    ap.add_argument("--max-ranks", type=int, default=256,
+                    help="largest rank count of the tbo row (1024: ~2 minutes more)")
     args = ap.parse_args()
     q = args.quick
+    tbo_ranks = [n for n in (8, 16, 32, 64, 128, 256, 512, 1024) if n <= args.max_ranks]
     cases = [
-        ("ranks (per-rank, tbo)", [8, 16, 32, 64] if q else [8, 16, 32, 64, 128, 256], ranks_case),
+        ("ranks (per-rank, tbo)", [8, 16, 32, 64] if q else tbo_ranks, ranks_case),
+        ("ranks (per-rank, sbo)", [8, 16, 32, 64] if q else [8, 16, 32, 64, 128, 256, 512, 1024],
+         lambda n: ranks_case(n, "sbo")),
         ("layers (sbo)", [7, 14, 28, 56] if q else [7, 14, 28, 56, 112], layers_case),
         ("sequences per GPU (sbo)", [8, 16, 32, 64] if q else [8, 16, 32, 64, 128], batch_case),
         ("simulated serving seconds", [30, 60, 120] if q else [60, 120, 240, 480], serve_case),
