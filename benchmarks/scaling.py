@@ -51,8 +51,12 @@ def roomy():
 
 
 def ranks_case(n: int, schedule: str = "tbo"):
+    from simulator.loading import load_model
     w = load_workload(str(DECODE))
-    w = w.variant(plan=w.plan.variant(gpus=n, ep=n))
+    experts = load_model(w.model).moe.num_experts
+    # more ranks than experts (1024 for LongCat-Flash's 512): one redundant copy per extra rank
+    routing = w.routing.variant(redundant_experts=max(0, n - experts))
+    w = w.variant(plan=w.plan.variant(gpus=n, ep=n), routing=routing)
     r = resolve(w, profile=roomy())
     return lambda: simulate(w, schedule, per_rank=True, resolved=r)
 

@@ -206,3 +206,25 @@ def test_bodies_at_the_edge_of_truncating(layers, schedule):
     fast, full, sizes = _both(w, schedule, resolved=whatif.resolve(w, model=model))
     _same(fast, full)
     assert bool(sizes) == (layers >= periodic.MIN_BODY)
+
+
+def test_laid_out_ops_make_each_copy_on_first_read_and_match_the_copies():
+    # a pass laid out from a shorter run: position k is ops[src[k]] in layer layers[k]; its
+    # per-op collective flags and layers come without making copies, and equal the copies'
+    from simulator.engine.timeline import LaidOutOps, Timeline
+    from simulator.graph.ops import Op
+    ops = [Op("L1.attn", "attention", layer=1), Op("L1.moe.dispatch", "collective", layer=1),
+           Op("head", "gemm", layer=3)]
+    src, layers = [0, 1, 0, 1, 0, 1, 2], [1, 1, 2, 2, 5, 5, 3]
+    laid = LaidOutOps(ops, src, layers)
+    assert len(laid) == 7 and laid._made == [None] * 7
+    assert [op.name for op in laid] == ["L1.attn", "L1.moe.dispatch", "L2.attn",
+                                        "L2.moe.dispatch", "L5.attn", "L5.moe.dispatch", "head"]
+    assert laid[0] is ops[0] and laid[6] is ops[2]        # its own layer: the op itself
+    assert laid[-3] is laid[4] and laid[2:4] == [laid[2], laid[3]]
+    assert laid[3].layer == 2 and ops[1].name == "L1.moe.dispatch"     # sources untouched
+    fresh = LaidOutOps(ops, src, layers)
+    tl = Timeline(fresh, ["s"] * 7, np.zeros((1, 7)), np.ones((1, 7)), [1.0] * 7)
+    assert tl.is_comm.tolist() == [op.is_comm for op in laid]
+    assert tl.layers.tolist() == [op.layer for op in laid]
+    assert fresh._made == [None] * 7                       # measured without copies

@@ -1,6 +1,7 @@
 """The one result type: a Timeline of (op, stream, rank, layer, start, end), and its measures."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -10,11 +11,43 @@ from simulator.engine.core import time_tol
 from simulator.graph.ops import Op
 
 
+class LaidOutOps(Sequence):
+    """The ops of a pass laid out from a shorter run (engine/periodic.py): position k is
+    ops[src[k]] as its copy in layer layers[k], made on first read (measuring a step reads
+    only its collectives and one layer)."""
+
+    def __init__(self, ops: list[Op], src: list[int], layers: list[int]) -> None:
+        self._ops, self._src, self._layers = ops, src, layers
+        self._made: list[Op | None] = [None] * len(src)
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        op = self._made[k]
+        if op is None:
+            op = self._made[k] = self._ops[self._src[k]].in_layer(self._layers[k])
+        return op
+
+    def __iter__(self) -> Iterator[Op]:
+        return (self[k] for k in range(len(self)))
+
+    def is_comm(self) -> np.ndarray:
+        """Per op: a collective (without making the copies)."""
+        return np.array([op.is_comm for op in self._ops], dtype=bool)[self._src]
+
+    def layer_index(self) -> np.ndarray:
+        """Per op: its layer (without making the copies)."""
+        return np.array(self._layers, dtype=np.int64)
+
+
 @dataclass
 class Timeline:
     """Start and end of every op on every simulated rank, in seconds."""
 
-    ops: list[Op]
+    ops: Sequence[Op]          # a list, or LaidOutOps (copies made on first read)
     streams: list[str]
     start_s: np.ndarray        # [rank, op]
     end_s: np.ndarray          # [rank, op]
@@ -41,11 +74,15 @@ class Timeline:
     @cached_property
     def is_comm(self) -> np.ndarray:
         """Per op: a collective (bool array, in op order)."""
+        if isinstance(self.ops, LaidOutOps):
+            return self.ops.is_comm()
         return np.array([op.is_comm for op in self.ops], dtype=bool)
 
     @cached_property
     def layers(self) -> np.ndarray:
         """Per op: its layer index (int array, in op order)."""
+        if isinstance(self.ops, LaidOutOps):
+            return self.ops.layer_index()
         return np.array([op.layer for op in self.ops], dtype=np.int64)
 
     def comm_exposure_s(self, rank: int = 0) -> tuple[float, float]:

@@ -50,6 +50,15 @@ class Op:
         c.__dict__.update(self.__dict__)
         return c
 
+    def in_layer(self, layer: int) -> Op:
+        """This op as its copy in another layer: its name's layer tag and its index changed
+        (itself when the layer is its own)."""
+        if self.layer == layer:
+            return self
+        out = self.copy()
+        out.name, out.layer = self.name.replace(f"L{self.layer}.", f"L{layer}.", 1), layer
+        return out
+
     @property
     def is_comm(self) -> bool:
         """True for collectives (they run on links, not SMs)."""

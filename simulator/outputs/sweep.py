@@ -205,7 +205,7 @@ def run_point(kind: str, workload: dict) -> tuple[dict | None, str | None]:
             m = train(w).to_json()
         else:
             from simulator.step.whatif import simulate
-            m = {k: v for k, v in simulate(w).metrics.items() if k != "ops"}
+            m = simulate(w).to_json(with_ops=False)
         return json.loads(json.dumps(m, default=float)), None
     except MoesimError as exc:
         return None, exc.render()

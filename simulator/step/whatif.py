@@ -1,6 +1,7 @@
 """Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -11,7 +12,7 @@ from simulator.engine.periodic import KEEPS, NotRepeating, extend, truncated_lay
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
-from simulator.engine.timeline import Timeline
+from simulator.engine.timeline import LaidOutOps, Timeline
 from simulator.graph.model import build_backward, build_forward, copies_from
 from simulator.graph.ops import Op
 from simulator.notes import collecting
@@ -61,7 +62,7 @@ def simulate(w: Workload, schedule: str | None = None, per_rank: bool = False,
 class _Ran:
     """A simulated pass before measuring: its ops in plan order and their timeline."""
 
-    ops: list[Op]
+    ops: Sequence[Op]
     streams: list[str]
     start: np.ndarray
     end: np.ndarray
@@ -158,20 +159,11 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
                  truncate[1])
     if isinstance(ext, NotRepeating):
         return ext
-    whole = [_as_layer(ops[i], layer) for i, layer in zip(ext.src, ext.layer)]
+    whole = LaidOutOps(ops, ext.src, ext.layer)
     return _Ran(whole, [sp.streams[i] for i in ext.src], ext.start_s, ext.end_s,
                 [durations[sp.names[i]] for i in ext.src], traffic,
-                {op.name: demands[ops[i].name] for op, i in zip(whole, ext.src)
+                {whole[k].name: demands[ops[i].name] for k, i in enumerate(ext.src)
                  if ops[i].name in demands})
-
-
-def _as_layer(op: Op, layer: int) -> Op:
-    """`op` as its copy in another layer (its name's layer tag and its index changed)."""
-    if op.layer == layer:
-        return op
-    out = op.copy()
-    out.name, out.layer = op.name.replace(f"L{op.layer}.", f"L{layer}.", 1), layer
-    return out
 
 
 def _shape_key(op) -> tuple:
