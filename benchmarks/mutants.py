@@ -285,7 +285,7 @@ MUTANTS: list[Mutant] = [
     Mutant(PO, "prefill batches ignore the token budget",
            "if more > budget:", "if False:"),
     Mutant(PO, "a short prefill queue is taken whole even over the token budget",
-           "if tokens <= budget:       # the whole queue fits", "if True:       # the whole queue fits"),
+           "        if tokens <= budget:\n", "        if True:\n"),
     Mutant(PO, "prefill budget counts prefix-cache hits as computed tokens",
            "miss = 1.0 - run.sim.w.prefix_hit_rate", "miss = 1.0"),
     Mutant(PO, "colocated chunk priced as whole prompts",

@@ -75,9 +75,10 @@ class DisaggregatedPrefill:
         run.arrive(start)
         miss = 1.0 - run.sim.w.prefix_hit_rate      # the budget counts computed tokens
         q, inputs, budget = run.prefill_q, run.input, self.budget
-        short = miss == 1.0 and len(q) <= WHOLE_QUEUE_MAX
-        tokens = sum(map(inputs.__getitem__, q)) if short else budget + 1
-        if tokens <= budget:       # the whole queue fits (integer sums: every prefix exact)
+        # the whole queue fits when its prompt tokens do: an integer sum is exact, and each
+        # prefix of computed tokens (miss x size, summed in floats) is at most the prompt tokens
+        tokens = sum(map(inputs.__getitem__, q)) if len(q) <= WHOLE_QUEUE_MAX else budget + 1
+        if tokens <= budget:
             batch = list(q)
             q.clear()
         else:
