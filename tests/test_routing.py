@@ -73,6 +73,18 @@ def test_same_seed_same_routing_and_large_batches_use_expectations():
     assert big.imbalance < 1.05
 
 
+@pytest.mark.parametrize("tokens_per_rank", [1024, 131072])     # sampled exactly; pooled
+def test_copies_to_one_gpu_are_sent_once(tokens_per_rank):
+    """4 experts on 2 GPUs, a token's 2 distinct experts uniform: both sit on one GPU with
+    probability 2/6, so a token reaches 1 x 1/3 + 2 x 2/3 = 5/3 GPUs (exactly 2 experts)."""
+    r = route(RoutingSpec(), n_experts=4, top_k=2, has_zero_experts=False, real_mean=2.0, ep=2,
+              gpus_per_node=8, tokens_per_rank=tokens_per_rank, seed=3)
+    assert r.t_expert.sum(axis=1) == pytest.approx([2 * tokens_per_rank] * 2, rel=1e-12)
+    gpus = r.t_gpu.sum(axis=1) / tokens_per_rank
+    assert gpus == pytest.approx([5 / 3] * 2, rel=0.03)
+    assert r.t_node.sum(axis=1) == pytest.approx([tokens_per_rank] * 2, rel=1e-12)  # one node
+
+
 def test_sampled_experts_follow_plackett_luce_probabilities():
     """A token's first pick is expert i with probability p_i, and its second pick is j given a
     first i with p_j / (1 - p_i) (sampling without replacement by popularity), worked out here

@@ -139,11 +139,17 @@ class AliasTable:
 
     def draw(self, u: np.ndarray) -> np.ndarray:
         """One index per uniform in [0, 1): its integer part picks the cell, the rest decides."""
-        v = u * self.keep.size
-        cell = v.astype(np.int32)
-        if self.uniform:                        # every cell keeps its own index
-            return cell
-        return np.where(v - cell < self.keep[cell], cell, self.alias[cell])
+        return self.draw_into(u.copy(), np.empty(u.shape, dtype=np.int32))
+
+    def draw_into(self, u: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """draw(u) written into the integer array `out` (`u` is overwritten)."""
+        v = np.multiply(u, self.keep.size, out=u)
+        if self.uniform:                        # every cell keeps its own index: the integer
+            out[...] = v                        # part, as the assignment casts it
+        else:
+            cell = v.astype(np.int32)
+            out[...] = np.where(v - cell < self.keep[cell], cell, self.alias[cell])
+        return out
 
 
 def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, spec: RoutingSpec,
@@ -169,42 +175,43 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
         if rows.size == 0:
             return out
         owner = rows // per_gen               # rows ascend, so each generator's rows are a run
-        bounds = np.searchsorted(owner, np.arange(len(gens) + 1))
-        draws = table.draw(np.concatenate([gens[i].random((per_round,
-                                                           int(bounds[i + 1] - bounds[i])))
-                                           for i in range(len(gens))], axis=1)
-                           ).astype(small_int)       # [draw, row]
+        bounds = np.searchsorted(owner, np.arange(len(gens) + 1)).tolist()
+        draws = np.empty((per_round, rows.size), dtype=small_int)     # [draw, row]
+        for i, gen in enumerate(gens):        # a generator's block at a time (stays in cache)
+            table.draw_into(gen.random((per_round, bounds[i + 1] - bounds[i])),
+                            draws[:, bounds[i]:bounds[i + 1]])
         live = rows                           # this round's rows still short, shrinking
-        o, g = out[live].T.astype(small_int), got[live]  # o: [kmax, rows], picks per row
+        o, g = out[live].T.astype(small_int, order="C"), got[live]  # o: [kmax, rows], picks
         kp, rc = [a[live] for a in kept], [a[live] for a in reached]
         had = int(g.max())                    # picks a row already holds from earlier rounds
         ar = np.arange(live.size)
+        starts = [ar * a.shape[1] for a in kp]    # each row's first cell in a limit's blocks
         for j in range(per_round):
             short = g < kmax
             if 2 * int(short.sum()) < live.size:   # write the finished back, go on with the rest
-                out[live], got[live] = o.T, g
-                for whole, part in ((kept, kp), (reached, rc)):
-                    for li in range(len(limits)):
-                        whole[li][live] = part[li]
+                done = ~short
+                out[live[done]], got[live[done]] = o[:, done].T, kmax
                 keep = short
-                live, o, g, draws = live[keep], o[:, keep], g[keep], draws[:, keep]
+                live, o, g = live[keep], o[:, keep], g[keep]
+                draws = draws[-(per_round - j):, keep]    # the draws still to come
                 kp, rc = [a[keep] for a in kp], [a[keep] for a in rc]
                 short = short[keep]
                 if not live.size:
                     break
-            if ar.size != live.size:
                 ar = np.arange(live.size)
-            x = draws[j]
+                starts = [ar * a.shape[1] for a in kp]
+            x = draws[j - per_round]
             ok = short
             for li, (size, keep_n) in enumerate(limits):
-                flat = ar * kp[li].shape[1] + x // size
+                flat = starts[li] + x // size
                 hit = kp[li].reshape(-1)[flat]
                 new = ok & ~hit & (rc[li] < keep_n)   # a block not reached before, kept if room
                 kp[li].reshape(-1)[flat[new]] = True
                 rc[li] += new
                 ok = ok & (hit | new)
+            differs = np.empty_like(ok)
             for c in range(min(had + j, kmax)):   # not a repeat of an expert already picked
-                ok &= o[c] != x
+                ok &= np.not_equal(o[c], x, out=differs)
             i = ar[ok]
             o[g[i], i] = x[i]
             g[i] += 1
@@ -297,6 +304,18 @@ def _counts(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(float)
 
 
+def _tokens(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], lo: int, hi: int
+            ) -> tuple[np.ndarray, ...]:
+    """(k, chosen, pick) of tokens [lo, hi) from chunks of CHUNK_TOKENS in token order."""
+    cols: tuple[list[np.ndarray], ...] = ([], [], [])
+    for c, part in enumerate(chunks):
+        at = c * CHUNK_TOKENS
+        if at < hi and at + CHUNK_TOKENS > lo:
+            for col, a in zip(cols, part):
+                col.append(a[max(lo - at, 0):hi - at])
+    return tuple(np.concatenate(col) for col in cols)
+
+
 def draws_of(micro_batch: int, tokens_per_rank: int, ep: int) -> int:
     """Whose tokens of the shared draws a micro-batch routes: its own while a micro-batch's
     tokens are sampled exactly, micro-batch 0's pooled sample above MAX_SAMPLED_TOKENS."""
@@ -323,54 +342,48 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     g = min(gpus_per_node, ep)
     nodes = draws.nodes
 
-    t_expert = np.zeros((ep, ep))
-    t_gpu = np.zeros((ep, ep))
-    t_node = np.zeros((ep, nodes))
-    expert_load = np.zeros(n_experts)
-    copy_load = np.zeros(copy_table.shape)
-    real_sum = real_sq = 0.0
     total = ep * tokens_per_rank
     sampled = min(total, MAX_SAMPLED_TOKENS)
     exact = sampled == total
     tok0 = draws_of(micro_batch, tokens_per_rank, ep) * total   # this micro-batch's first token
-    for c, (k, chosen, pick) in enumerate(draws.upto(tok0 + sampled)):
-        start = c * CHUNK_TOKENS
-        lo, hi = max(start, tok0), min(start + CHUNK_TOKENS, tok0 + sampled)
-        if lo >= hi:
-            continue
-        k, chosen, pick = k[lo - start:hi - start], chosen[lo - start:hi - start], \
-            pick[lo - start:hi - start]
-        tok = np.arange(lo, hi) - tok0
-        src = tok // tokens_per_rank if exact else tok % ep
-        real_sum += k.sum()
-        real_sq += (k.astype(float) ** 2).sum()
-        valid = np.arange(draws.kmax)[None, :] < k[:, None]
+    k, chosen, pick = _tokens(draws.upto(tok0 + sampled), tok0, tok0 + sampled)
+    real_sum = k.sum()
+    real_sq = (k.astype(float) ** 2).sum()
+    valid = np.arange(draws.kmax)[None, :] < k[:, None]
+    every = bool(valid.all())
+
+    def picked(a: np.ndarray) -> np.ndarray:
+        """The entries of real picks (every token's first k), flat."""
+        return a.ravel() if every else a[valid]
+    if copy_table.shape[1] == 1:                  # one copy each: the copy index is 0
+        copy_idx, dst = np.zeros_like(chosen), copy_table[:, 0][chosen]
+    else:
         copy_idx = pick % n_copies[chosen]
         dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
-        s = np.broadcast_to(src[:, None], dst.shape)
-        t_expert += _counts(s[valid] * ep + dst[valid], t_expert.shape)
-        expert_load += _counts(chosen[valid], expert_load.shape)
-        copy_load += _counts(chosen[valid] * copy_load.shape[1] + copy_idx[valid], copy_load.shape)
-        # deduplicate per destination GPU and per destination node
-        dsts = np.where(valid, dst, -1)
-        dsts.sort(axis=1)
-        first = np.ones_like(dsts, dtype=bool)
-        first[:, 1:] = dsts[:, 1:] != dsts[:, :-1]
-        m = first & (dsts >= 0)
-        t_gpu += _counts(s[m] * ep + dsts[m], t_gpu.shape)
-        dn = np.where(dsts >= 0, dsts // g, -1)
-        dn.sort(axis=1)
-        first_n = np.ones_like(dn, dtype=bool)
-        first_n[:, 1:] = dn[:, 1:] != dn[:, :-1]
-        mn = first_n & (dn >= 0)
-        t_node += _counts(s[mn] * nodes + dn[mn], t_node.shape)
-    if not exact:
+    expert_load = _counts(picked(chosen), (n_experts,))
+    copy_load = _counts(picked(chosen * copy_table.shape[1] + copy_idx), copy_table.shape)
+    # deduplicate per destination GPU and per destination node (-1: no pick), each row sorted
+    dsts = np.where(valid, dst, -1).astype(np.int32)
+    dsts.sort(axis=1)
+    first = np.ones_like(dsts, dtype=bool)
+    first[:, 1:] = dsts[:, 1:] != dsts[:, :-1]
+    m = first & (dsts >= 0)
+    dn = np.where(dsts >= 0, dsts // g, -1)          # still sorted: a GPU's node grows with it
+    first_n = np.ones_like(dn, dtype=bool)
+    first_n[:, 1:] = dn[:, 1:] != dn[:, :-1]
+    mn = first_n & (dn >= 0)
+    if exact:
+        src = (np.arange(sampled) // tokens_per_rank)[:, None]           # each token's rank
+        t_expert = _counts(picked(src * ep + dst), (ep, ep))
+        t_gpu = _counts((src * ep + dsts)[m], (ep, ep))
+        t_node = _counts((src * nodes + dn)[mn], (ep, nodes))
+    else:
         # destinations do not depend on the source rank: pool the sample into per-token
         # expectations and give every source rank its tokens_per_rank tokens' worth
         per_token = tokens_per_rank / sampled
-        t_expert = np.repeat(t_expert.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
-        t_gpu = np.repeat(t_gpu.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
-        t_node = np.repeat(t_node.sum(axis=0, keepdims=True) * per_token, ep, axis=0)
+        t_expert = np.repeat(_counts(picked(dst), (1, ep)) * per_token, ep, axis=0)
+        t_gpu = np.repeat(_counts(dsts[m], (1, ep)) * per_token, ep, axis=0)
+        t_node = np.repeat(_counts(dn[mn], (1, nodes)) * per_token, ep, axis=0)
         expert_load = expert_load * (total / sampled)
     mean = real_sum / sampled
     std = float(np.sqrt(max(real_sq / sampled - mean ** 2, 0.0)))

@@ -110,10 +110,10 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
             t = max(end + hop[c][c - 1], done[("F", mb, c - 1)])
             heapq.heappush(wait_b[dev[c - 1]], (t, mb // p, -(c - 1), mb))
 
-    def release(d: int) -> None:
-        """Move device d's tasks whose ready time has come into its eligible heaps."""
+    def release(d: int, lim: float) -> None:
+        """Move device d's tasks ready by `lim` (now, up to float noise of the sums) into its
+        eligible heaps."""
         wf, wb = wait_f[d], wait_b[d]
-        lim = now + time_tol(now)         # ready "now" up to float noise of the sums
         while wf and wf[0][0] <= lim:
             _, negc, mb = heapq.heappop(wf)
             heapq.heappush(elig_f[d], (negc, mb))
@@ -130,7 +130,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
             for d in range(p):
                 if free_at[d] > lim:
                     continue
-                release(d)
+                release(d, lim)
                 task = None
                 if elig_b[d]:
                     _, negc, mb = heapq.heappop(elig_b[d])
