@@ -355,13 +355,13 @@ def route(spec: RoutingSpec, *, n_experts: int, top_k: int, has_zero_experts: bo
     def picked(a: np.ndarray) -> np.ndarray:
         """The entries of real picks (every token's first k), flat."""
         return a.ravel() if every else a[valid]
-    if copy_table.shape[1] == 1:                  # one copy each: the copy index is 0
-        copy_idx, dst = np.zeros_like(chosen), copy_table[:, 0][chosen]
+    expert_load = _counts(picked(chosen), (n_experts,))
+    if copy_table.shape[1] == 1:                  # one copy each: its load is the expert's
+        dst, copy_load = copy_table[:, 0][chosen], expert_load[:, None].copy()
     else:
         copy_idx = pick % n_copies[chosen]
         dst = copy_table[chosen, copy_idx]                               # [n, kmax] EP rank
-    expert_load = _counts(picked(chosen), (n_experts,))
-    copy_load = _counts(picked(chosen * copy_table.shape[1] + copy_idx), copy_table.shape)
+        copy_load = _counts(picked(chosen * copy_table.shape[1] + copy_idx), copy_table.shape)
     # deduplicate per destination GPU and per destination node (-1: no pick), each row sorted
     dsts = np.where(valid, dst, -1).astype(np.int32)
     dsts.sort(axis=1)
