@@ -762,9 +762,10 @@ def test_breakdown_and_link_totals_of_a_hand_built_timeline():
     assert breakdown_s(tl, 1) == {"attention_block": (5.0 + 7.0) / 2, "dispatch": 11.0,
                                   "moe": 13.0, "combine": 17.0, "dense_ffn": 19.0, "other": 0.0}
     assert breakdown_s(tl, 2)["other"] == 23.0 and breakdown_s(tl, 0)["dispatch"] == 3.0
-    demands = {"L0.moe.dispatch": CommDemand(0.0, {"nic": 100.0, "nvlink": 10.0}),
+    by_name = {"L0.moe.dispatch": CommDemand(0.0, {"nic": 100.0, "nvlink": 10.0}),
                "L1.moe.dispatch": CommDemand(0.0, {"nic": 200.0}),
                "L1.moe.combine": CommDemand(0.0, {"nvlink": 30.0})}
+    demands = [by_name.get(op.name) for op in ops]          # per op of the timeline
     prof = profile("h800")
     bw = link_bandwidths(prof)
     links, ep = _ep_metrics({}, tl, prof, demands)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -95,7 +96,7 @@ def runtime_overhead_s(r: Resolved) -> float:
 
 
 def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
-            traffic: dict[int, EPTraffic], demands: dict[str, CommDemand]) -> StepResult:
+            traffic: dict[int, EPTraffic], demands: Sequence[CommDemand | None]) -> StepResult:
     """Everything a step's timeline measures: times, throughput, cost, breakdown, links, EP."""
     w, prof, model = r.workload, r.profile, r.model
     runtime_s = runtime_overhead_s(r)
@@ -123,13 +124,14 @@ def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
 
 
 def _ep_metrics(traffic: dict[int, EPTraffic], tl: Timeline, prof: HardwareProfile,
-                demands: dict[str, CommDemand]) -> tuple[dict, dict | None]:
-    """Routing imbalance and link utilisation of the representative (slowest) rank."""
+                demands: Sequence[CommDemand | None]) -> tuple[dict, dict | None]:
+    """Routing imbalance and link utilisation of the representative (slowest) rank
+    (`demands`: per op of the timeline, its collective's demand)."""
     bw = link_bandwidths(prof)
     step = tl.span_s or 1.0
     per_class: dict[str, float] = {}
     for i in np.nonzero(tl.is_comm)[0].tolist():
-        for cls, b in demands[tl.ops[i].name].link_bytes.items():
+        for cls, b in demands[i].link_bytes.items():
             per_class[cls] = per_class.get(cls, 0.0) + b
     links = {cls: {"bytes_per_step": b, "utilisation": b / bw[cls] / step}
              for cls, b in sorted(per_class.items())}

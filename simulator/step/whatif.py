@@ -68,7 +68,7 @@ class _Ran:
     end: np.ndarray
     standalone: list[float]
     traffic: dict[int, EPTraffic]
-    demands: dict[str, CommDemand]
+    demands: list[CommDemand | None]     # per op: its collective's demand (None: compute)
 
 
 def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> StepResult:
@@ -154,16 +154,14 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
     if truncate is None:
         start, end = run(sp)
         return _Ran(ops, sp.streams, np.array(start), np.array(end),
-                    [durations[n] for n in sp.names], traffic, demands)
+                    [durations[n] for n in sp.names], traffic, [demands.get(n) for n in sp.names])
     ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run,
                  truncate[1])
     if isinstance(ext, NotRepeating):
         return ext
-    whole = LaidOutOps(ops, ext.src, ext.layer)
-    return _Ran(whole, [sp.streams[i] for i in ext.src], ext.start_s, ext.end_s,
-                [durations[sp.names[i]] for i in ext.src], traffic,
-                {whole[k].name: demands[ops[i].name] for k, i in enumerate(ext.src)
-                 if ops[i].name in demands})
+    return _Ran(LaidOutOps(ops, ext.src, ext.layer), [sp.streams[i] for i in ext.src],
+                ext.start_s, ext.end_s, [durations[sp.names[i]] for i in ext.src], traffic,
+                [demands.get(sp.names[i]) for i in ext.src])
 
 
 def _shape_key(op) -> tuple:
