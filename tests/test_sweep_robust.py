@@ -80,11 +80,12 @@ def test_results_path_a_directory_or_not_a_database(tmp_path):
         run_sweep(spec(BASE), tmp_path, workers=1, results=junk)
 
 
-POINTS = 36     # ~10 s of work left after the first point on 2 workers: more than a poll can lag
+POINTS = 36     # ~8-13 s of work left after the first point on 2 workers: more than a poll can lag
 
 
 def slow_sweep(tmp_path) -> tuple[Path, Path]:
-    """A sweep of DeepSeek-V3 training points: seconds each, so it can be interrupted."""
+    """A sweep of DeepSeek-V3 training points, 0.5-0.7 s each (each seed draws its own routing
+    sample), so it can be interrupted."""
     s = tmp_path / "slow.yaml"
     s.write_text(yaml.safe_dump({"name": "slow", "base": str(TRAIN), "kind": "train",
                                  "grid": {"seed": list(range(POINTS))}}))
