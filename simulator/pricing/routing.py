@@ -137,12 +137,9 @@ class AliasTable:
             (small if scaled[g] < 1.0 else large).append(g)
         self.uniform = bool((self.keep >= 1.0).all())
 
-    def draw(self, u: np.ndarray) -> np.ndarray:
-        """One index per uniform in [0, 1): its integer part picks the cell, the rest decides."""
-        return self.draw_into(u.copy(), np.empty(u.shape, dtype=np.int32))
-
-    def draw_into(self, u: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """draw(u) written into the integer array `out` (`u` is overwritten)."""
+    def draw(self, u: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """One index per uniform in [0, 1), written into the integer array `out` (returned; `u`
+        is overwritten): its integer part picks the cell, the rest decides."""
         v = np.multiply(u, self.keep.size, out=u)
         if self.uniform:                        # every cell keeps its own index: the integer
             out[...] = v                        # part, as the assignment casts it
@@ -178,8 +175,8 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
         bounds = np.searchsorted(owner, np.arange(len(gens) + 1)).tolist()
         draws = np.empty((per_round, rows.size), dtype=small_int)     # [draw, row]
         for i, gen in enumerate(gens):        # a generator's block at a time (stays in cache)
-            table.draw_into(gen.random((per_round, bounds[i + 1] - bounds[i])),
-                            draws[:, bounds[i]:bounds[i + 1]])
+            table.draw(gen.random((per_round, bounds[i + 1] - bounds[i])),
+                       draws[:, bounds[i]:bounds[i + 1]])
         live = rows                           # this round's rows still short, shrinking
         o, g = out[live].T.astype(small_int, order="C"), got[live]  # o: [kmax, rows], picks
         kp, rc = [a[live] for a in kept], [a[live] for a in reached]
