@@ -1,7 +1,10 @@
 """SimPy engine: ops on streams, bytes over links, processor sharing. Knows nothing of MoE.
 
 Each rank has streams (one op at a time each, the ready op with the lowest priority first) and
-link classes. A running compute op slows to (1 - the largest SM share of the collectives running
+link classes. At an instant, every rank first finishes what is done at it (and the collectives
+all of whose parts are then done close), and only then do streams pick their next ops: which
+event SimPy happens to process first at one instant changes nothing, and identical ranks run
+identically. A running compute op slows to (1 - the largest SM share of the collectives running
 on its rank: each collective's own, or comm_sm_fraction); flows on one link share its bandwidth
 equally. Whenever the set of running tasks
 on a rank changes, every remaining time on that rank is recomputed.
@@ -78,6 +81,7 @@ class Engine:
         self.version = [0] * n_ranks
         self.wake_at = [-1.0] * n_ranks
         self.group_done = [0] * n
+        self.dirty: set[int] = set()       # ranks to dispatch and reschedule at this instant
         self._stall_t = -1.0
         self._stalls = 0
 
@@ -93,11 +97,8 @@ class Engine:
         self.env.run()
         missing = [self.p.names[i] for i, e in enumerate(self.end[0]) if e < 0]
         if missing:
-            stuck = sorted({self.p.names[t.op] for ts in self.running for t in ts})
-            raise MoesimError(
-                "engine", f"ops never ran: {missing[:5]} (still running when nothing could move: "
-                f"{stuck[:5]}; a dependency cycle, or a link or op with zero rate)",
-                "check the hardware profile's bandwidths and the schedule's dependencies")
+            raise stuck_error(missing, sorted({self.p.names[t.op] for ts in self.running
+                                               for t in ts}))
         return self.start, self.end
 
     # -- streams ----------------------------------------------------------------------------
@@ -230,8 +231,27 @@ class Engine:
         for t in done:
             self.busy[r][self.p.streams[t.op]] = False
             self._finish_local(r, t.op, now)
-        self._dispatch_streams(r)
-        self._reschedule(r)
+        if self.n_ranks == 1:              # no other rank can finish at this instant
+            self._dispatch_streams(r)
+            self._reschedule(r)
+            return
+        self._touch(r)
+
+    def _touch(self, r: int) -> None:
+        """Rank r picks its next ops once this instant's wake-ups are all processed."""
+        if not self.dirty:
+            self.env.timeout(0).callbacks.append(self._settle)
+        self.dirty.add(r)
+
+    def _settle(self, _event: object) -> None:
+        """The end of an instant: every rank touched at it dispatches and reschedules (the
+        wake-ups at this instant were all scheduled before this event, so ran first)."""
+        now = self.env.now
+        ranks, self.dirty = sorted(self.dirty), set()
+        for r in ranks:
+            self._advance(r, now)
+            self._dispatch_streams(r)
+            self._reschedule(r)
 
     def _comm_done(self, t: _Task, now: float, tol: float) -> bool:
         """A collective's part is done: latency over, and its bytes left take no
@@ -247,11 +267,7 @@ class Engine:
             return
         self._stalls += 1
         if self._stalls > MAX_STALLS:
-            raise MoesimError(
-                "engine", f"no progress at simulated time {now:.6g} s after {MAX_STALLS} "
-                "wake-ups (an op's remaining time is below what floats can resolve at this time)",
-                "report this as a bug with the workload; as a workaround shorten the simulated "
-                "duration")
+            raise stall_error(now)
 
     # -- completion -------------------------------------------------------------------------
     def _finish_local(self, r: int, i: int, now: float) -> None:
@@ -262,10 +278,7 @@ class Engine:
         if self.group_done[i] == self.n_ranks:       # the slowest rank closes the collective
             for rr in range(self.n_ranks):
                 self._complete(rr, i, now)
-                if rr != r:
-                    self._advance(rr, now)
-                    self._dispatch_streams(rr)
-                    self._reschedule(rr)
+                self._touch(rr)
 
     def _complete(self, r: int, i: int, now: float) -> None:
         self.end[r][i] = now
@@ -275,14 +288,31 @@ class Engine:
                 self._make_ready(r, s)
 
 
+def stuck_error(missing: list[str], stuck: list[str]) -> MoesimError:
+    """Ops that never ran when nothing could move any more."""
+    return MoesimError(
+        "engine", f"ops never ran: {missing[:5]} (still running when nothing could move: "
+        f"{stuck[:5]}; a dependency cycle, or a link or op with zero rate)",
+        "check the hardware profile's bandwidths and the schedule's dependencies")
+
+
+def stall_error(now: float) -> MoesimError:
+    """Wake-ups that finish nothing at one instant, again and again."""
+    return MoesimError(
+        "engine", f"no progress at simulated time {now:.6g} s after {MAX_STALLS} "
+        "wake-ups (an op's remaining time is below what floats can resolve at this time)",
+        "report this as a bug with the workload; as a workaround shorten the simulated "
+        "duration")
+
+
 def _all_sound(plan: StreamPlan, bandwidth_Bps: dict[str, float]) -> bool:
     """Every duration, byte count and SM share sound, checked at once (the per-op check below
     then only runs to name the op that is not)."""
     times = list(plan.compute_s)
-    for v in plan.rank_compute_s.values():
+    for v in {id(v): v for v in plan.rank_compute_s.values()}.values():   # layers share lists
         times += v
     demands = {id(d): d for d in plan.comm if d is not None}
-    for v in plan.rank_comm.values():
+    for v in {id(v): v for v in plan.rank_comm.values()}.values():
         demands.update((id(d), d) for d in v)
     shares = []
     for d in demands.values():

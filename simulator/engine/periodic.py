@@ -32,7 +32,7 @@ SETTLING = 0.5      # settling: each checked layer deviates from a common shift 
                     # by float noise, is a pattern that will not vanish in a longer pass)
 KEEP, MIN_BODY = KEEPS[0], KEEPS[0] + SPARE
 
-Runner = Callable[[StreamPlan], tuple[list[list[float]], list[list[float]]]]
+Runner = Callable[[StreamPlan], tuple[np.ndarray, np.ndarray]]   # start, end [rank, op]
 
 
 @dataclass
@@ -71,7 +71,7 @@ def extend(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, run: Run
     if members is None:
         return NotRepeating()
     start, end = run(plan)
-    st, en = np.array(start), np.array(end)
+    st, en = np.asarray(start), np.asarray(end)
     first = keep - SUFFIX - CHECKED               # body layers [first, keep - SUFFIX) checked
     idx = np.array([members[lo + j] for j in range(first, keep - SUFFIX)])
     period = _period(st, en, idx)

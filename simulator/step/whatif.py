@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from simulator.engine.core import Engine
+from simulator.engine.ranks import run_ranks
 from simulator.engine.periodic import KEEPS, NotRepeating, extend, truncated_layers
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
@@ -148,12 +148,12 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
     n_ranks = plan.gpus // plan.pp if per_rank else 1
     sm = prof.comm_sm_fraction.value
 
-    def run(p: StreamPlan) -> tuple[list[list[float]], list[list[float]]]:
-        return Engine(p, bw, sm, n_ranks).run()
+    def run(p: StreamPlan) -> tuple[np.ndarray, np.ndarray]:
+        return run_ranks(p, bw, sm, n_ranks)
     ops = [g.nodes[n]["op"] for n in sp.names]
     if truncate is None:
         start, end = run(sp)
-        return _Ran(ops, sp.streams, np.array(start), np.array(end),
+        return _Ran(ops, sp.streams, np.asarray(start), np.asarray(end),
                     [durations[n] for n in sp.names], traffic, [demands.get(n) for n in sp.names])
     ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run,
                  truncate[1])

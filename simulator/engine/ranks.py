@@ -1,0 +1,344 @@
+"""The engine's rules (engine/core.py) run over every rank at once, as numpy arrays.
+
+Ranks meet only where a collective closes (on its slowest rank's part); between closes each
+rank runs on its own. So every round advances, by one event each, all ranks whose next event
+comes before the earliest instant any open collective could close (each unfinished part ends at
+its rank's next event or later), and an instant at which a collective may close is taken whole:
+every rank's own completions at it first, then the closes, then each rank's dispatch. Per rank
+it does what core.Engine does, in the same float operations, so the timelines are the same; what
+it pays is per round (a few dozen numpy calls over the ranks), not per rank x op. Worth it from
+a few dozen ranks up (benchmarks/scaling.py); `run_ranks` chooses.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.engine.core import (INF, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine,
+                                   _check_inputs, stall_error, stuck_error)
+from simulator.engine.streams import StreamPlan
+
+MIN_RANKS = 32          # fewer ranks: core.Engine (per-event Python beats per-round numpy)
+BIG = np.iinfo(np.int64).max
+
+
+def run_ranks(plan: StreamPlan, bandwidth_Bps: dict[str, float], comm_sm_fraction: float,
+              n_ranks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Run `plan` on `n_ranks` ranks with whichever engine is faster at that size; (start,
+    end) indexed [rank, op]. Both apply the same rules in the same float operations."""
+    if n_ranks >= MIN_RANKS:
+        return RankArrays(plan, bandwidth_Bps, comm_sm_fraction, n_ranks).run()
+    start, end = Engine(plan, bandwidth_Bps, comm_sm_fraction, n_ranks).run()
+    return np.array(start), np.array(end)
+
+
+class RankArrays:
+    """core.Engine's state for all ranks as arrays, ranks last (numpy reduces over the short
+    stream and link axes row by row): a slot per (stream, rank) holding the op it runs, ready
+    queues per (stream, rank), and per (rank, op) start, end and inputs left."""
+
+    def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
+                 comm_sm_fraction: float, n_ranks: int) -> None:
+        _check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
+        self.p = plan
+        n, R = len(plan.names), n_ranks
+        self.n, self.R = n, R
+        names = list(dict.fromkeys(plan.streams))
+        self.S = S = len(names)
+        self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
+        self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
+        self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
+        # ready queues hold keys: an op's place in (priority, op) order, the engine's heap order
+        order = sorted(range(n), key=lambda i: (plan.priorities[i], i))
+        self.key = np.empty(n, dtype=np.int64)
+        self.key[order] = np.arange(n)
+        self.op_of_key = np.array(order, dtype=np.int64)
+        # successors padded to the widest fan-out with a dummy op n that is never ready
+        width = max(1, max(len(ss) for ss in plan.succs))
+        self.succ = np.full((n, width), n, dtype=np.int64)
+        for i, ss in enumerate(plan.succs):
+            self.succ[i, :len(ss)] = ss
+        # one compute completion per rank at a time (collectives complete on their own, at a
+        # close) and each op's successors distinct: no (rank, successor) pair repeats in one
+        # completion; `spread`: and on distinct streams, so no (stream, rank) queue gains two
+        self.plain = len({s for s, c in zip(self.stream, self.is_comm) if not c}) <= 1 \
+            and all(len(set(ss)) == len(ss) for ss in plan.succs)
+        self.spread = self.plain and all(len({plan.streams[x] for x in ss}) == len(ss)
+                                         for ss in plan.succs)
+        # state: [S, R] and [K, S, R] arrays, each with a flat view (`_f`) that pairs index
+        # as stream * R + rank (numpy gathers from one flat index ~4x faster than from two)
+        K, SR = self.K, S * R
+        self.SR = SR
+        self.start = np.full((R, n), -1.0)
+        self.end = np.full((R, n), -1.0)
+        self.start_f, self.end_f = self.start.reshape(-1), self.end.reshape(-1)
+        inputs = [len(p) for p in plan.preds] + [1 << 62]      # the dummy op: never ready
+        self.waiting = np.tile(np.array(inputs, dtype=np.int64), R)      # rank * (n + 1) + op
+        self.stamp = np.zeros(R * max(n + 1, S), dtype=np.int64)  # scratch: one of each repeat
+        self.C = 4
+        self.rq = np.full((self.C, SR), BIG, dtype=np.int64)  # ready keys, unordered, per pair
+        self.rqn = np.zeros(SR, dtype=np.int64)               # how many
+        self.slot = np.full(SR, -1, dtype=np.int64)           # op running, -1 idle
+        self.is_comm_slot = np.zeros(SR, dtype=bool)
+        self.rem = np.zeros(SR)                               # compute: work left
+        self.rate = np.zeros(SR)                              # compute: rate
+        self.lat_end = np.zeros(SR)                           # comm: latency over at
+        self.smv = np.zeros(SR)                               # comm: SM share taken
+        self.left = np.zeros((K, SR))                         # comm: bytes left per link
+        self.lrate = np.zeros((K, SR))                        # comm: rate per link
+        self.last_t = np.zeros(R)
+        self.next_t = np.full(R, INF)
+        self.part_done = np.zeros((n, R), dtype=bool)         # a collective's part finished
+        self.part_done_f = self.part_done.reshape(-1)
+        self.closed = np.zeros(n, dtype=bool)
+        self.open: set[int] = set()                           # collectives some rank started
+        self.ranks = np.arange(R)
+
+    def _work_and_demands(self, plan: StreamPlan, bw: dict[str, float], sm: float) -> None:
+        """Per (op, rank): compute seconds; per (collective, rank): latency, SM share, bytes."""
+        n, R = self.n, self.R
+        demands = [d for d in plan.comm if d is not None]
+        for v in plan.rank_comm.values():
+            demands += v
+        self.links = sorted({k for d in demands for k in d.link_bytes})
+        self.K = len(self.links)
+        self.bw = np.array([bw[k] for k in self.links])
+        self.work = np.repeat(np.asarray(plan.compute_s, dtype=float)[:, None], R, axis=1)
+        by_rank = np.arange(R)
+        for i, v in plan.rank_compute_s.items():
+            self.work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]
+        self.work_f = self.work.reshape(-1)                   # op * R + rank
+        comm_ops = np.flatnonzero(self.is_comm)
+        self.ci = np.full(n, -1, dtype=np.int64)
+        self.ci[comm_ops] = np.arange(len(comm_ops))
+        nc = len(comm_ops)
+        self.lat = np.zeros((nc, R))
+        self.cm_sm = np.zeros((nc, R))
+        self.nbytes = np.zeros((self.K, nc, R))
+        memo: dict[tuple, tuple] = {}
+
+        def rows(ds: list) -> tuple:
+            lat = np.array([d.latency_s for d in ds], dtype=float)
+            share = np.array([sm if d.sm_fraction is None else d.sm_fraction for d in ds],
+                             dtype=float)
+            b = np.array([[d.link_bytes.get(k, 0.0) for d in ds] for k in self.links],
+                         dtype=float).reshape(self.K, len(ds))
+            return lat, share, b
+        for c, i in enumerate(comm_ops):
+            per = plan.rank_comm.get(int(i))      # the plan holds what these ids name
+            key = ("ranks", id(per)) if per is not None else ("one", id(plan.comm[i]))
+            if key not in memo:
+                memo[key] = rows(per if per is not None else [plan.comm[i]])
+            lat, share, b = memo[key]
+            pick = by_rank % len(lat)
+            self.lat[c], self.cm_sm[c], self.nbytes[:, c] = lat[pick], share[pick], b[:, pick]
+        self.lat_f, self.cm_sm_f = self.lat.reshape(-1), self.cm_sm.reshape(-1)   # c * R + rank
+
+    # -- public -----------------------------------------------------------------------------
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        """Simulate to completion; returns (start, end) indexed [rank, op]."""
+        roots = np.flatnonzero(self.waiting[:self.n] == 0)
+        self._make_ready(np.repeat(self.ranks, len(roots)), np.tile(roots, self.R))
+        everyone, zero = np.ones(self.R, dtype=bool), np.zeros(self.R)
+        with np.errstate(divide="ignore", invalid="ignore"):   # x/0 only where masked out
+            self._dispatch(everyone, zero)
+            self._reschedule(everyone, zero)
+            self._loop(everyone)
+        if (self.end[0] < 0).any():
+            missing = [self.p.names[i] for i in np.flatnonzero(self.end[0] < 0)]
+            stuck = sorted({self.p.names[i] for i in self.slot if i >= 0})
+            raise stuck_error(missing, stuck)
+        return self.start, self.end
+
+    def _loop(self, everyone: np.ndarray) -> None:
+        """Rounds until nothing is left to run."""
+        stall_t, stalls = -1.0, 0
+        while True:
+            h = self._horizon()
+            mask = self.next_t < h
+            whole = not mask.any()
+            if whole:                           # the instant h, at which a collective may close
+                if h == INF:
+                    break
+                mask = self.next_t == h
+            t = np.where(mask, self.next_t, self.last_t)     # the others stay where they are
+            finished = self._wake(mask, t)
+            closed = self._close(h) if whole else False
+            if closed:
+                mask, t = everyone, np.full(self.R, h)
+                self._advance(t)
+            self._dispatch(mask, t)
+            self._reschedule(mask, t)
+            if finished or closed or h != stall_t:
+                stall_t, stalls = h, 0
+            else:
+                stalls += 1
+                if stalls > MAX_STALLS:
+                    raise stall_error(h)
+
+    # -- when ranks may run on their own ------------------------------------------------------
+    def _horizon(self) -> float:
+        """The earliest instant an open collective could close: each one's latest unfinished
+        part ends at its rank's next event or later (none open: the last rank's next event)."""
+        if not self.open:
+            return float(self.next_t.max())
+        return min(float(self.next_t[~self.part_done[c]].max()) for c in self.open)
+
+    # -- what each rank does at its event (masked: the other ranks' state is left as it is) ----
+    def _advance(self, t: np.ndarray) -> None:
+        """Do the work of [last_t, t] at the rates set by the last reschedule (core._advance);
+        a rank with t == last_t is left as it is (x - 0.0 is x)."""
+        S, R = self.S, self.R
+        t0 = self.last_t
+        self.last_t = t
+        self.rem.reshape(S, R)[...] -= (t - t0) * self.rate.reshape(S, R)
+        moving = t - np.maximum(t0, self.lat_end.reshape(S, R))
+        np.maximum(moving, 0.0, out=moving)            # bytes move once latency is over
+        self.left -= moving.reshape(-1) * self.lrate
+
+    def _wake(self, mask: np.ndarray, t: np.ndarray) -> bool:
+        """Each rank in `mask` at its next event: advance, and finish what is done
+        (core._wake)."""
+        S, R = self.S, self.R
+        self.next_t[mask] = INF
+        self._advance(t)
+        tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
+        slot = self.slot.reshape(S, R)
+        busy = (slot >= 0) & mask
+        comm = self.is_comm_slot.reshape(S, R)
+        done_c = busy & ~comm & (self.rem.reshape(S, R) <= self.rate.reshape(S, R) * tol)
+        done_m = busy & comm & (self.lat_end.reshape(S, R) - t <= tol)
+        for k in range(self.K):
+            done_m &= self.left[k].reshape(S, R) <= self.bw[k] * tol
+        pc = np.flatnonzero(done_c)
+        pm = np.flatnonzero(done_m)
+        if not (pc.size or pm.size):
+            return False
+        if pc.size:
+            ops = self.slot[pc]
+            self.slot[pc] = -1
+            r = pc % R
+            self._complete(r, ops, t[r])
+        if pm.size:
+            self.part_done_f[self.slot[pm] * R + pm % R] = True
+            self.slot[pm] = -1
+            self.smv[pm] = 0.0
+        return True
+
+    def _close(self, h: float) -> bool:
+        """Close every open collective whose parts are all finished, at instant h: it ends on
+        every rank, and its successors there lose an input."""
+        shut = [c for c in self.open if self.part_done[c].all()]
+        for c in shut:
+            self.open.discard(c)
+            self.closed[c] = True
+            self.end[:, c] = h
+            self._complete(self.ranks, np.full(self.R, c), None)
+        return bool(shut)
+
+    def _once(self, flat: np.ndarray) -> np.ndarray:
+        """Mask keeping one of each repeated value in `flat` (values < len(self.stamp))."""
+        idx = np.arange(flat.size)
+        self.stamp[flat] = idx
+        return self.stamp[flat] == idx
+
+    def _complete(self, ranks: np.ndarray, ops: np.ndarray, t: np.ndarray | None) -> None:
+        """Op ops[j] ended on rank ranks[j] at t[j] (None: end already set): its successors
+        there lose an input."""
+        if t is not None:
+            self.end_f[ranks * self.n + ops] = t
+        n1 = self.n + 1
+        flat = ((ranks * n1)[:, None] + self.succ[ops]).reshape(-1)
+        w = self.waiting
+        if self.plain:
+            w[flat] -= 1
+        else:
+            np.subtract.at(w, flat, 1)
+        now_ready = flat[w[flat] == 0]
+        if now_ready.size:
+            if not self.plain:
+                now_ready = now_ready[self._once(now_ready)]   # two inputs ending together
+            self._make_ready(now_ready // n1, now_ready % n1, self.spread)
+
+    def _make_ready(self, ranks: np.ndarray, ops: np.ndarray, distinct: bool = False) -> None:
+        """Queue op ops[j] on its stream of rank ranks[j] (`distinct`: no (stream, rank) pair
+        twice)."""
+        if not ops.size:
+            return
+        pair = self.stream[ops] * self.R + ranks
+        keys = self.key[ops]
+        while True:                        # a queue gaining two ops: one per pass
+            one = True if distinct else self._once(pair)
+            every = distinct or bool(one.all())
+            p, k = (pair, keys) if every else (pair[one], keys[one])
+            pos = self.rqn[p]
+            top = int(pos.max())
+            if top >= self.C:
+                self.rq = np.concatenate([self.rq, np.full_like(self.rq, BIG)])
+                self.C *= 2
+            self.rq.reshape(-1)[pos * self.SR + p] = k
+            self.rqn[p] = pos + 1
+            if every:
+                return
+            pair, keys = pair[~one], keys[~one]
+
+    def _dispatch(self, mask: np.ndarray, t: np.ndarray) -> None:
+        """Each idle stream of each rank in `mask` starts its lowest-priority ready op."""
+        S, R, SR = self.S, self.R, self.SR
+        p = np.flatnonzero((self.slot.reshape(S, R) < 0) & (self.rqn.reshape(S, R) > 0) & mask)
+        if not p.size:
+            return
+        count = self.rqn[p]
+        rq = self.rq.reshape(-1)
+        deepest = int(count.max())
+        at = p if deepest == 1 else self.rq[:deepest, p].argmin(axis=0) * SR + p
+        ops = self.op_of_key[rq[at]]
+        last = (count - 1) * SR + p
+        rq[at] = rq[last]
+        rq[last] = BIG
+        self.rqn[p] = count - 1
+        r = p % R
+        now = t[r]
+        self.start_f[r * self.n + ops] = now
+        self.slot[p] = ops
+        comm = self.is_comm[ops]
+        self.is_comm_slot[p] = comm
+        self.rate[p] = 0.0                    # set by the reschedule that follows
+        self.rem[p] = np.where(comm, 0.0, self.work_f[ops * R + r])
+        if comm.any():
+            pc, rc, om = p[comm], r[comm], ops[comm]
+            c = self.ci[om] * R + rc
+            self.lat_end[pc] = now[comm] + self.lat_f[c]
+            for k in range(self.K):
+                self.left[k, pc] = self.nbytes[k].reshape(-1)[c]
+            self.smv[pc] = self.cm_sm_f[c]
+            self.open.update(om.tolist())
+
+    def _reschedule(self, mask: np.ndarray, t: np.ndarray) -> None:
+        """Rates of what each rank in `mask` runs, and its next event (core._reschedule)."""
+        S, R = self.S, self.R
+        tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
+        busy = self.slot.reshape(S, R) >= 0
+        is_comm = self.is_comm_slot.reshape(S, R)
+        comm = busy & is_comm
+        comp = busy & ~is_comm
+        taken = self.smv.reshape(S, R).max(axis=0)     # 0 but where a collective runs
+        lat_left = self.lat_end.reshape(S, R) - t
+        moving = comm & (lat_left <= tol)
+        h = np.where(comm, lat_left, INF)
+        lrate = np.zeros((self.K, S, R))
+        if moving.any():
+            h_links = np.zeros((S, R))
+            for k in range(self.K):
+                left = self.left[k].reshape(S, R)
+                flowing = moving & (left > self.bw[k] * tol)
+                v = self.bw[k] / flowing.sum(axis=0)
+                np.copyto(lrate[k], v, where=flowing)
+                np.maximum(h_links, np.where(flowing, left / v, 0.0), out=h_links)
+            np.copyto(h, h_links, where=moving)
+        compute_rate = 1.0 - taken
+        np.copyto(h, self.rem.reshape(S, R) / compute_rate, where=comp)
+        horizon = h.min(axis=0)
+        np.maximum(horizon, 0.0, out=horizon)
+        np.copyto(self.rate.reshape(S, R), compute_rate, where=comp & mask)
+        np.copyto(self.lrate.reshape(self.K, S, R), lrate, where=mask)
+        np.copyto(self.next_t, t + horizon, where=mask)        # nothing to run: INF
