@@ -36,6 +36,7 @@ KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.p
 ST = "simulator/step/result.py"
 RQ = "simulator/serving/ready.py"
 PE = "simulator/engine/periodic.py"
+RK = "simulator/engine/ranks.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -92,6 +93,33 @@ MUTANTS: list[Mutant] = [
            "        return all(", "        return t.latency_end - now <= tol or all("),
     Mutant(E, "an op counts as finished far too early (absolute 1 us tolerance)",
            "else t.remaining <= t.rate * tol:", "else t.remaining <= 1e-6:"),
+    Mutant(E, "streams pick before the other ranks' completions and closes at their instant",
+           "        if self.n_ranks == 1:              # no other rank can finish at this instant",
+           "        if True:"),
+    # -- the engine over arrays of ranks ---------------------------------------------------------
+    Mutant(RK, "events at the horizon instant run one rank at a time, before its closes",
+           "mask = self.next_t < h", "mask = self.next_t <= h", quick=True),
+    Mutant(RK, "ranks touched by a close not brought up to its instant first",
+           "                mask, t = everyone, np.full(self.R, h)\n                self._advance(t)\n",
+           "                mask, t = everyone, np.full(self.R, h)\n"),
+    Mutant(RK, "per-rank compute times ignored",
+           "self.work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]",
+           "self.work[i] = v[0]"),
+    Mutant(RK, "per-rank collective demands ignored", "pick = by_rank % len(lat)",
+           "pick = by_rank * 0"),
+    Mutant(RK, "a stream starts its newest ready op, not its lowest-priority one",
+           "self.rq[:deepest, p].argmin(axis=0)", "(count - 1)"),
+    Mutant(RK, "a collective's part done once its latency is over",
+           "            done_m &= self.left[k].reshape(S, R) <= self.bw[k] * tol\n",
+           "            pass\n"),
+    Mutant(RK, "flows on a link do not share its bandwidth",
+           "v = self.bw[k] / flowing.sum(axis=0)", "v = self.bw[k] + 0.0 * flowing.sum(axis=0)"),
+    Mutant(RK, "compute never slowed by collectives", "compute_rate = 1.0 - taken",
+           "compute_rate = 1.0 + 0.0 * taken"),
+    Mutant(RK, "a queue gaining two ops at once keeps only one",
+           "            pair, keys = pair[~one], keys[~one]\n", "            return\n"),
+    Mutant(RK, "successors on one stream taken as spread over streams",
+           "self.spread = self.plain and all(", "self.spread = self.plain or all("),
     # -- schedule -------------------------------------------------------------------------------
     Mutant(S, "ScMoE experts always first in the window",
            "k = _slot_rule(window, durations, t_d, t_c)", "k = 0", quick=True),

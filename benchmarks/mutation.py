@@ -32,11 +32,12 @@ TIMEOUT_S = 300           # ~20x the slowest baseline: a mutant that spins is ki
 
 # The tests that pin each module's behaviour (fast ones: the whole suite takes ~5 minutes).
 ENGINE = ["tests/test_engine.py", "tests/test_engine_time.py", "tests/test_engine_uses_hardware.py",
-          "tests/test_engine_properties.py", "tests/test_physics.py"]
+          "tests/test_engine_properties.py", "tests/test_physics.py", "tests/test_engine_ranks.py"]
 SCHED = ["tests/test_schedules.py", "tests/test_engine.py", "tests/test_engine_properties.py",
          "tests/test_physics.py"]
 TESTS: dict[str, list[str]] = {
     "simulator/engine/core.py": ENGINE,
+    "simulator/engine/ranks.py": ["tests/test_engine_ranks.py"],
     "simulator/engine/schedule.py": SCHED,
     "simulator/engine/tbo_stages.py": SCHED,
     "simulator/engine/timeline.py": SCHED + ["tests/test_periodic.py"],

@@ -48,7 +48,7 @@ def breakdown(w, r, repeats: int) -> None:
         setattr(mod, name, g)
     for mod, name, key in ((whatif, "build_step_graph", "graph"),
                            (whatif, "per_rank_times", "expert pricing"),
-                           (core, "_check_inputs", "input check"),
+                           (core, "check_inputs", "input check"),
                            (core.Engine, "run", "engine"), (whatif, "measure", "measure")):
         timed(mod, name, key)
     print("| schedule | step (ms) | " + " | ".join(("graph", "expert pricing", "input check",

@@ -92,3 +92,42 @@ def test_a_cycle_is_named_not_run_forever():
                       [1e-6, 1e-6], [None, None])
     with pytest.raises(MoesimError, match="ops never ran"):
         RankArrays(plan, BW, 0.0, 3).run()
+
+
+def test_hours_of_simulated_time_do_not_spin_and_match():
+    # one op per simulated second for an hour on 2 ranks: every remainder far below 1e-15 * now
+    n = 3600
+    plan = StreamPlan([f"op{i}" for i in range(n)], ["compute"] * n, [float(i) for i in range(n)],
+                      [[]] + [[i] for i in range(n - 1)], [1.0 + 1e-13] * n, [None] * n)
+    _, end = RankArrays(plan, BW, 0.0, 2).run()
+    assert end[:, -1] == pytest.approx(n * (1.0 + 1e-13), rel=1e-12)
+    np.testing.assert_array_equal(end, np.array(Engine(plan, BW, 0.0, 2).run()[1]))
+
+
+def test_a_rank_that_cannot_finish_trips_the_stall_guard(monkeypatch):
+    # with the tolerances at zero, 1e-30 s of work after 1 s never finishes (1.0 + 1e-30 is
+    # 1.0): the engine must stop with the guard's error, not spin
+    import simulator.engine.ranks as ranks
+    monkeypatch.setattr(ranks, "TIME_RTOL", 0.0)
+    monkeypatch.setattr(ranks, "TIME_ATOL", 0.0)
+    plan = StreamPlan(["a", "b"], ["compute"] * 2, [0.0, 1.0], [[], [0]], [1.0, 1e-30],
+                      [None, None])
+    with pytest.raises(MoesimError, match="no progress"):
+        ranks.RankArrays(plan, BW, 0.0, 2).run()
+
+
+@pytest.mark.parametrize("engine", ["core", "ranks"])
+def test_identical_ranks_run_identically_when_a_collective_closes_at_an_instant(engine):
+    # Worked by hand, one stream: a zero-work collective (priority 1) runs first and ends at
+    # t = 0 on both ranks, so it closes at 0; then "after" (priority 0, its input the
+    # collective) comes before "late" (priority 2), on both ranks: after 0-1 us, late 1-2 us.
+    # Picking before the close (the old rule for every rank SimPy woke before the closer)
+    # started "late" first on rank 0 only.
+    plan = StreamPlan(["a2a", "late", "after"], ["s"] * 3, [1.0, 2.0, 0.0], [[], [], [0]],
+                      [0.0, 1e-6, 1e-6], [CommDemand(0.0, {}), None, None])
+    if engine == "core":
+        start, end = (np.array(x) for x in Engine(plan, BW, 0.0, 2).run())
+    else:
+        start, end = RankArrays(plan, BW, 0.0, 2).run()
+    assert start.tolist() == [[0.0, 1e-6, 0.0]] * 2
+    assert end.tolist() == [[0.0, 2e-6, 1e-6]] * 2

@@ -64,7 +64,7 @@ class Engine:
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
                  comm_sm_fraction: float, n_ranks: int = 1) -> None:
-        _check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
+        check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
         self.p = plan
         self.bw = bandwidth_Bps
         self.sm = comm_sm_fraction
@@ -328,7 +328,7 @@ def _all_sound(plan: StreamPlan, bandwidth_Bps: dict[str, float]) -> bool:
                 and np.isfinite(f).all() and (f >= 0).all() and (f < 1).all())
 
 
-def _check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -> None:
+def check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -> None:
     """Every duration, byte count and rate finite and non-negative; compute keeps some rate."""
     def bad(x: float) -> bool:
         return not math.isfinite(x) or x < 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.engine.core import (INF, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine,
-                                   _check_inputs, stall_error, stuck_error)
+                                   check_inputs, stall_error, stuck_error)
 from simulator.engine.streams import StreamPlan
 
 MIN_RANKS = 32          # fewer ranks: core.Engine (per-event Python beats per-round numpy)
@@ -38,7 +38,7 @@ class RankArrays:
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
                  comm_sm_fraction: float, n_ranks: int) -> None:
-        _check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
+        check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
         self.p = plan
         n, R = len(plan.names), n_ranks
         self.n, self.R = n, R
