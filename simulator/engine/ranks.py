@@ -4,10 +4,11 @@ Ranks meet only where a collective closes (on its slowest rank's part); between 
 rank runs on its own. So every round advances, by one event each, all ranks whose next event
 comes before the earliest instant any open collective could close (each unfinished part ends at
 its rank's next event or later), and an instant at which a collective may close is taken whole:
-every rank's own completions at it first, then the closes, then each rank's dispatch. Per rank
-it does what core.Engine does, in the same float operations, so the timelines are the same; what
-it pays is per round (a few dozen numpy calls over the ranks), not per rank x op. Worth it from
-a few dozen ranks up (benchmarks/scaling.py); `run_ranks` chooses.
+every rank's own completions at it first, then the closes, then each rank's dispatch (the rule
+core.Engine follows too). Per rank it does what core.Engine does, in the same float operations,
+so the timelines are equal bit for bit (tests/test_engine_ranks.py); what it pays is per round
+(some hundred numpy calls over the ranks), not per rank x op. Worth it from a few dozen ranks
+up (benchmarks/scaling.py); `run_ranks` chooses.
 """
 from __future__ import annotations
 
@@ -32,9 +33,12 @@ def run_ranks(plan: StreamPlan, bandwidth_Bps: dict[str, float], comm_sm_fractio
 
 
 class RankArrays:
-    """core.Engine's state for all ranks as arrays, ranks last (numpy reduces over the short
-    stream and link axes row by row): a slot per (stream, rank) holding the op it runs, ready
-    queues per (stream, rank), and per (rank, op) start, end and inputs left."""
+    """core.Engine's state for all ranks as arrays, ranks last (numpy works row by row over
+    the few streams and links): per (stream, rank) whether it is free and its ready queue; a
+    compute slot per (stream that runs compute, rank) and a collective slot per (stream that
+    runs collectives, rank), each holding the op it runs; per (rank, op) start, end and inputs
+    left. Pairs are indexed flat, row * R + rank (numpy gathers from one flat index ~4x faster
+    than from two)."""
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
                  comm_sm_fraction: float, n_ranks: int) -> None:
@@ -47,6 +51,16 @@ class RankArrays:
         self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
         self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
+        # a stream's row among the compute slots and among the collective slots (-1: none)
+        comp_streams = sorted({int(s) for s, c in zip(self.stream, self.is_comm) if not c})
+        comm_streams = sorted({int(s) for s, c in zip(self.stream, self.is_comm) if c})
+        self.Sc, self.Sm = max(1, len(comp_streams)), max(1, len(comm_streams))
+        self.crow = np.full(S, -1, dtype=np.int64)
+        self.crow[comp_streams] = np.arange(len(comp_streams))
+        self.mrow = np.full(S, -1, dtype=np.int64)
+        self.mrow[comm_streams] = np.arange(len(comm_streams))
+        self.c_stream = np.array(comp_streams or [0], dtype=np.int64)   # row -> stream
+        self.m_stream = np.array(comm_streams or [0], dtype=np.int64)
         # ready queues hold keys: an op's place in (priority, op) order, the engine's heap order
         order = sorted(range(n), key=lambda i: (plan.priorities[i], i))
         self.key = np.empty(n, dtype=np.int64)
@@ -60,35 +74,37 @@ class RankArrays:
         # one compute completion per rank at a time (collectives complete on their own, at a
         # close) and each op's successors distinct: no (rank, successor) pair repeats in one
         # completion; `spread`: and on distinct streams, so no (stream, rank) queue gains two
-        self.plain = len({s for s, c in zip(self.stream, self.is_comm) if not c}) <= 1 \
-            and all(len(set(ss)) == len(ss) for ss in plan.succs)
+        self.plain = len(comp_streams) <= 1 and all(len(set(ss)) == len(ss) for ss in plan.succs)
         self.spread = self.plain and all(len({plan.streams[x] for x in ss}) == len(ss)
                                          for ss in plan.succs)
-        # state: [S, R] and [K, S, R] arrays, each with a flat view (`_f`) that pairs index
-        # as stream * R + rank (numpy gathers from one flat index ~4x faster than from two)
-        K, SR = self.K, S * R
-        self.SR = SR
+        self._state()
+
+    def _state(self) -> None:
+        """Everything idle, nothing started; [rows, R] arrays with flat views (`_f`)."""
+        n, R, S, K = self.n, self.R, self.S, self.K
         self.start = np.full((R, n), -1.0)
         self.end = np.full((R, n), -1.0)
         self.start_f, self.end_f = self.start.reshape(-1), self.end.reshape(-1)
-        inputs = [len(p) for p in plan.preds] + [1 << 62]      # the dummy op: never ready
+        inputs = [len(p) for p in self.p.preds] + [1 << 62]    # the dummy op: never ready
         self.waiting = np.tile(np.array(inputs, dtype=np.int64), R)      # rank * (n + 1) + op
         self.stamp = np.zeros(R * max(n + 1, S), dtype=np.int64)  # scratch: one of each repeat
         self.C = 4
-        self.rq = np.full((self.C, SR), BIG, dtype=np.int64)  # ready keys, unordered, per pair
-        self.rqn = np.zeros(SR, dtype=np.int64)               # how many
-        self.slot = np.full(SR, -1, dtype=np.int64)           # op running, -1 idle
-        self.is_comm_slot = np.zeros(SR, dtype=bool)
-        self.rem = np.zeros(SR)                               # compute: work left
-        self.rate = np.zeros(SR)                              # compute: rate
-        self.lat_end = np.zeros(SR)                           # comm: latency over at
-        self.smv = np.zeros(SR)                               # comm: SM share taken
-        self.left = np.zeros((K, SR))                         # comm: bytes left per link
-        self.lrate = np.zeros((K, SR))                        # comm: rate per link
+        self.rq = np.full((self.C, S * R), BIG, dtype=np.int64)  # ready keys, unordered
+        self.rqn = np.zeros((S, R), dtype=np.int64)           # how many, per (stream, rank)
+        self.free = np.ones((S, R), dtype=bool)               # stream runs nothing
+        Sc, Sm = self.Sc, self.Sm
+        self.cop = np.full((Sc, R), -1, dtype=np.int64)       # compute op running, -1 none
+        self.rem = np.zeros((Sc, R))                          # its work left
+        self.rate = np.zeros((Sc, R))                         # its rate
+        self.mop = np.full((Sm, R), -1, dtype=np.int64)       # collective running, -1 none
+        self.lat_end = np.zeros((Sm, R))                      # its latency over at
+        self.smv = np.zeros((Sm, R))                          # the SM share it takes
+        self.left = np.zeros((K, Sm, R))                      # its bytes left per link
+        self.lrate = np.zeros((K, Sm, R))                     # its rate per link
+        self.lrate_new = np.zeros((K, Sm, R))                 # scratch: the rates rescheduled
         self.last_t = np.zeros(R)
         self.next_t = np.full(R, INF)
         self.part_done = np.zeros((n, R), dtype=bool)         # a collective's part finished
-        self.part_done_f = self.part_done.reshape(-1)
         self.closed = np.zeros(n, dtype=bool)
         self.open: set[int] = set()                           # collectives some rank started
         self.ranks = np.arange(R)
@@ -145,8 +161,8 @@ class RankArrays:
             self._loop(everyone)
         if (self.end[0] < 0).any():
             missing = [self.p.names[i] for i in np.flatnonzero(self.end[0] < 0)]
-            stuck = sorted({self.p.names[i] for i in self.slot if i >= 0})
-            raise stuck_error(missing, stuck)
+            running = np.concatenate([self.cop.ravel(), self.mop.ravel()])
+            raise stuck_error(missing, sorted({self.p.names[i] for i in running if i >= 0}))
         return self.start, self.end
 
     def _loop(self, everyone: np.ndarray) -> None:
@@ -187,41 +203,43 @@ class RankArrays:
     def _advance(self, t: np.ndarray) -> None:
         """Do the work of [last_t, t] at the rates set by the last reschedule (core._advance);
         a rank with t == last_t is left as it is (x - 0.0 is x)."""
-        S, R = self.S, self.R
         t0 = self.last_t
         self.last_t = t
-        self.rem.reshape(S, R)[...] -= (t - t0) * self.rate.reshape(S, R)
-        moving = t - np.maximum(t0, self.lat_end.reshape(S, R))
+        self.rem -= (t - t0) * self.rate
+        moving = t - np.maximum(t0, self.lat_end)
         np.maximum(moving, 0.0, out=moving)            # bytes move once latency is over
-        self.left -= moving.reshape(-1) * self.lrate
+        self.left -= moving * self.lrate
 
     def _wake(self, mask: np.ndarray, t: np.ndarray) -> bool:
         """Each rank in `mask` at its next event: advance, and finish what is done
         (core._wake)."""
-        S, R = self.S, self.R
+        R = self.R
         self.next_t[mask] = INF
         self._advance(t)
         tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
-        slot = self.slot.reshape(S, R)
-        busy = (slot >= 0) & mask
-        comm = self.is_comm_slot.reshape(S, R)
-        done_c = busy & ~comm & (self.rem.reshape(S, R) <= self.rate.reshape(S, R) * tol)
-        done_m = busy & comm & (self.lat_end.reshape(S, R) - t <= tol)
+        done_c = (self.cop >= 0) & mask & (self.rem <= self.rate * tol)
+        done_m = (self.mop >= 0) & mask & (self.lat_end - t <= tol)
         for k in range(self.K):
-            done_m &= self.left[k].reshape(S, R) <= self.bw[k] * tol
+            done_m &= self.left[k] <= self.bw[k] * tol
         pc = np.flatnonzero(done_c)
         pm = np.flatnonzero(done_m)
         if not (pc.size or pm.size):
             return False
+        free = self.free.reshape(-1)
         if pc.size:
-            ops = self.slot[pc]
-            self.slot[pc] = -1
+            cop = self.cop.reshape(-1)
+            ops = cop[pc]
+            cop[pc] = -1
             r = pc % R
+            free[self.c_stream[pc // R] * R + r] = True
             self._complete(r, ops, t[r])
         if pm.size:
-            self.part_done_f[self.slot[pm] * R + pm % R] = True
-            self.slot[pm] = -1
-            self.smv[pm] = 0.0
+            mop = self.mop.reshape(-1)
+            r = pm % R
+            self.part_done.reshape(-1)[mop[pm] * R + r] = True
+            mop[pm] = -1
+            self.smv.reshape(-1)[pm] = 0.0
+            free[self.m_stream[pm // R] * R + r] = True
         return True
 
     def _close(self, h: float) -> bool:
@@ -266,28 +284,29 @@ class RankArrays:
             return
         pair = self.stream[ops] * self.R + ranks
         keys = self.key[ops]
+        rqn = self.rqn.reshape(-1)
         while True:                        # a queue gaining two ops: one per pass
             one = True if distinct else self._once(pair)
             every = distinct or bool(one.all())
             p, k = (pair, keys) if every else (pair[one], keys[one])
-            pos = self.rqn[p]
-            top = int(pos.max())
-            if top >= self.C:
+            pos = rqn[p]
+            if int(pos.max()) >= self.C:
                 self.rq = np.concatenate([self.rq, np.full_like(self.rq, BIG)])
                 self.C *= 2
-            self.rq.reshape(-1)[pos * self.SR + p] = k
-            self.rqn[p] = pos + 1
+            self.rq.reshape(-1)[pos * (self.S * self.R) + p] = k
+            rqn[p] = pos + 1
             if every:
                 return
             pair, keys = pair[~one], keys[~one]
 
     def _dispatch(self, mask: np.ndarray, t: np.ndarray) -> None:
-        """Each idle stream of each rank in `mask` starts its lowest-priority ready op."""
-        S, R, SR = self.S, self.R, self.SR
-        p = np.flatnonzero((self.slot.reshape(S, R) < 0) & (self.rqn.reshape(S, R) > 0) & mask)
+        """Each free stream of each rank in `mask` starts its lowest-priority ready op."""
+        R, SR = self.R, self.S * self.R
+        p = np.flatnonzero(self.free & (self.rqn > 0) & mask)
         if not p.size:
             return
-        count = self.rqn[p]
+        rqn = self.rqn.reshape(-1)
+        count = rqn[p]
         rq = self.rq.reshape(-1)
         deepest = int(count.max())
         at = p if deepest == 1 else self.rq[:deepest, p].argmin(axis=0) * SR + p
@@ -295,50 +314,58 @@ class RankArrays:
         last = (count - 1) * SR + p
         rq[at] = rq[last]
         rq[last] = BIG
-        self.rqn[p] = count - 1
-        r = p % R
+        rqn[p] = count - 1
+        self.free.reshape(-1)[p] = False
+        s, r = p // R, p % R
         now = t[r]
         self.start_f[r * self.n + ops] = now
-        self.slot[p] = ops
         comm = self.is_comm[ops]
-        self.is_comm_slot[p] = comm
-        self.rate[p] = 0.0                    # set by the reschedule that follows
-        self.rem[p] = np.where(comm, 0.0, self.work_f[ops * R + r])
+        if not comm.all():
+            c = ~comm
+            rc, oc = r[c], ops[c]
+            at = self.crow[s[c]] * R + rc
+            self.cop.reshape(-1)[at] = oc
+            self.rem.reshape(-1)[at] = self.work_f[oc * R + rc]
         if comm.any():
-            pc, rc, om = p[comm], r[comm], ops[comm]
-            c = self.ci[om] * R + rc
-            self.lat_end[pc] = now[comm] + self.lat_f[c]
+            rm, om = r[comm], ops[comm]
+            at = self.mrow[s[comm]] * R + rm
+            d = self.ci[om] * R + rm
+            self.mop.reshape(-1)[at] = om
+            self.lat_end.reshape(-1)[at] = now[comm] + self.lat_f[d]
             for k in range(self.K):
-                self.left[k, pc] = self.nbytes[k].reshape(-1)[c]
-            self.smv[pc] = self.cm_sm_f[c]
+                self.left[k].reshape(-1)[at] = self.nbytes[k].reshape(-1)[d]
+            self.smv.reshape(-1)[at] = self.cm_sm_f[d]
             self.open.update(om.tolist())
 
     def _reschedule(self, mask: np.ndarray, t: np.ndarray) -> None:
         """Rates of what each rank in `mask` runs, and its next event (core._reschedule)."""
-        S, R = self.S, self.R
         tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
-        busy = self.slot.reshape(S, R) >= 0
-        is_comm = self.is_comm_slot.reshape(S, R)
-        comm = busy & is_comm
-        comp = busy & ~is_comm
-        taken = self.smv.reshape(S, R).max(axis=0)     # 0 but where a collective runs
-        lat_left = self.lat_end.reshape(S, R) - t
+        comp = self.cop >= 0
+        comm = self.mop >= 0
+        taken = _rows(self.smv, np.max)       # 0 but where a collective runs
+        lat_left = self.lat_end - t
         moving = comm & (lat_left <= tol)
         h = np.where(comm, lat_left, INF)
-        lrate = np.zeros((self.K, S, R))
+        lrate = self.lrate_new
+        lrate.fill(0.0)
         if moving.any():
-            h_links = np.zeros((S, R))
+            h_links = np.zeros_like(h)
             for k in range(self.K):
-                left = self.left[k].reshape(S, R)
+                left = self.left[k]
                 flowing = moving & (left > self.bw[k] * tol)
-                v = self.bw[k] / flowing.sum(axis=0)
+                v = self.bw[k] / _rows(flowing, np.sum)     # flows sharing the link
                 np.copyto(lrate[k], v, where=flowing)
                 np.maximum(h_links, np.where(flowing, left / v, 0.0), out=h_links)
             np.copyto(h, h_links, where=moving)
         compute_rate = 1.0 - taken
-        np.copyto(h, self.rem.reshape(S, R) / compute_rate, where=comp)
-        horizon = h.min(axis=0)
+        horizon = np.minimum(_rows(h, np.min),
+                             _rows(np.where(comp, self.rem / compute_rate, INF), np.min))
         np.maximum(horizon, 0.0, out=horizon)
-        np.copyto(self.rate.reshape(S, R), compute_rate, where=comp & mask)
-        np.copyto(self.lrate.reshape(self.K, S, R), lrate, where=mask)
+        np.copyto(self.rate, compute_rate, where=comp & mask)
+        np.copyto(self.lrate, lrate, where=mask)
         np.copyto(self.next_t, t + horizon, where=mask)        # nothing to run: INF
+
+
+def _rows(a: np.ndarray, reduce) -> np.ndarray:
+    """`reduce` over the rows of `a` (one row: the row itself, as numpy's reduce gives)."""
+    return a[0] if a.shape[0] == 1 else reduce(a, axis=0)
