@@ -73,10 +73,11 @@ class RankArrays:
             self.succ[i, :len(ss)] = ss
         # one compute completion per rank at a time (collectives complete on their own, at a
         # close) and each op's successors distinct: no (rank, successor) pair repeats in one
-        # completion; `spread`: and on distinct streams, so no (stream, rank) queue gains two
+        # completion; and none of the ops completing `crowded` (successors sharing a stream):
+        # no (stream, rank) queue gains two ops
         self.plain = len(comp_streams) <= 1 and all(len(set(ss)) == len(ss) for ss in plan.succs)
-        self.spread = self.plain and all(len({plan.streams[x] for x in ss}) == len(ss)
-                                         for ss in plan.succs)
+        self.crowded = np.array([len({plan.streams[x] for x in ss}) < len(ss)
+                                 for ss in plan.succs], dtype=bool)
         self._state()
 
     def _state(self) -> None:
@@ -101,7 +102,7 @@ class RankArrays:
         self.smv = np.zeros((Sm, R))                          # the SM share it takes
         self.left = np.zeros((K, Sm, R))                      # its bytes left per link
         self.lrate = np.zeros((K, Sm, R))                     # its rate per link
-        self.lrate_new = np.zeros((K, Sm, R))                 # scratch: the rates rescheduled
+        self.no_rates = np.zeros((K, Sm, R))                  # no collective moving bytes
         self.last_t = np.zeros(R)
         self.next_t = np.full(R, INF)
         self.part_done = np.zeros((n, R), dtype=bool)         # a collective's part finished
@@ -275,7 +276,8 @@ class RankArrays:
         if now_ready.size:
             if not self.plain:
                 now_ready = now_ready[self._once(now_ready)]   # two inputs ending together
-            self._make_ready(now_ready // n1, now_ready % n1, self.spread)
+            self._make_ready(now_ready // n1, now_ready % n1,
+                             self.plain and not self.crowded[ops].any())
 
     def _make_ready(self, ranks: np.ndarray, ops: np.ndarray, distinct: bool = False) -> None:
         """Queue op ops[j] on its stream of rank ranks[j] (`distinct`: no (stream, rank) pair
@@ -346,17 +348,16 @@ class RankArrays:
         lat_left = self.lat_end - t
         moving = comm & (lat_left <= tol)
         h = np.where(comm, lat_left, INF)
-        lrate = self.lrate_new
-        lrate.fill(0.0)
         if moving.any():
-            h_links = np.zeros_like(h)
-            for k in range(self.K):
-                left = self.left[k]
-                flowing = moving & (left > self.bw[k] * tol)
-                v = self.bw[k] / _rows(flowing, np.sum)     # flows sharing the link
-                np.copyto(lrate[k], v, where=flowing)
-                np.maximum(h_links, np.where(flowing, left / v, 0.0), out=h_links)
-            np.copyto(h, h_links, where=moving)
+            bw = self.bw[:, None, None]                                   # [K, 1, 1]
+            flowing = moving & (self.left > bw * tol)                     # [K, Sm, R]
+            flows = flowing if self.Sm == 1 else flowing.sum(axis=1, keepdims=True)
+            v = bw / flows                                                # sharing the link
+            lrate = np.where(flowing, v, 0.0)
+            np.copyto(h, np.where(flowing, self.left / v, 0.0).max(axis=0, initial=0.0),
+                      where=moving)
+        else:
+            lrate = self.no_rates
         compute_rate = 1.0 - taken
         horizon = np.minimum(_rows(h, np.min),
                              _rows(np.where(comp, self.rem / compute_rate, INF), np.min))
