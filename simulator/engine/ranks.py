@@ -52,8 +52,8 @@ class RankArrays:
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
         self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
         # a stream's row among the compute slots and among the collective slots (-1: none)
-        comp_streams = sorted({int(s) for s, c in zip(self.stream, self.is_comm) if not c})
-        comm_streams = sorted({int(s) for s, c in zip(self.stream, self.is_comm) if c})
+        comp_streams = np.unique(self.stream[~self.is_comm]).tolist()
+        comm_streams = np.unique(self.stream[self.is_comm]).tolist()
         self.Sc, self.Sm = max(1, len(comp_streams)), max(1, len(comm_streams))
         self.crow = np.full(S, -1, dtype=np.int64)
         self.crow[comp_streams] = np.arange(len(comp_streams))
@@ -106,6 +106,12 @@ class RankArrays:
         self.last_t = np.zeros(R)
         self.next_t = np.full(R, INF)
         self.part_done = np.zeros((n, R), dtype=bool)         # a collective's part finished
+        # flat views (the arrays above are only ever written in place)
+        self.free_f, self.rqn_f = self.free.reshape(-1), self.rqn.reshape(-1)
+        self.cop_f, self.rem_f = self.cop.reshape(-1), self.rem.reshape(-1)
+        self.mop_f, self.lat_end_f = self.mop.reshape(-1), self.lat_end.reshape(-1)
+        self.smv_f, self.left_f = self.smv.reshape(-1), self.left.reshape(K, Sm * R)
+        self.part_done_f = self.part_done.reshape(-1)
         self.closed = np.zeros(n, dtype=bool)
         self.open: set[int] = set()                           # collectives some rank started
         self.ranks = np.arange(R)
@@ -149,6 +155,7 @@ class RankArrays:
             pick = by_rank % len(lat)
             self.lat[c], self.cm_sm[c], self.nbytes[:, c] = lat[pick], share[pick], b[:, pick]
         self.lat_f, self.cm_sm_f = self.lat.reshape(-1), self.cm_sm.reshape(-1)   # c * R + rank
+        self.nbytes_f = self.nbytes.reshape(self.K, nc * R)
 
     # -- public -----------------------------------------------------------------------------
     def run(self) -> tuple[np.ndarray, np.ndarray]:
@@ -226,22 +233,23 @@ class RankArrays:
         pm = np.flatnonzero(done_m)
         if not (pc.size or pm.size):
             return False
-        free = self.free.reshape(-1)
         if pc.size:
-            cop = self.cop.reshape(-1)
-            ops = cop[pc]
-            cop[pc] = -1
+            ops = self.cop_f[pc]
+            self.cop_f[pc] = -1
             r = pc % R
-            free[self.c_stream[pc // R] * R + r] = True
+            self.free_f[self._stream_of(self.c_stream, pc) * R + r] = True
             self._complete(r, ops, t[r])
         if pm.size:
-            mop = self.mop.reshape(-1)
             r = pm % R
-            self.part_done.reshape(-1)[mop[pm] * R + r] = True
-            mop[pm] = -1
-            self.smv.reshape(-1)[pm] = 0.0
-            free[self.m_stream[pm // R] * R + r] = True
+            self.part_done_f[self.mop_f[pm] * R + r] = True
+            self.mop_f[pm] = -1
+            self.smv_f[pm] = 0.0
+            self.free_f[self._stream_of(self.m_stream, pm) * R + r] = True
         return True
+
+    def _stream_of(self, streams: np.ndarray, at: np.ndarray) -> np.ndarray | int:
+        """The stream of each slot `at` (row * R + rank) among rows of `streams`."""
+        return int(streams[0]) if streams.size == 1 else streams[at // self.R]
 
     def _close(self, h: float) -> bool:
         """Close every open collective whose parts are all finished, at instant h: it ends on
@@ -286,7 +294,7 @@ class RankArrays:
             return
         pair = self.stream[ops] * self.R + ranks
         keys = self.key[ops]
-        rqn = self.rqn.reshape(-1)
+        rqn = self.rqn_f
         while True:                        # a queue gaining two ops: one per pass
             one = True if distinct else self._once(pair)
             every = distinct or bool(one.all())
@@ -307,8 +315,7 @@ class RankArrays:
         p = np.flatnonzero(self.free & (self.rqn > 0) & mask)
         if not p.size:
             return
-        rqn = self.rqn.reshape(-1)
-        count = rqn[p]
+        count = self.rqn_f[p]
         rq = self.rq.reshape(-1)
         deepest = int(count.max())
         at = p if deepest == 1 else self.rq[:deepest, p].argmin(axis=0) * SR + p
@@ -316,28 +323,39 @@ class RankArrays:
         last = (count - 1) * SR + p
         rq[at] = rq[last]
         rq[last] = BIG
-        rqn[p] = count - 1
-        self.free.reshape(-1)[p] = False
-        s, r = p // R, p % R
+        self.rqn_f[p] = count - 1
+        self.free_f[p] = False
+        r = p % R
         now = t[r]
         self.start_f[r * self.n + ops] = now
         comm = self.is_comm[ops]
-        if not comm.all():
+        n_comm = int(np.count_nonzero(comm))
+        if n_comm < ops.size:
             c = ~comm
-            rc, oc = r[c], ops[c]
-            at = self.crow[s[c]] * R + rc
-            self.cop.reshape(-1)[at] = oc
-            self.rem.reshape(-1)[at] = self.work_f[oc * R + rc]
-        if comm.any():
-            rm, om = r[comm], ops[comm]
-            at = self.mrow[s[comm]] * R + rm
-            d = self.ci[om] * R + rm
-            self.mop.reshape(-1)[at] = om
-            self.lat_end.reshape(-1)[at] = now[comm] + self.lat_f[d]
-            for k in range(self.K):
-                self.left[k].reshape(-1)[at] = self.nbytes[k].reshape(-1)[d]
-            self.smv.reshape(-1)[at] = self.cm_sm_f[d]
-            self.open.update(om.tolist())
+            sel = (p, r, ops) if n_comm == 0 else (p[c], r[c], ops[c])
+            self._start_compute(*sel)
+        if n_comm:
+            sel = (p, r, ops, now) if n_comm == ops.size else (p[comm], r[comm], ops[comm],
+                                                                now[comm])
+            self._start_comm(*sel)
+
+    def _start_compute(self, p: np.ndarray, r: np.ndarray, ops: np.ndarray) -> None:
+        """Compute ops `ops` take their stream's compute slot on ranks r (pairs p)."""
+        at = r if self.Sc == 1 else self.crow[p // self.R] * self.R + r
+        self.cop_f[at] = ops
+        self.rem_f[at] = self.work_f[ops * self.R + r]
+
+    def _start_comm(self, p: np.ndarray, r: np.ndarray, ops: np.ndarray,
+                    now: np.ndarray) -> None:
+        """Collectives `ops` take their stream's collective slot on ranks r (pairs p)."""
+        R = self.R
+        at = r if self.Sm == 1 else self.mrow[p // R] * R + r
+        d = self.ci[ops] * R + r
+        self.mop_f[at] = ops
+        self.lat_end_f[at] = now + self.lat_f[d]
+        self.left_f[:, at] = self.nbytes_f[:, d]
+        self.smv_f[at] = self.cm_sm_f[d]
+        self.open.update(ops.tolist())
 
     def _reschedule(self, mask: np.ndarray, t: np.ndarray) -> None:
         """Rates of what each rank in `mask` runs, and its next event (core._reschedule)."""
