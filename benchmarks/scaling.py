@@ -97,8 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller ranges")
-    ap.add_argument("--max-ranks", type=int, default=256,
-                    help="largest rank count of the tbo row (1024: ~2 minutes more)")
+    ap.add_argument("--max-ranks", type=int, default=1024,
+                    help="largest rank count of the tbo row")
     args = ap.parse_args()
     q = args.quick
     tbo_ranks = [n for n in (8, 16, 32, 64, 128, 256, 512, 1024) if n <= args.max_ranks]
