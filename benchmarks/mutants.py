@@ -96,6 +96,8 @@ MUTANTS: list[Mutant] = [
     Mutant(E, "streams pick before the other ranks' completions and closes at their instant",
            "        if self.n_ranks == 1:              # no other rank can finish at this instant",
            "        if True:"),
+    Mutant(E, "a rank picks at once though other wake-ups are due at its instant",
+           "if self.env.peek() > self.env.now:", "if True:"),
     # -- the engine over arrays of ranks ---------------------------------------------------------
     Mutant(RK, "events at the horizon instant run one rank at a time, before its closes",
            "mask = self.next_t < h", "mask = self.next_t <= h", quick=True),

@@ -82,6 +82,7 @@ class Engine:
         self.wake_at = [-1.0] * n_ranks
         self.group_done = [0] * n
         self.dirty: set[int] = set()       # ranks to dispatch and reschedule at this instant
+        self.settle_queued = False
         self._stall_t = -1.0
         self._stalls = 0
 
@@ -235,17 +236,22 @@ class Engine:
             self._dispatch_streams(r)
             self._reschedule(r)
             return
-        self._touch(r)
-
-    def _touch(self, r: int) -> None:
-        """Rank r picks its next ops once this instant's wake-ups are all processed."""
-        if not self.dirty:
-            self.env.timeout(0).callbacks.append(self._settle)
         self.dirty.add(r)
+        self._settle_when_instant_ends()
+
+    def _settle_when_instant_ends(self) -> None:
+        """Let the touched ranks pick their next ops once nothing else happens at this instant:
+        now, when no other event is due at it (the common case: one wake-up per instant),
+        else in an event queued behind those due (they were all scheduled before it)."""
+        if self.env.peek() > self.env.now:
+            self._settle(None)
+        elif not self.settle_queued:
+            self.settle_queued = True
+            self.env.timeout(0).callbacks.append(self._settle)
 
     def _settle(self, _event: object) -> None:
-        """The end of an instant: every rank touched at it dispatches and reschedules (the
-        wake-ups at this instant were all scheduled before this event, so ran first)."""
+        """The end of an instant: every rank touched at it dispatches and reschedules."""
+        self.settle_queued = False
         now = self.env.now
         ranks, self.dirty = sorted(self.dirty), set()
         for r in ranks:
@@ -278,7 +284,7 @@ class Engine:
         if self.group_done[i] == self.n_ranks:       # the slowest rank closes the collective
             for rr in range(self.n_ranks):
                 self._complete(rr, i, now)
-                self._touch(rr)
+                self.dirty.add(rr)
 
     def _complete(self, r: int, i: int, now: float) -> None:
         self.end[r][i] = now
