@@ -112,7 +112,6 @@ class RankArrays:
         self.mop_f, self.lat_end_f = self.mop.reshape(-1), self.lat_end.reshape(-1)
         self.smv_f, self.left_f = self.smv.reshape(-1), self.left.reshape(K, Sm * R)
         self.part_done_f = self.part_done.reshape(-1)
-        self.closed = np.zeros(n, dtype=bool)
         self.open: set[int] = set()                           # collectives some rank started
         self.ranks = np.arange(R)
 
@@ -257,7 +256,6 @@ class RankArrays:
         shut = [c for c in self.open if self.part_done[c].all()]
         for c in shut:
             self.open.discard(c)
-            self.closed[c] = True
             self.end[:, c] = h
             self._complete(self.ranks, np.full(self.R, c), None)
         return bool(shut)
