@@ -25,7 +25,7 @@ KEEPS = (7, 15)     # body layers a truncated pass keeps: first try, then a long
                     # a body still settling (converging, not yet exact, in the first)
 SUFFIX = 3          # last body layers taken from the truncated run's end (they see the tail)
 CHECKED = 3         # body layers, just before those, that must repeat exactly, shifted ...
-RTOL = 1e-9         # ... to this fraction of the step
+RTOL = 1e-9         # ... to this fraction of the latest time among them
 SPARE = 4           # fewer identical layers than keep + SPARE: truncating saves too little
 SETTLING = 0.5      # settling: each checked layer deviates from a common shift by less than
                     # this fraction of the layer before it (a deviation that holds, or shrinks
@@ -66,19 +66,22 @@ def extend(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, run: Run
     """Run `plan`, a pass truncated to body layers lo..lo+keep-1 and its tail (`layers[i]`: op
     i's layer; the tail's are n_layers and up), and lay out the pass of n_layers layers; or
     NotRepeating when its body layers are not copies or do not repeat."""
-    cut = lo + keep
-    members = _members(plan, layers, lo, cut, n_layers)
-    if members is None:
+    idx = checked(plan, layers, lo, n_layers, keep)
+    if idx is None:
         return NotRepeating()
     start, end = run(plan)
     st, en = np.asarray(start), np.asarray(end)
-    first = keep - SUFFIX - CHECKED               # body layers [first, keep - SUFFIX) checked
-    idx = np.array([members[lo + j] for j in range(first, keep - SUFFIX)])
-    period = _period(st, en, idx)
-    if period is None:
-        spread = [max(float(np.ptp(arr[:, b] - arr[:, a])) for arr in (st, en))
-                  for a, b in zip(idx[:-1], idx[1:])]
-        return NotRepeating(all(y < SETTLING * x for x, y in zip(spread, spread[1:])))
+    period = verdict(st, en, idx)
+    if isinstance(period, NotRepeating):
+        return period
+    return lay_out(layers, lo, n_layers, keep, st, en, period)
+
+
+def lay_out(layers: list[int], lo: int, n_layers: int, keep: int, st: np.ndarray,
+            en: np.ndarray, period: float) -> Extended:
+    """The whole pass from a run (start `st`, end `en` [rank, op]) of the pass truncated to
+    `keep` body layers from `lo`, whose checked layers repeat every `period` seconds."""
+    cut = lo + keep
     drop = n_layers - cut                     # body layers the truncated pass left out
     ref = cut - SUFFIX - 1                    # the last layer the tail cannot reach
     src: list[int] = []
@@ -113,6 +116,28 @@ def extend(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, run: Run
     idx = np.array(src, dtype=np.int64)
     by = np.array(shift) * period
     return Extended(src, out_layer, st[:, idx] + by, en[:, idx] + by)
+
+
+def checked(plan: StreamPlan, layers: list[int], lo: int, n_layers: int, keep: int = KEEP
+            ) -> np.ndarray | None:
+    """The ops whose repeat decides whether a pass truncated to `keep` body layers extends,
+    [checked layer, op of the layer]; None when its body layers are not copies."""
+    members = _members(plan, layers, lo, lo + keep, n_layers)
+    if members is None:
+        return None
+    first = keep - SUFFIX - CHECKED               # body layers [first, keep - SUFFIX) checked
+    return np.array([members[lo + j] for j in range(first, keep - SUFFIX)])
+
+
+def verdict(start: np.ndarray, end: np.ndarray, idx: np.ndarray) -> float | NotRepeating:
+    """The period of the checked ops `idx` ([layer, op]) in a run's start and end [rank, op],
+    or NotRepeating; reads only those ops (a run holding them, ended, judges alike)."""
+    period = _period(start, end, idx)
+    if period is not None:
+        return period
+    spread = [max(float(np.ptp(arr[:, b] - arr[:, a])) for arr in (start, end))
+              for a, b in zip(idx[:-1], idx[1:])]
+    return NotRepeating(all(y < SETTLING * x for x, y in zip(spread, spread[1:])))
 
 
 def _members(plan: StreamPlan, layers: list[int], lo: int, cut: int, n_layers: int
@@ -151,8 +176,9 @@ def _members(plan: StreamPlan, layers: list[int], lo: int, cut: int, n_layers: i
 
 def _period(start: np.ndarray, end: np.ndarray, idx: np.ndarray) -> float | None:
     """The common shift between consecutive checked layers (`idx`: [layer, op of the layer];
-    all ranks, all ops, starts and ends), or None when they do not repeat."""
-    span = float(end.max()) if end.size else 0.0
+    all ranks, all ops, starts and ends), or None when they do not repeat; to RTOL of the
+    latest end among them (the float spacing of the times compared)."""
+    span = float(end[:, idx].max()) if idx.size else 0.0
     tol = RTOL * max(span, 1e-30)
     shifts = []
     for a, b in zip(idx[:-1], idx[1:]):

@@ -44,9 +44,10 @@ class RankArrays:
                  comm_sm_fraction: float, n_ranks: int) -> None:
         check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
         self.p = plan
+        self.bw_in, self.sm_in = bandwidth_Bps, comm_sm_fraction
         n, R = len(plan.names), n_ranks
         self.n, self.R = n, R
-        names = list(dict.fromkeys(plan.streams))
+        self.stream_names = names = list(dict.fromkeys(plan.streams))
         self.S = S = len(names)
         self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
@@ -114,6 +115,9 @@ class RankArrays:
         self.part_done_f = self.part_done.reshape(-1)
         self.open: set[int] = set()                           # collectives some rank started
         self.ranks = np.arange(R)
+        self.begun = False                                    # roots queued, first dispatch
+        self.watch = np.zeros(n, dtype=bool)                  # ops `run` waits for
+        self.watch_left = -1
 
     def _work_and_demands(self, plan: StreamPlan, bw: dict[str, float], sm: float) -> None:
         """Per (op, rank): compute seconds; per (collective, rank): latency, SM share, bytes."""
@@ -157,23 +161,68 @@ class RankArrays:
         self.nbytes_f = self.nbytes.reshape(self.K, nc * R)
 
     # -- public -----------------------------------------------------------------------------
-    def run(self) -> tuple[np.ndarray, np.ndarray]:
-        """Simulate to completion; returns (start, end) indexed [rank, op]."""
-        roots = np.flatnonzero(self.waiting[:self.n] == 0)
-        self._make_ready(np.repeat(self.ranks, len(roots)), np.tile(roots, self.R))
+    def run(self, until: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Simulate to completion, or only until the ops `until` have ended on every rank (a
+        later call goes on from there); returns (start, end) indexed [rank, op], -1 where an
+        op has not started or ended yet."""
+        self.watch[:] = False
+        self.watch_left = -1                       # (rank, watched op) pairs yet to end
+        if until is not None:
+            self.watch[until] = True
+            self.watch_left = int(np.count_nonzero(self.end[:, self.watch] < 0))
+            if not self.watch_left:
+                return self.start, self.end
         everyone, zero = np.ones(self.R, dtype=bool), np.zeros(self.R)
         with np.errstate(divide="ignore", invalid="ignore"):   # x/0 only where masked out
-            self._dispatch(everyone, zero)
-            self._reschedule(everyone, zero)
+            if not self.begun:
+                self.begun = True
+                roots = np.flatnonzero(self.waiting[:self.n] == 0)
+                self._make_ready(np.repeat(self.ranks, len(roots)), np.tile(roots, self.R))
+                self._dispatch(everyone, zero)
+                self._reschedule(everyone, zero)
             self._loop(everyone)
-        if (self.end[0] < 0).any():
+        if until is None and (self.end[0] < 0).any():
             missing = [self.p.names[i] for i in np.flatnonzero(self.end[0] < 0)]
             running = np.concatenate([self.cop.ravel(), self.mop.ravel()])
             raise stuck_error(missing, sorted({self.p.names[i] for i in running if i >= 0}))
         return self.start, self.end
 
+    def carried_to(self, plan: StreamPlan, same: np.ndarray) -> RankArrays | None:
+        """An engine for `plan` standing where this one stands, `same[i]` being op i's op in
+        `plan` (-1: none); for a plan whose ops so far ran alike (engine/shared_prefix.py).
+        None when the two lay out their streams or links apart (then run `plan` afresh)."""
+        b = RankArrays(plan, self.bw_in, self.sm_in, self.R)
+        if (b.stream_names, b.links, b.Sc, b.Sm) != (self.stream_names, self.links, self.Sc,
+                                                     self.Sm) \
+                or not (np.array_equal(b.crow, self.crow) and np.array_equal(b.mrow, self.mrow)):
+            return None
+        mine = np.flatnonzero(same >= 0)
+        theirs = same[mine]
+        b.start[:, theirs] = self.start[:, mine]
+        b.end[:, theirs] = self.end[:, mine]
+        b.part_done[theirs] = self.part_done[mine]
+        width = max(1, max(len(ps) for ps in plan.preds))     # inputs not ended, per rank
+        preds = np.full((b.n, width), b.n, dtype=np.int64)   # padded: column n, ended
+        for i, ps in enumerate(plan.preds):
+            preds[i, :len(ps)] = ps
+        ended = np.concatenate([b.end >= 0, np.ones((b.R, 1), dtype=bool)], axis=1)
+        b.waiting.reshape(b.R, b.n + 1)[:, :b.n] = (~ended[:, preds]).sum(axis=2)
+        key = np.full(self.n + 1, BIG, dtype=np.int64)      # this engine's keys -> b's
+        key[:self.n] = np.where(same[self.op_of_key] >= 0,
+                                b.key[np.maximum(same[self.op_of_key], 0)], BIG)
+        b.rq = np.where(self.rq == BIG, BIG, key[np.minimum(self.rq, self.n)])
+        b.C = self.C
+        for mine_a, theirs_a in ((self.cop, b.cop), (self.mop, b.mop)):
+            theirs_a[...] = np.where(mine_a >= 0, same[mine_a], -1)
+        for name in ("rqn", "free", "rem", "rate", "lat_end", "smv", "left", "lrate",
+                     "last_t", "next_t"):
+            getattr(b, name)[...] = getattr(self, name)
+        b.open = {int(same[c]) for c in self.open}
+        b.begun = True
+        return b
+
     def _loop(self, everyone: np.ndarray) -> None:
-        """Rounds until nothing is left to run."""
+        """Rounds until nothing is left to run (or the watched ops have all ended)."""
         stall_t, stalls = -1.0, 0
         while True:
             h = self._horizon()
@@ -191,6 +240,8 @@ class RankArrays:
                 self._advance(t)
             self._dispatch(mask, t)
             self._reschedule(mask, t)
+            if not self.watch_left:
+                return
             if finished or closed or h != stall_t:
                 stall_t, stalls = h, 0
             else:
@@ -271,6 +322,8 @@ class RankArrays:
         there lose an input."""
         if t is not None:
             self.end_f[ranks * self.n + ops] = t
+        if self.watch_left > 0:
+            self.watch_left -= int(np.count_nonzero(self.watch[ops]))
         n1 = self.n + 1
         flat = ((ranks * n1)[:, None] + self.succ[ops]).reshape(-1)
         w = self.waiting

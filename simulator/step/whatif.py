@@ -1,14 +1,15 @@
 """Run one workload: resolve it, build the step graph, schedule it, simulate it, measure it."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 
-from simulator.engine.ranks import run_ranks
+from simulator.engine.ranks import MIN_RANKS, run_ranks
 from simulator.engine.periodic import KEEPS, NotRepeating, extend, truncated_layers
+from simulator.engine.shared_prefix import try_truncated
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
@@ -74,29 +75,58 @@ class _Ran:
 def _simulate(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool) -> StepResult:
     n = r.model.num_layers
     lo = copies_from(r.model)
+    keeps = [k for k in KEEPS if truncated_layers(lo, n, k) is not None] \
+        if w.phase != "train_bwd" else []
+    made: list[_Priced] = []
+
+    def whole() -> _Priced:                # the whole pass, priced once
+        if not made:
+            made.append(_priced(w, schedule, policy, r, per_rank, None))
+        return made[0]
     with collecting() as caught:
         ran = None
-        for keep in KEEPS if w.phase != "train_bwd" else ():
-            if truncated_layers(lo, n, keep) is None:
-                break
-            out = _run(w, schedule, policy, r, per_rank, (lo, keep))
+        for keep in keeps:
+            out = _run(_priced(w, schedule, policy, r, per_rank, (lo, keep)), (lo, keep), n,
+                       whole)
             if isinstance(out, _Ran):
                 ran = out
                 break
             if not out.settling:           # a longer truncated pass would not repeat either
                 break
         if ran is None:                    # the whole pass
-            ran = _run(w, schedule, policy, r, per_rank, None)
+            ran = _run(whole(), None, n, whole)
     tl = Timeline(ran.ops, ran.streams, ran.start, ran.end, ran.standalone)
     notes = list(r.notes) + sorted(set(caught))
     return measure(r, schedule, tl, notes, ran.traffic, ran.demands)
 
 
-def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
-         truncate: tuple[int, int] | None) -> _Ran | NotRepeating:
-    """Build, price, schedule and run the pass; `truncate` = (first body layer, body layers
-    to keep): run those and extend them to the whole pass (engine/periodic.py), or say why
-    not (NotRepeating)."""
+@dataclass
+class _Priced:
+    """A pass built, priced and scheduled, ready to run: its plan, ops and layers in plan
+    order, and what running and measuring it need."""
+
+    plan: StreamPlan
+    ops: list[Op]
+    layers: list[int]
+    durations: dict[str, float]
+    demands: dict[str, CommDemand]
+    traffic: dict[int, EPTraffic]
+    bw: dict[str, float]
+    sm: float
+    n_ranks: int
+
+    def ran(self, start: np.ndarray, end: np.ndarray) -> _Ran:
+        """The pass run whole, with this timeline."""
+        names = self.plan.names
+        return _Ran(self.ops, self.plan.streams, np.asarray(start), np.asarray(end),
+                    [self.durations[n] for n in names], self.traffic,
+                    [self.demands.get(n) for n in names])
+
+
+def _priced(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
+            truncate: tuple[int, int] | None) -> _Priced:
+    """Build, price and schedule the pass (`truncate` = (first body layer, body layers to
+    keep): only those body layers, and the tail)."""
     prof, plan = r.profile, w.plan
     g = build_step_graph(r, schedule, sum(truncate) if truncate else None)
     traffic = _traffic(r, schedule)
@@ -146,22 +176,35 @@ def _run(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
         sp.rank_comm = {index[n]: v for n, v in rank_comm.items()}
         sp.rank_compute_s = {index[n]: v for n, v in rank_compute.items()}
     n_ranks = plan.gpus // plan.pp if per_rank else 1
-    sm = prof.comm_sm_fraction.value
-
-    def run(p: StreamPlan) -> tuple[np.ndarray, np.ndarray]:
-        return run_ranks(p, bw, sm, n_ranks)
     ops = [g.nodes[n]["op"] for n in sp.names]
+    return _Priced(sp, ops, [op.layer for op in ops], durations, demands, traffic, bw,
+                   prof.comm_sm_fraction.value, n_ranks)
+
+
+def _run(p: _Priced, truncate: tuple[int, int] | None, n_layers: int,
+         whole: Callable[[], _Priced]) -> _Ran | NotRepeating:
+    """Run the pass; truncated (`truncate` as for _priced): extend it to the whole pass of
+    `n_layers` layers (engine/periodic.py), or say why not (NotRepeating); on the array
+    engine, a truncated pass that would not repeat goes on as the whole pass (`whole()`,
+    engine/shared_prefix.py)."""
+    def run(plan: StreamPlan) -> tuple[np.ndarray, np.ndarray]:
+        return run_ranks(plan, p.bw, p.sm, p.n_ranks)
     if truncate is None:
-        start, end = run(sp)
-        return _Ran(ops, sp.streams, np.asarray(start), np.asarray(end),
-                    [durations[n] for n in sp.names], traffic, [demands.get(n) for n in sp.names])
-    ext = extend(sp, [op.layer for op in ops], truncate[0], r.model.num_layers, run,
-                 truncate[1])
+        return p.ran(*run(p.plan))
+    lo, keep = truncate
+    if p.n_ranks >= MIN_RANKS:
+        ext = try_truncated(p.plan, p.layers, lo, n_layers, keep, p.bw, p.sm, p.n_ranks,
+                            lambda: (whole().plan, whole().layers))
+        if isinstance(ext, tuple):
+            return whole().ran(*ext)
+    else:
+        ext = extend(p.plan, p.layers, lo, n_layers, run, keep)
     if isinstance(ext, NotRepeating):
         return ext
-    return _Ran(LaidOutOps(ops, ext.src, ext.layer), [sp.streams[i] for i in ext.src],
-                ext.start_s, ext.end_s, [durations[sp.names[i]] for i in ext.src], traffic,
-                [demands.get(sp.names[i]) for i in ext.src])
+    sp = p.plan
+    return _Ran(LaidOutOps(p.ops, ext.src, ext.layer), [sp.streams[i] for i in ext.src],
+                ext.start_s, ext.end_s, [p.durations[sp.names[i]] for i in ext.src], p.traffic,
+                [p.demands.get(sp.names[i]) for i in ext.src])
 
 
 def _shape_key(op) -> tuple:
