@@ -131,3 +131,33 @@ def test_identical_ranks_run_identically_when_a_collective_closes_at_an_instant(
         start, end = RankArrays(plan, BW, 0.0, 2).run()
     assert start.tolist() == [[0.0, 1e-6, 0.0]] * 2
     assert end.tolist() == [[0.0, 2e-6, 1e-6]] * 2
+
+
+@pytest.mark.parametrize("field,bad,match", [
+    ("work", float("nan"), "op 'b'.*not a finite"),
+    ("work", -1e-6, "op 'b'.*not a finite"),
+    ("work", 1e12, "op 'b'.*would take"),
+    ("bytes", float("inf"), "op 'c'.*not a finite"),
+    ("link", "pcie", "op 'c'.*no bandwidth"),
+    ("share", 1.0, "op 'c'.*SM fraction"),
+    ("latency", -1.0, "op 'c'.*not a finite")])
+def test_bad_numbers_named_as_the_event_engine_names_them(field, bad, match):
+    """The array engine checks its arrays at once and, on anything unsound (on one rank's
+    work or bytes only), names the op and the fix exactly as core.Engine does."""
+    good = CommDemand(1e-6, {"nic": 1e3}, None)
+    per = [good] * 3
+    work = [1e-6, 2e-6, 3e-6]
+    if field == "work":
+        work = [1e-6, bad, 3e-6]
+    else:
+        odd = {"bytes": CommDemand(1e-6, {"nic": bad}, None),
+               "link": CommDemand(1e-6, {bad: 1e3}, None),
+               "share": CommDemand(1e-6, {"nic": 1e3}, bad),
+               "latency": CommDemand(bad, {"nic": 1e3}, None)}[field]
+        per = [good, odd, good]
+    plan = StreamPlan(["a", "b", "c"], ["compute", "compute", "comm"], [0.0, 1.0, 2.0],
+                      [[], [0], [1]], [1e-6, 2e-6, 0.0], [None, None, good],
+                      rank_compute_s={1: work}, rank_comm={2: per})
+    for make in (lambda: Engine(plan, BW, 0.1, 3), lambda: RankArrays(plan, BW, 0.1, 3)):
+        with pytest.raises(MoesimError, match=match):
+            make()

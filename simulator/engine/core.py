@@ -334,8 +334,10 @@ def _all_sound(plan: StreamPlan, bandwidth_Bps: dict[str, float]) -> bool:
                 and np.isfinite(f).all() and (f >= 0).all() and (f < 1).all())
 
 
-def check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -> None:
-    """Every duration, byte count and rate finite and non-negative; compute keeps some rate."""
+def check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float,
+                 sound: bool | None = None) -> None:
+    """Every duration, byte count and rate finite and non-negative; compute keeps some rate
+    (`sound`: the plan's own numbers already checked at once, by the caller)."""
     def bad(x: float) -> bool:
         return not math.isfinite(x) or x < 0
 
@@ -346,7 +348,7 @@ def check_inputs(plan: StreamPlan, bandwidth_Bps: dict[str, float], sm: float) -
         if bad(v) or v == 0:
             raise MoesimError(f"bandwidth of link '{k}'", f"{v} B/s is not a positive finite "
                               "rate", "give the profile a positive, finite bandwidth")
-    if _all_sound(plan, bandwidth_Bps):
+    if sound if sound is not None else _all_sound(plan, bandwidth_Bps):
         return
     for i, name in enumerate(plan.names):
         times = [plan.compute_s[i], *plan.rank_compute_s.get(i, [])]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.engine.core import (INF, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine,
+from simulator.engine.core import (INF, MAX_OP_S, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine,
                                    check_inputs, stall_error, stuck_error)
 from simulator.engine.streams import StreamPlan
 
@@ -42,7 +42,6 @@ class RankArrays:
 
     def __init__(self, plan: StreamPlan, bandwidth_Bps: dict[str, float],
                  comm_sm_fraction: float, n_ranks: int) -> None:
-        check_inputs(plan, bandwidth_Bps, comm_sm_fraction)
         self.p = plan
         self.bw_in, self.sm_in = bandwidth_Bps, comm_sm_fraction
         n, R = len(plan.names), n_ranks
@@ -52,6 +51,7 @@ class RankArrays:
         self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
         self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
+        check_inputs(plan, bandwidth_Bps, comm_sm_fraction, sound=self._sound())
         # a stream's row among the compute slots and among the collective slots (-1: none)
         comp_streams = np.unique(self.stream[~self.is_comm]).tolist()
         comm_streams = np.unique(self.stream[self.is_comm]).tolist()
@@ -123,11 +123,11 @@ class RankArrays:
         """Per (op, rank): compute seconds; per (collective, rank): latency, SM share, bytes."""
         n, R = self.n, self.R
         demands = [d for d in plan.comm if d is not None]
-        for v in plan.rank_comm.values():
+        for v in {id(v): v for v in plan.rank_comm.values()}.values():   # layers share lists
             demands += v
         self.links = sorted({k for d in demands for k in d.link_bytes})
         self.K = len(self.links)
-        self.bw = np.array([bw[k] for k in self.links])
+        self.bw = np.array([bw.get(k, np.nan) for k in self.links], dtype=float)
         self.work = np.repeat(np.asarray(plan.compute_s, dtype=float)[:, None], R, axis=1)
         by_rank = np.arange(R)
         for i, v in plan.rank_compute_s.items():
@@ -159,6 +159,16 @@ class RankArrays:
             self.lat[c], self.cm_sm[c], self.nbytes[:, c] = lat[pick], share[pick], b[:, pick]
         self.lat_f, self.cm_sm_f = self.lat.reshape(-1), self.cm_sm.reshape(-1)   # c * R + rank
         self.nbytes_f = self.nbytes.reshape(self.K, nc * R)
+
+    def _sound(self) -> bool:
+        """Every duration, byte count and SM share the ranks run finite, non-negative and
+        bounded (core.check_inputs's test, on the arrays built: it names the op when not)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            secs = [self.work, self.lat, self.nbytes / self.bw[:, None, None]]
+        share = self.cm_sm
+        return all(bool(np.isfinite(x).all() and (x >= 0).all() and (x <= MAX_OP_S).all())
+                   for x in secs) and bool(np.isfinite(share).all() and (share >= 0).all()
+                                           and (share < 1).all())
 
     # -- public -----------------------------------------------------------------------------
     def run(self, until: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ the collapsed representative's expert GEMM and all-to-all; per-rank runs use eve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,13 +30,19 @@ class EPTraffic:
     latency_s: float
     combine_ratio: float         # combine bytes / dispatch bytes
     sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
+    _made: dict = field(default_factory=dict, compare=False, repr=False)   # demands() lists
 
     def demands(self, combine: bool, share: float = 1.0,
                 latency_s: float | None = None) -> list[CommDemand]:
         """What each rank's part of the dispatch (or combine) needs, by rank; `share`: a token
         chunk's fraction of the micro-batch; `latency_s`: its start-up latency (default the
-        kernel's; an eager runtime's op pays one per launch)."""
-        return [self.demand(r, combine, share, latency_s) for r in range(self.nvlink_bytes.size)]
+        kernel's; an eager runtime's op pays one per launch). One list per arguments, made
+        once: callers share it and do not change it."""
+        key = (combine, share, latency_s)
+        if key not in self._made:
+            self._made[key] = [self.demand(r, combine, share, latency_s)
+                               for r in range(self.nvlink_bytes.size)]
+        return self._made[key]
 
     def demand(self, rank: int, combine: bool, share: float = 1.0,
                latency_s: float | None = None) -> CommDemand:
