@@ -37,6 +37,7 @@ ST = "simulator/step/result.py"
 RQ = "simulator/serving/ready.py"
 PE = "simulator/engine/periodic.py"
 RK = "simulator/engine/ranks.py"
+SP = "simulator/engine/shared_prefix.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -102,15 +103,17 @@ MUTANTS: list[Mutant] = [
     Mutant(RK, "events at the horizon instant run one rank at a time, before its closes",
            "mask = self.next_t < h", "mask = self.next_t <= h", quick=True),
     Mutant(RK, "ranks touched by a close not brought up to its instant first",
-           "                mask, t = everyone, np.full(self.R, h)\n                self._advance(t)\n",
-           "                mask, t = everyone, np.full(self.R, h)\n"),
+           "                tol = np.maximum(TIME_ATOL, TIME_RTOL * t)\n                self._advance(t)\n",
+           "                tol = np.maximum(TIME_ATOL, TIME_RTOL * t)\n"),
     Mutant(RK, "per-rank compute times ignored",
            "self.work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]",
            "self.work[i] = v[0]"),
     Mutant(RK, "per-rank collective demands ignored", "pick = by_rank % len(lat)",
            "pick = by_rank * 0"),
-    Mutant(RK, "a stream starts its newest ready op, not its lowest-priority one",
-           "self.rq[:deepest, p].argmin(axis=0)", "(count - 1)"),
+    Mutant(RK, "of two ready ops, a stream starts the later in priority order",
+           "at = (two[1] < two[0]) * SR + p", "at = (two[1] > two[0]) * SR + p"),
+    Mutant(RK, "of three or more ready ops, a stream starts the one queued first",
+           ".argmin(axis=0) * SR + p", ".argmin(axis=0) * 0 + p"),
     Mutant(RK, "a collective's part done once its latency is over",
            "            done_m &= self.left[k] <= self.bw[k] * tol\n",
            "            pass\n"),
@@ -121,7 +124,22 @@ MUTANTS: list[Mutant] = [
     Mutant(RK, "a queue gaining two ops at once keeps only one",
            "            pair, keys = pair[~one], keys[~one]\n", "            return\n"),
     Mutant(RK, "successors on one stream taken as spread over streams",
-           "self.plain and not self.crowded[ops].any())", "self.plain)"),
+           "self.plain and not np.count_nonzero(self.crowded[ops]))", "self.plain)"),
+    Mutant(RK, "numbers taken as sound without looking", "        return all(bool(np.isfinite(x)",
+           "        return True or all(bool(np.isfinite(x)"),
+    Mutant(RK, "a carried-over engine keeps the truncated plan's queue keys",
+           "b.rq = np.where(self.rq == BIG, BIG, key[np.minimum(self.rq, self.n)])",
+           "b.rq = self.rq.copy()"),
+    Mutant(RK, "a carried-over engine counts every input as ended",
+           "(~ended[:, preds]).sum(axis=2)", "(~ended[:, preds]).sum(axis=2) * 0"),
+    Mutant(SP, "whole-plan ops beyond the cut never checked for having become ready",
+           "for j in np.flatnonzero(back < 0).tolist():", "for j in []:"),
+    Mutant(SP, "priority order below the cut not compared",
+           "if any(a >= b for a, b in zip(keys, keys[1:])):", "if False:"),
+    Mutant(SP, "inputs from beyond the cut not compared",
+           "if any(same[p] < 0 for p in ps) != any(not theirs[q] for q in qs):", "if False:"),
+    Mutant(SP, "a settling try carried over to the whole pass instead of tried longer",
+           "    if judged.settling:\n        return judged\n", ""),
     # -- schedule -------------------------------------------------------------------------------
     Mutant(S, "ScMoE experts always first in the window",
            "k = _slot_rule(window, durations, t_d, t_c)", "k = 0", quick=True),

@@ -37,7 +37,8 @@ SCHED = ["tests/test_schedules.py", "tests/test_engine.py", "tests/test_engine_p
          "tests/test_physics.py"]
 TESTS: dict[str, list[str]] = {
     "simulator/engine/core.py": ENGINE,
-    "simulator/engine/ranks.py": ["tests/test_engine_ranks.py"],
+    "simulator/engine/ranks.py": ["tests/test_engine_ranks.py", "tests/test_shared_prefix.py"],
+    "simulator/engine/shared_prefix.py": ["tests/test_shared_prefix.py"],
     "simulator/engine/schedule.py": SCHED,
     "simulator/engine/tbo_stages.py": SCHED,
     "simulator/engine/timeline.py": SCHED + ["tests/test_periodic.py"],

@@ -14,11 +14,13 @@ BW, SM, RANKS = {"link": 5e10}, 0.1, 40
 
 def _uneven(plan: StreamPlan, chained: bool) -> StreamPlan:
     """The plan with work and bytes that differ per rank (one list per op for every layer),
-    and (`chained`) each op but the first after the op before it when it had no inputs (a
+    and (`chained`) each op of a layer that had no inputs after the layer's first op (a
     layer's ops wait on the layers before, as a model's do; unchained, a later layer's op
     that waits on nothing may run early in the whole pass: the two runs differ from the
     start, and the whole one runs afresh)."""
-    preds = [ps or ([i - 1] if i and chained else []) for i, ps in enumerate(plan.preds)]
+    first = {name.split(".")[0]: i for i, name in enumerate(plan.names) if name.endswith(".op0")}
+    preds = [ps or ([first[name.split(".")[0]]] if chained and i else [])
+             for i, (name, ps) in enumerate(zip(plan.names, plan.preds))]
     plan = StreamPlan(plan.names, plan.streams, plan.priorities, preds, plan.compute_s,
                       plan.comm, dict(plan.rank_compute_s))
     lists: dict[float, list[float]] = {}
@@ -36,11 +38,18 @@ def _uneven(plan: StreamPlan, chained: bool) -> StreamPlan:
     return plan
 
 
-def _plans(seed: int):
+def _plans(seed: int, shifted: bool | None = None):
     big, big_layers, n = _random_plan(seed)
     small, small_layers, _ = _random_plan(seed, built=periodic.truncated_layers(2, n))
     chained = seed % 4 != 0
-    return _uneven(small, chained), small_layers, _uneven(big, chained), big_layers, n
+    big = _uneven(big, chained)
+    if seed % 3 == 2 if shifted is None else shifted:
+        # the whole plan's later layers first in priority order: every op below the cut has
+        # another key there than in the truncated plan
+        cut = 2 + periodic.KEEP
+        big.priorities = [p - 1e6 if layer >= cut else p
+                          for p, layer in zip(big.priorities, big_layers)]
+    return _uneven(small, chained), small_layers, big, big_layers, n
 
 
 def _reference(small, small_layers, big, n):
@@ -134,8 +143,9 @@ def test_shipped_passes_per_rank_equal_the_try_then_the_whole_run(path, schedule
 
 def test_plans_that_differ_below_the_cut_are_not_carried_over():
     """The correspondence refuses a whole plan whose ops below the cut differ from the
-    truncated one's in priority order, work, per-rank work, inputs or name; else maps each
-    truncated op to the whole plan's op of its name (the tail to none)."""
+    truncated one's in priority order, work, per-rank work, inputs (from below the cut, or
+    from beyond it in one plan only) or name; else maps each truncated op to the whole plan's
+    op of its name (the tail to none)."""
     small, small_layers, big, big_layers, n = _plans(1)
     cut = 2 + periodic.KEEP
     same = shared_prefix._alike(small, small_layers, big, big_layers, cut)
@@ -165,3 +175,33 @@ def test_plans_that_differ_below_the_cut_are_not_carried_over():
     assert changed(lambda p: p.names.__setitem__(a, "L3.other")) is None
     later = big.names.index(f"L{cut}.op0")        # beyond the cut: free to differ
     assert changed(lambda p: p.compute_s.__setitem__(later, 1.0)) is not None
+    assert changed(lambda p: p.preds[a].append(later)) is None   # waits on it in one plan only
+
+
+def test_an_engine_carried_over_anywhere_below_the_cut_finishes_as_the_whole_run():
+    """Stop the truncated plan's engine when an op below the cut has ended everywhere, carry
+    it over to the whole plan (ops queued, running, half done; keys that differ where the
+    whole plan's later layers come first in priority order): it finishes as the whole plan
+    run afresh, bit for bit. Where an op only one plan holds could have started, `_apart`
+    says so."""
+    carried = queued = apart = 0
+    for seed in range(40):
+        small, small_layers, big, big_layers, n = _plans(seed, shifted=seed % 4 != 0)
+        same = shared_prefix._alike(small, small_layers, big, big_layers, 2 + periodic.KEEP)
+        assert same is not None, seed
+        fresh = RankArrays(big, BW, SM, RANKS).run()
+        for stop in ("L3.op1", "L5.op0", "L6.op2", "L7.join"):
+            if stop not in small.names:
+                continue
+            eng = RankArrays(small, BW, SM, RANKS)
+            eng.run(until=np.array([small.names.index(stop)]))
+            if shared_prefix._apart(eng, small, big, same):
+                apart += 1
+                continue
+            b = eng.carried_to(big, same)
+            carried += 1
+            queued += int((b.rqn > 0).any() and not np.array_equal(b.rq, eng.rq))
+            out = b.run()
+            assert np.array_equal(out[0], fresh[0]) and np.array_equal(out[1], fresh[1]), \
+                (seed, stop)
+    assert carried >= 60 and queued >= 10 and apart >= 10, (carried, queued, apart)

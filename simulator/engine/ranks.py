@@ -49,6 +49,7 @@ class RankArrays:
         self.stream_names = names = list(dict.fromkeys(plan.streams))
         self.S = S = len(names)
         self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
+        self.stream_R = self.stream * R                       # an op's stream's first pair
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
         self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
         check_inputs(plan, bandwidth_Bps, comm_sm_fraction, sound=self._sound())
@@ -113,7 +114,8 @@ class RankArrays:
         self.mop_f, self.lat_end_f = self.mop.reshape(-1), self.lat_end.reshape(-1)
         self.smv_f, self.left_f = self.smv.reshape(-1), self.left.reshape(K, Sm * R)
         self.part_done_f = self.part_done.reshape(-1)
-        self.open: set[int] = set()                           # collectives some rank started
+        self.open = np.zeros(n, dtype=bool)     # collectives started, not closed (one start
+                                                # per rank: a closed one never reopens)
         self.ranks = np.arange(R)
         self.begun = False                                    # roots queued, first dispatch
         self.watch = np.zeros(n, dtype=bool)                  # ops `run` waits for
@@ -189,7 +191,7 @@ class RankArrays:
                 roots = np.flatnonzero(self.waiting[:self.n] == 0)
                 self._make_ready(np.repeat(self.ranks, len(roots)), np.tile(roots, self.R))
                 self._dispatch(everyone, zero)
-                self._reschedule(everyone, zero)
+                self._reschedule(everyone, zero, np.full(self.R, TIME_ATOL))
             self._loop(everyone)
         if until is None and (self.end[0] < 0).any():
             missing = [self.p.names[i] for i in np.flatnonzero(self.end[0] < 0)]
@@ -227,7 +229,7 @@ class RankArrays:
         for name in ("rqn", "free", "rem", "rate", "lat_end", "smv", "left", "lrate",
                      "last_t", "next_t"):
             getattr(b, name)[...] = getattr(self, name)
-        b.open = {int(same[c]) for c in self.open}
+        b.open[same[self.open]] = True
         b.begun = True
         return b
 
@@ -243,13 +245,15 @@ class RankArrays:
                     break
                 mask = self.next_t == h
             t = np.where(mask, self.next_t, self.last_t)     # the others stay where they are
-            finished = self._wake(mask, t)
+            tol = np.maximum(TIME_ATOL, TIME_RTOL * t)      # time_tol(t), per rank
+            finished = self._wake(mask, t, tol)
             closed = self._close(h) if whole else False
             if closed:
                 mask, t = everyone, np.full(self.R, h)
+                tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
                 self._advance(t)
             self._dispatch(mask, t)
-            self._reschedule(mask, t)
+            self._reschedule(mask, t, tol)
             if not self.watch_left:
                 return
             if finished or closed or h != stall_t:
@@ -263,9 +267,11 @@ class RankArrays:
     def _horizon(self) -> float:
         """The earliest instant an open collective could close: each one's latest unfinished
         part ends at its rank's next event or later (none open: the last rank's next event)."""
-        if not self.open:
+        opens = self.open.nonzero()[0]
+        if not opens.size:
             return float(self.next_t.max())
-        return min(float(self.next_t[~self.part_done[c]].max()) for c in self.open)
+        return min(float(np.where(self.part_done[c], -INF, self.next_t).max())
+                   for c in opens.tolist())
 
     # -- what each rank does at its event (masked: the other ranks' state is left as it is) ----
     def _advance(self, t: np.ndarray) -> None:
@@ -278,19 +284,17 @@ class RankArrays:
         np.maximum(moving, 0.0, out=moving)            # bytes move once latency is over
         self.left -= moving * self.lrate
 
-    def _wake(self, mask: np.ndarray, t: np.ndarray) -> bool:
-        """Each rank in `mask` at its next event: advance, and finish what is done
-        (core._wake)."""
+    def _wake(self, mask: np.ndarray, t: np.ndarray, tol: np.ndarray) -> bool:
+        """Each rank in `mask` at its next event t (`tol`: time_tol(t)): advance, and finish
+        what is done (core._wake); the caller reschedules them."""
         R = self.R
-        self.next_t[mask] = INF
         self._advance(t)
-        tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
         done_c = (self.cop >= 0) & mask & (self.rem <= self.rate * tol)
         done_m = (self.mop >= 0) & mask & (self.lat_end - t <= tol)
         for k in range(self.K):
             done_m &= self.left[k] <= self.bw[k] * tol
-        pc = np.flatnonzero(done_c)
-        pm = np.flatnonzero(done_m)
+        pc = done_c.reshape(-1).nonzero()[0]
+        pm = done_m.reshape(-1).nonzero()[0]
         if not (pc.size or pm.size):
             return False
         if pc.size:
@@ -314,9 +318,9 @@ class RankArrays:
     def _close(self, h: float) -> bool:
         """Close every open collective whose parts are all finished, at instant h: it ends on
         every rank, and its successors there lose an input."""
-        shut = [c for c in self.open if self.part_done[c].all()]
+        shut = [c for c in self.open.nonzero()[0].tolist() if self.part_done[c].all()]
         for c in shut:
-            self.open.discard(c)
+            self.open[c] = False
             self.end[:, c] = h
             self._complete(self.ranks, np.full(self.R, c), None)
         return bool(shut)
@@ -335,25 +339,27 @@ class RankArrays:
         if self.watch_left > 0:
             self.watch_left -= int(np.count_nonzero(self.watch[ops]))
         n1 = self.n + 1
-        flat = ((ranks * n1)[:, None] + self.succ[ops]).reshape(-1)
+        flat = (self.succ.take(ops, axis=0) + (ranks * n1)[:, None]).reshape(-1)  # take: ~3x []
         w = self.waiting
         if self.plain:
-            w[flat] -= 1
+            left = w[flat] - 1
+            w[flat] = left
         else:
             np.subtract.at(w, flat, 1)
-        now_ready = flat[w[flat] == 0]
+            left = w[flat]
+        now_ready = flat[left == 0]
         if now_ready.size:
             if not self.plain:
                 now_ready = now_ready[self._once(now_ready)]   # two inputs ending together
             self._make_ready(now_ready // n1, now_ready % n1,
-                             self.plain and not self.crowded[ops].any())
+                             self.plain and not np.count_nonzero(self.crowded[ops]))
 
     def _make_ready(self, ranks: np.ndarray, ops: np.ndarray, distinct: bool = False) -> None:
         """Queue op ops[j] on its stream of rank ranks[j] (`distinct`: no (stream, rank) pair
         twice)."""
         if not ops.size:
             return
-        pair = self.stream[ops] * self.R + ranks
+        pair = self.stream_R[ops] + ranks
         keys = self.key[ops]
         rqn = self.rqn_f
         while True:                        # a queue gaining two ops: one per pass
@@ -373,13 +379,19 @@ class RankArrays:
     def _dispatch(self, mask: np.ndarray, t: np.ndarray) -> None:
         """Each free stream of each rank in `mask` starts its lowest-priority ready op."""
         R, SR = self.R, self.S * self.R
-        p = np.flatnonzero(self.free & (self.rqn > 0) & mask)
+        p = (self.free & (self.rqn > 0) & mask).reshape(-1).nonzero()[0]
         if not p.size:
             return
         count = self.rqn_f[p]
         rq = self.rq.reshape(-1)
         deepest = int(count.max())
-        at = p if deepest == 1 else self.rq[:deepest, p].argmin(axis=0) * SR + p
+        if deepest == 1:
+            at = p
+        elif deepest == 2:                 # the smaller of two keys (argmin: ~3x slower)
+            two = self.rq[:2].take(p, axis=1)
+            at = (two[1] < two[0]) * SR + p
+        else:
+            at = self.rq[:deepest].take(p, axis=1).argmin(axis=0) * SR + p
         ops = self.op_of_key[rq[at]]
         last = (count - 1) * SR + p
         rq[at] = rq[last]
@@ -414,13 +426,14 @@ class RankArrays:
         d = self.ci[ops] * R + r
         self.mop_f[at] = ops
         self.lat_end_f[at] = now + self.lat_f[d]
-        self.left_f[:, at] = self.nbytes_f[:, d]
+        for row, nbytes in zip(self.left_f, self.nbytes_f):    # per link: 1-d, ~3x [:, at]
+            row[at] = nbytes[d]
         self.smv_f[at] = self.cm_sm_f[d]
-        self.open.update(ops.tolist())
+        self.open[ops] = True
 
-    def _reschedule(self, mask: np.ndarray, t: np.ndarray) -> None:
-        """Rates of what each rank in `mask` runs, and its next event (core._reschedule)."""
-        tol = np.maximum(TIME_ATOL, TIME_RTOL * t)
+    def _reschedule(self, mask: np.ndarray, t: np.ndarray, tol: np.ndarray) -> None:
+        """Rates of what each rank in `mask` runs at t (`tol`: time_tol(t)), and its next
+        event (core._reschedule)."""
         comp = self.cop >= 0
         comm = self.mop >= 0
         taken = _rows(self.smv, np.max)       # 0 but where a collective runs
@@ -433,8 +446,9 @@ class RankArrays:
             flows = flowing if self.Sm == 1 else flowing.sum(axis=1, keepdims=True)
             v = bw / flows                                                # sharing the link
             lrate = np.where(flowing, v, 0.0)
-            np.copyto(h, np.where(flowing, self.left / v, 0.0).max(axis=0, initial=0.0),
-                      where=moving)
+            slow = np.where(flowing, self.left / v, 0.0)   # >= 0: the slowest link's time
+            np.copyto(h, np.maximum(slow[0], slow[1]) if self.K == 2 else
+                      slow.max(axis=0, initial=0.0), where=moving)
         else:
             lrate = self.no_rates
         compute_rate = 1.0 - taken
