@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from simulator.engine import periodic, shared_prefix
+from simulator.engine import ranks
 from simulator.engine.ranks import MIN_RANKS as RANKS_MIN, RankArrays
 from simulator.engine.streams import CommDemand, StreamPlan
 from tests.test_periodic import _random_plan
@@ -105,8 +106,8 @@ def test_random_plans_judged_early_equal_the_try_then_the_whole_run():
 def test_shipped_passes_per_rank_equal_the_try_then_the_whole_run(path, schedule, kind):
     """Per rank on 32 ranks (the array engine): LongCat-Flash's tbo does not repeat and goes
     on as the whole pass from where its try stood; DeepSeek-V3's tbo settles (the longer try
-    extends); its sbo repeats. Each timeline equals trying each truncated pass to its end first,
-    bit for bit."""
+    extends); its sbo repeats. Each timeline equals the event engine's, which tries each
+    truncated pass to its end first, bit for bit."""
     from simulator.loading import load_workload
     from simulator.step import whatif
     w = load_workload(path)
@@ -130,11 +131,11 @@ def test_shipped_passes_per_rank_equal_the_try_then_the_whole_run(path, schedule
     finally:
         whatif.try_truncated, RankArrays.carried_to = real_try, real_carry
     assert kind in seen, seen
-    whatif.MIN_RANKS = 10 ** 9                # every try to its end, then the whole pass
+    ranks.MIN_RANKS = 10 ** 9       # the event engine: each try to its end, then the whole pass
     try:
         slow = whatif.simulate(w, schedule, per_rank=True)
     finally:
-        whatif.MIN_RANKS = RANKS_MIN
+        ranks.MIN_RANKS = RANKS_MIN
     assert np.asarray(fast.timeline.end_s).shape[0] == 32
     assert np.array_equal(fast.timeline.start_s, slow.timeline.start_s)
     assert np.array_equal(fast.timeline.end_s, slow.timeline.end_s)

@@ -22,11 +22,16 @@ MIN_RANKS = 32          # fewer ranks: core.Engine (per-event Python beats per-r
 BIG = np.iinfo(np.int64).max
 
 
+def uses_arrays(n_ranks: int) -> bool:
+    """Whether `n_ranks` ranks run on the array engine (from MIN_RANKS up)."""
+    return n_ranks >= MIN_RANKS
+
+
 def run_ranks(plan: StreamPlan, bandwidth_Bps: dict[str, float], comm_sm_fraction: float,
               n_ranks: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Run `plan` on `n_ranks` ranks with whichever engine is faster at that size; (start,
     end) indexed [rank, op]. Both apply the same rules in the same float operations."""
-    if n_ranks >= MIN_RANKS:
+    if uses_arrays(n_ranks):
         return RankArrays(plan, bandwidth_Bps, comm_sm_fraction, n_ranks).run()
     start, end = Engine(plan, bandwidth_Bps, comm_sm_fraction, n_ranks).run()
     return np.array(start), np.array(end)

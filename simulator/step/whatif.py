@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from simulator.engine.ranks import MIN_RANKS, run_ranks
+from simulator.engine.ranks import run_ranks, uses_arrays
 from simulator.engine.periodic import KEEPS, NotRepeating, extend, truncated_layers
 from simulator.engine.shared_prefix import try_truncated
 from simulator.engine.streams import CommDemand, StreamPlan
@@ -192,7 +192,7 @@ def _run(p: _Priced, truncate: tuple[int, int] | None, n_layers: int,
     if truncate is None:
         return p.ran(*run(p.plan))
     lo, keep = truncate
-    if p.n_ranks >= MIN_RANKS:
+    if uses_arrays(p.n_ranks):
         ext = try_truncated(p.plan, p.layers, lo, n_layers, keep, p.bw, p.sm, p.n_ranks,
                             lambda: (whole().plan, whole().layers))
         if isinstance(ext, tuple):
