@@ -38,6 +38,7 @@ RQ = "simulator/serving/ready.py"
 PE = "simulator/engine/periodic.py"
 RK = "simulator/engine/ranks.py"
 SP = "simulator/engine/shared_prefix.py"
+RI = "simulator/engine/rank_inputs.py"
 
 MUTANTS: list[Mutant] = [
     # -- engine ---------------------------------------------------------------------------------
@@ -105,10 +106,10 @@ MUTANTS: list[Mutant] = [
     Mutant(RK, "ranks touched by a close not brought up to its instant first",
            "                tol = np.maximum(TIME_ATOL, TIME_RTOL * t)\n                self._advance(t)\n",
            "                tol = np.maximum(TIME_ATOL, TIME_RTOL * t)\n"),
-    Mutant(RK, "per-rank compute times ignored",
-           "self.work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]",
-           "self.work[i] = v[0]"),
-    Mutant(RK, "per-rank collective demands ignored", "pick = by_rank % len(lat)",
+    Mutant(RI, "per-rank compute times ignored",
+           "work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]",
+           "work[i] = v[0]"),
+    Mutant(RI, "per-rank collective demands ignored", "pick = by_rank % len(lat_c)",
            "pick = by_rank * 0"),
     Mutant(RK, "of two ready ops, a stream starts the later in priority order",
            "at = (two[1] < two[0]) * SR + p", "at = (two[1] > two[0]) * SR + p"),
@@ -125,7 +126,7 @@ MUTANTS: list[Mutant] = [
            "            pair, keys = pair[~one], keys[~one]\n", "            return\n"),
     Mutant(RK, "successors on one stream taken as spread over streams",
            "self.plain and not np.count_nonzero(self.crowded[ops]))", "self.plain)"),
-    Mutant(RK, "numbers taken as sound without looking", "        return all(bool(np.isfinite(x)",
+    Mutant(RI, "numbers taken as sound without looking", "        return all(bool(np.isfinite(x)",
            "        return True or all(bool(np.isfinite(x)"),
     Mutant(RK, "a carried-over engine keeps the truncated plan's queue keys",
            "b.rq = np.where(self.rq == BIG, BIG, key[np.minimum(self.rq, self.n)])",

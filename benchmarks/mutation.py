@@ -39,6 +39,8 @@ TESTS: dict[str, list[str]] = {
     "simulator/engine/core.py": ENGINE,
     "simulator/engine/ranks.py": ["tests/test_engine_ranks.py", "tests/test_shared_prefix.py"],
     "simulator/engine/shared_prefix.py": ["tests/test_shared_prefix.py"],
+    "simulator/engine/rank_inputs.py": ["tests/test_engine_ranks.py",
+                                        "tests/test_shared_prefix.py"],
     "simulator/engine/schedule.py": SCHED,
     "simulator/engine/tbo_stages.py": SCHED,
     "simulator/engine/timeline.py": SCHED + ["tests/test_periodic.py"],

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.engine.core import (INF, MAX_OP_S, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine,
-                                   check_inputs, stall_error, stuck_error)
+from simulator.engine.core import (INF, MAX_STALLS, TIME_ATOL, TIME_RTOL, Engine, check_inputs,
+                                   stall_error, stuck_error)
+from simulator.engine.rank_inputs import rank_inputs
 from simulator.engine.streams import StreamPlan
 
 MIN_RANKS = 32          # fewer ranks: core.Engine (per-event Python beats per-round numpy)
@@ -56,8 +57,12 @@ class RankArrays:
         self.stream = np.array([names.index(s) for s in plan.streams], dtype=np.int64)
         self.stream_R = self.stream * R                       # an op's stream's first pair
         self.is_comm = np.array([d is not None for d in plan.comm], dtype=bool)
-        self._work_and_demands(plan, bandwidth_Bps, comm_sm_fraction)
-        check_inputs(plan, bandwidth_Bps, comm_sm_fraction, sound=self._sound())
+        x = rank_inputs(plan, bandwidth_Bps, comm_sm_fraction, R)
+        check_inputs(plan, bandwidth_Bps, comm_sm_fraction, sound=x.sound())
+        self.links, self.K, self.bw, self.ci = x.links, len(x.links), x.bw, x.ci
+        self.work_f = x.work.reshape(-1)                      # op * R + rank
+        self.lat_f, self.cm_sm_f = x.lat.reshape(-1), x.share.reshape(-1)    # c * R + rank
+        self.nbytes_f = x.nbytes.reshape(self.K, x.lat.size)
         # a stream's row among the compute slots and among the collective slots (-1: none)
         comp_streams = np.unique(self.stream[~self.is_comm]).tolist()
         comm_streams = np.unique(self.stream[self.is_comm]).tolist()
@@ -125,57 +130,6 @@ class RankArrays:
         self.begun = False                                    # roots queued, first dispatch
         self.watch = np.zeros(n, dtype=bool)                  # ops `run` waits for
         self.watch_left = -1
-
-    def _work_and_demands(self, plan: StreamPlan, bw: dict[str, float], sm: float) -> None:
-        """Per (op, rank): compute seconds; per (collective, rank): latency, SM share, bytes."""
-        n, R = self.n, self.R
-        demands = [d for d in plan.comm if d is not None]
-        for v in {id(v): v for v in plan.rank_comm.values()}.values():   # layers share lists
-            demands += v
-        self.links = sorted({k for d in demands for k in d.link_bytes})
-        self.K = len(self.links)
-        self.bw = np.array([bw.get(k, np.nan) for k in self.links], dtype=float)
-        self.work = np.repeat(np.asarray(plan.compute_s, dtype=float)[:, None], R, axis=1)
-        by_rank = np.arange(R)
-        for i, v in plan.rank_compute_s.items():
-            self.work[i] = np.asarray(v, dtype=float)[by_rank % len(v)]
-        self.work_f = self.work.reshape(-1)                   # op * R + rank
-        comm_ops = np.flatnonzero(self.is_comm)
-        self.ci = np.full(n, -1, dtype=np.int64)
-        self.ci[comm_ops] = np.arange(len(comm_ops))
-        nc = len(comm_ops)
-        self.lat = np.zeros((nc, R))
-        self.cm_sm = np.zeros((nc, R))
-        self.nbytes = np.zeros((self.K, nc, R))
-        memo: dict[tuple, tuple] = {}
-
-        def rows(ds: list) -> tuple:
-            lat = np.array([d.latency_s for d in ds], dtype=float)
-            share = np.array([sm if d.sm_fraction is None else d.sm_fraction for d in ds],
-                             dtype=float)
-            b = np.array([[d.link_bytes.get(k, 0.0) for d in ds] for k in self.links],
-                         dtype=float).reshape(self.K, len(ds))
-            return lat, share, b
-        for c, i in enumerate(comm_ops):
-            per = plan.rank_comm.get(int(i))      # the plan holds what these ids name
-            key = ("ranks", id(per)) if per is not None else ("one", id(plan.comm[i]))
-            if key not in memo:
-                memo[key] = rows(per if per is not None else [plan.comm[i]])
-            lat, share, b = memo[key]
-            pick = by_rank % len(lat)
-            self.lat[c], self.cm_sm[c], self.nbytes[:, c] = lat[pick], share[pick], b[:, pick]
-        self.lat_f, self.cm_sm_f = self.lat.reshape(-1), self.cm_sm.reshape(-1)   # c * R + rank
-        self.nbytes_f = self.nbytes.reshape(self.K, nc * R)
-
-    def _sound(self) -> bool:
-        """Every duration, byte count and SM share the ranks run finite, non-negative and
-        bounded (core.check_inputs's test, on the arrays built: it names the op when not)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            secs = [self.work, self.lat, self.nbytes / self.bw[:, None, None]]
-        share = self.cm_sm
-        return all(bool(np.isfinite(x).all() and (x >= 0).all() and (x <= MAX_OP_S).all())
-                   for x in secs) and bool(np.isfinite(share).all() and (share >= 0).all()
-                                           and (share < 1).all())
 
     # -- public -----------------------------------------------------------------------------
     def run(self, until: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
