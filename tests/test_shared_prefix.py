@@ -4,8 +4,7 @@ gives: the same verdict, the same extension, the same whole timeline, bit for bi
 import numpy as np
 import pytest
 
-from simulator.engine import periodic, shared_prefix
-from simulator.engine import ranks
+from simulator.engine import periodic, ranks, shared_prefix
 from simulator.engine.ranks import MIN_RANKS as RANKS_MIN, RankArrays
 from simulator.engine.streams import CommDemand, StreamPlan
 from tests.test_periodic import _random_plan
@@ -31,7 +30,7 @@ def _uneven(plan: StreamPlan, chained: bool) -> StreamPlan:
                                                              for r in range(7)])
     shared: dict[int, list[CommDemand]] = {}
     for i, d in enumerate(plan.comm):
-        if d is not None and not plan.names[i].startswith("L20."):
+        if d is not None and not plan.names[i].startswith("L20."):     # the tail's keeps one
             per = shared.setdefault(id(d), [CommDemand(d.latency_s, {"link": b * (1 + r % 5)},
                                                        d.sm_fraction)
                                             for r, b in enumerate([d.link_bytes["link"]] * 7)])
