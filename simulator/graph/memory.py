@@ -38,13 +38,13 @@ def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shap
     c = count_params(model)
     h = model.hidden_size
     _, moe_layers = layer_counts(model)
-    replicated = replicated_params(model, plan.tp, c) + c.embedding
+    replicated = replicated_params(model, plan.tp, c, plan.attention_tp) + c.embedding
     n = model.moe.num_experts if model.moe else 0
-    experts = -(-(n + redundant_experts) // plan.ep) * moe_layers * expert_params(model) if n \
-        else 0.0                      # the fullest rank's expert slots, copies included
+    experts = -(-(n + redundant_experts) // plan.ep) * moe_layers * expert_params(model) \
+        / plan.moe_tp if n else 0.0   # the fullest rank's expert slots, copies included
     weights = (replicated + experts + (c.mtp if mtp else 0)) * prec.weight_bytes
-    kv = shape.sequences * (shape.context + shape.query_tokens) * kv_elements_per_token(model) \
-        * prec.kv_bytes
+    kv = shape.sequences * (shape.context + shape.query_tokens) * \
+        kv_elements_per_token(model, plan.attention_tp) * prec.kv_bytes
     widest = max(h, model.dense_intermediate // plan.tp,
                  (model.moe.top_k * h) if model.moe else 0)
     activations = LIVE_ACTIVATION_BUFFERS * shape.tokens * widest * prec.activation_bytes

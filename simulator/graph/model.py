@@ -4,6 +4,9 @@ One builder serves the conventional layer (attention -> MoE or dense FFN) and Lo
 shortcut layer (MLA_0, FFN_0, MLA_1, FFN_1, with the MoE branch fed from MLA_0's output).
 Work is per device: attention is data-parallel over sequences, dense FFNs are tensor-parallel
 inside a node (all-gather before, reduce-scatter after when tp > 1), experts are expert-parallel.
+With tensor-parallel attention (plan.attention_tp > 1) the GPUs of a TP group hold the same
+tokens: each computes its share of the heads, of the dense FFN and of the experts (its EP
+rank's experts, each split moe_tp ways), and every block ends in an all-reduce.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import networkx as nx
 from simulator.graph import unfused
 from simulator.graph.ops import Op, Shape, active_experts, compute_class
 from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
-                                    is_moe_layer)
+                                    is_moe_layer, local_kv_heads)
 from simulator.schema import ModelSpec, ParallelPlan, Precision
 
 ROUTER_WEIGHT_BYTES = 4     # routers are kept in fp32 whatever the weight precision (DeepSeek-V3 s3.3)
@@ -84,40 +87,45 @@ class _Builder:
         a, h, s, p = self.m.attention, self.m.hidden_size, self.s, self.p
         t = s.tokens
         tags: tuple[str, ...] = ()
+        atp = self.plan.attention_tp
+        heads = a.num_heads // atp            # this GPU's heads (check_plan: atp divides them)
         if a.kind == "mla":
             qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim
             gemms = 2
-            core_extra = unfused.mla_core(t, a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim,
+            core_extra = unfused.mla_core(t, heads, a.kv_lora_rank, a.qk_nope_head_dim,
                                           a.qk_rope_head_dim, a.v_head_dim)
             kv_a = a.kv_lora_rank + a.qk_rope_head_dim
             # with a low-rank q, q_a and kv_a both read the hidden state: runtimes run them as
-            # one GEMM (SGLang's and vLLM's fused_qkv_a_proj_with_mqa), then q_b
-            proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * a.num_heads * qk_head) \
-                if a.q_lora_rank else (h * a.num_heads * qk_head, h * kv_a)
-            kv_b_w = a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
-            o_w = a.num_heads * a.v_head_dim * h
+            # one GEMM (SGLang's and vLLM's fused_qkv_a_proj_with_mqa), then q_b; under
+            # tensor-parallel attention every GPU runs the low-rank ones whole (the latent is
+            # not split) and its heads' share of the rest
+            proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * heads * qk_head) \
+                if a.q_lora_rank else (h * heads * qk_head, h * kv_a)
+            kv_b_w = a.kv_lora_rank * heads * (a.qk_nope_head_dim + a.v_head_dim)
+            o_w = heads * a.v_head_dim * h
             kv_elems = kv_elements_per_block(a)
             if s.phase == "decode":   # absorbed MLA: attend over the latent cache
-                per_key = 2 * a.num_heads * (kv_elems + a.kv_lora_rank)
+                per_key = 2 * heads * (kv_elems + a.kv_lora_rank)
                 core_flops = t * s.context * per_key + 2 * t * kv_b_w
                 kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
-                io = t * a.num_heads * (kv_elems + a.kv_lora_rank)
+                io = t * heads * (kv_elems + a.kv_lora_rank)
             else:                     # expanded MLA: causal attention over the prompt
-                per_key = 2 * a.num_heads * (qk_head + a.v_head_dim)
+                per_key = 2 * heads * (qk_head + a.v_head_dim)
                 core_flops = s.sequences * per_key * s.causal_pairs() + 2 * t * kv_b_w
                 kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
-                io = t * a.num_heads * (qk_head + a.v_head_dim)
+                io = t * heads * (qk_head + a.v_head_dim)
                 tags = ("mla",) if qk_head != a.v_head_dim else ()
         else:
             hd = a.head_dim
             gemms = 1
-            core_extra = unfused.gqa_core(t, a.num_heads, a.num_kv_heads, hd)
-            proj_nk = (h * (a.num_heads + 2 * a.num_kv_heads) * hd,)
+            kv_heads = local_kv_heads(a, atp)
+            core_extra = unfused.gqa_core(t, heads, kv_heads, hd)
+            proj_nk = (h * (heads + 2 * kv_heads) * hd,)
             kv_b_w = 0
-            o_w = a.num_heads * hd * h
-            kv_elems = 2 * a.num_kv_heads * hd
-            per_key = 2 * a.num_heads * hd * 2
-            io = 2 * t * a.num_heads * hd
+            o_w = heads * hd * h
+            kv_elems = 2 * kv_heads * hd
+            per_key = 2 * heads * hd * 2
+            io = 2 * t * heads * hd
             if s.phase == "decode":
                 core_flops = t * s.context * per_key
                 kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
@@ -136,7 +144,7 @@ class _Builder:
             qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
                               bytes=t * kv_elems * p.kv_bytes * (cp - 1), collective="all_gather",
                               group="cp", layer=layer, block=block), qkv)
-        scores = s.sequences * a.num_heads * s.query_tokens * s.context  # a materialised matrix
+        scores = s.sequences * heads * s.query_tokens * s.context  # a materialised matrix
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block,
@@ -144,10 +152,22 @@ class _Builder:
                            kernel=f"{'mla' if a.kind == 'mla' else 'gqa'}_"
                                   f"{'decode' if s.phase == 'decode' else 'prefill'}"),
                         qkv, extra=core_extra)
-        return self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
-                           bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
-                           layer=layer, block=block, gemm_nk=(o_w,)), core,
-                        extra=unfused.residual_after(t, h))
+        out = self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
+                          bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
+                          layer=layer, block=block, gemm_nk=(o_w,)), core,
+                       extra=unfused.residual_after(t, h))
+        return self.all_reduce(layer, block, out)
+
+    def all_reduce(self, layer: int, block: str, after: str) -> str:
+        """The all-reduce that ends a block under tensor-parallel attention (a ring's bytes
+        sent per GPU: 2 (n - 1) / n of the block's output); `after` itself otherwise."""
+        n = self.plan.attention_tp
+        if n == 1:
+            return after
+        size = self.s.tokens * self.m.hidden_size * self.p.activation_bytes
+        return self.add(Op(f"L{layer}.{block}.all_reduce", "collective",
+                           bytes=2 * (n - 1) / n * size, collective="all_reduce", group="tp",
+                           layer=layer, block=block), after)
 
     def dense_ffn(self, layer: int, block: str, after: str, inter: int, pre_norm: bool = True,
                   residual: bool = True) -> str:
@@ -156,17 +176,20 @@ class _Builder:
         h, t, tp = self.m.hidden_size, self.s.tokens, self.plan.tp
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         prev = after
-        if tp > 1:
+        replicated = self.plan.attention_tp > 1      # every GPU of the group holds the tokens
+        if tp > 1 and not replicated:
             prev = self.add(Op(f"L{layer}.{block}.all_gather", "collective",
                                bytes=t * h * ab * (tp - 1), collective="all_gather", group="tp",
                                layer=layer, block=block), prev)
         w = 3 * h * inter // tp
-        rows = t * tp
+        rows = t if replicated else t * tp
         prev = self.add(Op(f"L{layer}.{block}.ffn", "gemm", flops=2 * rows * w,
                            bytes=w * wb + rows * (2 * h + 3 * inter // tp) * ab,
                            weight_bytes=w * wb, m=rows, layer=layer, block=block,
                            gemm_nk=(2 * h * inter / tp, h * inter / tp)), prev,
                         extra=unfused.swiglu(rows, h, inter / tp, pre_norm, residual))
+        if replicated:
+            return self.all_reduce(layer, block, prev)
         if tp > 1:
             prev = self.add(Op(f"L{layer}.{block}.reduce_scatter", "collective",
                                bytes=t * h * ab * (tp - 1), collective="reduce_scatter",
@@ -188,7 +211,7 @@ class _Builder:
                              weight_bytes=h * n_all * ROUTER_WEIGHT_BYTES,
                              m=t, layer=layer, block="moe", gemm_nk=(h * n_all,)), after,
                           extra=unfused.router(t, h, n_all))
-        routed = t * k
+        routed = t * k / self.plan.ep if self.plan.attention_tp > 1 else t * k   # rows here
         permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
                               bytes=2 * routed * h * ab, layer=layer, block="moe"), router,
                            extra=unfused.permute(routed, h))
@@ -197,8 +220,8 @@ class _Builder:
                                 bytes=(routed + t) * h * ab, layer=layer, block="moe"), *combines,
                              extra=unfused.unpermute(t, routed, h))
         shared = ""
-        if moe.num_shared_experts:
-            w_sh = moe.num_shared_experts * expert_params(self.m)
+        if moe.num_shared_experts:       # split like the dense FFNs under TP attention
+            w_sh = moe.num_shared_experts * expert_params(self.m) / self.plan.attention_tp
             shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
                                  bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
                                  layer=layer, block="moe", tags=("shared_expert",),
@@ -213,6 +236,8 @@ class _Builder:
         order is every chunk's dispatch, then experts, then combines. Returns the combines."""
         moe, h, n = self.m.moe, self.m.hidden_size, self.moe_chunks
         assert moe is not None
+        if self.plan.attention_tp > 1:
+            return self._routed_replicated(layer, after)
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         routed = self.s.tokens * self.k_real / n
         names = [f"L{layer}.moe" + (f".c{c}" if n > 1 else "") for c in range(n)]
@@ -239,6 +264,26 @@ class _Builder:
                             bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
                             group="ep", layer=layer, block="moe", share=1 / n), e)
                 for nm, e in zip(names, experts)]
+
+    def _routed_replicated(self, layer: int, after: str) -> list[str]:
+        """Experts under tensor-parallel attention: every GPU of the group holds every token,
+        so no all-to-all; it runs its EP rank's experts (each a 1 / moe_tp slice) on the rows
+        routed to them, and one all-reduce sums the group's partial outputs."""
+        moe, h, plan = self.m.moe, self.m.hidden_size, self.plan
+        assert moe is not None and self.moe_chunks == 1
+        wb, ab = self.p.weight_bytes, self.p.activation_bytes
+        routed = self.s.tokens * self.k_real / plan.ep
+        local_experts = moe.num_experts / plan.ep
+        active = active_experts(local_experts, moe.num_experts, self.k_real, self.s.tokens)
+        inter = moe.expert_intermediate / plan.moe_tp
+        w_exp = 3 * h * inter
+        experts = self.add(Op(f"L{layer}.moe.experts", "grouped_gemm", flops=2 * routed * w_exp,
+                              bytes=active * w_exp * wb + routed * 2 * h * ab,
+                              weight_bytes=active * w_exp * wb,
+                              m=routed / active if active > 0 else 0.0, layer=layer,
+                              block="moe", gemm_nk=(2 * h * inter, h * inter)), after,
+                           extra=unfused.experts(routed, h, inter, local_experts))
+        return [self.all_reduce(layer, "moe", experts)]
 
     def join(self, layer: int, *inputs: str) -> str:
         """Residual add that closes a layer (waits on every branch)."""

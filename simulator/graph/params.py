@@ -62,9 +62,19 @@ def kv_elements_per_block(a: AttentionSpec) -> int:
         else 2 * a.num_kv_heads * a.head_dim
 
 
-def kv_elements_per_token(model: ModelSpec) -> int:
-    """KV-cache elements one token stores across all attention blocks (MTP excluded)."""
-    return attention_blocks(model) * kv_elements_per_block(model.attention)
+def local_kv_heads(a: AttentionSpec, attention_tp: int) -> int:
+    """GQA key/value heads one GPU holds when `attention_tp` GPUs split the heads (a KV head
+    is copied when there are fewer of them than GPUs)."""
+    return max(1, a.num_kv_heads // attention_tp)
+
+
+def kv_elements_per_token(model: ModelSpec, attention_tp: int = 1) -> int:
+    """KV-cache elements one token stores across all attention blocks (MTP excluded), on each
+    GPU of an attention group of `attention_tp` GPUs (MLA's latent is not split)."""
+    a = model.attention
+    per_block = kv_elements_per_block(a) if a.kind == "mla" or attention_tp == 1 \
+        else 2 * local_kv_heads(a, attention_tp) * a.head_dim
+    return attention_blocks(model) * per_block
 
 
 def dense_ffn_params(model: ModelSpec) -> int:
@@ -136,9 +146,19 @@ def count_params(model: ModelSpec, real_experts: float | None = None) -> ParamCo
                        expert_total=expert_total, non_expert=non_expert, mtp=mtp)
 
 
-def replicated_params(model: ModelSpec, tp: int, c: ParamCounts | None = None) -> float:
+def replicated_params(model: ModelSpec, tp: int, c: ParamCounts | None = None,
+                      attention_tp: int = 1) -> float:
     """Non-expert weights one device holds (embeddings excluded): everything but the dense
-    FFNs whole, the dense FFNs split by tp."""
+    FFNs whole, the dense FFNs split by tp; under tensor-parallel attention the attention
+    blocks and shared experts are split too (`attention_tp` ways)."""
     c = c or count_params(model)
     dense = dense_ffn_params(model)
-    return c.non_expert - dense + dense / tp
+    rest = c.non_expert - dense
+    if attention_tp > 1:
+        _, moe_layers = layer_counts(model)
+        shared = moe_layers * model.moe.num_shared_experts * expert_params(model) \
+            if model.moe else 0
+        split = attention_blocks(model) * attention_params(model.attention,
+                                                           model.hidden_size) + shared
+        rest = rest - split + split / attention_tp
+    return rest + dense / tp

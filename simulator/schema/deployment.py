@@ -21,6 +21,13 @@ class ParallelPlan(Strict):
     dp_attention: Optional[int] = Field(None, gt=0, description="data-parallel attention groups")
     pp: int = Field(1, gt=0, description="pipeline stages")
     cp: int = Field(1, gt=0, description="context parallel degree for attention (training)")
+    attention_tp: int = Field(
+        1, gt=0, description="tensor-parallel attention: heads split over this many GPUs of a "
+        "node that hold the same sequences (a runtime's --tp without DP attention); > 1 needs "
+        "tp equal to it: the dense FFNs split the same way, and each block ends in an "
+        "all-reduce instead of all-gather / reduce-scatter")
+    moe_tp: int = Field(1, gt=0, description="tensor parallel degree inside each routed expert "
+                        "(its intermediate split); with attention_tp, ep x moe_tp = attention_tp")
 
     @model_validator(mode="after")
     def _fits(self) -> "ParallelPlan":
@@ -41,6 +48,19 @@ class ParallelPlan(Strict):
                              f"({self.gpus // self.pp})")
         if (self.gpus // self.pp) % self.ep:
             raise ValueError(f"ep ({self.ep}) must divide the GPUs per stage ({self.gpus // self.pp})")
+        if self.attention_tp > 1 and self.tp != self.attention_tp:
+            raise ValueError(f"attention_tp ({self.attention_tp}) needs tp equal to it (got tp "
+                             f"{self.tp}): tensor-parallel attention splits the dense FFNs too")
+        if self.attention_tp > 1 and self.cp > 1:
+            raise ValueError("attention_tp > 1 with cp > 1 is not modelled: use one of them")
+        if self.moe_tp > 1 and self.attention_tp == 1:
+            raise ValueError(f"moe_tp ({self.moe_tp}) is modelled under tensor-parallel "
+                             "attention only: set attention_tp (= ep x moe_tp)")
+        if self.attention_tp > 1 and (self.ep > 1 or self.moe_tp > 1) and \
+                self.ep * self.moe_tp != self.attention_tp:
+            raise ValueError(f"ep x moe_tp ({self.ep} x {self.moe_tp}) must equal attention_tp "
+                             f"({self.attention_tp}): the experts are spread over the GPUs "
+                             "that share the tokens")
         return self
 
     @property

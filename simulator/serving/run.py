@@ -60,7 +60,8 @@ class ServingSim:
         self.mtp_draft = w.mtp.draft_tokens if (w.mtp.enabled and self.model.mtp_layers) else 0
         self.acc = (w.mtp.acceptance if w.mtp.acceptance is not None
                     else self.model.mtp_acceptance) if self.mtp_draft else 0.0
-        self.kv_token_bytes = kv_elements_per_token(self.model) * w.precision.kv_bytes
+        self.kv_token_bytes = kv_elements_per_token(
+            self.model, (self.spec.decode.plan or w.plan).attention_tp) * w.precision.kv_bytes
         self.kv_budget_tokens = self._kv_budget()
 
     # -- capacity ---------------------------------------------------------------------------

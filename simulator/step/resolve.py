@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simulator.engine.schedule import get_schedule
 from simulator.errors import MoesimError
 from simulator.graph.memory import MemoryBreakdown, inference_memory
 from simulator.graph.ops import Shape
@@ -53,6 +54,21 @@ def check_plan(w: Workload, model: ModelSpec) -> None:
                 f"{_divisors_hint(n, plan.gpus)}), or set routing.redundant_experts so that "
                 f"experts + copies fill every rank equally (e.g. {fill or plan.ep}: "
                 f"{n + (fill or plan.ep)} = {(n + (fill or plan.ep)) // plan.ep} x {plan.ep})")
+    atp = plan.attention_tp
+    if model.attention.num_heads % atp:
+        raise MoesimError("plan.attention_tp", f"attention_tp {atp} does not divide the "
+                          f"{model.attention.num_heads} attention heads of {model.name}",
+                          "choose an attention_tp that divides the head count")
+    if atp > 1 and model.moe is not None and (plan.ep * plan.moe_tp != atp or
+                                              model.moe.expert_intermediate % plan.moe_tp):
+        raise MoesimError("plan.moe_tp", f"under attention_tp {atp} the experts must be spread "
+                          f"over the same GPUs: ep x moe_tp = {plan.ep} x {plan.moe_tp}, and "
+                          f"moe_tp must divide the expert width "
+                          f"{model.moe.expert_intermediate}", f"set ep x moe_tp = {atp}")
+    if atp > 1 and model.moe is not None and get_schedule(w.schedule).moe_chunks > 1:
+        raise MoesimError("schedule", f"{w.schedule} cuts the MoE into token chunks between "
+                          "all-to-alls; tensor-parallel attention has no all-to-all",
+                          "use sequential, scmoe, sbo or tbo")
     if w.phase != "decode" and w.context_length % plan.cp:
         raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
                           f"{w.context_length}", "choose a cp that divides context_length")

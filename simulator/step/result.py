@@ -110,10 +110,10 @@ def measure(r: Resolved, schedule: str, tl: Timeline, notes: list[str],
     tpot = cost_out = cost_in = None
     if w.phase == "decode":
         tpot = step_s / r.tokens_per_forward
-        tokens_per_gpu_s = w.batch_per_device / tpot
+        tokens_per_gpu_s = w.batch_per_device / tpot / w.plan.attention_tp
         cost_out = cost_per_million_tokens(price, tokens_per_gpu_s)
     else:
-        tokens_per_gpu_s = r.shape.tokens / step_s if step_s > 0 else 0.0
+        tokens_per_gpu_s = r.shape.tokens / w.plan.attention_tp / step_s if step_s > 0 else 0.0
         if w.phase == "prefill":
             cost_in = cost_per_million_tokens(price, tokens_per_gpu_s)
     rep = representative_layer(model)

@@ -217,7 +217,8 @@ def _shape_key(op) -> tuple:
 def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:
     """Sampled EP traffic per micro-batch, when the profile models links (memoised)."""
     w, model, prof = r.workload, r.model, r.profile
-    if model.moe is None or w.plan.ep <= 1 or prof.idealizations.ep_flat_bandwidth_Bps:
+    if model.moe is None or w.plan.ep <= 1 or prof.idealizations.ep_flat_bandwidth_Bps or \
+            w.plan.attention_tp > 1:        # no all-to-all: the group holds every token
         return {}
     out = {}
     for mb, shape in enumerate(get_schedule(schedule).split(r.shape)):
