@@ -116,9 +116,46 @@ def _llama(cfg: dict) -> dict:
             "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
 
 
+def _qwen3(cfg: dict) -> dict:
+    """Dense Qwen3 (and Qwen2): a Llama-shaped GQA decoder with its own head_dim."""
+    return {**_llama(cfg), "family": "qwen3"}
+
+
+def _gpt_oss(cfg: dict) -> dict:
+    """gpt-oss: GQA with sliding-window attention on the layers `layer_types` names (every
+    other one), routed SwiGLU experts of width intermediate_size, no shared expert."""
+    f = "gpt_oss"
+    att = _gqa(cfg, f)
+    window = cfg.get("sliding_window") or 0
+    types = cfg.get("layer_types")
+    if window:
+        if not isinstance(types, list) or not types:
+            raise MoesimError("config.json layer_types", "missing, so the windowed layers are "
+                              "unknown", "use the model's original config.json")
+        att["sliding_window"] = _dim(cfg, "sliding_window")
+        att["sliding_window_share"] = sum(t == "sliding_attention" for t in types) / len(types)
+    return {"family": f, "num_layers": _req(cfg, "num_hidden_layers", f),
+            "hidden_size": _req(cfg, "hidden_size", f), "vocab_size": _req(cfg, "vocab_size", f),
+            "attention": att,
+            "moe": {"num_experts": _req(cfg, "num_local_experts", f),
+                    "top_k": _req(cfg, "num_experts_per_tok", f),
+                    "expert_intermediate": _req(cfg, "intermediate_size", f)},
+            "tied_embeddings": bool(cfg.get("tie_word_embeddings", False))}
+
+
 FAMILIES: dict[str, Callable[[dict], dict]] = {
     "longcat_flash": _longcat, "deepseek_v3": _deepseek, "qwen3_moe": _qwen3_moe,
-    "mixtral": _mixtral, "llama": _llama}
+    "mixtral": _mixtral, "llama": _llama, "qwen3": _qwen3, "qwen2": _qwen3,
+    "gpt_oss": _gpt_oss}
+
+# Families whose configs name an architecture moesim does not model yet: the reason, said
+# instead of "not a supported family".
+NOT_MODELLED = {
+    "glm_moe_dsa": "DeepSeek sparse attention (its lightning indexer and top-k key selection)",
+    "deepseek_v32": "DeepSeek sparse attention (its lightning indexer and top-k key selection)",
+    "qwen3_5_moe": "hybrid linear attention (Gated DeltaNet layers beside full attention)",
+    "qwen3_next": "hybrid linear attention (Gated DeltaNet layers beside full attention)",
+}
 
 
 def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
@@ -132,6 +169,9 @@ def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
     if not isinstance(cfg, dict):
         raise MoesimError("CONFIG", "config.json must hold a JSON object", "pass a config.json")
     family = cfg.get("model_type", "")
+    if isinstance(family, str) and family in NOT_MODELLED:
+        raise MoesimError("config.json model_type", f"{family}: {NOT_MODELLED[family]} is not "
+                          "modelled yet", f"supported: {', '.join(FAMILIES)}")
     if not isinstance(family, str) or family not in FAMILIES:
         raise MoesimError("config.json model_type", f"{family!r} is not a supported family",
                           f"supported: {', '.join(FAMILIES)}")

@@ -18,7 +18,7 @@ from simulator.graph import unfused
 from simulator.graph.ops import Op, Shape, active_experts, compute_class
 from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
                                     is_moe_layer, local_kv_heads)
-from simulator.schema import ModelSpec, ParallelPlan, Precision
+from simulator.schema import AttentionSpec, ModelSpec, ParallelPlan, Precision
 
 ROUTER_WEIGHT_BYTES = 4     # routers are kept in fp32 whatever the weight precision (DeepSeek-V3 s3.3)
 
@@ -89,6 +89,7 @@ class _Builder:
         tags: tuple[str, ...] = ()
         atp = self.plan.attention_tp
         heads = a.num_heads // atp            # this GPU's heads (check_plan: atp divides them)
+        keys, pairs = window_keys(a, s.context), window_pairs(a, s)
         if a.kind == "mla":
             qk_head = a.qk_nope_head_dim + a.qk_rope_head_dim
             gemms = 2
@@ -106,12 +107,12 @@ class _Builder:
             kv_elems = kv_elements_per_block(a)
             if s.phase == "decode":   # absorbed MLA: attend over the latent cache
                 per_key = 2 * heads * (kv_elems + a.kv_lora_rank)
-                core_flops = t * s.context * per_key + 2 * t * kv_b_w
-                kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
+                core_flops = t * keys * per_key + 2 * t * kv_b_w
+                kv_read = s.sequences * keys * kv_elems * p.kv_bytes
                 io = t * heads * (kv_elems + a.kv_lora_rank)
             else:                     # expanded MLA: causal attention over the prompt
                 per_key = 2 * heads * (qk_head + a.v_head_dim)
-                core_flops = s.sequences * per_key * s.causal_pairs() + 2 * t * kv_b_w
+                core_flops = s.sequences * per_key * pairs + 2 * t * kv_b_w
                 kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
                 io = t * heads * (qk_head + a.v_head_dim)
                 tags = ("mla",) if qk_head != a.v_head_dim else ()
@@ -127,10 +128,10 @@ class _Builder:
             per_key = 2 * heads * hd * 2
             io = 2 * t * heads * hd
             if s.phase == "decode":
-                core_flops = t * s.context * per_key
-                kv_read = s.sequences * s.context * kv_elems * p.kv_bytes
+                core_flops = t * keys * per_key
+                kv_read = s.sequences * keys * kv_elems * p.kv_bytes
             else:
-                core_flops = s.sequences * per_key * s.causal_pairs()
+                core_flops = s.sequences * per_key * pairs
                 kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
         wb, ab = p.weight_bytes, p.activation_bytes
         proj_w = sum(proj_nk)
@@ -144,11 +145,11 @@ class _Builder:
             qkv = self.add(Op(f"L{layer}.{block}.cp_kv_gather", "collective",
                               bytes=t * kv_elems * p.kv_bytes * (cp - 1), collective="all_gather",
                               group="cp", layer=layer, block=block), qkv)
-        scores = s.sequences * heads * s.query_tokens * s.context  # a materialised matrix
+        scores = s.sequences * heads * s.query_tokens * keys  # a materialised matrix
         core = self.add(Op(f"L{layer}.{block}.core", "attention", flops=core_flops,
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block,
-                           tags=tags, seqs=float(s.sequences), kv_len=float(s.context),
+                           tags=tags, seqs=float(s.sequences), kv_len=float(keys),
                            kernel=f"{'mla' if a.kind == 'mla' else 'gqa'}_"
                                   f"{'decode' if s.phase == 'decode' else 'prefill'}"),
                         qkv, extra=core_extra)
@@ -330,6 +331,25 @@ class _Builder:
         inter = self.m.dense_intermediate or (self.m.moe.expert_intermediate if self.m.moe else 0)
         f = self.dense_ffn(layer, "mtp_ffn", a, inter)
         return self.head(layer, f, block="mtp_head")
+
+
+def window_keys(a: AttentionSpec, context: float) -> float:
+    """Keys a decode query attends to, the mean over attention blocks (windowed blocks read at
+    most sliding_window of them)."""
+    if not a.sliding_window:
+        return context
+    return a.sliding_window_share * min(context, a.sliding_window) + \
+        (1 - a.sliding_window_share) * context
+
+
+def window_pairs(a: AttentionSpec, s: Shape) -> float:
+    """Query-key pairs per sequence of a prefill pass, the mean over attention blocks (a
+    windowed block's queries attend to at most sliding_window keys each)."""
+    full = s.causal_pairs()
+    if not a.sliding_window:
+        return full
+    return a.sliding_window_share * min(full, s.query_tokens * a.sliding_window) + \
+        (1 - a.sliding_window_share) * full
 
 
 def copies_from(model: ModelSpec) -> int:

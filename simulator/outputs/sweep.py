@@ -203,6 +203,9 @@ def run_point(kind: str, workload: dict) -> tuple[dict | None, str | None]:
         if kind == "train":
             from simulator.training.run import train
             m = train(w).to_json()
+        elif kind == "serve":
+            from simulator.serving.run import ServingSim
+            m = ServingSim(w).run().to_json()
         else:
             from simulator.step.whatif import simulate
             m = simulate(w).to_json(with_ops=False)
@@ -251,7 +254,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
         if progress:
             progress(done, total)
         try:
-            for point, (metrics, error) in _execute(todo, spec.kind, backend, workers, address):
+            for point, (metrics, error) in execute(todo, spec.kind, backend, workers, address):
                 store.put(point, metrics, error)
                 done += 1
                 if progress:
@@ -265,8 +268,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
     return rows, path
 
 
-def _execute(todo: list[Point], kind: str, backend: str, workers: int,
-             address: str) -> Iterable[tuple[Point, tuple]]:
+def execute(todo: list[Point], kind: str, backend: str = "local", workers: int = 2,
+            address: str = "auto") -> Iterable[tuple[Point, tuple]]:
+    """Each point with its (metrics, error), in finishing order, on this process (workers 1),
+    a local process pool or Ray."""
     if not todo:
         return
     if backend == "ray":

@@ -22,6 +22,13 @@ class AttentionSpec(Strict):
     qk_nope_head_dim: int = Field(0, ge=0)
     qk_rope_head_dim: int = Field(0, ge=0)
     v_head_dim: int = Field(0, ge=0)
+    # sliding-window attention (gpt-oss, Mistral): windowed blocks attend to the last keys only
+    sliding_window: int = Field(0, ge=0, description="keys a query of a windowed block "
+                                "attends to at most (0: no window)")
+    sliding_window_share: float = Field(
+        1.0, ge=0, le=1, description="share of the attention blocks that are windowed (gpt-oss: "
+        "0.5, every other layer); the attention core is priced at the blocks' mean keys per "
+        "query")
 
     @model_validator(mode="after")
     def _dims_present(self) -> "AttentionSpec":

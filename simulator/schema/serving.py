@@ -30,20 +30,39 @@ class LengthSpec(Strict):
     max: Optional[int] = Field(None, gt=0, le=MAX_TOKENS)
 
 
-class ArrivalSpec(Strict):
-    """Request arrivals: Poisson, bursty gamma, or a trace file (CSV/JSONL)."""
+CLOSED_REQUESTS_PER_CLIENT = 4     # closed loop: requests sent in all, per client, by default
 
-    process: Literal["poisson", "gamma", "trace"] = "poisson"
+
+class ArrivalSpec(Strict):
+    """Request arrivals: Poisson, bursty gamma, a trace file (CSV/JSONL), or a closed loop of
+    `concurrency` clients, each sending its next request when its last one ends (benchmark
+    clients with --max-concurrency), all starting at t = 0."""
+
+    process: Literal["poisson", "gamma", "trace", "closed"] = "poisson"
     rate_per_s: float = Field(10.0, gt=0)
     gamma_cv: float = Field(2.0, gt=0, description="coefficient of variation of gaps (gamma)")
     trace: Optional[str] = Field(None, description="CSV or JSONL: arrival_s, input_tokens, output_tokens")
     duration_s: float = Field(60.0, gt=0)
+    concurrency: Optional[int] = Field(None, gt=0, le=10 ** 6,
+                                       description="closed: clients (requests in flight)")
+    requests: Optional[int] = Field(None, gt=0, le=2_000_000, description="closed: requests "
+                                    "sent in all (default 4 per client); the run ends when "
+                                    "the last one finishes")
 
     @model_validator(mode="after")
     def _trace_given(self) -> "ArrivalSpec":
         if self.process == "trace" and not self.trace:
             raise ValueError("process: trace needs a trace file path")
+        if self.process == "closed" and self.concurrency is None:
+            raise ValueError("process: closed needs concurrency (the number of clients)")
         return self
+
+    @property
+    def closed_requests(self) -> int:
+        """Requests a closed loop sends in all (at least one per client)."""
+        assert self.concurrency is not None
+        return max(self.requests or CLOSED_REQUESTS_PER_CLIENT * self.concurrency,
+                   self.concurrency)
 
 
 class SLOSpec(Strict):

@@ -69,6 +69,16 @@ def generate(spec: ArrivalSpec, inputs: LengthSpec, outputs: LengthSpec,
     return Requests(t, lengths(inputs, n, rng), lengths(outputs, n, rng))
 
 
+def closed_loop(spec: ArrivalSpec, inputs: LengthSpec, outputs: LengthSpec,
+                rng: np.random.Generator) -> Requests:
+    """A closed loop's requests: the first `concurrency` at t = 0, the rest not yet sent
+    (arrival +inf until the serving loop releases one as another finishes)."""
+    n, c = spec.closed_requests, spec.concurrency
+    t = np.full(n, np.inf)
+    t[:c] = 0.0
+    return Requests(t, lengths(inputs, n, rng), lengths(outputs, n, rng))
+
+
 def load_trace(path: str | Path) -> Requests:
     """Read a CSV (header arrival_s,input_tokens,output_tokens) or JSONL trace; validate every
     row first so nothing runs half-way on a bad file."""

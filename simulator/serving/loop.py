@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from simulator.errors import MoesimError
 from simulator.serving.arrivals import Requests
 from simulator.serving.mtp import steps_needed
 from simulator.serving.pools import (ADMISSION_POLICIES, PREFILL_POOLS, AdmissionPolicy,
@@ -83,6 +84,8 @@ class Loop:
         self.step = 0
         self.next_arrival = 0
         self.in_system = 0
+        self.closed = spec.arrivals.process == "closed"   # a finish releases the next arrival
+        self.next_release = int(np.isfinite(reqs.arrival_s).sum()) if self.closed else n
         self.prefill: PrefillPool = PREFILL_POOLS[spec.mode](self)
         self.policy: AdmissionPolicy = ADMISSION_POLICIES[spec.admission]()
 
@@ -166,11 +169,18 @@ class Loop:
         sim, spec = self.sim, self.sim.spec
         arrivals, n = self.arrivals, len(self.r)
         too_big = (self.r.input_tokens + self.r.output_tokens) > self.budget / self.dp
+        if self.closed and too_big.any():
+            raise MoesimError("serving.input_tokens", f"a request of "
+                              f"{int(self.r.input_tokens[too_big][0] + self.r.output_tokens[too_big][0])}"
+                              f" tokens does not fit one device's KV budget "
+                              f"({self.budget / self.dp:.0f} tokens): a closed-loop client "
+                              "would wait for it forever", "shorten the requests, or give the "
+                              "decode pool more GPUs or HBM")
         self.rejected = too_big.tolist()                                        # > 1 device
         self.too_big_before = [0, *accumulate(self.rejected)]
         area = 0.0                                   # integral of requests in system
-        horizon = max(self.r.duration_s, spec.arrivals.duration_s)    # when arrivals end
-        end_limit = horizon + spec.drain_s
+        horizon = 0.0 if self.closed else max(self.r.duration_s, spec.arrivals.duration_s)
+        end_limit = math.inf if self.closed else horizon + spec.drain_s
         prefill, policy, ready = self.prefill, self.policy, self.ready
         before_step, arrive, admit, take_chunk = prefill.before_step, self.arrive, \
             policy.admit, prefill.chunk
@@ -187,7 +197,8 @@ class Loop:
             admit(self)
             chunk, prefilled = take_chunk(self)
             if not self.n_active and chunk == 0:        # idle: jump to the next event
-                cands = [arrivals[self.next_arrival]] if self.next_arrival < n else []
+                cands = [arrivals[self.next_arrival]] if self.next_arrival < n and \
+                    arrivals[self.next_arrival] < math.inf else []   # closed: not yet sent
                 if ready:
                     cands.append(ready.first_time())
                 nxt = prefill.next_event_s()
@@ -218,6 +229,8 @@ class Loop:
             step_ctx.append(self.sum_ctx)
             if progress is not None and not self.step % PROGRESS_STEPS:
                 progress(t, horizon)
+        if self.closed:                     # the arrival times the clients' finishes set
+            self.r = Requests(np.array(arrivals), self.r.input_tokens, self.r.output_tokens)
         kv_t, kv_u = np.array(step_t[1:]), np.array(step_ctx[1:]) / self.budget
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
             if len(kv_t) else np.array([], dtype=int)
@@ -241,6 +254,16 @@ class Loop:
             if len(self.active) > 2 * self.n_active + COMPACT_SLACK:
                 book = self.book
                 self.active = [rid for rid in self.active if book[rid] > step]
+            if self.closed:
+                self._release(left)
         if not self.n_active:
             sum_ctx, sum_rate = 0.0, 0.0     # clear float drift when the pool empties
         self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
+
+    def _release(self, k: int) -> None:
+        """Closed loop: `k` clients just got their answers; each sends its next request now."""
+        arrivals, j = self.arrivals, self.next_release
+        stop = min(j + k, len(arrivals))
+        for rid in range(j, stop):
+            arrivals[rid] = self.t
+        self.next_release = stop

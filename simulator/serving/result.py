@@ -54,13 +54,14 @@ def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
     pre_rate = in_tokens / (max(pre_gpus, dec_gpus if spec.mode == "colocated" else 1) * makespan)
     slo = spec.slo
     good = int(((ttft <= slo.ttft_ms / 1e3) & (tpot <= slo.tpot_ms / 1e3)).sum())
-    horizon = max(run.r.duration_s, spec.arrivals.duration_s)
+    horizon = makespan if run.closed else max(run.r.duration_s, spec.arrivals.duration_s)
 
     def pct(x: np.ndarray) -> dict:
         if x.size == 0:
-            return {"p50": None, "p90": None, "p99": None}
+            return {"mean": None, "p50": None, "p90": None, "p99": None}
         p = np.percentile(x * 1e3, [50, 90, 99])
-        return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+        return {"mean": float(x.mean() * 1e3), "p50": float(p[0]), "p90": float(p[1]),
+                "p99": float(p[2])}
 
     mean_in_system = area / makespan
     lam = (arrived - rejected) / makespan

@@ -17,7 +17,7 @@ from simulator.graph.ops import Shape
 from simulator.graph.params import kv_elements_per_token
 from simulator.loading import load_model, load_profile
 from simulator.schema import HardwareProfile, ServingSpec, Workload
-from simulator.serving.arrivals import Requests, generate, load_trace
+from simulator.serving.arrivals import Requests, closed_loop, generate, load_trace
 from simulator.serving.loop import Loop
 from simulator.serving.pools import ADMISSION_POLICIES, chunk_shape  # noqa: F401
 from simulator.serving.result import ServeResult
@@ -116,6 +116,8 @@ class ServingSim:
         a = self.spec.arrivals
         if a.process == "trace":
             return load_trace(a.trace)
+        if a.process == "closed":
+            return closed_loop(a, self.spec.input_tokens, self.spec.output_tokens, self.rng)
         return generate(a, self.spec.input_tokens, self.spec.output_tokens, self.rng)
 
     def run(self, check_stability: bool = True,
@@ -125,7 +127,7 @@ class ServingSim:
         reqs = self.requests()
         n = len(reqs)
         horizon = max(reqs.duration_s, self.spec.arrivals.duration_s)
-        if check_stability and n:
+        if check_stability and n and self.spec.arrivals.process != "closed":
             cap = self.capacity_rps()
             offered = n / max(horizon, 1e-9)
             if offered > cap:

@@ -1,0 +1,528 @@
+"""moesim against thousands of measured serving runs (the silicon corpus).
+
+Reads a CSV in the format of aiconfigurator-core's `systems/silicon_sample.csv` (default: the
+pinned package's own file, `pip install -e '.[kernels]'`), writes each row down as a moesim
+serving workload (the model from the package's Hugging Face config through moesim's importer;
+hardware; every parallelism field; precision; lengths) and predicts its TTFT and TPOT the way
+it was measured: a closed loop of `concurrency` clients, each sending its next request when
+its last one ends. Rows moesim cannot express yet are listed with the reason, never dropped.
+Assumptions the corpus leaves open are in benchmarks/silicon.yaml and on every row.
+
+    python benchmarks/silicon.py [--csv FILE] [--json OUT] [--report OUT.html]
+                                 [--workers N] [--limit N] [--systems h100_sxm,h200_sxm]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simulator.errors import MoesimError  # noqa: E402
+from simulator.loading import read_text_file, read_yaml_mapping  # noqa: E402
+
+ASSUMPTIONS = ROOT / "benchmarks" / "silicon.yaml"
+PACKAGE = "aiconfigurator_core"
+REQUIRED = ("id", "backend", "backend_version", "model_path", "system", "precision", "mode",
+            "isl", "osl", "gemm_quant_mode", "moe_quant_mode", "silicon_ttft_ms",
+            "silicon_tpot_ms")
+POOL_FIELDS = ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
+BANDS = ((1, 8, "1-8"), (9, 32, "9-32"), (33, 128, "33-128"), (129, 10 ** 9, ">128"))
+MAX_CSV_BYTES = 256 * 2 ** 20
+
+
+class Unexpressed(Exception):
+    """A row moesim cannot write down yet; the message is the reason."""
+
+
+@dataclass
+class Case:
+    """One expressible row: its workload and what was assumed to write it."""
+
+    row: dict
+    workload: dict
+    assumed: list[str] = field(default_factory=list)
+
+
+# -- reading ----------------------------------------------------------------------------------
+def package_dir() -> Path:
+    """The installed aiconfigurator-core package's folder (data only: nothing is imported
+    from it but its location)."""
+    import importlib.util
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MoesimError("--csv", "no CSV given and the aiconfigurator-core package is not "
+                          "installed", "pip install -e '.[kernels]', or pass --csv FILE")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The CSV's rows as dicts, the header checked; a clear error on anything malformed."""
+    if path.exists() and path.is_file() and path.stat().st_size > MAX_CSV_BYTES:
+        raise MoesimError("--csv", f"{path} is larger than {MAX_CSV_BYTES >> 20} MiB",
+                          "pass a smaller corpus")
+    text = read_text_file(path, "silicon CSV")
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    missing = [k for k in REQUIRED if k not in (reader.fieldnames or [])]
+    if missing:
+        raise MoesimError(f"--csv {path.name} header", f"missing column(s) "
+                          f"{', '.join(missing)}", "use the format of aiconfigurator-core's "
+                          "systems/silicon_sample.csv")
+    rows = []
+    for i, row in enumerate(reader, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise MoesimError(f"--csv {path.name} line {i}", "has a different number of "
+                              "fields than the header", "fix the line or drop it")
+        for key in ("isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms"):
+            v = _number(row[key])
+            if v is None or not v > 0:
+                raise MoesimError(f"--csv {path.name} line {i} {key}", f"{row[key]!r} is not a "
+                                  "positive number", "write a positive number")
+        row["_line"] = i
+        rows.append(row)
+    if not rows:
+        raise MoesimError(f"--csv {path.name}", "no rows", "add at least one measured run")
+    return rows
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        v = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) else None
+
+
+def concurrency(row: dict) -> int | None:
+    """Clients of the measured run: `silicon_concurrency` in the source string, else the
+    aggregated row's batch_size."""
+    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", "") or "")
+    if m:
+        return int(m.group(1))
+    b = _number(row.get("batch_size"))
+    return int(b) if row["mode"] == "agg" and b and b >= 1 else None
+
+
+# -- models -----------------------------------------------------------------------------------
+def _norm(name: str) -> str:
+    """A model name without its organisation, case, and the suffixes a checkpoint's
+    quantisation or chat tuning adds (the architecture is the same)."""
+    n = name.split("/")[-1].split("--")[-1].removesuffix("_config.json").lower()
+    n = n.removeprefix("meta-")
+    for suffix in ("-instruct", "-nvfp4", "-fp8", "-base"):
+        n = n.replace(suffix, "")
+    return n
+
+
+def config_for(model_path: str, configs: Path) -> tuple[Path, str | None]:
+    """The package's config.json for a model id: the exact `org--name`, else the one whose
+    normalised name matches (then the assumption is named)."""
+    exact = configs / f"{model_path.replace('/', '--')}_config.json"
+    if exact.exists():
+        return exact, None
+    want = _norm(model_path)
+    cands = sorted(p for p in configs.glob("*_config.json") if _norm(p.name) == want)
+    if not cands:
+        raise Unexpressed(f"no config.json for {model_path} in the package")
+    plain = [p for p in cands if p.name.split("--")[-1].lower().removesuffix("_config.json")
+             == model_path.split("/")[-1].lower()]
+    pick = (plain or sorted(cands, key=lambda p: (len(p.name), p.name)))[0]
+    return pick, f"model config {pick.name} (same architecture as {model_path})"
+
+
+class Models:
+    """Imported models, one YAML each in a scratch folder, by config file."""
+
+    def __init__(self, configs: Path, folder: Path) -> None:
+        self.configs, self.folder, self.done = configs, folder, {}
+
+    def path(self, model_path: str) -> tuple[str, object, str | None]:
+        """(model YAML path, ModelSpec, assumption or None) for a model id."""
+        from simulator.hf_import import import_hf_config, spec_to_yaml
+        cfg, assumed = config_for(model_path, self.configs)
+        if cfg not in self.done:
+            try:
+                spec = import_hf_config(cfg, name=model_path)
+            except MoesimError as exc:
+                self.done[cfg] = exc
+            else:
+                out = self.folder / (cfg.name.removesuffix("_config.json") + ".yaml")
+                out.write_text(spec_to_yaml(spec))
+                self.done[cfg] = (str(out), spec)
+        got = self.done[cfg]
+        if isinstance(got, MoesimError):
+            raise Unexpressed(f"model import: {got.problem}")
+        return got[0], got[1], assumed
+
+    def config(self, model_path: str) -> dict:
+        """The config.json a model id was imported from, as a mapping."""
+        return json.loads(read_text_file(config_for(model_path, self.configs)[0], "config.json"))
+
+
+# -- rows -> workloads ------------------------------------------------------------------------
+# Fields a row may leave empty, and what an empty one is read as (said in `assumed`)
+EMPTY_MEANS = {"attention_dp_size": (1, "no attention DP"), "num_workers": (1, "one worker"),
+               "pp_size": (1, "no pipeline parallelism")}
+
+
+def _pool(row: dict, prefix: str, model, gpn: int, assumed: list[str]) -> tuple[dict, int]:
+    """A moesim plan for one pool of the row (prefix '' for aggregated, 'prefill_' or
+    'decode_'), and its attention groups."""
+    v = {k: _number(row.get(prefix + k)) for k in POOL_FIELDS}
+    v["num_workers"] = _number(row.get(prefix + "num_workers")) if prefix else 1
+    if model.moe is None:                # a dense model's MoE fields say nothing (0 or empty)
+        v["moe_tp_size"] = v["moe_ep_size"] = 1
+    for k, x in v.items():
+        if x is None and k in EMPTY_MEANS:
+            v[k], what = EMPTY_MEANS[k]
+            assumed.append(f"{prefix + k} empty: read as {what}")
+        elif x is None or x < 1 or x != int(x):
+            raise Unexpressed(f"{prefix + k} is {row.get(prefix + k)!r}, not a positive count")
+    tp, pp, adp, mtp, mep, workers = (int(v[k]) for k in (*POOL_FIELDS, "num_workers"))
+    if pp > 1:
+        raise Unexpressed("pipeline-parallel serving (pp > 1) is not modelled")
+    if tp > 1 and adp > 1:
+        raise Unexpressed(f"tp {tp} with attention DP {adp} (TP inside DP attention groups) is "
+                          "not modelled")
+    worker = tp * adp
+    if tp > gpn:
+        raise Unexpressed(f"tensor-parallel attention over {tp} GPUs spans nodes of {gpn}")
+    if model.moe is not None and mtp * mep != worker:
+        raise Unexpressed(f"moe_tp x moe_ep = {mtp} x {mep} does not cover the worker's "
+                          f"{worker} GPUs")
+    if model.moe is not None and mtp > 1 and tp == 1:
+        raise Unexpressed("MoE tensor parallelism under DP attention is not modelled")
+    gpus = worker * workers
+    plan = {"gpus": gpus, "gpus_per_node": min(gpn, worker), "tp": tp,
+            "ep": mep if model.moe is not None else 1}
+    if tp > 1:
+        plan["attention_tp"] = tp
+        if model.moe is not None:
+            plan["moe_tp"] = mtp
+    return plan, adp * workers
+
+
+def checkpoint_mode(cfg: dict) -> str:
+    """The quantisation mode of a checkpoint's own config.json: its quantization_config
+    (fp8 with a weight block size: fp8_block; mxfp4), else bf16."""
+    q = cfg.get("quantization_config") or {}
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "fp8_block" if q.get("weight_block_size") else "fp8"
+    return method if method in ("mxfp4", "nvfp4") else "bf16"
+
+
+def _precision(row: dict, model, cfg: dict, a: dict, assumed: list[str]) -> dict:
+    modes = a["quant_modes"]
+    g, e = row["gemm_quant_mode"], row["moe_quant_mode"]
+    if not g:
+        g = checkpoint_mode(cfg)
+        assumed.append(f"gemm_quant_mode empty: the checkpoint's own ({g})")
+    if not e:
+        e = g if model.moe is None else checkpoint_mode(cfg)
+        if model.moe is not None:
+            assumed.append(f"moe_quant_mode empty: the checkpoint's own ({e})")
+    for what, mode in (("gemm_quant_mode", g), ("moe_quant_mode", e)):
+        if mode not in modes:
+            raise Unexpressed(f"{what} {mode} is not a precision moesim knows")
+    weights = modes[e] if model.moe is not None else modes[g]
+    if model.moe is not None and modes[e]["weight_bytes"] != modes[g]["weight_bytes"]:
+        assumed.append(f"every weight at the experts' {e} width "
+                       f"({modes[e]['weight_bytes']} bytes; one width per workload)")
+    compute = {"dense_gemm": modes[g]["hopper_compute"],
+               "expert_gemm": modes[e]["hopper_compute"], "attention": "bf16",
+               "lm_head": "bf16"}
+    for mode in {g, e}:
+        if modes[mode]["hopper_compute"] != mode.split("_")[0]:
+            assumed.append(f"{mode} weights widened to bf16 GEMMs (no FP4/INT4 tensor cores "
+                           "on Hopper)")
+    kvb = a["kv_bytes"]
+    fp8_dispatch = modes[e]["hopper_compute"] == "fp8"
+    return {"weight_bytes": weights["weight_bytes"], "activation_bytes": 2.0, "kv_bytes": kvb,
+            "dispatch_bytes": 1.03125 if fp8_dispatch else 2.0, "combine_bytes": 2.0,
+            "compute": compute}
+
+
+def to_case(row: dict, models: Models, a: dict) -> Case:
+    """The row as a moesim serving workload, or Unexpressed with the reason."""
+    system = row["system"]
+    if system not in a["systems"]:
+        raise Unexpressed(f"no moesim profile for {system} (profiles exist for "
+                          f"{', '.join(a['systems'])})")
+    conc = concurrency(row)
+    if conc is None:
+        raise Unexpressed("the measured concurrency is not stated")
+    model_yaml, model, assumed_model = models.path(row["model_path"])
+    assumed = [assumed_model] if assumed_model else []
+    backend = row["backend"]
+    if backend not in a["chunk_tokens"]:
+        raise Unexpressed(f"backend {backend} has no settings in benchmarks/silicon.yaml")
+    isl, osl = int(float(row["isl"])), int(float(row["osl"]))
+    prec = _precision(row, model, models.config(row["model_path"]), a, assumed)
+    gpn = 8
+    n_req = a["requests_per_client"] * conc
+    serving = {"arrivals": {"process": "closed", "concurrency": conc, "requests": n_req},
+               "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
+               "drain_s": 0.0}
+    if row["mode"] == "agg":
+        plan, dp = _pool(row, "", model, gpn, assumed)
+        serving.update(mode="colocated", chunk_tokens_per_device=a["chunk_tokens"][backend],
+                       decode={"max_batch_per_device": max(1, math.ceil(conc / dp))})
+        assumed.append(f"chunked prefill of {a['chunk_tokens'][backend]} tokens per attention "
+                       f"group ({backend} default)")
+    elif row["mode"] == "disagg":
+        plan, dp = _pool(row, "decode_", model, gpn, assumed)
+        pplan, _ = _pool(row, "prefill_", model, gpn, assumed)
+        pb = _number(row.get("prefill_batch_size")) or 1
+        serving.update(mode="disaggregated",
+                       decode={"plan": plan, "max_batch_per_device": max(1, math.ceil(conc / dp))},
+                       prefill={"plan": pplan, "max_tokens_per_device": int(isl * max(pb, 1))})
+    else:
+        raise Unexpressed(f"mode {row['mode']!r} is neither agg nor disagg")
+    assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
+                "measured figures read as the mean over requests",
+                f"KV cache in {a['kv_bytes']:g}-byte elements", "no MTP / speculative decoding"]
+    w = {"name": f"silicon-{row['id']}"[:200], "model": model_yaml,
+         "hardware": a["systems"][system], "plan": plan, "phase": "decode",
+         "batch_per_device": max(1, math.ceil(conc / dp)), "context_length": isl,
+         "schedule": "sequential", "precision": prec, "serving": serving}
+    if model.moe is not None and plan.get("attention_tp", 1) == 1 and plan["ep"] > 1:
+        w["routing"] = {"popularity": "uniform"}
+    return Case(row, w, assumed)
+
+
+# -- running ----------------------------------------------------------------------------------
+def predict(cases: list[Case], workers: int, progress=None) -> list[tuple[Case, dict | None,
+                                                                         str | None]]:
+    """Every case's serve metrics (or its error), through the sweep's worker pool."""
+    from simulator.outputs.sweep import Point, execute
+    points = [Point(str(i), {}, c.workload) for i, c in enumerate(cases)]
+    out: list = [None] * len(cases)
+    done = 0
+    for point, (metrics, error) in execute(points, "serve", "local", workers):
+        out[int(point.key)] = (cases[int(point.key)], metrics, error)
+        done += 1
+        if progress:
+            progress(done, len(cases))
+    return out
+
+
+def band(c: int) -> str:
+    """The concurrency band of a row."""
+    return next(name for lo, hi, name in BANDS if lo <= c <= hi)
+
+
+def _err(pred: float | None, meas: float) -> float | None:
+    return None if pred is None or not meas > 0 else pred / meas - 1.0
+
+
+def result_row(case: Case, metrics: dict) -> dict:
+    """One row of the JSON: measured and predicted TTFT and TPOT, and their errors."""
+    r = case.row
+    conc = concurrency(r)
+    out = {"id": r["id"], "system": r["system"], "backend": r["backend"],
+           "backend_version": r["backend_version"], "model": r["model_path"], "mode": r["mode"],
+           "isl": int(float(r["isl"])), "osl": int(float(r["osl"])), "concurrency": conc,
+           "assumed": case.assumed}
+    for key in ("ttft_ms", "tpot_ms"):
+        meas = float(r[f"silicon_{key}"])
+        pred = metrics[key]["mean"]
+        out[key] = {"measured": meas, "predicted": pred, "error": _err(pred, meas)}
+    return out
+
+
+def _stats(errors: list[float]) -> dict:
+    if not errors:
+        return {"rows": 0, "median_abs_error": None, "p90_abs_error": None,
+                "share_optimistic": None}
+    a = sorted(abs(e) for e in errors)
+    p90 = a[min(len(a) - 1, math.ceil(0.9 * len(a)) - 1)]     # nearest-rank percentile
+    return {"rows": len(errors), "median_abs_error": statistics.median(a), "p90_abs_error": p90,
+            "share_optimistic": sum(e < 0 for e in errors) / len(errors)}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Median |error|, nearest-rank p90 |error| and the share optimistic (predicted faster:
+    error < 0) of TTFT and TPOT, overall and by system, backend, model, mode and concurrency
+    band."""
+    def of(subset: list[dict]) -> dict:
+        return {k: _stats([r[k]["error"] for r in subset if r[k]["error"] is not None])
+                for k in ("ttft_ms", "tpot_ms")}
+    out = {"overall": of(rows)}
+    for dim, key in (("system", "system"), ("backend", "backend"), ("model", "model"),
+                     ("mode", "mode"), ("concurrency_band", "concurrency")):
+        groups: dict[str, list] = {}
+        for r in rows:
+            groups.setdefault(band(r[key]) if dim == "concurrency_band" else r[key], []).append(r)
+        out[f"by_{dim}"] = {g: of(v) for g, v in sorted(groups.items())}
+    return out
+
+
+def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = None,
+        systems: list[str] | None = None, progress=None) -> dict:
+    """The whole benchmark: {rows, unexpressed, summary, held_apart, failed}."""
+    a = read_yaml_mapping(ASSUMPTIONS)
+    held = set(a["held_apart"])
+    rows = read_rows(csv_path)
+    kept = [r for r in rows if r["model_path"] not in held]
+    if systems:
+        kept = [r for r in kept if r["system"] in systems]
+    if limit is not None:
+        kept = kept[:limit]
+    cases, unexpressed = [], []
+    with tempfile.TemporaryDirectory(prefix="moesim-silicon-") as tmp:
+        models = Models(configs, Path(tmp))
+        for r in kept:
+            try:
+                cases.append(to_case(r, models, a))
+            except Unexpressed as exc:
+                unexpressed.append({"id": r["id"], "reason": str(exc)})
+        results = predict(cases, workers, progress)
+    out_rows, failed = [], []
+    for case, metrics, error in results:
+        if error is not None:
+            unexpressed.append({"id": case.row["id"], "reason": f"moesim refused it: {error}"})
+        else:
+            out_rows.append(result_row(case, metrics))
+    return {"csv": str(csv_path), "held_apart": {"models": sorted(held),
+                                                 "rows": len(rows) - len([r for r in rows if r["model_path"] not in held])},
+            "rows": out_rows, "unexpressed": unexpressed, "summary": summary(out_rows),
+            "failed": failed}
+
+
+# -- output -----------------------------------------------------------------------------------
+def reasons(unexpressed: list[dict]) -> list[tuple[str, int]]:
+    """Unexpressed rows counted by reason (numbers in the reason kept: they name the case)."""
+    counts: dict[str, int] = {}
+    for u in unexpressed:
+        counts[u["reason"]] = counts.get(u["reason"], 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def print_summary(res: dict) -> None:
+    """The console summary: expressed share, overall and per-system errors, reasons."""
+    n_rows, n_un = len(res["rows"]), len(res["unexpressed"])
+    print(f"{n_rows} rows predicted, {n_un} not expressed (of {n_rows + n_un} allowed rows; "
+          f"{res['held_apart']['rows']} held apart)")
+    s = res["summary"]
+    for title, groups in (("overall", {"all": s["overall"]}), ("by system", s["by_system"]),
+                          ("by backend", s["by_backend"]), ("by mode", s["by_mode"]),
+                          ("by concurrency", s["by_concurrency_band"]),
+                          ("by model", s["by_model"])):
+        print(f"\n{title}:")
+        print(f"  {'':34} {'rows':>5} {'TTFT med':>9} {'p90':>7} {'opt':>5} "
+              f"{'TPOT med':>9} {'p90':>7} {'opt':>5}")
+        for g, st in groups.items():
+            t, p = st["ttft_ms"], st["tpot_ms"]
+            if not p["rows"]:
+                continue
+            print(f"  {g[:34]:34} {p['rows']:5d} {t['median_abs_error']:9.1%} "
+                  f"{t['p90_abs_error']:7.1%} {t['share_optimistic']:5.0%} "
+                  f"{p['median_abs_error']:9.1%} {p['p90_abs_error']:7.1%} "
+                  f"{p['share_optimistic']:5.0%}")
+    if res["unexpressed"]:
+        print("\nnot expressed (count: reason):")
+        for reason, k in reasons(res["unexpressed"])[:15]:
+            print(f"  {k:5d}: {reason}")
+
+
+def figures(res: dict) -> list:
+    """Predicted against measured TPOT and TTFT (log axes, one colour per system) and the
+    error distribution by backend."""
+    import plotly.graph_objects as go
+    figs = []
+    for key, title in (("tpot_ms", "TPOT"), ("ttft_ms", "TTFT")):
+        fig = go.Figure()
+        for system in sorted({r["system"] for r in res["rows"]}):
+            rs = [r for r in res["rows"] if r["system"] == system]
+            fig.add_trace(go.Scatter(
+                x=[r[key]["measured"] for r in rs], y=[r[key]["predicted"] for r in rs],
+                mode="markers", name=system, text=[r["id"] for r in rs],
+                hovertemplate="%{text}<br>measured %{x:.4g} ms, moesim %{y:.4g} ms"
+                              "<extra></extra>"))
+        lo = min([r[key]["measured"] for r in res["rows"]] or [1])
+        hi = max([r[key]["measured"] for r in res["rows"]] or [10])
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="moesim = measured",
+                                 line={"dash": "dot", "color": "gray"}))
+        fig.update_layout(title=f"{title}: moesim against measured (silicon corpus)",
+                          xaxis_title=f"measured {title} (ms)",
+                          yaxis_title=f"moesim {title} (ms)", xaxis_type="log",
+                          yaxis_type="log")
+        figs.append(fig)
+    fig = go.Figure()
+    for backend in sorted({r["backend"] for r in res["rows"]}):
+        fig.add_trace(go.Box(y=[100 * r["tpot_ms"]["error"] for r in res["rows"]
+                                if r["backend"] == backend], name=backend))
+    fig.update_layout(title="TPOT error by backend (moesim / measured - 1)",
+                      yaxis_title="error (%)", xaxis_title="backend")
+    figs.append(fig)
+    return figs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the summary; --json and --report write it."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--csv", type=Path, default=None, help="default: the package's own corpus")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--report", type=Path, default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N allowed rows")
+    ap.add_argument("--systems", default=None, help="comma-separated systems to keep")
+    args = ap.parse_args(argv)
+    try:
+        from simulator.atomic import check_output_path
+        for opt, p in (("--json", args.json), ("--report", args.report)):
+            if p is not None:
+                check_output_path(p, opt)
+        if args.workers < 1:
+            raise MoesimError("--workers", f"{args.workers} is not a positive count",
+                              "use 1 or more")
+        csv_path = args.csv or package_dir() / "systems" / "silicon_sample.csv"
+        configs = package_dir() / "model_configs"
+        bar = _progress_bar()
+        res = run(csv_path, configs, args.workers, args.limit,
+                  args.systems.split(",") if args.systems else None, bar)
+        print(file=sys.stderr)
+        print_summary(res)
+        if args.json:
+            from simulator.atomic import write_text_atomic
+            from simulator.jsonout import dumps
+            write_text_atomic(args.json, dumps(res), "--json")
+        if args.report:
+            from simulator.outputs.report import write_figures
+            s = res["summary"]["overall"]["tpot_ms"]
+            write_figures(figures(res), "moesim against the silicon corpus", args.report,
+                          f"<p>{s['rows']} rows; TPOT median |error| "
+                          f"{(s['median_abs_error'] or 0):.1%}, p90 "
+                          f"{(s['p90_abs_error'] or 0):.1%}; {len(res['unexpressed'])} rows "
+                          "not expressed (docs/accuracy.md)</p>")
+    except MoesimError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _progress_bar():
+    def show(done: int, total: int) -> None:
+        width = 30
+        k = int(width * done / max(total, 1))
+        print(f"\r[{'#' * k}{'.' * (width - k)}] {done}/{total} rows", end="", file=sys.stderr,
+              flush=True)
+    return show
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The silicon benchmark (benchmarks/silicon.py): rows -> workloads, reasons for what it cannot
+express, summaries by arithmetic, bad CSVs, and a slice of the real corpus when installed."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import silicon
+from simulator.errors import MoesimError
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "silicon"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return silicon.run(DATA / "corpus.csv", DATA / "model_configs", workers=1)
+
+
+def test_every_allowed_row_is_predicted_or_listed_with_its_reason(small):
+    predicted = {r["id"] for r in small["rows"]}
+    reasons = {u["id"]: u["reason"] for u in small["unexpressed"]}
+    assert predicted == {"moe-dp-ep", "moe-tp", "dense-tp", "moe-disagg"}
+    assert "no moesim profile for b200_sxm" in reasons["on-blackwell"]
+    assert "fp6" in reasons["odd-precision"] and "precision" in reasons["odd-precision"]
+    assert "sparse attention" in reasons["sparse-attention"]
+    # held apart: neither predicted nor listed, only counted
+    assert "held-apart" not in predicted | set(reasons)
+    assert small["held_apart"]["rows"] == 1
+
+
+def test_rows_carry_the_measured_figures_errors_and_assumptions(small):
+    rows = {r["id"]: r for r in small["rows"]}
+    r = rows["moe-dp-ep"]
+    assert r["concurrency"] == 16 and r["ttft_ms"]["measured"] == 100
+    for key in ("ttft_ms", "tpot_ms"):
+        m, p = r[key]["measured"], r[key]["predicted"]
+        assert p > 0 and r[key]["error"] == pytest.approx(p / m - 1)
+    assert any("requests per client" in a for a in r["assumed"])
+    # the config was found under another checkpoint's name: said so
+    assert any("acme--TinyMoE_config.json" in a for a in rows["moe-tp"]["assumed"])
+    # concurrency from batch_size when the source string has none
+    assert rows["moe-tp"]["concurrency"] == 4
+
+
+def test_rows_are_written_as_they_ran():
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
+    models = silicon.Models(DATA / "model_configs", Path(pytest.importorskip("tempfile")
+                                                           .mkdtemp()))
+    tp = silicon.to_case(rows["moe-tp"], models, a).workload
+    assert tp["plan"] == {"gpus": 8, "gpus_per_node": 8, "tp": 8, "attention_tp": 8,
+                          "moe_tp": 2, "ep": 4}
+    assert tp["serving"]["mode"] == "colocated"
+    assert tp["serving"]["decode"]["max_batch_per_device"] == 4       # 4 clients, one group
+    dp = silicon.to_case(rows["moe-dp-ep"], models, a).workload
+    assert dp["plan"] == {"gpus": 8, "gpus_per_node": 8, "tp": 1, "ep": 8}
+    assert dp["serving"]["decode"]["max_batch_per_device"] == 2       # 16 clients over 8 DP
+    assert dp["precision"]["compute"]["expert_gemm"] == "fp8"
+    assert dp["serving"]["arrivals"] == {"process": "closed", "concurrency": 16,
+                                         "requests": 16 * a["requests_per_client"]}
+    dis = silicon.to_case(rows["moe-disagg"], models, a).workload
+    assert dis["serving"]["mode"] == "disaggregated"
+    assert dis["serving"]["prefill"]["plan"]["attention_tp"] == 8
+    assert dis["serving"]["decode"]["plan"]["ep"] == 8
+
+
+def _row(err_ttft, err_tpot, **kw):
+    base = {"system": "h200_sxm", "backend": "sglang", "model": "m", "mode": "agg",
+            "concurrency": 4}
+    base.update(kw)
+    return {**base, "ttft_ms": {"error": err_ttft}, "tpot_ms": {"error": err_tpot}}
+
+
+def test_summary_by_arithmetic():
+    rows = [_row(-0.10, 0.20), _row(0.30, -0.05), _row(-0.50, -0.40, system="h100_sxm"),
+            _row(0.05, 0.10, concurrency=64, backend="vllm")]
+    s = silicon.summary(rows)
+    t = s["overall"]["tpot_ms"]
+    # |errors| 0.05, 0.10, 0.20, 0.40: median 0.15, nearest-rank p90 = the 4th, 2 of 4 < 0
+    assert t["rows"] == 4
+    assert t["median_abs_error"] == pytest.approx(0.15)
+    assert t["p90_abs_error"] == pytest.approx(0.40)
+    assert t["share_optimistic"] == pytest.approx(0.5)
+    f = s["overall"]["ttft_ms"]      # |errors| 0.05, 0.10, 0.30, 0.50
+    assert f["median_abs_error"] == pytest.approx(0.20)
+    assert f["share_optimistic"] == pytest.approx(0.5)
+    h200 = s["by_system"]["h200_sxm"]["tpot_ms"]       # 0.20, -0.05, 0.10
+    assert h200["rows"] == 3 and h200["median_abs_error"] == pytest.approx(0.10)
+    assert h200["share_optimistic"] == pytest.approx(1 / 3)
+    assert s["by_concurrency_band"]["33-128"]["tpot_ms"]["rows"] == 1
+    assert s["by_concurrency_band"]["1-8"]["tpot_ms"]["rows"] == 3
+    assert set(s["by_backend"]) == {"sglang", "vllm"}
+
+
+def test_concurrency_bands_cover_every_count():
+    assert [silicon.band(c) for c in (1, 8, 9, 32, 33, 128, 129, 5000)] == \
+        ["1-8", "1-8", "9-32", "9-32", "33-128", "33-128", ">128", ">128"]
+
+
+def test_a_malformed_csv_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,system\nx,h200_sxm\n")
+    with pytest.raises(MoesimError, match="missing column"):
+        silicon.read_rows(bad)
+    good = (DATA / "corpus.csv").read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([good[0], good[1].rsplit(",", 3)[0]]) + "\n")
+    with pytest.raises(MoesimError, match="number of fields"):
+        silicon.read_rows(short)
+    nan = tmp_path / "nan.csv"
+    nan.write_text("\n".join([good[0], good[1].rsplit(",", 1)[0] + ",nan"]) + "\n")
+    with pytest.raises(MoesimError, match="silicon_tpot_ms"):
+        silicon.read_rows(nan)
+    # from the command line: exit 2, one paragraph, no traceback
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "silicon.py"), "--csv",
+                        str(bad)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "missing column" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_json_is_strict_and_complete(small, tmp_path):
+    from simulator.jsonout import dumps
+    data = json.loads(dumps(small))
+    assert set(data) >= {"rows", "unexpressed", "summary"}
+    for r in data["rows"]:
+        assert set(r) >= {"id", "system", "backend", "model", "mode", "concurrency", "ttft_ms",
+                          "tpot_ms", "assumed"}
+        for key in ("ttft_ms", "tpot_ms"):
+            assert set(r[key]) == {"measured", "predicted", "error"}
+            assert math.isfinite(r[key]["predicted"])
+
+
+def test_a_slice_of_the_real_corpus():
+    """The pinned package's own corpus (the `kernels` extra): its first allowed H200 rows run,
+    every one predicted or listed with a reason; nothing held apart is touched."""
+    try:
+        pkg = silicon.package_dir()
+    except MoesimError:
+        pytest.skip("aiconfigurator-core is not installed (pip install -e '.[kernels]')")
+    res = silicon.run(pkg / "systems" / "silicon_sample.csv", pkg / "model_configs",
+                      workers=1, limit=12, systems=["h200_sxm"])
+    assert len(res["rows"]) + len(res["unexpressed"]) == 12
+    assert len(res["rows"]) >= 6
+    held = set(silicon.read_yaml_mapping(silicon.ASSUMPTIONS)["held_apart"])
+    assert not any(r["model"] in held for r in res["rows"])
+    for r in res["rows"]:
+        assert r["system"] == "h200_sxm"
+        assert 0.1 < r["tpot_ms"]["predicted"] / r["tpot_ms"]["measured"] < 10
