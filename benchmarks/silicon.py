@@ -409,6 +409,26 @@ def reasons(unexpressed: list[dict]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
+def bands_yaml(res: dict, command: str) -> str:
+    """hardware_profiles/fidelity.yaml: the p90 |error| (%) of TPOT (decode) and TTFT
+    (prefill) per moesim profile and over all rows, which `simulate` reports as its error band."""
+    import yaml
+    a = read_yaml_mapping(ASSUMPTIONS)
+    by = res["summary"]["by_system"]
+    out = {}
+    for system, stats in [("all", res["summary"]["overall"])] + sorted(by.items()):
+        name = "all" if system == "all" else a["systems"][system]
+        if stats["tpot_ms"]["rows"]:
+            out[name] = {"decode": round(100 * stats["tpot_ms"]["p90_abs_error"], 1),
+                         "prefill": round(100 * stats["ttft_ms"]["p90_abs_error"], 1),
+                         "rows": stats["tpot_ms"]["rows"]}
+    head = ("# Error bands of moesim's predictions (%): the p90 |error| of the silicon corpus\n"
+            "# (aiconfigurator-core 0.12.0 systems/silicon_sample.csv, held-apart models "
+            "excluded):\n# TPOT for decode, TTFT for prefill, per profile and over all rows. "
+            "Written by:\n#   " + command + "\n")
+    return head + yaml.safe_dump({"bands": out}, sort_keys=False)
+
+
 def print_summary(res: dict) -> None:
     """The console summary: expressed share, overall and per-system errors, reasons."""
     n_rows, n_un = len(res["rows"]), len(res["unexpressed"])
@@ -478,10 +498,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first N allowed rows")
     ap.add_argument("--systems", default=None, help="comma-separated systems to keep")
+    ap.add_argument("--bands", type=Path, default=None,
+                    help="write the error bands simulate reports (hardware_profiles/fidelity.yaml)")
     args = ap.parse_args(argv)
     try:
         from simulator.atomic import check_output_path
-        for opt, p in (("--json", args.json), ("--report", args.report)):
+        for opt, p in (("--json", args.json), ("--report", args.report), ("--bands", args.bands)):
             if p is not None:
                 check_output_path(p, opt)
         if args.workers < 1:
@@ -498,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
             from simulator.atomic import write_text_atomic
             from simulator.jsonout import dumps
             write_text_atomic(args.json, dumps(res), "--json")
+        if args.bands:
+            from simulator.atomic import write_text_atomic
+            write_text_atomic(args.bands, bands_yaml(res, "python benchmarks/silicon.py " +
+                                                     " ".join(argv or sys.argv[1:])), "--bands")
         if args.report:
             from simulator.outputs.report import write_figures
             s = res["summary"]["overall"]["tpot_ms"]

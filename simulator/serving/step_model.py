@@ -100,7 +100,7 @@ class StepModel:
                               batch_per_device=b, context_length=c, serving=None)
         r: Resolved = resolve(w, model=self.model, profile=self.profile,
                               traffic_cache=self.traffic)   # routing depends on tokens only
-        return simulate(w, resolved=r).to_json(with_ops=False)["step_time_ms"] / 1e3
+        return simulate(w, resolved=r).step_time_s
 
 
 class DecodeSteps:

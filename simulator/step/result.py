@@ -14,6 +14,7 @@ from simulator.engine.timeline import Timeline
 from simulator.graph.memory import MemoryBreakdown
 from simulator.graph.params import layer_counts
 from simulator.pricing.cost import cost_per_million_tokens
+from simulator.pricing.fidelity import MAX_LISTED, expected_error_pct, measured_share
 from simulator.pricing.hardware import link_bandwidths
 from simulator.pricing.traffic import EPTraffic
 from simulator.schema import HardwareProfile, ModelSpec
@@ -70,6 +71,7 @@ class StepResult:
         }
         if self.ep is not None:
             out["ep"] = self.ep
+        out["fidelity"] = self.fidelity
         if with_ops:
             out["ops"] = [{"name": op.name, "kind": op.kind, "stream": tl.streams[i],
                            "layer": op.layer, "start_us": float(tl.start_s[0, i]) * 1e6,
@@ -77,6 +79,17 @@ class StepResult:
                            "bytes": op.bytes} for i, op in enumerate(tl.ops)]
         out.update(self.extra)
         return out
+
+    @cached_property
+    def fidelity(self) -> dict[str, Any]:
+        """How much of rank 0's op time was priced inside measured tables, what was
+        extrapolated, and the error band of such a case (pricing/fidelity.py)."""
+        r, tl = self.resolved, self.timeline
+        dur = (tl.end_s[0] - tl.start_s[0]).tolist()
+        share, outside = measured_share(list(zip(tl.ops, dur)), r.workload.plan, r.profile)
+        return {"measured_share": share, "extrapolated": outside[:MAX_LISTED],
+                "expected_error_pct": expected_error_pct(r.profile.name, r.workload.phase,
+                                                         share)}
 
     @cached_property
     def metrics(self) -> dict[str, Any]:

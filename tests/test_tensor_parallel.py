@@ -1,0 +1,132 @@
+"""Tensor-parallel attention and experts (plan.attention_tp, plan.moe_tp), closed-loop serving
+and the fidelity fields, each against arithmetic worked out here."""
+import math
+
+import numpy as np
+import pytest
+
+from simulator.errors import MoesimError
+from simulator.graph.model import build_forward
+from simulator.graph.ops import Shape
+from simulator.loading import load_model
+from simulator.schema import ParallelPlan, Precision, Workload
+from tests.conftest import workload
+
+QWEN = load_model("qwen3-235b-a22b")      # 64 heads, 4 KV heads of 128, hidden 4096, 128 x 8
+
+
+def _ops(plan, model=QWEN, seqs=16, ctx=1000):
+    g = build_forward(model, plan, Precision(), Shape("decode", seqs, 1, ctx),
+                      model.moe.top_k if model.moe else 0, layers=1, with_head=False)
+    return {n.split(".", 1)[1]: d["op"] for n, d in g.nodes(data=True)}
+
+
+def test_attention_heads_and_its_all_reduce_split_over_the_group():
+    h, t, hd = 4096, 16, 128
+    one = _ops(ParallelPlan(gpus=1))
+    tp = _ops(ParallelPlan(gpus=8, tp=8, attention_tp=8, ep=8))
+    # 64 / 8 = 8 query heads, max(1, 4 // 8) = 1 KV head per GPU
+    assert tp["attn.qkv_proj"].gemm_nk == (h * (8 + 2 * 1) * hd,)
+    assert one["attn.qkv_proj"].gemm_nk == (h * (64 + 2 * 4) * hd,)
+    assert tp["attn.o_proj"].flops == 2 * t * 8 * hd * h
+    assert tp["attn.core"].flops == pytest.approx(one["attn.core"].flops / 8)
+    ar = tp["attn.all_reduce"]
+    assert ar.collective == "all_reduce" and ar.group == "tp"
+    assert ar.bytes == pytest.approx(2 * 7 / 8 * t * h * 2)       # ring: 2 (n-1)/n of 16 x 4096 bf16
+    assert "attn.all_reduce" not in one
+
+
+def test_experts_under_tensor_parallel_attention():
+    h, t, k, inter = 4096, 16, 8, 1536
+    ops = _ops(ParallelPlan(gpus=8, tp=8, attention_tp=8, ep=4, moe_tp=2))
+    e = ops["moe.experts"]
+    rows = t * k / 4                                   # the group's tokens, a quarter's experts
+    assert e.flops == pytest.approx(2 * rows * 3 * h * inter / 2)
+    assert e.gemm_nk == (2 * h * inter / 2, h * inter / 2)
+    assert "moe.dispatch" not in ops and ops["moe.all_reduce"].bytes == \
+        pytest.approx(2 * 7 / 8 * t * h * 2)
+
+
+def test_dense_ffn_rows_are_not_gathered_under_tensor_parallel_attention():
+    llama = load_model("llama-3-70b")
+    ops = _ops(ParallelPlan(gpus=4, tp=4, attention_tp=4), model=llama, seqs=8)
+    ffn = ops["ffn.ffn"]
+    assert ffn.m == 8                                   # 8 tokens, not 8 x tp
+    assert ffn.flops == pytest.approx(2 * 8 * 3 * 8192 * llama.dense_intermediate / 4)
+    assert "ffn.all_gather" not in ops and "ffn.all_reduce" in ops
+
+
+def test_plans_that_do_not_add_up_are_refused():
+    for bad in (dict(gpus=8, tp=4, attention_tp=8), dict(gpus=8, tp=8, attention_tp=8, ep=2),
+                dict(gpus=8, ep=8, moe_tp=2)):
+        with pytest.raises(ValueError):
+            ParallelPlan(**bad)
+
+
+def test_tokens_per_gpu_count_the_group_once():
+    base = dict(model="qwen3-235b-a22b", hardware="h200-sxm", phase="decode",
+                batch_per_device=16, context_length=1000)
+    from simulator.step.whatif import simulate
+    r = simulate(Workload.model_validate(
+        {**base, "plan": {"gpus": 8, "tp": 8, "attention_tp": 8, "ep": 8}})).to_json()
+    assert r["tokens_per_gpu_s"] == pytest.approx(16 / (r["tpot_ms"] / 1e3) / 8)
+
+
+def _closed(concurrency, requests, mode="colocated"):
+    from simulator.serving.run import ServingSim
+    w = workload("workloads/serving/deepseek-v3-h800.yaml", serving={
+        "mode": mode, "arrivals": {"process": "closed", "concurrency": concurrency,
+                                   "requests": requests},
+        "input_tokens": {"mean": 500}, "output_tokens": {"mean": 40},
+        "decode": {"max_batch_per_device": 64}})
+    sim = ServingSim(w)
+    return sim, sim.run()
+
+
+@pytest.mark.parametrize("mode", ["colocated", "disaggregated"])
+def test_closed_loop_conservation_and_littles_law(mode):
+    sim, res = _closed(concurrency=24, requests=96, mode=mode)
+    m = res.metrics
+    assert m["requests"] == {"arrived": 96, "finished": 96, "rejected": 0, "unfinished": 0,
+                             "preempted": 0}
+    # 24 clients always hold a request (each sends the next the instant one ends) until the
+    # last 24 are out: the mean in system is below 24 and far above 12
+    assert 12 < m["little"]["mean_in_system"] <= 24 + 1e-9
+    assert m["little"]["lambda_times_w"] == pytest.approx(m["little"]["mean_in_system"],
+                                                         rel=1e-6)
+    assert np.isfinite(res.ttft_s).all() and math.isfinite(m["simulated_s"])
+
+
+def test_closed_loop_of_one_client_runs_requests_back_to_back():
+    sim, res = _closed(concurrency=1, requests=5)
+    # one client: no request waits for another, so makespan = the sum of the end-to-end times
+    assert res.metrics["simulated_s"] == pytest.approx(res.e2e_s.sum(), rel=1e-9)
+
+
+def test_closed_loop_needs_its_concurrency():
+    with pytest.raises(ValueError, match="concurrency"):
+        workload("workloads/serving/deepseek-v3-h800.yaml",
+                 serving={"arrivals": {"process": "closed"}})
+
+
+def test_fidelity_is_lower_and_wider_far_outside_measured_shapes():
+    from simulator.step.whatif import simulate
+    ok = simulate(workload("workloads/validation/deepseek-v3-h100-sglang-decode.yaml")).to_json()
+    far = simulate(workload("workloads/validation/deepseek-v3-h100-sglang-decode.yaml",
+                            batch_per_device=2048, context_length=300)).to_json()
+    for r in (ok, far):
+        assert 0 <= r["fidelity"]["measured_share"] <= 1
+        assert r["fidelity"]["expected_error_pct"] > 0
+    assert far["fidelity"]["measured_share"] < ok["fidelity"]["measured_share"]
+    assert far["fidelity"]["expected_error_pct"] > ok["fidelity"]["expected_error_pct"]
+    assert far["fidelity"]["extrapolated"]
+
+
+def test_a_moe_chunked_schedule_is_refused_under_tensor_parallel_attention():
+    from simulator.step.whatif import simulate
+    w = Workload.model_validate(dict(model="deepseek-v3", hardware="h200-sxm", phase="prefill",
+                                     batch_per_device=1, context_length=4096,
+                                     schedule="scmoe-chunked",
+                                     plan={"gpus": 8, "tp": 8, "attention_tp": 8, "ep": 8}))
+    with pytest.raises(MoesimError):
+        simulate(w)
