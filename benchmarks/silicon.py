@@ -410,7 +410,7 @@ def reasons(unexpressed: list[dict]) -> list[tuple[str, int]]:
 
 
 def bands_yaml(res: dict, command: str) -> str:
-    """hardware_profiles/fidelity.yaml: the p90 |error| (%) of TPOT (decode) and TTFT
+    """hardware_profiles/fidelity/bands.yaml: the p90 |error| (%) of TPOT (decode) and TTFT
     (prefill) per moesim profile and over all rows, which `simulate` reports as its error band."""
     import yaml
     a = read_yaml_mapping(ASSUMPTIONS)
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N allowed rows")
     ap.add_argument("--systems", default=None, help="comma-separated systems to keep")
     ap.add_argument("--bands", type=Path, default=None,
-                    help="write the error bands simulate reports (hardware_profiles/fidelity.yaml)")
+                    help="write the error bands simulate reports (hardware_profiles/fidelity/bands.yaml)")
     args = ap.parse_args(argv)
     try:
         from simulator.atomic import check_output_path

@@ -204,7 +204,7 @@ def test_serve_cli_json_keys_and_sweep(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        assert set(m[key]) == {"p50", "p90", "p99"}
+        assert set(m[key]) == {"mean", "p50", "p90", "p99"}
     for key in ("tokens_per_s_per_user", "decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s",
                 "cost_per_million_output_tokens", "cost_per_million_input_tokens"):
         assert key in m

@@ -93,6 +93,11 @@ def link_lines(results: list[StepResult]) -> list[str]:
                      f"real experts/token {ep['real_experts_mean']:.2f} +- "
                      f"{ep['real_experts_std']:.2f}")
         lines.append(line)
+        f = r.fidelity
+        band = f"; expected error +-{f['expected_error_pct']:.0f}% (silicon corpus p90, " \
+            "docs/accuracy.md)" if f["expected_error_pct"] is not None else ""
+        lines.append(f"{r.schedule}: {f['measured_share']:.0%} of op time priced inside "
+                     f"measured tables{band}")
     return lines
 
 

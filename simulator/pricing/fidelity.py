@@ -13,7 +13,7 @@ from simulator.schema import HardwareProfile, ParallelPlan
 MEASURED, EXTRAPOLATED, ROOFLINE = "measured", "extrapolated", "roofline"
 MAX_LISTED = 10          # extrapolated shapes a result lists
 MIN_SHARE = 0.25         # the band widens as 1 / measured share, at most 4x (a rule, not a fit)
-BANDS = Path(__file__).resolve().parents[2] / "hardware_profiles" / "fidelity.yaml"
+BANDS = Path(__file__).resolve().parents[2] / "hardware_profiles" / "fidelity" / "bands.yaml"
 
 
 def _inside(xs: list[float], x: float) -> bool:
@@ -76,7 +76,7 @@ def expected_error_pct(profile: str, phase: str, share: float) -> float | None:
     """The error band (%) of a case like this: the p90 |error| of the silicon corpus' rows of
     this GPU and kind (TPOT for decode, TTFT otherwise; all GPUs' band where this GPU has no
     rows), widened as 1 / measured share (at most 1 / MIN_SHARE) for time priced outside
-    measured tables (hardware_profiles/fidelity.yaml)."""
+    measured tables (hardware_profiles/fidelity/bands.yaml)."""
     bands = _bands().get("bands") or {}
     kind = "decode" if phase == "decode" else "prefill"
     band = bands.get(profile) or bands.get("all")
