@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.errors import MoesimError  # noqa: E402
-from simulator.loading import read_text_file, read_yaml_mapping  # noqa: E402
+from simulator.loading import load_profile, read_text_file, read_yaml_mapping  # noqa: E402
 
 ASSUMPTIONS = ROOT / "benchmarks" / "silicon.yaml"
 PACKAGE = "aiconfigurator_core"
@@ -246,11 +246,9 @@ def _precision(row: dict, model, cfg: dict, a: dict, assumed: list[str]) -> dict
         if modes[mode]["hopper_compute"] != mode.split("_")[0]:
             assumed.append(f"{mode} weights widened to bf16 GEMMs (no FP4/INT4 tensor cores "
                            "on Hopper)")
-    kvb = a["kv_bytes"]
-    fp8_dispatch = modes[e]["hopper_compute"] == "fp8"
-    return {"weight_bytes": weights["weight_bytes"], "activation_bytes": 2.0, "kv_bytes": kvb,
-            "dispatch_bytes": 1.03125 if fp8_dispatch else 2.0, "combine_bytes": 2.0,
-            "compute": compute}
+    return {"weight_bytes": weights["weight_bytes"], "activation_bytes": 2.0,
+            "kv_bytes": a["kv_bytes"], "dispatch_bytes": modes[e]["dispatch_bytes"],
+            "combine_bytes": 2.0, "compute": compute}
 
 
 def to_case(row: dict, models: Models, a: dict) -> Case:
@@ -269,7 +267,7 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
         raise Unexpressed(f"backend {backend} has no settings in benchmarks/silicon.yaml")
     isl, osl = int(float(row["isl"])), int(float(row["osl"]))
     prec = _precision(row, model, models.config(row["model_path"]), a, assumed)
-    gpn = 8
+    gpn = load_profile(a["systems"][system]).gpus_per_node.value
     n_req = a["requests_per_client"] * conc
     serving = {"arrivals": {"process": "closed", "concurrency": conc, "requests": n_req},
                "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
@@ -370,7 +368,7 @@ def summary(rows: list[dict]) -> dict:
 
 def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = None,
         systems: list[str] | None = None, progress=None) -> dict:
-    """The whole benchmark: {rows, unexpressed, summary, held_apart, failed}."""
+    """The whole benchmark: {csv, held_apart, rows, unexpressed, summary}."""
     a = read_yaml_mapping(ASSUMPTIONS)
     held = set(a["held_apart"])
     rows = read_rows(csv_path)
@@ -388,16 +386,15 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
             except Unexpressed as exc:
                 unexpressed.append({"id": r["id"], "reason": str(exc)})
         results = predict(cases, workers, progress)
-    out_rows, failed = [], []
+    out_rows = []
     for case, metrics, error in results:
         if error is not None:
             unexpressed.append({"id": case.row["id"], "reason": f"moesim refused it: {error}"})
         else:
             out_rows.append(result_row(case, metrics))
-    return {"csv": str(csv_path), "held_apart": {"models": sorted(held),
-                                                 "rows": len(rows) - len([r for r in rows if r["model_path"] not in held])},
-            "rows": out_rows, "unexpressed": unexpressed, "summary": summary(out_rows),
-            "failed": failed}
+    n_held = sum(r["model_path"] in held for r in rows)
+    return {"csv": str(csv_path), "held_apart": {"models": sorted(held), "rows": n_held},
+            "rows": out_rows, "unexpressed": unexpressed, "summary": summary(out_rows)}
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -46,11 +46,10 @@ def test_rows_carry_the_measured_figures_errors_and_assumptions(small):
     assert rows["moe-tp"]["concurrency"] == 4
 
 
-def test_rows_are_written_as_they_ran():
+def test_rows_are_written_as_they_ran(tmp_path):
     a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
     rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
-    models = silicon.Models(DATA / "model_configs", Path(pytest.importorskip("tempfile")
-                                                           .mkdtemp()))
+    models = silicon.Models(DATA / "model_configs", tmp_path)
     tp = silicon.to_case(rows["moe-tp"], models, a).workload
     assert tp["plan"] == {"gpus": 8, "gpus_per_node": 8, "tp": 8, "attention_tp": 8,
                           "moe_tp": 2, "ep": 4}

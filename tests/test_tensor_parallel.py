@@ -1,6 +1,7 @@
 """Tensor-parallel attention and experts (plan.attention_tp, plan.moe_tp), closed-loop serving
 and the fidelity fields, each against arithmetic worked out here."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,39 @@ def test_a_moe_chunked_schedule_is_refused_under_tensor_parallel_attention():
                                      plan={"gpus": 8, "tp": 8, "attention_tp": 8, "ep": 8}))
     with pytest.raises(MoesimError):
         simulate(w)
+
+
+def test_sliding_window_attention_reads_the_window_on_its_share_of_blocks():
+    from simulator.graph.model import window_keys, window_pairs
+    from simulator.schema import AttentionSpec
+    a = AttentionSpec(kind="gqa", num_heads=64, num_kv_heads=8, head_dim=64,
+                      sliding_window=128, sliding_window_share=0.5)
+    # decode at 1000 keys: half the blocks read 128, half 1000
+    assert window_keys(a, 1000) == pytest.approx(0.5 * 128 + 0.5 * 1000)
+    assert window_keys(a, 100) == pytest.approx(100)                 # inside the window
+    s = Shape("prefill", 1, 1000, 1000)
+    full = 1000 * (0 + (1000 + 1) / 2)                                # causal pairs
+    assert window_pairs(a, s) == pytest.approx(0.5 * 1000 * 128 + 0.5 * full)
+
+
+def test_kv_per_gpu_under_tensor_parallel_attention():
+    from simulator.graph.params import attention_blocks, kv_elements_per_token
+    blocks = attention_blocks(QWEN)
+    assert kv_elements_per_token(QWEN) == blocks * 2 * 4 * 128
+    assert kv_elements_per_token(QWEN, 2) == blocks * 2 * 2 * 128    # 4 KV heads over 2 GPUs
+    assert kv_elements_per_token(QWEN, 8) == blocks * 2 * 1 * 128    # one copied head each
+    dsv3 = load_model("deepseek-v3")                                  # MLA latent: not split
+    assert kv_elements_per_token(dsv3, 8) == kv_elements_per_token(dsv3)
+
+
+def test_gpt_oss_and_dense_qwen3_import_from_their_own_fields(tmp_path):
+    from simulator.hf_import import import_hf_config
+    root = Path(__file__).resolve().parent / "data"
+    m = import_hf_config(root / "hf" / "gpt_oss_small.json")
+    a = m.attention
+    assert (a.sliding_window, a.sliding_window_share) == (128, 3 / 4)     # 3 of 4 layer types
+    assert (m.moe.num_experts, m.moe.top_k, m.moe.expert_intermediate) == (16, 4, 256)
+    q = import_hf_config(root / "silicon" / "model_configs" / "acme--TinyDense_config.json")
+    assert q.moe is None and q.dense_intermediate == 1024 and q.attention.head_dim == 64
+    with pytest.raises(MoesimError, match="sparse attention"):
+        import_hf_config(root / "silicon" / "model_configs" / "acme--TinySparse_config.json")

@@ -42,6 +42,11 @@ class LaidOutOps(Sequence):
         """Per op: its layer (without making the copies)."""
         return np.array(self._layers, dtype=np.int64)
 
+    def sources(self) -> tuple[list[Op], np.ndarray]:
+        """The distinct ops the pass was laid out from, and per position its source's index
+        (without making the copies)."""
+        return self._ops, np.asarray(self._src, dtype=np.int64)
+
 
 @dataclass
 class Timeline:

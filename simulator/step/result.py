@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from simulator.engine.streams import CommDemand
-from simulator.engine.timeline import Timeline
+from simulator.engine.timeline import LaidOutOps, Timeline
 from simulator.graph.memory import MemoryBreakdown
 from simulator.graph.params import layer_counts
 from simulator.pricing.cost import cost_per_million_tokens
@@ -85,8 +85,11 @@ class StepResult:
         """How much of rank 0's op time was priced inside measured tables, what was
         extrapolated, and the error band of such a case (pricing/fidelity.py)."""
         r, tl = self.resolved, self.timeline
-        dur = (tl.end_s[0] - tl.start_s[0]).tolist()
-        share, outside = measured_share(list(zip(tl.ops, dur)), r.workload.plan, r.profile)
+        ops, src = tl.ops.sources() if isinstance(tl.ops, LaidOutOps) else \
+            (list(tl.ops), np.arange(len(tl.ops)))
+        secs = np.bincount(src, weights=tl.end_s[0] - tl.start_s[0], minlength=len(ops))
+        share, outside = measured_share(list(zip(ops, secs.tolist())), r.workload.plan,
+                                        r.profile)
         return {"measured_share": share, "extrapolated": outside[:MAX_LISTED],
                 "expected_error_pct": expected_error_pct(r.profile.name, r.workload.phase,
                                                          share)}
