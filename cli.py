@@ -354,9 +354,18 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
               from_measurements: Optional[Path] = typer.Option(
                   None, "--from-measurements", help="fit GEMM tables from measured kernel "
                   "times under this folder (gemm/DEVICE/data.csv, grouped_gemm/...)"),
+              from_aiconfigurator: Optional[str] = typer.Option(
+                  None, "--from-aiconfigurator", metavar="SYSTEM", help="write a profile whose "
+                  "measured kernel tables come from aiconfigurator-core's data for SYSTEM "
+                  "(h100_sxm, h200_sxm, b200_sxm, gb200 ...; needs the kernels extra)"),
+              framework: str = typer.Option("sglang", help="with --from-aiconfigurator: "
+                                            "sglang, trtllm or vllm"),
+              version: Optional[str] = typer.Option(
+                  None, help="with --from-aiconfigurator: the framework version (default: "
+                  "the newest with GEMM tables)"),
               base: Optional[str] = typer.Option(
-                  None, help="with --from-measurements: the profile whose other numbers are "
-                  "kept (default: the device name)"),
+                  None, help="with --from-measurements or --from-aiconfigurator: the profile "
+                  "whose other numbers are kept (default: the device's or system's own)"),
               quick: bool = typer.Option(False, "--quick",
                                          help="small grid (about two minutes on 2 cores)"),
               full: bool = typer.Option(False, "--full", help="large grid"),
@@ -368,6 +377,9 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
     """Microbenchmark this device (or read measured kernel times) and fit a hardware profile,
     with the held-out error of every fit."""
     import warnings
+    if from_aiconfigurator is not None:
+        _calibrate_from_aiconfigurator(from_aiconfigurator, framework, version, base, out)
+        return
     if from_measurements is not None:
         _calibrate_from_files(from_measurements, device, base or device, out, force)
         return
@@ -396,6 +408,22 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
                 f"{data['hbm_bandwidth_Bps']['value'] / 1e9:.1f} GB/s, all-to-all "
                 f"{data['nvlink']['bandwidth_Bps']['value'] / 1e9:.2f} GB/s, comm takes "
                 f"{data['comm_sm_fraction']['value']:.0%} of compute", highlight=False)
+
+
+def _calibrate_from_aiconfigurator(system: str, framework: str, version: Optional[str],
+                                   base: Optional[str], out: Optional[Path]) -> None:
+    from simulator.outputs.aiconfigurator_profile import (FOLDS_NOTE,
+                                                          profile_from_aiconfigurator)
+    out = out or Path(f"{system}-{framework}.yaml")
+    _outputs(out=out)
+    with err.status(f"reading {system} {framework} tables"):
+        path, tables, reports, notes = profile_from_aiconfigurator(system, framework, version,
+                                                                   out, base)
+    stdout.print(T.import_table(f"{system} {framework}: measured kernels -> {tables}", reports))
+    stdout.print(FOLDS_NOTE, highlight=False)
+    for n in notes:
+        stdout.print(f"note: {n}", highlight=False)
+    stdout.print(f"profile written: {path}", highlight=False)
 
 
 def _calibrate_from_files(root: Path, device: str, base: str, out: Optional[Path],

@@ -25,6 +25,9 @@ E, S, T = "simulator/engine/core.py", "simulator/engine/schedule.py", "simulator
 TB = "simulator/engine/tbo_stages.py"
 R, TR = "simulator/pricing/routing.py", "simulator/pricing/traffic.py"
 HW, P = "simulator/pricing/hardware.py", "simulator/training/pipeline.py"
+PK = "simulator/pricing/peaks.py"
+KA, KG = "simulator/kernels/aiconfigurator.py", "simulator/kernels/grid.py"
+MK = "simulator/pricing/measured.py"
 BA, WI = "simulator/pricing/batched.py", "simulator/step/whatif.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
@@ -253,8 +256,8 @@ MUTANTS: list[Mutant] = [
     Mutant(GM, "copied layers hang off the recorded layer's input, not the previous layer",
            "names = {t_after: after}", "names = {t_after: t_after}"),
     Mutant(GM, "MLA's q_a and kv_a priced as two GEMMs (not the runtimes' fused one)",
-           "proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * heads * qk_head)",
-           "proj_nk = (h * a.q_lora_rank, h * kv_a, a.q_lora_rank * heads * qk_head)"),
+           "proj_dims = ((a.q_lora_rank + kv_a, h), (heads * qk_head, a.q_lora_rank))",
+           "proj_dims = ((a.q_lora_rank, h), (kv_a, h), (heads * qk_head, a.q_lora_rank))"),
     Mutant(GP, "every GPU of a TP attention group holds every KV head",
            "    return max(1, a.num_kv_heads // attention_tp)", "    return a.num_kv_heads"),
     Mutant(GM, "windowed attention blocks read the whole context",
@@ -272,7 +275,7 @@ MUTANTS: list[Mutant] = [
            "routed = self.s.tokens * self.k_real / plan.ep", "routed = self.s.tokens * self.k_real"),
     Mutant(HW, "an op of several GEMMs pays one kernel latency",
            "        latency *= max(1, len(op.gemm_nk))\n", ""),
-    Mutant(HW, "FP8 ops priced at the BF16 peak", 'if precision == "fp8":', "if False:",
+    Mutant(PK, "FP8 ops priced at the BF16 peak", 'if precision == "fp8":', "if False:",
            quick=True),
     Mutant(HW, "roofline adds compute and memory time",
            "return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)",
@@ -299,7 +302,7 @@ MUTANTS: list[Mutant] = [
     Mutant(BA, "batched: a zero-width table segment read as its lower point",
            "out = np.where(x1 == x0, e1, e0 + f * (e1 - e0))", "out = np.where(x1 == x0, e0, e0 + f * (e1 - e0))"),
     Mutant(HW, "grouped GEMM priced by the dense GEMM table",
-           'if op.kind == "grouped_gemm":\n        _mixed(', 'if False:\n        _mixed('),
+           'if op.kind == "grouped_gemm":\n        note_mixed_precision(', 'if False:\n        note_mixed_precision('),
     Mutant(HW, "shape table weights each GEMM equally, not by its FLOPs",
            "slow = sum(nk / shape_efficiency(table, op.m, nk) for nk in op.gemm_nk)\n"
            "        return sum(op.gemm_nk) / slow",
@@ -513,6 +516,36 @@ MUTANTS: list[Mutant] = [
     Mutant(ST, "runtime extra kernels ignored",
            "    return step + layers * extra * r.profile.kernel_latency_s.value",
            "    return step"),
+    Mutant(KA, "GEMM table latencies read as microseconds (they are milliseconds)",
+           '["m", "n", "k"], "latency", 1e-3, path,', '["m", "n", "k"], "latency", 1e-6, path,'),
+    Mutant(KA, "DeepEP columns read as milliseconds (they are microseconds)",
+           "part, 1e-6, files[0])", "part, 1e-3, files[0])"),
+    Mutant(KA, "NCCL message size read as bytes (it counts 2-byte elements)",
+           'df = df.assign(nbytes=df["message_size"] * 2)\n    grids, dups = _grids(df, "nccl"',
+           'df = df.assign(nbytes=df["message_size"] * 1)\n    grids, dups = _grids(df, "nccl"'),
+    Mutant(KA, "a key measured twice keeps its last run, not the mean",
+           'mean = g.groupby(axes, sort=True)[value].mean()',
+           'mean = g.groupby(axes, sort=True)[value].last()'),
+    Mutant(KG, "interpolation weights swapped between a cell's two sides",
+           "nxt += [(idx + (i,), w * (1 - f)), (idx + (i + 1,), w * f)]",
+           "nxt += [(idx + (i,), w * f), (idx + (i + 1,), w * (1 - f))]"),
+    Mutant(KG, "a shape outside the hull takes the edge's time unscaled",
+           "return Lookup(seconds * _ratio(roofline, x, clamped), EXTRAPOLATED, outside)",
+           "return Lookup(seconds, EXTRAPOLATED, outside)"),
+    Mutant(MK, "a TP all-reduce looked up at its ring bytes, not its message size",
+           "size = op.bytes * n / (2 * (n - 1))", "size = op.bytes"),
+    Mutant(MK, "the MoE table's token axis read as routed rows",
+           "return grid.lookup((ep, rows * per_row), roofline)",
+           "return grid.lookup((ep, rows), roofline)"),
+    Mutant(MK, "an FP8 KV cache priced from the BF16 attention tables",
+           '"fp8" if precision.kv_bytes <= 1 else "bf16"', '"bf16"'),
+    Mutant(MK, "per-tensor FP8 GEMMs priced from the block-scaled tables",
+           '"fp8_block" if precision.fp8_scaling == "block" else "fp8"', '"fp8_block"'),
+    Mutant(MK, "only the first GEMM of a fused op priced",
+           "return worst([grid.lookup((m, n, k), roofline) for n, k in dims])",
+           "return worst([grid.lookup((m, n, k), roofline) for n, k in dims[:1]])"),
+    Mutant(TR, "DeepEP's measured time added to the modelled transfer, not in place of it",
+           "latency = max(hit[0].seconds - mean_s, 0.0)", "latency = max(hit[0].seconds, 0.0)"),
 ]
 
 EQUIVALENT: dict[str, str] = {

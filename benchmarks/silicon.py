@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.errors import MoesimError  # noqa: E402
 from simulator.loading import load_profile, read_text_file, read_yaml_mapping  # noqa: E402
+from simulator.kernels.store import version_key  # noqa: E402
 
 ASSUMPTIONS = ROOT / "benchmarks" / "silicon.yaml"
 PACKAGE = "aiconfigurator_core"
@@ -239,16 +240,44 @@ def _precision(row: dict, model, cfg: dict, a: dict, assumed: list[str]) -> dict
     if model.moe is not None and modes[e]["weight_bytes"] != modes[g]["weight_bytes"]:
         assumed.append(f"every weight at the experts' {e} width "
                        f"({modes[e]['weight_bytes']} bytes; one width per workload)")
-    compute = {"dense_gemm": modes[g]["hopper_compute"],
-               "expert_gemm": modes[e]["hopper_compute"], "attention": "bf16",
-               "lm_head": "bf16"}
-    for mode in {g, e}:
-        if modes[mode]["hopper_compute"] != mode.split("_")[0]:
-            assumed.append(f"{mode} weights widened to bf16 GEMMs (no FP4/INT4 tensor cores "
-                           "on Hopper)")
+    arch = "blackwell_compute" if row["system"] in a["fp4_systems"] else "hopper_compute"
+    compute = {"dense_gemm": modes[g][arch], "expert_gemm": modes[e][arch],
+               "attention": "bf16", "lm_head": "bf16"}
+    for mode in sorted({g, e}):
+        if modes[mode][arch] == "bf16" and mode != "bf16":
+            assumed.append(f"{mode} weights widened to bf16 GEMMs (no tensor cores of that "
+                           f"width on {row['system']})")
     return {"weight_bytes": weights["weight_bytes"], "activation_bytes": 2.0,
             "kv_bytes": a["kv_bytes"], "dispatch_bytes": modes[e]["dispatch_bytes"],
-            "combine_bytes": 2.0, "compute": compute}
+            "combine_bytes": 2.0, "compute": compute, "fp8_scaling": _fp8_scaling(g, e, cfg,
+                                                                                assumed)}
+
+
+def _fp8_scaling(g: str, e: str, cfg: dict, assumed: list[str]) -> str:
+    """Block-scaled FP8 where the row or its checkpoint (a weight block size) says so: the
+    engine runs the kernels the checkpoint's weights need."""
+    if "fp8_block" in (g, e):
+        return "block"
+    if "fp8" in (g, e) and checkpoint_mode(cfg) == "fp8_block":
+        assumed.append("fp8 read as block-scaled: the checkpoint's weights have a block size")
+        return "block"
+    return "tensor"
+
+
+def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
+    """The row's engine as the workload's runtime: the profile's measured tables of the row's
+    backend (its own version where the profile has it, else the newest it has, said so)."""
+    have = {m.version for m in load_profile(profile).measured_kernels
+            if m.framework == row["backend"]}
+    if not have:
+        raise Unexpressed(f"{profile} has no measured kernel tables for {row['backend']}")
+    version = row["backend_version"]
+    if version in have:
+        return {"framework": row["backend"], "version": version}
+    newest = max(have, key=version_key)
+    assumed.append(f"kernels measured under {row['backend']} {newest} (the row ran "
+                   f"{version or 'an unstated version'})")
+    return {"framework": row["backend"], "version": newest}
 
 
 def to_case(row: dict, models: Models, a: dict) -> Case:
@@ -290,8 +319,9 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
     assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
                 "measured figures read as the mean over requests",
                 f"KV cache in {a['kv_bytes']:g}-byte elements", "no MTP / speculative decoding"]
+    runtime = _runtime(row, a["systems"][system], assumed)
     w = {"name": f"silicon-{row['id']}"[:200], "model": model_yaml,
-         "hardware": a["systems"][system], "plan": plan, "phase": "decode",
+         "hardware": a["systems"][system], "plan": plan, "phase": "decode", "runtime": runtime,
          "batch_per_device": max(1, math.ceil(conc / dp)), "context_length": isl,
          "schedule": "sequential", "precision": prec, "serving": serving}
     if model.moe is not None and plan.get("attention_tp", 1) == 1 and plan["ep"] > 1:

@@ -40,6 +40,11 @@ def _probe(folder: Path, option: str) -> None:
 
 def write_text_atomic(path: Path, text: str, option: str = "output") -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    write_bytes_atomic(path, text.encode("utf-8"), option)
+
+
+def write_bytes_atomic(path: Path, data: bytes, option: str = "output") -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
     path = check_output_path(Path(path), option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +53,8 @@ def write_text_atomic(path: Path, text: str, option: str = "output") -> None:
         raise MoesimError(option, f"cannot write {path} ({exc.strerror or exc})",
                           "choose a path in a folder you can write to") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         mask = os.umask(0)

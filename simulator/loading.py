@@ -102,7 +102,15 @@ def load_profile(name: str) -> HardwareProfile:
     """A HardwareProfile from hardware_profiles/ or a YAML path."""
     from simulator.schema import HardwareProfile
     path = _resolve(name, PROFILES_DIR, "hardware profile", "hardware")
-    return _cached(HardwareProfile, str(path.resolve()), path.stat().st_mtime_ns, "profile")
+    return _located(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=128)
+def _located(path: str, mtime_ns: int) -> HardwareProfile:
+    """A parsed profile that knows its folder (memoised like _cached)."""
+    from simulator.schema import HardwareProfile
+    prof = _cached(HardwareProfile, path, mtime_ns, "profile")
+    return prof.located(Path(path).parent)
 
 
 @lru_cache(maxsize=128)

@@ -13,6 +13,7 @@ LAYERS = [
     ("loading", {"loading", "hf_import"}),
     ("op graph", {"graph"}),
     ("engine", {"engine"}),
+    ("measured kernels", {"kernels"}),
     ("pricing", {"pricing"}),
     ("step", {"step"}),
     ("serving and training", {"serving", "training", "router_bias"}),

@@ -13,9 +13,6 @@ MISSES = {
     "weight reads at the A100 table's BF16 efficiency and no per-step runtime cost",
     "mixtral-8x7b-int8-a100-prefill": "the published TTFT holds the server's own time around "
     "the forward, which moesim does not price",
-    "deepseek-v3-h100-sglang-prefill": "two-batch overlap hides nearly all of the normal "
-    "all-to-all under the other micro-batch's compute in moesim (1.58x over serial), while the "
-    "source measures 1.27-1.35x and all-to-all kernels slower than DeepEP's unit tests",
 }
 
 

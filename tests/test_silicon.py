@@ -23,8 +23,8 @@ def small():
 def test_every_allowed_row_is_predicted_or_listed_with_its_reason(small):
     predicted = {r["id"] for r in small["rows"]}
     reasons = {u["id"]: u["reason"] for u in small["unexpressed"]}
-    assert predicted == {"moe-dp-ep", "moe-tp", "dense-tp", "moe-disagg"}
-    assert "no moesim profile for b200_sxm" in reasons["on-blackwell"]
+    assert predicted == {"moe-dp-ep", "moe-tp", "dense-tp", "moe-disagg", "on-blackwell"}
+    assert "no moesim profile for gb300" in reasons["on-gb300"]
     assert "fp6" in reasons["odd-precision"] and "precision" in reasons["odd-precision"]
     assert "sparse attention" in reasons["sparse-attention"]
     # held apart: neither predicted nor listed, only counted
@@ -44,6 +44,19 @@ def test_rows_carry_the_measured_figures_errors_and_assumptions(small):
     assert any("acme--TinyMoE_config.json" in a for a in rows["moe-tp"]["assumed"])
     # concurrency from batch_size when the source string has none
     assert rows["moe-tp"]["concurrency"] == 4
+
+
+def test_blackwell_rows_compute_nvfp4_on_fp4_tensor_cores_under_their_engine(tmp_path):
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
+    case = silicon.to_case(rows["on-blackwell"], silicon.Models(DATA / "model_configs",
+                                                                 tmp_path), a)
+    w = case.workload
+    assert w["hardware"] == "b200-sxm"
+    assert w["precision"]["compute"]["expert_gemm"] == "fp4"
+    # the row ran SGLang 0.5.9; the profile's SGLang tables are 0.5.14: priced there, said so
+    assert w["runtime"] == {"framework": "sglang", "version": "0.5.14"}
+    assert any("0.5.14" in x and "0.5.9" in x for x in case.assumed)
 
 
 def test_rows_are_written_as_they_ran(tmp_path):

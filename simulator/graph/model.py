@@ -10,6 +10,7 @@ rank's experts, each split moe_tp ways), and every block ends in an all-reduce.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import networkx as nx
@@ -29,8 +30,9 @@ class _Builder:
     def __init__(self, model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                  real_experts: float, micro_batch: int = 0,
                  compute: dict[str, str] | None = None, moe_chunks: int = 1,
-                 into: nx.DiGraph | None = None) -> None:
+                 into: nx.DiGraph | None = None, ep_kernel: str = "") -> None:
         self.m, self.plan, self.p, self.s = model, plan, prec, shape
+        self.ep_kernel = ep_kernel
         self.moe_chunks = moe_chunks
         self.compute = compute or {}
         self.k_real = real_experts
@@ -100,8 +102,11 @@ class _Builder:
             # one GEMM (SGLang's and vLLM's fused_qkv_a_proj_with_mqa), then q_b; under
             # tensor-parallel attention every GPU runs the low-rank ones whole (the latent is
             # not split) and its heads' share of the rest
-            proj_nk = (h * (a.q_lora_rank + kv_a), a.q_lora_rank * heads * qk_head) \
-                if a.q_lora_rank else (h * heads * qk_head, h * kv_a)
+            proj_dims = ((a.q_lora_rank + kv_a, h), (heads * qk_head, a.q_lora_rank)) \
+                if a.q_lora_rank else ((heads * qk_head, h), (kv_a, h))
+            proj_nk = tuple(n * k for n, k in proj_dims)
+            core_dims = ((heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank),)
+            attn_key: tuple = (heads,)
             kv_b_w = a.kv_lora_rank * heads * (a.qk_nope_head_dim + a.v_head_dim)
             o_w = heads * a.v_head_dim * h
             kv_elems = kv_elements_per_block(a)
@@ -121,7 +126,10 @@ class _Builder:
             gemms = 1
             kv_heads = local_kv_heads(a, atp)
             core_extra = unfused.gqa_core(t, heads, kv_heads, hd)
-            proj_nk = (h * (heads + 2 * kv_heads) * hd,)
+            proj_dims = (((heads + 2 * kv_heads) * hd, h),)
+            proj_nk = tuple(n * k for n, k in proj_dims)
+            core_dims = ()
+            attn_key = (heads, kv_heads, hd)
             kv_b_w = 0
             o_w = heads * hd * h
             kv_elems = 2 * kv_heads * hd
@@ -137,7 +145,8 @@ class _Builder:
         proj_w = sum(proj_nk)
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
                           bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
-                          layer=layer, block=block, gemm_nk=proj_nk), after,
+                          layer=layer, block=block, gemm_nk=proj_nk, gemm_dims=proj_dims),
+                       after,
                        extra=unfused.qkv_proj(t, h, a.q_lora_rank if a.kind == "mla" else 0,
                                               gemms))
         cp = self.plan.cp
@@ -150,12 +159,16 @@ class _Builder:
                            bytes=kv_read + kv_b_w * wb + io * ab, scores=float(scores),
                            weight_bytes=kv_b_w * wb, m=t, layer=layer, block=block,
                            tags=tags, seqs=float(s.sequences), kv_len=float(keys),
+                           gemm_dims=core_dims if s.phase != "decode" else (),
+                           attn_key=attn_key, attn_len=float(keys) if s.phase == "decode"
+                           else math.sqrt(2 * pairs),
                            kernel=f"{'mla' if a.kind == 'mla' else 'gqa'}_"
                                   f"{'decode' if s.phase == 'decode' else 'prefill'}"),
                         qkv, extra=core_extra)
         out = self.add(Op(f"L{layer}.{block}.o_proj", "gemm", flops=2 * t * o_w,
                           bytes=o_w * wb + t * h * ab, weight_bytes=o_w * wb, m=t,
-                          layer=layer, block=block, gemm_nk=(o_w,)), core,
+                          layer=layer, block=block, gemm_nk=(o_w,),
+                          gemm_dims=((h, o_w // h),)), core,
                        extra=unfused.residual_after(t, h))
         return self.all_reduce(layer, block, out)
 
@@ -187,7 +200,8 @@ class _Builder:
         prev = self.add(Op(f"L{layer}.{block}.ffn", "gemm", flops=2 * rows * w,
                            bytes=w * wb + rows * (2 * h + 3 * inter // tp) * ab,
                            weight_bytes=w * wb, m=rows, layer=layer, block=block,
-                           gemm_nk=(2 * h * inter / tp, h * inter / tp)), prev,
+                           gemm_nk=(2 * h * inter / tp, h * inter / tp),
+                           gemm_dims=((2 * inter / tp, h), (h, inter / tp))), prev,
                         extra=unfused.swiglu(rows, h, inter / tp, pre_norm, residual))
         if replicated:
             return self.all_reduce(layer, block, prev)
@@ -210,7 +224,8 @@ class _Builder:
         router = self.add(Op(f"L{layer}.moe.router", "gemm", flops=2 * t * h * n_all,
                              bytes=h * n_all * ROUTER_WEIGHT_BYTES + t * h * ab,
                              weight_bytes=h * n_all * ROUTER_WEIGHT_BYTES,
-                             m=t, layer=layer, block="moe", gemm_nk=(h * n_all,)), after,
+                             m=t, layer=layer, block="moe", gemm_nk=(h * n_all,),
+                             gemm_dims=((n_all, h),)), after,
                           extra=unfused.router(t, h, n_all))
         routed = t * k / self.plan.ep if self.plan.attention_tp > 1 else t * k   # rows here
         permute = self.add(Op(f"L{layer}.moe.permute", "elementwise",
@@ -226,7 +241,9 @@ class _Builder:
             shared = self.add(Op(f"L{layer}.moe.shared", "gemm", flops=2 * t * w_sh,
                                  bytes=w_sh * wb + t * 2 * h * ab, weight_bytes=w_sh * wb, m=t,
                                  layer=layer, block="moe", tags=("shared_expert",),
-                                 gemm_nk=(2 * w_sh / 3, w_sh / 3)), after,
+                                 gemm_nk=(2 * w_sh / 3, w_sh / 3),
+                                 gemm_dims=((2 * w_sh / (3 * h), h), (h, w_sh / (3 * h)))),
+                              after,
                               extra=unfused.swiglu(t, h, w_sh / (3 * h), False, False))
         return unpermute, shared
 
@@ -245,7 +262,9 @@ class _Builder:
         dispatches = [self.add(Op(f"{nm}.dispatch", "collective",
                                   bytes=routed * h * self.p.dispatch_bytes,
                                   collective="all_to_all", group="ep", layer=layer, block="moe",
-                                  share=1 / n), after, extra=unfused.split_exchange())
+                                  share=1 / n, m=self.s.tokens, moe_key=self.moe_key(1),
+                                  kernel=self.ep_kernel), after,
+                              extra=unfused.split_exchange())
                       for nm in names]
         local_experts = moe.num_experts / self.plan.ep
         active = active_experts(local_experts, moe.num_experts, self.k_real,
@@ -257,13 +276,16 @@ class _Builder:
                                m=routed / active if active > 0 else 0.0, layer=layer,
                                block="moe", share=1 / n,
                                gemm_nk=(2 * h * moe.expert_intermediate,
-                                        h * moe.expert_intermediate)), d,
+                                        h * moe.expert_intermediate),
+                               moe_key=self.moe_key(1)), d,
                             extra=unfused.experts(routed, h, moe.expert_intermediate,
                                                   local_experts))
                    for nm, d in zip(names, dispatches)]
         return [self.add(Op(f"{nm}.combine", "collective",
                             bytes=routed * h * self.p.combine_bytes, collective="all_to_all",
-                            group="ep", layer=layer, block="moe", share=1 / n), e)
+                            group="ep", layer=layer, block="moe", share=1 / n,
+                            m=self.s.tokens, moe_key=self.moe_key(1), kernel=self.ep_kernel),
+                            e)
                 for nm, e in zip(names, experts)]
 
     def _routed_replicated(self, layer: int, after: str) -> list[str]:
@@ -282,9 +304,17 @@ class _Builder:
                               bytes=active * w_exp * wb + routed * 2 * h * ab,
                               weight_bytes=active * w_exp * wb,
                               m=routed / active if active > 0 else 0.0, layer=layer,
-                              block="moe", gemm_nk=(2 * h * inter, h * inter)), after,
+                              block="moe", gemm_nk=(2 * h * inter, h * inter),
+                              moe_key=self.moe_key(plan.moe_tp)), after,
                            extra=unfused.experts(routed, h, inter, local_experts))
         return [self.all_reduce(layer, "moe", experts)]
+
+    def moe_key(self, moe_tp: int) -> tuple:
+        """The measured MoE tables' key of this model's routed experts (Op.moe_key)."""
+        moe = self.m.moe
+        assert moe is not None
+        return (self.m.hidden_size, moe.expert_intermediate, moe.top_k, moe.num_experts,
+                moe_tp, self.plan.ep, 1 / max(self.k_real, 1e-9))
 
     def join(self, layer: int, *inputs: str) -> str:
         """Residual add that closes a layer (waits on every branch)."""
@@ -318,7 +348,8 @@ class _Builder:
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         return self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
                            bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
-                           layer=layer, block=block, gemm_nk=(h * v,)), after)
+                           layer=layer, block=block, gemm_nk=(h * v,), gemm_dims=((v, h),)),
+                        after)
 
     def mtp(self, layer: int, after: str) -> str:
         """One dense MTP layer (projection, attention, FFN) and its draft logits."""
@@ -326,7 +357,8 @@ class _Builder:
         wb, ab = self.p.weight_bytes, self.p.activation_bytes
         proj = self.add(Op(f"L{layer}.mtp.proj", "gemm", flops=2 * t * 2 * h * h,
                            bytes=2 * h * h * wb + 3 * t * h * ab, weight_bytes=2 * h * h * wb,
-                           m=t, layer=layer, block="mtp", gemm_nk=(2 * h * h,)), after)
+                           m=t, layer=layer, block="mtp", gemm_nk=(2 * h * h,),
+                           gemm_dims=((h, 2 * h),)), after)
         a = self.attention(layer, "mtp_attn", proj)
         inter = self.m.dense_intermediate or (self.m.moe.expert_intermediate if self.m.moe else 0)
         f = self.dense_ffn(layer, "mtp_ffn", a, inter)
@@ -366,17 +398,19 @@ def build_forward(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: 
                   real_experts: float, *, layers: int | None = None, with_head: bool = True,
                   mtp: bool = False, micro_batch: int = 0,
                   compute: dict[str, str] | None = None, moe_chunks: int = 1,
-                  into: nx.DiGraph | None = None, tail_at: int | None = None) -> nx.DiGraph:
+                  into: nx.DiGraph | None = None, tail_at: int | None = None,
+                  ep_kernel: str = "") -> nx.DiGraph:
     """A forward pass as one op graph: `layers` layers (default all), LM head, MTP layer (named
     and indexed as layer `tail_at`, default the layer after the last built: a pass truncated
     to its first layers keeps the whole pass's tail);
     `compute` maps op classes (schema.COMPUTE_CLASSES) to their precision (default bf16);
     `moe_chunks` cuts each routed MoE path into that many token chunks; `into`: add the ops
-    to this graph (another micro-batch's) instead of a new one. Layers of one kind (MoE or
+    to this graph (another micro-batch's) instead of a new one; `ep_kernel`: the all-to-all
+    kernel (low_latency | normal) the EP dispatch and combine ops name. Layers of one kind (MoE or
     dense: all `_Builder.layer` reads of the index) are copies of the first recorded one; a
     layer that depends on its index otherwise needs that in the `templates` key."""
     b = _Builder(model, plan, prec, shape, real_experts, micro_batch, compute, moe_chunks,
-                 into)
+                 into, ep_kernel)
     n = model.num_layers if layers is None else layers
     last = ""
     templates: dict[bool, tuple] = {}      # layers differ only in being MoE or dense

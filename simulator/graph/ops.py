@@ -28,7 +28,8 @@ class Op:
     layer: int = -1
     block: str = ""                 # attn0, ffn0, moe, head, mtp ...
     weight_bytes: float = 0.0       # weight reads inside `bytes` (GEMM floor)
-    m: float = 0.0                  # GEMM rows, or tokens per expert for grouped GEMMs
+    m: float = 0.0                  # GEMM rows, tokens per expert (grouped GEMMs), or tokens
+    #   per rank (an EP dispatch or combine)
     collective: str = ""            # all_to_all | all_gather | reduce_scatter
     group: str = ""                 # ep | tp
     micro_batch: int = 0
@@ -39,9 +40,19 @@ class Op:
     gemm_nk: tuple[float, ...] = ()  # N x K weight elements of each GEMM (per expert if grouped)
     share: float = 1.0              # MoE token chunk: its share of the micro-batch's routed copies
     precision: str = "bf16"         # compute precision (GEMMs, attention core): bf16 | fp8
-    kernel: str = ""                # attention core: mla_decode | gqa_decode | mla_prefill ...
+    kernel: str = ""                # attention core: mla_decode | gqa_decode | mla_prefill ...;
+    #   EP dispatch / combine: low_latency | normal
     seqs: float = 0.0               # attention core: sequences in the batch
     kv_len: float = 0.0             # attention core: KV length each query attends to
+    gemm_dims: tuple[tuple[float, float], ...] = ()   # (N, K) of each GEMM, as gemm_nk lists
+    #   them (an MLA core: its kv_b expansion in prefill); the measured GEMM tables' shape
+    moe_key: tuple = ()             # grouped GEMM: (hidden, expert width, top_k, experts,
+    #   moe_tp, ep, tokens per routed row): the measured MoE tables' key, and how their token
+    #   axis counts this op's routed rows (a rank's rows = its tokens x top-k)
+    attn_key: tuple = ()            # attention core: GQA (heads, kv_heads, head_dim) per GPU,
+    #   MLA (heads per GPU,): the measured attention tables' key
+    attn_len: float = 0.0           # attention core: the measured tables' length axis (decode:
+    #   the KV length; prefill: the prompt length with this pass's causal pairs, sqrt(2 pairs))
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def copy(self) -> Op:

@@ -212,6 +212,18 @@ def fits_table(title: str, profile: dict) -> Table:
     return table
 
 
+def import_table(title: str, reports) -> Table:
+    """Per op class of a measured-kernel import: tables, rows, shape ranges covered and the
+    k-fold held-out error of the interpolation (outputs/aiconfigurator_profile.report)."""
+    table = _table(title, ("op class", "tables", "rows", "shapes covered", "held out",
+                           "median", "p90"), ("op class",))
+    for r in reports:
+        ranges = ", ".join(f"{a} {lo:.4g}-{hi:.4g}" for a, (lo, hi) in r.ranges.items())
+        table.add_row(r.op_class, str(r.tables), str(r.rows), ranges, str(r.held_out),
+                      f"{r.median_pct:.1f}%", f"{r.p90_pct:.1f}%")
+    return table
+
+
 def profile_rows(data: dict, prefix: str = ""):
     """(field, value, source) of every number and table of a profile's dump."""
     for key, value in data.items():

@@ -12,14 +12,23 @@ import numpy as np
 
 from simulator.graph.ops import Op
 from simulator.notes import note
-from simulator.pricing.hardware import _log_position, _mixed, eager_extra_s, peak_flops
+from simulator.kernels.interp import log_position, note_mixed_precision
+from simulator.pricing.hardware import eager_extra_s
+from simulator.pricing.measured import moe_lookup
+from simulator.pricing.peaks import peak_flops
 from simulator.schema import EfficiencyTable, HardwareProfile, RateTable, ShapeEfficiencyTable
 
 
 def gemm_times_s(op: Op, prof: HardwareProfile, flops: np.ndarray, m: np.ndarray,
                  nbytes: np.ndarray, weight_bytes: np.ndarray) -> np.ndarray:
     """hardware.compute_time_s of the GEMM `op` with each element's flops, m, bytes and
-    weight_bytes in place of its own (latency + max(compute, memory) roofline)."""
+    weight_bytes in place of its own (its measured time where the runtime's tables hold it,
+    else latency + max(compute, memory) roofline)."""
+    if op.kind == "grouped_gemm" and moe_lookup(prof, op, 1.0) is not None:
+        rows = flops / (2 * sum(op.gemm_nk))          # measured.routed_rows of each rank
+        hits = [moe_lookup(prof, op, float(r)) for r in rows]
+        extra = eager_extra_s(op, prof)
+        return np.array([h.seconds + extra for h in hits if h is not None])
     mem_bytes = nbytes if prof.idealizations.gemm_weight_floor else nbytes - weight_bytes
     bw = prof.hbm_bandwidth_Bps.value * (
         efficiencies(prof.memory_efficiency, mem_bytes, "bytes moved")
@@ -33,13 +42,13 @@ def gemm_efficiencies(op: Op, prof: HardwareProfile, m: np.ndarray) -> np.ndarra
     """hardware.gemm_efficiency of `op` at each M of `m`."""
     table = prof.gemm_shape_efficiency
     if table is not None and op.gemm_nk:
-        _mixed(table.precision, op.precision, "GEMM shape")
+        note_mixed_precision(table.precision, op.precision, "GEMM shape")
         slow = sum(nk / shape_efficiencies(table, m, nk) for nk in op.gemm_nk)
         return sum(op.gemm_nk) / slow
     if op.kind == "grouped_gemm":
-        _mixed(prof.grouped_gemm_efficiency.precision, op.precision, "grouped GEMM")
+        note_mixed_precision(prof.grouped_gemm_efficiency.precision, op.precision, "grouped GEMM")
         return efficiencies(prof.grouped_gemm_efficiency, m, "grouped GEMM tokens per expert")
-    _mixed(prof.gemm_efficiency.precision, op.precision, "GEMM")
+    note_mixed_precision(prof.gemm_efficiency.precision, op.precision, "GEMM")
     return efficiencies(prof.gemm_efficiency, m, "GEMM M")
 
 
@@ -53,7 +62,7 @@ def shape_efficiencies(table: ShapeEfficiencyTable, m: np.ndarray, nk: float) ->
         note(f"GEMM weight elements {nk:.4g} is outside the calibrated range "
              f"[{table.weights[0]:.4g}, {table.weights[-1]:.4g}]; using the edge value")
     i, fm = _log_positions(table.m, np.maximum(m, 1e-9))
-    j, fw = _log_position(table.weights, max(nk, 1e-9))
+    j, fw = log_position(table.weights, max(nk, 1e-9))
     i1, j1 = np.minimum(i + 1, len(table.m) - 1), min(j + 1, len(table.weights) - 1)
     g = np.asarray(table.efficiency, dtype=float)
     low = g[i, j] + fw * (g[i, j1] - g[i, j])
@@ -83,7 +92,7 @@ def efficiencies(table: EfficiencyTable | RateTable, sizes: np.ndarray, what: st
 
 
 def _log_positions(xs: list[float], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """hardware._log_position of each x: (i, f), x a fraction f of the way from xs[i] to
+    """kernels.interp.log_position of each x: (i, f), x a fraction f of the way from xs[i] to
     xs[i + 1] in log space, clamped (xs strictly increasing)."""
     if len(xs) == 1:
         return np.zeros(x.shape, dtype=np.intp), np.zeros(x.shape)

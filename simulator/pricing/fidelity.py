@@ -1,6 +1,7 @@
 """Where each op's price comes from, mirroring hardware.py's choices: a measured table at a
-shape inside its measured range ("measured"), the same table at a shape outside it, clamped to
-its edge ("extrapolated"), or the roofline alone: a datasheet peak or link rate times one
+shape inside its measured range ("measured": a measured kernel time, interpolated between
+measured shapes, or an efficiency table read inside its range), the same table at a shape
+outside it ("extrapolated"), or the roofline alone: a datasheet peak or link rate times one
 scalar efficiency ("roofline"). A step's measured share weighs its ops by their time."""
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from simulator.graph.ops import Op
+from simulator.kernels.grid import Lookup
+from simulator.pricing.measured import comm_lookup, compute_lookup, deepep_lookup, nodes_of
 from simulator.schema import HardwareProfile, ParallelPlan
 
 MEASURED, EXTRAPOLATED, ROOFLINE = "measured", "extrapolated", "roofline"
@@ -26,6 +29,9 @@ def _table(inside: bool, what: str) -> tuple[str, str]:
 
 def op_source(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> tuple[str, str]:
     """(measured | extrapolated | roofline, what lay outside the table when extrapolated)."""
+    hit = kernel_source(op, plan, prof)
+    if hit is not None:
+        return (EXTRAPOLATED, hit.outside) if hit.source == EXTRAPOLATED else (MEASURED, "")
     if op.is_comm:
         if op.group not in ("tp", "cp"):
             return ROOFLINE, ""                 # EP all-to-all: link rates and latency
@@ -48,6 +54,28 @@ def op_source(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> tuple[str, s
         xs = [p[0] for p in prof.memory_efficiency.points]
         return _table(_inside(xs, op.bytes), f"bytes moved {op.bytes:.3g}")
     return ROOFLINE, ""
+
+
+def kernel_source(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> Lookup | None:
+    """The measured kernel table's answer that prices `op` (as hardware.py and traffic.py
+    read it), or None where no table of the runtime holds it."""
+    if prof.measured is None:
+        return None
+    if not op.is_comm:
+        return compute_lookup(op, prof)
+    if op.group == "ep" and op.moe_key and prof.idealizations.ep_flat_bandwidth_Bps is None:
+        h, _, top_k, experts, _, ep, _ = op.moe_key
+        hit = deepep_lookup(prof, op.kernel, nodes_of(ep, plan.gpus_per_node), h, top_k,
+                            experts, op.m, 2.0)
+        return None if hit is None else hit["combine" in op.name]
+    return comm_lookup(op, plan, prof)
+
+
+def op_source_name(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> str:
+    """measured | interpolated | extrapolated | roofline: where `op`'s price comes from (an
+    efficiency table read inside its range counts as measured)."""
+    hit = kernel_source(op, plan, prof)
+    return hit.source if hit is not None else op_source(op, plan, prof)[0]
 
 
 def measured_share(ops: list[tuple[Op, float]], plan: ParallelPlan,

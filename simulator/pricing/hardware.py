@@ -6,7 +6,6 @@ bytes each link class of a rank must carry; the engine shares link bandwidth bet
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from dataclasses import replace
 from statistics import NormalDist
 
@@ -15,7 +14,10 @@ from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, Ra
 from simulator.errors import MoesimError
 from simulator.graph.ops import Op
 from simulator.notes import note
+from simulator.kernels.interp import log_position, note_mixed_precision
 from simulator.engine.streams import CommDemand
+from simulator.pricing.measured import comm_lookup, compute_lookup, measured_demand
+from simulator.pricing.peaks import peak_flops
 
 
 def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> float:
@@ -39,7 +41,11 @@ def efficiency(table: EfficiencyTable | RateTable, size: float, what: str) -> fl
 
 
 def compute_time_s(op: Op, prof: HardwareProfile) -> float:
-    """Standalone duration of a compute op: latency + max(compute, memory) roofline."""
+    """Standalone duration of a compute op: its measured kernel time where the runtime's
+    tables hold it (pricing/measured.py), else latency + max(compute, memory) roofline."""
+    hit = compute_lookup(op, prof)
+    if hit is not None:
+        return hit.seconds + eager_extra_s(op, prof)
     floor = prof.idealizations.gemm_weight_floor
     peak = peak_flops(prof, op.precision)
     mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
@@ -70,7 +76,7 @@ def attention_table_time_s(op: Op, peak: float, prof: HardwareProfile) -> float:
     its FLOPs at the table's fraction of `peak` and its bytes at the table's fraction of the
     HBM datasheet rate; edge values outside the grid, with a note."""
     table = prof.attention_tables[op.kernel]
-    _mixed(table.precision, op.precision, f"{op.kernel} attention")
+    note_mixed_precision(table.precision, op.precision, f"{op.kernel} attention")
     for what, xs, x in (("sequences", table.batch, op.seqs), ("KV length", table.kv_len,
                                                               op.kv_len)):
         if len(xs) > 1 and x > 0 and not xs[0] <= x <= xs[-1]:
@@ -81,17 +87,6 @@ def attention_table_time_s(op: Op, peak: float, prof: HardwareProfile) -> float:
     return max(op.flops / (peak * e_c), op.bytes / (prof.hbm_bandwidth_Bps.value * e_m))
 
 
-def peak_flops(prof: HardwareProfile, precision: str) -> float:
-    """The datasheet peak of a compute precision (bf16 or fp8), FLOP/s."""
-    if precision == "fp8":
-        if prof.peak_fp8_flops is None:
-            raise MoesimError("peak_fp8_flops", f"profile {prof.name} has none, but an op "
-                              "computes in fp8", "add a sourced peak_fp8_flops to the profile, "
-                              "or set precision.compute to bf16")
-        return prof.peak_fp8_flops.value
-    return prof.peak_bf16_flops.value
-
-
 def gemm_efficiency(op: Op, prof: HardwareProfile) -> float:
     """Fraction of the op's precision's peak of a (grouped) GEMM op: by M and each GEMM's N x K
     where the profile has a shape table and the op lists its GEMMs (their FLOPs share is their
@@ -99,38 +94,21 @@ def gemm_efficiency(op: Op, prof: HardwareProfile) -> float:
     as the same fraction of this precision's peak, with a note saying so."""
     table = prof.gemm_shape_efficiency
     if table is not None and op.gemm_nk:
-        _mixed(table.precision, op.precision, "GEMM shape")
+        note_mixed_precision(table.precision, op.precision, "GEMM shape")
         slow = sum(nk / shape_efficiency(table, op.m, nk) for nk in op.gemm_nk)
         return sum(op.gemm_nk) / slow
     if op.kind == "grouped_gemm":
-        _mixed(prof.grouped_gemm_efficiency.precision, op.precision, "grouped GEMM")
+        note_mixed_precision(prof.grouped_gemm_efficiency.precision, op.precision, "grouped GEMM")
         return efficiency(prof.grouped_gemm_efficiency, op.m, "grouped GEMM tokens per expert")
-    _mixed(prof.gemm_efficiency.precision, op.precision, "GEMM")
+    note_mixed_precision(prof.gemm_efficiency.precision, op.precision, "GEMM")
     return efficiency(prof.gemm_efficiency, op.m, "GEMM M")
-
-
-def _mixed(measured: str, used: str, what: str) -> None:
-    if measured != used:
-        note(f"{what} efficiency measured in {measured} prices {used} kernels as the same "
-             f"fraction of the {used} peak (no {used} measurement in the profile)")
-
-
-def _log_position(xs: list[float], x: float) -> tuple[int, float]:
-    """(i, f): x lies a fraction f of the way from xs[i] to xs[i + 1] in log space, clamped
-    (xs strictly increasing, as the schema requires of table axes)."""
-    if len(xs) == 1 or x <= xs[0]:
-        return 0, 0.0
-    if x >= xs[-1]:
-        return len(xs) - 2, 1.0
-    i = bisect_left(xs, x) - 1            # the first i with xs[i] <= x <= xs[i + 1]
-    return i, (math.log(x) - math.log(xs[i])) / (math.log(xs[i + 1]) - math.log(xs[i]))
 
 
 def bilinear_log(ms: list[float], ws: list[float], grid: list[list[float]], m: float,
                  w: float) -> float:
     """grid[i][j] (at ms[i], ws[j]) at (m, w), bilinear in log m and log w, edges clamped."""
-    i, fm = _log_position(ms, max(m, 1e-9))
-    j, fw = _log_position(ws, max(w, 1e-9))
+    i, fm = log_position(ms, max(m, 1e-9))
+    j, fw = log_position(ws, max(w, 1e-9))
     i1, j1 = min(i + 1, len(ms) - 1), min(j + 1, len(ws) - 1)
     low = grid[i][j] + fw * (grid[i][j1] - grid[i][j])
     high = grid[i1][j] + fw * (grid[i1][j1] - grid[i1][j])
@@ -193,7 +171,11 @@ def link_bandwidths(prof: HardwareProfile) -> dict[str, float]:
 
 
 def comm_demand(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> CommDemand:
-    """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM."""
+    """Per-rank bytes on each link for a collective; a rank's local share never leaves HBM.
+    A tensor-parallel collective the runtime's tables measured takes its measured time."""
+    hit = comm_lookup(op, plan, prof)
+    if hit is not None:
+        return eager_launches(measured_demand(op, hit.seconds, prof), op, prof)
     return eager_launches(_link_demand(op, plan, prof), op, prof)
 
 

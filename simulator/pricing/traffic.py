@@ -13,6 +13,7 @@ from simulator.schema import HardwareProfile, ModelSpec, Workload
 from simulator.graph.params import expert_params
 from simulator.pricing.batched import gemm_times_s
 from simulator.pricing.hardware import link_bandwidths
+from simulator.pricing.measured import deepep_lookup, nodes_of
 from simulator.engine.streams import CommDemand
 from simulator.graph.ops import Op
 from simulator.pricing.routing import RoutingResult, route
@@ -30,6 +31,7 @@ class EPTraffic:
     latency_s: float
     combine_ratio: float         # combine bytes / dispatch bytes
     sm_fraction: float | None = None   # SMs the kernel takes from compute (None: the profile's)
+    combine_latency_s: float | None = None   # the combine's, where it differs (measured)
     _made: dict = field(default_factory=dict, compare=False, repr=False)   # demands() lists
 
     def demands(self, combine: bool, share: float = 1.0,
@@ -50,8 +52,13 @@ class EPTraffic:
         f = self._factor(combine, share)
         nvl, nic = float(self.nvlink_bytes[rank]) * f, float(self.nic_bytes[rank]) * f
         d = {k: v for k, v in (("nvlink", nvl), ("nic", nic)) if v > 0}
-        return CommDemand(self.latency_s if latency_s is None else latency_s, d,
+        return CommDemand(self.latency(combine) if latency_s is None else latency_s, d,
                           self.sm_fraction)
+
+    def latency(self, combine: bool) -> float:
+        """The start-up latency of the dispatch (or the combine)."""
+        return self.combine_latency_s if combine and self.combine_latency_s is not None \
+            else self.latency_s
 
     def _factor(self, combine: bool, share: float) -> float:
         """A rank's bytes are its dispatch bytes times this (the combine's bytes per element,
@@ -92,9 +99,17 @@ def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_
     remote = plan.ep > plan.gpus_per_node
     latency = prof.ep_kernel_latency_s.value + (prof.nic.latency_s.value if remote
                                                 else prof.nvlink.latency_s.value)
-    return EPTraffic(r, kernel, nvl, nic, latency,
-                     w.precision.combine_bytes / w.precision.dispatch_bytes,
-                     comm_sm_fraction(prof, kernel))
+    ratio = w.precision.combine_bytes / w.precision.dispatch_bytes
+    combine_latency = None
+    hit = deepep_lookup(prof, kernel, nodes_of(plan.ep, plan.gpus_per_node), model.hidden_size,
+                        model.moe.top_k, model.moe.num_experts, tokens_per_rank, per_copy)
+    if hit is not None:      # the mean rank takes DeepEP's measured time; the rest is imbalance
+        bw = link_bandwidths(prof)
+        mean_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
+        latency = max(hit[0].seconds - mean_s, 0.0)
+        combine_latency = max(hit[1].seconds - mean_s * ratio, 0.0)
+    return EPTraffic(r, kernel, nvl, nic, latency, ratio, comm_sm_fraction(prof, kernel),
+                     combine_latency)
 
 
 def comm_sm_fraction(prof: HardwareProfile, kernel: str) -> float:

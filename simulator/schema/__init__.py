@@ -5,7 +5,8 @@ from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, Efficiency
 from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision,
                                          RoutingSpec, RuntimeSpec)
 from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
-                                       Idealizations, LinkSpec, NetworkSpec)
+                                       Idealizations, LinkSpec, MeasuredKernels,
+                                       NetworkSpec)
 from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePrecision,
                                     ModelSpec, MoESpec)
 from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
@@ -14,7 +15,7 @@ from simulator.schema.training import TrainingSpec
 from simulator.schema.workload import Workload
 
 __all__ = ["ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
-           "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig",
+           "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",
            "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingSpec", "Workload"]

@@ -88,6 +88,10 @@ class Precision(Strict):
     kv_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES)
     dispatch_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES, description="all-to-all dispatch payload per element")
     combine_bytes: float = Field(2.0, gt=0, le=MAX_ELEMENT_BYTES, description="all-to-all combine payload per element")
+    fp8_scaling: Literal["block", "tensor"] = Field(
+        "block", description="how FP8 GEMMs are scaled, choosing their measured tables: block "
+        "(128 x 128 blocks: DeepSeek-V3 and Qwen3 FP8 checkpoints) or tensor (one scale per "
+        "tensor)")
     compute: ComputePrecision = Field(
         ComputePrecision(), description="compute precision per op class (expert_gemm, "
         "dense_gemm, attention, lm_head: bf16 or fp8); unset: the model's serving_recipe for "
@@ -117,9 +121,18 @@ class RoutingSpec(Strict):
 
 
 class RuntimeSpec(Strict):
-    """Fixed costs of the engine that runs the model, beyond its kernels, each sourced (a
-    runtime measurement, e.g. an Nsight Systems trace of your engine): host time per forward
-    step that the GPU waits for, and kernels the op graph leaves out. Unset: not priced."""
+    """The engine that runs the model: which of the profile's measured kernel tables price it
+    (framework and version), and fixed costs beyond its kernels, each sourced (a runtime
+    measurement, e.g. an Nsight Systems trace of your engine): host time per forward step that
+    the GPU waits for, and kernels the op graph leaves out. Unset costs: not priced."""
+
+    framework: Optional[Literal["sglang", "trtllm", "vllm"]] = Field(
+        None, description="the serving engine whose measured kernel tables price this "
+        "workload (the profile's measured_kernels); unset: the newest SGLang the profile has, "
+        "else its first")
+    version: Optional[str] = Field(
+        None, min_length=1, description="that engine's version; unset: the newest the profile "
+        "has")
 
     step_overhead_s: Optional[Sourced] = Field(
         None, description="per forward step: scheduling, batch preparation, sampling, MTP "

@@ -1,9 +1,10 @@
 """Schema of a hardware profile: peaks, memory, links, efficiencies, price; each sourced."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, EfficiencyTable, RateTable,
                                    ShapeEfficiencyTable, Sourced, Strict)
@@ -61,6 +62,19 @@ class CalibrationInfo(Strict):
     fits: dict[str, FitQuality] = Field(default_factory=dict)
 
 
+class MeasuredKernels(Strict):
+    """One runtime's measured kernel tables for this GPU: a file written by `moesim calibrate
+    --from-aiconfigurator` (or any tool writing that format), read with numpy alone."""
+
+    framework: Literal["sglang", "trtllm", "vllm"] = Field(
+        description="the serving engine the kernels were measured under")
+    version: str = Field(min_length=1, description="its version (e.g. 0.5.14, 1.3.0rc20)")
+    file: str = Field(min_length=1, description="the .npz of tables, relative to the profile's "
+                      "folder")
+    source: str = Field(min_length=1, description="where the measurements come from: package, "
+                        "version, system, framework")
+
+
 class HardwareProfile(Strict):
     """One GPU kind in its cluster: peaks, memory, links, efficiencies, price; each sourced."""
 
@@ -69,6 +83,8 @@ class HardwareProfile(Strict):
     gpu: str = Field(min_length=1)
     peak_bf16_flops: Sourced
     peak_fp8_flops: Optional[Sourced] = None
+    peak_fp4_flops: Optional[Sourced] = Field(None, description="dense FP4 (NVFP4) peak, "
+                                              "GPUs with FP4 tensor cores")
     hbm_bytes: Sourced
     hbm_bandwidth_Bps: Sourced
     hbm_efficiency: Sourced
@@ -121,6 +137,35 @@ class HardwareProfile(Strict):
     price_per_gpu_hour: Sourced
     idealizations: Idealizations = Idealizations()
     calibration: Optional[CalibrationInfo] = Field(None, description="set by moesim calibrate")
+    measured_kernels: list[MeasuredKernels] = Field(
+        default_factory=list, description="measured kernel tables per runtime (framework and "
+        "version); the workload's runtime picks one (default: the newest SGLang), and every op "
+        "whose shape they cover is priced from them, the roofline anchoring the rest")
+    _folder: Optional[Path] = PrivateAttr(None)
+    _measured: Any = PrivateAttr(None)
+
+    @property
+    def folder(self) -> Optional[Path]:
+        """The folder the profile was read from (its measured_kernels files lie there)."""
+        return self._folder
+
+    @property
+    def measured(self) -> Any:
+        """The runtime's measured tables step.resolve attached (pricing/measured.py), or None:
+        every op priced by the roofline and the efficiency tables."""
+        return self._measured
+
+    def located(self, folder: Path) -> "HardwareProfile":
+        """This profile, read from `folder`."""
+        out = self.model_copy()
+        out._folder = folder
+        return out
+
+    def with_measured(self, measured: Any) -> "HardwareProfile":
+        """A copy of this profile that prices from `measured` (None: from the roofline)."""
+        out = self.model_copy()
+        out._measured = measured
+        return out
 
     @model_validator(mode="after")
     def _physical(self) -> "HardwareProfile":

@@ -72,12 +72,13 @@ class MoESpec(Strict):
                      else self.real_experts_per_token)
 
 
-ComputeDtype = Literal["bf16", "fp8"]
+ComputeDtype = Literal["bf16", "fp8", "fp4"]
 COMPUTE_CLASSES = ("expert_gemm", "dense_gemm", "attention", "lm_head")
 
 
 class ComputePrecision(Strict):
-    """Precision the GEMMs and attention cores of each op class compute in (None: not set here)."""
+    """Precision the GEMMs and attention cores of each op class compute in: bf16, fp8, or fp4
+    (NVFP4 tensor cores: Blackwell); None: not set here."""
 
     expert_gemm: Optional[ComputeDtype] = Field(None, description="routed and shared experts")
     dense_gemm: Optional[ComputeDtype] = Field(

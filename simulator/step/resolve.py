@@ -8,6 +8,7 @@ from simulator.errors import MoesimError
 from simulator.graph.memory import MemoryBreakdown, inference_memory
 from simulator.graph.ops import Shape
 from simulator.loading import load_model, load_profile
+from simulator.pricing.measured import select as select_measured
 from simulator.pricing.routing import ep_nodes
 from simulator.schema import COMPUTE_CLASSES, HardwareProfile, ModelSpec, Workload
 
@@ -121,6 +122,7 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                               "smaller precision.weight_bytes / kv_bytes")
         notes.append(f"memory not enforced by this idealised profile: {msg}")
     compute = compute_precision(w, model, profile, notes)
+    profile = profile.with_measured(select_measured(profile, w.runtime, w.precision))
     return Resolved(w, model, profile, k_real, mtp_on, acceptance, shape, memory, tuple(notes),
                     compute, with_head, traffic_cache if traffic_cache is not None else {})
 
@@ -201,10 +203,11 @@ def compute_precision(w: Workload, model: ModelSpec, profile: HardwareProfile,
                 notes.append(f"{profile.gpu} has no FP8 compute: {model.name}'s FP8 {cls} "
                              "run in BF16 (FP8 weights, BF16 math)")
         out[cls] = own or recipe or "bf16"
-    if "fp8" in out.values() and profile.peak_fp8_flops is None:
-        classes = ", ".join(k for k, v in out.items() if v == "fp8")
-        raise MoesimError("precision.compute", f"{classes} compute in fp8 but profile "
-                          f"{profile.name} has no peak_fp8_flops",
-                          "give the profile a sourced peak_fp8_flops, or set those classes to "
-                          "bf16 under precision.compute")
+    for dtype, peak in (("fp8", profile.peak_fp8_flops), ("fp4", profile.peak_fp4_flops)):
+        if dtype in out.values() and peak is None:
+            classes = ", ".join(k for k, v in out.items() if v == dtype)
+            raise MoesimError("precision.compute", f"{classes} compute in {dtype} but profile "
+                              f"{profile.name} has no peak_{dtype}_flops",
+                              f"give the profile a sourced peak_{dtype}_flops, or set those "
+                              "classes to bf16 under precision.compute")
     return out

@@ -14,7 +14,8 @@ from simulator.engine.timeline import LaidOutOps, Timeline
 from simulator.graph.memory import MemoryBreakdown
 from simulator.graph.params import layer_counts
 from simulator.pricing.cost import cost_per_million_tokens
-from simulator.pricing.fidelity import MAX_LISTED, expected_error_pct, measured_share
+from simulator.pricing.fidelity import (MAX_LISTED, expected_error_pct, measured_share,
+                                        op_source_name)
 from simulator.pricing.hardware import link_bandwidths
 from simulator.pricing.traffic import EPTraffic
 from simulator.schema import HardwareProfile, ModelSpec
@@ -73,12 +74,24 @@ class StepResult:
             out["ep"] = self.ep
         out["fidelity"] = self.fidelity
         if with_ops:
+            source = self.op_sources
             out["ops"] = [{"name": op.name, "kind": op.kind, "stream": tl.streams[i],
                            "layer": op.layer, "start_us": float(tl.start_s[0, i]) * 1e6,
                            "end_us": float(tl.end_s[0, i]) * 1e6, "flops": op.flops,
-                           "bytes": op.bytes} for i, op in enumerate(tl.ops)]
+                           "bytes": op.bytes, "source": source[i]}
+                          for i, op in enumerate(tl.ops)]
         out.update(self.extra)
         return out
+
+    @cached_property
+    def op_sources(self) -> list[str]:
+        """Where each laid-out op's price comes from: measured | interpolated | extrapolated |
+        roofline (pricing/fidelity.op_source_name), priced once per distinct op."""
+        r, tl = self.resolved, self.timeline
+        ops, src = tl.ops.sources() if isinstance(tl.ops, LaidOutOps) else \
+            (list(tl.ops), np.arange(len(tl.ops)))
+        names = [op_source_name(op, r.workload.plan, r.profile) for op in ops]
+        return [names[i] for i in src]
 
     @cached_property
     def fidelity(self) -> dict[str, Any]:
@@ -90,7 +103,10 @@ class StepResult:
         secs = np.bincount(src, weights=tl.end_s[0] - tl.start_s[0], minlength=len(ops))
         share, outside = measured_share(list(zip(ops, secs.tolist())), r.workload.plan,
                                         r.profile)
+        ms = r.profile.measured
         return {"measured_share": share, "extrapolated": outside[:MAX_LISTED],
+                "kernel_tables": None if ms is None else
+                f"{ms.kernels.framework} {ms.kernels.version} ({ms.kernels.system})",
                 "expected_error_pct": expected_error_pct(r.profile.name, r.workload.phase,
                                                          share)}
 

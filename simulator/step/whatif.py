@@ -20,7 +20,7 @@ from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, launch_latency_s, link_bandwidths,
                                         op_time_s, straggler_factor)
 from simulator.pricing.routing import draws_of
-from simulator.pricing.traffic import EPTraffic, ep_traffic, per_rank_times
+from simulator.pricing.traffic import EPTraffic, ep_traffic, kernel_for, per_rank_times
 from simulator.schema import Workload
 from simulator.step.resolve import Resolved, check_plan, resolve
 from simulator.step.result import StepResult, measure
@@ -44,7 +44,7 @@ def build_step_graph(r: Resolved, schedule: str, layers: int | None = None) -> n
                             mtp=r.mtp_on, micro_batch=mb, with_head=r.with_head,
                             compute=r.compute, moe_chunks=sched.moe_chunks,
                             into=None if backward else g, layers=layers,
-                            tail_at=r.model.num_layers)
+                            tail_at=r.model.num_layers, ep_kernel=kernel_for(w))
         if backward:
             build_backward(fwd, into=g)
     return g
@@ -142,7 +142,7 @@ def _priced(w: Workload, schedule: str, policy, r: Resolved, per_rank: bool,
         if t is not None and op.is_comm and op.group == "ep":
             key = ("comm", op.micro_batch, "combine" in op.name, op.share)
             if key not in memo:
-                lat = launch_latency_s(t.latency_s, op, prof)
+                lat = launch_latency_s(t.latency("combine" in op.name), op, prof)
                 times = t.times_s(key[2], op.share, lat, bw)
                 slow = int(np.argmax(times))
                 memo[key] = (t.demands(key[2], op.share, lat) if per_rank else None,
@@ -211,7 +211,8 @@ def _shape_key(op) -> tuple:
     """Everything pricing reads of an op (not its name, layer or micro-batch)."""
     return (op.kind, op.flops, op.bytes, op.weight_bytes, op.m, op.collective, op.group,
             op.scores, op.kernels, op.aux_bytes, op.gather_bytes, op.gemm_nk, op.precision,
-            op.tags, op.share, op.kernel, op.seqs, op.kv_len)
+            op.tags, op.share, op.kernel, op.seqs, op.kv_len, op.gemm_dims, op.moe_key,
+            op.attn_key, op.attn_len)
 
 
 def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:

@@ -1,0 +1,340 @@
+"""Measured kernel tables (simulator/kernels) and pricing from them (pricing/measured.py), on the
+real aiconfigurator-core 0.12.0 data files: units, interpolation, extrapolation, the shipped
+profiles' tables, runtime selection and the calibrate importer."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator.errors import MoesimError
+from simulator.graph.ops import Op
+from simulator.kernels import store
+from simulator.kernels.aiconfigurator import data_root, read_set
+from simulator.kernels.grid import EXTRAPOLATED, INTERPOLATED, MEASURED, KernelGrid
+from simulator.kernels.heldout import kfold_errors
+from simulator.loading import PROFILES_DIR, load_profile
+from simulator.pricing.hardware import compute_time_s, standalone_comm_time_s
+from simulator.pricing.measured import select
+from simulator.schema import ParallelPlan, Precision, RuntimeSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAT = (lambda x: 1.0)          # a roofline that scales nothing
+
+
+@pytest.fixture(scope="module")
+def h200():
+    return read_set("h200_sxm", "sglang")
+
+
+def _parquet(rel: str) -> pd.DataFrame:
+    return pd.read_parquet(data_root() / rel)
+
+
+def _priced(profile: str, framework: str | None = None, kv_bytes: float = 2.0,
+            fp8_scaling: str = "block"):
+    prof = load_profile(profile)
+    ms = select(prof, RuntimeSpec(framework=framework),
+                Precision(kv_bytes=kv_bytes, fp8_scaling=fp8_scaling))
+    return prof.with_measured(ms)
+
+
+# -- the grid's rules, on a hand-made table ------------------------------------------------
+def _grid() -> KernelGrid:
+    # latency = 1e-6 * m at n = 1, twice that at n = 4; one cell never measured
+    v = np.array([[1e-6, 2e-6], [4e-6, 8e-6], [16e-6, np.nan]])
+    return KernelGrid("gemm", ("bf16",), ("m", "n"), (np.array([1.0, 4.0, 16.0]),
+                                                       np.array([1.0, 4.0])), v)
+
+
+def test_a_measured_point_is_returned_exactly():
+    hit = _grid().lookup((4, 4), FLAT)
+    assert hit.source == MEASURED and hit.seconds == 8e-6
+
+
+def test_interpolation_is_log_linear_between_measured_points():
+    hit = _grid().lookup((2, 1), FLAT)          # halfway from 1 to 4 in log m
+    assert hit.source == INTERPOLATED
+    assert hit.seconds == pytest.approx(math.sqrt(1e-6 * 4e-6), rel=1e-12)
+
+
+def test_interpolation_weights_each_side_by_its_log_distance():
+    f = math.log(1.5) / math.log(4)                  # m = 1.5 between 1 and 4
+    hit = _grid().lookup((1.5, 1), FLAT)
+    assert hit.seconds == pytest.approx(1e-6 * 4 ** f, rel=1e-12)
+
+
+def test_interpolation_is_monotone_where_the_data_are():
+    ms = np.geomspace(1, 16, 41)
+    ts = [_grid().lookup((m, 1), FLAT).seconds for m in ms]
+    assert all(b >= a for a, b in zip(ts, ts[1:]))
+
+
+def test_outside_the_hull_scales_the_edge_by_the_roofline():
+    hit = _grid().lookup((64, 1), lambda x: x[0] * 1e-7)     # roofline linear in m
+    assert hit.source == EXTRAPOLATED and "m 64" in hit.outside
+    assert hit.seconds == pytest.approx(16e-6 * 64 / 16, rel=1e-12)
+
+
+def test_an_unmeasured_corner_anchors_on_the_nearest_measured_point():
+    hit = _grid().lookup((8, 2), lambda x: x[0] * x[1])
+    assert hit.source == EXTRAPOLATED
+    # nearest measured point in log distance: (4, 1) or (4, 4) / (16, 1); (16, 1) and (4, 4)
+    # tie with (4, 1) in span-scaled log distance, the first found is used: check the rule
+    anchors = {(4, 1): 4e-6, (4, 4): 8e-6, (16, 1): 16e-6}
+    assert any(hit.seconds == pytest.approx(t * 16 / (a[0] * a[1]), rel=1e-12)
+               for a, t in anchors.items())
+
+
+def test_kfold_heldout_error_is_zero_on_a_power_law_and_not_on_noise():
+    m = np.geomspace(1, 1024, 11)
+    exact = KernelGrid("gemm", ("bf16",), ("m",), (m,), 1e-6 * m ** 0.7)
+    assert kfold_errors(exact).max() < 1e-9
+    noisy = KernelGrid("gemm", ("bf16",), ("m",), (m,),
+                       1e-6 * m ** 0.7 * np.where(np.arange(11) % 2, 1.3, 1.0))
+    assert kfold_errors(noisy).max() > 0.1
+
+
+# -- the importer on the real files ---------------------------------------------------------
+def test_gemm_table_reproduces_its_parquet_rows_in_seconds(h200):
+    ks, _ = h200
+    raw = _parquet("h200_sxm/gemm/sglang/0.5.14/gemm_perf.parquet")
+    raw = raw[raw["gemm_dtype"] == "fp8_block"].sample(300, random_state=0)
+    grid = ks.get("gemm", ("fp8_block",))
+    for r in raw.itertuples():
+        hit = grid.lookup((r.m, r.n, r.k), FLAT)
+        assert hit.source == MEASURED
+        assert hit.seconds == pytest.approx(r.latency / 1e3, rel=1e-12)   # ms -> s
+
+
+def test_deepep_columns_are_microseconds(h200):
+    ks, _ = h200
+    raw = _parquet("h200_sxm/comm/sglang/0.5.12/wideep_deepep_ll_perf.parquet")
+    r = raw[(raw.hidden_size == 7168) & (raw.num_topk == 8) & (raw.num_experts == 256) &
+            (raw.num_token == 128)].iloc[0]
+    grid = ks.get("deepep_ll_dispatch", (7168, 8, 256))
+    assert grid.lookup((1, 128), FLAT).seconds == pytest.approx(r.dispatch_avg_t_us * 1e-6)
+    # and the figure is physical: 128 tokens x 8 copies x 7168 FP8 bytes over NVLink in
+    # tens of microseconds, never milliseconds or nanoseconds
+    assert 10e-6 < grid.lookup((1, 128), FLAT).seconds < 500e-6
+
+
+def test_nccl_message_size_is_elements_of_two_bytes(h200):
+    ks, _ = h200
+    grid = ks.get("nccl", ("all_reduce", 8))
+    nbytes = grid.points[0][-1]
+    t = grid.lookup((nbytes,), FLAT).seconds
+    busbw = 2 * 7 / 8 * nbytes / t                   # ring all-reduce bus bandwidth
+    assert 350e9 < busbw < 500e9                      # NVLink 4: 450 GB/s per direction
+
+
+def test_duplicated_keys_are_averaged_and_counted():
+    ks, reads = read_set("gb200", "sglang")
+    dup = [r for r in reads if r.op_class == "mla_generation"][0]
+    assert dup.duplicates > 0 and any("measured twice" in n for n in ks.notes)
+    raw = _parquet("gb200/mla/sglang/0.5.14/generation_mla_perf.parquet")
+    k = raw[(raw.kv_cache_dtype == "bfloat16") & (raw.num_heads == 16) &
+            (raw.batch_size == 64) & (raw.isl + raw.step == 4096)]
+    assert len(k) == 2
+    grid = ks.get("mla_generation", ("bf16", 16))
+    assert grid.lookup((64, 4096), FLAT).seconds == pytest.approx(k.latency.mean() / 1e3)
+
+
+@pytest.mark.parametrize("profile,system,framework", [
+    ("h100-sxm", "h100_sxm", "sglang"), ("h200-sxm", "h200_sxm", "sglang"),
+    ("b200-sxm", "b200_sxm", "sglang"), ("gb200", "gb200", "sglang"),
+    ("h200-sxm", "h200_sxm", "trtllm"), ("b200-sxm", "b200_sxm", "vllm")])
+def test_shipped_tables_equal_what_the_importer_writes(profile, system, framework):
+    prof = load_profile(profile)
+    ref = [m for m in prof.measured_kernels if m.framework == framework][-1]
+    shipped = store.load(PROFILES_DIR / ref.file)
+    fresh, _ = read_set(system, framework, ref.version)
+    assert [(g.op_class, g.key) for g in shipped.grids] == \
+        [(g.op_class, g.key) for g in fresh.grids]
+    for a, b in zip(shipped.grids, fresh.grids):
+        assert a.axes == b.axes and all(np.array_equal(x, y) for x, y in zip(a.points,
+                                                                               b.points))
+        np.testing.assert_allclose(a.seconds, b.seconds.astype(np.float32), rtol=0,
+                                   equal_nan=True)
+
+
+def test_the_stored_file_round_trips(tmp_path, h200):
+    ks, _ = h200
+    store.save(ks, tmp_path / "k.npz")
+    back = store.load(tmp_path / "k.npz")
+    assert back.framework == "sglang" and back.version == ks.version
+    g = ks.grids[100]
+    np.testing.assert_allclose(back.get(g.op_class, g.key).seconds,
+                               g.seconds.astype(np.float32), equal_nan=True)
+
+
+# -- pricing from the tables ----------------------------------------------------------------
+def test_a_gemm_op_takes_its_measured_latency():
+    prof = _priced("h200-sxm")
+    raw = _parquet("h200_sxm/gemm/sglang/0.5.14/gemm_perf.parquet")
+    r = raw[(raw.gemm_dtype == "bfloat16") & (raw.m == 64) & (raw.n == 7168) &
+            (raw.k == 2048)].iloc[0]
+    r2 = raw[(raw.gemm_dtype == "bfloat16") & (raw.m == 64) & (raw.n == 2048) &
+             (raw.k == 7168)].iloc[0]
+    op = Op("L0.attn.o_proj", "gemm", flops=1.0, m=64, gemm_nk=(7168 * 2048, 2048 * 7168),
+            gemm_dims=((7168, 2048), (2048, 7168)), precision="bf16")
+    assert compute_time_s(op, prof) == pytest.approx((r.latency + r2.latency) / 1e3)
+
+
+def test_fp8_scaling_picks_the_block_or_the_tensor_table():
+    raw = _parquet("h200_sxm/gemm/sglang/0.5.14/gemm_perf.parquet")
+    op = Op("L0.ffn", "gemm", m=256, gemm_nk=(4096 * 7168,), gemm_dims=((4096, 7168),),
+            precision="fp8")
+    for scaling, dtype in (("block", "fp8_block"), ("tensor", "fp8")):
+        r = raw[(raw.gemm_dtype == dtype) & (raw.m == 256) & (raw.n == 4096) &
+                (raw.k == 7168)].iloc[0]
+        assert compute_time_s(op, _priced("h200-sxm", fp8_scaling=scaling)) == \
+            pytest.approx(r.latency / 1e3)
+
+
+def test_a_grouped_expert_gemm_takes_the_moe_table_at_its_tokens_per_rank():
+    prof = _priced("h200-sxm")
+    raw = _parquet("h200_sxm/moe/sglang/0.5.14/moe_perf.parquet")
+    r = raw[(raw.moe_dtype == "fp8_block") & (raw.distribution == "balanced") &
+            (raw.hidden_size == 7168) & (raw.inter_size == 2048) & (raw.topk == 8) &
+            (raw.num_experts == 256) & (raw.moe_tp_size == 1) & (raw.moe_ep_size == 8) &
+            (raw.num_tokens == 64)].iloc[0]
+    w_exp = 3 * 7168 * 2048
+    rows = 64 * 8                                   # 64 tokens per rank x top-8
+    op = Op("L3.moe.experts", "grouped_gemm", flops=2 * rows * w_exp, m=rows / 32,
+            gemm_nk=(2 * 7168 * 2048, 7168 * 2048), precision="fp8",
+            moe_key=(7168, 2048, 8, 256, 1, 8, 1 / 8))
+    assert compute_time_s(op, prof) == pytest.approx(r.latency / 1e3)
+
+
+def test_gqa_decode_attention_reads_the_generation_table_at_its_kv_length():
+    prof = _priced("h200-sxm")
+    raw = _parquet("h200_sxm/attention/sglang/0.5.14/generation_attention_perf.parquet")
+    r = raw[(raw.num_heads == 64) & (raw.num_key_value_heads == 8) & (raw.head_dim == 128) &
+            (raw.window_size == 0) & (raw.kv_cache_dtype == "bfloat16") &
+            (raw.batch_size == 32) & (raw.step == 1023)].iloc[0]
+    kv = r.isl + r.step
+    op = Op("L0.attn.core", "attention", flops=1.0, bytes=1.0, m=32, seqs=32, kv_len=kv,
+            attn_len=kv, attn_key=(64, 8, 128), kernel="gqa_decode")
+    assert compute_time_s(op, prof) == pytest.approx(r.latency / 1e3)
+
+
+def test_fp8_kv_cache_reads_its_own_attention_table():
+    bf16 = _priced("h200-sxm", kv_bytes=2.0)
+    fp8 = _priced("h200-sxm", kv_bytes=1.0)
+    op = Op("L0.attn.core", "attention", flops=1.0, bytes=1.0, m=64, seqs=64, kv_len=8192,
+            attn_len=8192, attn_key=(128,), kernel="mla_decode")
+    assert compute_time_s(op, bf16) != compute_time_s(op, fp8)
+
+
+def test_a_tp_all_reduce_takes_the_custom_all_reduce_time():
+    prof = _priced("h200-sxm")
+    raw = _parquet("h200_sxm/comm/sglang/0.5.14/custom_allreduce_perf.parquet")
+    r = raw[(raw.num_gpus == 8) & (raw.backend == "sglang_graph") &
+            (raw.message_size == 1048576)].iloc[0]
+    size = r.message_size * 2                       # elements of bf16
+    op = Op("L0.attn.all_reduce", "collective", bytes=2 * 7 / 8 * size,
+            collective="all_reduce", group="tp")
+    plan = ParallelPlan(gpus=8, tp=8, attention_tp=8, ep=8)
+    assert standalone_comm_time_s(op, plan, prof) == pytest.approx(r.latency / 1e3)
+
+
+def test_without_a_runtime_the_roofline_prices_as_before():
+    prof = load_profile("h200-sxm")                  # no tables attached
+    op = Op("L0.ffn", "gemm", flops=2 * 64 * 4096 * 7168, bytes=4096 * 7168 * 2, m=64,
+            weight_bytes=4096 * 7168 * 2, gemm_nk=(4096 * 7168,), gemm_dims=((4096, 7168),))
+    assert prof.measured is None
+    assert compute_time_s(op, prof) != compute_time_s(op, _priced("h200-sxm"))
+
+
+def test_deepep_measured_time_is_the_mean_ranks_all_to_all():
+    from simulator.loading import load_workload
+    from simulator.pricing.hardware import link_bandwidths
+    from simulator.pricing.traffic import ep_traffic
+    from simulator.step.resolve import resolve
+    w = load_workload(str(ROOT / "workloads/validation/deepseek-v3-h100-sglang-decode.yaml"))
+    w = w.model_copy(update={"plan": w.plan.model_copy(update={"gpus": 8, "ep": 8}),
+                             "hardware": "h200-sxm", "batch_per_device": 64,
+                             "routing": w.routing.model_copy(update={"redundant_experts": 0})})
+    r = resolve(w)
+    t = ep_traffic(r.model, w, r.profile, 64, r.real_experts, w.seed)
+    grid = r.profile.measured.kernels.get("deepep_ll_dispatch", (7168, 8, 256))
+    measured = grid.lookup((1, 64), FLAT).seconds
+    mean = float(np.mean(t.times_s(False, 1.0, t.latency(False), link_bandwidths(r.profile))))
+    assert mean == pytest.approx(measured, rel=1e-9)
+
+
+# -- the runtime field ----------------------------------------------------------------------
+def test_the_default_runtime_is_the_newest_sglang():
+    ms = select(load_profile("h200-sxm"), RuntimeSpec(), Precision())
+    assert (ms.kernels.framework, ms.kernels.version) == ("sglang", "0.5.14")
+
+
+def test_a_runtime_picks_its_own_tables():
+    ms = select(load_profile("b200-sxm"), RuntimeSpec(framework="trtllm"), Precision())
+    assert ms.kernels.framework == "trtllm" and ms.kernels.system == "b200_sxm"
+
+
+def test_a_runtime_without_tables_for_the_gpu_names_those_that_have_them():
+    with pytest.raises(MoesimError) as e:
+        select(load_profile("h200-sxm"), RuntimeSpec(framework="vllm", version="0.1"),
+               Precision())
+    assert e.value.field == "runtime.version" and "sglang 0.5.14" in str(e.value)
+    with pytest.raises(MoesimError) as e:
+        select(load_profile("h800"), RuntimeSpec(framework="sglang"), Precision())
+    assert e.value.field == "runtime.framework" and "none" in str(e.value)
+
+
+def test_a_profile_without_tables_and_no_runtime_prices_by_the_roofline():
+    assert select(load_profile("h800"), RuntimeSpec(), Precision()) is None
+
+
+def _moesim(*args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_simulate_says_where_each_op_is_priced_from():
+    import json
+    out = _moesim("simulate", str(ROOT / "workloads/validation/deepseek-v3-h100-sglang-prefill"
+                                  ".yaml"), "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["fidelity"]["kernel_tables"] == "sglang 0.5.14 (h100_sxm)"
+    sources = {o["source"] for o in d["ops"]}
+    assert sources <= {"measured", "interpolated", "extrapolated", "roofline"}
+    assert {"measured", "interpolated"} & sources
+    assert d["fidelity"]["measured_share"] >= 0.8
+
+
+# -- calibrate --from-aiconfigurator --------------------------------------------------------
+def test_calibrate_writes_a_profile_that_loads_and_prints_heldout_errors(tmp_path):
+    out = _moesim("calibrate", "--from-aiconfigurator", "h100_sxm", "--framework", "vllm",
+                  "--out", str(tmp_path / "h100-vllm.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "held out" in out.stdout and "gemm" in out.stdout and "moe" in out.stdout
+    prof = load_profile(str(tmp_path / "h100-vllm.yaml"))
+    assert [m.framework for m in prof.measured_kernels] == ["vllm"]
+    assert (tmp_path / prof.measured_kernels[0].file).is_file()
+
+
+@pytest.mark.parametrize("args,field,names", [
+    (["--from-aiconfigurator", "h20_sxm"], "SYSTEM", "h200_sxm"),
+    (["--from-aiconfigurator", "h200_sxm", "--framework", "tgi"], "--framework", "vllm"),
+    (["--from-aiconfigurator", "h200_sxm", "--version", "9.9"], "--version", "0.5.14")])
+def test_calibrate_errors_name_what_exists(tmp_path, args, field, names):
+    out = _moesim("calibrate", *args, "--out", str(tmp_path / "p.yaml"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert field in out.stderr and names in out.stderr
+
+
+def test_calibrate_without_the_package_says_how_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['aiconfigurator_core'] = None; sys.argv = ['moesim', "
+            "'calibrate', '--from-aiconfigurator', 'h200_sxm', '--out', 'p.yaml']; "
+            f"sys.path.insert(0, {str(ROOT)!r}); from cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "kernels" in out.stderr and "Traceback" not in out.stderr
