@@ -96,8 +96,12 @@ def link_lines(results: list[StepResult]) -> list[str]:
         f = r.fidelity
         band = f"; expected error +-{f['expected_error_pct']:.0f}% (silicon corpus p90, " \
             "docs/accuracy.md)" if f["expected_error_pct"] is not None else ""
+        tables = f" ({f['kernel_tables']} kernels)" if f.get("kernel_tables") else ""
         lines.append(f"{r.schedule}: {f['measured_share']:.0%} of op time priced inside "
-                     f"measured tables{band}")
+                     f"measured tables{tables}{band}")
+        if f["extrapolated"]:
+            lines.append(f"{r.schedule}: warning: priced outside the measured shapes: "
+                         f"{'; '.join(f['extrapolated'][:4])}")
     return lines
 
 
