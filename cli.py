@@ -30,7 +30,8 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except MoesimError as exc:
-            err.print(f"[bold red]error[/]: {escape(exc.render())}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error[/]: {escape(T.printable(exc.render()))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err.print("interrupted: stopped on Ctrl-C; nothing half-written was kept",
@@ -64,10 +65,41 @@ def _outputs(**paths: Optional[Path]) -> None:
             check_output_path(path, "--" + option.replace("_", "-"))
 
 
-def load_workload(path: str):
-    """The workload YAML (schemas imported only when a command needs them: a fast --help)."""
+def load_workload(path: str, hardware: Optional[str] = None, gpus: Optional[int] = None,
+                  batch: Optional[int] = None):
+    """The workload YAML (schemas imported only when a command needs them: a fast --help), with
+    the command line's overrides applied and named in its title."""
     from simulator.loading import load_workload as load
-    return load(path)
+    w = load(path)
+    return override(w, hardware=hardware, gpus=gpus, batch=batch)
+
+
+def override(w, hardware: Optional[str] = None, gpus: Optional[int] = None,
+             batch: Optional[int] = None):
+    """`w` with --hardware, --gpus (the plan's GPU count, every degree kept) and --batch
+    (sequences per device) applied; its name says what was changed."""
+    changes, update = [], {}
+    if hardware is not None:
+        update["hardware"] = hardware
+        changes.append(f"on {hardware}")
+    if gpus is not None:
+        if gpus <= 0:
+            raise MoesimError("--gpus", f"{gpus} is not a positive GPU count", "pass --gpus 8")
+        update["plan"] = w.plan.variant(gpus=gpus)
+        changes.append(f"{gpus} GPUs")
+    if batch is not None:
+        if batch <= 0:
+            raise MoesimError("--batch", f"{batch} is not a positive batch", "pass --batch 8")
+        update["batch_per_device"] = batch
+        changes.append(f"batch {batch}")
+    if not changes:
+        return w
+    return w.variant(**update, name=f"{w.name} ({', '.join(changes)})")
+
+
+HARDWARE = typer.Option(None, "--hardware", help="run on this profile instead of the workload's")
+GPUS = typer.Option(None, "--gpus", help="the plan's GPU count (its parallel degrees kept)")
+BATCH = typer.Option(None, "--batch", help="sequences per device (batch_per_device)")
 
 
 def _print_json(obj) -> None:
@@ -96,11 +128,13 @@ def simulate(workload: str = typer.Argument(..., help="workload YAML"),
              as_json: bool = typer.Option(False, "--json", help="print the JSON result"),
              per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
              report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
-             trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
+             trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace"),
+             hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS,
+             batch: Optional[int] = BATCH) -> None:
     """One step of a workload: per-op table for one layer, then the totals."""
     from simulator.step.whatif import simulate as run
     _outputs(report=report, trace=trace)
-    w = load_workload(workload)
+    w = load_workload(workload, hardware, gpus, batch)
     with err.status(_doing(w, schedule or w.schedule, per_rank)):   # shown on a terminal only
         res = run(w, schedule, per_rank=per_rank)
     _write_outputs([res], report, trace)
@@ -125,30 +159,45 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
             as_json: bool = typer.Option(False, "--json", help="print a JSON list of results"),
             per_rank: bool = typer.Option(False, "--per-rank", help="simulate every rank"),
             report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
-            trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace")) -> None:
+            trace: Optional[Path] = typer.Option(None, help="write a Perfetto/Chrome trace"),
+            hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS,
+            batch: Optional[str] = typer.Option(
+                None, "--batch", help="sequences per device, one or a list: 8,32,128 (a "
+                "table per batch, each schedule's speedup over the first at that batch)")) -> None:
     """Several schedules of one workload side by side, with speedups over the first."""
     from simulator.step.whatif import resolve, simulate as run
     from simulator.engine.schedule import get_schedule
     _outputs(report=report, trace=trace)
-    w = load_workload(workload)
+    base_w = load_workload(workload, hardware, gpus)
     names = [s.strip() for s in schedules.split(",") if s.strip()]
     if not names:
         raise MoesimError("--schedules", "no schedule given", "e.g. --schedules sequential,sbo")
     for n in names:
         get_schedule(n)
-    results = []
-    with err.status(_doing(w, names[0], per_rank)) as status:      # shown on a terminal only
-        r = resolve(w)
-        for i, n in enumerate(names):
-            status.update(_doing(w, n, per_rank) + f" ({i + 1} of {len(names)})")
-            results.append(run(w, n, per_rank=per_rank, resolved=r))
+    batches = _int_list(batch, "--batch") if batch is not None else [None]
+    results, groups = [], []
+    with err.status(_doing(base_w, names[0], per_rank)) as status:  # shown on a terminal only
+        for b in batches:
+            w = override(base_w, batch=b)
+            r = resolve(w)
+            group = []
+            for i, n in enumerate(names):
+                status.update(_doing(w, n, per_rank) + f" ({i + 1} of {len(names)})")
+                group.append(run(w, n, per_rank=per_rank, resolved=r))
+            groups.append((b, group))
+            results += group
     _write_outputs(results, report, trace)
     if as_json:
-        base = results[0].step_time_s
-        _print_json([dict(x.to_json(with_ops=False), speedup=base / x.step_time_s)
-                     for x in results])
+        _print_json([dict(x.to_json(with_ops=False), batch_per_device=b,
+                          speedup=group[0].step_time_s / x.step_time_s)
+                     for b, group in groups for x in group])
         return
-    _print_totals(results)
+    if len(groups) > 1:
+        for b, group in groups:
+            stdout.print(T.totals_table(group, f"totals at batch {b} per device"))
+        _print_totals([], notes_of=results)
+    else:
+        _print_totals(results)
     tie = T.tie_note(results)
     if tie:
         err.print(f"note: {tie}", highlight=False, soft_wrap=True)
@@ -156,12 +205,26 @@ def compare(workload: str = typer.Argument(..., help="workload YAML"),
         stdout.print(f"report written to {report}")
 
 
-def _print_totals(results) -> None:
-    stdout.print(T.totals_table(results))
-    for line in T.link_lines(results):
-        stdout.print(line, highlight=False)
-    for note in results[0].notes:
+def _print_totals(results, notes_of=None) -> None:
+    if results:
+        stdout.print(T.totals_table(results))
+        for line in T.link_lines(results):
+            stdout.print(line, highlight=False)
+    for note in dict.fromkeys(n for r in (notes_of or results)[:1] for n in r.notes):
         err.print(f"[yellow]note[/]: {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive integers, or a clear error."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MoesimError(option, f"{text!r} is not a list of whole numbers",
+                          f"e.g. {option} 8,32,128") from None
+    if not out or any(x <= 0 for x in out):
+        raise MoesimError(option, f"{text!r} needs positive whole numbers",
+                          f"e.g. {option} 8,32,128")
+    return out
 
 
 def _write_outputs(results: list, report: Optional[Path], trace: Optional[Path]) -> None:
@@ -228,22 +291,17 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
               None, "--sweep-batch", help="e.g. 8,16,32,64: throughput-interactivity curve"),
           schedules: str = typer.Option("sequential,sbo,tbo", help="schedules for --sweep-batch"),
           as_json: bool = typer.Option(False, "--json"),
-          report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+          report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+          hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.serving.batch_sweep import batch_sweep
     from simulator.serving.run import ServingSim
     _number(rate, "--rate")
     _number(duration, "--duration")
     _outputs(report=report)
-    w = load_workload(workload)
+    w = load_workload(workload, hardware, gpus)
     if sweep_batch:
-        try:
-            batches = [int(x) for x in sweep_batch.split(",") if x.strip()]
-        except ValueError:
-            raise MoesimError("--sweep-batch", f"'{sweep_batch}' is not a list of integers",
-                              "write e.g. --sweep-batch 8,16,32,64") from None
-        if not batches or min(batches) <= 0:
-            raise MoesimError("--sweep-batch", "needs positive batch sizes", "e.g. 8,16,32")
+        batches = _int_list(sweep_batch, "--sweep-batch")
         names = [x.strip() for x in schedules.split(",") if x.strip()]
         points = batch_sweep(w, batches, names)
         if report:
@@ -286,11 +344,12 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
           tokens: Optional[str] = typer.Option(None, help="tokens to train: 20T, 800B, 1.5e12"),
           schedule: Optional[str] = typer.Option(None, help="override the layer schedule"),
           as_json: bool = typer.Option(False, "--json"),
-          report: Optional[Path] = typer.Option(None, help="write an HTML report here")) -> None:
+          report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+          hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS) -> None:
     """One training step simulated; MFU, tokens/day, days and $ to train."""
     from simulator.training.run import parse_tokens, train as run_train
     _outputs(report=report)
-    w = load_workload(workload)
+    w = load_workload(workload, hardware, gpus)
     if schedule:
         from simulator.engine.schedule import get_schedule
         get_schedule(schedule)
@@ -318,9 +377,11 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
     """Run a grid or list of what-ifs; resumable; summary, Pareto front and report."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
-    from simulator.outputs.sweep import load_spec, pareto, run_sweep
+    from simulator.outputs.sweep import describe, expand, load_spec, pareto, run_sweep
     if workers <= 0:
         raise MoesimError("--workers", "must be at least 1", "pass --workers 2")
+    if backend not in ("local", "ray"):
+        raise MoesimError("--backend", f"unknown backend '{backend}'", "use local or ray")
     cores = os.cpu_count() or 1
     if backend == "local" and workers > cores:
         err.print(f"note: --workers {workers} capped at this machine's {cores} cores",
@@ -328,12 +389,16 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
         workers = cores
     _outputs(report=report)
     spec = load_spec(spec_path)
+    points = expand(spec, spec_path.parent)
+    err.print(f"sweep {escape(spec.name)}: {describe(spec, len(points))}", highlight=False,
+              soft_wrap=True)
     with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task("points", total=None)
         rows, path = run_sweep(spec, spec_path.parent, backend=backend, workers=workers,
                                address=address, force=force, results=results,
-                               progress=lambda d, t: bar.update(task, completed=d, total=t))
+                               progress=lambda d, t: bar.update(task, completed=d, total=t),
+                               points=points)
     front = pareto(rows)
     if report:
         from simulator.outputs.report import sweep_figure, write_figures
@@ -372,11 +437,18 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
               ranks: int = typer.Option(2, help="processes for the collective benchmarks"),
               out: Optional[Path] = typer.Option(None, help="profile YAML to write"),
               name: Optional[str] = typer.Option(None, help="profile name (default DEVICE-measured)"),
-              price: float = typer.Option(0.05, help="$ per device-hour to record"),
+              price: Optional[float] = typer.Option(
+                  None, help="$ per device-hour to record (this device's calibration; default "
+                  "0.05)"),
               force: bool = typer.Option(False, help="overwrite --out")) -> None:
     """Microbenchmark this device (or read measured kernel times) and fit a hardware profile,
     with the held-out error of every fit."""
     import warnings
+    _number(price, "--price", allow_low=True)
+    if price is not None and (from_aiconfigurator or from_measurements):
+        raise MoesimError("--price", "a profile fitted from measurements keeps its base "
+                          "profile's sourced price", "leave --price out, then set "
+                          "price_per_gpu_hour in the written profile with its source")
     if from_aiconfigurator is not None:
         _calibrate_from_aiconfigurator(from_aiconfigurator, framework, version, base, out)
         return
@@ -389,7 +461,6 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
     if ranks < 1:
         raise MoesimError("--ranks", f"{ranks} processes cannot run a benchmark",
                           "pass --ranks 1 or more")
-    _number(price, "--price", allow_low=True)
     _outputs(out=out)
     from executor.calibrate import calibrate as run_calibration
     with warnings.catch_warnings(record=True) as caught:
@@ -399,7 +470,7 @@ def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-m
             task = bar.add_task("calibrating", total=5)
             path, data = run_calibration(
                 device=device, mode="full" if full else "quick", ranks=ranks, out=out,
-                force=force, price=price, name=name,
+                force=force, price=0.05 if price is None else price, name=name,
                 progress=lambda label, i, n: bar.update(task, description=label, completed=i,
                                                         total=n))
     _print_warnings(caught)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,7 +178,35 @@ def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
                           f"supported: {', '.join(FAMILIES)}")
     data = FAMILIES[family](cfg)
     data["name"] = name or str(cfg.get("_name_or_path") or "") or Path(path).parent.name or family
-    return parse(ModelSpec, data, f"imported {path}")
+    try:
+        return parse(ModelSpec, data, f"imported {path}")
+    except MoesimError as exc:
+        raise in_config_words(exc, cfg) from None
+
+
+# moesim's model keys -> the config.json keys they are read from (the first the config has)
+CONFIG_KEYS = {
+    "num_kv_heads": ("num_key_value_heads",), "num_heads": ("num_attention_heads",),
+    "top_k": ("num_experts_per_tok", "moe_topk"),
+    "num_experts": ("num_experts", "n_routed_experts", "num_local_experts"),
+    "expert_intermediate": ("moe_intermediate_size",),
+    "dense_intermediate": ("intermediate_size",), "num_layers": ("num_hidden_layers",),
+    "num_shared_experts": ("n_shared_experts", "num_shared_experts"),
+    "head_dim": ("head_dim",), "sliding_window": ("sliding_window",),
+}
+
+
+def in_config_words(exc: MoesimError, cfg: dict) -> MoesimError:
+    """The same error with moesim's key names replaced by the config.json keys they came from
+    (a user reads the error against their config, not moesim's schema)."""
+    def words(text: str) -> str:
+        for ours, theirs in CONFIG_KEYS.items():
+            key = next((k for k in theirs if k in cfg), None)
+            if key is not None and key != ours:
+                text = re.sub(rf"\b{ours}\b", f"{key} ({ours})", text)
+        return text
+    return MoesimError(words(exc.field), words(exc.problem),
+                       "correct those keys in the config.json, or pass the model's original one")
 
 
 def _no_constant(token: str) -> float:

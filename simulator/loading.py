@@ -1,6 +1,8 @@
 """Find and load YAML files by name or path: models, hardware profiles, workloads."""
 from __future__ import annotations
 
+import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -22,25 +24,62 @@ WORKLOADS_DIR = ROOT / "workloads"
 T = TypeVar("T", bound="BaseModel")
 
 
+MAX_INPUT_BYTES = 64 << 20     # the largest input file read (a trace of ~2M requests fits)
+
+
 def read_text_file(path: Path, what: str = "file") -> str:
-    """The UTF-8 text of a file, or a MoesimError that says why it cannot be read."""
+    """The UTF-8 text of a regular file of at most MAX_INPUT_BYTES (a byte-order mark dropped),
+    or a MoesimError that says why it cannot be read. Pipes and devices are refused, never
+    waited on or read without end."""
     path = Path(path)
     if path.is_dir():
         raise MoesimError(str(path), f"is a directory, not a {what}", f"pass the {what}'s path")
     try:
-        return path.read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise MoesimError(str(path), f"is not a regular file (a pipe, device or socket); a "
+                              f"{what} is read from a file", "save it to a file and pass that")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INPUT_BYTES + 1)
     except FileNotFoundError:
         raise MoesimError(str(path), f"{what} not found", "check the path") from None
-    except UnicodeDecodeError as exc:
-        raise MoesimError(str(path), f"is not UTF-8 text (byte {exc.start}); a {what} is text",
-                          f"pass the {what} itself, saved as UTF-8") from None
     except OSError as exc:
         raise MoesimError(str(path), f"cannot be read ({exc.strerror or exc})",
                           "check the path and its permissions") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise MoesimError(str(path), f"is larger than {MAX_INPUT_BYTES >> 20} MiB, more than "
+                          f"any {what} needs", f"pass the {what} itself")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MoesimError(str(path), f"is not UTF-8 text (byte {exc.start}); a {what} is text",
+                          f"pass the {what} itself, saved as UTF-8") from None
 
 
-# libyaml's safe loader when PyYAML has it (the same safe constructor, ~10x faster to parse)
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class DuplicateKey(Exception):
+    """A mapping that names a key twice."""
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader when PyYAML has it (the same safe constructor, ~10x faster to
+    parse), refusing a mapping that gives a key twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:           # an unhashable key: the constructor reports it
+                continue
+            if first is not None:
+                raise DuplicateKey(f"key '{key}' is given twice (lines {first} and "
+                                   f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+SAFE_LOADER = _UniqueKeyLoader
 
 
 def read_yaml_mapping(path: Path) -> dict:
@@ -48,6 +87,8 @@ def read_yaml_mapping(path: Path) -> dict:
     text = read_text_file(path, "YAML file")
     try:
         data = yaml.load(text, Loader=SAFE_LOADER)
+    except DuplicateKey as exc:
+        raise MoesimError(str(path), str(exc), "keep one of them") from None
     except yaml.constructor.ConstructorError as exc:
         if exc.problem and "tag" in exc.problem:
             raise MoesimError(str(path), f"YAML tags are not allowed ({exc.problem.strip()})",
@@ -66,9 +107,27 @@ def read_yaml_mapping(path: Path) -> dict:
     return data
 
 
+MAX_NUMBER = 10 ** 15      # no count, size or length in a workload, model or profile is larger
+
+
+def _check_numbers(data, where: str, at: str = "") -> None:
+    """Refuse an integer too large for any field (float arithmetic would overflow), naming it."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_numbers(v, where, f"{at}.{k}" if at else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_numbers(v, where, f"{at}[{i}]")
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_NUMBER:
+        digits = len(str(abs(data)))
+        raise MoesimError(at or where, f"a {digits}-digit number in {where}; no field takes "
+                          f"more than {MAX_NUMBER:.0e}", "write the number you meant")
+
+
 def parse(cls: type[T], data: dict, where: str) -> T:
     """Validate a mapping into a schema, with a readable error."""
     from pydantic import ValidationError
+    _check_numbers(data, where)
     try:
         return cls.model_validate(data)
     except ValidationError as err:
@@ -120,6 +179,25 @@ def _cached(cls: type[T], path: str, mtime_ns: int, what: str) -> T:
     return parse(cls, read_yaml_mapping(p), f"{what} {p.name}")
 
 
+def resolve_paths(data: dict, folder: Path) -> dict:
+    """A workload mapping whose relative paths (a `model:` or `hardware:` given as a YAML path,
+    `serving.arrivals.trace`) are taken relative to `folder`, the folder of the file that holds
+    them, whatever the current folder."""
+    def rel(v):
+        return str(folder / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+    out = dict(data)
+    for key in ("model", "hardware"):
+        v = out.get(key)
+        if isinstance(v, str) and Path(v).suffix in (".yaml", ".yml"):
+            out[key] = rel(v)
+    serving = out.get("serving")
+    if isinstance(serving, dict) and isinstance(serving.get("arrivals"), dict) and \
+            serving["arrivals"].get("trace"):
+        arrivals = dict(serving["arrivals"], trace=rel(serving["arrivals"]["trace"]))
+        out["serving"] = dict(serving, arrivals=arrivals)
+    return out
+
+
 def load_workload(path_or_name: str) -> Workload:
     """A Workload from a YAML path (or a name under workloads/)."""
     from simulator.schema import Workload
@@ -133,4 +211,5 @@ def load_workload(path_or_name: str) -> Workload:
             raise MoesimError("WORKLOAD", f"no workload file '{path_or_name}'",
                               "pass a path to a workload YAML (see workloads/)")
         path = hits[0]
-    return parse(Workload, read_yaml_mapping(path), f"workload {path.name}")
+    data = resolve_paths(read_yaml_mapping(path), path.resolve().parent)
+    return parse(Workload, data, f"workload {path.name}")

@@ -60,14 +60,24 @@ class BiasConfig:
                               f"exceeds top-k {self.top_k}", "use a target between 0 and top-k")
         if self.target_real < 0:
             raise MoesimError("--target", "negative target", "use a target between 0 and top-k")
-        for name in ("n_ffn", "top_k", "tokens_per_step", "steps", "window"):
+        flags = {"n_ffn": "--ffn-experts", "top_k": "--top-k", "tokens_per_step": "--tokens",
+                 "steps": "--steps", "window": "--window"}
+        for name, flag in flags.items():
             if getattr(self, name) <= 0:
-                raise MoesimError(f"--{name.replace('_', '-')}", "must be positive",
+                raise MoesimError(flag, f"{getattr(self, name)} is not positive",
                                   "pass a positive integer")
+        if self.steps * self.tokens_per_step * (self.n_ffn + self.n_zero) > MAX_WORK:
+            raise MoesimError("--steps", f"{self.steps} steps x {self.tokens_per_step} tokens x "
+                              f"{self.n_ffn + self.n_zero} experts is more routing than this "
+                              f"command runs ({MAX_WORK:.0e} logits)",
+                              "lower --steps or --tokens")
         if self.skew < 0 or self.token_noise < 0:
             raise MoesimError("--skew", "negative skew", "use a skew of 0 or more")
         if self.top_k > self.n_ffn + self.n_zero:
             raise MoesimError("--top-k", "exceeds the number of experts", "lower top-k")
+
+
+MAX_WORK = 1e12          # logits routed over the whole run (~an hour on 2 cores)
 
 
 @dataclass(frozen=True)

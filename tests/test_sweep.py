@@ -137,7 +137,7 @@ def test_sweep_cli_report_and_json(tmp_path):
     r = CliRunner().invoke(app, ["sweep", str(sweep_file), "--workers", "1", "--json",
                                  "--report", str(report)])
     assert r.exit_code == 0, r.output
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)   # the point count goes to stderr
     assert len(data["points"]) == 2 and data["pareto"]
     assert (tmp_path / "cli.sqlite").exists() and "Pareto front" in report.read_text()
     bad = tmp_path / "b.yaml"

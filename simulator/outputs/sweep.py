@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import signal
 import socket
@@ -26,7 +27,8 @@ from pydantic import BaseModel, Field, ValidationError
 from simulator.schema import Strict, Workload
 from simulator.errors import MoesimError, from_validation
 from simulator.atomic import check_output_path
-from simulator.loading import load_model, load_profile, parse, read_yaml_mapping
+from simulator.loading import (load_model, load_profile, parse, read_yaml_mapping,
+                               resolve_paths)
 
 SCHEMA_VERSION = 2              # 2: keys cover model and profile contents and the code
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -37,7 +39,8 @@ class SweepSpec(Strict):
 
     name: str = Field("sweep", min_length=1, pattern=SAFE_NAME,
                       description="letters, digits, . _ -: names the results file")
-    base: str = Field(min_length=1, description="workload YAML (relative to the sweep file)")
+    base: str = Field(min_length=1, description="workload YAML (a relative path is taken from "
+                      "the sweep file's folder, and the base's own paths from its folder)")
     kind: Literal["simulate", "train"] = "simulate"
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     points: list[dict[str, Any]] = Field(default_factory=list)
@@ -75,6 +78,26 @@ class Point:
     workload: dict
 
 
+MAX_POINTS = 100_000           # points one sweep runs (about a day of what-ifs on 2 cores)
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Points the grid makes (the product of its value counts; 0 without a grid)."""
+    return math.prod(len(v) for v in spec.grid.values()) if spec.grid else 0
+
+
+def describe(spec: SweepSpec, points: int) -> str:
+    """How the sweep's points were formed, in one line."""
+    parts = []
+    if spec.grid:
+        dims = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
+        parts.append(f"grid {dims} = {grid_size(spec)}")
+    if spec.points:
+        parts.append(f"{len(spec.points)} listed points")
+    how = " plus ".join(parts) + (" (their union)" if spec.grid and spec.points else "")
+    return f"{points} distinct points: {how}"
+
+
 def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
     """All points of a sweep, validated, in a stable order (duplicates dropped)."""
     valid = set(field_paths())
@@ -84,6 +107,13 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
         raise MoesimError(f"sweep field {', '.join(bad)}", "not a workload field",
                           "use one of: " + ", ".join(sorted(valid)))
     combos: list[dict] = []
+    size = grid_size(spec)
+    if size + len(spec.points) > MAX_POINTS:
+        dims = " x ".join(str(len(v)) for v in spec.grid.values()) or "0"
+        raise MoesimError("grid", f"the sweep makes {size + len(spec.points):,} points (grid "
+                          f"{dims} = {size:,}, plus {len(spec.points)} listed); a sweep runs "
+                          f"at most {MAX_POINTS:,}", "split it into smaller sweeps, or fewer "
+                          "values per field")
     if spec.grid:
         keys = list(spec.grid)
         if any(len(v) == 0 for v in spec.grid.values()):
@@ -93,9 +123,9 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
     if not combos:
         raise MoesimError("grid", "the sweep is empty", "give `grid:` values or `points:`")
     base_path = Path(spec.base)
-    if not base_path.is_absolute() and not base_path.exists():
+    if not base_path.is_absolute():
         base_path = sweep_dir / spec.base
-    base = read_yaml_mapping(base_path)
+    base = resolve_paths(read_yaml_mapping(base_path), base_path.resolve().parent)
     code = code_version()
     out, seen = [], set()
     for over in combos:
@@ -241,13 +271,17 @@ class SweepInterrupted(MoesimError):
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", workers: int = 2,
               address: str = "auto", force: bool = False, results: Path | None = None,
-              progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], Path]:
-    """Run every missing point; returns all stored rows and the results path."""
-    points = expand(spec, sweep_dir)
+              progress: Callable[[int, int], None] | None = None,
+              points: list[Point] | None = None) -> tuple[list[dict], Path]:
+    """Run every missing point (`points`: expand()'s, when the caller has them); returns all
+    stored rows and the results path."""
+    points = expand(spec, sweep_dir) if points is None else points
     path = results or (Path(spec.results) if spec.results else sweep_dir / f"{spec.name}.sqlite")
     if not path.is_absolute() and results is None and spec.results:
         path = sweep_dir / path
+    created = not path.exists()
     store = ResultStore(path, definition_hash(spec), force)
+    stored = False
     try:
         todo = [p for p in points if p.key not in store.done_keys()]
         total, done = len(points), len(points) - len(todo)
@@ -256,6 +290,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
         try:
             for point, (metrics, error) in execute(todo, spec.kind, backend, workers, address):
                 store.put(point, metrics, error)
+                stored = True
                 done += 1
                 if progress:
                     progress(done, total)
@@ -263,6 +298,11 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
             raise SweepInterrupted(done, total, path) from None
         wanted = {p.key for p in points}
         rows = [r for r in store.rows() if r["key"] in wanted]
+    except MoesimError:
+        store.close()
+        if created and not stored:       # a sweep that never ran leaves no results file
+            path.unlink(missing_ok=True)
+        raise
     finally:
         store.close()
     return rows, path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Iterable, Optional
 
 from rich.table import Table
@@ -39,8 +40,17 @@ def sourced_cell(data: dict, keys: tuple[str, ...], scale: float, fmt: str | Non
     return sig(number / scale) if fmt is None else format(number / scale, fmt)
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (ANSI escapes, bells, carriage returns) shown as \\xNN,
+    so a name in a file cannot drive the terminal (the HTML reports escape them too)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _table(title: str, cols: Iterable[str], left: Iterable[str] = ()) -> Table:
-    table = Table(title=title)
+    table = Table(title=printable(title))
     left = set(left)
     for c in cols:
         table.add_column(c, justify="left" if c in left else "right")
@@ -65,9 +75,9 @@ def layer_table(res: StepResult) -> Table:
     return table
 
 
-def totals_table(results: list[StepResult]) -> Table:
+def totals_table(results: list[StepResult], title: str = "totals") -> Table:
     """One row per schedule with its speedup over the first."""
-    table = _table("totals", ("schedule", "layer us", "step ms", "TPOT ms", "tok/GPU/s",
+    table = _table(title, ("schedule", "layer us", "step ms", "TPOT ms", "tok/GPU/s",
                               "exposed comm us", "hidden comm us", "$/M out", "speedup"),
                    ("schedule",))
     base = results[0].step_time_s

@@ -41,7 +41,9 @@ class ArrivalSpec(Strict):
     process: Literal["poisson", "gamma", "trace", "closed"] = "poisson"
     rate_per_s: float = Field(10.0, gt=0)
     gamma_cv: float = Field(2.0, gt=0, description="coefficient of variation of gaps (gamma)")
-    trace: Optional[str] = Field(None, description="CSV or JSONL: arrival_s, input_tokens, output_tokens")
+    trace: Optional[str] = Field(None, description="CSV or JSONL: arrival_s, input_tokens, "
+                                 "output_tokens (a relative path is taken from the workload "
+                                 "file's folder; a UTF-8 byte-order mark is fine)")
     duration_s: float = Field(60.0, gt=0)
     concurrency: Optional[int] = Field(None, gt=0, le=10 ** 6,
                                        description="closed: clients (requests in flight)")

@@ -17,8 +17,10 @@ class Workload(Strict):
     """A what-if: model + hardware + plan + phase + shapes + schedule. Names or file paths."""
 
     name: str = Field("workload", min_length=1)
-    model: str = Field(min_length=1, description="zoo name (workloads/models) or YAML path")
-    hardware: str = Field(min_length=1, description="profile name (hardware_profiles) or path")
+    model: str = Field(min_length=1, description="zoo name (workloads/models) or YAML path "
+                       "(a relative path is taken from this file's folder)")
+    hardware: str = Field(min_length=1, description="profile name (hardware_profiles) or YAML "
+                          "path (a relative path is taken from this file's folder)")
     plan: ParallelPlan
     phase: Phase = "decode"
     batch_per_device: int = Field(gt=0, description="sequences per device (decode/prefill)")

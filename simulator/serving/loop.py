@@ -234,7 +234,7 @@ class Loop:
         kv_t, kv_u = np.array(step_t[1:]), np.array(step_ctx[1:]) / self.budget
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
             if len(kv_t) else np.array([], dtype=int)
-        book = np.array(self.book)
+        book = np.array(self.book, dtype=np.int64)
         done = (book >= 0) & (book <= self.step)
         self.finish = np.where(done, np.array(step_t)[np.where(done, book, 0)], np.nan)
         self.first = np.array(self.first)
