@@ -170,8 +170,11 @@ def serve_tables(m: dict, cap: float) -> tuple[Table, list[str]]:
                    ("metric", "p50", "p90", "p99"), ("metric",))
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
         table.add_row(key, *(fmt(m[key][p]) for p in ("p50", "p90", "p99")))
-    r = m["requests"]
+    r, th = m["requests"], m["throughput"]
     lines = [
+        f"makespan {th['makespan_s']:.1f} s; {th['requests_per_s']:.2f} requests/s; output "
+        f"{fmt(th['output_tokens_per_s'], 0)} tokens/s ({fmt(th['output_tokens_per_s_per_gpu'], 0)}"
+        f" per GPU, {fmt(th['output_tokens_per_s_per_node'], 0)} per node, every GPU counted)",
         f"tokens/s per user {fmt(m['tokens_per_s_per_user'])}; decode tokens/GPU/s "
         f"{fmt(m['decode_tokens_per_gpu_s'], 0)}; prefill tokens/GPU/s "
         f"{fmt(m['prefill_tokens_per_gpu_s'], 0)}",

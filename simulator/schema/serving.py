@@ -34,11 +34,13 @@ CLOSED_REQUESTS_PER_CLIENT = 4     # closed loop: requests sent in all, per clie
 
 
 class ArrivalSpec(Strict):
-    """Request arrivals: Poisson, bursty gamma, a trace file (CSV/JSONL), or a closed loop of
+    """Request arrivals: Poisson, bursty gamma, a trace file (CSV/JSONL), a closed loop of
     `concurrency` clients, each sending its next request when its last one ends (benchmark
-    clients with --max-concurrency), all starting at t = 0."""
+    clients with --max-concurrency), all starting at t = 0, or an offline burst: `requests`
+    requests all queued at t = 0 and run to completion (trtllm-bench, SGLang's
+    bench_offline_throughput); a trace whose arrivals are all at t = 0 runs the same way."""
 
-    process: Literal["poisson", "gamma", "trace", "closed"] = "poisson"
+    process: Literal["poisson", "gamma", "trace", "closed", "burst"] = "poisson"
     rate_per_s: float = Field(10.0, gt=0)
     gamma_cv: float = Field(2.0, gt=0, description="coefficient of variation of gaps (gamma)")
     trace: Optional[str] = Field(None, description="CSV or JSONL: arrival_s, input_tokens, "
@@ -48,8 +50,8 @@ class ArrivalSpec(Strict):
     concurrency: Optional[int] = Field(None, gt=0, le=10 ** 6,
                                        description="closed: clients (requests in flight)")
     requests: Optional[int] = Field(None, gt=0, le=2_000_000, description="closed: requests "
-                                    "sent in all (default 4 per client); the run ends when "
-                                    "the last one finishes")
+                                    "sent in all (default 4 per client); burst: the requests "
+                                    "queued at t = 0; the run ends when the last one finishes")
 
     @model_validator(mode="after")
     def _trace_given(self) -> "ArrivalSpec":
@@ -57,14 +59,30 @@ class ArrivalSpec(Strict):
             raise ValueError("process: trace needs a trace file path")
         if self.process == "closed" and self.concurrency is None:
             raise ValueError("process: closed needs concurrency (the number of clients)")
+        if self.process == "burst" and self.requests is None:
+            raise ValueError("process: burst needs requests (how many are queued at t = 0)")
         return self
 
     @property
+    def runs_to_completion(self) -> bool:
+        """Closed loops and offline bursts: no arrival horizon; the run ends with the last
+        request."""
+        return self.process in ("closed", "burst")
+
+    @property
     def closed_requests(self) -> int:
-        """Requests a closed loop sends in all (at least one per client)."""
+        """Requests a closed loop sends in all (at least one per client); a burst's."""
+        if self.process == "burst":
+            assert self.requests is not None
+            return self.requests
         assert self.concurrency is not None
         return max(self.requests or CLOSED_REQUESTS_PER_CLIENT * self.concurrency,
                    self.concurrency)
+
+    @property
+    def clients(self) -> int:
+        """Requests in flight from the start: a closed loop's clients, a burst's requests."""
+        return self.closed_requests if self.process == "burst" else int(self.concurrency or 0)
 
 
 class SLOSpec(Strict):

@@ -72,8 +72,9 @@ def generate(spec: ArrivalSpec, inputs: LengthSpec, outputs: LengthSpec,
 def closed_loop(spec: ArrivalSpec, inputs: LengthSpec, outputs: LengthSpec,
                 rng: np.random.Generator) -> Requests:
     """A closed loop's requests: the first `concurrency` at t = 0, the rest not yet sent
-    (arrival +inf until the serving loop releases one as another finishes)."""
-    n, c = spec.closed_requests, spec.concurrency
+    (arrival +inf until the serving loop releases one as another finishes); a burst's all at
+    t = 0."""
+    n, c = spec.closed_requests, spec.clients
     t = np.full(n, np.inf)
     t[:c] = 0.0
     return Requests(t, lengths(inputs, n, rng), lengths(outputs, n, rng))

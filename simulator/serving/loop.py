@@ -84,7 +84,10 @@ class Loop:
         self.step = 0
         self.next_arrival = 0
         self.in_system = 0
-        self.closed = spec.arrivals.process == "closed"   # a finish releases the next arrival
+        # closed loops and bursts run to completion (a closed loop's finish releases the next
+        # arrival; a burst, or a trace all at t = 0, has every arrival in hand)
+        self.closed = spec.arrivals.runs_to_completion or bool(len(reqs) and
+                                                              not reqs.arrival_s.any())
         self.next_release = int(np.isfinite(reqs.arrival_s).sum()) if self.closed else n
         self.prefill: PrefillPool = PREFILL_POOLS[spec.mode](self)
         self.policy: AdmissionPolicy = ADMISSION_POLICIES[spec.admission]()

@@ -84,6 +84,12 @@ def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
         "kv_budget_tokens": sim.kv_budget_tokens,
         "little": {"mean_in_system": mean_in_system,
                    "lambda_times_w": lam * float(e2e.mean()) if e2e.size else 0.0},
+        "throughput": {
+            "makespan_s": makespan, "requests_per_s": float(done.sum()) / makespan,
+            "output_tokens_per_s": out_tokens / makespan,
+            "output_tokens_per_s_per_gpu": out_tokens / ((dec_gpus + pre_gpus) * makespan),
+            "output_tokens_per_s_per_node": out_tokens / makespan / max(
+                1.0, (dec_gpus + pre_gpus) / sim.w.plan.gpus_per_node)},
         "simulated_s": makespan, "decode_steps": run.step,
         "step_shapes_simulated": len(sim.decode.cache) + len(sim.prefill.cache),
     }

@@ -116,7 +116,7 @@ class ServingSim:
         a = self.spec.arrivals
         if a.process == "trace":
             return load_trace(a.trace)
-        if a.process == "closed":
+        if a.runs_to_completion:
             return closed_loop(a, self.spec.input_tokens, self.spec.output_tokens, self.rng)
         return generate(a, self.spec.input_tokens, self.spec.output_tokens, self.rng)
 
@@ -127,7 +127,8 @@ class ServingSim:
         reqs = self.requests()
         n = len(reqs)
         horizon = max(reqs.duration_s, self.spec.arrivals.duration_s)
-        if check_stability and n and self.spec.arrivals.process != "closed":
+        offline = self.spec.arrivals.runs_to_completion or (n and not reqs.arrival_s.any())
+        if check_stability and n and not offline:
             cap = self.capacity_rps()
             offered = n / max(horizon, 1e-9)
             if offered > cap:
