@@ -325,10 +325,11 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
             bar.update(task, description=what, total=horizon, completed=min(t, horizon),
                        refresh=True)
         res = sim.run(progress=simulated)
-    m = dict(res.metrics, capacity_rps=cap)
+        fidelity = sim.fidelity()
+    m = dict(res.metrics, capacity_rps=cap, fidelity=fidelity)
     if report:
         from simulator.outputs.report import write_serving_report
-        write_serving_report(res, None, report)
+        write_serving_report(res, None, report, m)
     if as_json:
         _print_json(m)
         return
@@ -356,8 +357,9 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
         w = w.variant(schedule=schedule)
     res = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:
-        from simulator.outputs.report import training_figure, write_figures
-        write_figures([training_figure(res)], f"moesim training: {res.workload}", report)
+        from simulator.outputs.report import training_figure, training_intro, write_figures
+        write_figures([training_figure(res)], f"moesim training: {res.workload}", report,
+                      intro=training_intro(res))
     if as_json:
         _print_json(res.to_json())
         return

@@ -2,6 +2,9 @@
 project, run the tests that cover its module, and count the mutants the tests kill.
 
 Run: python benchmarks/mutation.py [--quick] [--workers 2] [--only SUBSTRING] [--out results.json]
+     python benchmarks/mutation.py --mechanical N   (N mutants per module derived mechanically by
+     benchmarks/mechanical.py; a survivor is then run against the golden JSON test too, and a
+     golden-only kill is reported apart, not counted as a kill)
 Target (docs/testing.md): at least 90% of the non-equivalent mutants of every module killed.
 
 A mutant is killed when its tests fail (or time out: a planted bug that makes the engine spin is
@@ -23,11 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mechanical import draw  # noqa: E402
 from mutants import EQUIVALENT, MUTANTS, Mutant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COPY = ("simulator", "executor", "benchmarks", "tests", "workloads", "hardware_profiles", "cli.py",
         "pyproject.toml")
+GOLDEN = "tests/test_golden.py"
 TIMEOUT_S = 300           # ~20x the slowest baseline: a mutant that spins is killed
 
 # The tests that pin each module's behaviour (fast ones: the whole suite takes ~5 minutes).
@@ -145,8 +150,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--only", default=None, help="only mutants whose module or name has this")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    ap.add_argument("--mechanical", type=int, default=0, metavar="N",
+                    help="N mechanically derived mutants per module instead of the named ones")
     args = ap.parse_args()
-    selected = [m for m in MUTANTS if (m.quick or not args.quick) and
+    pool_of = draw(args.mechanical, ROOT) if args.mechanical else MUTANTS
+    selected = [m for m in pool_of if (m.quick or not args.quick) and
                 (args.only is None or args.only in m.module or args.only in m.name)]
     check_mutants(selected)
     copies = [scratch_copy() for _ in range(max(1, args.workers))]
@@ -174,14 +182,18 @@ def main() -> None:
                 original = apply(where, m)
                 try:
                     passed, secs, tail = run_tests(where, TESTS[m.module])
+                    golden_only = False
+                    if passed and args.mechanical:     # does only the golden test see it?
+                        golden_only = not run_tests(where, [GOLDEN])[0]
                 finally:
                     (where / m.module).write_text(original)
             finally:
                 free.append(where)
             r = {"module": m.module, "mutant": m.name, "killed": not passed,
-                 "equivalent": m.name in EQUIVALENT, "seconds": round(secs, 1)}
-            print(f"{'killed  ' if not passed else 'SURVIVED'} {secs:5.0f} s  {m.module}: "
-                  f"{m.name}", flush=True)
+                 "golden_only": golden_only, "equivalent": m.name in EQUIVALENT,
+                 "seconds": round(secs, 1)}
+            verdict = "killed  " if not passed else ("GOLDEN  " if golden_only else "SURVIVED")
+            print(f"{verdict} {secs:5.0f} s  {m.module}: {m.name}", flush=True)
             return r
 
         with ThreadPoolExecutor(len(copies)) as pool:
@@ -199,21 +211,26 @@ def report(results: list[dict], wall: float) -> None:
     by: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         by[r["module"]].append(r)
-    print(f"\n| module | mutants | equivalent | killed | kill rate |\n|---|---:|---:|---:|---:|")
-    total = killed = 0
+    print("\n| module | mutants | equivalent | killed | golden only | kill rate |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    total = killed = golden = 0
     for mod in sorted(by):
         rs = [r for r in by[mod] if not r["equivalent"]]
         k = sum(r["killed"] for r in rs)
+        g = sum(r.get("golden_only", False) for r in rs)
         total += len(rs)
         killed += k
+        golden += g
         rate = f"{k / len(rs):.0%}" if rs else "-"
-        print(f"| {mod} | {len(by[mod])} | {len(by[mod]) - len(rs)} | {k} | {rate} |")
-    print(f"| all | {len(results)} | {len(results) - total} | {killed} | "
+        print(f"| {mod} | {len(by[mod])} | {len(by[mod]) - len(rs)} | {k} | {g} | {rate} |")
+    print(f"| all | {len(results)} | {len(results) - total} | {killed} | {golden} | "
           f"{killed / max(total, 1):.0%} |")
     survivors = [r for r in results if not r["killed"]]
     for r in survivors:
         why = EQUIVALENT.get(r["mutant"])
-        print(f"survived: {r['module']}: {r['mutant']}" + (f" (equivalent: {why})" if why else ""))
+        tag = " (caught by the golden JSON only)" if r.get("golden_only") else ""
+        print(f"survived: {r['module']}: {r['mutant']}{tag}" +
+              (f" (equivalent: {why})" if why else ""))
     print(f"wall {wall:.0f} s")
 
 

@@ -338,3 +338,75 @@ def test_calibrate_without_the_package_says_how_to_install_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "kernels" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_and_train_carry_a_fidelity_block():
+    import yaml
+    from simulator.loading import load_workload
+    from simulator.serving.run import ServingSim
+    from simulator.training.run import train
+    sim = ServingSim(load_workload(str(ROOT / "workloads/serving/deepseek-v3-h200-offline.yaml")))
+    f = sim.fidelity()
+    assert f["kernel_tables"] == "sglang 0.5.14 (h200_sxm)"
+    assert 0 < f["measured_share"] <= 1 and 0 < f["prefill_measured_share"] <= 1
+    bands = yaml.safe_load((ROOT / "hardware_profiles/fidelity/bands.yaml").read_text())["bands"]
+    assert f["expected_error_pct"]["tpot_ms"] == pytest.approx(
+        bands["h200-sxm"]["decode"] / max(f["measured_share"], 0.25))
+    assert f["expected_error_pct"]["ttft_ms"] == pytest.approx(
+        bands["h200-sxm"]["prefill"] / max(f["prefill_measured_share"], 0.25))
+    t = train(load_workload(str(ROOT / "workloads/training/longcat-flash-pretrain-h800.yaml")))
+    j = t.to_json()["fidelity"]
+    assert 0 < j["measured_share"] <= 1 and j["expected_error_pct"] is None
+
+
+def test_a_collective_faster_than_the_link_rate_keeps_its_measured_time():
+    from simulator.pricing.measured import measured_demand
+    prof = load_profile("h200-sxm")
+    bw = prof.nvlink.bandwidth_Bps.value
+    op = Op("L0.attn.all_reduce", "collective", bytes=1e6, collective="all_reduce", group="tp")
+    for seconds in (0.5e6 / bw, 3e6 / bw):          # beats the link's rate; slower than it
+        d = measured_demand(op, seconds, prof)
+        assert d.latency_s + d.link_bytes["nvlink"] / bw == pytest.approx(seconds, rel=1e-12)
+        assert d.latency_s >= 0
+
+
+def test_four_bit_expert_weights_read_the_w4a16_moe_tables_and_wider_ones_do_not():
+    raw = _parquet("h200_sxm/moe/sglang/0.5.14/moe_perf.parquet")
+    sel = (raw.distribution == "balanced") & (raw.hidden_size == 2880) & \
+        (raw.inter_size == 2880) & (raw.topk == 4) & (raw.num_experts == 128) & \
+        (raw.moe_tp_size == 1) & (raw.moe_ep_size == 1) & (raw.num_tokens == 16)
+    w4 = raw[sel & (raw.moe_dtype == "w4a16_mxfp4")].latency.iloc[0] / 1e3
+    assert not (sel & (raw.moe_dtype == "bfloat16")).any()     # gpt-oss's shape: 4-bit only
+    rows = 16 * 4
+    op = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 2880, m=rows / 128,
+            gemm_nk=(2 * 2880 * 2880, 2880 * 2880), precision="bf16",
+            moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4))
+    prof = load_profile("h200-sxm")
+    four = prof.with_measured(select(prof, RuntimeSpec(), Precision(weight_bytes=0.53125)))
+    wide = prof.with_measured(select(prof, RuntimeSpec(), Precision(weight_bytes=2.0)))
+    from simulator.pricing.measured import moe_lookup
+    assert compute_time_s(op, four) == pytest.approx(w4)
+    assert moe_lookup(wide, op, rows) is None        # BF16 experts: no such table, roofline
+
+
+def test_a_sum_of_parts_is_labelled_by_its_least_measured_part():
+    from simulator.kernels.grid import Lookup
+    from simulator.pricing.measured import worst
+    parts = [Lookup(1.0, MEASURED), Lookup(2.0, INTERPOLATED), Lookup(3.0, EXTRAPOLATED, "m 9")]
+    for order in (parts, parts[::-1], [parts[1], parts[2], parts[0]]):
+        w = worst(order)
+        assert w.seconds == 6.0 and w.source == EXTRAPOLATED and w.outside == "m 9"
+    assert worst(parts[:2]).source == INTERPOLATED and worst(parts[1:2][::-1] + parts[:1]) \
+        .source == INTERPOLATED
+
+
+def test_a_tp_all_gather_takes_nccls_time_at_the_gathered_size():
+    prof = _priced("h200-sxm")
+    raw = _parquet("h200_sxm/comm/nccl/2.29.2/nccl_perf.parquet")
+    r = raw[(raw.op_name == "all_gather") & (raw.num_gpus == 8) & (raw.nccl_dtype == "half") &
+            (raw.message_size == 4194304)].iloc[0]
+    whole = r.message_size * 2                       # bytes gathered on every GPU
+    op = Op("L0.ffn0.all_gather", "collective", bytes=whole * 7 / 8,   # sent per GPU
+            collective="all_gather", group="tp")
+    plan = ParallelPlan(gpus=8, tp=8, ep=8)
+    assert standalone_comm_time_s(op, plan, prof) == pytest.approx(r.latency / 1e3)

@@ -27,6 +27,10 @@ def _driver():
     return webdriver.Chrome(service=Service(DRIVER), options=opts)
 
 
+TEXT: dict[str, str] = {}          # the last rendered page's text, by file
+AXES: dict[str, list] = {}         # its figures' (x title, y title), as the browser holds them
+
+
 def _render(path: Path, shot: Path) -> tuple[int, list]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -37,6 +41,11 @@ def _render(path: Path, shot: Path) -> tuple[int, list]:
         plots = d.execute_script("return document.querySelectorAll('.js-plotly-plot').length")
         bars = d.execute_script("return document.querySelectorAll('.js-plotly-plot .trace').length")
         errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+        TEXT[path.name] = d.execute_script("return document.body.innerText")
+        AXES[path.name] = d.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => "
+            "[((p.layout.xaxis || {}).title || {}).text || '', "
+            "((p.layout.yaxis || {}).title || {}).text || ''])")
         d.save_screenshot(str(shot))
         assert bars > 0
         return plots, errors
@@ -54,6 +63,10 @@ def test_compare_report_renders_in_chromium(tmp_path):
     plots, errors = _render(report, tmp_path / "shot.png")
     assert plots == 3 and errors == []
     assert (tmp_path / "shot.png").stat().st_size > 10_000
+    text = TEXT["r.html"]
+    for headline in ("tokens/GPU/s", "$ per M output tokens", "speedup", "Fidelity",
+                     "standalone times"):
+        assert headline in text, headline
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
@@ -65,6 +78,10 @@ def test_serving_and_training_reports_render(tmp_path):
     assert r.exit_code == 0, r.output
     plots, errors = _render(serve, tmp_path / "serve.png")
     assert plots == 2 and errors == []
+    for headline in ("makespan", "goodput", "per million output tokens", "TTFT p50", "SLO",
+                     "Fidelity", "expected error"):
+        assert headline in TEXT["serve.html"], headline
+    assert all(x and y for x, y in AXES["serve.html"]), AXES["serve.html"]
     train = tmp_path / "train.html"
     r = CliRunner().invoke(app, ["train", str(ROOT / "workloads" / "training" /
                                               "longcat-flash-pretrain-h800.yaml"),
@@ -72,6 +89,8 @@ def test_serving_and_training_reports_render(tmp_path):
     assert r.exit_code == 0, r.output
     plots, errors = _render(train, tmp_path / "train.png")
     assert plots == 1 and errors == []
+    assert "days" in TEXT["train.html"] and "$" in TEXT["train.html"]
+    assert "Fidelity" in TEXT["train.html"]
 
 
 def test_trace_export_one_track_per_rank_and_stream(tmp_path):

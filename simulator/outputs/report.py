@@ -91,19 +91,54 @@ def breakdown_figure(results: list) -> go.Figure:
 def write_report(results: list, path: Path) -> None:
     """Schedules side by side: a summary table, step bars, op breakdown, timelines (atomic)."""
     first = results[0].metrics
+    base = results[0].step_time_s
+
+    def num(v, f):
+        return "-" if v is None else format(v, f)
     rows = "".join(
         f"<tr><td>{html.escape(r.metrics['schedule'])}</td>"
-        f"<td>{r.metrics['step_time_ms']:.3f}</td>"
-        f"<td>{'-' if r.metrics['tpot_ms'] is None else format(r.metrics['tpot_ms'], '.3f')}</td>"
-        f"<td>{r.metrics['exposed_comm_us']:.0f}</td></tr>" for r in results)
+        f"<td>{r.metrics['step_time_ms']:.3f}</td><td>{num(r.metrics['tpot_ms'], '.3f')}</td>"
+        f"<td>{num(r.metrics['tokens_per_gpu_s'], ',.0f')}</td>"
+        f"<td>{num(r.metrics['cost_per_million_output_tokens'], '.3f')}</td>"
+        f"<td>{r.metrics['exposed_comm_us']:.0f}</td><td>{base / r.step_time_s:.2f}x</td></tr>"
+        for r in results)
     table = ("<table border='1' cellpadding='4'><tr><th>schedule</th><th>step ms</th>"
-             f"<th>TPOT ms</th><th>exposed comm us</th></tr>{rows}</table>")
+             "<th>TPOT ms</th><th>tokens/GPU/s</th><th>$ per M output tokens</th>"
+             f"<th>exposed comm us</th><th>speedup</th></tr>{rows}</table>")
     write_figures([summary_figure(results), breakdown_figure(results), timeline_figure(results)],
                   f"moesim: {first['workload']} ({first['model']} on {first['hardware']})", path,
-                  intro=table)
+                  intro=table + fidelity_html(first["fidelity"]) + STANDALONE_NOTE)
 
-def serving_figures(res, points) -> list[go.Figure]:
-    """Latency CDFs and KV utilisation of a serving run; the throughput-interactivity curve."""
+
+STANDALONE_NOTE = ("<p>The op breakdown bars are standalone times (each op with the GPU to "
+                   "itself); under an overlapping schedule (scmoe, sbo, tbo) ops run side by "
+                   "side, so a schedule's bars can sum to more than its step.</p>")
+
+
+def fidelity_html(f: dict | None) -> str:
+    """One paragraph: the measured share, the kernel tables and the expected error band."""
+    if not f:
+        return ""
+    band = f.get("expected_error_pct")
+    if isinstance(band, dict):
+        band_text = ", ".join(f"{k.split('_')[0].upper()} +-{v:.0f}%" for k, v in band.items()
+                              if v is not None)
+    else:
+        band_text = f"+-{band:.0f}%" if band is not None else ""
+    band_text = f"expected error {band_text} (silicon corpus p90, docs/accuracy.md)" \
+        if band_text else "no error band: the silicon corpus holds no run of this kind"
+    tables = f" from {html.escape(f['kernel_tables'])} kernel tables" \
+        if f.get("kernel_tables") else ""
+    out = (f"<p><b>Fidelity</b>: {f['measured_share']:.0%} of the op time priced inside "
+           f"measured tables{tables}; {band_text}.")
+    if f.get("extrapolated"):
+        out += " Priced outside the measured shapes: " + html.escape("; ".join(
+            f["extrapolated"][:5])) + "."
+    return out + "</p>"
+
+def serving_figures(res, points, metrics: dict | None = None) -> list[go.Figure]:
+    """Latency CDFs (with the SLO lines) and KV utilisation of a serving run; the
+    throughput-interactivity curve."""
     import numpy as np
     figs = []
     if res is not None:
@@ -112,12 +147,16 @@ def serving_figures(res, points) -> list[go.Figure]:
             if x.size:
                 xs = np.sort(x) * 1e3
                 cdf.add_trace(go.Scatter(x=xs, y=np.arange(1, xs.size + 1) / xs.size, name=name))
-        cdf.update_layout(title="Latency CDFs", xaxis_title="ms", xaxis_type="log",
+        cdf.update_layout(title="Latency CDFs", xaxis_title="latency (ms)", xaxis_type="log",
                           yaxis_title="fraction of requests")
+        if metrics is not None:
+            for name, v in (("TTFT SLO", metrics["slo"]["ttft_ms"]),
+                            ("TPOT SLO", metrics["slo"]["tpot_ms"])):
+                cdf.add_vline(x=v, line_dash="dash", annotation_text=name)
         figs.append(cdf)
         kv = go.Figure(go.Scatter(x=res.kv_t, y=res.kv_util, name="KV in use / budget"))
-        kv.update_layout(title="KV-cache utilisation over time", xaxis_title="s",
-                         yaxis_title="fraction of budget")
+        kv.update_layout(title="KV-cache utilisation over time", xaxis_title="time (s)",
+                         yaxis_title="fraction of the KV budget")
         figs.append(kv)
     if points:
         curve = go.Figure()
@@ -134,11 +173,41 @@ def serving_figures(res, points) -> list[go.Figure]:
     return figs
 
 
-def write_serving_report(res, points, path: Path) -> None:
-    """A serving report (CDFs, KV, curve) written atomically."""
+def write_serving_report(res, points, path: Path, metrics: dict | None = None) -> None:
+    """A serving report (headline numbers, CDFs, KV, curve) written atomically."""
     title = f"moesim serving: {res.metrics['workload']}" if res is not None else \
         "moesim serving report"
-    write_figures(serving_figures(res, points), title, path)
+    intro = ""
+    if metrics is not None:
+        th, r = metrics["throughput"], metrics["requests"]
+
+        def ms(k, p):
+            v = metrics[k][p]
+            return "-" if v is None else f"{v:,.1f}"
+        cost = metrics["cost_per_million_output_tokens_all_gpus"]
+        intro = (f"<p>{r['finished']} of {r['arrived']} requests finished, {r['preempted']} "
+                 f"preemptions; makespan {th['makespan_s']:.1f} s; output "
+                 f"{th['output_tokens_per_s']:,.0f} tokens/s ({th['output_tokens_per_s_per_gpu']:,.0f}"
+                 f" per GPU); goodput {metrics['goodput_rps']:.2f} req/s; $ "
+                 f"{'-' if cost is None else format(cost, '.3f')} per million output tokens "
+                 f"(all GPUs).</p><p>TTFT p50 {ms('ttft_ms', 'p50')} ms, p99 "
+                 f"{ms('ttft_ms', 'p99')} ms; TPOT p50 {ms('tpot_ms', 'p50')} ms, p99 "
+                 f"{ms('tpot_ms', 'p99')} ms (SLO: TTFT {metrics['slo']['ttft_ms']:.0f} ms, "
+                 f"TPOT {metrics['slo']['tpot_ms']:.0f} ms)</p>")
+        f = metrics.get("fidelity")
+        if f:
+            intro += fidelity_html(f)
+    write_figures(serving_figures(res, points, metrics), title, path, intro=intro)
+
+
+def training_intro(res: TrainResult) -> str:
+    """The training answer in one paragraph: days and $ to train, step, MFU, tokens/day."""
+    return (f"<p>{res.tokens_to_train / 1e12:g}T tokens on {res.gpus} x "
+            f"{html.escape(res.hardware)}: <b>{res.days_to_train:.1f} days, "
+            f"${res.cost_usd / 1e6:.2f} M</b>; step {res.step_time_s:.2f} s, MFU {res.mfu:.1%}, "
+            f"{res.tokens_per_day / 1e9:.1f} B tokens/day, exposed communication "
+            f"{res.exposed_comm_fraction:.1%}, bubble {res.bubble_fraction:.1%}.</p>"
+            + fidelity_html(res.fidelity))
 
 
 def training_figure(res: TrainResult) -> go.Figure:

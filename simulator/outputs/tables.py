@@ -159,6 +159,9 @@ def train_table(res: TrainResult) -> Table:
             ("micro-batches per step", str(res.micro_batches)),
             (f"days to train {res.tokens_to_train / 1e12:g}T tokens", f"{res.days_to_train:.1f}"),
             ("cost", f"${res.cost_usd / 1e6:.2f} M")]
+    if res.fidelity:
+        rows.append(("priced inside measured tables",
+                     f"{res.fidelity['measured_share']:.0%} of a micro-batch"))
     for k, v in rows:
         table.add_row(k, v)
     return table
@@ -187,6 +190,15 @@ def serve_tables(m: dict, cap: float) -> tuple[Table, list[str]]:
         f"TTFT {m['slo']['ttft_ms']:.0f} ms / TPOT {m['slo']['tpot_ms']:.0f} ms; "
         f"KV utilisation mean {m['kv_utilisation']['mean']:.0%}, max "
         f"{m['kv_utilisation']['max']:.0%}; capacity {cap:.1f} req/s"]
+    f = m.get("fidelity")
+    if f:
+        band = f["expected_error_pct"]
+        tables = f" ({f['kernel_tables']} kernels)" if f.get("kernel_tables") else ""
+        lines.append(
+            f"fidelity{tables}: {f['measured_share']:.0%} of a busy decode step and "
+            f"{f['prefill_measured_share']:.0%} of a mean prefill priced inside measured tables; "
+            f"expected error TPOT +-{fmt(band['tpot_ms'], 0)}%, TTFT +-{fmt(band['ttft_ms'], 0)}% "
+            "(silicon corpus p90, docs/accuracy.md)")
     return table, lines
 
 

@@ -17,6 +17,7 @@ from simulator.graph.ops import Shape
 from simulator.graph.params import kv_elements_per_token
 from simulator.loading import load_model, load_profile
 from simulator.schema import HardwareProfile, ServingSpec, Workload
+from simulator.pricing.fidelity import expected_error_pct
 from simulator.serving.arrivals import Requests, closed_loop, generate, load_trace
 from simulator.serving.loop import Loop
 from simulator.serving.pools import ADMISSION_POLICIES, chunk_shape  # noqa: F401
@@ -109,6 +110,23 @@ class ServingSim:
         if s.mode == "colocated":       # both share the same steps
             return 1.0 / (1.0 / decode_rps + 1.0 / prefill_rps)
         return min(decode_rps, prefill_rps)
+
+    def fidelity(self) -> dict:
+        """How much of a busy decode step (the pool's cap at the mean context) and of a prefill
+        of the mean prompt was priced inside measured tables, and the error bands of TPOT and
+        TTFT for such cases (pricing/fidelity.py), as simulate's fidelity block says."""
+        s = self.spec
+        ctx = s.input_tokens.mean + s.output_tokens.mean / 2
+        dec = self.decode.result(self.decode.cap, int(ctx)).fidelity
+        pre = self.prefill.result(1, int(s.input_tokens.mean)).fidelity
+        name = self.decode.base_profile.name
+        return {"measured_share": dec["measured_share"],
+                "prefill_measured_share": pre["measured_share"],
+                "extrapolated": list(dict.fromkeys(dec["extrapolated"] + pre["extrapolated"])),
+                "kernel_tables": dec["kernel_tables"],
+                "expected_error_pct": {
+                    "tpot_ms": expected_error_pct(name, "decode", dec["measured_share"]),
+                    "ttft_ms": expected_error_pct(name, "prefill", pre["measured_share"])}}
 
     # -- run --------------------------------------------------------------------------------
     def requests(self) -> Requests:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
 from simulator.engine.schedule import get_schedule
+from simulator.step.result import StepResult
 from simulator.step.whatif import Resolved, resolve, simulate
 
 EDGE_RTOL = 1e-12        # context_interval's margin: far above log2's rounding, far below a step
@@ -93,6 +94,10 @@ class StepModel:
         return (self.step_s(sequences, context), b_lo, b_hi, *context_interval(context))
 
     def _simulate(self, b: int, c: int) -> float:
+        return self.result(b, c).step_time_s
+
+    def result(self, b: int, c: int) -> StepResult:
+        """The whole step result of one forward at `b` sequences per device and `c` tokens."""
         n_mb = get_schedule(self.schedule).micro_batches
         if b < n_mb:          # split the prompt's tokens between the micro-batches instead
             b, c = n_mb, max(1, c // n_mb)
@@ -100,7 +105,7 @@ class StepModel:
                               batch_per_device=b, context_length=c, serving=None)
         r: Resolved = resolve(w, model=self.model, profile=self.profile,
                               traffic_cache=self.traffic)   # routing depends on tokens only
-        return simulate(w, resolved=r).step_time_s
+        return simulate(w, resolved=r)
 
 
 class DecodeSteps:

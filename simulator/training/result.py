@@ -1,7 +1,7 @@
 """The typed result of a training what-if, and the one place its stable JSON keys are written."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -57,6 +57,7 @@ class TrainResult:
     optimizer_s: float
     a2a_exposed_s_per_step: float
     notes: tuple[str, ...] = ()
+    fidelity: dict = field(default_factory=dict)   # measured share of a micro-batch's passes
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON keys of `train --json` (docs/architecture.md)."""
@@ -64,6 +65,7 @@ class TrainResult:
         return {
             "workload": self.workload, "model": self.model, "hardware": self.hardware,
             "gpus": self.gpus, "schedule": self.schedule, "pipeline": self.pipeline,
+            "fidelity": self.fidelity,
             "step_time_s": self.step_time_s, "mfu": self.mfu,
             "tokens_per_day": self.tokens_per_day,
             "exposed_comm_fraction": self.exposed_comm_fraction,

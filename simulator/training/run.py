@@ -251,4 +251,17 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
         dp=dp // plan.cp, stage_layers=stage_layers, forward_s_per_microbatch=f_s,
         backward_s_per_microbatch=b_s + w_s, weight_grad_s_per_microbatch=w_s,
         dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=per_mb_exposed * m,
-        notes=tuple(fwd.notes))
+        notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
+
+
+def training_fidelity(fwd, bwd) -> dict:
+    """A micro-batch's forward and backward passes: the time-weighted share priced inside
+    measured tables and the shapes outside them. No band: the silicon corpus holds no training
+    run, so expected_error_pct is null (docs/accuracy.md, section 5 for training's own rows)."""
+    f, b = fwd.fidelity, bwd.fidelity
+    total = fwd.step_time_s + bwd.step_time_s
+    share = (f["measured_share"] * fwd.step_time_s + b["measured_share"] * bwd.step_time_s) \
+        / total if total > 0 else 0.0
+    return {"measured_share": share,
+            "extrapolated": list(dict.fromkeys(f["extrapolated"] + b["extrapolated"])),
+            "kernel_tables": f["kernel_tables"], "expected_error_pct": None}
