@@ -416,6 +416,70 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
 
 @app.command()
 @user_errors
+def plan(target: str = typer.Argument(..., help="a model (zoo name or YAML) or a workload YAML "
+                                       "whose model, precision and runtime are kept"),
+         gpus: str = typer.Option("8", help="GPU counts to try, e.g. 8,16,32"),
+         hardware: str = typer.Option("h200-sxm", help="profiles to try, e.g. h100-sxm,b200-sxm"),
+         isl: int = typer.Option(1024, help="input tokens per request"),
+         osl: int = typer.Option(1024, help="output tokens per request"),
+         ttft_ms: float = typer.Option(2000.0, "--ttft-ms", help="TTFT SLO"),
+         tpot_ms: float = typer.Option(50.0, "--tpot-ms", help="TPOT SLO"),
+         runtime: Optional[str] = typer.Option(None, help="sglang, trtllm or vllm kernels"),
+         workers: int = typer.Option(2, help="local worker processes"),
+         as_json: bool = typer.Option(False, "--json"),
+         report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+         out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="write every Pareto "
+                                                "point as a runnable workload YAML here")) -> None:
+    """The best deployment under a latency SLO: a searched Pareto front and its cost."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from simulator.outputs.plan import Question, search
+    _outputs(report=report)
+    q = Question(**_plan_target(target), hardware=tuple(_names(hardware, "--hardware")),
+                 gpus=tuple(_int_list(gpus, "--gpus")), isl=isl, osl=osl, ttft_ms=ttft_ms,
+                 tpot_ms=tpot_ms, runtime=runtime)
+    with Progress(TextColumn("plan"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("candidates", total=None)
+        res = search(q, max(1, workers), lambda d, t: bar.update(task, completed=d, total=t))
+    if out_dir is not None:
+        from simulator.outputs.plan import write_points
+        write_points(res["front"], out_dir)
+    if report:
+        from simulator.outputs.report import plan_figures, write_figures
+        write_figures(plan_figures(res), f"moesim plan: {q.model}", report)
+    if as_json:
+        _print_json({k: v for k, v in res.items() if k != "points"})
+        return
+    for table in T.plan_tables(res):
+        stdout.print(table)
+    for line in T.plan_lines(res):
+        stdout.print(line, highlight=False, soft_wrap=True)
+
+
+def _names(text: str, option: str) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    if not out:
+        raise MoesimError(option, "no name given", f"e.g. {option} h200-sxm")
+    return out
+
+
+def _plan_target(target: str) -> dict:
+    """A plan's model and the fields a workload file keeps (precision, runtime, routing)."""
+    from pathlib import Path as P
+    from simulator.loading import load_model, read_yaml_mapping, resolve_paths
+    path = P(target)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        data = read_yaml_mapping(path)
+        if "plan" in data and "model" in data:          # a workload
+            data = resolve_paths(data, path.resolve().parent)
+            load_model(data["model"])
+            return {"model": data["model"], "base": data}
+    load_model(target)
+    return {"model": target}
+
+
+@app.command()
+@user_errors
 def calibrate(device: str = typer.Option("cpu", help="cpu or cuda; with --from-measurements "
                                                   "the device folder name (h800, h20 ...)"),
               from_measurements: Optional[Path] = typer.Option(

@@ -121,3 +121,14 @@ def test_user_strings_are_escaped(tmp_path):
     html = report.read_text()
     assert "<script>alert('x')</script>" not in html
     assert "&lt;script&gt;alert(" in html
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_plan_report_renders_its_front(tmp_path):
+    report = tmp_path / "plan.html"
+    r = CliRunner().invoke(app, ["plan", "qwen3-30b-a3b", "--gpus", "8", "--hardware",
+                                 "h200-sxm", "--workers", "1", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    plots, errors = _render(report, tmp_path / "plan.png")
+    assert plots == 2 and errors == []
+    assert all(x and y for x, y in AXES["plan.html"]), AXES["plan.html"]

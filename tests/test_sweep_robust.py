@@ -124,21 +124,28 @@ def wait_for(cond, timeout=120.0):
 
 def test_ctrl_c_stops_within_seconds_and_keeps_finished_points(tmp_path):
     sweep, db = slow_sweep(tmp_path)
+    t_start = time.time()
     proc = start(sweep)
     assert wait_for(lambda: finished(db) >= 1), proc.communicate(timeout=5)
+    # the pace of this machine now (start-up and one point): a busy machine is slower at
+    # everything, so the stop is judged against it, not against a fixed wall-clock race
+    pace = time.time() - t_start
     workers = psutil.Process(proc.pid).children(recursive=True)
+    at_signal = finished(db)
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGINT)          # what a terminal's Ctrl-C does
-    out, err = proc.communicate(timeout=30)
-    assert time.time() - t0 < 10, "Ctrl-C took too long"
+    out, err = proc.communicate(timeout=max(120, 10 * pace))
+    stop = time.time() - t0
+    assert stop < max(10.0, 2 * pace), f"Ctrl-C took {stop:.1f} s (start + a point: {pace:.1f} s)"
     assert proc.returncode == 130, err
     kept = finished(db)
-    assert 1 <= kept < POINTS
+    # what Ctrl-C means: nothing new starts; at most the points in flight (one per worker) land
+    assert at_signal <= kept <= at_signal + 2 and kept < POINTS
     text = " ".join(err.split())
     assert f"{kept} of {POINTS} points are kept" in text and "resume" in text
     assert "Traceback" not in err
     assert wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
-                                    for w in workers), 10)
+                                    for w in workers), 10 + pace)
     # resuming computes only what is missing
     rerun = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sweep", str(sweep),
                             "--workers", "2", "--json"], capture_output=True, text=True,

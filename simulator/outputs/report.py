@@ -257,3 +257,37 @@ def sweep_figure(rows: list, front: list) -> go.Figure:
     fig.update_layout(title="Sweep: throughput vs interactivity", xaxis_title="tokens/s per user",
                       yaxis_title="tokens/GPU/s")
     return fig
+
+
+def plan_figures(res: dict) -> list[go.Figure]:
+    """A plan's front per hardware (hover: the configuration), and $/M against tokens/s/user."""
+    pts = res["points"]
+    front_fig, cost_fig = go.Figure(), go.Figure()
+    for hw in res["question"]["hardware"]:
+        mine = sorted((p for p in res["front"] if p["hardware"] == hw),
+                      key=lambda p: p["tokens_per_s_per_user"])
+        every = [p for p in pts if p["hardware"] == hw]
+        hover = [html.escape(p["config"]) for p in every]
+        front_fig.add_trace(go.Scatter(x=[p["tokens_per_s_per_user"] for p in every],
+                                       y=[p["tokens_per_gpu_s"] for p in every], mode="markers",
+                                       name=f"{html.escape(hw)} candidates", opacity=0.35,
+                                       hovertext=hover, hoverinfo="text+x+y"))
+        if mine:
+            front_fig.add_trace(go.Scatter(
+                x=[p["tokens_per_s_per_user"] for p in mine],
+                y=[p["tokens_per_gpu_s"] for p in mine], mode="lines+markers",
+                name=f"{html.escape(hw)} front", hovertext=[html.escape(p["config"]) for p in mine],
+                hoverinfo="text+x+y"))
+        cost_fig.add_trace(go.Scatter(
+            x=[p["tokens_per_s_per_user"] for p in every],
+            y=[p["cost_per_million_output_tokens"] for p in every], mode="markers",
+            name=html.escape(hw), hovertext=hover, hoverinfo="text+x+y"))
+    q = res["question"]
+    for fig in (front_fig, cost_fig):
+        fig.add_vline(x=1e3 / q["tpot_ms"], line_dash="dash", annotation_text="TPOT SLO")
+    front_fig.update_layout(title="Output tokens/s per GPU against tokens/s per user",
+                            xaxis_title="tokens/s per user", yaxis_title="tokens/s per GPU")
+    cost_fig.update_layout(title="$ per million output tokens against tokens/s per user",
+                           xaxis_title="tokens/s per user",
+                           yaxis_title="$ per million output tokens", yaxis_type="log")
+    return [front_fig, cost_fig]

@@ -271,3 +271,39 @@ def profile_rows(data: dict, prefix: str = ""):
             yield from profile_rows(value, f"{name}.")
         elif key not in ("name",):
             yield name, str(value), ""
+
+
+def plan_tables(res: dict) -> list[Table]:
+    """The Pareto front of a plan, then the best configuration per hardware."""
+    front = _table(f"{res['question']['model']}: Pareto front of tokens/s per GPU against "
+                   "tokens/s per user", ("configuration", "tok/GPU/s", "tok/s/user", "TPOT ms",
+                                         "TTFT ms", "$/M out", "SLO", "measured"),
+                   ("configuration", "SLO"))
+    for p in res["front"]:
+        front.add_row(p["config"], fmt(p["tokens_per_gpu_s"], 0),
+                      fmt(p["tokens_per_s_per_user"], 1), fmt(p["tpot_ms"], 2),
+                      fmt(p["ttft_ms"], 0), fmt(p["cost_per_million_output_tokens"], 3),
+                      "meets" if p["meets_slo"] else "-",
+                      f"{p['fidelity']['measured_share']:.0%}")
+    best = _table("best configuration meeting the SLO, per hardware",
+                  ("hardware", "configuration", "tok/GPU/s", "$/M out", "TPOT margin ms",
+                   "TTFT margin ms"), ("hardware", "configuration"))
+    for hw, p in res["best"].items():
+        if p is None:
+            best.add_row(hw, "none meets the SLO", "-", "-", "-", "-")
+        else:
+            best.add_row(hw, p["config"], fmt(p["tokens_per_gpu_s"], 0),
+                         fmt(p["cost_per_million_output_tokens"], 3),
+                         fmt(p["slo_margin"]["tpot_ms"], 1), fmt(p["slo_margin"]["ttft_ms"], 0))
+    return [front, best]
+
+
+def plan_lines(res: dict) -> list[str]:
+    """The counts of a plan, and why nothing met the SLO where nothing did."""
+    c, q = res["candidates"], res["question"]
+    lines = [f"{c['tried']} candidates tried, {c['pruned']} pruned (do not fit in memory), "
+             f"{c['priced']} priced; SLO TTFT {q['ttft_ms']:g} ms (one prompt's prefill, no "
+             f"queueing), TPOT {q['tpot_ms']:g} ms; {q['isl']} input / {q['osl']} output tokens"]
+    for hw, why in res["unmet"].items():
+        lines.append(f"{hw}: nothing meets the SLO: {why}")
+    return lines

@@ -1,0 +1,241 @@
+"""`moesim plan`: the deployments of a model worth running, searched and priced.
+
+For every hardware profile and GPU count asked, every parallel layout (data-parallel attention
+with experts over all GPUs; tensor-parallel attention groups of 2, 4 or 8 GPUs), KV dtype (BF16,
+FP8), schedule (sequential and tbo; scmoe and sbo for shortcut models) and decode batch per GPU,
+the candidate is written as a decode what-if at the mean context (prompt + half the answer) and
+simulated: TPOT, output tokens/s per GPU and per user, $ per million output tokens, and its
+fidelity. TTFT is one prompt's prefill on the same layout (no queueing: a lower bound). A
+candidate whose batch does not fit in memory is pruned before it is priced. The answer: the
+Pareto front of tokens/s per GPU against tokens/s per user, the best configuration meeting the
+SLO on each hardware (or which constraint nothing meets, and by how much), every point a
+runnable workload.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from simulator.atomic import write_text_atomic
+from simulator.errors import MoesimError
+from simulator.loading import load_model, load_profile
+from simulator.outputs.sweep import Point, execute
+
+BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+KV_BYTES = (2.0, 1.0)
+TP_GROUPS = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a user asks: a model on these GPUs and counts, these lengths, this SLO."""
+
+    model: str
+    hardware: tuple[str, ...]
+    gpus: tuple[int, ...]
+    isl: int
+    osl: int
+    ttft_ms: float
+    tpot_ms: float
+    runtime: str | None = None
+    base: dict = field(default_factory=dict)      # a workload's fields to keep (precision ...)
+
+
+def _check(q: Question) -> None:
+    for name, v in (("--isl", q.isl), ("--osl", q.osl)):
+        if not v > 0:
+            raise MoesimError(name, f"{v} is not a positive token count", f"pass {name} 1024")
+    for name, v in (("--ttft-ms", q.ttft_ms), ("--tpot-ms", q.tpot_ms)):
+        if not (v > 0 and math.isfinite(v)):
+            raise MoesimError(name, f"{v} is not a positive time", f"pass {name} 50")
+    if not q.gpus or any(g <= 0 for g in q.gpus):
+        raise MoesimError("--gpus", "needs positive GPU counts", "pass --gpus 8,16")
+    for h in q.hardware:
+        load_profile(h)                       # an unknown profile names the known ones
+
+
+def layouts(q: Question, gpus: int, gpn: int) -> list[tuple[str, dict]]:
+    """(name, plan) of every parallel layout of `gpus` GPUs the model allows."""
+    m = load_model(q.model)
+    node = min(gpn, gpus)
+    out = []
+    ep = gpus if m.moe is not None and m.moe.num_experts % gpus == 0 else 1
+    if m.moe is None or ep > 1:
+        out.append((f"DP attention, EP{ep}" if ep > 1 else "DP", {"gpus": gpus,
+                                                                   "gpus_per_node": node,
+                                                                   "ep": ep}))
+    for t in TP_GROUPS:
+        if t <= node and gpus % t == 0 and m.attention.num_heads % t == 0 and \
+                (m.moe is None or m.moe.num_experts % t == 0):
+            out.append((f"TP{t} attention" + (f", EP{t}" if m.moe else ""),
+                        {"gpus": gpus, "gpus_per_node": node, "tp": t, "attention_tp": t,
+                         "ep": t if m.moe is not None else 1}))
+    return out
+
+
+def schedules(q: Question) -> list[str]:
+    """The schedules the model's layers allow."""
+    m = load_model(q.model)
+    if m.layer_kind == "shortcut":
+        return ["sequential", "scmoe", "sbo", "tbo"]
+    return ["sequential", "tbo"] if m.moe is not None else ["sequential"]
+
+
+def _precision(q: Question, kv: float) -> dict:
+    base = dict(q.base.get("precision") or {})
+    if not base:
+        m = load_model(q.model)
+        fp8 = getattr(m.serving_recipe, "expert_gemm", None) == "fp8"
+        base = {"weight_bytes": 1.0 if fp8 else 2.0, "activation_bytes": 2.0,
+                "dispatch_bytes": 1.03125 if fp8 else 2.0, "combine_bytes": 2.0}
+    return {**base, "kv_bytes": kv}
+
+
+def candidates(q: Question) -> list[tuple[str, dict]]:
+    """(one-line configuration, decode workload) of every candidate, in a stable order."""
+    out = []
+    ctx = q.isl + q.osl // 2
+    runtime = {"framework": q.runtime} if q.runtime else (q.base.get("runtime") or {})
+    for hw in q.hardware:
+        gpn = int(load_profile(hw).gpus_per_node.value)
+        for g in q.gpus:
+            for lname, plan in layouts(q, g, gpn):
+                for kv in KV_BYTES:
+                    for sched in schedules(q):
+                        for b in BATCHES:
+                            if sched != "sequential" and b < 2:
+                                continue
+                            w = {k: v for k, v in q.base.items()
+                                 if k in ("routing", "seed", "mtp")}
+                            w.update(name=f"plan-{hw}-{g}gpu-{_slug(lname)}-kv{int(kv * 8)}-"
+                                     f"{sched}-b{b}", model=q.model, hardware=hw, plan=plan,
+                                     phase="decode", batch_per_device=b, context_length=ctx,
+                                     schedule=sched, precision=_precision(q, kv))
+                            if runtime:
+                                w["runtime"] = runtime
+                            cfg = (f"{hw} x {g}, {lname}, KV {'FP8' if kv == 1 else 'BF16'}, "
+                                   f"{sched}, batch {b}/GPU")
+                            out.append((cfg, w))
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def _prefill(w: dict, isl: int) -> dict:
+    """One prompt of `isl` tokens on the candidate's layout (its TTFT without queueing)."""
+    return {**w, "name": w["name"] + "-prefill", "phase": "prefill", "batch_per_device": 1,
+            "context_length": isl, "schedule": "sequential"}
+
+
+def search(q: Question, workers: int = 1,
+           progress: Callable[[int, int], None] | None = None) -> dict:
+    """Every candidate priced (or pruned); the front, the best per hardware, the counts."""
+    _check(q)
+    cands = candidates(q)
+    prefill_of: dict[str, dict] = {}
+    for _, w in cands:
+        key = _prefill_key(w)
+        prefill_of.setdefault(key, _prefill(w, q.isl))
+    points = [Point(str(i), {}, w) for i, (_, w) in enumerate(cands)]
+    points += [Point("prefill:" + k, {}, w) for k, w in prefill_of.items()]
+    done, results = 0, {}
+    for p, (metrics, error) in execute(points, "simulate", "local", workers):
+        results[p.key] = (metrics, error)
+        done += 1
+        if progress:
+            progress(done, len(points))
+    priced, pruned = [], []
+    for i, (cfg, w) in enumerate(cands):
+        metrics, error = results[str(i)]
+        pre, _ = results["prefill:" + _prefill_key(w)]
+        if metrics is None or pre is None or not metrics.get("tpot_ms"):
+            pruned.append({"config": cfg, "reason": error or "its prefill does not fit"})
+            continue
+        priced.append(_point(cfg, w, metrics, pre, q))
+    front = pareto(priced)
+    best = {}
+    for hw in q.hardware:
+        ok = [p for p in priced if p["hardware"] == hw and p["meets_slo"]]
+        best[hw] = max(ok, key=lambda p: (p["tokens_per_gpu_s"], -p["gpus"])) if ok else None
+    return {"question": {"model": q.model, "hardware": list(q.hardware), "gpus": list(q.gpus),
+                         "isl": q.isl, "osl": q.osl, "ttft_ms": q.ttft_ms, "tpot_ms": q.tpot_ms},
+            "candidates": {"tried": len(cands), "pruned": len(pruned), "priced": len(priced)},
+            "front": front, "best": best, "unmet": unmet(priced, q), "points": priced,
+            "pruned": pruned[:20]}
+
+
+def _prefill_key(w: dict) -> str:
+    return f"{w['hardware']}|{sorted(w['plan'].items())}|{w['precision']['kv_bytes']}"
+
+
+def _point(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> dict:
+    tpot, ttft = m["tpot_ms"], pre["step_time_ms"]
+    f = m["fidelity"]
+    return {"config": cfg, "hardware": w["hardware"], "gpus": w["plan"]["gpus"],
+            "plan": w["plan"], "schedule": w["schedule"], "batch_per_device":
+                w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
+            "tpot_ms": tpot, "ttft_ms": ttft, "tokens_per_gpu_s": m["tokens_per_gpu_s"],
+            "tokens_per_s_per_user": 1e3 / tpot,
+            "cost_per_million_output_tokens": m["cost_per_million_output_tokens"],
+            "meets_slo": tpot <= q.tpot_ms and ttft <= q.ttft_ms,
+            "slo_margin": {"tpot_ms": q.tpot_ms - tpot, "ttft_ms": q.ttft_ms - ttft},
+            "fidelity": {"measured_share": f["measured_share"],
+                         "expected_error_pct": f["expected_error_pct"]},
+            "workload": w}
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """Points no other beats on both tokens/s per GPU and tokens/s per user, by throughput (of
+    points with the same two figures, the one on the fewest GPUs)."""
+    ranked = sorted(points, key=lambda p: (-p["tokens_per_gpu_s"], -p["tokens_per_s_per_user"],
+                                           p["gpus"]))
+    front, best_user = [], -math.inf
+    for p in ranked:
+        if p["tokens_per_s_per_user"] > best_user:
+            front.append(p)
+            best_user = p["tokens_per_s_per_user"]
+    return front
+
+
+def unmet(points: list[dict], q: Question) -> dict:
+    """Per hardware with no point meeting the SLO: the closest each constraint came."""
+    out = {}
+    for hw in q.hardware:
+        mine = [p for p in points if p["hardware"] == hw]
+        if not mine or any(p["meets_slo"] for p in mine):
+            continue
+        tp = min(p["tpot_ms"] for p in mine)
+        tt = min(p["ttft_ms"] for p in mine)
+        why = []
+        if tp > q.tpot_ms:
+            why.append(f"the fastest TPOT is {tp:.1f} ms against {q.tpot_ms:g} ms")
+        if tt > q.ttft_ms:
+            why.append(f"the fastest TTFT is {tt:.0f} ms against {q.ttft_ms:g} ms")
+        if not why:
+            why.append("no single configuration meets both: lowering one raises the other")
+        out[hw] = "; ".join(why)
+    return out
+
+
+def write_points(points: list[dict], out_dir: Path) -> list[Path]:
+    """Each point as a runnable workload YAML (`moesim simulate FILE` reproduces its TPOT and
+    tokens/GPU/s), numbered in front order."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MoesimError("--out-dir", f"{out_dir} is a file", "give a folder")
+    paths = []
+    for i, p in enumerate(points):
+        path = out_dir / f"{i + 1:02d}-{p['workload']['name']}.yaml"
+        head = (f"# moesim plan: {p['config']}\n# TPOT {p['tpot_ms']:.2f} ms, "
+                f"{p['tokens_per_gpu_s']:.0f} tokens/s per GPU, TTFT (one prompt's prefill) "
+                f"{p['ttft_ms']:.0f} ms\n")
+        write_text_atomic(path, head + yaml.safe_dump(p["workload"], sort_keys=False),
+                          "--out-dir")
+        paths.append(path)
+    return paths

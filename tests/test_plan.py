@@ -1,0 +1,84 @@
+"""moesim plan: counts add up, the front is the Pareto front by arithmetic, the best meets the
+SLO, every front point's YAML reproduces its figures, an impossible SLO says why."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.loading import load_workload
+from simulator.outputs.plan import Question, search, write_points
+from simulator.step.whatif import simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+Q = Question(model="qwen3-30b-a3b", hardware=("h200-sxm", "h100-sxm"), gpus=(4, 8), isl=2048,
+             osl=512, ttft_ms=500, tpot_ms=30)
+
+
+@pytest.fixture(scope="module")
+def res():
+    return search(Q, workers=1)
+
+
+def test_counts_add_up_and_every_candidate_is_priced_or_pruned(res):
+    c = res["candidates"]
+    assert c["tried"] == c["priced"] + c["pruned"] and c["priced"] == len(res["points"])
+    assert c["priced"] > 50
+
+
+def test_the_front_is_exactly_the_undominated_points(res):
+    pts = res["points"]
+
+    def dominated(p):
+        return any(o["tokens_per_gpu_s"] >= p["tokens_per_gpu_s"] and
+                   o["tokens_per_s_per_user"] >= p["tokens_per_s_per_user"] and
+                   (o["tokens_per_gpu_s"] > p["tokens_per_gpu_s"] or
+                    o["tokens_per_s_per_user"] > p["tokens_per_s_per_user"]) for o in pts)
+    pair = lambda p: (p["tokens_per_gpu_s"], p["tokens_per_s_per_user"])   # noqa: E731
+    assert {pair(p) for p in res["front"]} == {pair(p) for p in pts if not dominated(p)}
+    assert len(res["front"]) == len({pair(p) for p in res["front"]})   # ties listed once
+
+
+def test_the_best_meets_the_slo_and_no_other_that_does_beats_it(res):
+    for hw, best in res["best"].items():
+        ok = [p for p in res["points"] if p["hardware"] == hw and p["meets_slo"]]
+        assert best is not None and best["meets_slo"]
+        assert best["tpot_ms"] <= Q.tpot_ms and best["ttft_ms"] <= Q.ttft_ms
+        assert best["tokens_per_gpu_s"] == max(p["tokens_per_gpu_s"] for p in ok)
+        assert best["slo_margin"]["tpot_ms"] == pytest.approx(Q.tpot_ms - best["tpot_ms"])
+
+
+def test_every_front_point_written_as_a_workload_reproduces_its_figures(res, tmp_path):
+    paths = write_points(res["front"], tmp_path)
+    assert len(paths) == len(res["front"])
+    for path, p in zip(paths, res["front"]):
+        r = simulate(load_workload(str(path))).to_json(with_ops=False)
+        assert r["tpot_ms"] == pytest.approx(p["tpot_ms"], rel=0.01)
+        assert r["tokens_per_gpu_s"] == pytest.approx(p["tokens_per_gpu_s"], rel=0.01)
+
+
+def test_an_impossible_slo_says_which_constraint_and_by_how_much(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "plan", "qwen3-30b-a3b",
+                          "--gpus", "8", "--hardware", "h200-sxm", "--tpot-ms", "0.01",
+                          "--workers", "1", "--report", str(tmp_path / "p.html")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "nothing meets the SLO" in text and "against 0.01 ms" in text
+    assert "Traceback" not in out.stderr and (tmp_path / "p.html").is_file()
+    js = subprocess.run([sys.executable, str(ROOT / "cli.py"), "plan", "qwen3-30b-a3b",
+                         "--gpus", "8", "--hardware", "h200-sxm", "--tpot-ms", "0.01",
+                         "--workers", "1", "--json"], capture_output=True, text=True,
+                        timeout=300)
+    d = json.loads(js.stdout)
+    assert d["best"]["h200-sxm"] is None and "fastest TPOT" in d["unmet"]["h200-sxm"]
+    assert set(d["candidates"]) == {"tried", "pruned", "priced"}
+
+
+def test_bad_questions_are_refused():
+    for args in (["--gpus", "0"], ["--isl", "0"], ["--tpot-ms", "nan"],
+                 ["--hardware", "tpu-v9"]):
+        out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "plan", "qwen3-30b-a3b",
+                              *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
