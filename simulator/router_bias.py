@@ -155,4 +155,9 @@ def bias_figure(trace: BiasTrace, cfg: BiasConfig):
     fig.add_trace(go.Bar(y=np.sort(trace.final_load)[::-1], name="tokens per expert"),
                   row=3, col=1)
     fig.update_layout(height=900, title="Router bias controller (LongCat-Flash style)")
+    for row, (x, y) in enumerate((("controller step", "real experts per token"),
+                                  ("controller step", "max / mean expert load"),
+                                  ("FFN expert (by load)", "tokens per expert")), start=1):
+        fig.update_xaxes(title_text=x, row=row, col=1)
+        fig.update_yaxes(title_text=y, row=row, col=1)
     return fig

@@ -132,3 +132,42 @@ def test_plan_report_renders_its_front(tmp_path):
     plots, errors = _render(report, tmp_path / "plan.png")
     assert plots == 2 and errors == []
     assert all(x and y for x, y in AXES["plan.html"]), AXES["plan.html"]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_router_bias_and_sweep_figures_have_axis_titles_and_clear_legends(tmp_path):
+    plot = tmp_path / "bias.html"
+    r = CliRunner().invoke(app, ["router-bias", "--steps", "40", "--plot", str(plot)])
+    assert r.exit_code == 0, r.output
+    _render(plot, tmp_path / "bias.png")
+    from selenium.webdriver.common.by import By  # noqa: F401  (the driver is loaded above)
+    d = _driver()
+    try:
+        d.get(plot.resolve().as_uri())
+        titles = d.execute_script(
+            "const l = document.querySelector('.js-plotly-plot').layout; return "
+            "[1, 2, 3].map(i => [((l['xaxis' + (i > 1 ? i : '')] || {}).title || {}).text, "
+            "((l['yaxis' + (i > 1 ? i : '')] || {}).title || {}).text])")
+    finally:
+        d.quit()
+    assert all(x and y for x, y in titles), titles
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nbase: {LONGCAT}\ngrid:\n  batch_per_device: [16, 32, 64]\n")
+    report = tmp_path / "sweep.html"
+    r = CliRunner().invoke(app, ["sweep", str(sweep), "--workers", "1", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    _render(report, tmp_path / "sweep.png")
+    d = _driver()
+    try:
+        d.get(report.resolve().as_uri())
+        box = d.execute_script(
+            "const p = document.querySelector('.js-plotly-plot');"
+            "const leg = p.querySelector('.legend').getBoundingClientRect();"
+            "const bar = p.querySelector('.colorbar').getBoundingClientRect();"
+            "return [leg.left, leg.right, leg.top, leg.bottom, bar.left, bar.right, bar.top,"
+            " bar.bottom]")
+    finally:
+        d.quit()
+    ll, lr, lt, lb, bl, br, bt, bb = box
+    overlap = min(lr, br) > max(ll, bl) and min(lb, bb) > max(lt, bt)
+    assert not overlap, box

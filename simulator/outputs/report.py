@@ -247,7 +247,8 @@ def sweep_figure(rows: list, front: list) -> go.Figure:
         x=[axis_value(r, "tokens_per_s_per_user") for r in ok],
         y=[r["metrics"]["tokens_per_gpu_s"] for r in ok], mode="markers", name="points",
         marker=dict(color=[r["metrics"].get("cost_per_million_output_tokens") or 0 for r in ok],
-                    colorscale="Viridis", showscale=True, colorbar=dict(title="$/M out")),
+                    colorscale="Viridis", showscale=True,
+                    colorbar=dict(title="$/M out", x=1.02, len=0.7, y=0.35, yanchor="middle")),
         hovertext=[label(r) + f"<br>${r['metrics'].get('cost_per_million_output_tokens') or 0:.3f}/M"
                    for r in ok], hoverinfo="text+x+y"))
     fig.add_trace(go.Scatter(x=[axis_value(r, "tokens_per_s_per_user") for r in front],
@@ -255,7 +256,8 @@ def sweep_figure(rows: list, front: list) -> go.Figure:
                              mode="lines+markers", name="Pareto front",
                              hovertext=[label(r) for r in front], hoverinfo="text+x+y"))
     fig.update_layout(title="Sweep: throughput vs interactivity", xaxis_title="tokens/s per user",
-                      yaxis_title="tokens/GPU/s")
+                      yaxis_title="tokens/GPU/s",    # the legend above the plot, clear of the bar
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return fig
 
 
