@@ -289,6 +289,11 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
           duration: Optional[float] = typer.Option(None, help="seconds of arrivals"),
           sweep_batch: Optional[str] = typer.Option(
               None, "--sweep-batch", help="e.g. 8,16,32,64: throughput-interactivity curve"),
+          sweep_concurrency: Optional[str] = typer.Option(
+              None, "--sweep-concurrency", help="e.g. 1,8,64: one closed-loop run per number "
+              "of clients (latency against load)"),
+          sweep_rate: Optional[str] = typer.Option(
+              None, "--sweep-rate", help="e.g. 1,2,4,8: one Poisson run per rate (req/s)"),
           schedules: str = typer.Option("sequential,sbo,tbo", help="schedules for --sweep-batch"),
           as_json: bool = typer.Option(False, "--json"),
           report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
@@ -300,6 +305,9 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
     _number(duration, "--duration")
     _outputs(report=report)
     w = load_workload(workload, hardware, gpus)
+    if sweep_concurrency or sweep_rate:
+        _serve_load_sweep(w, sweep_concurrency, sweep_rate, as_json, report)
+        return
     if sweep_batch:
         batches = _int_list(sweep_batch, "--sweep-batch")
         names = [x.strip() for x in schedules.split(",") if x.strip()]
@@ -337,6 +345,39 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
     stdout.print(table)
     for line in lines:
         stdout.print(line, highlight=False)
+
+
+def _serve_load_sweep(w, concurrency: Optional[str], rate: Optional[str], as_json: bool,
+                      report: Optional[Path]) -> None:
+    from simulator.serving.load_sweep import load_sweep
+    if concurrency and rate:
+        raise MoesimError("--sweep-concurrency/--sweep-rate", "both given", "pass one of them")
+    if w.serving is None:
+        raise MoesimError("serving", "the workload has no serving block",
+                          "add `serving:` (see workloads/serving/)")
+    kind = "concurrency" if concurrency else "rate"
+    if concurrency:
+        loads: list = _int_list(concurrency, "--sweep-concurrency")
+    else:
+        try:
+            loads = [float(x) for x in rate.split(",") if x.strip()]
+        except ValueError:
+            raise MoesimError("--sweep-rate", f"{rate!r} is not a list of rates",
+                              "e.g. --sweep-rate 1,2,4") from None
+        for x in loads:
+            _number(x, "--sweep-rate")
+        if not loads:
+            raise MoesimError("--sweep-rate", "no rate given", "e.g. --sweep-rate 1,2,4")
+    with err.status(f"serving at {len(loads)} loads"):
+        points = load_sweep(w, kind, loads)
+    if report:
+        from simulator.outputs.report import load_figures, write_figures
+        write_figures(load_figures(points, kind), f"moesim serving: {w.name}, latency against "
+                      f"{kind}", report)
+    if as_json:
+        _print_json(points)
+        return
+    stdout.print(T.load_sweep_table(w.name, kind, points))
 
 
 @app.command()

@@ -102,3 +102,30 @@ def test_the_shipped_kv_pressure_workload_preempts_and_still_serves_everyone_onc
     light = ServingSim(w.variant(serving=w.serving.variant(
         output_tokens=w.serving.output_tokens.variant(mean=1000)))).run()
     assert light.metrics["requests"]["preempted"] == 0
+
+
+def test_latency_grows_with_load_and_every_run_conserves_requests(tmp_path):
+    w = ROOT / "workloads" / "serving" / "deepseek-v3-h200-offline.yaml"
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(w),
+                          "--sweep-concurrency", "1,16,128", "--json", "--report",
+                          str(tmp_path / "load.html")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    pts = json.loads(out.stdout)
+    assert [p["concurrency"] for p in pts] == [1, 16, 128]
+    for p in pts:                       # 4 requests per client, every one served once
+        assert p["requests"]["finished"] == 4 * p["concurrency"]
+        assert p["requests"]["unfinished"] == 0
+    tpot = [p["tpot_ms"]["p50"] for p in pts]
+    ttft = [p["ttft_ms"]["p50"] for p in pts]
+    assert tpot[0] < tpot[1] < tpot[2] and ttft[0] < ttft[2]
+    assert pts[2]["output_tokens_per_s_per_gpu"] > pts[0]["output_tokens_per_s_per_gpu"]
+    assert "Latency against load" in (tmp_path / "load.html").read_text()
+    rate = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(w),
+                           "--sweep-rate", "0.5,2", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert rate.returncode == 0, rate.stderr
+    assert [p["rate"] for p in json.loads(rate.stdout)] == [0.5, 2.0]
+    bad = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(w),
+                          "--sweep-rate", "x"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

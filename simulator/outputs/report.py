@@ -293,3 +293,22 @@ def plan_figures(res: dict) -> list[go.Figure]:
                            xaxis_title="tokens/s per user",
                            yaxis_title="$ per million output tokens", yaxis_type="log")
     return [front_fig, cost_fig]
+
+
+def load_figures(points: list[dict], kind: str) -> list[go.Figure]:
+    """TTFT and TPOT (p50 and p90) against the offered load, and throughput against it."""
+    x = [p[kind] for p in points]
+    unit = "clients (closed loop)" if kind == "concurrency" else "requests/s (Poisson)"
+    lat = go.Figure()
+    for metric in ("ttft_ms", "tpot_ms"):
+        for pct in ("p50", "p90"):
+            lat.add_trace(go.Scatter(x=x, y=[p[metric][pct] for p in points],
+                                     mode="lines+markers",
+                                     name=f"{metric.split('_')[0].upper()} {pct}"))
+    lat.update_layout(title="Latency against load", xaxis_title=unit, yaxis_title="ms",
+                      yaxis_type="log")
+    thr = go.Figure(go.Scatter(x=x, y=[p["output_tokens_per_s_per_gpu"] for p in points],
+                               mode="lines+markers", name="output tokens/s per GPU"))
+    thr.update_layout(title="Throughput against load", xaxis_title=unit,
+                      yaxis_title="output tokens/s per GPU")
+    return [lat, thr]

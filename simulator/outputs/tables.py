@@ -307,3 +307,16 @@ def plan_lines(res: dict) -> list[str]:
     for hw, why in res["unmet"].items():
         lines.append(f"{hw}: nothing meets the SLO: {why}")
     return lines
+
+
+def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
+    """Latency and throughput at each offered load (closed-loop clients or Poisson rate)."""
+    table = _table(f"{name}: latency against {kind}", (kind, "TTFT p50 ms", "TTFT p90 ms",
+                                                        "TPOT p50 ms", "TPOT p90 ms",
+                                                        "tok/GPU/s", "tok/s/user", "preempted"))
+    for p in points:
+        table.add_row(f"{p[kind]:g}", fmt(p["ttft_ms"]["p50"]), fmt(p["ttft_ms"]["p90"]),
+                      fmt(p["tpot_ms"]["p50"], 2), fmt(p["tpot_ms"]["p90"], 2),
+                      fmt(p["output_tokens_per_s_per_gpu"], 0), fmt(p["tokens_per_s_per_user"]),
+                      str(p["requests"]["preempted"]))
+    return table
