@@ -361,12 +361,45 @@ def result_row(case: Case, metrics: dict) -> dict:
     out = {"id": r["id"], "system": r["system"], "backend": r["backend"],
            "backend_version": r["backend_version"], "model": r["model_path"], "mode": r["mode"],
            "isl": int(float(r["isl"])), "osl": int(float(r["osl"])), "concurrency": conc,
-           "assumed": case.assumed}
+           "sweep": sweep_key(r), "assumed": case.assumed}
     for key in ("ttft_ms", "tpot_ms"):
         meas = float(r[f"silicon_{key}"])
         pred = metrics[key]["mean"]
         out[key] = {"measured": meas, "predicted": pred, "error": _err(pred, meas)}
     return out
+
+
+SWEEP_FIELDS = ("system", "backend", "backend_version", "model_path", "precision", "mode",
+                "isl", "osl", "gemm_quant_mode", "moe_quant_mode")
+
+
+def sweep_key(r: dict) -> str:
+    """What a row ran, all but its load: rows with the same key differ only in concurrency."""
+    pools = sorted(k for k in r if k.endswith(POOL_FIELDS) or k.endswith("_workers"))
+    return "|".join(f"{k}={r.get(k, '')}" for k in (*SWEEP_FIELDS, *pools))
+
+
+def load_growth(rows: list[dict], within: float = 0.25) -> dict:
+    """Along each concurrency sweep (rows of one sweep key, two or more concurrencies): the
+    TPOT ratio from the lightest to the heaviest load, predicted against measured; the share of
+    sweeps whose predicted ratio is within `within` of the measured one."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["tpot_ms"]["predicted"] and r["tpot_ms"]["measured"] > 0:
+            groups.setdefault(r["sweep"], []).append(r)
+    ratios = []
+    for g in groups.values():
+        lo = min(g, key=lambda r: r["concurrency"])
+        hi = max(g, key=lambda r: r["concurrency"])
+        if hi["concurrency"] == lo["concurrency"]:
+            continue
+        meas = hi["tpot_ms"]["measured"] / lo["tpot_ms"]["measured"]
+        pred = hi["tpot_ms"]["predicted"] / lo["tpot_ms"]["predicted"]
+        ratios.append(pred / meas - 1)
+    ok = sum(abs(x) <= within for x in ratios)
+    return {"sweeps": len(ratios), "within": within,
+            "share_within": ok / len(ratios) if ratios else None,
+            "median_ratio_error": statistics.median(ratios) if ratios else None}
 
 
 def _stats(errors: list[float]) -> dict:
@@ -393,6 +426,8 @@ def summary(rows: list[dict]) -> dict:
         for r in rows:
             groups.setdefault(band(r[key]) if dim == "concurrency_band" else r[key], []).append(r)
         out[f"by_{dim}"] = {g: of(v) for g, v in sorted(groups.items())}
+    if all("sweep" in r for r in rows):
+        out["load_growth"] = load_growth(rows)
     return out
 
 
@@ -477,6 +512,11 @@ def print_summary(res: dict) -> None:
                   f"{t['p90_abs_error']:7.1%} {t['share_optimistic']:5.0%} "
                   f"{p['median_abs_error']:9.1%} {p['p90_abs_error']:7.1%} "
                   f"{p['share_optimistic']:5.0%}")
+    g = s.get("load_growth")
+    if g and g["sweeps"]:
+        print(f"\nTPOT growth with load: {g['sweeps']} concurrency sweeps; the predicted "
+              f"lightest-to-heaviest TPOT ratio within {g['within']:.0%} of the measured one in "
+              f"{g['share_within']:.0%} of them (median ratio error {g['median_ratio_error']:+.0%})")
     if res["unexpressed"]:
         print("\nnot expressed (count: reason):")
         for reason, k in reasons(res["unexpressed"])[:15]:

@@ -162,3 +162,16 @@ def test_a_slice_of_the_real_corpus():
     for r in res["rows"]:
         assert r["system"] == "h200_sxm"
         assert 0.1 < r["tpot_ms"]["predicted"] / r["tpot_ms"]["measured"] < 10
+
+
+def test_load_growth_compares_each_sweeps_tpot_ratio_by_arithmetic():
+    def row(sweep, c, meas, pred):
+        return {"sweep": sweep, "concurrency": c,
+                "tpot_ms": {"measured": meas, "predicted": pred}}
+    rows = [row("a", 1, 10, 10), row("a", 8, 15, 16), row("a", 64, 30, 20),   # 3.0 vs 2.0
+            row("b", 4, 20, 10), row("b", 32, 40, 22),                        # 2.0 vs 2.2
+            row("c", 16, 50, 50)]                                             # one load: none
+    g = silicon.load_growth(rows)
+    assert g["sweeps"] == 2
+    assert g["share_within"] == 0.5                  # b within 25% (+10%), a not (-33%)
+    assert g["median_ratio_error"] == pytest.approx(((2 / 3 - 1) + (2.2 / 2 - 1)) / 2)
