@@ -23,8 +23,22 @@ def res():
 
 def test_counts_add_up_and_every_candidate_is_priced_or_pruned(res):
     c = res["candidates"]
-    assert c["tried"] == c["priced"] + c["pruned"] and c["priced"] == len(res["points"])
+    assert c["tried"] == c["priced"] + c["pruned"]
+    assert len(res["points"]) == 2 * c["priced"]          # served aggregated and disaggregated
     assert c["priced"] > 50
+
+
+def test_serving_with_prefill_follows_the_gpu_seconds_per_request(res):
+    for p in res["points"][:40]:
+        group = p["plan"].get("attention_tp", 1)
+        c_p = p["ttft_ms"] / 1e3 * group                   # prefill GPU-seconds per request
+        c_d = Q.osl / p["decode_tokens_per_gpu_s"]          # decode GPU-seconds per request
+        assert p["tokens_per_gpu_s"] == pytest.approx(Q.osl / (c_p + c_d), rel=1e-12)
+        assert p["prefill_to_decode_gpus"] == pytest.approx(c_p / c_d, rel=1e-12)
+        stall = 1 - c_p / (c_p + c_d)
+        want = p["decode_tpot_ms"] / stall if p["mode"] == "aggregated" else p["decode_tpot_ms"]
+        assert p["tpot_ms"] == pytest.approx(want, rel=1e-12)
+        assert p["tokens_per_gpu_s"] < p["decode_tokens_per_gpu_s"]
 
 
 def test_the_front_is_exactly_the_undominated_points(res):
@@ -54,8 +68,8 @@ def test_every_front_point_written_as_a_workload_reproduces_its_figures(res, tmp
     assert len(paths) == len(res["front"])
     for path, p in zip(paths, res["front"]):
         r = simulate(load_workload(str(path))).to_json(with_ops=False)
-        assert r["tpot_ms"] == pytest.approx(p["tpot_ms"], rel=0.01)
-        assert r["tokens_per_gpu_s"] == pytest.approx(p["tokens_per_gpu_s"], rel=0.01)
+        assert r["tpot_ms"] == pytest.approx(p["decode_tpot_ms"], rel=0.01)
+        assert r["tokens_per_gpu_s"] == pytest.approx(p["decode_tokens_per_gpu_s"], rel=0.01)
 
 
 def test_an_impossible_slo_says_which_constraint_and_by_how_much(tmp_path):

@@ -4,8 +4,10 @@ For every hardware profile and GPU count asked, every parallel layout (data-para
 with experts over all GPUs; tensor-parallel attention groups of 2, 4 or 8 GPUs), KV dtype (BF16,
 FP8), schedule (sequential and tbo; scmoe and sbo for shortcut models) and decode batch per GPU,
 the candidate is written as a decode what-if at the mean context (prompt + half the answer) and
-simulated: TPOT, output tokens/s per GPU and per user, $ per million output tokens, and its
-fidelity. TTFT is one prompt's prefill on the same layout (no queueing: a lower bound). A
+simulated, with one prompt's prefill on the same layout; `_points` serves it aggregated and
+disaggregated from those two (TPOT, output tokens/s per GPU and per user, $ per million output
+tokens, the prefill:decode GPU ratio, its fidelity). TTFT is one prompt's prefill (no queueing:
+a lower bound). A
 candidate whose batch does not fit in memory is pruned before it is priced. The answer: the
 Pareto front of tokens/s per GPU against tokens/s per user, the best configuration meeting the
 SLO on each hardware (or which constraint nothing meets, and by how much), every point a
@@ -157,37 +159,71 @@ def search(q: Question, workers: int = 1,
         if metrics is None or pre is None or not metrics.get("tpot_ms"):
             pruned.append({"config": cfg, "reason": error or "its prefill does not fit"})
             continue
-        priced.append(_point(cfg, w, metrics, pre, q))
+        priced += _points(cfg, w, metrics, pre, q)
     front = pareto(priced)
-    best = {}
+    best, by_mode = {}, {}
     for hw in q.hardware:
         ok = [p for p in priced if p["hardware"] == hw and p["meets_slo"]]
-        best[hw] = max(ok, key=lambda p: (p["tokens_per_gpu_s"], -p["gpus"])) if ok else None
+        best[hw] = _best(ok)
+        by_mode[hw] = {mode: _best([p for p in ok if p["mode"] == mode])
+                       for mode in ("aggregated", "disaggregated")}
     return {"question": {"model": q.model, "hardware": list(q.hardware), "gpus": list(q.gpus),
                          "isl": q.isl, "osl": q.osl, "ttft_ms": q.ttft_ms, "tpot_ms": q.tpot_ms},
-            "candidates": {"tried": len(cands), "pruned": len(pruned), "priced": len(priced)},
-            "front": front, "best": best, "unmet": unmet(priced, q), "points": priced,
+            "candidates": {"tried": len(cands), "pruned": len(pruned),
+                           "priced": len(cands) - len(pruned)},
+            "front": front, "best": best, "best_by_mode": by_mode, "unmet": unmet(priced, q),
+            "points": priced,
             "pruned": pruned[:20]}
+
+
+def _best(points: list[dict]) -> dict | None:
+    """The point with the most tokens/s per GPU (on fewer GPUs when tied), or None."""
+    return max(points, key=lambda p: (p["tokens_per_gpu_s"], -p["gpus"])) if points else None
 
 
 def _prefill_key(w: dict) -> str:
     return f"{w['hardware']}|{sorted(w['plan'].items())}|{w['precision']['kv_bytes']}"
 
 
-def _point(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> dict:
-    tpot, ttft = m["tpot_ms"], pre["step_time_ms"]
+def _points(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> list[dict]:
+    """The candidate served two ways, from its decode step and one prompt's prefill:
+
+    every request costs `osl / D` GPU-seconds of decode (D: the decode step's tokens/s per GPU)
+    and `c_p = T_p x group` GPU-seconds of prefill (T_p: one prompt's prefill on the layout,
+    `group`: the GPUs that hold one sequence, the attention TP degree). Per GPU both modes then
+    serve osl / (osl / D + c_p) output tokens/s.
+    - aggregated: the same GPUs prefill between decode steps (as SGLang runs a prefill batch
+      instead of a decode step), so decode stalls a share f = c_p / (osl / D + c_p) of the
+      time: TPOT / (1 - f);
+    - disaggregated: a prefill pool of c_p : osl / D GPUs beside the decode pool (same GPU and
+      layout); TPOT is the decode step's, TTFT one prompt's prefill (KV transfer not priced).
+    TTFT is one prompt's prefill in both: no queueing (a lower bound)."""
+    tpot, ttft, d = m["tpot_ms"], pre["step_time_ms"], m["tokens_per_gpu_s"]
+    group = w["plan"].get("attention_tp", 1)
+    c_p = ttft / 1e3 * group                             # GPU-seconds of prefill per request
+    c_d = q.osl / d                                      # GPU-seconds of decode per request
+    per_gpu = q.osl / (c_d + c_p)
+    share = c_p / (c_d + c_p)
     f = m["fidelity"]
-    return {"config": cfg, "hardware": w["hardware"], "gpus": w["plan"]["gpus"],
-            "plan": w["plan"], "schedule": w["schedule"], "batch_per_device":
-                w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
-            "tpot_ms": tpot, "ttft_ms": ttft, "tokens_per_gpu_s": m["tokens_per_gpu_s"],
-            "tokens_per_s_per_user": 1e3 / tpot,
-            "cost_per_million_output_tokens": m["cost_per_million_output_tokens"],
-            "meets_slo": tpot <= q.tpot_ms and ttft <= q.ttft_ms,
-            "slo_margin": {"tpot_ms": q.tpot_ms - tpot, "ttft_ms": q.ttft_ms - ttft},
+    price = m["cost_per_million_output_tokens"] * d / per_gpu \
+        if m["cost_per_million_output_tokens"] else None
+    out = []
+    for mode, t in (("aggregated", tpot / (1 - share)), ("disaggregated", tpot)):
+        ratio = f", prefill:decode GPUs {c_p / c_d:.2f}" if mode == "disaggregated" else ""
+        out.append({
+            "config": f"{cfg}, {mode}{ratio}", "mode": mode, "hardware": w["hardware"],
+            "gpus": w["plan"]["gpus"], "plan": w["plan"], "schedule": w["schedule"],
+            "batch_per_device": w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
+            "tpot_ms": t, "ttft_ms": ttft, "tokens_per_gpu_s": per_gpu,
+            "tokens_per_s_per_user": 1e3 / t, "cost_per_million_output_tokens": price,
+            "prefill_share": share, "prefill_to_decode_gpus": c_p / c_d,
+            "decode_tpot_ms": tpot, "decode_tokens_per_gpu_s": d,
+            "meets_slo": t <= q.tpot_ms and ttft <= q.ttft_ms,
+            "slo_margin": {"tpot_ms": q.tpot_ms - t, "ttft_ms": q.ttft_ms - ttft},
             "fidelity": {"measured_share": f["measured_share"],
                          "expected_error_pct": f["expected_error_pct"]},
-            "workload": w}
+            "workload": w})
+    return out
 
 
 def pareto(points: list[dict]) -> list[dict]:
@@ -232,9 +268,11 @@ def write_points(points: list[dict], out_dir: Path) -> list[Path]:
     paths = []
     for i, p in enumerate(points):
         path = out_dir / f"{i + 1:02d}-{p['workload']['name']}.yaml"
-        head = (f"# moesim plan: {p['config']}\n# TPOT {p['tpot_ms']:.2f} ms, "
-                f"{p['tokens_per_gpu_s']:.0f} tokens/s per GPU, TTFT (one prompt's prefill) "
-                f"{p['ttft_ms']:.0f} ms\n")
+        head = (f"# moesim plan: {p['config']}\n# this decode step: TPOT "
+                f"{p['decode_tpot_ms']:.2f} ms, {p['decode_tokens_per_gpu_s']:.0f} tokens/s per "
+                f"GPU (moesim simulate this file); served {p['mode']} with prefill: TPOT "
+                f"{p['tpot_ms']:.2f} ms, {p['tokens_per_gpu_s']:.0f} tokens/s per GPU, TTFT "
+                f"(one prompt's prefill) {p['ttft_ms']:.0f} ms\n")
         write_text_atomic(path, head + yaml.safe_dump(p["workload"], sort_keys=False),
                           "--out-dir")
         paths.append(path)

@@ -285,16 +285,18 @@ def plan_tables(res: dict) -> list[Table]:
                       fmt(p["ttft_ms"], 0), fmt(p["cost_per_million_output_tokens"], 3),
                       "meets" if p["meets_slo"] else "-",
                       f"{p['fidelity']['measured_share']:.0%}")
-    best = _table("best configuration meeting the SLO, per hardware",
+    best = _table("best configuration meeting the SLO, per hardware and serving mode",
                   ("hardware", "configuration", "tok/GPU/s", "$/M out", "TPOT margin ms",
                    "TTFT margin ms"), ("hardware", "configuration"))
-    for hw, p in res["best"].items():
-        if p is None:
-            best.add_row(hw, "none meets the SLO", "-", "-", "-", "-")
-        else:
-            best.add_row(hw, p["config"], fmt(p["tokens_per_gpu_s"], 0),
-                         fmt(p["cost_per_million_output_tokens"], 3),
-                         fmt(p["slo_margin"]["tpot_ms"], 1), fmt(p["slo_margin"]["ttft_ms"], 0))
+    for hw, modes in res["best_by_mode"].items():
+        for mode, p in modes.items():
+            if p is None:
+                best.add_row(hw, f"{mode}: none meets the SLO", "-", "-", "-", "-")
+            else:
+                best.add_row(hw, p["config"], fmt(p["tokens_per_gpu_s"], 0),
+                             fmt(p["cost_per_million_output_tokens"], 3),
+                             fmt(p["slo_margin"]["tpot_ms"], 1),
+                             fmt(p["slo_margin"]["ttft_ms"], 0))
     return [front, best]
 
 
