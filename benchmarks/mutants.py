@@ -542,8 +542,10 @@ MUTANTS: list[Mutant] = [
     Mutant(MK, "per-tensor FP8 GEMMs priced from the block-scaled tables",
            '"fp8_block" if precision.fp8_scaling == "block" else "fp8"', '"fp8_block"'),
     Mutant(MK, "only the first GEMM of a fused op priced",
-           "return worst([grid.lookup((m, n, k), roofline) for n, k in dims])",
-           "return worst([grid.lookup((m, n, k), roofline) for n, k in dims[:1]])"),
+           "parts = [grid.lookup((m, n, k), roofline) for n, k in dims]",
+           "parts = [grid.lookup((m, n, k), roofline) for n, k in dims[:1]]"),
+    Mutant(MK, "a per-tensor FP8 GEMM's input quantisation left out",
+           "parts += [quant.lookup((m, k), read_write) for _, k in dims]", "pass"),
     Mutant(TR, "DeepEP's measured time added to the modelled transfer, not in place of it",
            "latency = max(hit[0].seconds - mean_s, 0.0)", "latency = max(hit[0].seconds, 0.0)"),
 ]

@@ -184,15 +184,23 @@ def test_a_gemm_op_takes_its_measured_latency():
     assert compute_time_s(op, prof) == pytest.approx((r.latency + r2.latency) / 1e3)
 
 
-def test_fp8_scaling_picks_the_block_or_the_tensor_table():
+def test_fp8_scaling_picks_the_block_or_the_tensor_table_and_tensor_pays_its_quantisation():
     raw = _parquet("h200_sxm/gemm/sglang/0.5.14/gemm_perf.parquet")
+    quant = _parquet("h200_sxm/quantize/sglang/0.5.14/scale_matrix_perf.parquet")
+    q = quant[(quant.m == 256) & (quant.k == 7168) & (quant.quant_dtype == "fp8")]
+    assert len(q) == 1
     op = Op("L0.ffn", "gemm", m=256, gemm_nk=(4096 * 7168,), gemm_dims=((4096, 7168),),
             precision="fp8")
-    for scaling, dtype in (("block", "fp8_block"), ("tensor", "fp8")):
+    for scaling, dtype, quantised in (("block", "fp8_block", 0.0),
+                                      ("tensor", "fp8", q.latency.iloc[0])):
         r = raw[(raw.gemm_dtype == dtype) & (raw.m == 256) & (raw.n == 4096) &
                 (raw.k == 7168)].iloc[0]
         assert compute_time_s(op, _priced("h200-sxm", fp8_scaling=scaling)) == \
-            pytest.approx(r.latency / 1e3)
+            pytest.approx((r.latency + quantised) / 1e3)
+    bf16 = Op("L0.ffn", "gemm", m=256, gemm_nk=(4096 * 7168,), gemm_dims=((4096, 7168),))
+    r = raw[(raw.gemm_dtype == "bfloat16") & (raw.m == 256) & (raw.n == 4096) &
+            (raw.k == 7168)].iloc[0]
+    assert compute_time_s(bf16, _priced("h200-sxm")) == pytest.approx(r.latency / 1e3)   # none
 
 
 def test_a_grouped_expert_gemm_takes_the_moe_table_at_its_tokens_per_rank():

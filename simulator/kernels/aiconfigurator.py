@@ -113,6 +113,7 @@ def _reads(root: Path, system: str, fw: str, version: str):
         yield _gqa(base, fw, version, phase)
         yield _mla(base, fw, version, phase)
     yield _mla_bmm(base, fw, version)
+    yield _quantize(base, fw, version)
     yield _custom_all_reduce(base, fw, version)
     yield _nccl(base)
     if fw == "sglang":           # DeepEP is SGLang's all-to-all
@@ -299,6 +300,19 @@ def _mla_bmm(base: Path, fw: str, version: str) -> Read | None:
     grids, dups = _grids(df, "mla_bmm", ["op_name", "bmm_dtype", "num_heads"], ["num_tokens"],
                          "latency", 1e-3, path, lambda k: (k[0], _dtype(k[1]), k[2]))
     return Read("mla_bmm", grids, _rel(path), len(df), dups)
+
+
+def _quantize(base: Path, fw: str, version: str) -> Read | None:
+    """FP8 activation quantisation before an FP8 GEMM (the scale_matrix table: an M x K
+    activation quantised)."""
+    path = _newest(base / "quantize" / fw, "scale_matrix_perf.parquet", version)
+    if path is None:
+        return None
+    df = _frame(path)
+    _need(df, path, ["quant_dtype", "m", "k", "latency"])
+    grids, dups = _grids(df, "quantize", ["quant_dtype"], ["m", "k"], "latency", 1e-3, path,
+                         lambda k: (_dtype(k[0]),))
+    return Read("quantize", grids, _rel(path), len(df), dups)
 
 
 def _custom_all_reduce(base: Path, fw: str, version: str) -> Read | None:

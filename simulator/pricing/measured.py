@@ -4,7 +4,9 @@ the op's class and key; the caller falls back to the roofline and efficiency tab
 What each op class reads (the tables' axes and keys are aiconfigurator-core's, see
 kernels/aiconfigurator.py):
 - a GEMM op: each of its GEMMs at (M, N, K) in its dtype (BF16; FP8 block-scaled or per-tensor as
-  the workload's precision.fp8_scaling says), summed;
+  the workload's precision.fp8_scaling says), summed; a per-tensor FP8 GEMM adds the measured
+  quantisation of its BF16 input (M x K: the scale_matrix table; block-scaled GEMMs quantise
+  per token group, a kernel the package does not measure, so nothing is added);
 - a grouped expert GEMM: the whole MoE kernel at (hidden, width, top-k, experts, MoE TP, EP),
   balanced tokens, by tokens per attention rank (its routed rows / real experts per token);
 - an attention core: GQA or MLA, context or generation, by (sequences, length) at its heads,
@@ -115,7 +117,14 @@ def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
     def roofline(x: tuple[float, ...]) -> float:
         mm, n, k = x
         return max(2 * mm * n * k / peak, ((mm + n) * k * eb + mm * n * OUTPUT_BYTES) / bw)
-    return worst([grid.lookup((m, n, k), roofline) for n, k in dims])
+    parts = [grid.lookup((m, n, k), roofline) for n, k in dims]
+    quant = ms.kernels.get("quantize", ("fp8",)) \
+        if precision == "fp8" and ms.fp8_gemm == "fp8" else None
+    if quant is not None:      # a per-tensor FP8 GEMM's BF16 input: its own quantise kernel
+        def read_write(x: tuple[float, ...]) -> float:
+            return x[0] * x[1] * (OUTPUT_BYTES + 1.0) / bw
+        parts += [quant.lookup((m, k), read_write) for _, k in dims]
+    return worst(parts)
 
 
 # -- grouped expert GEMMs ---------------------------------------------------------------------
