@@ -159,7 +159,6 @@ def load_model(name: str) -> ModelSpec:
 
 def load_profile(name: str) -> HardwareProfile:
     """A HardwareProfile from hardware_profiles/ or a YAML path."""
-    from simulator.schema import HardwareProfile
     path = _resolve(name, PROFILES_DIR, "hardware profile", "hardware")
     return _located(str(path.resolve()), path.stat().st_mtime_ns)
 

@@ -11,7 +11,6 @@ from statistics import NormalDist
 
 from simulator.schema import (EfficiencyTable, HardwareProfile, ParallelPlan, RateTable,
                               ShapeEfficiencyTable)
-from simulator.errors import MoesimError
 from simulator.graph.ops import Op
 from simulator.notes import note
 from simulator.kernels.interp import log_position, note_mixed_precision
