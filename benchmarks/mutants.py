@@ -275,7 +275,7 @@ MUTANTS: list[Mutant] = [
            "routed = self.s.tokens * self.k_real / plan.ep", "routed = self.s.tokens * self.k_real"),
     Mutant(HW, "an op of several GEMMs pays one kernel latency",
            "        latency *= max(1, len(op.gemm_nk))\n", ""),
-    Mutant(PK, "FP8 ops priced at the BF16 peak", 'if precision == "fp8":', "if False:",
+    Mutant(PK, "FP8 (and FP4) ops priced at the BF16 peak", 'if precision in OPTIONAL_PEAKS:', "if False:",
            quick=True),
     Mutant(HW, "roofline adds compute and memory time",
            "return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)",

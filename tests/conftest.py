@@ -23,6 +23,17 @@ def workload(path: str, **update) -> Workload:
     return Workload.model_validate(data)
 
 
+def with_arrivals(path: Path, arrivals: str) -> str:
+    """A workload file's text with its `arrivals:` line replaced by `arrivals: {ARRIVALS}`."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip().startswith("arrivals:"):
+            indent = line[:len(line) - len(line.lstrip())]
+            line = f"{indent}arrivals: {{{arrivals}}}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def profile(name: str, **update) -> HardwareProfile:
     """A shipped profile with nested fields replaced, e.g. nic={'bandwidth_Bps': {...}}."""
     data = load_profile(name).model_dump()

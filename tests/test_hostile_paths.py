@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import with_arrivals
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "workloads" / "tiny-scmoe.yaml"
 SERVE = ROOT / "workloads" / "serving" / "deepseek-v3-h800.yaml"
@@ -137,14 +139,7 @@ def test_paths_in_a_workload_resolve_from_its_own_folder(tmp_path):
 def test_a_trace_saved_with_a_byte_order_mark_reads(tmp_path):
     (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbfarrival_s,input_tokens,output_tokens\n"
                                      b"0.0,100,10\n0.5,120,12\n")
-    text = SERVE.read_text()
-    lines = []
-    for line in text.splitlines():
-        if line.strip().startswith("arrivals:"):
-            indent = line[:len(line) - len(line.lstrip())]
-            line = f"{indent}arrivals: {{process: trace, trace: t.csv}}"
-        lines.append(line)
-    (tmp_path / "s.yaml").write_text("\n".join(lines))
+    (tmp_path / "s.yaml").write_text(with_arrivals(SERVE, "process: trace, trace: t.csv"))
     out = moesim("serve", tmp_path / "s.yaml", "--json", cwd="/")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["requests"]["arrived"] == 2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simulator.serving.run import ServingSim
-from tests.conftest import workload
+from tests.conftest import with_arrivals, workload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,14 +65,8 @@ def test_a_burst_needs_its_request_count():
 
 
 def test_serve_prints_the_makespan_and_output_tokens_per_second(tmp_path):
-    w = (ROOT / "workloads" / "serving" / "deepseek-v3-h800.yaml").read_text()
-    lines = []
-    for line in w.splitlines():
-        if line.strip().startswith("arrivals:"):
-            indent = line[:len(line) - len(line.lstrip())]
-            line = f"{indent}arrivals: {{process: burst, requests: 200}}"
-        lines.append(line)
-    (tmp_path / "b.yaml").write_text("\n".join(lines))
+    (tmp_path / "b.yaml").write_text(with_arrivals(
+        ROOT / "workloads" / "serving" / "deepseek-v3-h800.yaml", "process: burst, requests: 200"))
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "serve", str(tmp_path / "b.yaml")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -31,6 +31,16 @@ TEXT: dict[str, str] = {}          # the last rendered page's text, by file
 AXES: dict[str, list] = {}         # its figures' (x title, y title), as the browser holds them
 
 
+def _script(path: Path, js: str):
+    """What `js` returns on the rendered page at `path`."""
+    d = _driver()
+    try:
+        d.get(path.resolve().as_uri())
+        return d.execute_script(js)
+    finally:
+        d.quit()
+
+
 def _render(path: Path, shot: Path) -> tuple[int, list]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -140,16 +150,10 @@ def test_router_bias_and_sweep_figures_have_axis_titles_and_clear_legends(tmp_pa
     r = CliRunner().invoke(app, ["router-bias", "--steps", "40", "--plot", str(plot)])
     assert r.exit_code == 0, r.output
     _render(plot, tmp_path / "bias.png")
-    from selenium.webdriver.common.by import By  # noqa: F401  (the driver is loaded above)
-    d = _driver()
-    try:
-        d.get(plot.resolve().as_uri())
-        titles = d.execute_script(
-            "const l = document.querySelector('.js-plotly-plot').layout; return "
-            "[1, 2, 3].map(i => [((l['xaxis' + (i > 1 ? i : '')] || {}).title || {}).text, "
-            "((l['yaxis' + (i > 1 ? i : '')] || {}).title || {}).text])")
-    finally:
-        d.quit()
+    titles = _script(
+        plot, "const l = document.querySelector('.js-plotly-plot').layout; return "
+        "[1, 2, 3].map(i => [((l['xaxis' + (i > 1 ? i : '')] || {}).title || {}).text, "
+        "((l['yaxis' + (i > 1 ? i : '')] || {}).title || {}).text])")
     assert all(x and y for x, y in titles), titles
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"name: s\nbase: {LONGCAT}\ngrid:\n  batch_per_device: [16, 32, 64]\n")
@@ -157,17 +161,12 @@ def test_router_bias_and_sweep_figures_have_axis_titles_and_clear_legends(tmp_pa
     r = CliRunner().invoke(app, ["sweep", str(sweep), "--workers", "1", "--report", str(report)])
     assert r.exit_code == 0, r.output
     _render(report, tmp_path / "sweep.png")
-    d = _driver()
-    try:
-        d.get(report.resolve().as_uri())
-        box = d.execute_script(
-            "const p = document.querySelector('.js-plotly-plot');"
-            "const leg = p.querySelector('.legend').getBoundingClientRect();"
-            "const bar = p.querySelector('.colorbar').getBoundingClientRect();"
-            "return [leg.left, leg.right, leg.top, leg.bottom, bar.left, bar.right, bar.top,"
-            " bar.bottom]")
-    finally:
-        d.quit()
+    box = _script(
+        report, "const p = document.querySelector('.js-plotly-plot');"
+        "const leg = p.querySelector('.legend').getBoundingClientRect();"
+        "const bar = p.querySelector('.colorbar').getBoundingClientRect();"
+        "return [leg.left, leg.right, leg.top, leg.bottom, bar.left, bar.right, bar.top,"
+        " bar.bottom]")
     ll, lr, lt, lb, bl, br, bt, bb = box
     overlap = min(lr, br) > max(ll, bl) and min(lb, bb) > max(lt, bt)
     assert not overlap, box
