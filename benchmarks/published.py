@@ -27,7 +27,10 @@ from simulator.schema import Strict  # noqa: E402
 
 MANIFEST = ROOT / "benchmarks" / "published.yaml"
 Metric = Literal["decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s", "tpot_ms", "ttft_ms",
-                 "gpu_hours_per_trillion_tokens", "speedup"]
+                 "gpu_hours_per_trillion_tokens", "speedup", "train_step_s",
+                 "train_tokens_per_gpu_s", "train_tflops_per_gpu"]
+TRAINING = ("gpu_hours_per_trillion_tokens", "train_step_s", "train_tokens_per_gpu_s",
+            "train_tflops_per_gpu")
 
 
 class PublishedRow(Strict):
@@ -39,6 +42,7 @@ class PublishedRow(Strict):
     metric: Metric
     measured: float = Field(gt=0)
     kind: str
+    publisher: str = Field(min_length=2, description="who measured and published the figure")
     source: str = Field(min_length=10)
 
 
@@ -60,11 +64,8 @@ def _step_ms(path: str) -> dict:
 
 def predict(row: PublishedRow) -> float:
     """moesim's figure for a row's metric, from one simulation of its workload(s)."""
-    if row.metric == "gpu_hours_per_trillion_tokens":
-        from simulator.training.run import train
-        w = load_workload(str(ROOT / row.workload))
-        r = train(w).to_json()
-        return w.plan.gpus * r["step_time_s"] / r["tokens_per_step"] * 1e12 / 3600
+    if row.metric in TRAINING:
+        return training_metric(row.metric, str(ROOT / row.workload))
     s = _step_ms(row.workload)
     if row.metric in ("decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s"):
         return s["tokens_per_gpu_s"]
@@ -76,7 +77,20 @@ def predict(row: PublishedRow) -> float:
     return _step_ms(row.baseline)["step_time_ms"] / s["step_time_ms"]
 
 
-TIMES = ("tpot_ms", "ttft_ms", "gpu_hours_per_trillion_tokens")   # lower is faster
+def training_metric(metric: str, path: str) -> float:
+    """A training row's figure from one simulated optimizer step: GPU-hours per 10^12 tokens,
+    seconds per step, tokens/s per GPU, or model TFLOPS per GPU (moesim's model FLOPs: three
+    times the forward's, attention included, as MFU counts them)."""
+    from simulator.training.run import train
+    w = load_workload(path)
+    r = train(w).to_json()
+    step, tokens, gpus = r["step_time_s"], r["tokens_per_step"], w.plan.gpus
+    return {"gpu_hours_per_trillion_tokens": gpus * step / tokens * 1e12 / 3600,
+            "train_step_s": step, "train_tokens_per_gpu_s": tokens / gpus / step,
+            "train_tflops_per_gpu": r["model_tflops_per_gpu"]}[metric]
+
+
+TIMES = ("tpot_ms", "ttft_ms", "gpu_hours_per_trillion_tokens", "train_step_s")  # lower: faster
 
 
 def signed_error(row: PublishedRow, predicted: float) -> float:
@@ -100,19 +114,26 @@ def run(rows: list[PublishedRow]) -> list[dict]:
     return out
 
 
-def source_name(source: str) -> str:
-    """The publisher of a source string (the text before its first comma)."""
-    return source.split(",")[0].strip()
-
-
 def summary(results: list[dict]) -> dict:
     """Median and largest |error|, the distinct sources, and whether the decode rows err both
     ways (some optimistic, some pessimistic)."""
     errs = [abs(r["error"]) for r in results]
     decode = [r["optimistic"] for r in results if r["kind"].startswith("decode")]
-    return {"rows": len(results), "sources": len({source_name(r["source"]) for r in results}),
+    by_kind: dict[str, list[dict]] = {}
+    for r in results:
+        by_kind.setdefault(row_kind(r), []).append(r)
+    return {"rows": len(results), "publishers": len({r["publisher"] for r in results}),
             "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
-            "decode_errors_both_ways": any(decode) and not all(decode)}
+            "decode_errors_both_ways": any(decode) and not all(decode),
+            "by_kind": {k: {"rows": len(v),
+                            "median_abs_error": statistics.median(abs(r["error"]) for r in v),
+                            "share_optimistic": sum(r["optimistic"] for r in v) / len(v)}
+                        for k, v in sorted(by_kind.items())}}
+
+
+def row_kind(row: dict) -> str:
+    """decode, prefill, training or speedup: the first word of a row's kind."""
+    return row["kind"].split(",")[0].split()[0].lower() if row["kind"] else "other"
 
 
 def table(results: list[dict]) -> str:
@@ -152,13 +173,16 @@ def main() -> None:
     results = run(load_manifest())
     s = summary(results)
     print(table(results))
-    print(f"\n{s['rows']} rows from {s['sources']} sources: median |error| "
+    print(f"\n{s['rows']} rows from {s['publishers']} publishers: median |error| "
           f"{s['median_abs_error']:.1%}, largest {s['max_abs_error']:.1%}; decode rows err both "
           f"ways: {s['decode_errors_both_ways']}")
+    for kind, k in s["by_kind"].items():
+        print(f"  {kind}: {k['rows']} rows, median |error| {k['median_abs_error']:.1%}, "
+              f"{k['share_optimistic']:.0%} optimistic")
     if args.report:
         from simulator.outputs.report import write_figures
         write_figures([error_figure(results)], "moesim against published deployments",
-                      args.report, f"<p>{s['rows']} rows from {s['sources']} sources; median "
+                      args.report, f"<p>{s['rows']} rows from {s['publishers']} publishers; median "
                       f"|error| {s['median_abs_error']:.1%} (docs/accuracy.md s10)</p>")
     if args.json:
         from simulator.atomic import write_text_atomic

@@ -177,7 +177,7 @@ def import_hf_config(path: Path, name: str | None = None) -> ModelSpec:
         raise MoesimError("config.json model_type", f"{family!r} is not a supported family",
                           f"supported: {', '.join(FAMILIES)}")
     data = FAMILIES[family](cfg)
-    data["name"] = name or str(cfg.get("_name_or_path") or "") or Path(path).parent.name or family
+    data["name"] = name or str(cfg.get("_name_or_path") or "") or _name_from_path(path) or family
     try:
         return parse(ModelSpec, data, f"imported {path}")
     except MoesimError as exc:
@@ -219,3 +219,13 @@ def spec_to_yaml(spec: ModelSpec) -> str:
     data = spec.model_dump(exclude_defaults=True)
     data.setdefault("name", spec.name)
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _name_from_path(path: str) -> str:
+    """A model name from its config file's path: 'org--Model_config.json' (a saved hub file)
+    gives 'Model'; a plain 'config.json' takes its folder's name."""
+    p = Path(path)
+    stem = p.stem
+    if stem != "config" and stem.endswith("config"):
+        return stem[: -len("config")].rstrip("_-.").split("--")[-1]
+    return p.parent.name

@@ -19,7 +19,8 @@ from simulator.graph import unfused
 from simulator.graph.ops import Op, Shape, active_experts, compute_class
 from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
                                     is_moe_layer, local_kv_heads)
-from simulator.schema import AttentionSpec, ModelSpec, ParallelPlan, Precision
+from simulator.schema import (TRAINING_PHASES, AttentionSpec, ModelSpec, ParallelPlan,
+                              Precision)
 
 ROUTER_WEIGHT_BYTES = 4     # routers are kept in fp32 whatever the weight precision (DeepSeek-V3 s3.3)
 
@@ -143,6 +144,11 @@ class _Builder:
                 kv_read = (t + s.sequences * s.cached) * kv_elems * p.kv_bytes
         wb, ab = p.weight_bytes, p.activation_bytes
         proj_w = sum(proj_nk)
+        sp = self.sequence_parallel()
+        if sp > 1:      # gather the sequence's other shards before the head-split GEMMs
+            after = self.add(Op(f"L{layer}.{block}.sp_all_gather", "collective",
+                                bytes=t * h * ab * (sp - 1), collective="all_gather",
+                                group="tp", layer=layer, block=block), after)
         qkv = self.add(Op(f"L{layer}.{block}.qkv_proj", "gemm", flops=2 * t * proj_w,
                           bytes=proj_w * wb + t * h * ab, weight_bytes=proj_w * wb, m=t,
                           layer=layer, block=block, gemm_nk=proj_nk, gemm_dims=proj_dims),
@@ -170,7 +176,19 @@ class _Builder:
                           layer=layer, block=block, gemm_nk=(o_w,),
                           gemm_dims=((h, o_w // h),)), core,
                        extra=unfused.residual_after(t, h))
+        if sp > 1:      # and scatter the summed output back to the sequence's shards
+            out = self.add(Op(f"L{layer}.{block}.sp_reduce_scatter", "collective",
+                              bytes=t * h * ab * (sp - 1), collective="reduce_scatter",
+                              group="tp", layer=layer, block=block), out)
         return self.all_reduce(layer, block, out)
+
+    def sequence_parallel(self) -> int:
+        """GPUs that split attention's heads in training (Megatron's tp with sequence
+        parallelism: each holds 1/tp of the tokens outside the GEMMs, so attention is
+        all-gathered before and reduce-scattered after; its GEMMs are priced at this GPU's
+        tokens over all heads, the same FLOPs as all tokens over 1/tp of the heads); 1 else."""
+        train = self.s.phase in TRAINING_PHASES and self.plan.attention_tp == 1
+        return self.plan.tp if train else 1
 
     def all_reduce(self, layer: int, block: str, after: str) -> str:
         """The all-reduce that ends a block under tensor-parallel attention (a ring's bytes

@@ -2,8 +2,8 @@
 base (Strict, Sourced, tables) <- model, hardware, deployment <- serving, training <- workload."""
 from simulator.schema.base import (ATTENTION_KERNELS, AttentionTable, EfficiencyTable,
                                    RateTable, ShapeEfficiencyTable, Sourced, Strict)
-from simulator.schema.deployment import (MTPConfig, ParallelPlan, Phase, Precision,
-                                         RoutingSpec, RuntimeSpec)
+from simulator.schema.deployment import (TRAINING_PHASES, MTPConfig, ParallelPlan, Phase,
+                                         Precision, RoutingSpec, RuntimeSpec)
 from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProfile,
                                        Idealizations, LinkSpec, MeasuredKernels,
                                        NetworkSpec)
@@ -14,7 +14,7 @@ from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, Serving
 from simulator.schema.training import TrainingSpec
 from simulator.schema.workload import Workload
 
-__all__ = ["ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
+__all__ = ["TRAINING_PHASES", "ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",

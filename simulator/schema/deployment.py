@@ -9,6 +9,7 @@ from simulator.schema.base import Sourced, Strict
 from simulator.schema.model import ComputePrecision
 
 Phase = Literal["prefill", "decode", "train_fwd", "train_bwd"]
+TRAINING_PHASES = ("train_fwd", "train_bwd")
 
 
 class ParallelPlan(Strict):

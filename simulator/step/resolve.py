@@ -10,7 +10,8 @@ from simulator.graph.ops import Shape
 from simulator.loading import load_model, load_profile
 from simulator.pricing.measured import select as select_measured
 from simulator.pricing.routing import ep_nodes
-from simulator.schema import COMPUTE_CLASSES, HardwareProfile, ModelSpec, Workload
+from simulator.schema import (COMPUTE_CLASSES, TRAINING_PHASES, HardwareProfile, ModelSpec,
+                              Workload)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,16 @@ def check_plan(w: Workload, model: ModelSpec) -> None:
     if w.phase != "decode" and w.context_length % plan.cp:
         raise MoesimError("plan.cp", f"cp {plan.cp} does not divide the sequence length "
                           f"{w.context_length}", "choose a cp that divides context_length")
+    if w.phase in TRAINING_PHASES and plan.tp > 1:
+        if plan.attention_tp > 1:
+            raise MoesimError("plan.attention_tp", "training's tp is Megatron's tensor + "
+                              "sequence parallelism, which already splits attention over the "
+                              "tp GPUs", "drop attention_tp from a training plan")
+        if w.context_length % (plan.cp * plan.tp):
+            raise MoesimError("plan.tp", f"sequence parallelism splits each sequence over cp x "
+                              f"tp = {plan.cp * plan.tp} GPUs, which does not divide the "
+                              f"sequence length {w.context_length}",
+                              "choose tp and cp whose product divides context_length")
 
 
 def resolve(w: Workload, model: ModelSpec | None = None,
@@ -127,19 +138,29 @@ def resolve(w: Workload, model: ModelSpec | None = None,
                     compute, with_head, traffic_cache if traffic_cache is not None else {})
 
 
+def sequence_split(w: Workload) -> int:
+    """GPUs one sequence's tokens are split over in a pass: cp, and in training also tp
+    (Megatron's sequence parallelism: outside attention's and the FFN's tensor-parallel GEMMs
+    each of the tp GPUs holds 1/tp of the tokens)."""
+    sp = w.plan.tp if w.phase in TRAINING_PHASES else 1
+    return w.plan.cp * sp
+
+
 def prefill_shape(w: Workload) -> Shape:
     """A prefill or training pass: the prompt's computed tokens (all but the prefix-cache hits)
-    split over cp ranks, attending to the whole prompt."""
+    split over cp ranks (and, in training, tp ranks: `sequence_split`), attending to the whole
+    prompt."""
     cached = round(w.context_length * w.prefix_hit_rate) if w.phase == "prefill" else 0
     if w.prefix_hit_rate and w.phase != "prefill":
         raise MoesimError("prefix_hit_rate", f"applies to prefill, not phase {w.phase}",
                           "drop prefix_hit_rate, or set phase: prefill")
     computed = w.context_length - cached
-    if computed < w.plan.cp:
+    split = sequence_split(w)
+    if computed < split:
         raise MoesimError("prefix_hit_rate", f"{w.prefix_hit_rate} of a {w.context_length}-token "
-                          f"prompt leaves {computed} tokens to compute on {w.plan.cp} cp ranks",
+                          f"prompt leaves {computed} tokens to compute on {split} cp ranks",
                           "lower prefix_hit_rate or use a longer context_length")
-    return Shape(w.phase, w.batch_per_device, computed // w.plan.cp, w.context_length, cached)
+    return Shape(w.phase, w.batch_per_device, computed // split, w.context_length, cached)
 
 
 def _check_routing(w: Workload, model: ModelSpec) -> None:

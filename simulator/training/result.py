@@ -56,6 +56,7 @@ class TrainResult:
     dp_exposed_s: float
     optimizer_s: float
     a2a_exposed_s_per_step: float
+    model_tflops_per_gpu: float      # model FLOPs (3 x forward) per GPU-second, in 10^12
     notes: tuple[str, ...] = ()
     fidelity: dict = field(default_factory=dict)   # measured share of a micro-batch's passes
 
@@ -67,6 +68,7 @@ class TrainResult:
             "gpus": self.gpus, "schedule": self.schedule, "pipeline": self.pipeline,
             "fidelity": self.fidelity,
             "step_time_s": self.step_time_s, "mfu": self.mfu,
+            "model_tflops_per_gpu": self.model_tflops_per_gpu,
             "tokens_per_day": self.tokens_per_day,
             "exposed_comm_fraction": self.exposed_comm_fraction,
             "bubble_fraction": self.bubble_fraction, "peak_memory_gb": mem.total / 1e9,

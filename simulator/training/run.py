@@ -30,10 +30,10 @@ SECONDS_PER_DAY = 86400.0
 # input, Q, K, V, output-projection input, its dropout mask), two norm inputs 2 h, and the
 # FFN by its real width: a SwiGLU of width f keeps its input h, its gate/up output 2 f and the
 # activation's output f; each routed or shared expert copy of a token likewise (h + 3 i).
-# moesim's tp splits dense FFNs only (attention is data-parallel over sequences), with the
-# FFN input kept as the rank's own shard, so a rank's count per own token does not change with
-# tp (Megatron's tensor-parallel attention with sequence parallelism, which would divide all
-# of it by tp, is not a plan moesim expresses). Selective
+# Training's tp is Megatron's tensor parallelism with sequence parallelism: every tensor a
+# layer keeps is split over the tp GPUs (the GEMM inputs as sequence shards, the rest by heads
+# or columns), so a rank keeps these elements for each of its 1/(cp tp) share of the tokens.
+# Selective
 # recomputation re-runs the norms and the FFN activation function, so it drops the norm inputs
 # and the activation outputs (f, or i per copy); full recomputation keeps only the layer input
 # and output (2 h).
@@ -69,13 +69,14 @@ def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, in
                           "choose a pp that divides num_layers, or set training.uneven_stages: true")
     if plan.pp > layers:
         raise MoesimError("plan.pp", f"pp {plan.pp} exceeds the {layers} layers", "lower pp")
-    dp = plan.gpus // plan.pp              # ranks of a stage, each with its own tokens (cp chunks)
-    per_step = t.micro_batch_sequences * dp // plan.cp
+    dp = plan.gpus // plan.pp       # ranks of a stage, each with its own tokens (cp x tp shards)
+    per_step = t.micro_batch_sequences * dp // (plan.cp * plan.tp)
     if t.global_batch_sequences % per_step:
         raise MoesimError("training.global_batch_sequences",
                           f"{t.global_batch_sequences} sequences do not split into micro-batches "
-                          f"of {t.micro_batch_sequences} on {dp // plan.cp} data-parallel ranks "
-                          f"({per_step} per round)", f"use a multiple of {per_step}")
+                          f"of {t.micro_batch_sequences} on {dp // (plan.cp * plan.tp)} "
+                          f"data-parallel ranks ({per_step} per round)",
+                          f"use a multiple of {per_step}")
     m = t.global_batch_sequences // per_step
     wrong = [why for bad, why in (
         (plan.pp % 2, f"an even pp (this plan has pp {plan.pp})"),
@@ -96,7 +97,7 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     c = count_params(model)
     share = stage_layers / model.num_layers
     h = model.hidden_size
-    replicated = replicated_params(model, plan.tp, c) * share + c.embedding / plan.pp
+    replicated = replicated_params(model, plan.tp, c, plan.tp) * share + c.embedding / plan.pp
     experts = c.expert_total * share / plan.ep
     shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
     shard_exp = plan.gpus // (plan.pp * plan.ep)          # ranks holding the same experts
@@ -110,7 +111,7 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     params = sharded(replicated, experts, t.zero_stage >= 3) * wb
     grads = sharded(replicated, experts, t.zero_stage >= 2) * t.grad_bytes
     optim = sharded(replicated, experts, t.zero_stage >= 1) * t.optimizer_bytes_per_param
-    tokens = t.micro_batch_sequences * w.context_length / plan.cp
+    tokens = t.micro_batch_sequences * w.context_length / (plan.cp * plan.tp)
     kept = sum(kept_per_token(model, i, t.recompute)
                for i in range(model.num_layers)) / model.num_layers
     per_layer = tokens * kept * w.precision.activation_bytes
@@ -144,7 +145,7 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
     rate."""
     from simulator.graph.params import is_moe_layer
     from simulator.pricing.hardware import memory_rate
-    tokens = t.micro_batch_sequences * w.context_length / w.plan.cp
+    tokens = t.micro_batch_sequences * w.context_length / (w.plan.cp * w.plan.tp)
     h = model.hidden_size
     elems = 0.0
     for i in range(model.num_layers):
@@ -152,7 +153,7 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
         blocks = blocks_per_layer(model, moe_layer=moe)
         elems += blocks * 2 * 2 * h                                   # norms: read + write
         dense = blocks if (not moe or model.layer_kind == "shortcut") else 0
-        elems += dense * 3 * model.dense_intermediate / w.plan.tp
+        elems += dense * 3 * model.dense_intermediate
         if moe and model.moe:
             elems += model.moe.mean_real_experts * 3 * model.moe.expert_intermediate
     nbytes = tokens * elems * w.precision.activation_bytes * stage_layers / model.num_layers
@@ -204,8 +205,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
         b_s += f_s
     elif t.recompute == "selective":
         b_s += selective_recompute_s(w, t, model, prof, stage_layers)
-    act_bytes = t.micro_batch_sequences * w.context_length / plan.cp * model.hidden_size * \
-        w.precision.activation_bytes
+    act_bytes = t.micro_batch_sequences * w.context_length / (plan.cp * plan.tp) * \
+        model.hidden_size * w.precision.activation_bytes
     p2p = prof.nic.latency_s.value + act_bytes / prof.nic.bandwidth_Bps.value if plan.pp > 1 else 0
     if t.pipeline == "dualpipe":       # a forward's all-to-all hides under the paired backward
         hidden = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale
@@ -248,9 +249,10 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
         bubble_fraction=pipe.bubble_fraction, memory=mem, days_to_train=days,
         cost_usd=days * 24 * plan.gpus * prof.price_per_gpu_hour.value,
         tokens_to_train=total_tokens, tokens_per_step=tokens_per_step, micro_batches=m,
-        dp=dp // plan.cp, stage_layers=stage_layers, forward_s_per_microbatch=f_s,
+        dp=dp // (plan.cp * plan.tp), stage_layers=stage_layers, forward_s_per_microbatch=f_s,
         backward_s_per_microbatch=b_s + w_s, weight_grad_s_per_microbatch=w_s,
         dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=per_mb_exposed * m,
+        model_tflops_per_gpu=model_flops / (plan.gpus * step_s) / 1e12,
         notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
 
 
