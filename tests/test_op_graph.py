@@ -77,7 +77,7 @@ def test_backward_doubles_gemm_flops_and_reverses_edges():
     plan = ParallelPlan(gpus=8, gpus_per_node=8, ep=8)
     shape = Shape("train_fwd", 2, 4096, 4096)
     fwd = build_forward(m, plan, PREC, shape, 2.0, layers=2)
-    bwd = build_backward(fwd)
+    bwd = build_backward(fwd, PREC)
     gemm = lambda g: sum(g.nodes[n]["op"].flops for n in g
                          if g.nodes[n]["op"].kind in ("gemm", "grouped_gemm"))
     assert abs(gemm(bwd) - 2 * gemm(fwd)) < 1e-6 * gemm(fwd)
@@ -86,6 +86,63 @@ def test_backward_doubles_gemm_flops_and_reverses_edges():
     assert nx.is_directed_acyclic_graph(bwd)
     wgrads = [n for n in bwd if n.endswith(".wgrad")]
     assert wgrads and all(bwd.out_degree(n) == 0 for n in wgrads)
+
+
+def test_backward_gemms_have_their_own_shapes_and_bytes_by_hand():
+    # Mixtral: h 4096, experts 14336 wide, 8 KV heads of 128; one micro-batch of 2 x 4096
+    # tokens on a GPU, EP 8, top-2 (2 real experts per token), BF16 weights
+    m = load_model("mixtral-8x7b")
+    plan = ParallelPlan(gpus=8, gpus_per_node=8, ep=8)
+    t, h, i = 2 * 4096, 4096, 14336
+    fwd = build_forward(m, plan, PREC, Shape("train_fwd", 2, 4096, 4096), 2.0, layers=1,
+                        with_head=False)
+    bwd = build_backward(fwd, PREC)
+    o = fwd.nodes["L0.attn.o_proj"]["op"]                  # Y[t, h] = X[t, 32 x 128] W
+    d, w = bwd.nodes["L0.attn.o_proj.dgrad"]["op"], bwd.nodes["L0.attn.o_proj.wgrad"]["op"]
+    assert o.gemm_dims == ((h, 4096),)
+    assert d.gemm_dims == ((4096, h),) and d.m == t        # dX[t, 4096] = dY[t, h] W^T
+    assert w.gemm_dims == ((4096, t),) and w.gemm_rows == (h,)   # dW[h, 4096], inner t
+    assert d.flops == w.flops == o.flops == 2 * t * h * 4096
+    # the weight gradient reads the activations and reads + writes the FP32 main gradient
+    assert w.weight_bytes == h * 4096 * 2 * 4
+    assert w.bytes == o.bytes - o.weight_bytes + h * 4096 * 8
+    # the experts' weight gradient: every local expert's FP32 gradient, read and written
+    e = fwd.nodes["L0.moe.experts"]["op"]
+    ew = bwd.nodes["L0.moe.experts.wgrad"]["op"]
+    weights = e.weight_bytes / 2
+    assert weights == pytest.approx(1 * 3 * h * i)      # 8 experts over EP 8: one, all hit
+    assert ew.bytes - ew.weight_bytes == pytest.approx(e.bytes - e.weight_bytes)
+    assert ew.weight_bytes == pytest.approx(3 * h * i * 8)
+    assert all(op.cast_bytes == 0 for _, op in bwd.nodes(data="op"))   # BF16: no casts
+
+
+def test_fp8_training_casts_every_gemm_input_by_hand():
+    # FP8 dense and expert GEMMs: the forward casts each GEMM's input X (rows x K), the input
+    # gradient casts dY (rows x N): 4 bytes an element block-scaled (read 2, write 1 row-wise
+    # and 1 column-wise), 6 per-tensor (one more read for the amax)
+    m = load_model("mixtral-8x7b")
+    plan = ParallelPlan(gpus=8, gpus_per_node=8, ep=8)
+    t, h, i = 4096, 4096, 14336
+    for scaling, per in (("block", 4), ("tensor", 6)):
+        prec = Precision(fp8_scaling=scaling,
+                         compute={"dense_gemm": "fp8", "expert_gemm": "fp8"})
+        fwd = build_forward(m, plan, prec, Shape("train_fwd", 1, 4096, 4096), 2.0, layers=1,
+                            with_head=False, compute={"dense_gemm": "fp8", "expert_gemm": "fp8"})
+        bwd = build_backward(fwd, prec)
+        qkv = fwd.nodes["L0.attn.qkv_proj"]["op"]          # X[t, h] -> (32 + 2 x 8) x 128
+        assert qkv.cast_bytes == t * h * per
+        assert bwd.nodes["L0.attn.qkv_proj.dgrad"]["op"].cast_bytes == t * 48 * 128 * per
+        assert bwd.nodes["L0.attn.qkv_proj.wgrad"]["op"].cast_bytes == 0
+        e = fwd.nodes["L0.moe.experts"]["op"]              # 2 t routed rows: h in, i down
+        assert e.cast_bytes == pytest.approx(2 * t * (h + i) * per)
+        ed = bwd.nodes["L0.moe.experts.dgrad"]["op"]       # dY: 2 i up/gate, h down
+        assert ed.cast_bytes == pytest.approx(2 * t * (2 * i + h) * per)
+        router = fwd.nodes["L0.moe.router"]["op"]
+        assert router.cast_bytes == 0                       # the router stays in BF16
+    # inference never casts here (serving prices a per-tensor GEMM's quantise from its table)
+    dec = build_forward(m, plan, prec, DECODE, 2.0, layers=1, with_head=False,
+                        compute={"dense_gemm": "fp8", "expert_gemm": "fp8"})
+    assert all(op.cast_bytes == 0 for _, op in dec.nodes(data="op"))
 
 
 def test_prefill_attention_is_quadratic_in_prompt():

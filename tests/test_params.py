@@ -52,6 +52,8 @@ def _models():
 def test_memory_and_training_count_the_same_weights(model):
     # Inference memory (weights at 1 byte, no MTP) and training's parameters (ZeRO 0, one
     # stage, 1 byte) are one device's weights; they must agree for every model and layout.
+    # Training's tp splits attention too (Megatron's tensor parallelism): inference's
+    # tensor-parallel attention holds the same shards.
     from simulator.graph.memory import inference_memory
     from simulator.graph.ops import Shape
     from simulator.schema import ParallelPlan, Precision, TrainingSpec, Workload
@@ -59,7 +61,8 @@ def test_memory_and_training_count_the_same_weights(model):
     ep = 8 if model.moe else 1
     plan = ParallelPlan(gpus=8, gpus_per_node=8, tp=1 if model.moe else 8, ep=ep)
     prec = Precision(weight_bytes=1)
-    inf = inference_memory(model, plan, prec, Shape("decode", 1, 1, 1), False)
+    inf_plan = plan if model.moe else plan.model_copy(update={"attention_tp": 8})
+    inf = inference_memory(model, inf_plan, prec, Shape("decode", 1, 1, 1), False)
     t = TrainingSpec(global_batch_sequences=8, zero_stage=0)
     w = Workload(model="x", hardware="h800", plan=plan, batch_per_device=1, context_length=16,
                  precision=prec, training=t)

@@ -114,3 +114,49 @@ def test_train_cli(tmp_path):
         assert key in m
     r = CliRunner().invoke(app, ["train", LC, "--tokens", "twenty"])
     assert r.exit_code == 2 and "--tokens" in r.output
+
+
+def test_data_parallel_exposure_by_zero_stage_by_hand():
+    from simulator.training.run import dp_exposed_s
+    # f 1 s, b 2 s per micro-batch; a reduce-scatter of 3 s, an all-gather of 1.5 s
+    assert dp_exposed_s(0, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx(2 * 3.0 - 2.0)
+    assert dp_exposed_s(1, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx((3.0 - 2.0) + (1.5 - 1.0))
+    assert dp_exposed_s(2, 4, 1.0, 2.0, 1.0, 0.5) == 0.0        # all hidden
+    # FSDP: every micro-batch gathers for its forward and backward and scatters its gradients
+    assert dp_exposed_s(3, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx(4 * (0.5 + 2.5))
+
+
+def test_data_parallel_bandwidth_is_the_nics_achieved_rate_on_large_messages():
+    from simulator.training.run import dp_transfer_s
+    prof = profile("h100-sxm")
+    bw = prof.nic.bandwidth_Bps.value
+    big = 8e9                                 # 8 GB over 16 ranks: far above the table's top
+    assert dp_transfer_s(prof, big, 16) == pytest.approx(big / bw)
+    # below the table's top the collective-efficiency roll-off applies, relative to its top
+    pts = prof.collective_efficiency.points
+    size = pts[1][0] * 3                       # bytes per peer at the table's second point
+    assert dp_transfer_s(prof, size, 4) == pytest.approx(size / (bw * pts[1][1] / pts[-1][1]))
+
+
+def test_fp8_casts_and_weight_gradients_are_priced_by_hand():
+    from dataclasses import replace
+    from simulator.graph.ops import Op
+    from simulator.pricing.hardware import compute_time_s, memory_rate
+    prof = profile("h800")                    # no measured tables: the roofline path
+    op = Op("x", "gemm", flops=2 * 4096 * 4096 * 4096, bytes=3 * 4096 * 4096 * 2.0,
+            weight_bytes=4096 * 4096 * 2.0, m=4096, gemm_nk=(4096 * 4096,),
+            gemm_dims=((4096, 4096),), precision="fp8")
+    cast = 4096 * 4096 * 4.0
+    with_cast = compute_time_s(replace(op, cast_bytes=cast), prof)
+    assert with_cast - compute_time_s(op, prof) == pytest.approx(
+        prof.kernel_latency_s.value + cast / memory_rate(prof, cast), rel=1e-9)
+    # a weight gradient over 16 tokens, priced from H100's measured GEMMs (dW[4096, 4096] with
+    # inner dimension 16), is bound by its FP32 main-gradient bytes (read + write)
+    from simulator.pricing.measured import select
+    from simulator.schema import Precision, RuntimeSpec
+    h100 = profile("h100-sxm")
+    h100 = h100.with_measured(select(h100, RuntimeSpec(), Precision()))
+    w = replace(op, flops=2 * 16 * 4096 * 4096, m=16, tags=("wgrad",), precision="bf16",
+                bytes=2 * 16 * 4096 * 2 + 4096 * 4096 * 8.0, weight_bytes=4096 * 4096 * 8.0,
+                gemm_dims=((4096, 16),), gemm_rows=(4096,))
+    assert compute_time_s(w, h100) == pytest.approx(w.bytes / memory_rate(h100, w.bytes))

@@ -24,18 +24,35 @@ def gemm_times_s(op: Op, prof: HardwareProfile, flops: np.ndarray, m: np.ndarray
     """hardware.compute_time_s of the GEMM `op` with each element's flops, m, bytes and
     weight_bytes in place of its own (its measured time where the runtime's tables hold it,
     else latency + max(compute, memory) roofline)."""
+    cast = cast_times_s(op, prof, flops)
     if op.kind == "grouped_gemm" and moe_lookup(prof, op, 1.0) is not None:
         rows = flops / (2 * sum(op.gemm_nk))          # measured.routed_rows of each rank
-        hits = [moe_lookup(prof, op, float(r)) for r in rows]
-        extra = eager_extra_s(op, prof)
-        return np.array([h.seconds + extra for h in hits if h is not None])
+        hits = np.array([h.seconds for h in (moe_lookup(prof, op, float(r)) for r in rows)
+                         if h is not None])
+        if "wgrad" in op.tags:     # no slower than its main-gradient accumulation's bytes
+            hits = np.maximum(hits, nbytes / memory_rates(prof, nbytes))
+        return hits + cast + eager_extra_s(op, prof)
     mem_bytes = nbytes if prof.idealizations.gemm_weight_floor else nbytes - weight_bytes
-    bw = prof.hbm_bandwidth_Bps.value * (
-        efficiencies(prof.memory_efficiency, mem_bytes, "bytes moved")
-        if prof.memory_efficiency is not None else prof.hbm_efficiency.value)
+    bw = memory_rates(prof, mem_bytes)
     latency = prof.kernel_latency_s.value * max(1, len(op.gemm_nk))
     t_c = flops / (peak_flops(prof, op.precision) * gemm_efficiencies(op, prof, m))
-    return latency + np.maximum(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
+    return latency + np.maximum(t_c, mem_bytes / bw) + cast + eager_extra_s(op, prof)
+
+
+def memory_rates(prof: HardwareProfile, nbytes: np.ndarray) -> np.ndarray:
+    """hardware.memory_rate of each element's bytes."""
+    return prof.hbm_bandwidth_Bps.value * (
+        efficiencies(prof.memory_efficiency, nbytes, "bytes moved")
+        if prof.memory_efficiency is not None else prof.hbm_efficiency.value)
+
+
+def cast_times_s(op: Op, prof: HardwareProfile, flops: np.ndarray) -> np.ndarray | float:
+    """hardware.cast_time_s of the op with each element's share of its rows (its FLOPs)."""
+    if op.cast_bytes <= 0 or op.flops <= 0:
+        return 0.0
+    nbytes = op.cast_bytes * flops / op.flops
+    return max(1, len(op.gemm_nk)) * prof.kernel_latency_s.value + \
+        nbytes / memory_rates(prof, np.maximum(nbytes, 1.0))
 
 
 def gemm_efficiencies(op: Op, prof: HardwareProfile, m: np.ndarray) -> np.ndarray:

@@ -44,7 +44,10 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
     tables hold it (pricing/measured.py), else latency + max(compute, memory) roofline."""
     hit = compute_lookup(op, prof)
     if hit is not None:
-        return hit.seconds + eager_extra_s(op, prof)
+        t = hit.seconds
+        if "wgrad" in op.tags:        # no slower than its main-gradient accumulation's bytes
+            t = max(t, op.bytes / memory_rate(prof, op.bytes))
+        return t + cast_time_s(op, prof) + eager_extra_s(op, prof)
     floor = prof.idealizations.gemm_weight_floor
     peak = peak_flops(prof, op.precision)
     mem_bytes = op.bytes if floor else op.bytes - op.weight_bytes
@@ -67,7 +70,17 @@ def compute_time_s(op: Op, prof: HardwareProfile) -> float:
         t_c = 0.0
     else:
         raise ValueError(f"{op.name} is not a compute op")
-    return latency + max(t_c, mem_bytes / bw) + eager_extra_s(op, prof)
+    return latency + max(t_c, mem_bytes / bw) + cast_time_s(op, prof) + eager_extra_s(op, prof)
+
+
+def cast_time_s(op: Op, prof: HardwareProfile) -> float:
+    """Training FP8's quantise passes over a GEMM's inputs (Op.cast_bytes): one memory-bound
+    kernel per GEMM the op holds, at the memory rate of their bytes."""
+    if op.cast_bytes <= 0:
+        return 0.0
+    kernels = max(1, len(op.gemm_nk))
+    return kernels * prof.kernel_latency_s.value + op.cast_bytes / memory_rate(prof,
+                                                                                op.cast_bytes)
 
 
 def attention_table_time_s(op: Op, peak: float, prof: HardwareProfile) -> float:

@@ -104,12 +104,15 @@ def _gemm_grid(ms: MeasuredPricing, precision: str) -> KernelGrid | None:
 
 
 def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
-                dims: tuple[tuple[float, float], ...]) -> Lookup | None:
-    """The measured time of GEMMs of M rows and these (N, K), run one after another."""
+                dims: tuple[tuple[float, float], ...], rows: tuple[float, ...] = (),
+                quantize: bool = True) -> Lookup | None:
+    """The measured time of GEMMs of M rows (or each its own `rows`) and these (N, K), run one
+    after another; `quantize`: a per-tensor FP8 GEMM pays its input's quantise kernel."""
     ms = prof.measured
     grid = _gemm_grid(ms, precision) if ms is not None and dims and m > 0 else None
     if grid is None:
         return None
+    ms_rows = rows or (m,) * len(dims)
     peak = peak_flops(prof, precision)
     eb = ELEMENT_BYTES[precision]
     bw = prof.hbm_bandwidth_Bps.value
@@ -117,13 +120,13 @@ def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
     def roofline(x: tuple[float, ...]) -> float:
         mm, n, k = x
         return max(2 * mm * n * k / peak, ((mm + n) * k * eb + mm * n * OUTPUT_BYTES) / bw)
-    parts = [grid.lookup((m, n, k), roofline) for n, k in dims]
+    parts = [grid.lookup((mm, n, k), roofline) for mm, (n, k) in zip(ms_rows, dims)]
     quant = ms.kernels.get("quantize", ("fp8",)) \
-        if precision == "fp8" and ms.fp8_gemm == "fp8" else None
+        if quantize and precision == "fp8" and ms.fp8_gemm == "fp8" else None
     if quant is not None:      # a per-tensor FP8 GEMM's BF16 input: its own quantise kernel
         def read_write(x: tuple[float, ...]) -> float:
             return x[0] * x[1] * (OUTPUT_BYTES + 1.0) / bw
-        parts += [quant.lookup((m, k), read_write) for _, k in dims]
+        parts += [quant.lookup((mm, k), read_write) for mm, (_, k) in zip(ms_rows, dims)]
     return worst(parts)
 
 
@@ -220,8 +223,10 @@ def compute_lookup(op: Op, prof: HardwareProfile) -> Lookup | None:
     """A compute op's measured time, or None where no table holds its class and key."""
     if prof.measured is None:
         return None
-    if op.kind == "gemm":
-        return gemm_lookup(prof, op.precision, op.m, op.gemm_dims)
+    if op.kind == "gemm":       # training prices its FP8 casts itself (Op.cast_bytes)
+        training = op.cast_bytes > 0 or "dgrad" in op.tags or "wgrad" in op.tags
+        return gemm_lookup(prof, op.precision, op.m, op.gemm_dims, op.gemm_rows,
+                           quantize=not training)
     if op.kind == "grouped_gemm":
         return moe_lookup(prof, op, routed_rows(op))
     if op.kind == "attention":

@@ -46,7 +46,7 @@ def build_step_graph(r: Resolved, schedule: str, layers: int | None = None) -> n
                             into=None if backward else g, layers=layers,
                             tail_at=r.model.num_layers, ep_kernel=kernel_for(w))
         if backward:
-            build_backward(fwd, into=g)
+            build_backward(fwd, w.precision, into=g)
     return g
 
 
@@ -212,7 +212,7 @@ def _shape_key(op) -> tuple:
     return (op.kind, op.flops, op.bytes, op.weight_bytes, op.m, op.collective, op.group,
             op.scores, op.kernels, op.aux_bytes, op.gather_bytes, op.gemm_nk, op.precision,
             op.tags, op.share, op.kernel, op.seqs, op.kv_len, op.gemm_dims, op.moe_key,
-            op.attn_key, op.attn_len)
+            op.attn_key, op.attn_len, op.gemm_rows, op.cast_bytes)
 
 
 def _traffic(r: Resolved, schedule: str) -> dict[int, EPTraffic]:

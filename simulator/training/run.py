@@ -160,6 +160,33 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
     return nbytes / memory_rate(prof, nbytes / max(stage_layers, 1))
 
 
+def dp_transfer_s(prof: HardwareProfile, nbytes: float, ranks: int) -> float:
+    """Seconds to send `nbytes` per GPU of a data-parallel ring collective over the NIC.
+    The profile's NIC bandwidth is already the rate collectives achieve on large messages
+    (nccl-tests bus bandwidth), so the collective-efficiency table only scales it by its own
+    roll-off below its largest size, not twice."""
+    table = prof.collective_efficiency
+    top = table.points[-1][1]
+    eff = efficiency(table, nbytes / max(ranks - 1, 1), "DP bytes per peer") / top
+    return nbytes / (prof.nic.bandwidth_Bps.value * eff)
+
+
+def dp_exposed_s(zero_stage: int, m: int, f_s: float, b_s: float, rs_s: float,
+                 ag_s: float) -> float:
+    """Data-parallel time not hidden under compute in one step of m micro-batches (forward
+    f_s, backward b_s each), for a gradient reduce-scatter of rs_s and a parameter all-gather
+    of ag_s. ZeRO-0 all-reduces the gradients (twice a reduce-scatter's bytes) under the last
+    backward; ZeRO-1/2 reduce-scatter under the last backward and all-gather the updated
+    parameters under the next step's first forward (Megatron's distributed optimizer with
+    overlapped gather); ZeRO-3 (FSDP) gathers the parameters before every forward and every
+    backward and reduce-scatters every backward's gradients, each under that pass."""
+    if zero_stage == 0:
+        return max(0.0, 2 * rs_s - b_s)
+    if zero_stage < 3:
+        return max(0.0, rs_s - b_s) + max(0.0, ag_s - f_s)
+    return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))
+
+
 def train(w: Workload, tokens: float | None = None,
           profile: HardwareProfile | None = None) -> TrainResult:
     """Simulate one optimizer step and extrapolate to the training run."""
@@ -215,18 +242,16 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     else:
         pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p)
 
-    # data-parallel gradients: reduce-scatter under the last backward, all-gather after the step
+    # data-parallel gradients and parameters (dp_exposed_s), the optimizer on its shard
     c = count_params(model)
     stages = 2 if t.pipeline == "dualpipe" else 1          # stages' parameters per device
     rep = (c.non_expert + c.embedding) * scale / plan.tp * stages
     exp = c.expert_total * scale / plan.ep * stages
     d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
-    grad_bytes = (rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / max(d_exp, 1)) * t.grad_bytes
-    nic = prof.nic.bandwidth_Bps.value * efficiency(prof.collective_efficiency,
-                                                    grad_bytes / max(d_rep - 1, 1), "DP bytes")
-    rs_s = grad_bytes / nic if max(d_rep, d_exp) > 1 else 0.0
+    shard = (rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / max(d_exp, 1))  # params sent
+    rs_s = dp_transfer_s(prof, shard * t.grad_bytes, d_rep) if max(d_rep, d_exp) > 1 else 0.0
     ag_s = rs_s * w.precision.weight_bytes / t.grad_bytes
-    dp_exposed = max(0.0, rs_s - b_total) + (max(0.0, ag_s - f_s) if t.zero_stage >= 1 else 0.0)
+    dp_exposed = dp_exposed_s(t.zero_stage, m, f_s, b_total, rs_s, ag_s)
     opt_params = (rep / (d_rep if t.zero_stage >= 1 else 1) + exp / (d_exp if t.zero_stage >= 1 else 1))
     opt_s = opt_params * (t.optimizer_bytes_per_param * 2 + t.grad_bytes + 2 *
                           w.precision.weight_bytes) / (prof.hbm_bandwidth_Bps.value *
