@@ -702,6 +702,14 @@ def profiles() -> None:
     stdout.print(table)
 
 
+@app.command()
+@user_errors
+def runtimes() -> None:
+    """List the training framework presets (hardware_profiles/runtimes/training/) with the
+    host launch time they charge each layer and its source."""
+    stdout.print(T.runtimes_table())
+
+
 @profile_app.command("show")
 @user_errors
 def profile_show(name: str = typer.Argument(..., help="profile name or YAML path")) -> None:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import Field  # noqa: E402
 
-from simulator.loading import load_workload, read_yaml_mapping, parse  # noqa: E402
+from simulator.loading import load_model, load_workload, read_yaml_mapping, parse  # noqa: E402
 from simulator.schema import Strict  # noqa: E402
 
 MANIFEST = ROOT / "benchmarks" / "published.yaml"
@@ -77,13 +77,13 @@ def predict(row: PublishedRow) -> float:
     return _step_ms(row.baseline)["step_time_ms"] / s["step_time_ms"]
 
 
-def training_metric(metric: str, path: str) -> float:
+def training_metric(metric: str, path: str, runtime=None) -> float:
     """A training row's figure from one simulated optimizer step: GPU-hours per 10^12 tokens,
     seconds per step, tokens/s per GPU, or model TFLOPS per GPU (moesim's model FLOPs: three
     times the forward's, attention included, as MFU counts them)."""
     from simulator.training.run import train
     w = load_workload(path)
-    r = train(w).to_json()
+    r = train(w, runtime=runtime).to_json()
     step, tokens, gpus = r["step_time_s"], r["tokens_per_step"], w.plan.gpus
     return {"gpu_hours_per_trillion_tokens": gpus * step / tokens * 1e12 / 3600,
             "train_step_s": step, "train_tokens_per_gpu_s": tokens / gpus / step,
@@ -108,9 +108,11 @@ def run(rows: list[PublishedRow]) -> list[dict]:
     """Every row predicted, with its signed error and which way it errs."""
     out = []
     for row in rows:
-        p = predict(row)
-        out.append({**row.model_dump(), "predicted": p, "error": signed_error(row, p),
-                    "optimistic": optimistic(row, p)})
+        p = float(predict(row))
+        w = load_workload(str(ROOT / row.workload))
+        out.append({**row.model_dump(), "gpu": w.hardware, "model": load_model(w.model).name,
+                    "predicted": p, "error": signed_error(row, p),
+                    "optimistic": bool(optimistic(row, p))})
     return out
 
 

@@ -197,6 +197,20 @@ def resolve_paths(data: dict, folder: Path) -> dict:
     return out
 
 
+TRAINING_RUNTIMES_DIR = PROFILES_DIR / "runtimes" / "training"
+
+
+def load_training_runtime(name: str) -> "TrainingRuntime":
+    """A training framework preset by name (hardware_profiles/runtimes/training/NAME.yaml)."""
+    from simulator.schema import TrainingRuntime
+    known = known_names(TRAINING_RUNTIMES_DIR)
+    if name not in known:
+        raise MoesimError("training.framework", f"no training runtime '{name}'",
+                          f"use one of: {', '.join(known)}")
+    path = TRAINING_RUNTIMES_DIR / f"{name}.yaml"
+    return parse(TrainingRuntime, read_yaml_mapping(path), str(path))
+
+
 def load_workload(path_or_name: str) -> Workload:
     """A Workload from a YAML path (or a name under workloads/)."""
     from simulator.schema import Workload

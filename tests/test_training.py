@@ -160,3 +160,63 @@ def test_fp8_casts_and_weight_gradients_are_priced_by_hand():
                 bytes=2 * 16 * 4096 * 2 + 4096 * 4096 * 8.0, weight_bytes=4096 * 4096 * 8.0,
                 gemm_dims=((4096, 16),), gemm_rows=(4096,))
     assert compute_time_s(w, h100) == pytest.approx(w.bytes / memory_rate(h100, w.bytes))
+
+
+def test_host_time_bounds_each_pass_by_hand():
+    from simulator.loading import load_training_runtime
+    from simulator.training.run import host_bound
+    rt = load_training_runtime("megatron-core")
+    h, r = rt.host_s_per_layer_forward.value, rt.backward_host_ratio.value
+    # 12 layers: a 10 ms forward and 20 ms backward (5 ms of it weight gradient) on the GPU
+    f, b, w = host_bound(rt, 12, 0.010, 0.020, 0.005)
+    assert f == pytest.approx(max(0.010, 12 * h))
+    assert b == pytest.approx(max(0.020, 12 * h * r))
+    assert w / b == pytest.approx(0.005 / 0.020)        # the weight-gradient share is kept
+    # a pass slower than its host time is untouched
+    assert host_bound(rt, 1, 1.0, 2.0, 0.5) == (1.0, 2.0, 0.5)
+
+
+def test_train_json_breaks_the_step_into_parts_that_add_up():
+    w = workload("workloads/validation/training/qwen3-235b-h100-tp2-ep32-pp8.yaml")
+    d = train(w).to_json()
+    parts = d["step_breakdown_s"]
+    assert set(parts) == {"forward", "backward", "recompute", "host", "pipeline_bubble",
+                          "exposed_dp", "optimizer"}
+    assert sum(parts.values()) == pytest.approx(d["step_time_s"], rel=1e-9)
+    assert parts["host"] > 0 and parts["recompute"] > 0 and parts["pipeline_bubble"] > 0
+    inside = d["within_passes_s"]
+    assert d["a2a_exposed_share"] == pytest.approx(inside["exposed_ep"] / d["step_time_s"])
+    assert inside["exposed_ep"] <= parts["forward"] + parts["backward"] + parts["recompute"]
+    assert d["a2a_exposed_ms_per_step"] == pytest.approx(inside["exposed_ep"] * 1e3)
+    # BF16 GEMMs: both MFUs are the same figure
+    assert d["gemm_precision"] == "bf16" and d["mfu_at_precision_peak"] == d["mfu"]
+
+
+def test_mfu_at_the_precision_peak_of_an_fp8_run_by_hand():
+    w = workload("workloads/validation/training/deepseek-v3-pretrain-h800-fp8.yaml")
+    d = train(w).to_json()
+    prof = profile("h800")
+    assert d["gemm_precision"] == "fp8"
+    assert d["mfu_at_precision_peak"] == pytest.approx(
+        d["mfu"] * prof.peak_bf16_flops.value / prof.peak_fp8_flops.value)
+    assert d["within_passes_s"]["fp8_casts"] > 0
+
+
+def test_scmoe_chunked_overlap_cuts_longcats_exposed_all_to_all_share():
+    seq = train(workload(LC, schedule="sequential")).to_json()["a2a_exposed_share"]
+    chunked = train(workload(LC, schedule="scmoe-chunked")).to_json()["a2a_exposed_share"]
+    assert 0 <= chunked < seq <= 1
+
+
+def test_an_unknown_training_framework_names_the_presets():
+    with pytest.raises(MoesimError) as e:
+        train(small(training={"global_batch_sequences": 64, "framework": "nemo-x"}))
+    assert "megatron-core" in str(e.value) and "torchtitan" in str(e.value)
+
+
+def test_runtimes_lists_every_training_preset_with_its_source():
+    out = CliRunner().invoke(app, ["runtimes"])
+    assert out.exit_code == 0, out.output
+    for name in ("megatron-core", "torchtitan", "hai-llm"):
+        assert name in out.output
+    assert "calibration" in out.output and "4.25" in out.output

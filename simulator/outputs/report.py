@@ -211,19 +211,21 @@ def training_intro(res: TrainResult) -> str:
 
 
 def training_figure(res: TrainResult) -> go.Figure:
-    """Step anatomy of a training step: compute, exposed all-to-all, DP, bubble, optimizer."""
-    step = res.step_time_s * 1e3
-    dp_ms, opt_ms = res.dp_exposed_s * 1e3, res.optimizer_s * 1e3
-    bubble = res.bubble_fraction * (step - dp_ms - opt_ms)
-    a2a = res.a2a_exposed_s_per_step * 1e3 / max(res.micro_batches, 1)   # per device, roughly
-    parts = {"pipeline bubble": bubble, "exposed all-to-all": a2a,
-             "exposed data-parallel": dp_ms, "optimizer": opt_ms}
-    parts = {"compute and hidden comm": max(step - sum(parts.values()), 0.0), **parts}
-    fig = go.Figure([go.Bar(name=k, x=["step"], y=[v], hovertext=f"{k}: {v:.1f} ms",
-                            hoverinfo="text") for k, v in parts.items()])
+    """Where a training step's seconds go on the busiest stage (forward, backward,
+    recompute, host launch time, pipeline bubble, exposed data-parallel traffic, optimizer),
+    one stacked bar; the exposed EP and TP/CP communication and the FP8 casts inside the
+    passes as a second bar beside it."""
+    fig = go.Figure()
+    for k, v in res.breakdown_s.items():
+        fig.add_trace(go.Bar(name=k.replace("_", " "), x=["step"], y=[v * 1e3],
+                             hovertext=f"{k}: {v * 1e3:.1f} ms", hoverinfo="text"))
+    for k, v in res.within_s.items():
+        fig.add_trace(go.Bar(name=k.replace("_", " ") + " (inside the passes)",
+                             x=["of which"], y=[v * 1e3], hovertext=f"{k}: {v * 1e3:.1f} ms",
+                             hoverinfo="text"))
     fig.update_layout(barmode="stack", title=html.escape(
         f"Training step anatomy: {res.workload} ({res.step_time_s:.2f} s, MFU {res.mfu:.1%})"),
-        yaxis_title="ms")
+        yaxis_title="ms per step", xaxis_title="busiest pipeline stage")
     return fig
 
 

@@ -151,7 +151,14 @@ def train_table(res: TrainResult) -> Table:
     table = _table(f"{res.workload}: {res.model} on {res.gpus} x {res.hardware}, "
                    f"{res.schedule} layers, {res.pipeline} pipeline", ("quantity", "value"),
                    ("quantity",))
-    rows = [("step time", f"{res.step_time_s:.2f} s"), ("MFU", f"{res.mfu:.1%}"),
+    rows = [("step time", f"{res.step_time_s:.2f} s"),
+            ("MFU", f"{res.mfu:.1%} of the BF16 peak"
+             + (f", {res.mfu_at_precision_peak:.1%} of the {res.precision.upper()} peak"
+                if res.precision != "bf16" else "")),
+            ("step parts", ", ".join(f"{k.replace('_', ' ')} {v:.2f} s"
+                                     for k, v in res.breakdown_s.items() if v > 0)),
+            ("inside the passes", ", ".join(f"{k.replace('_', ' ')} {v:.2f} s"
+                                            for k, v in res.within_s.items())),
             ("tokens/day", f"{res.tokens_per_day / 1e9:.1f} B"),
             ("exposed communication", f"{res.exposed_comm_fraction:.1%} of the step"),
             ("pipeline bubble", f"{res.bubble_fraction:.1%}"),
@@ -321,4 +328,16 @@ def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
                       fmt(p["tpot_ms"]["p50"], 2), fmt(p["tpot_ms"]["p90"], 2),
                       fmt(p["output_tokens_per_s_per_gpu"], 0), fmt(p["tokens_per_s_per_user"]),
                       str(p["requests"]["preempted"]))
+    return table
+
+
+def runtimes_table() -> Table:
+    """Every training framework preset: host ms per layer forward, backward ratio, sources."""
+    from simulator.loading import TRAINING_RUNTIMES_DIR, known_names, load_training_runtime
+    table = _table("training runtimes (hardware_profiles/runtimes/training/)",
+                   ("name", "host ms/layer fwd", "bwd/fwd", "source"), ("name", "source"))
+    for name in known_names(TRAINING_RUNTIMES_DIR):
+        rt = load_training_runtime(name)
+        table.add_row(name, f"{rt.host_s_per_layer_forward.value * 1e3:.2f}",
+                      f"{rt.backward_host_ratio.value:g}", rt.host_s_per_layer_forward.source)
     return table

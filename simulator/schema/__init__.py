@@ -11,11 +11,11 @@ from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePreci
                                     ModelSpec, MoESpec)
 from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
                                       SLOSpec)
-from simulator.schema.training import TrainingSpec
+from simulator.schema.training import TrainingRuntime, TrainingSpec
 from simulator.schema.workload import Workload
 
 __all__ = ["TRAINING_PHASES", "ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",
-           "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingSpec", "Workload"]
+           "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingRuntime", "TrainingSpec", "Workload"]

@@ -5,7 +5,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from simulator.schema.base import Strict
+from simulator.schema.base import Sourced, Strict
+
+
+class TrainingRuntime(Strict):
+    """A training framework's host side: the CPU time it spends launching one transformer
+    layer's kernels. A pass of a stage takes at least its layers' host time (the GPU cannot
+    run ahead of the launches; MoE layers sync the host at every dispatch, so it cannot
+    queue far ahead either). A preset under hardware_profiles/runtimes/training/."""
+
+    name: str
+    description: str = ""
+    host_s_per_layer_forward: Sourced = Field(
+        description="host seconds to launch one layer's forward kernels")
+    backward_host_ratio: Sourced = Field(
+        description="a layer's backward host time over its forward's")
 
 
 class TrainingSpec(Strict):
@@ -32,3 +46,6 @@ class TrainingSpec(Strict):
     grad_bytes: float = Field(4.0, gt=0, description="bytes per gradient element")
     optimizer_bytes_per_param: float = Field(12.0, gt=0, description="fp32 master + 2 moments")
     tokens_to_train: float = Field(20e12, gt=0, description="for days and $ (CLI --tokens)")
+    framework: str = Field("megatron-core", description="training framework whose host time "
+                           "per layer bounds each pass (`moesim runtimes`; presets in "
+                           "hardware_profiles/runtimes/training/)")

@@ -57,6 +57,10 @@ class TrainResult:
     optimizer_s: float
     a2a_exposed_s_per_step: float
     model_tflops_per_gpu: float      # model FLOPs (3 x forward) per GPU-second, in 10^12
+    breakdown_s: dict[str, float]    # the step's seconds on the busiest stage, by part
+    within_s: dict[str, float]       # seconds inside forward/backward: exposed EP, TP/CP, FP8
+    precision: str                   # the GEMMs' fastest precision (MFU's second peak)
+    mfu_at_precision_peak: float
     notes: tuple[str, ...] = ()
     fidelity: dict = field(default_factory=dict)   # measured share of a micro-batch's passes
 
@@ -68,7 +72,13 @@ class TrainResult:
             "gpus": self.gpus, "schedule": self.schedule, "pipeline": self.pipeline,
             "fidelity": self.fidelity,
             "step_time_s": self.step_time_s, "mfu": self.mfu,
+            "mfu_at_precision_peak": self.mfu_at_precision_peak,
+            "gemm_precision": self.precision,
             "model_tflops_per_gpu": self.model_tflops_per_gpu,
+            "step_breakdown_s": dict(self.breakdown_s),
+            "within_passes_s": dict(self.within_s),
+            "a2a_exposed_share": self.within_s.get("exposed_ep", 0.0) / self.step_time_s
+            if self.step_time_s > 0 else 0.0,
             "tokens_per_day": self.tokens_per_day,
             "exposed_comm_fraction": self.exposed_comm_fraction,
             "bubble_fraction": self.bubble_fraction, "peak_memory_gb": mem.total / 1e9,

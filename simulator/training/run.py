@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 from simulator.errors import MoesimError
 from simulator.graph.params import blocks_per_layer, count_params, replicated_params
-from simulator.loading import load_model, load_profile
+from simulator.loading import load_model, load_profile, load_training_runtime
 from simulator.notes import collecting
 from simulator.pricing.hardware import efficiency
-from simulator.schema import HardwareProfile, ModelSpec, TrainingSpec, Workload
+from simulator.pricing.peaks import peak_flops
+from simulator.schema import HardwareProfile, ModelSpec, TrainingRuntime, TrainingSpec, Workload
 from simulator.step.whatif import check_plan, resolve, simulate
 from simulator.training.pipeline import dualpipe, simulate_pipeline
 from simulator.training.result import TrainingMemory, TrainResult
@@ -160,6 +161,19 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
     return nbytes / memory_rate(prof, nbytes / max(stage_layers, 1))
 
 
+def host_bound(rt: TrainingRuntime, layers: int, f_s: float, b_s: float,
+               w_s: float) -> tuple[float, float, float]:
+    """A stage's forward, backward and weight-gradient seconds per micro-batch when no pass
+    can be shorter than its layers' host launch time (the runtime's seconds per layer
+    forward, times its backward ratio for the backward; a stretched backward keeps its
+    weight-gradient share)."""
+    host_f = layers * rt.host_s_per_layer_forward.value
+    host_b = host_f * rt.backward_host_ratio.value
+    if host_b > b_s > 0:
+        w_s *= host_b / b_s
+    return max(f_s, host_f), max(b_s, host_b), w_s
+
+
 def dp_transfer_s(prof: HardwareProfile, nbytes: float, ranks: int) -> float:
     """Seconds to send `nbytes` per GPU of a data-parallel ring collective over the NIC.
     The profile's NIC bandwidth is already the rate collectives achieve on large messages
@@ -187,15 +201,17 @@ def dp_exposed_s(zero_stage: int, m: int, f_s: float, b_s: float, rs_s: float,
     return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))
 
 
-def train(w: Workload, tokens: float | None = None,
-          profile: HardwareProfile | None = None) -> TrainResult:
-    """Simulate one optimizer step and extrapolate to the training run."""
+def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None,
+          runtime: TrainingRuntime | None = None) -> TrainResult:
+    """Simulate one optimizer step and extrapolate to the training run (`runtime`: the
+    training framework preset, default the workload's training.framework)."""
     with collecting() as notes:
-        out = _train(w, tokens, profile)
+        out = _train(w, tokens, profile, runtime)
     return replace(out, notes=tuple(sorted(set(out.notes) | set(notes))))
 
 
-def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -> TrainResult:
+def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
+           runtime: TrainingRuntime | None) -> TrainResult:
     if w.training is None:
         raise MoesimError("training", "the workload has no training block",
                           "add `training:` (see workloads/training/)")
@@ -227,11 +243,15 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     w_s = sum(d for op, d in zip(bwd.timeline.ops, bwd.timeline.standalone_s)
               if "wgrad" in op.tags) * scale
     w_s = min(w_s, MAX_WGRAD_SHARE * b_total)
+    rt = runtime or load_training_runtime(t.framework)
+    f_gpu, b_gpu = f_s, b_total
+    f_s, b_total, w_s = host_bound(rt, stage_layers, f_s, b_total, w_s)
+    host_s = (f_s - f_gpu) + (b_total - b_gpu)        # per micro-batch, beyond the GPU's
     b_s = b_total - w_s
-    if t.recompute == "full":
-        b_s += f_s
-    elif t.recompute == "selective":
-        b_s += selective_recompute_s(w, t, model, prof, stage_layers)
+    recompute_s = f_gpu if t.recompute == "full" else \
+        selective_recompute_s(w, t, model, prof, stage_layers) \
+        if t.recompute == "selective" else 0.0
+    b_s += recompute_s
     act_bytes = t.micro_batch_sequences * w.context_length / (plan.cp * plan.tp) * \
         model.hidden_size * w.precision.activation_bytes
     p2p = prof.nic.latency_s.value + act_bytes / prof.nic.bandwidth_Bps.value if plan.pp > 1 else 0
@@ -264,6 +284,17 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
     mfu = model_flops / (plan.gpus * prof.peak_bf16_flops.value * step_s)
     per_mb_exposed = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale
     exposed = per_mb_exposed * m + dp_exposed
+    groups = [exposed_by_group(fwd), exposed_by_group(bwd)]
+    per_mb = {"forward": f_gpu, "backward": b_gpu, "recompute": recompute_s, "host": host_s}
+    busy = pipe.makespan_s * (1 - pipe.bubble_fraction)
+    k = busy / (m * sum(per_mb.values())) if sum(per_mb.values()) > 0 else 0.0
+    breakdown = {**{name: m * v * k for name, v in per_mb.items()},
+                 "pipeline_bubble": pipe.makespan_s - busy, "exposed_dp": dp_exposed,
+                 "optimizer": opt_s}
+    within = {"exposed_ep": m * k * scale * sum(g["ep"] for g in groups),
+              "exposed_tp_cp": m * k * scale * sum(g["tp_cp"] for g in groups),
+              "fp8_casts": m * k * scale * (cast_s(fwd) + cast_s(bwd))}
+    precision = gemm_precision(fwd.resolved.compute)
     total_tokens = tokens if tokens is not None else t.tokens_to_train
     tokens_per_day = tokens_per_step / step_s * SECONDS_PER_DAY
     days = total_tokens / tokens_per_day
@@ -276,9 +307,37 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None) -
         tokens_to_train=total_tokens, tokens_per_step=tokens_per_step, micro_batches=m,
         dp=dp // (plan.cp * plan.tp), stage_layers=stage_layers, forward_s_per_microbatch=f_s,
         backward_s_per_microbatch=b_s + w_s, weight_grad_s_per_microbatch=w_s,
-        dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=per_mb_exposed * m,
+        dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=within["exposed_ep"],
         model_tflops_per_gpu=model_flops / (plan.gpus * step_s) / 1e12,
+        breakdown_s=breakdown, within_s=within, precision=precision,
+        mfu_at_precision_peak=model_flops / (plan.gpus * peak_flops(prof, precision) * step_s),
         notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
+
+
+def gemm_precision(compute: dict[str, str]) -> str:
+    """The fastest precision the dense and expert GEMMs compute in (MFU's second peak)."""
+    order = ("bf16", "fp8", "fp4")
+    return max((compute.get(c, "bf16") for c in ("dense_gemm", "expert_gemm")),
+               key=order.index)
+
+
+def exposed_by_group(run) -> dict[str, float]:
+    """Seconds of a simulated pass (rank 0) during which a collective of each group runs and
+    no compute does: ep (all-to-all), tp and cp together, and everything."""
+    tl = run.timeline
+    compute = [i for i, op in enumerate(tl.ops) if not op.is_comm]
+
+    def exposed(groups: tuple[str, ...]) -> float:
+        keep = compute + [i for i, op in enumerate(tl.ops) if op.is_comm and op.group in groups]
+        return sum(b - a for a, b in tl.exposed_intervals(0, keep))
+    return {"ep": exposed(("ep",)), "tp_cp": exposed(("tp", "cp"))}
+
+
+def cast_s(run) -> float:
+    """Seconds a simulated pass spends in training FP8's quantise kernels (standalone)."""
+    from simulator.pricing.hardware import cast_time_s
+    prof = run.resolved.profile
+    return sum(cast_time_s(op, prof) for op in run.timeline.ops if op.cast_bytes > 0)
 
 
 def training_fidelity(fwd, bwd) -> dict:
