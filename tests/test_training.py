@@ -220,3 +220,16 @@ def test_runtimes_lists_every_training_preset_with_its_source():
     for name in ("megatron-core", "torchtitan", "hai-llm"):
         assert name in out.output
     assert "calibration" in out.output and "4.25" in out.output
+
+
+def test_largest_micro_batch_that_fits_by_hand():
+    from simulator.training.result import TrainingMemory
+    from simulator.training.run import largest_micro_batch
+    # 20 GB static, 6 GB of activations for 2 sequences (3 GB each), 80 GB: (80 - 20) / 3 = 20
+    mem = TrainingMemory(10e9, 6e9, 4e9, 6e9)
+    assert largest_micro_batch(mem, 2, 80e9) == 20
+    assert largest_micro_batch(mem, 2, 19e9) == 0
+    d = train(workload("workloads/validation/training/qwen3-235b-h100-tp2-ep32-pp8.yaml")).to_json()
+    m = d["memory_gb"]
+    static = m["parameters"] + m["gradients"] + m["optimizer"]
+    assert d["max_micro_batch_sequences"] == int((80 - static) // m["activations"])

@@ -164,6 +164,7 @@ def train_table(res: TrainResult) -> Table:
             ("pipeline bubble", f"{res.bubble_fraction:.1%}"),
             ("peak memory per GPU", f"{res.memory.total / 1e9:.1f} GB"),
             ("micro-batches per step", str(res.micro_batches)),
+            ("largest micro-batch that fits", f"{res.max_micro_batch} sequences"),
             (f"days to train {res.tokens_to_train / 1e12:g}T tokens", f"{res.days_to_train:.1f}"),
             ("cost", f"${res.cost_usd / 1e6:.2f} M")]
     if res.fidelity:

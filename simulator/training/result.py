@@ -61,6 +61,7 @@ class TrainResult:
     within_s: dict[str, float]       # seconds inside forward/backward: exposed EP, TP/CP, FP8
     precision: str                   # the GEMMs' fastest precision (MFU's second peak)
     mfu_at_precision_peak: float
+    max_micro_batch: int             # sequences per micro-batch that fit in HBM (memory only)
     notes: tuple[str, ...] = ()
     fidelity: dict = field(default_factory=dict)   # measured share of a micro-batch's passes
 
@@ -85,6 +86,7 @@ class TrainResult:
             "days_to_train": self.days_to_train, "cost_usd": self.cost_usd,
             "tokens_to_train": self.tokens_to_train, "tokens_per_step": self.tokens_per_step,
             "micro_batches": self.micro_batches, "dp": self.dp,
+            "max_micro_batch_sequences": self.max_micro_batch,
             "stage_layers": self.stage_layers,
             "forward_ms_per_microbatch": self.forward_s_per_microbatch * 1e3,
             "backward_ms_per_microbatch": self.backward_s_per_microbatch * 1e3,

@@ -91,6 +91,16 @@ def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, in
     return math.ceil(layers / plan.pp), dp, m
 
 
+def largest_micro_batch(mem: TrainingMemory, micro_batch: int, hbm: float) -> int:
+    """The most sequences per micro-batch whose activations fit beside the parameters,
+    gradients and optimizer states (activations grow in proportion to the micro-batch)."""
+    static = mem.params + mem.grads + mem.optimizer
+    per_sequence = mem.activations / micro_batch
+    if per_sequence <= 0:
+        return micro_batch
+    return max(int((hbm - static) // per_sequence), 0)
+
+
 def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers: int,
                     in_flight: int) -> TrainingMemory:
     """Parameters, gradients, optimizer states (ZeRO-sharded) and in-flight activations."""
@@ -222,12 +232,14 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     plan = w.plan
     in_flight = plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else plan.pp
     mem = training_memory(w, t, model, stage_layers, in_flight)
+    fits = largest_micro_batch(mem, t.micro_batch_sequences, prof.hbm_bytes.value)
     if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
         raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
                           f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
                           "raise pp, ep or tp, use a higher training.zero_stage, set "
                           "training.recompute: selective or full, or shrink "
-                          "micro_batch_sequences")
+                          "micro_batch_sequences" + (f" (at most {fits} fit)" if fits else
+                                                     " (not even 1 fits)"))
     ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
     sim_prof = prof.variant(idealizations=ideal)
     runs = {}
@@ -309,7 +321,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         backward_s_per_microbatch=b_s + w_s, weight_grad_s_per_microbatch=w_s,
         dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=within["exposed_ep"],
         model_tflops_per_gpu=model_flops / (plan.gpus * step_s) / 1e12,
-        breakdown_s=breakdown, within_s=within, precision=precision,
+        breakdown_s=breakdown, within_s=within, precision=precision, max_micro_batch=fits,
         mfu_at_precision_peak=model_flops / (plan.gpus * peak_flops(prof, precision) * step_s),
         notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
 
