@@ -387,10 +387,12 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
           schedule: Optional[str] = typer.Option(None, help="override the layer schedule"),
           as_json: bool = typer.Option(False, "--json"),
           report: Optional[Path] = typer.Option(None, help="write an HTML report here"),
+          trace: Optional[Path] = typer.Option(None, help="write one step's pipeline as a "
+                                               "Perfetto / Chrome trace here"),
           hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS) -> None:
     """One training step simulated; MFU, tokens/day, days and $ to train."""
     from simulator.training.run import parse_tokens, train as run_train
-    _outputs(report=report)
+    _outputs(report=report, trace=trace)
     w = load_workload(workload, hardware, gpus)
     if schedule:
         from simulator.engine.schedule import get_schedule
@@ -398,9 +400,13 @@ def train(workload: str = typer.Argument(..., help="workload YAML with a trainin
         w = w.variant(schedule=schedule)
     res = run_train(w, parse_tokens(tokens) if tokens is not None else None)
     if report:
-        from simulator.outputs.report import training_figure, training_intro, write_figures
-        write_figures([training_figure(res)], f"moesim training: {res.workload}", report,
-                      intro=training_intro(res))
+        from simulator.outputs.report import (pipeline_figure, training_figure, training_intro,
+                                              write_figures)
+        write_figures([training_figure(res), pipeline_figure(res)],
+                      f"moesim training: {res.workload}", report, intro=training_intro(res))
+    if trace:
+        from simulator.outputs.trace import write_training_trace
+        write_training_trace(res, trace)
     if as_json:
         _print_json(res.to_json())
         return

@@ -98,7 +98,8 @@ def test_serving_and_training_reports_render(tmp_path):
                                  "--report", str(train)])
     assert r.exit_code == 0, r.output
     plots, errors = _render(train, tmp_path / "train.png")
-    assert plots == 1 and errors == []
+    assert plots == 2 and errors == []          # the step's parts, one pipeline device's step
+    assert "Pipeline device 0" in TEXT["train.html"]
     assert "days" in TEXT["train.html"] and "$" in TEXT["train.html"]
     assert "Fidelity" in TEXT["train.html"]
 

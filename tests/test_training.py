@@ -233,3 +233,23 @@ def test_largest_micro_batch_that_fits_by_hand():
     m = d["memory_gb"]
     static = m["parameters"] + m["gradients"] + m["optimizer"]
     assert d["max_micro_batch_sequences"] == int((80 - static) // m["activations"])
+
+
+def test_pipeline_tasks_and_the_training_trace_hold_every_task_once():
+    from simulator.outputs.trace import training_trace
+    # 1F1B on 4 devices, 8 micro-batches: each device runs every micro-batch's F and B once,
+    # and its tasks' durations add up to its busy time
+    r = simulate_pipeline(4, 8, 1.0, 2.0, 0.0, "1f1b")
+    for d in range(4):
+        mine = [t for t in r.tasks if t[0] == d]
+        assert sorted((k, mb) for _, k, mb, *_ in mine) == \
+            sorted((k, mb) for k in "FB" for mb in range(8))
+        assert sum(e - s for *_, s, e in mine) == pytest.approx(r.busy_s[d])
+        starts = sorted((s, e) for *_, s, e in mine)
+        assert all(e0 <= s1 + 1e-12 for (_, e0), (s1, _) in zip(starts, starts[1:]))
+    res = train(small())
+    out = CliRunner().invoke(app, ["train", LC, "--trace", "/dev/null"])
+    assert out.exit_code == 0, out.output
+    tr = training_trace(res)
+    spans = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == len(res.pipeline_tasks) == 4 * res.micro_batches * 2

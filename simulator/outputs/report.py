@@ -229,6 +229,28 @@ def training_figure(res: TrainResult) -> go.Figure:
     return fig
 
 
+def pipeline_figure(res: TrainResult, device: int = 0) -> go.Figure:
+    """One pipeline device's step as a timeline: a bar per forward, backward and
+    weight-gradient task (hover: micro-batch and chunk), idle gaps being its bubble."""
+    colours = {"F": "#1f77b4", "B": "#d62728", "W": "#2ca02c", "FB": "#9467bd"}
+    fig = go.Figure()
+    for kind, colour in colours.items():
+        tasks = [t for t in res.pipeline_tasks if t[0] == device and t[1] == kind]
+        if not tasks:
+            continue
+        fig.add_trace(go.Bar(
+            name={"F": "forward", "B": "backward (input gradient)", "W": "weight gradient",
+                  "FB": "forward + backward (DualPipe)"}[kind],
+            y=[f"device {device}"] * len(tasks), x=[(e - s) * 1e3 for *_, s, e in tasks],
+            base=[s * 1e3 for *_, s, _ in tasks], orientation="h", marker_color=colour,
+            hovertext=[f"{kind} micro-batch {mb} chunk {c}: {(e - s) * 1e3:.2f} ms"
+                       for _, _, mb, c, s, e in tasks], hoverinfo="text"))
+    fig.update_layout(barmode="overlay", title=html.escape(
+        f"Pipeline device {device} over one step ({res.pipeline}, {res.micro_batches} "
+        f"micro-batches)"), xaxis_title="time in the step (ms)")
+    return fig
+
+
 def write_figures(figs: list, title: str, path: Path, intro: str = "") -> None:
     """A page of figures (plotly.js inline once) written atomically."""
     body = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"moesim-fig-{i}")

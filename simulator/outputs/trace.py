@@ -34,3 +34,26 @@ def chrome_trace(results: list) -> dict:
 def write_trace(results: list, path: Path) -> None:
     """Write the trace JSON atomically."""
     write_text_atomic(Path(path), json.dumps(chrome_trace(results)))
+
+
+def training_trace(res) -> dict:
+    """The trace-event JSON of one training step's pipeline (a TrainResult): a process per
+    pipeline device, its forward (F), input-gradient (B), weight-gradient (W) or DualPipe's
+    fused forward-and-backward (FB) tasks per micro-batch and chunk, in microseconds."""
+    events: list[dict] = []
+    devices = sorted({t[0] for t in res.pipeline_tasks})
+    for d in devices:
+        events.append({"ph": "M", "name": "process_name", "pid": d + 1,
+                       "args": {"name": f"pipeline device {d}"}})
+    for d, kind, mb, chunk, start, end in res.pipeline_tasks:
+        events.append({"ph": "X", "name": f"{kind} mb{mb} chunk{chunk}", "cat": kind,
+                       "pid": d + 1, "tid": 1, "ts": start * 1e6,
+                       "dur": max(end - start, 0.0) * 1e6,
+                       "args": {"micro_batch": mb, "chunk": chunk}})
+    return {"traceEvents": events, "displayTimeUnit": "ns",
+            "otherData": {"workload": res.workload, "step_time_s": res.step_time_s}}
+
+
+def write_training_trace(res, path: Path) -> None:
+    """Write training_trace(res) atomically."""
+    write_text_atomic(Path(path), json.dumps(training_trace(res)), "--trace")

@@ -23,6 +23,8 @@ class PipelineResult:
 
     makespan_s: float
     busy_s: list[float]
+    tasks: tuple[tuple[int, str, int, int, float, float], ...] = ()   # (device, F/B/W/FB,
+    #   micro-batch, chunk, start s, end s) of every task, in the order they ran
 
     @property
     def bubble_fraction(self) -> float:
@@ -40,7 +42,10 @@ def dualpipe(p: int, m: int, f_s: float, b_s: float, w_s: float,
     m F&B chunks and m weight gradients, plus the published bubble (p/2 - 1)(F&B + B - 3W)."""
     bubble = max((p // 2 - 1) * (fb_s + b_s - 3 * w_s), 0.0)
     busy = m * (fb_s + w_s)
-    return PipelineResult(busy + bubble, [busy] * p)
+    tasks = tuple((d, kind, i, 0, bubble + i * (fb_s + w_s) + (fb_s if kind == "W" else 0.0),
+                   bubble + i * (fb_s + w_s) + (fb_s if kind == "FB" else fb_s + w_s))
+                  for d in range(p) for i in range(m) for kind in ("FB", "W"))
+    return PipelineResult(busy + bubble, [busy] * p, tasks)
 
 
 def layout(p: int, f_s: float, b_s: float, w_s: float, schedule: str,
@@ -92,6 +97,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
         elig_f[dev[0]].append((0, mb))
     heapq.heapify(elig_f[dev[0]])
     events: list[float] = [0.0]
+    ran: list[tuple[int, str, int, int, float, float]] = []
     remaining = m * chunks * (3 if split_w else 2)
     now = 0.0
 
@@ -147,6 +153,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
                     continue
                 kind, mb, c, dur = task
                 end = now + dur
+                ran.append((d, kind, mb, c, now, end))
                 book(kind, mb, c, end)
                 busy[d] += dur
                 free_at[d] = end
@@ -163,4 +170,4 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
                 progressed = True
         if not events and remaining:
             raise RuntimeError("pipeline deadlock")
-    return PipelineResult(max(free_at), busy)
+    return PipelineResult(max(free_at), busy, tuple(ran))

@@ -62,6 +62,7 @@ class TrainResult:
     precision: str                   # the GEMMs' fastest precision (MFU's second peak)
     mfu_at_precision_peak: float
     max_micro_batch: int             # sequences per micro-batch that fit in HBM (memory only)
+    pipeline_tasks: tuple = ()       # (device, F/B/W/FB, micro-batch, chunk, start s, end s)
     notes: tuple[str, ...] = ()
     fidelity: dict = field(default_factory=dict)   # measured share of a micro-batch's passes
 

@@ -322,6 +322,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         dp_exposed_s=dp_exposed, optimizer_s=opt_s, a2a_exposed_s_per_step=within["exposed_ep"],
         model_tflops_per_gpu=model_flops / (plan.gpus * step_s) / 1e12,
         breakdown_s=breakdown, within_s=within, precision=precision, max_micro_batch=fits,
+        pipeline_tasks=pipe.tasks,
         mfu_at_precision_peak=model_flops / (plan.gpus * peak_flops(prof, precision) * step_s),
         notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
 
