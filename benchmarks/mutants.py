@@ -442,8 +442,11 @@ MUTANTS: list[Mutant] = [
            "statistics.fmean(r[k] for r in rank)", "statistics.median(r[k] for r in rank)"),
     # -- training -------------------------------------------------------------------------------
     Mutant(TN, "recomputation costs no extra forward",
-           'recompute_s = f_gpu if t.recompute == "full" else',
-           'recompute_s = 0.0 if t.recompute == "full" else', quick=True),
+           '"full": lambda: f_gpu,', '"full": lambda: 0.0,', quick=True),
+    Mutant(TN, "MoE recomputation re-runs nothing",
+           'if op.block == "moe")', 'if op.block == "moe" and False)'),
+    Mutant(TN, "MoE recomputation still keeps the experts' activations",
+           '    if moe and model.moe and recompute == "moe":', '    if False:'),
     Mutant(TN, "MFU counts forward FLOPs twice, not three times",
            "model_flops = 3 * fwd_flops * m * dp", "model_flops = 2 * fwd_flops * m * dp"),
     Mutant(TN, "training days from tokens per step, not per day",

@@ -253,3 +253,20 @@ def test_pipeline_tasks_and_the_training_trace_hold_every_task_once():
     tr = training_trace(res)
     spans = [e for e in tr["traceEvents"] if e["ph"] == "X"]
     assert len(spans) == len(res.pipeline_tasks) == 4 * res.micro_batches * 2
+
+
+def test_moe_recompute_keeps_only_the_blocks_input_and_reruns_it_by_hand():
+    from simulator.training.run import kept_per_token
+    m = load_model("qwen3-235b-a22b")           # MoE layers: 8 experts per token, no shared
+    h, i = m.hidden_size, m.moe.expert_intermediate
+    none, moe = kept_per_token(m, 5, "none"), kept_per_token(m, 5, "moe")
+    assert none - moe == pytest.approx(m.moe.mean_real_experts * (h + 3 * i) - h)
+    w = workload("workloads/validation/training/qwen3-235b-h100-16k-cp1-balanced.yaml")
+    r = train(w).to_json()
+    # the MoE blocks re-run: more backward time than none, less than a whole extra forward
+    assert 0 < r["step_breakdown_s"]["recompute"] < r["step_breakdown_s"]["forward"]
+    t_none = w.training.model_copy(update={"recompute": "none"})
+    mem = training_memory(w, w.training, m, 12, 9)
+    assert mem.activations < training_memory(w, t_none, m, 12, 9).activations
+    with pytest.raises(MoesimError, match="does not fit"):      # as the run's own plan says
+        train(w.variant(training=t_none))

@@ -32,10 +32,12 @@ class TrainingSpec(Strict):
         "dualpipe (DeepSeek-V3: bidirectional, forward and backward chunks overlapped; even pp "
         "and micro-batches; two stages' parameters per device)")
     virtual_stages: int = Field(2, gt=0, description="chunks per device for interleaved 1F1B")
-    recompute: Literal["none", "selective", "full"] = Field(
+    recompute: Literal["none", "selective", "moe", "full"] = Field(
         "none", description="activation recomputation in backward: none; selective (norms and "
-        "FFN activation functions re-run, their outputs not kept); full (the whole forward "
-        "re-run, only each layer's input kept). true / false read as full / none")
+        "FFN activation functions re-run, their outputs not kept); moe (the MoE block re-run: "
+        "router, dispatch, experts, combine; only its input kept, as Megatron's "
+        "--recompute-modules moe); full (the whole forward re-run, only each layer's input "
+        "kept). true / false read as full / none")
 
     @field_validator("recompute", mode="before")
     @classmethod

@@ -143,10 +143,20 @@ def kept_per_token(model: ModelSpec, layer: int, recompute: str) -> float:
     kept = blocks * (ATTENTION_KEPT + (0 if selective else NORMS_KEPT)) * h
     if not moe or model.layer_kind == "shortcut":
         kept += blocks * (h + act * model.dense_intermediate)
-    if moe and model.moe:
+    if moe and model.moe and recompute == "moe":
+        kept += h                                    # the MoE block's input alone
+    elif moe and model.moe:
         copies = model.moe.mean_real_experts + model.moe.num_shared_experts
         kept += copies * (h + act * model.moe.expert_intermediate)
     return kept
+
+
+def moe_recompute_s(fwd, scale: float) -> float:
+    """A stage's seconds to re-run its MoE blocks for one micro-batch: the standalone time of
+    the forward's MoE-block ops (router, permute, dispatch, experts, combine, unpermute, shared
+    experts), for the stage's share of the layers."""
+    return scale * sum(d for op, d in zip(fwd.timeline.ops, fwd.timeline.standalone_s)
+                       if op.block == "moe")
 
 
 def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
@@ -260,9 +270,10 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     f_s, b_total, w_s = host_bound(rt, stage_layers, f_s, b_total, w_s)
     host_s = (f_s - f_gpu) + (b_total - b_gpu)        # per micro-batch, beyond the GPU's
     b_s = b_total - w_s
-    recompute_s = f_gpu if t.recompute == "full" else \
-        selective_recompute_s(w, t, model, prof, stage_layers) \
-        if t.recompute == "selective" else 0.0
+    recompute_s = {"full": lambda: f_gpu, "none": lambda: 0.0,
+                   "moe": lambda: moe_recompute_s(fwd, scale),
+                   "selective": lambda: selective_recompute_s(w, t, model, prof, stage_layers)
+                   }[t.recompute]()
     b_s += recompute_s
     act_bytes = t.micro_batch_sequences * w.context_length / (plan.cp * plan.tp) * \
         model.hidden_size * w.precision.activation_bytes
