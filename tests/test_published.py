@@ -20,6 +20,8 @@ MISSES.update({i: TRAINING_GAP for i in (
     "qwen3-235b-h100-tp2-ep8-fsdp-train",
     "qwen3-235b-h100-tp4-ep8-pp8-train", "deepseek-v3-pretrain-h800-fp8",
     "deepseek-v3-gb200-mxfp8-baseline-train", "qwen3-30b-a3b-b200-deepep-128-train")})
+MISSES.update({f"qwen3-30b-a3b-b200-deepep-{n}-train": TRAINING_GAP
+               for n in ("16", "32", "64", "128-lbs10")})
 MISSES.update({f"qwen3-235b-h100-{k}-{mode}-train": TRAINING_GAP
                for k in ("16k-cp1", "32k-cp2", "64k-cp4", "128k-cp8")
                for mode in ("balanced", "dropless")})
