@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +29,8 @@ from simulator.schema import Strict  # noqa: E402
 MANIFEST = ROOT / "benchmarks" / "published.yaml"
 Metric = Literal["decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s", "tpot_ms", "ttft_ms",
                  "gpu_hours_per_trillion_tokens", "speedup", "train_step_s",
-                 "train_tokens_per_gpu_s", "train_tflops_per_gpu"]
+                 "train_tokens_per_gpu_s", "train_tflops_per_gpu", "request_tpot_ms",
+                 "request_ttft_ms"]
 TRAINING = ("gpu_hours_per_trillion_tokens", "train_step_s", "train_tokens_per_gpu_s",
             "train_tflops_per_gpu")
 
@@ -66,6 +68,10 @@ def predict(row: PublishedRow) -> float:
     """moesim's figure for a row's metric, from one simulation of its workload(s)."""
     if row.metric in TRAINING:
         return training_metric(row.metric, str(ROOT / row.workload))
+    if row.metric in ("request_tpot_ms", "request_ttft_ms"):
+        from simulator.serving.run import ServingSim
+        m = ServingSim(load_workload(str(ROOT / row.workload))).run().to_json()
+        return m["tpot_ms" if row.metric == "request_tpot_ms" else "ttft_ms"]["mean"]
     s = _step_ms(row.workload)
     if row.metric in ("decode_tokens_per_gpu_s", "prefill_tokens_per_gpu_s"):
         return s["tokens_per_gpu_s"]
@@ -90,7 +96,8 @@ def training_metric(metric: str, path: str, runtime=None) -> float:
             "train_tflops_per_gpu": r["model_tflops_per_gpu"]}[metric]
 
 
-TIMES = ("tpot_ms", "ttft_ms", "gpu_hours_per_trillion_tokens", "train_step_s")  # lower: faster
+TIMES = ("tpot_ms", "ttft_ms", "gpu_hours_per_trillion_tokens", "train_step_s",
+         "request_tpot_ms", "request_ttft_ms")                                   # lower: faster
 
 
 def signed_error(row: PublishedRow, predicted: float) -> float:
@@ -110,9 +117,10 @@ def run(rows: list[PublishedRow]) -> list[dict]:
     for row in rows:
         p = float(predict(row))
         w = load_workload(str(ROOT / row.workload))
-        out.append({**row.model_dump(), "gpu": w.hardware, "model": load_model(w.model).name,
-                    "predicted": p, "error": signed_error(row, p),
-                    "optimistic": bool(optimistic(row, p))})
+        d = row.model_dump()
+        out.append({**d, "kind": row_kind(d), "what": row.kind, "gpu": w.hardware,
+                    "model": load_model(w.model).name, "predicted": p,
+                    "error": signed_error(row, p), "optimistic": bool(optimistic(row, p))})
     return out
 
 
@@ -120,22 +128,31 @@ def summary(results: list[dict]) -> dict:
     """Median and largest |error|, the distinct sources, and whether the decode rows err both
     ways (some optimistic, some pessimistic)."""
     errs = [abs(r["error"]) for r in results]
-    decode = [r["optimistic"] for r in results if r["kind"].startswith("decode")]
-    by_kind: dict[str, list[dict]] = {}
-    for r in results:
-        by_kind.setdefault(row_kind(r), []).append(r)
-    return {"rows": len(results), "publishers": len({r["publisher"] for r in results}),
-            "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
-            "decode_errors_both_ways": any(decode) and not all(decode),
-            "by_kind": {k: {"rows": len(v),
-                            "median_abs_error": statistics.median(abs(r["error"]) for r in v),
-                            "share_optimistic": sum(r["optimistic"] for r in v) / len(v)}
-                        for k, v in sorted(by_kind.items())}}
+    decode = [r["optimistic"] for r in results if row_kind(r) == "decode"]
+    out = {"rows": len(results), "publishers": len({r["publisher"] for r in results}),
+           **band(results), "max_abs_error": max(errs),
+           "decode_errors_both_ways": any(decode) and not all(decode)}
+    for key in ("kind", "gpu", "publisher", "model"):
+        groups: dict[str, list[dict]] = {}
+        for r in results:
+            groups.setdefault(r[key] if key != "kind" else row_kind(r), []).append(r)
+        out[f"by_{key}"] = {k: {"rows": len(v), **band(v)} for k, v in sorted(groups.items())}
+    return out
+
+
+def band(rows: list[dict]) -> dict:
+    """Median and 90th-percentile |error| and the share of rows moesim predicts too fast."""
+    errs = sorted(abs(r["error"]) for r in rows)
+    p90 = errs[min(len(errs) - 1, math.ceil(0.9 * len(errs)) - 1)]
+    return {"median_abs_error": statistics.median(errs), "p90_abs_error": p90,
+            "share_optimistic": sum(r["optimistic"] for r in rows) / len(rows)}
 
 
 def row_kind(row: dict) -> str:
-    """decode, prefill, training or speedup: the first word of a row's kind."""
-    return row["kind"].split(",")[0].split()[0].lower() if row["kind"] else "other"
+    """decode, prefill, request, training or speedup: the first word of a row's kind (its
+    description while the manifest is read)."""
+    text = row.get("what", row["kind"]) or ""
+    return text.split(",")[0].split()[0].lower() if text else "other"
 
 
 def table(results: list[dict]) -> str:
@@ -143,7 +160,7 @@ def table(results: list[dict]) -> str:
     lines = ["| row | what | metric | published | moesim | error | moesim is |",
              "|---|---|---|---:|---:|---:|---|"]
     for r in results:
-        lines.append(f"| {r['id']} | {r['kind']} | {r['metric']} | {r['measured']:.4g} | "
+        lines.append(f"| {r['id']} | {r['what']} | {r['metric']} | {r['measured']:.4g} | "
                      f"{r['predicted']:.4g} | {r['error']:+.1%} | "
                      f"{'optimistic' if r['optimistic'] else 'pessimistic'} |")
     return "\n".join(lines)
