@@ -183,11 +183,24 @@ def error_figure(results: list[dict]):
     return fig
 
 
+def training_bands(results: list[dict]) -> dict:
+    """Error bands (%) for `train`'s fidelity block: the p90 |error| of the training rows, per
+    GPU profile and over all (hardware_profiles/fidelity/training_bands.yaml)."""
+    rows = [r for r in results if row_kind(r) == "training"]
+    groups: dict[str, list[dict]] = {"all": rows}
+    for r in rows:
+        groups.setdefault(r["gpu"], []).append(r)
+    return {"bands": {g: {"training": round(100 * band(v)["p90_abs_error"], 1), "rows": len(v)}
+                      for g, v in sorted(groups.items()) if v}}
+
+
 def main() -> None:
     """Print the table and the summary; --json writes both, --report a plotly page."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--report", type=Path, default=None, help="HTML page with the error figure")
+    ap.add_argument("--training-bands", type=Path, default=None,
+                    help="write the training rows' error bands (YAML) for train's fidelity")
     args = ap.parse_args()
     results = run(load_manifest())
     s = summary(results)
@@ -203,6 +216,16 @@ def main() -> None:
         write_figures([error_figure(results)], "moesim against published deployments",
                       args.report, f"<p>{s['rows']} rows from {s['publishers']} publishers; median "
                       f"|error| {s['median_abs_error']:.1%} (docs/accuracy.md s10)</p>")
+    if args.training_bands:
+        import yaml
+        from simulator.atomic import write_text_atomic
+        head = ("# Error bands of moesim's training predictions (%): the p90 |error| of the\n"
+                "# training rows of benchmarks/published.yaml, per GPU profile and over all.\n"
+                "# Written by: python benchmarks/published.py --training-bands "
+                "hardware_profiles/fidelity/training_bands.yaml\n")
+        write_text_atomic(args.training_bands,
+                          head + yaml.safe_dump(training_bands(results), sort_keys=True),
+                          "--training-bands")
     if args.json:
         from simulator.atomic import write_text_atomic
         write_text_atomic(args.json, json.dumps({"rows": results, "summary": s}, indent=2),

@@ -270,3 +270,18 @@ def test_moe_recompute_keeps_only_the_blocks_input_and_reruns_it_by_hand():
     assert mem.activations < training_memory(w, t_none, m, 12, 9).activations
     with pytest.raises(MoesimError, match="does not fit"):      # as the run's own plan says
         train(w.variant(training=t_none))
+
+
+def test_train_fidelity_carries_the_published_training_band():
+    import yaml
+    from simulator.pricing.fidelity import MIN_SHARE
+    bands = yaml.safe_load(open("hardware_profiles/fidelity/training_bands.yaml"))["bands"]
+    d = train(workload(LC)).to_json()["fidelity"]
+    band = (bands.get("h800") or bands["all"])["training"]
+    assert d["expected_error_pct"] == pytest.approx(band / max(d["measured_share"], MIN_SHARE))
+    from benchmarks.published import training_bands
+    rows = [{"kind": "training", "gpu": g, "error": e, "optimistic": e > 0}
+            for g, e in (("x", 0.1), ("x", -0.5), ("y", 0.2))]
+    out = training_bands(rows)["bands"]
+    assert out["x"] == {"training": 50.0, "rows": 2} and out["all"]["rows"] == 3
+    assert out["all"]["training"] == 50.0            # p90 of 10%, 50%, 20%

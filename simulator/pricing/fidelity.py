@@ -16,6 +16,8 @@ from simulator.schema import HardwareProfile, ParallelPlan
 MEASURED, EXTRAPOLATED, ROOFLINE = "measured", "extrapolated", "roofline"
 MAX_LISTED = 10          # extrapolated shapes a result lists
 MIN_SHARE = 0.25         # the band widens as 1 / measured share, at most 4x (a rule, not a fit)
+TRAINING_BANDS = Path(__file__).resolve().parents[2] / "hardware_profiles" / "fidelity" / \
+    "training_bands.yaml"
 BANDS = Path(__file__).resolve().parents[2] / "hardware_profiles" / "fidelity" / "bands.yaml"
 
 
@@ -100,11 +102,22 @@ def _bands() -> dict:
     return read_yaml_mapping(BANDS)
 
 
+@lru_cache(maxsize=1)
+def _training_bands() -> dict:
+    from simulator.loading import read_yaml_mapping
+    return read_yaml_mapping(TRAINING_BANDS) if TRAINING_BANDS.exists() else {}
+
+
 def expected_error_pct(profile: str, phase: str, share: float) -> float | None:
     """The error band (%) of a case like this: the p90 |error| of the silicon corpus' rows of
     this GPU and kind (TPOT for decode, TTFT otherwise; all GPUs' band where this GPU has no
     rows), widened as 1 / measured share (at most 1 / MIN_SHARE) for time priced outside
-    measured tables (hardware_profiles/fidelity/bands.yaml)."""
+    measured tables (hardware_profiles/fidelity/bands.yaml); phase "training": the p90 of the
+    published training rows (hardware_profiles/fidelity/training_bands.yaml)."""
+    if phase == "training":
+        bands = _training_bands().get("bands") or {}
+        band = bands.get(profile) or bands.get("all")
+        return band["training"] / max(share, MIN_SHARE) if band else None
     bands = _bands().get("bands") or {}
     kind = "decode" if phase == "decode" else "prefill"
     band = bands.get(profile) or bands.get("all")

@@ -335,7 +335,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         breakdown_s=breakdown, within_s=within, precision=precision, max_micro_batch=fits,
         pipeline_tasks=pipe.tasks,
         mfu_at_precision_peak=model_flops / (plan.gpus * peak_flops(prof, precision) * step_s),
-        notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd))
+        notes=tuple(fwd.notes), fidelity=training_fidelity(fwd, bwd, prof.name))
 
 
 def gemm_precision(compute: dict[str, str]) -> str:
@@ -364,14 +364,16 @@ def cast_s(run) -> float:
     return sum(cast_time_s(op, prof) for op in run.timeline.ops if op.cast_bytes > 0)
 
 
-def training_fidelity(fwd, bwd) -> dict:
+def training_fidelity(fwd, bwd, profile: str) -> dict:
     """A micro-batch's forward and backward passes: the time-weighted share priced inside
-    measured tables and the shapes outside them. No band: the silicon corpus holds no training
-    run, so expected_error_pct is null (docs/accuracy.md, section 5 for training's own rows)."""
+    measured tables, the shapes outside them, and the error band of the published training
+    rows on this GPU (docs/accuracy.md s5), widened for time priced outside measured tables."""
+    from simulator.pricing.fidelity import expected_error_pct
     f, b = fwd.fidelity, bwd.fidelity
     total = fwd.step_time_s + bwd.step_time_s
     share = (f["measured_share"] * fwd.step_time_s + b["measured_share"] * bwd.step_time_s) \
         / total if total > 0 else 0.0
     return {"measured_share": share,
             "extrapolated": list(dict.fromkeys(f["extrapolated"] + b["extrapolated"])),
-            "kernel_tables": f["kernel_tables"], "expected_error_pct": None}
+            "kernel_tables": f["kernel_tables"],
+            "expected_error_pct": expected_error_pct(profile, "training", share)}
