@@ -80,6 +80,74 @@ def test_a_pipe_with_a_reader_gets_the_report(tmp_path):
     assert b"<html" in got[0].lower()
 
 
+def as_normal_user(check) -> None:
+    """Run `check()` as an unprivileged user: in a forked child demoted to nobody when the
+    suite runs as root (the interpreter is already in memory, so no file of it need be
+    readable by nobody), in this process otherwise. Fails with the child's assertion."""
+    if os.geteuid() != 0:
+        check()
+        return
+    pid = os.fork()
+    if pid == 0:                                    # the child: nobody, then the checks
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            check()
+            code = 0
+        except BaseException as exc:                # report, then leave without pytest's exit
+            sys.stderr.write(f"as nobody: {exc!r}\n")
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the checks failed as an unprivileged user"
+
+
+def test_outputs_that_are_not_regular_files_as_a_normal_user():
+    # the same rules without root's rights: a device is written through, a link writes its
+    # target and stays, a pipe with a reader gets the text, a folder nobody may write is a
+    # clear error naming the option
+    import tempfile
+    from simulator.atomic import write_text_atomic
+    from simulator.errors import MoesimError
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:     # reachable by nobody
+        tmp_path = Path(d)
+        os.chmod(tmp_path, 0o777)
+        _normal_user_outputs(tmp_path, write_text_atomic, MoesimError)
+
+
+def _normal_user_outputs(tmp_path, write_text_atomic, MoesimError) -> None:
+    target = tmp_path / "real.html"
+    target.write_text("old")
+    os.chmod(target, 0o666)
+    link = tmp_path / "link.html"
+    link.symlink_to(target)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)                     # mkfifo's mode passes through the umask
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+
+    def check():
+        write_text_atomic(Path("/dev/null"), "x" * 100, "--report")
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+        write_text_atomic(link, "<html>new</html>", "--report")
+        assert link.is_symlink() and target.read_text() == "<html>new</html>"
+        got = []
+        reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()),
+                                  daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        write_text_atomic(fifo, "through the pipe", "--trace")
+        reader.join(10)
+        assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+        if os.geteuid() != 0:                       # root may write anywhere
+            with pytest.raises(MoesimError, match="--report"):
+                write_text_atomic(locked / "r.html", "x", "--report")
+            assert not list(locked.iterdir())
+    as_normal_user(check)
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 def test_a_pipe_as_the_workload_is_refused_at_once(tmp_path):
     fifo = tmp_path / "w.yaml"
