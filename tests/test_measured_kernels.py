@@ -364,7 +364,10 @@ def test_serve_and_train_carry_a_fidelity_block():
         bands["h200-sxm"]["prefill"] / max(f["prefill_measured_share"], 0.25))
     t = train(load_workload(str(ROOT / "workloads/training/longcat-flash-pretrain-h800.yaml")))
     j = t.to_json()["fidelity"]
-    assert 0 < j["measured_share"] <= 1 and j["expected_error_pct"] is None
+    tb = yaml.safe_load((ROOT / "hardware_profiles/fidelity/training_bands.yaml").read_text())
+    band = (tb["bands"].get("h800") or tb["bands"]["all"])["training"]
+    assert 0 < j["measured_share"] <= 1
+    assert j["expected_error_pct"] == pytest.approx(band / max(j["measured_share"], 0.25))
 
 
 def test_a_collective_faster_than_the_link_rate_keeps_its_measured_time():
