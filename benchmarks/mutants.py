@@ -33,6 +33,7 @@ SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulato
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
+GB = "simulator/graph/backward.py"
 GO = "simulator/graph/ops.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
@@ -458,13 +459,13 @@ MUTANTS: list[Mutant] = [
            "        replicated, experts = 2 * replicated, 2 * experts\n", "        pass\n"),
     Mutant(TN, "DP gradient reduce-scatter never exposed",
            "return max(0.0, rs_s - b_s) + max(0.0, ag_s - f_s)", "return max(0.0, ag_s - f_s)"),
-    Mutant(GM, "backward: the input gradient keeps the forward's (N, K)",
+    Mutant(GB, "backward: the input gradient keeps the forward's (N, K)",
            "gemm_dims=tuple((k, n) for n, k in op.gemm_dims),", "gemm_dims=op.gemm_dims,"),
-    Mutant(GM, "backward: the weight gradient reads the weight, no FP32 main gradient",
+    Mutant(GB, "backward: the weight gradient reads the weight, no FP32 main gradient",
            "grad = weights * 2 * MAIN_GRAD_BYTES", "grad = weights * prec.weight_bytes"),
-    Mutant(GM, "training FP8 casts only row-wise (no transposed copy)",
+    Mutant(GB, "training FP8 casts only row-wise (no transposed copy)",
            'CAST_BYTES = {"block": 4.0, "tensor": 6.0}', 'CAST_BYTES = {"block": 3.0, "tensor": 5.0}'),
-    Mutant(GM, "the input gradient's FP8 cast left out",
+    Mutant(GB, "the input gradient's FP8 cast left out",
            "cast_bytes=fp8_cast_bytes(op, prec.fp8_scaling, d_out))", "cast_bytes=0.0)"),
     Mutant(HW, "training FP8 casts not priced",
            "    if op.cast_bytes <= 0:\n        return 0.0\n    kernels",

@@ -80,6 +80,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/serving/mtp.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/result.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/step_model.py": ["tests/test_serving.py", "tests/test_physics.py"],
+    "simulator/graph/backward.py": ["tests/test_op_graph.py", "tests/test_training.py"],
     "simulator/graph/model.py": ["tests/test_op_graph.py", "tests/test_deployments.py",
                                  "tests/test_physics.py", "tests/test_tensor_parallel.py"],
     "simulator/graph/ops.py": ["tests/test_op_graph.py", "tests/test_deployments.py",

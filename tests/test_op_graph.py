@@ -4,7 +4,8 @@ import pytest
 
 from simulator.schema import ParallelPlan, Precision
 from simulator.loading import load_model
-from simulator.graph.model import build_backward, build_forward
+from simulator.graph.backward import build_backward
+from simulator.graph.model import build_forward
 from simulator.graph.ops import COMPUTE_KINDS, Shape
 
 PLAN = ParallelPlan(gpus=128, gpus_per_node=8, ep=128)
@@ -103,6 +104,11 @@ def test_backward_gemms_have_their_own_shapes_and_bytes_by_hand():
     assert d.gemm_dims == ((4096, h),) and d.m == t        # dX[t, 4096] = dY[t, h] W^T
     assert w.gemm_dims == ((4096, t),) and w.gemm_rows == (h,)   # dW[h, 4096], inner t
     assert d.flops == w.flops == o.flops == 2 * t * h * 4096
+    # a non-square one: QKV's (N, K) = ((32 + 2 x 8) x 128, h) turns round for its dgrad
+    q = fwd.nodes["L0.attn.qkv_proj"]["op"]
+    assert q.gemm_dims == ((48 * 128, h),)
+    assert bwd.nodes["L0.attn.qkv_proj.dgrad"]["op"].gemm_dims == ((h, 48 * 128),)
+    assert bwd.nodes["L0.attn.qkv_proj.wgrad"]["op"].gemm_rows == (48 * 128,)
     # the weight gradient reads the activations and reads + writes the FP32 main gradient
     assert w.weight_bytes == h * 4096 * 2 * 4
     assert w.bytes == o.bytes - o.weight_bytes + h * 4096 * 8

@@ -14,7 +14,8 @@ from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
 from simulator.engine.timeline import LaidOutOps, Timeline
-from simulator.graph.model import build_backward, build_forward, copies_from
+from simulator.graph.backward import build_backward
+from simulator.graph.model import build_forward, copies_from
 from simulator.graph.ops import Op
 from simulator.notes import collecting
 from simulator.pricing.hardware import (comm_demand, launch_latency_s, link_bandwidths,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from simulator.errors import MoesimError
 from simulator.graph.params import blocks_per_layer, count_params, replicated_params
@@ -107,7 +107,6 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     plan = w.plan
     c = count_params(model)
     share = stage_layers / model.num_layers
-    h = model.hidden_size
     replicated = replicated_params(model, plan.tp, c, plan.tp) * share + c.embedding / plan.pp
     experts = c.expert_total * share / plan.ep
     shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
