@@ -487,7 +487,7 @@ MUTANTS: list[Mutant] = [
            "return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))",
            "return max(0.0, ag_s - f_s) + max(0.0, rs_s - b_s)"),
     Mutant(TN, "DP bandwidth derated twice (the NIC's achieved rate times the table's top)",
-           "eff = efficiency(table, nbytes / max(ranks - 1, 1), \"DP bytes per peer\") / top",
+           "eff = efficiency(table, nbytes / max(ranks - 1, 1), \"DP bytes per peer\") / best",
            "eff = efficiency(table, nbytes / max(ranks - 1, 1), \"DP bytes per peer\")"),
     Mutant(TN, "pipeline p2p ignored", "p2p = prof.nic.latency_s.value + act_bytes /",
            "p2p = 0 * prof.nic.latency_s.value + 0 * act_bytes /"),

@@ -132,10 +132,18 @@ def test_data_parallel_bandwidth_is_the_nics_achieved_rate_on_large_messages():
     bw = prof.nic.bandwidth_Bps.value
     big = 8e9                                 # 8 GB over 16 ranks: far above the table's top
     assert dp_transfer_s(prof, big, 16) == pytest.approx(big / bw)
-    # below the table's top the collective-efficiency roll-off applies, relative to its top
+    # below the table's top the collective-efficiency roll-off applies, relative to its best
     pts = prof.collective_efficiency.points
     size = pts[1][0] * 3                       # bytes per peer at the table's second point
     assert dp_transfer_s(prof, size, 4) == pytest.approx(size / (bw * pts[1][1] / pts[-1][1]))
+    # a table whose best point is not its last (the CPU profile's, fitted) never lifts the
+    # rate above the NIC's: at its best point the transfer takes exactly bytes / NIC rate
+    cpu = profile("cpu-2core-example")
+    x, e = max(cpu.collective_efficiency.points, key=lambda p: p[1])
+    assert dp_transfer_s(cpu, x, 2) == pytest.approx(x / cpu.nic.bandwidth_Bps.value)
+    sizes = [p[0] for p in cpu.collective_efficiency.points]
+    assert all(dp_transfer_s(cpu, s, 2) >= s / cpu.nic.bandwidth_Bps.value * (1 - 1e-12)
+               for s in sizes)
 
 
 def test_fp8_casts_and_weight_gradients_are_priced_by_hand():

@@ -195,12 +195,12 @@ def host_bound(rt: TrainingRuntime, layers: int, f_s: float, b_s: float,
 
 def dp_transfer_s(prof: HardwareProfile, nbytes: float, ranks: int) -> float:
     """Seconds to send `nbytes` per GPU of a data-parallel ring collective over the NIC.
-    The profile's NIC bandwidth is already the rate collectives achieve on large messages
-    (nccl-tests bus bandwidth), so the collective-efficiency table only scales it by its own
-    roll-off below its largest size, not twice."""
+    The profile's NIC bandwidth is already the best rate collectives achieve (nccl-tests bus
+    bandwidth on large messages), so the collective-efficiency table only scales it by its
+    roll-off relative to its own best point, not twice (and never above the NIC's rate)."""
     table = prof.collective_efficiency
-    top = table.points[-1][1]
-    eff = efficiency(table, nbytes / max(ranks - 1, 1), "DP bytes per peer") / top
+    best = max(e for _, e in table.points)
+    eff = efficiency(table, nbytes / max(ranks - 1, 1), "DP bytes per peer") / best
     return nbytes / (prof.nic.bandwidth_Bps.value * eff)
 
 
