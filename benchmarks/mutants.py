@@ -34,6 +34,7 @@ MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulat
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
 GB = "simulator/graph/backward.py"
+RS = "simulator/step/resolve.py"
 GO = "simulator/graph/ops.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
@@ -481,6 +482,15 @@ MUTANTS: list[Mutant] = [
     Mutant(TN, "MFU's second peak is always BF16's",
            "mfu_at_precision_peak=model_flops / (plan.gpus * peak_flops(prof, precision) * step_s),",
            "mfu_at_precision_peak=mfu,"),
+    Mutant(BA, "per-rank expert GEMMs pay no FP8 cast",
+           "    cast = cast_times_s(op, prof, flops)\n", "    cast = 0.0\n"),
+    Mutant(RS, "training's sequence split ignores tp",
+           "    sp = w.plan.tp if w.phase in TRAINING_PHASES else 1", "    sp = 1"),
+    Mutant(GM, "training sequence parallelism: attention's reduce-scatter left out",
+           "        if sp > 1:      # and scatter the summed output", "        if False:"),
+    Mutant(TN, "exposed all-to-all counted from the TP/CP collectives",
+           'return {"ep": exposed(("ep",)), "tp_cp": exposed(("tp", "cp"))}',
+           'return {"ep": exposed(("tp", "cp")), "tp_cp": exposed(("ep",))}'),
     Mutant(TN, "ZeRO-0 all-reduces a reduce-scatter's bytes, not twice them",
            "return max(0.0, 2 * rs_s - b_s)", "return max(0.0, rs_s - b_s)"),
     Mutant(TN, "FSDP gathers parameters once per step, not before every pass",

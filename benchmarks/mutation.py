@@ -81,6 +81,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/serving/result.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/serving/step_model.py": ["tests/test_serving.py", "tests/test_physics.py"],
     "simulator/graph/backward.py": ["tests/test_op_graph.py", "tests/test_training.py"],
+    "simulator/step/resolve.py": ["tests/test_training.py", "tests/test_published.py"],
     "simulator/graph/model.py": ["tests/test_op_graph.py", "tests/test_deployments.py",
                                  "tests/test_physics.py", "tests/test_tensor_parallel.py"],
     "simulator/graph/ops.py": ["tests/test_op_graph.py", "tests/test_deployments.py",

@@ -71,3 +71,25 @@ def test_batched_tables_at_their_points_edges_and_a_zero_width_segment():
     # the last 50; at the duplicated first size the later point's 20 (as the scalar reads it)
     assert got[6] == pytest.approx(45.0) and got[2] == 10.0 and got[8] == 50.0
     assert got[3] == 20.0 and len(alone) == 2            # notes for 1.0 and 64.0 only
+
+
+@pytest.mark.parametrize("name", ["h800", "h100-sxm"])
+def test_per_rank_fp8_casts_scale_with_each_ranks_rows(name):
+    # a training FP8 expert GEMM casts its inputs: each rank pays the op's cast bytes in
+    # proportion to its routed rows (its FLOPs), as the op would priced alone at that size
+    prof = load_profile(name)
+    op = Op("e", "grouped_gemm", gemm_nk=(25165824, 12582912), precision="fp8")
+    flops, m, nbytes, weight_bytes = _sizes(7)
+    op.flops, op.cast_bytes = float(flops.mean()), 3e8       # the op's own size and casts
+    got = gemm_times_s(op, prof, flops, m, nbytes, weight_bytes)
+    plain = op.copy()
+    plain.cast_bytes = 0.0
+    base = gemm_times_s(plain, prof, flops, m, nbytes, weight_bytes)
+    want = []
+    for f, mm, b, wb in zip(flops.tolist(), m.tolist(), nbytes.tolist(), weight_bytes.tolist()):
+        one = op.copy()
+        one.flops, one.m, one.bytes, one.weight_bytes = f, mm, b, wb
+        one.cast_bytes = max(op.cast_bytes * f / op.flops, 1.0)
+        want.append(compute_time_s(one, prof))
+    assert got.tolist() == pytest.approx(want, rel=1e-12, abs=1e-12)   # 1 byte at a 0-row rank
+    assert (got > base).all()                               # every rank pays its launches

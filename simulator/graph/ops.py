@@ -56,7 +56,7 @@ class Op:
     gemm_rows: tuple[float, ...] = ()   # M of each GEMM of gemm_dims where it is not `m` (a
     #   weight gradient: dW[N, K] = dY^T X has M = N and the tokens as its inner dimension)
     cast_bytes: float = 0.0         # training FP8: HBM bytes of the quantise passes its inputs
-    #   need before the GEMM (separate memory-bound kernels, graph/model.fp8_cast_bytes)
+    #   need before the GEMM (separate memory-bound kernels, graph/backward.fp8_cast_bytes)
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def copy(self) -> Op:
