@@ -56,17 +56,17 @@ def test_long_steps_show_a_spinner_on_a_terminal_only(monkeypatch):
     runs; stdout stays the JSON alone."""
     import io
 
-    import cli
+    from simulator.commands import common
     from rich.console import Console
     tty = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=tty, force_terminal=True))
+    monkeypatch.setattr(common, "err", Console(file=tty, force_terminal=True))
     r = invoke("compare", LONGCAT, "--schedules", "sequential,sbo", "--per-rank", "--json")
     assert r.exit_code == 0, r.output
     assert [x["schedule"] for x in json.loads(r.output)] == ["sequential", "sbo"]
     shown = tty.getvalue()
     assert "under sbo, all " in shown and "(2 of 2)" in shown
     piped = io.StringIO()                        # not a terminal: nothing drawn
-    monkeypatch.setattr(cli, "err", Console(file=piped, force_terminal=False))
+    monkeypatch.setattr(common, "err", Console(file=piped, force_terminal=False))
     assert invoke("simulate", LONGCAT, "--json").exit_code == 0
     assert piped.getvalue() == ""
 

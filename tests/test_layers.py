@@ -18,6 +18,7 @@ LAYERS = [
     ("step", {"step"}),
     ("serving and training", {"serving", "training", "router_bias"}),
     ("outputs", {"outputs"}),
+    ("commands", {"commands"}),
 ]
 LEVEL = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 

@@ -93,12 +93,12 @@ def test_progress_reports_simulated_time_and_changes_nothing(monkeypatch):
 def test_serve_shows_simulated_time_on_a_terminal(monkeypatch, tmp_path):
     import io
 
-    import cli
+    from simulator.commands import common
     from rich.console import Console
     from simulator.serving import loop
     monkeypatch.setattr(loop, "PROGRESS_STEPS", 64)
     tty = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=tty, force_terminal=True))
+    monkeypatch.setattr(common, "err", Console(file=tty, force_terminal=True))
     path = tmp_path / "w.yaml"
     path.write_text(json.dumps(SMALL))
     r = CliRunner().invoke(app, ["serve", str(path), "--json"])
