@@ -119,22 +119,36 @@ def sweep(spec_path: Path = typer.Argument(..., help="sweep YAML"),
 @app.command()
 @user_errors
 def plan(target: str = typer.Argument(..., help="a model (zoo name or YAML) or a workload YAML "
-                                       "whose model, precision and runtime are kept"),
+                                       "whose model, precision and runtime are kept (with "
+                                       "--train: a training workload)"),
          gpus: str = typer.Option("8", help="GPU counts to try, e.g. 8,16,32"),
-         hardware: str = typer.Option("h200-sxm", help="profiles to try, e.g. h100-sxm,b200-sxm"),
+         hardware: Optional[str] = typer.Option(
+             None, help="profiles to try, e.g. h100-sxm,b200-sxm (default h200-sxm; with "
+             "--train the workload's)"),
          isl: int = typer.Option(1024, help="input tokens per request"),
          osl: int = typer.Option(1024, help="output tokens per request"),
          ttft_ms: float = typer.Option(2000.0, "--ttft-ms", help="TTFT SLO"),
          tpot_ms: float = typer.Option(50.0, "--tpot-ms", help="TPOT SLO"),
          runtime: Optional[str] = typer.Option(None, help="sglang, trtllm or vllm kernels"),
+         train: bool = typer.Option(False, "--train", help="search a training workload's "
+                                    "layouts (TP, PP, EP, CP, micro-batch, pipeline, recompute) "
+                                    "for days and $ to train"),
+         tokens: Optional[str] = typer.Option(None, help="with --train: tokens to train, "
+                                              "e.g. 20T"),
          workers: int = typer.Option(2, help="local worker processes"),
+         backend: str = typer.Option("local", help="local (process pool) or ray"),
+         address: str = typer.Option("auto", help="Ray address: auto or HOST:PORT"),
+         results: Optional[Path] = typer.Option(
+             None, help="SQLite file keeping every priced what-if, so an interrupted plan "
+             "resumes (default: ~/.cache/moesim/plan.sqlite)"),
          as_json: bool = JSON, report: Optional[Path] = REPORT,
          out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="write every Pareto "
                                                 "point as a runnable workload YAML here")) -> None:
-    """The best deployment under a latency SLO: a searched Pareto front and its cost."""
+    """The best deployment under a latency SLO: a searched Pareto front and its cost; with
+    --train, the fastest and cheapest training layouts."""
     from simulator.commands.plan import plan as body
-    body(target, gpus, hardware, isl, osl, ttft_ms, tpot_ms, runtime, workers, as_json, report,
-         out_dir)
+    body(target, gpus, hardware, isl, osl, ttft_ms, tpot_ms, runtime, train, tokens, workers,
+         backend, address, results, as_json, report, out_dir)
 
 
 @app.command()

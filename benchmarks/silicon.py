@@ -333,7 +333,7 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
 def predict(cases: list[Case], workers: int, progress=None) -> list[tuple[Case, dict | None,
                                                                          str | None]]:
     """Every case's serve metrics (or its error), through the sweep's worker pool."""
-    from simulator.outputs.sweep import Point, execute
+    from simulator.outputs.pool import Point, execute
     points = [Point(str(i), {}, c.workload) for i, c in enumerate(cases)]
     out: list = [None] * len(cases)
     done = 0

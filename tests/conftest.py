@@ -1,6 +1,11 @@
 """Shared helpers: load shipped files and derive variants of them."""
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +61,22 @@ def tmp_yaml(tmp_path):
         p.write_text(text)
         return p
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (ray start --head on a free port), stopped after the session."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", f"--port={port}",
+                    "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, env=env, timeout=180,
+                   capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)

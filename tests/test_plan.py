@@ -96,3 +96,63 @@ def test_bad_questions_are_refused():
         out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "plan", "qwen3-30b-a3b",
                               *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+SMALL = Question(model="qwen3-30b-a3b", hardware=("h200-sxm",), gpus=(8,), isl=1024, osl=256,
+                 ttft_ms=500, tpot_ms=30)
+
+
+def test_an_interrupted_plan_resumes_and_prices_only_what_is_left(tmp_path):
+    """Ctrl-C after some what-ifs keeps them in the results file and says so; the rerun reads
+    them back (its first progress report counts them done) and ends as a fresh search does."""
+    from simulator.outputs.pool import SweepInterrupted
+    db = tmp_path / "plan.sqlite"
+    seen = []
+
+    def stop_after_five(done, total):
+        seen.append(done)
+        if done >= 5:
+            raise KeyboardInterrupt
+    with pytest.raises(SweepInterrupted) as e:
+        search(SMALL, workers=1, progress=stop_after_five, results=db)
+    assert "5 of" in e.value.render() and "resume" in e.value.render()
+    again = []
+    resumed = search(SMALL, workers=1, progress=lambda d, t: again.append((d, t)), results=db)
+    assert again[0][0] == 5 and again[-1][0] == again[-1][1]
+    fresh = search(SMALL, workers=1)
+    assert resumed["front"] == fresh["front"] and resumed["candidates"] == fresh["candidates"]
+    cached = []
+    search(SMALL, workers=1, progress=lambda d, t: cached.append(d), results=db)
+    assert cached == [again[-1][1]]                 # everything read back, nothing priced
+
+
+def test_mtp_is_searched_where_the_model_has_it():
+    from simulator.outputs.plan import candidates, mtp_settings
+    assert mtp_settings(SMALL) == [None]            # Qwen3 has no MTP layers
+    dsv3 = Question(model="deepseek-v3", hardware=("h200-sxm",), gpus=(8,), isl=1024, osl=256,
+                    ttft_ms=500, tpot_ms=30)
+    on = [w for _, w in candidates(dsv3) if w.get("mtp")]
+    off = [w for _, w in candidates(dsv3) if not w.get("mtp")]
+    assert len(on) == len(off) > 0 and all(w["mtp"]["enabled"] for w in on)
+    w = next(w for w in on if w["batch_per_device"] == 16 and w["schedule"] == "sequential")
+    r = simulate(load_workload_dict(w)).to_json(with_ops=False)
+    assert r["tokens_per_forward"] > 1              # a verify step yields more than one token
+
+
+def load_workload_dict(w: dict):
+    from simulator.schema import Workload
+    return Workload.model_validate(w)
+
+
+def test_consecutive_points_of_a_group_run_as_one_task():
+    from simulator.outputs.pool import Point, batches
+    pts = [Point(k, {}, {}, g) for k, g in (("a", "x"), ("b", "x"), ("c", ""), ("d", ""),
+                                              ("e", "y"), ("f", "x"))]
+    assert [[p.key for p in t] for t in batches(pts)] == [["a", "b"], ["c"], ["d"], ["e"],
+                                                          ["f"]]
+
+
+def test_plan_on_a_real_local_ray_cluster_matches_the_local_pool(ray_cluster, tmp_path):
+    local = search(SMALL, workers=2)
+    remote = search(SMALL, backend="ray", address=ray_cluster, results=tmp_path / "r.sqlite")
+    assert remote["front"] == local["front"] and remote["best"] == local["best"]

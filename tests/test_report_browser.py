@@ -141,8 +141,19 @@ def test_plan_report_renders_its_front(tmp_path):
                                  "h200-sxm", "--workers", "1", "--report", str(report)])
     assert r.exit_code == 0, r.output
     plots, errors = _render(report, tmp_path / "plan.png")
-    assert plots == 2 and errors == []
+    assert plots == 3 and errors == []
     assert all(x and y for x, y in AXES["plan.html"]), AXES["plan.html"]
+
+
+def test_training_plan_report_renders_days_against_gpus(tmp_path):
+    report = tmp_path / "plan-train.html"
+    r = CliRunner().invoke(app, ["plan", "--train", str(QWEN_TRAIN), "--gpus", "16,32",
+                                 "--workers", "1", "--results", str(tmp_path / "r.sqlite"),
+                                 "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    plots, errors = _render(report, tmp_path / "plan-train.png")
+    assert plots == 2 and errors == []
+    assert all(x and y for x, y in AXES["plan-train.html"]), AXES["plan-train.html"]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")

@@ -1,10 +1,6 @@
 """Sweeps: expansion, SQLite results, resume, refusals, local pool vs a real local Ray cluster."""
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -102,24 +98,6 @@ def test_ray_address_that_does_not_answer(tmp_path):
         run_sweep(spec(), tmp_path, backend="ray", address=f"127.0.0.1:{port}",
                   results=tmp_path / "r.sqlite")
     assert "--backend local" in e.value.render()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", f"--port={port}",
-                    "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, env=env, timeout=180,
-                   capture_output=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
 
 
 def test_real_local_ray_cluster_matches_local_pool(tmp_path, ray_cluster):

@@ -293,3 +293,24 @@ def test_train_fidelity_carries_the_published_training_band():
     out = training_bands(rows)["bands"]
     assert out["x"] == {"training": 50.0, "rows": 2} and out["all"]["rows"] == 3
     assert out["all"]["training"] == 50.0            # p90 of 10%, 50%, 20%
+
+
+def test_steps_sharing_their_passes_give_what_a_fresh_run_gives(monkeypatch):
+    """Steps that differ only in pipeline schedule or recompute reuse one simulation of the
+    micro-batch passes (plan --train prices many); the result, notes included, is what a run
+    with nothing kept gives, and another micro-batch is simulated anew."""
+    from collections import OrderedDict
+
+    from simulator.training import run as tr
+    w = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
+    other = w.variant(training=w.training.model_copy(update={"recompute": "full"}))
+    monkeypatch.setattr(tr, "KEPT_PASSES", OrderedDict())
+    train(w)
+    shared = train(other)
+    assert len(tr.KEPT_PASSES) == 1                  # the second step simulated nothing new
+    monkeypatch.setattr(tr, "KEPT_PASSES", OrderedDict())
+    fresh = train(other)
+    assert shared.to_json() == fresh.to_json() and shared.notes == fresh.notes
+    bigger = w.variant(training=w.training.model_copy(update={"micro_batch_sequences": 4}))
+    train(bigger)
+    assert len(tr.KEPT_PASSES) == 2

@@ -9,19 +9,27 @@ from simulator.commands.sweep import check_backend, progress_bar
 from simulator.outputs import tables as T
 
 
-def plan(target: str, gpus: str, hardware: str, isl: int, osl: int, ttft_ms: float,
-         tpot_ms: float, runtime: Optional[str], workers: int, as_json: bool,
+def plan(target: str, gpus: str, hardware: Optional[str], isl: int, osl: int, ttft_ms: float,
+         tpot_ms: float, runtime: Optional[str], train: bool, tokens: Optional[str],
+         workers: int, backend: str, address: str, results: Optional[Path], as_json: bool,
          report: Optional[Path], out_dir: Optional[Path]) -> None:
-    """The best deployment under a latency SLO: a searched Pareto front and its cost."""
-    from simulator.outputs.plan import Question, search
+    """The best deployment under a latency SLO (or, with --train, the fastest and cheapest
+    training layouts): a searched front and its cost."""
+    from simulator.outputs.plan import default_results
     c.check_outputs(report=report)
-    workers = check_backend("local", max(1, workers))
-    q = Question(**plan_target(target), hardware=tuple(c.names(hardware, "--hardware")),
+    workers = check_backend(backend, workers)
+    run = dict(backend=backend, address=address, results=results or default_results())
+    if train:
+        plan_train(target, gpus, hardware, tokens, workers, run, as_json, report, out_dir)
+        return
+    from simulator.outputs.plan import Question, search
+    q = Question(**plan_target(target), hardware=tuple(c.names(hardware or "h200-sxm",
+                                                               "--hardware")),
                  gpus=tuple(c.int_list(gpus, "--gpus")), isl=isl, osl=osl, ttft_ms=ttft_ms,
                  tpot_ms=tpot_ms, runtime=runtime)
     with progress_bar("plan") as bar:
-        task = bar.add_task("candidates", total=None)
-        res = search(q, workers, lambda d, t: bar.update(task, completed=d, total=t))
+        task = bar.add_task("what-ifs", total=None)
+        res = search(q, workers, lambda d, t: bar.update(task, completed=d, total=t), **run)
     if out_dir is not None:
         from simulator.outputs.plan import write_points
         write_points(res["front"], out_dir)
@@ -35,6 +43,40 @@ def plan(target: str, gpus: str, hardware: str, isl: int, osl: int, ttft_ms: flo
         c.stdout.print(table)
     for line in T.plan_lines(res):
         c.stdout.print(line, highlight=False, soft_wrap=True)
+
+
+def plan_train(target: str, gpus: str, hardware: Optional[str], tokens: Optional[str],
+               workers: int, run: dict, as_json: bool, report: Optional[Path],
+               out_dir: Optional[Path]) -> None:
+    """`plan --train`: a training workload's layouts searched for days and $ to train."""
+    from simulator.outputs.plan_train import TrainQuestion, search
+    from simulator.training.run import parse_tokens
+    base = plan_target(target).get("base")
+    if base is None or base.get("training") is None:
+        from simulator.errors import MoesimError
+        raise MoesimError("WORKLOAD", f"{target} is not a training workload",
+                          "give a workload YAML with a training: block (see workloads/training/)")
+    q = TrainQuestion(base=base, hardware=tuple(c.names(hardware or base["hardware"],
+                                                        "--hardware")),
+                      gpus=tuple(c.int_list(gpus, "--gpus")),
+                      tokens=parse_tokens(tokens) if tokens is not None else None)
+    with progress_bar("plan --train") as bar:
+        task = bar.add_task("what-ifs", total=None)
+        res = search(q, workers, lambda d, t: bar.update(task, completed=d, total=t), **run)
+    if out_dir is not None:
+        from simulator.outputs.plan_train import write_points
+        write_points(res["front"], out_dir)
+    if report:
+        from simulator.outputs.report import plan_train_figures, write_figures
+        write_figures(plan_train_figures(res), f"moesim plan --train: {q.base['model']}", report)
+    if as_json:
+        c.print_json({k: v for k, v in res.items() if k != "points"})
+        return
+    c.stdout.print(T.plan_train_table(res))
+    n = res["candidates"]
+    c.stdout.print(f"{n['tried']} layouts tried, {n['pruned']} pruned (do not fit in memory at "
+                   f"any recompute, or do not split the batch), {n['priced']} priced",
+                   highlight=False)
 
 
 def plan_target(target: str) -> dict:

@@ -15,6 +15,7 @@ runnable workload.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import yaml
 from simulator.atomic import write_text_atomic
 from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
-from simulator.outputs.sweep import Point, execute
+from simulator.outputs.pool import Point, code_version, execute_stored, point_key
 
 BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 KV_BYTES = (2.0, 1.0)
@@ -45,6 +46,15 @@ class Question:
     tpot_ms: float
     runtime: str | None = None
     base: dict = field(default_factory=dict)      # a workload's fields to keep (precision ...)
+
+
+def default_results() -> Path:
+    """Where plans keep every priced what-if unless told otherwise: $XDG_CACHE_HOME/moesim (or
+    ~/.cache/moesim)/plan.sqlite. Results are keyed by the workload, the model and profile
+    files' contents and the simulator's code, so one from another version is never reused."""
+    import os
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "moesim" / "plan.sqlite"
 
 
 def _check(q: Question) -> None:
@@ -87,6 +97,16 @@ def schedules(q: Question) -> list[str]:
     return ["sequential", "tbo"] if m.moe is not None else ["sequential"]
 
 
+def mtp_settings(q: Question) -> list[dict | None]:
+    """MTP off, and on where the model has MTP layers (the workload's MTP settings when it
+    gives them, else one draft token at the model's acceptance)."""
+    m = load_model(q.model)
+    if not m.mtp_layers:
+        return [None]
+    on = dict(q.base.get("mtp") or {})
+    return [None, {**on, "enabled": True}]
+
+
 def _precision(q: Question, kv: float) -> dict:
     base = dict(q.base.get("precision") or {})
     if not base:
@@ -106,22 +126,22 @@ def candidates(q: Question) -> list[tuple[str, dict]]:
         gpn = int(load_profile(hw).gpus_per_node.value)
         for g in q.gpus:
             for lname, plan in layouts(q, g, gpn):
-                for kv in KV_BYTES:
-                    for sched in schedules(q):
-                        for b in BATCHES:
-                            if sched != "sequential" and b < 2:
-                                continue
-                            w = {k: v for k, v in q.base.items()
-                                 if k in ("routing", "seed", "mtp")}
-                            w.update(name=f"plan-{hw}-{g}gpu-{_slug(lname)}-kv{int(kv * 8)}-"
-                                     f"{sched}-b{b}", model=q.model, hardware=hw, plan=plan,
-                                     phase="decode", batch_per_device=b, context_length=ctx,
-                                     schedule=sched, precision=_precision(q, kv))
-                            if runtime:
-                                w["runtime"] = runtime
-                            cfg = (f"{hw} x {g}, {lname}, KV {'FP8' if kv == 1 else 'BF16'}, "
-                                   f"{sched}, batch {b}/GPU")
-                            out.append((cfg, w))
+                for kv, mtp, sched, b in itertools.product(KV_BYTES, mtp_settings(q),
+                                                           schedules(q), BATCHES):
+                    if sched != "sequential" and b < 2:
+                        continue
+                    w = {k: v for k, v in q.base.items() if k in ("routing", "seed")}
+                    w.update(name=f"plan-{hw}-{g}gpu-{_slug(lname)}-kv{int(kv * 8)}-"
+                             f"{'mtp-' if mtp else ''}{sched}-b{b}", model=q.model, hardware=hw,
+                             plan=plan, phase="decode", batch_per_device=b, context_length=ctx,
+                             schedule=sched, precision=_precision(q, kv))
+                    if mtp:
+                        w["mtp"] = mtp
+                    if runtime:
+                        w["runtime"] = runtime
+                    cfg = (f"{hw} x {g}, {lname}, KV {'FP8' if kv == 1 else 'BF16'}, "
+                           f"{'MTP, ' if mtp else ''}{sched}, batch {b}/GPU")
+                    out.append((cfg, w))
     return out
 
 
@@ -136,26 +156,33 @@ def _prefill(w: dict, isl: int) -> dict:
 
 
 def search(q: Question, workers: int = 1,
-           progress: Callable[[int, int], None] | None = None) -> dict:
-    """Every candidate priced (or pruned); the front, the best per hardware, the counts."""
+           progress: Callable[[int, int], None] | None = None, backend: str = "local",
+           address: str = "auto", results: Path | None = None) -> dict:
+    """Every candidate priced (or pruned); the front, the best per hardware, the counts.
+    With `results` (SQLite), every priced what-if is kept as it finishes and one already
+    there is not priced again: an interrupted search resumes."""
     _check(q)
     cands = candidates(q)
-    prefill_of: dict[str, dict] = {}
+    code = code_version()
+    points: dict[str, Point] = {}
+    cand_keys = []
+    for cfg, w in cands:
+        key = point_key("simulate", w, code)
+        cand_keys.append(key)
+        points.setdefault(key, Point(key, {"config": cfg}, w))
+    prefill_keys = {}
     for _, w in cands:
-        key = _prefill_key(w)
-        prefill_of.setdefault(key, _prefill(w, q.isl))
-    points = [Point(str(i), {}, w) for i, (_, w) in enumerate(cands)]
-    points += [Point("prefill:" + k, {}, w) for k, w in prefill_of.items()]
-    done, results = 0, {}
-    for p, (metrics, error) in execute(points, "simulate", "local", workers):
-        results[p.key] = (metrics, error)
-        done += 1
-        if progress:
-            progress(done, len(points))
+        pk = _prefill_key(w)
+        if pk not in prefill_keys:
+            pre = _prefill(w, q.isl)
+            key = prefill_keys[pk] = point_key("simulate", pre, code)
+            points.setdefault(key, Point(key, {"prefill": pk}, pre))
+    outcome = execute_stored(list(points.values()), "simulate", results, backend, workers,
+                             address, progress, what="plan", unit="what-ifs")
     priced, pruned = [], []
-    for i, (cfg, w) in enumerate(cands):
-        metrics, error = results[str(i)]
-        pre, _ = results["prefill:" + _prefill_key(w)]
+    for (cfg, w), key in zip(cands, cand_keys):
+        metrics, error = outcome[key]
+        pre, _ = outcome[prefill_keys[_prefill_key(w)]]
         if metrics is None or pre is None or not metrics.get("tpot_ms"):
             pruned.append({"config": cfg, "reason": error or "its prefill does not fit"})
             continue
@@ -182,7 +209,8 @@ def _best(points: list[dict]) -> dict | None:
 
 
 def _prefill_key(w: dict) -> str:
-    return f"{w['hardware']}|{sorted(w['plan'].items())}|{w['precision']['kv_bytes']}"
+    return (f"{w['hardware']}|{sorted(w['plan'].items())}|{w['precision']['kv_bytes']}|"
+            f"{bool(w.get('mtp'))}")
 
 
 def _points(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> list[dict]:
@@ -214,10 +242,12 @@ def _points(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> list[dict]:
             "config": f"{cfg}, {mode}{ratio}", "mode": mode, "hardware": w["hardware"],
             "gpus": w["plan"]["gpus"], "plan": w["plan"], "schedule": w["schedule"],
             "batch_per_device": w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
+            "mtp": bool(w.get("mtp")),
             "tpot_ms": t, "ttft_ms": ttft, "tokens_per_gpu_s": per_gpu,
             "tokens_per_s_per_user": 1e3 / t, "cost_per_million_output_tokens": price,
             "prefill_share": share, "prefill_to_decode_gpus": c_p / c_d,
             "decode_tpot_ms": tpot, "decode_tokens_per_gpu_s": d,
+            "layer_breakdown_us": m["breakdown_us"],
             "meets_slo": t <= q.tpot_ms and ttft <= q.ttft_ms,
             "slo_margin": {"tpot_ms": q.tpot_ms - t, "ttft_ms": q.ttft_ms - ttft},
             "fidelity": {"measured_share": f["measured_share"],

@@ -316,7 +316,47 @@ def plan_figures(res: dict) -> list[go.Figure]:
     cost_fig.update_layout(title="$ per million output tokens against tokens/s per user",
                            xaxis_title="tokens/s per user",
                            yaxis_title="$ per million output tokens", yaxis_type="log")
-    return [front_fig, cost_fig]
+    return [front_fig, cost_fig, chosen_breakdown_figure(res)]
+
+
+def chosen_breakdown_figure(res: dict) -> go.Figure:
+    """The chosen point per hardware (the best meeting the SLO): its decode layer's time by
+    part, stacked."""
+    chosen = [(hw, p) for hw, p in res["best"].items() if p is not None]
+    parts = list(dict.fromkeys(k for _, p in chosen for k in p["layer_breakdown_us"]))
+    fig = go.Figure([go.Bar(name=html.escape(part), x=[html.escape(hw) for hw, _ in chosen],
+                            y=[p["layer_breakdown_us"].get(part, 0.0) for _, p in chosen],
+                            hovertext=[html.escape(p["config"]) for _, p in chosen])
+                     for part in parts])
+    fig.update_layout(barmode="stack", xaxis_title="hardware", yaxis_title="us per decode layer",
+                      title="The chosen configuration per hardware: a decode layer by part"
+                      + ("" if chosen else " (nothing meets the SLO)"))
+    return fig
+
+
+def plan_train_figures(res: dict) -> list[go.Figure]:
+    """A training plan: days to train against GPUs per hardware (every priced layout, the
+    front), and $ against days."""
+    days, cost = go.Figure(), go.Figure()
+    for hw in res["question"]["hardware"]:
+        every = [p for p in res["points"] if p["hardware"] == hw]
+        hover = [html.escape(p["config"]) for p in every]
+        days.add_trace(go.Scatter(x=[p["gpus"] for p in every],
+                                  y=[p["days_to_train"] for p in every], mode="markers",
+                                  opacity=0.35, name=f"{html.escape(hw)} layouts",
+                                  hovertext=hover, hoverinfo="text+x+y"))
+        cost.add_trace(go.Scatter(x=[p["days_to_train"] for p in every],
+                                  y=[p["cost_usd"] for p in every], mode="markers",
+                                  name=html.escape(hw), hovertext=hover, hoverinfo="text+x+y"))
+    front = res["front"]
+    days.add_trace(go.Scatter(x=[p["gpus"] for p in front], y=[p["days_to_train"] for p in front],
+                              mode="lines+markers", name="front",
+                              hovertext=[html.escape(p["config"]) for p in front],
+                              hoverinfo="text+x+y"))
+    days.update_layout(title="Days to train against GPUs", xaxis_title="GPUs",
+                       yaxis_title="days", xaxis_type="log")
+    cost.update_layout(title="$ to train against days", xaxis_title="days", yaxis_title="$")
+    return [days, cost]
 
 
 def load_figures(points: list[dict], kind: str) -> list[go.Figure]:

@@ -1,4 +1,5 @@
-"""What-if sweeps: a grid or a list over workload fields, run on a local process pool or Ray.
+"""What-if sweeps: a grid or a list over workload fields, run where outputs/pool.py runs them
+(a local process pool or Ray).
 
 Results go to SQLite keyed by a hash of each resolved workload, so a killed sweep resumes where it
 stopped and finished points are never lost or recomputed. A results file remembers the sweep
@@ -10,27 +11,17 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import signal
-import socket
-import sqlite3
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
 from simulator.schema import Strict, Workload
 from simulator.errors import MoesimError, from_validation
-from simulator.atomic import check_output_path
-from simulator.loading import (load_model, load_profile, parse, read_yaml_mapping,
-                               resolve_paths)
+from simulator.loading import parse, read_yaml_mapping, resolve_paths
+from simulator.outputs.pool import (Point, ResultStore, SweepInterrupted, code_version, execute,
+                                    point_key)
 
-SCHEMA_VERSION = 2              # 2: keys cover model and profile contents and the code
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -67,15 +58,6 @@ def _set(data: dict, path: str, value: Any) -> None:
             data[k] = {}
         data = data[k]
     data[keys[-1]] = value
-
-
-@dataclass(frozen=True)
-class Point:
-    """One resolved what-if."""
-
-    key: str
-    overrides: dict
-    workload: dict
 
 
 MAX_POINTS = 100_000           # points one sweep runs (about a day of what-ifs on 2 cores)
@@ -137,9 +119,7 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
         except ValidationError as err:
             raise from_validation(err, f"sweep point {over}") from None
         resolved = w.model_dump(mode="json")
-        inputs = [spec.kind, resolved, _contents(load_model, w.model),
-                  _contents(load_profile, w.hardware), code]
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        key = point_key(spec.kind, resolved, code)
         if key in seen:
             continue
         seen.add(key)
@@ -147,126 +127,10 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[Point]:
     return out
 
 
-def _contents(load: Callable[[str], BaseModel], name: str) -> dict:
-    """What a model or profile file holds now (an invalid file stops the sweep here)."""
-    return load(name).model_dump(mode="json")
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the simulator's source: a result computed by other code is not reused."""
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.parent.rglob("*.py")):
-        h.update(str(f.relative_to(Path(__file__).resolve().parent.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def definition_hash(spec: SweepSpec) -> str:
     """Identity of a sweep definition (what it sweeps, not where results go)."""
     d = spec.model_dump(mode="json", exclude={"results"})
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
-
-
-class ResultStore:
-    """SQLite results: one row per point key; commits after every point."""
-
-    def __init__(self, path: Path, definition: str, force: bool = False) -> None:
-        self.path = Path(path)
-        check_output_path(self.path, "results")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path))
-            self.db.execute("PRAGMA journal_mode=WAL")      # cheap commits, readers never block
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._open(definition, force)
-        except sqlite3.DatabaseError as exc:
-            raise MoesimError("results", f"{self.path} is not a moesim results database ({exc})",
-                              "choose another --results path (or delete that file)") from None
-
-    def _open(self, definition: str, force: bool) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, "
-                        "overrides TEXT, metrics TEXT, error TEXT)")
-        row = self.db.execute("SELECT v FROM meta WHERE k='definition'").fetchone()
-        schema = self.db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
-        if row and schema and schema[0] != str(SCHEMA_VERSION):
-            self.db.execute("DELETE FROM results")       # keyed another way: recompute
-        elif row and row[0] != definition:
-            if not force:
-                self.db.close()
-                raise MoesimError("results", f"{self.path} holds results of another sweep "
-                                  "definition", "pass --force to discard them, or choose another "
-                                  "results path")
-            self.db.execute("DELETE FROM results")
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('definition', ?)", (definition,))
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        self.db.commit()
-
-    def done_keys(self) -> set[str]:
-        """Keys with a stored result."""
-        return {r[0] for r in self.db.execute("SELECT key FROM results")}
-
-    def put(self, point: Point, metrics: dict | None, error: str | None) -> None:
-        """Store one point's outcome (committed at once)."""
-        self.db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                        (point.key, json.dumps(point.overrides, sort_keys=True),
-                         json.dumps(metrics, sort_keys=True) if metrics is not None else None,
-                         error))
-        self.db.commit()
-
-    def rows(self) -> list[dict]:
-        """Every stored point: overrides, metrics, error."""
-        return [{"key": k, "overrides": json.loads(o), "metrics": json.loads(m) if m else None,
-                 "error": e} for k, o, m, e in
-                self.db.execute("SELECT key, overrides, metrics, error FROM results ORDER BY key")]
-
-    def close(self) -> None:
-        """Close the database."""
-        self.db.close()
-
-
-def run_point(kind: str, workload: dict) -> tuple[dict | None, str | None]:
-    """Evaluate one point in a worker; user errors come back as text, not exceptions."""
-    try:
-        w = Workload.model_validate(workload)
-        if kind == "train":
-            from simulator.training.run import train
-            m = train(w).to_json()
-        elif kind == "serve":
-            from simulator.serving.run import ServingSim
-            m = ServingSim(w).run().to_json()
-        else:
-            from simulator.step.whatif import simulate
-            m = simulate(w).to_json(with_ops=False)
-        return json.loads(json.dumps(m, default=float)), None
-    except MoesimError as exc:
-        return None, exc.render()
-
-
-def _check_ray_address(address: str, timeout_s: float = 3.0) -> None:
-    if address == "auto":
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-            return
-    except (OSError, ValueError):
-        raise MoesimError("--address", f"no Ray cluster answers at {address} within "
-                          f"{timeout_s:.0f} s", "start one with `ray start --head`, check the "
-                          "address, or use the local backend (--backend local)") from None
-
-
-class SweepInterrupted(MoesimError):
-    """Ctrl-C stopped a sweep; every finished point is kept in the results file."""
-
-    exit_code = 130
-
-    def __init__(self, done: int, total: int, path: Path) -> None:
-        self.done, self.total, self.path = done, total, path
-        super().__init__("sweep", f"interrupted: {done} of {total} points are kept in {path}",
-                         "run the same command again to resume with the remaining "
-                         f"{total - done}")
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", workers: int = 2,
@@ -306,103 +170,6 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, backend: str = "local", worke
     finally:
         store.close()
     return rows, path
-
-
-def execute(todo: list[Point], kind: str, backend: str = "local", workers: int = 2,
-            address: str = "auto") -> Iterable[tuple[Point, tuple]]:
-    """Each point with its (metrics, error), in finishing order, on this process (workers 1),
-    a local process pool or Ray."""
-    if not todo:
-        return
-    if backend == "ray":
-        yield from _execute_ray(todo, kind, address)
-        return
-    if backend != "local":
-        raise MoesimError("--backend", f"unknown backend '{backend}'", "use local or ray")
-    if workers <= 1:
-        for p in todo:
-            yield p, run_point(kind, p.workload)
-        return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init,
-                               initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(run_point, kind, p.workload): p for p in todo}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
-    except BaseException:            # Ctrl-C, or the consumer stopped: no worker keeps going
-        _stop_pool(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel queued points and end the workers now (they hold nothing worth waiting for)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None   # a 2nd Ctrl-C waits
-    try:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        # let the pool's manager thread close its wake-up pipe now: at interpreter exit
-        # concurrent.futures writes to that pipe, and a close racing that write prints an
-        # OSError traceback (CPython 3.11's _ThreadWakeup checks, then writes, unlocked)
-        manager = getattr(pool, "_executor_manager_thread", None)
-        if manager is not None:
-            manager.join(timeout=5)
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, old)
-
-
-def _worker_init(parent_pid: int) -> None:
-    """A sweep worker: leaves Ctrl-C to its parent and dies with it (even on kill -9)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:                                        # Linux: the kernel kills us with the parent
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)          # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:              # the parent died before we got here
-        os._exit(1)
-
-    def watch() -> None:                        # elsewhere: notice a new parent and leave
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _execute_ray(todo: list[Point], kind: str, address: str) -> Iterable[tuple[Point, tuple]]:
-    try:
-        import ray
-    except ImportError:
-        raise MoesimError("--backend ray", "Ray is not installed",
-                          "pip install 'moesim[ray]', or use --backend local") from None
-    _check_ray_address(address)
-    import os
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # no telemetry from us
-    try:
-        ray.init(address=address, ignore_reinit_error=True, logging_level="ERROR",
-                 log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise MoesimError("--address", f"could not join the Ray cluster at {address} ({exc})",
-                          "start one with `ray start --head`, or use --backend local") from None
-    remote = ray.remote(run_point)
-    try:
-        pending = {remote.remote(kind, p.workload): p for p in todo}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                yield pending.pop(ref), ray.get(ref)
-    finally:
-        ray.shutdown()
 
 
 def pareto(rows: list[dict], x: str = "tokens_per_s_per_user", y: str = "tokens_per_gpu_s",

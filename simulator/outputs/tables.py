@@ -319,6 +319,25 @@ def plan_lines(res: dict) -> list[str]:
     return lines
 
 
+def plan_train_table(res: dict) -> Table:
+    """A training plan: the front of days against GPUs, then the fastest and cheapest per
+    hardware."""
+    q = res["question"]
+    table = _table(f"{q['model']}: {q['tokens_to_train']:.3g} tokens, front of days against "
+                   "GPUs, then the fastest and the cheapest per hardware",
+                   ("", "configuration", "days", "$", "MFU", "step s", "memory GB", "measured"),
+                   ("", "configuration"))
+    rows = [("front", p) for p in res["front"]]
+    rows += [(f"{what} on {hw}", p) for what in ("fastest", "cheapest")
+             for hw, p in res[what].items() if p is not None]
+    for label, p in rows:
+        share = p["fidelity"]["measured_share"]
+        table.add_row(label, p["config"], fmt(p["days_to_train"], 1), fmt(p["cost_usd"], 0),
+                      f"{p['mfu']:.1%}", fmt(p["step_time_s"], 2), fmt(p["peak_memory_gb"], 1),
+                      "-" if share is None else f"{share:.0%}")
+    return table
+
+
 def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
     """Latency and throughput at each offered load (closed-loop clients or Poisson rate)."""
     table = _table(f"{name}: latency against {kind}", (kind, "TTFT p50 ms", "TTFT p90 ms",

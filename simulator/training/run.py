@@ -9,13 +9,14 @@ holds num_layers / pp layers; its forward and backward per micro-batch are the w
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 import re
 from dataclasses import replace
 
 from simulator.errors import MoesimError
 from simulator.graph.params import blocks_per_layer, count_params, replicated_params
 from simulator.loading import load_model, load_profile, load_training_runtime
-from simulator.notes import collecting
+from simulator.notes import collecting, note
 from simulator.pricing.hardware import efficiency
 from simulator.pricing.peaks import peak_flops
 from simulator.schema import HardwareProfile, ModelSpec, TrainingRuntime, TrainingSpec, Workload
@@ -220,6 +221,58 @@ def dp_exposed_s(zero_stage: int, m: int, f_s: float, b_s: float, rs_s: float,
     return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))
 
 
+PASSES_KEPT = 8       # a process's last passes, for steps that differ only in pipeline/recompute
+KEPT_PASSES: OrderedDict = OrderedDict()
+
+
+def micro_batch_passes(w: Workload, model: ModelSpec, prof: HardwareProfile,
+                       sim_prof: HardwareProfile) -> dict:
+    """One micro-batch's forward and backward passes on a rank, simulated on `sim_prof`;
+    memoised per process by all that sets them (the passes' workload less its name, the model
+    and profile objects, held while kept), their notes given again on a repeat."""
+    wps = {phase: w.variant(phase=phase, batch_per_device=w.training.micro_batch_sequences,
+                            training=None, serving=None, name="pass")
+           for phase in ("train_fwd", "train_bwd")}
+    key = (wps["train_fwd"].model_dump_json(), id(model), id(prof))
+    kept = KEPT_PASSES.get(key)
+    if kept is not None and kept[0] is model and kept[1] is prof:
+        KEPT_PASSES.move_to_end(key)
+        for n in kept[3]:
+            note(n)
+        return kept[2]
+    with collecting() as notes:
+        runs = {phase: simulate(wp, resolved=resolve(wp, model=model, profile=sim_prof,
+                                                     with_head=False))
+                for phase, wp in wps.items()}
+    KEPT_PASSES[key] = (model, prof, runs, tuple(notes))
+    while len(KEPT_PASSES) > PASSES_KEPT:
+        KEPT_PASSES.popitem(last=False)
+    return runs
+
+
+def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
+            ) -> tuple[int, int, int, TrainingMemory, int]:
+    """The plan checked against the model and the GPU's memory, before anything is simulated:
+    (layers per stage, ranks per stage, micro-batches, memory per GPU on the busiest stage,
+    the most sequences per micro-batch that fit); a MoesimError naming the fix otherwise."""
+    if w.training is None:
+        raise MoesimError("training", "the workload has no training block",
+                          "add `training:` (see workloads/training/)")
+    t = w.training
+    stage_layers, dp, m = _check(w, t, model)
+    in_flight = w.plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else w.plan.pp
+    mem = training_memory(w, t, model, stage_layers, in_flight)
+    fits = largest_micro_batch(mem, t.micro_batch_sequences, prof.hbm_bytes.value)
+    if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
+        raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
+                          f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
+                          "raise pp, ep or tp, use a higher training.zero_stage, set "
+                          "training.recompute: selective or full, or shrink "
+                          "micro_batch_sequences" + (f" (at most {fits} fit)" if fits else
+                                                     " (not even 1 fits)"))
+    return stage_layers, dp, m, mem, fits
+
+
 def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None,
           runtime: TrainingRuntime | None = None) -> TrainResult:
     """Simulate one optimizer step and extrapolate to the training run (`runtime`: the
@@ -237,26 +290,11 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     t = w.training
     model = load_model(w.model)
     prof = profile or load_profile(w.hardware)
-    stage_layers, dp, m = _check(w, t, model)
+    stage_layers, dp, m, mem, fits = fitting(w, model, prof)
     plan = w.plan
-    in_flight = plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else plan.pp
-    mem = training_memory(w, t, model, stage_layers, in_flight)
-    fits = largest_micro_batch(mem, t.micro_batch_sequences, prof.hbm_bytes.value)
-    if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
-        raise MoesimError("plan", f"the plan does not fit: {mem.describe()} per GPU on the "
-                          f"busiest stage, {prof.gpu} has {prof.hbm_bytes.value / 1e9:.0f} GB",
-                          "raise pp, ep or tp, use a higher training.zero_stage, set "
-                          "training.recompute: selective or full, or shrink "
-                          "micro_batch_sequences" + (f" (at most {fits} fit)" if fits else
-                                                     " (not even 1 fits)"))
     ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
     sim_prof = prof.variant(idealizations=ideal)
-    runs = {}
-    for phase in ("train_fwd", "train_bwd"):
-        wp = w.variant(phase=phase, batch_per_device=t.micro_batch_sequences, training=None,
-                       serving=None)
-        r = resolve(wp, model=model, profile=sim_prof, with_head=False)
-        runs[phase] = simulate(wp, resolved=r)
+    runs = micro_batch_passes(w, model, prof, sim_prof)
     scale = stage_layers / model.num_layers
     fwd, bwd = runs["train_fwd"], runs["train_bwd"]
     f_s = fwd.step_time_s * scale
