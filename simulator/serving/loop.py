@@ -84,6 +84,7 @@ class Loop:
         self.step = 0
         self.next_arrival = 0
         self.in_system = 0
+        self.unseen_s = 0.0     # request-seconds between an arrival and the step that sees it
         # closed loops and bursts run to completion (a closed loop's finish releases the next
         # arrival; a burst, or a trace all at t = 0, has every arrival in hand)
         self.closed = spec.arrivals.runs_to_completion or bool(len(reqs) and
@@ -107,6 +108,7 @@ class Loop:
         if len(q) + n - rid <= cap and self.too_big_before[n] == self.too_big_before[rid]:
             q.extend(range(rid, n))                    # all fit, none rejected up front
             self.in_system += n - rid
+            self.unseen_s += (n - rid) * upto - sum(arrivals[rid:n])
             self.next_arrival = n
             return
         while rid < n:
@@ -116,6 +118,7 @@ class Loop:
                 else:
                     q.append(rid)
                     self.in_system += 1
+                    self.unseen_s += upto - arrivals[rid]
             rid += 1
         self.next_arrival = rid
 
@@ -242,7 +245,7 @@ class Loop:
         self.finish = np.where(done, np.array(step_t)[np.where(done, book, 0)], np.nan)
         self.first = np.array(self.first)
         self.rejected = np.array(self.rejected, dtype=bool)
-        return summarize(self, self.t, area, kv_t[keep], kv_u[keep])
+        return summarize(self, self.t, area + self.unseen_s, kv_t[keep], kv_u[keep])
 
     def _finish_step(self) -> None:
         """Grow every decoding request's context by a step; retire those finishing now."""
