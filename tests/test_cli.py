@@ -46,6 +46,15 @@ def test_compare_side_by_side_with_speedups(tmp_path):
     assert [x["schedule"] for x in rows] == ["sequential", "scmoe", "sbo", "tbo"]
     assert rows[0]["speedup"] == pytest.approx(1.0)
     assert all(x["speedup"] > 1.0 for x in rows[1:])
+    for x in rows:                      # the first schedule's step over this one's
+        assert x["speedup"] == pytest.approx(rows[0]["step_time_ms"] / x["step_time_ms"])
+        assert x["batch_per_device"] is None and "ops" not in x
+    r = invoke("compare", LONGCAT, "--schedules", "sequential,sbo", "--batch", "8,32", "--json")
+    rows = json.loads(r.output)
+    assert [(x["batch_per_device"], x["schedule"]) for x in rows] == \
+        [(8, "sequential"), (8, "sbo"), (32, "sequential"), (32, "sbo")]
+    for first, x in ((rows[0], rows[1]), (rows[2], rows[3])):
+        assert x["speedup"] == pytest.approx(first["step_time_ms"] / x["step_time_ms"])
     html = report.read_text()
     assert "plotly" in html and "moesim-fig-2" in html
     assert not list(tmp_path.glob(".r.html.*"))     # atomic write left no temp file

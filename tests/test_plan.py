@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.loading import load_workload
+from simulator.loading import load_profile, load_workload
 from simulator.outputs.plan import Question, search, write_points
 from simulator.step.whatif import simulate
 
@@ -35,6 +35,11 @@ def test_serving_with_prefill_follows_the_gpu_seconds_per_request(res):
         c_d = Q.osl / p["decode_tokens_per_gpu_s"]          # decode GPU-seconds per request
         assert p["tokens_per_gpu_s"] == pytest.approx(Q.osl / (c_p + c_d), rel=1e-12)
         assert p["prefill_to_decode_gpus"] == pytest.approx(c_p / c_d, rel=1e-12)
+        assert p["prefill_share"] == pytest.approx(c_p / (c_p + c_d), rel=1e-12)
+        assert p["tokens_per_s_per_user"] == pytest.approx(1e3 / p["tpot_ms"])
+        price = load_profile(p["hardware"]).price_per_gpu_hour.value
+        assert p["cost_per_million_output_tokens"] == \
+            pytest.approx(price / 3600 / p["tokens_per_gpu_s"] * 1e6)
         stall = 1 - c_p / (c_p + c_d)
         want = p["decode_tpot_ms"] / stall if p["mode"] == "aggregated" else p["decode_tpot_ms"]
         assert p["tpot_ms"] == pytest.approx(want, rel=1e-12)
@@ -61,6 +66,12 @@ def test_the_best_meets_the_slo_and_no_other_that_does_beats_it(res):
         assert best["tpot_ms"] <= Q.tpot_ms and best["ttft_ms"] <= Q.ttft_ms
         assert best["tokens_per_gpu_s"] == max(p["tokens_per_gpu_s"] for p in ok)
         assert best["slo_margin"]["tpot_ms"] == pytest.approx(Q.tpot_ms - best["tpot_ms"])
+        assert best["slo_margin"]["ttft_ms"] == pytest.approx(Q.ttft_ms - best["ttft_ms"])
+        for mode in ("aggregated", "disaggregated"):
+            of_mode = [p for p in ok if p["mode"] == mode]
+            got = res["best_by_mode"][hw][mode]
+            assert got["tokens_per_gpu_s"] == max(p["tokens_per_gpu_s"] for p in of_mode)
+            assert got["mode"] == mode and got["meets_slo"]
 
 
 def test_every_front_point_written_as_a_workload_reproduces_its_figures(res, tmp_path):

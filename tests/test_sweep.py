@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from simulator.errors import MoesimError
+from simulator.loading import load_workload
+from simulator.step.whatif import simulate
 from simulator.outputs.sweep import SweepSpec, expand, field_paths, pareto, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +119,19 @@ def test_sweep_cli_report_and_json(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)   # the point count goes to stderr
     assert len(data["points"]) == 2 and data["pareto"]
+    assert Path(data["results"]) == tmp_path / "cli.sqlite"
+    for row in data["points"]:        # each point is simulate of the base with its overrides
+        assert set(row) == {"key", "overrides", "metrics", "error"} and row["error"] is None
+        b = row["overrides"]["batch_per_device"]
+        want = simulate(load_workload(BASE).variant(batch_per_device=b)).to_json(with_ops=False)
+        assert row["metrics"]["tokens_per_gpu_s"] == pytest.approx(want["tokens_per_gpu_s"])
+        assert row["metrics"]["tpot_ms"] == pytest.approx(want["tpot_ms"])
+    # not beaten on tokens/s per user (1000 / TPOT), tokens/s per GPU and $ at once
+    fig = {r["key"]: (1e3 / r["metrics"]["tpot_ms"], r["metrics"]["tokens_per_gpu_s"],
+                      -r["metrics"]["cost_per_million_output_tokens"]) for r in data["points"]}
+    undominated = [k for k, a in fig.items() if not any(
+        all(bi >= ai for ai, bi in zip(a, b)) and b != a for b in fig.values())]
+    assert sorted(data["pareto"]) == sorted(undominated)
     assert (tmp_path / "cli.sqlite").exists() and "Pareto front" in report.read_text()
     bad = tmp_path / "b.yaml"
     bad.write_text(yaml.safe_dump({"name": "b", "base": BASE, "grid": {"nope": [1]}}))
