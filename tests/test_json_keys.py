@@ -75,6 +75,17 @@ def test_simulate_keys_follow_from_the_op_list_and_the_inputs():
     adds = [ends[i] - ends[i - 1] for i in range(1, model.num_layers) if is_moe_layer(model, i)]
     assert r["layer_time_us"] == pytest.approx(statistics.median(adds), rel=1e-9)
     assert is_moe_layer(model, r["representative_layer"])
+    # an op's FLOPs and bytes: the LM head is a (tokens x hidden) by (hidden x vocab) GEMM;
+    # TBO splits the 16 sequences into two micro-batches of 8, and with one MTP draft each
+    # sequence verifies 2 tokens
+    head = next(o for o in ops if o["name"] == f"L{model.num_layers}.head.lm_head")
+    tokens, h, v = 8 * 2, model.hidden_size, model.vocab_size
+    assert head["kind"] == "gemm" and head["stream"] == "compute"
+    assert head["flops"] == 2 * tokens * h * v
+    wb, ab = w.precision.weight_bytes, w.precision.activation_bytes
+    assert head["bytes"] >= h * v * wb + tokens * h * ab
+    assert {o["stream"] for o in ops if o["kind"] == "collective"} == {"comm"}   # tbo
+    assert all(o["end_us"] >= o["start_us"] for o in ops)
 
 
 def test_decode_tokens_and_cost_with_mtp_and_tensor_parallel_attention():
@@ -194,3 +205,68 @@ def test_train_keys_that_follow_from_the_step_by_hand():
     assert j["mfu_at_precision_peak"] == pytest.approx(j["mfu"] * bf16 / fp8)
     assert j["backward_ms_per_microbatch"] > j["weight_grad_ms_per_microbatch"] > 0
     assert j["pipeline"] == t.pipeline and j["gpus"] == plan.gpus and j["schedule"] == w.schedule
+
+
+def test_kv_utilisation_follows_the_tokens_held_after_each_step(tmp_path):
+    """One 1000-token prompt answered in 11 tokens: the first comes from prefill, then 10 decode
+    steps; after decode step k (1..9) it holds 1001 + k tokens of KV, after the 10th it is gone.
+    Utilisation is that over the decode pool's KV budget, step by step."""
+    from tests.test_physics import stubbed_sim
+    sim = stubbed_sim(tmp_path, [(0.0, 1000, 11)], budget=40000)    # 5000 a device
+    m = sim.run(check_stability=False).metrics
+    held = [1001 + k for k in range(1, 10)] + [0]
+    assert m["kv_budget_tokens"] == 40000
+    assert m["kv_utilisation"]["mean"] == pytest.approx(sum(held) / 10 / 40000)
+    assert m["kv_utilisation"]["max"] == pytest.approx(1010 / 40000)
+    assert m["decode_steps"] == 10
+
+
+def test_step_shapes_simulated_counts_the_engine_runs(monkeypatch):
+    """Each distinct step shape is simulated once and remembered: the count is the number of
+    times the serving run called the engine."""
+    from simulator.serving.run import ServingSim
+    from simulator.serving.step_model import StepModel
+    from tests.test_serving import small
+    calls = []
+    real = StepModel._simulate
+    monkeypatch.setattr(StepModel, "_simulate",
+                        lambda self, b, c: calls.append((id(self), b, c)) or real(self, b, c))
+    m = ServingSim(small()).run().metrics
+    assert m["step_shapes_simulated"] == len(calls) == len(set(calls)) > 1
+
+
+def test_a_batch_sweep_point_is_the_decode_step_at_that_batch_and_a_refusal_says_why():
+    from simulator.serving.batch_sweep import batch_sweep
+    w = workload(KV_PRESSURE)
+    pts = batch_sweep(w, [8, 100000], ["sequential", "tbo"])
+    assert [(p["schedule"], p["batch_per_device"]) for p in pts] == \
+        [("sequential", 8), ("sequential", 100000), ("tbo", 8), ("tbo", 100000)]
+    for p in pts[::2]:
+        r = simulate(w.variant(phase="decode", serving=None, batch_per_device=8,
+                               schedule=p["schedule"])).to_json(with_ops=False)
+        assert p["tpot_ms"] == pytest.approx(r["tpot_ms"])
+        assert p["tokens_per_s_per_user"] == pytest.approx(1e3 / r["tpot_ms"])
+        assert p["tokens_per_gpu_s"] == pytest.approx(8 / (r["tpot_ms"] / 1e3))
+        price = load_profile(w.hardware).price_per_gpu_hour.value
+        assert p["cost_per_million_output_tokens"] == \
+            pytest.approx(price / 3600 / p["tokens_per_gpu_s"] * 1e6)
+        assert p["note"] is None
+    for p in pts[1::2]:                  # a batch that does not fit: figures null, a reason
+        assert p["tpot_ms"] is None and "does not fit" in p["note"]
+
+
+def test_a_load_sweep_point_is_the_serving_run_at_that_load():
+    from simulator.serving.load_sweep import load_sweep
+    from simulator.serving.run import ServingSim
+    from tests.test_serving import small
+    w = small()
+    (p,) = load_sweep(w, "concurrency", [3])
+    arrivals = {"process": "closed", "concurrency": 3, "requests_per_client": 4}
+    spec = w.serving.model_copy(update={"arrivals": w.serving.arrivals.model_copy(
+        update=arrivals)})
+    m = ServingSim(w.variant(serving=spec)).run().metrics
+    assert p["concurrency"] == 3
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms", "requests", "tokens_per_s_per_user"):
+        assert p[key] == m[key]
+    assert p["output_tokens_per_s_per_gpu"] == m["throughput"]["output_tokens_per_s_per_gpu"]
+    assert p["requests"]["finished"] == 12                   # 3 clients x 4 requests
