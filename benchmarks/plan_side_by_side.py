@@ -1,8 +1,8 @@
-"""moesim plan on the two questions docs/plan_vs_aiconfigurator.md puts to NVIDIA's
-AIConfigurator: DeepSeek-V3 on 16 H200 and Qwen3-235B-A22B on 8 H100, SGLang kernels, 4096
-input / 1024 output tokens, TTFT 2 s, TPOT 50 ms.
+"""moesim plan on the two questions docs/accuracy.md section 13 puts to NVIDIA's
+AIConfigurator: DeepSeek-V3 on 16 H200 and Qwen3-235B-A22B on 8 H100, SGLang kernels, TTFT 2 s,
+TPOT 50 ms, at 4096 (or --isl) input and 1024 output tokens.
 
-    python benchmarks/plan_side_by_side.py [--workers 2]
+    python benchmarks/plan_side_by_side.py [--workers 2] [--isl 4096 --osl 1024]
 
 Prints, per question and serving mode, the best point meeting the SLO two ways: over the whole
 search, and without MTP and with BF16 KV (what AIConfigurator models by default).
@@ -35,9 +35,11 @@ def line(label: str, p: dict | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--isl", type=int, default=4096)
+    ap.add_argument("--osl", type=int, default=1024)
     args = ap.parse_args()
     for title, (model, hw, gpus) in QUESTIONS.items():
-        res = search(Question(model=model, hardware=(hw,), gpus=(gpus,), isl=4096, osl=1024,
+        res = search(Question(model=model, hardware=(hw,), gpus=(gpus,), isl=args.isl, osl=args.osl,
                               ttft_ms=2000, tpot_ms=50, runtime="sglang"), args.workers)
         ok = [p for p in res["points"] if p["meets_slo"]]
         print(f"{title}: {res['candidates']}")
