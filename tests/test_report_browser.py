@@ -145,9 +145,14 @@ def test_plan_report_renders_its_front(tmp_path):
     assert all(x and y for x, y in AXES["plan.html"]), AXES["plan.html"]
 
 
-def test_training_plan_report_renders_days_against_gpus(tmp_path):
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_training_plan_report_renders_days_against_gpus(tmp_path, monkeypatch):
+    import simulator.outputs.plan_train as pt
+    for name, value in (("TP", (1, 2)), ("PP", (1, 2)), ("EP", (8,)), ("MICRO_BATCHES", (4,))):
+        monkeypatch.setattr(pt, name, value)        # a small search: the report is the point
+    qwen = ROOT / "workloads" / "validation" / "training" / "qwen3-30b-a3b-b200-deepep-16.yaml"
     report = tmp_path / "plan-train.html"
-    r = CliRunner().invoke(app, ["plan", "--train", str(QWEN_TRAIN), "--gpus", "16,32",
+    r = CliRunner().invoke(app, ["plan", "--train", str(qwen), "--gpus", "16,32",
                                  "--workers", "1", "--results", str(tmp_path / "r.sqlite"),
                                  "--report", str(report)])
     assert r.exit_code == 0, r.output
