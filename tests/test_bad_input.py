@@ -331,3 +331,17 @@ def test_redundant_copies_that_do_not_divide_ep_charge_the_fullest_rank():
     placement = place_experts(256, 16, 33, p)
     assert int(placement.slots_per_rank.max()) == 256 // 16 + 3
     assert int(placement.slots_per_rank.min()) == 256 // 16 + 2
+
+
+def test_pipeline_parallel_serving_is_refused_not_priced_as_one_stage():
+    """A decode or prefill step with pp > 1 would price every layer on every GPU; it is
+    refused by name, while a training step with the same plan runs."""
+    from simulator.step.whatif import simulate
+    from simulator.training.run import train
+    from tests.conftest import workload
+    w = workload("workloads/serving/deepseek-v3-h200-kv-pressure.yaml")
+    for phase in ("decode", "prefill"):
+        with pytest.raises(MoesimError, match="plan.pp: pipeline parallelism .* training"):
+            simulate(w.variant(phase=phase, plan=w.plan.variant(gpus=16, pp=2)))
+    t = workload("workloads/validation/training/qwen3-235b-h100-tp2-ep32-pp8.yaml")
+    assert t.plan.pp == 8 and train(t).step_time_s > 0

@@ -97,6 +97,11 @@ def resolve(w: Workload, model: ModelSpec | None = None,
     plan = w.plan
     notes: list[str] = []
     check_plan(w, model)
+    if plan.pp > 1 and w.phase not in TRAINING_PHASES:
+        raise MoesimError("plan.pp", f"pipeline parallelism (pp {plan.pp}) is modelled for "
+                          f"training steps only: a {w.phase} step would price every layer on "
+                          "every GPU", "set plan.pp: 1 for serving (spread the model with tp, "
+                          "attention_tp and ep), or use a training workload")
     k_real = 0.0
     if model.moe is not None:
         k_real = w.real_experts_per_token or model.moe.mean_real_experts
