@@ -20,6 +20,12 @@ MODULES = ("simulator/pricing/hardware.py", "simulator/pricing/measured.py",
 SEED = 20261206
 SWAP = {ast.Add: ("+", "-"), ast.Sub: ("-", "+"), ast.Mult: ("*", "/"), ast.Div: ("/", "*")}
 CMP = {ast.Lt: "<=", ast.LtE: "<", ast.Gt: ">=", ast.GtE: ">"}
+SYMMETRIC = {"min", "max"}          # swapping their arguments changes nothing: not a mutant
+# mechanical mutants judged unable to change any result: (module, mutated line) -> why
+EQUIVALENT = {
+    ("simulator/pricing/hardware.py", "if op.aux_bytes > 1:"):
+        "aux_bytes counts the bytes of whole unfused passes over tensors: never in (0, 1]",
+}
 
 
 def _one_line(node: ast.AST) -> bool:
@@ -63,7 +69,7 @@ def candidates(module: str, root: Path) -> list[Mutant]:
                 other = "max" if node.func.id == "min" else "min"
                 out.append((f"{node.func.id} -> {other}",
                             *_replace(lines, node.func, other)))
-            if len(node.args) == 2 and not node.keywords and \
+            if len(node.args) == 2 and not node.keywords and node.func.id not in SYMMETRIC and \
                     not any(isinstance(a, ast.Starred) for a in node.args):
                 a, b = seg(node.args[0]), seg(node.args[1])
                 if a != b:

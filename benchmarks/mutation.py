@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mechanical import draw  # noqa: E402
+from mechanical import EQUIVALENT as MECHANICAL_EQUIVALENT, draw  # noqa: E402
 from mutants import EQUIVALENT, MUTANTS, Mutant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ TESTS: dict[str, list[str]] = {
                                      "tests/test_physics.py", "tests/test_measured_kernels.py"],
     "simulator/pricing/batched.py": ["tests/test_batched.py", "tests/test_physics.py"],
     "simulator/pricing/peaks.py": ["tests/test_fp8.py", "tests/test_engine_uses_hardware.py"],
-    "simulator/pricing/measured.py": ["tests/test_measured_kernels.py"],
+    "simulator/pricing/measured.py": ["tests/test_measured_kernels.py", "tests/test_formulas_by_hand.py"],
     "simulator/kernels/aiconfigurator.py": ["tests/test_measured_kernels.py"],
     "simulator/kernels/grid.py": ["tests/test_measured_kernels.py"],
     "simulator/step/whatif.py": ["tests/test_physics.py", "tests/test_periodic.py",
@@ -64,12 +64,12 @@ TESTS: dict[str, list[str]] = {
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py", "tests/test_kernel_calibration.py",
-                                      "tests/test_training.py"],
+                                      "tests/test_training.py", "tests/test_formulas_by_hand.py", "tests/test_unfused.py"],
     "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_deployments.py",
                                        "tests/test_physics.py", "tests/test_pipeline_reference.py"],
     "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
-                                  "tests/test_physics.py"],
-    "simulator/serving/run.py": ["tests/test_serving.py", "tests/test_physics.py"],
+                                  "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
+    "simulator/serving/run.py": ["tests/test_serving.py", "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
     "simulator/serving/pools.py": ["tests/test_serving.py", "tests/test_deployments.py",
                                    "tests/test_physics.py"],
     "simulator/serving/loop.py": ["tests/test_serving.py", "tests/test_physics.py",
@@ -89,13 +89,13 @@ TESTS: dict[str, list[str]] = {
     "simulator/graph/params.py": ["tests/test_params.py", "tests/test_deployments.py",
                                   "tests/test_physics.py", "tests/test_tensor_parallel.py"],
     "simulator/graph/memory.py": ["tests/test_params.py", "tests/test_deployments.py",
-                                  "tests/test_bad_input.py", "tests/test_physics.py"],
+                                  "tests/test_bad_input.py", "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_memory_keys.py", "tests/test_json_keys.py"],
     "executor/probes.py": ["tests/test_executor.py"],
     "simulator/pricing/kernel_files.py": ["tests/test_kernel_calibration.py"],
     "simulator/pricing/attention_fit.py": ["tests/test_kernel_calibration.py"],
     "simulator/step/result.py": ["tests/test_physics.py", "tests/test_published.py"],
     "simulator/pricing/cost.py": ["tests/test_serving.py", "tests/test_training.py",
-                                  "tests/test_physics.py"],
+                                  "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
 }
 
 
@@ -193,8 +193,8 @@ def main() -> None:
             finally:
                 free.append(where)
             r = {"module": m.module, "mutant": m.name, "killed": not passed,
-                 "golden_only": golden_only, "equivalent": m.name in EQUIVALENT,
-                 "seconds": round(secs, 1)}
+                 "golden_only": golden_only, "equivalent": equivalent_why(m) is not None,
+                 "why": equivalent_why(m), "seconds": round(secs, 1)}
             verdict = "killed  " if not passed else ("GOLDEN  " if golden_only else "SURVIVED")
             print(f"{verdict} {secs:5.0f} s  {m.module}: {m.name}", flush=True)
             return r
@@ -207,6 +207,11 @@ def main() -> None:
     report(results, time.perf_counter() - t_start)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
+
+
+def equivalent_why(m: Mutant) -> str | None:
+    """Why a named or mechanical mutant cannot change any result, or None."""
+    return EQUIVALENT.get(m.name) or MECHANICAL_EQUIVALENT.get((m.module, m.new.strip()))
 
 
 def report(results: list[dict], wall: float) -> None:
@@ -230,7 +235,7 @@ def report(results: list[dict], wall: float) -> None:
           f"{killed / max(total, 1):.0%} |")
     survivors = [r for r in results if not r["killed"]]
     for r in survivors:
-        why = EQUIVALENT.get(r["mutant"])
+        why = r.get("why")
         tag = " (caught by the golden JSON only)" if r.get("golden_only") else ""
         print(f"survived: {r['module']}: {r['mutant']}{tag}" +
               (f" (equivalent: {why})" if why else ""))

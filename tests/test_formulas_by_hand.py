@@ -1,0 +1,223 @@
+"""Formulas the mechanical mutation check (`benchmarks/mutation.py --mechanical`) found pinned
+only by the golden JSON, or by nothing: each worked out here by hand on a case where its term
+does not vanish."""
+import math
+
+import pytest
+
+from simulator.graph.ops import Op
+from simulator.loading import load_model, load_profile
+from simulator.pricing.cost import cost_per_million_tokens
+from simulator.pricing.hardware import comm_demand, compute_time_s, efficiency
+from simulator.pricing.measured import (ELEMENT_BYTES, OUTPUT_BYTES, deepep_lookup, gemm_lookup,
+                                        select)
+from simulator.pricing.peaks import peak_flops
+from simulator.schema import ParallelPlan, Precision, RuntimeSpec, Sourced
+from tests.conftest import profile, workload
+
+
+def measured(name: str):
+    prof = load_profile(name)
+    return prof.with_measured(select(prof, RuntimeSpec(), Precision()))
+
+
+def test_cost_per_million_tokens_at_a_slow_rate_and_at_none():
+    # $3.6 an hour is $0.001 a second; at 0.5 tokens/s a million tokens take 2e6 s: $2000
+    assert cost_per_million_tokens(3.6, 0.5) == pytest.approx(3.6 / 3600 / 0.5 * 1e6)
+    assert cost_per_million_tokens(3.6, 0.5) == pytest.approx(2000.0)
+    assert cost_per_million_tokens(3.6, 0.0) == math.inf
+
+
+def test_the_default_runtime_is_the_newest_sglang_when_a_profile_lists_several():
+    prof = load_profile("h200-sxm")
+    refs = prof.measured_kernels
+    trt = next(r for r in refs if r.framework == "trtllm")
+    older = trt.model_copy(update={"framework": "sglang", "version": "0.4.9"})   # trtllm's file
+    two = prof.model_copy(update={"measured_kernels": [older, *refs]})
+    ms = select(two, RuntimeSpec(), Precision())
+    assert (ms.kernels.framework, ms.kernels.version) == ("sglang", "0.5.14")
+
+
+def test_an_empty_gemm_has_no_measured_time():
+    prof = measured("h200-sxm")
+    assert gemm_lookup(prof, "bf16", 0, ((4096.0, 4096.0),)) is None
+    assert gemm_lookup(prof, "bf16", 16, ((4096.0, 4096.0),)) is not None
+
+
+def test_a_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
+    """Outside the measured hull: the edge's measured time times roofline(x) / roofline(edge),
+    roofline = max(2 M N K / peak, ((M + N) K bytes + M N output bytes) / HBM rate)."""
+    prof = measured("h200-sxm")
+    grid = prof.measured.kernels.get("gemm", ("bf16",))
+    ms, ns, ks = grid.points
+    n, k = float(ns[len(ns) // 2]), float(ks[len(ks) // 2])
+    top = float(ms[-1])
+    edge = gemm_lookup(prof, "bf16", top, ((n, k),))
+    assert edge.source == "measured"
+    peak, bw, eb = peak_flops(prof, "bf16"), prof.hbm_bandwidth_Bps.value, ELEMENT_BYTES["bf16"]
+
+    def roof(m):
+        return max(2 * m * n * k / peak, ((m + n) * k * eb + m * n * OUTPUT_BYTES) / bw)
+    far = gemm_lookup(prof, "bf16", 4 * top, ((n, k),))
+    assert far.source == "extrapolated"
+    assert far.seconds == pytest.approx(edge.seconds * roof(4 * top) / roof(top))
+
+
+def test_deepep_beyond_its_nodes_sends_the_remote_share_over_the_nic():
+    """Past the measured node counts, DeepEP scales its edge by tokens x top-k x bytes x
+    ((n - 1) / n) / NIC rate; on one node the copies stay on NVLink."""
+    prof = measured("h200-sxm")
+    d = prof.measured.kernels
+    key = next(k for k in d.keys("deepep_normal_dispatch"))
+    hidden, top_k, experts = key
+    grid = d.get("deepep_normal_dispatch", key)
+    nodes, tokens = grid.points
+    n_top, t = float(nodes[-1]), float(tokens[len(tokens) // 2])
+    per_token = hidden * 1.0
+    nvl, nic = prof.nvlink.bandwidth_Bps.value, prof.nic.bandwidth_Bps.value
+
+    def roof(n):
+        return t * top_k * per_token * (1 / nvl if n <= 1 else (n - 1) / n / nic)
+    edge, _ = deepep_lookup(prof, "normal", int(n_top), hidden, top_k, experts, t, per_token)
+    far, _ = deepep_lookup(prof, "normal", int(2 * n_top), hidden, top_k, experts, t, per_token)
+    assert far.source == "extrapolated"
+    assert far.seconds == pytest.approx(edge.seconds * roof(2 * n_top) / roof(n_top))
+
+
+def test_an_eager_runtime_adds_its_launches_to_a_measured_kernel():
+    prof = measured("h200-sxm")
+    eager = prof.model_copy(update={"eager_op_overhead_s": Sourced(value=5e-6, source="test")})
+    op = Op("g", "gemm", flops=2 * 64 * 4096 * 4096, bytes=4096 * 4096 * 2.0, m=64,
+            gemm_nk=(4096 * 4096,), gemm_dims=((4096.0, 4096.0),), kernels=3)
+    assert compute_time_s(op, eager) - compute_time_s(op, prof) == pytest.approx(3 * 5e-6)
+
+
+def test_attention_pays_its_softmax_at_the_score_rate():
+    """A CPU attention core (no attention table) pays scores / rate(scores) beyond its FLOPs."""
+    prof = load_profile("cpu-2core-example")
+    assert prof.attention_score_rate is not None
+    base = Op("a", "attention", flops=1e9, bytes=1e6)
+    scored = Op("a", "attention", flops=1e9, bytes=1e6, scores=3e6)
+    rate = efficiency(prof.attention_score_rate, 3e6, "attention scores")
+    assert compute_time_s(scored, prof) - compute_time_s(base, prof) == \
+        pytest.approx(3e6 / rate)
+
+
+def test_a_tensor_parallel_collective_runs_at_the_efficiency_of_its_bytes_per_peer():
+    prof = load_profile("h800")                  # no measured collective tables
+    plan = ParallelPlan(gpus=8, tp=4)
+    op = Op("ag", "collective", bytes=3e6, collective="all_gather", group="tp")
+    d = comm_demand(op, plan, prof)
+    eff = efficiency(prof.collective_efficiency, 3e6 / 3, "collective bytes per peer")
+    assert d.link_bytes["nvlink"] == pytest.approx(3e6 / eff)
+
+
+def test_the_memory_refusal_names_each_part_in_gigabytes():
+    from simulator.graph.memory import MemoryBreakdown
+    m = MemoryBreakdown(weights=60e9, kv_cache=30e9, activations=2e9)
+    assert m.total == 92e9
+    text = m.describe()
+    assert "weights 60.0 GB" in text and "KV cache 30.0 GB" in text and \
+        "activations 2.0 GB" in text and "92.0 GB" in text
+
+
+def test_optimizer_time_reads_the_sharded_states_by_zero_stage():
+    """Adam on the stage's parameters: without ZeRO every rank updates all of its stage's
+    (dense / tp + experts / ep); with ZeRO 1 each its 1 / data-parallel share; each parameter
+    reads and writes its optimizer states, reads its gradient and writes two weight copies."""
+    from simulator.graph.params import count_params
+    from simulator.training.run import train
+    from tests.test_training import small
+    roomy = profile("h800", idealizations={"enforce_hbm_capacity": False})
+    for stage in (0, 1):
+        w = small(plan={"gpus": 64, "ep": 8, "pp": 2, "tp": 2})
+        w = w.variant(training=w.training.variant(zero_stage=stage, pipeline="1f1b"))
+        r = train(w, profile=roomy)
+        model, t, plan = load_model(w.model), w.training, w.plan
+        c = count_params(model)
+        scale = math.ceil(model.num_layers / plan.pp) / model.num_layers
+        rep = (c.non_expert + c.embedding) * scale / plan.tp
+        exp = c.expert_total * scale / plan.ep
+        d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
+        params = rep + exp if stage == 0 else rep / d_rep + exp / d_exp
+        per = 2 * t.optimizer_bytes_per_param + t.grad_bytes + 2 * w.precision.weight_bytes
+        rate = roomy.hbm_bandwidth_Bps.value * roomy.hbm_efficiency.value
+        assert r.optimizer_s == pytest.approx(params * per / rate)
+
+
+def test_pipeline_hops_carry_a_micro_batchs_activations_split_over_tp_and_cp():
+    """A hop sends micro-batch x sequence / (cp x tp) tokens of hidden-size activations over
+    the NIC: in 1F1B the second stage starts the first micro-batch that long after the first
+    stage ends it."""
+    from simulator.training.run import train
+    from tests.test_training import small
+    w = small(plan={"gpus": 256, "ep": 8, "pp": 4, "cp": 8, "tp": 2})
+    w = w.variant(training=w.training.variant(pipeline="1f1b"))
+    prof = profile("h800", idealizations={"enforce_hbm_capacity": False})
+    r = train(w, profile=prof)
+    model = load_model(w.model)
+    act = w.training.micro_batch_sequences * w.context_length / (8 * 2) * model.hidden_size * \
+        w.precision.activation_bytes
+    hop = prof.nic.latency_s.value + act / prof.nic.bandwidth_Bps.value
+    at = {(d, kind, mb): (s, e) for d, kind, mb, _, s, e in r.pipeline_tasks}
+    assert at[(1, "F", 0)][0] - at[(0, "F", 0)][1] == pytest.approx(hop)
+    assert at[(3, "F", 0)][0] - at[(2, "F", 0)][1] == pytest.approx(hop)
+
+
+def test_a_second_step_that_shares_its_passes_simulates_nothing(monkeypatch):
+    from collections import OrderedDict
+
+    from simulator.training import run as tr
+    calls = []
+    real = tr.simulate
+    monkeypatch.setattr(tr, "simulate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tr, "KEPT_PASSES", OrderedDict())
+    w = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
+    tr.train(w)
+    assert len(calls) == 2                       # forward and backward
+    tr.train(w.variant(training=w.training.model_copy(update={"recompute": "full"})))
+    assert len(calls) == 2
+
+
+def test_capacity_prices_the_decode_step_at_its_kv_bound_slots_and_mean_context():
+    """Decode-bound capacity: slots = min(dp x max batch, KV budget / (input + output)), the
+    step priced at slots / dp sequences per device and the mean context input + output / 2,
+    each request taking (output - 1) / (1 + acceptance) steps (a step whose time depends on
+    both, so neither argument can go wrong unseen)."""
+    from simulator.serving.run import ServingSim
+    base = workload("workloads/serving/longcat-flash-h800.yaml")
+    spec = {**base.serving.model_dump(), "input_tokens": {"mean": 4500, "dist": "fixed"},
+            "output_tokens": {"mean": 1001, "dist": "fixed"},
+            "decode": {**base.serving.decode.model_dump(), "max_batch_per_device": 4096}}
+    sim = ServingSim(base.variant(serving=spec))
+    asked = []
+    sim.decode.step_s = lambda b, c: asked.append((b, c)) or 1e-4 * b + 1e-6 * c
+    sim.prefill.step_s = lambda b, c: 1e-9
+    dp = sim.decode.dp
+    slots = sim.kv_budget_tokens / 5501
+    assert slots < dp * 4096                       # the KV budget binds
+    cap = sim.capacity_rps()
+    per_dev, ctx = slots / dp, 4500 + 1001 / 2
+    assert asked == [pytest.approx((per_dev, ctx))]
+    acc = sim.model.mtp_acceptance
+    assert cap == pytest.approx(slots / (1000 / (1 + acc) * (1e-4 * per_dev + 1e-6 * ctx)))
+
+
+def test_the_prefill_pool_must_hold_its_weights_and_one_full_batch_of_activations():
+    from simulator.graph.memory import inference_memory
+    from simulator.graph.ops import Shape
+    from simulator.errors import MoesimError
+    from simulator.serving.run import ServingSim
+    w = workload("workloads/serving/longcat-flash-h800.yaml")
+    sim = ServingSim(w)
+    tokens = w.serving.prefill.max_tokens_per_device
+    pmem = inference_memory(sim.model, w.serving.prefill.plan or w.plan, w.precision,
+                            Shape("prefill", 1, tokens, 0), False)
+    assert pmem.activations > 1e8
+    room = pmem.weights + 1.5 * pmem.activations       # one batch fits, twice would not
+    ok = profile(w.hardware, hbm_bytes={"value": room, "source": "test"})
+    ServingSim(w, profile=ok)
+    tight = profile(w.hardware, hbm_bytes={"value": pmem.weights + 0.5 * pmem.activations,
+                                           "source": "test"})
+    with pytest.raises(MoesimError, match="serving.prefill.plan|serving.decode.plan"):
+        ServingSim(w, profile=tight)
