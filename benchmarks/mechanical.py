@@ -25,6 +25,8 @@ SYMMETRIC = {"min", "max"}          # swapping their arguments changes nothing: 
 EQUIVALENT = {
     ("simulator/pricing/hardware.py", "if op.aux_bytes > 1:"):
         "aux_bytes counts the bytes of whole unfused passes over tensors: never in (0, 1]",
+    ("simulator/training/run.py", "/ total if total > 0 else 1.0"):
+        "a micro-batch's forward and backward always take time: total is never 0",
 }
 
 

@@ -221,3 +221,77 @@ def test_the_prefill_pool_must_hold_its_weights_and_one_full_batch_of_activation
                                            "source": "test"})
     with pytest.raises(MoesimError, match="serving.prefill.plan|serving.decode.plan"):
         ServingSim(w, profile=tight)
+
+
+def test_a_one_point_table_reads_its_value_at_its_size():
+    from simulator.schema.base import RateTable
+    table = RateTable(points=[(1e6, 3e9)], source="test")
+    assert efficiency(table, 1e6, "x") == 3e9
+    assert efficiency(table, 1e3, "x") == efficiency(table, 1e9, "x") == 3e9
+
+
+def test_attention_without_a_table_is_the_roofline_of_its_flops_and_bytes():
+    prof = load_profile("h800")
+    assert prof.attention_score_rate is None and prof.eager_op_overhead_s is None
+    op = Op("a", "attention", flops=4e12, bytes=1e6)          # compute-bound
+    peak = peak_flops(prof, "bf16")
+    want = prof.kernel_latency_s.value + 4e12 / (peak * prof.attention_efficiency.value)
+    assert compute_time_s(op, prof) == pytest.approx(want)
+
+
+def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
+    """MoE roofline at (ep, tokens): max(2 rows x 3 h inter / moe_tp / peak, (active experts x
+    their weights + rows x 2 h x 2 bytes) / HBM rate), active = min(experts / ep, rows)."""
+    prof = measured("h200-sxm")
+    ks = prof.measured.kernels
+    key = next(k for k in ks.keys("moe") if k[0] == "bf16" and k[1] == "balanced")
+    _, _, h, inter, topk, experts, moe_tp = key
+    grid = ks.get("moe", key)
+    eps, tokens = grid.points
+    ep, top = float(eps[0]), float(tokens[-1])
+    op = Op("e", "grouped_gemm", precision="bf16",
+            moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0))
+    from simulator.pricing.measured import moe_lookup
+    w_exp = 3 * h * inter / moe_tp
+    peak, bw = peak_flops(prof, "bf16"), prof.hbm_bandwidth_Bps.value
+
+    def roof(t):
+        active = min(experts / ep, t)
+        return max(2 * t * w_exp / peak, (active * w_exp * 2.0 + t * 2 * h * 2.0) / bw)
+    edge, far = moe_lookup(prof, op, top), moe_lookup(prof, op, 4 * top)
+    assert edge.source == "measured" and far.source == "extrapolated"
+    assert far.seconds == pytest.approx(edge.seconds * roof(4 * top) / roof(top))
+    # memory-bound: a few tokens on more EP ranks than measured (fewer experts each)
+
+    def roof_at(n_ep, t):
+        active = min(experts / n_ep, t)
+        return max(2 * t * w_exp / peak, (active * w_exp * 2.0 + t * 2 * h * 2.0) / bw)
+    wide = float(eps[-1])
+    few = float(next(t for t in tokens if t >= 2 * experts / wide))   # more rows than experts
+    assert roof_at(wide, few) > 2 * few * w_exp / peak                  # memory-bound
+    at_edge = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
+        h, inter, topk, experts, moe_tp, int(wide), 1.0)), few)
+    beyond = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
+        h, inter, topk, experts, moe_tp, int(2 * wide), 1.0)), few)
+    assert beyond.source == "extrapolated"
+    assert beyond.seconds == pytest.approx(at_edge.seconds * roof_at(2 * wide, few) /
+                                           roof_at(wide, few), rel=1e-9)
+
+
+def test_prefill_bound_capacity_counts_only_the_prompt_tokens_computed():
+    """A disaggregated prefill pool with half of each prompt in the prefix cache fits twice the
+    prompts in its token budget: capacity = prefill GPUs x budget / (input x (1 - hit)) per
+    prefill step."""
+    from simulator.serving.run import ServingSim
+    base = workload("workloads/serving/longcat-flash-h800.yaml")
+    spec = {**base.serving.model_dump(), "input_tokens": {"mean": 4000, "dist": "fixed"},
+            "output_tokens": {"mean": 101, "dist": "fixed"}}
+    sim = ServingSim(base.variant(serving=spec, prefix_hit_rate=0.5))
+    assert sim.spec.mode == "disaggregated"
+    sim.decode.step_s = lambda b, c: 1e-9
+    asked = []
+    sim.prefill.step_s = lambda b, c: asked.append((b, c)) or 0.5
+    budget = sim.spec.prefill.max_tokens_per_device
+    seqs = budget / (4000 * 0.5)
+    assert sim.capacity_rps() == pytest.approx(sim.prefill.dp * seqs / 0.5)
+    assert asked == [pytest.approx((seqs, 4000))]

@@ -26,3 +26,25 @@ def test_kv_cache_and_activations_of_qwen3_30b_by_hand():
     assert mem["activations"] == pytest.approx(act / 1e9, rel=1e-12)
     assert mem["total"] == pytest.approx(mem["weights"] + mem["kv_cache"] + mem["activations"],
                                          rel=1e-12)
+
+
+def test_weights_kv_and_activations_at_two_bytes_each_and_four_for_activations():
+    """Every byte width different from 1, so a factor applied the wrong way shows: Qwen3-30B's
+    weights on one of 8 GPUs (all dense and attention parameters and the embeddings, 16 of the
+    128 experts of each of its 48 MoE layers, 3 x 2048 x 768 each) at 2 bytes."""
+    from simulator.graph.params import count_params
+    m = load_model("qwen3-30b-a3b")
+    w = Workload.model_validate(dict(
+        model="qwen3-30b-a3b", hardware="h200-sxm", phase="decode", batch_per_device=8,
+        context_length=1000, plan={"gpus": 8, "ep": 8},
+        precision={"weight_bytes": 2, "activation_bytes": 4, "kv_bytes": 2,
+                   "dispatch_bytes": 2, "combine_bytes": 2}))
+    mem = simulate(w).to_json()["memory_gb"]
+    c = count_params(m)
+    assert (m.moe.num_experts, m.moe.expert_intermediate) == (128, 768)
+    experts = 128 // 8 * 48 * 3 * 2048 * 768
+    assert c.expert_total == 128 * 48 * 3 * 2048 * 768
+    weights = (c.non_expert + c.embedding + experts) * 2
+    assert mem["weights"] == pytest.approx(weights / 1e9, rel=1e-12)
+    assert mem["kv_cache"] == pytest.approx(8 * 1001 * 48 * 2 * 4 * 128 * 2 / 1e9, rel=1e-12)
+    assert mem["activations"] == pytest.approx(4 * 8 * 8 * 2048 * 4 / 1e9, rel=1e-12)

@@ -198,6 +198,15 @@ def test_train_json_breaks_the_step_into_parts_that_add_up():
     assert d["a2a_exposed_ms_per_step"] == pytest.approx(inside["exposed_ep"] * 1e3)
     # BF16 GEMMs: both MFUs are the same figure
     assert d["gemm_precision"] == "bf16" and d["mfu_at_precision_peak"] == d["mfu"]
+    # DualPipe overlaps a forward with a backward chunk: the devices' busy time is less than
+    # m x (forward + backward + ...), and the parts scale down to it and still add up
+    dual = workload("workloads/validation/training/deepseek-v3-pretrain-h800-fp8.yaml")
+    assert dual.training.pipeline == "dualpipe"
+    r = train(dual)
+    parts = r.to_json()["step_breakdown_s"]
+    per_mb = (r.forward_s_per_microbatch + r.backward_s_per_microbatch) * r.micro_batches
+    assert sum(parts[k] for k in ("forward", "backward", "recompute", "host")) < per_mb
+    assert sum(parts.values()) == pytest.approx(r.step_time_s, rel=1e-9)
 
 
 def test_mfu_at_the_precision_peak_of_an_fp8_run_by_hand():
