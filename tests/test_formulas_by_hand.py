@@ -248,7 +248,7 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     _, _, h, inter, topk, experts, moe_tp = key
     grid = ks.get("moe", key)
     eps, tokens = grid.points
-    ep, top = float(eps[0]), float(tokens[-1])
+    ep, top = float(eps[-1]), float(tokens[-1])      # few experts a rank, many tokens
     op = Op("e", "grouped_gemm", precision="bf16",
             moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0))
     from simulator.pricing.measured import moe_lookup
@@ -260,6 +260,7 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
         return max(2 * t * w_exp / peak, (active * w_exp * 2.0 + t * 2 * h * 2.0) / bw)
     edge, far = moe_lookup(prof, op, top), moe_lookup(prof, op, 4 * top)
     assert edge.source == "measured" and far.source == "extrapolated"
+    assert roof(top) == 2 * top * w_exp / peak                  # compute-bound
     assert far.seconds == pytest.approx(edge.seconds * roof(4 * top) / roof(top))
     # memory-bound: a few tokens on more EP ranks than measured (fewer experts each)
 

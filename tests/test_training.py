@@ -296,6 +296,19 @@ def test_train_fidelity_carries_the_published_training_band():
     d = train(workload(LC)).to_json()["fidelity"]
     band = (bands.get("h800") or bands["all"])["training"]
     assert d["expected_error_pct"] == pytest.approx(band / max(d["measured_share"], MIN_SHARE))
+    # on a profile with measured tables: the passes' shares weighted by their times
+    from simulator.step.whatif import resolve, simulate
+    q = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
+    share = train(q).to_json()["fidelity"]["measured_share"]
+    prof = profile(q.hardware, idealizations={"enforce_hbm_capacity": False})
+    passes = [q.variant(phase=ph, batch_per_device=q.training.micro_batch_sequences,
+                        training=None) for ph in ("train_fwd", "train_bwd")]
+    runs = [simulate(p, resolved=resolve(p, profile=prof, with_head=False)) for p in passes]
+    f, b = (r.to_json(with_ops=False) for r in runs)
+    ft, bt = f["step_time_ms"], b["step_time_ms"]
+    assert 0 < share < 1 and ft + bt < 1e3                    # both passes under a second
+    want = (f["fidelity"]["measured_share"] * ft + b["fidelity"]["measured_share"] * bt) / (ft + bt)
+    assert share == pytest.approx(want)
     from benchmarks.published import training_bands
     rows = [{"kind": "training", "gpu": g, "error": e, "optimistic": e > 0}
             for g, e in (("x", 0.1), ("x", -0.5), ("y", 0.2))]
