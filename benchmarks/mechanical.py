@@ -84,9 +84,10 @@ def candidates(module: str, root: Path) -> list[Mutant]:
     return mutants
 
 
-def draw(per_module: int, root: Path) -> list[Mutant]:
-    """Up to `per_module` mechanical mutants of each module, the same draw every run."""
-    rng = random.Random(SEED)
+def draw(per_module: int, root: Path, seed: int | None = None) -> list[Mutant]:
+    """Up to `per_module` mechanical mutants of each module, the same draw for the same seed
+    (default SEED)."""
+    rng = random.Random(SEED if seed is None else seed)
     picked = []
     for m in MODULES:
         c = candidates(m, root)

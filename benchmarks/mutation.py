@@ -155,8 +155,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     ap.add_argument("--mechanical", type=int, default=0, metavar="N",
                     help="N mechanically derived mutants per module instead of the named ones")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="with --mechanical: draw with this seed (default: mechanical.SEED)")
     args = ap.parse_args()
-    pool_of = draw(args.mechanical, ROOT) if args.mechanical else MUTANTS
+    pool_of = draw(args.mechanical, ROOT, args.seed) if args.mechanical else MUTANTS
     selected = [m for m in pool_of if (m.quick or not args.quick) and
                 (args.only is None or args.only in m.module or args.only in m.name)]
     check_mutants(selected)

@@ -142,8 +142,8 @@ def test_mtp_is_searched_where_the_model_has_it():
     assert mtp_settings(SMALL) == [None]            # Qwen3 has no MTP layers
     dsv3 = Question(model="deepseek-v3", hardware=("h200-sxm",), gpus=(8,), isl=1024, osl=256,
                     ttft_ms=500, tpot_ms=30)
-    on = [w for _, w in candidates(dsv3) if w.get("mtp")]
-    off = [w for _, w in candidates(dsv3) if not w.get("mtp")]
+    on = [w for _, w, _ in candidates(dsv3) if w.get("mtp")]
+    off = [w for _, w, _ in candidates(dsv3) if not w.get("mtp")]
     assert len(on) == len(off) > 0 and all(w["mtp"]["enabled"] for w in on)
     w = next(w for w in on if w["batch_per_device"] == 16 and w["schedule"] == "sequential")
     r = simulate(load_workload_dict(w)).to_json(with_ops=False)
@@ -167,3 +167,23 @@ def test_plan_on_a_real_local_ray_cluster_matches_the_local_pool(ray_cluster, tm
     local = search(SMALL, workers=2)
     remote = search(SMALL, backend="ray", address=ray_cluster, results=tmp_path / "r.sqlite")
     assert remote["front"] == local["front"] and remote["best"] == local["best"]
+
+
+def test_replicas_of_whole_nodes_serve_as_one_replica_does():
+    """On 16 GPUs the experts may span all 16 or two replicas of 8: a replica's per-GPU figures
+    are the 8-GPU deployment's, and its point counts all 16 GPUs."""
+    from simulator.outputs.plan import layouts
+    q16 = Question(model="qwen3-30b-a3b", hardware=("h200-sxm",), gpus=(16,), isl=1024,
+                   osl=256, ttft_ms=500, tpot_ms=30)
+    names = [n for n, _ in layouts(q16, 16, 8)]
+    assert "DP attention, EP8 x 2 replicas" in names and "DP attention, EP16" in names
+    r16 = search(q16, workers=1)
+    r8 = search(Question(**{**q16.__dict__, "gpus": (8,)}), workers=1)
+    rep = [p for p in r16["points"] if p["replicas"] == 2]
+    assert rep and all(p["gpus"] == 16 == 2 * p["plan"]["gpus"] for p in rep)
+    one = {(p["schedule"], p["batch_per_device"], p["kv_bytes"], p["mode"]): p
+           for p in r8["points"] if p["plan"].get("attention_tp", 1) == 1}
+    for p in rep:
+        twin = one[(p["schedule"], p["batch_per_device"], p["kv_bytes"], p["mode"])]
+        assert p["tokens_per_gpu_s"] == twin["tokens_per_gpu_s"]
+        assert p["tpot_ms"] == twin["tpot_ms"] and twin["replicas"] == 1

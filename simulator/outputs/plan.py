@@ -1,8 +1,9 @@
 """`moesim plan`: the deployments of a model worth running, searched and priced.
 
 For every hardware profile and GPU count asked, every parallel layout (data-parallel attention
-with experts over all GPUs; tensor-parallel attention groups of 2, 4 or 8 GPUs), KV dtype (BF16,
-FP8), schedule (sequential and tbo; scmoe and sbo for shortcut models) and decode batch per GPU,
+with experts over all GPUs or over replicas of whole nodes; tensor-parallel attention groups of
+2, 4 or 8 GPUs), KV dtype (BF16, FP8), MTP (off, and on where the model has it), schedule
+(sequential and tbo; scmoe and sbo for shortcut models) and decode batch per GPU,
 the candidate is written as a decode what-if at the mean context (prompt + half the answer) and
 simulated, with one prompt's prefill on the same layout; `_points` serves it aggregated and
 disaggregated from those two (TPOT, output tokens/s per GPU and per user, $ per million output
@@ -71,15 +72,22 @@ def _check(q: Question) -> None:
 
 
 def layouts(q: Question, gpus: int, gpn: int) -> list[tuple[str, dict]]:
-    """(name, plan) of every parallel layout of `gpus` GPUs the model allows."""
+    """(name, plan) of every parallel layout of `gpus` GPUs the model allows: data-parallel
+    attention with experts over all of them, or over replicas of whole nodes (the plan is
+    one replica; `replicas` says how many serve side by side), or tensor-parallel attention."""
     m = load_model(q.model)
     node = min(gpn, gpus)
     out = []
-    ep = gpus if m.moe is not None and m.moe.num_experts % gpus == 0 else 1
-    if m.moe is None or ep > 1:
-        out.append((f"DP attention, EP{ep}" if ep > 1 else "DP", {"gpus": gpus,
-                                                                   "gpus_per_node": node,
-                                                                   "ep": ep}))
+    groups = sorted({gpus} | {g for g in (gpn * 2 ** i for i in range(8)) if g < gpus and
+                              gpus % g == 0})
+    for g in groups if m.moe is not None else ():
+        if m.moe.num_experts % g:
+            continue
+        copies = f" x {gpus // g} replicas" if g < gpus else ""
+        out.append((f"DP attention, EP{g}{copies}", {"gpus": g, "gpus_per_node": min(gpn, g),
+                                                      "ep": g}))
+    if m.moe is None:
+        out.append(("DP", {"gpus": gpus, "gpus_per_node": node, "ep": 1}))
     for t in TP_GROUPS:
         if t <= node and gpus % t == 0 and m.attention.num_heads % t == 0 and \
                 (m.moe is None or m.moe.num_experts % t == 0):
@@ -117,8 +125,9 @@ def _precision(q: Question, kv: float) -> dict:
     return {**base, "kv_bytes": kv}
 
 
-def candidates(q: Question) -> list[tuple[str, dict]]:
-    """(one-line configuration, decode workload) of every candidate, in a stable order."""
+def candidates(q: Question) -> list[tuple[str, dict, int]]:
+    """(one-line configuration, decode workload, GPUs) of every candidate, in a stable order;
+    the workload is one replica of the configuration's GPUs."""
     out = []
     ctx = q.isl + q.osl // 2
     runtime = {"framework": q.runtime} if q.runtime else (q.base.get("runtime") or {})
@@ -141,7 +150,7 @@ def candidates(q: Question) -> list[tuple[str, dict]]:
                         w["runtime"] = runtime
                     cfg = (f"{hw} x {g}, {lname}, KV {'FP8' if kv == 1 else 'BF16'}, "
                            f"{'MTP, ' if mtp else ''}{sched}, batch {b}/GPU")
-                    out.append((cfg, w))
+                    out.append((cfg, w, g))
     return out
 
 
@@ -166,12 +175,12 @@ def search(q: Question, workers: int = 1,
     code = code_version()
     points: dict[str, Point] = {}
     cand_keys = []
-    for cfg, w in cands:
+    for cfg, w, _ in cands:
         key = point_key("simulate", w, code)
         cand_keys.append(key)
         points.setdefault(key, Point(key, {"config": cfg}, w))
     prefill_keys = {}
-    for _, w in cands:
+    for _, w, _ in cands:
         pk = _prefill_key(w)
         if pk not in prefill_keys:
             pre = _prefill(w, q.isl)
@@ -180,13 +189,13 @@ def search(q: Question, workers: int = 1,
     outcome = execute_stored(list(points.values()), "simulate", results, backend, workers,
                              address, progress, what="plan", unit="what-ifs")
     priced, pruned = [], []
-    for (cfg, w), key in zip(cands, cand_keys):
+    for (cfg, w, gpus), key in zip(cands, cand_keys):
         metrics, error = outcome[key]
         pre, _ = outcome[prefill_keys[_prefill_key(w)]]
         if metrics is None or pre is None or not metrics.get("tpot_ms"):
             pruned.append({"config": cfg, "reason": error or "its prefill does not fit"})
             continue
-        priced += _points(cfg, w, metrics, pre, q)
+        priced += _points(cfg, w, gpus, metrics, pre, q)
     front = pareto(priced)
     best, by_mode = {}, {}
     for hw in q.hardware:
@@ -213,7 +222,7 @@ def _prefill_key(w: dict) -> str:
             f"{bool(w.get('mtp'))}")
 
 
-def _points(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> list[dict]:
+def _points(cfg: str, w: dict, gpus: int, m: dict, pre: dict, q: Question) -> list[dict]:
     """The candidate served two ways, from its decode step and one prompt's prefill:
 
     every request costs `osl / D` GPU-seconds of decode (D: the decode step's tokens/s per GPU)
@@ -240,7 +249,8 @@ def _points(cfg: str, w: dict, m: dict, pre: dict, q: Question) -> list[dict]:
         ratio = f", prefill:decode GPUs {c_p / c_d:.2f}" if mode == "disaggregated" else ""
         out.append({
             "config": f"{cfg}, {mode}{ratio}", "mode": mode, "hardware": w["hardware"],
-            "gpus": w["plan"]["gpus"], "plan": w["plan"], "schedule": w["schedule"],
+            "gpus": gpus, "replicas": gpus // w["plan"]["gpus"], "plan": w["plan"],
+            "schedule": w["schedule"],
             "batch_per_device": w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
             "mtp": bool(w.get("mtp")),
             "tpot_ms": t, "ttft_ms": ttft, "tokens_per_gpu_s": per_gpu,
@@ -298,7 +308,8 @@ def write_points(points: list[dict], out_dir: Path) -> list[Path]:
     paths = []
     for i, p in enumerate(points):
         path = out_dir / f"{i + 1:02d}-{p['workload']['name']}.yaml"
-        head = (f"# moesim plan: {p['config']}\n# this decode step: TPOT "
+        copies = f" (one of {p['replicas']} replicas)" if p["replicas"] > 1 else ""
+        head = (f"# moesim plan: {p['config']}{copies}\n# this decode step: TPOT "
                 f"{p['decode_tpot_ms']:.2f} ms, {p['decode_tokens_per_gpu_s']:.0f} tokens/s per "
                 f"GPU (moesim simulate this file); served {p['mode']} with prefill: TPOT "
                 f"{p['tpot_ms']:.2f} ms, {p['tokens_per_gpu_s']:.0f} tokens/s per GPU, TTFT "
