@@ -25,6 +25,14 @@ SYMMETRIC = {"min", "max"}          # swapping their arguments changes nothing: 
 EQUIVALENT = {
     ("simulator/pricing/hardware.py", "if op.aux_bytes > 1:"):
         "aux_bytes counts the bytes of whole unfused passes over tensors: never in (0, 1]",
+    ("simulator/pricing/hardware.py",
+     "latency = prof.nic.latency_s.value if remote > 1 else prof.nvlink.latency_s.value"):
+        "remote counts bytes leaving the node: never in (0, 1]",
+    ("simulator/pricing/measured.py",
+     'pick = [r for r in pick if r.framework == "sglang"][-1:] or refs[:2]'):
+        "the first of the references is used either way (ref = pick[0])",
+    ("simulator/graph/memory.py", "n = model.moe.num_experts if model.moe else 1"):
+        "a dense model has no MoE layers: its expert slots times zero MoE layers is 0 either way",
     ("simulator/training/run.py", "/ total if total > 0 else 1.0"):
         "a micro-batch's forward and backward always take time: total is never 0",
 }

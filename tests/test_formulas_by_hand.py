@@ -61,6 +61,17 @@ def test_a_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     far = gemm_lookup(prof, "bf16", 4 * top, ((n, k),))
     assert far.source == "extrapolated"
     assert far.seconds == pytest.approx(edge.seconds * roof(4 * top) / roof(top))
+    # memory-bound: one row against a wider N than measured
+
+    def roof3(m, n_, k_):
+        return max(2 * m * n_ * k_ / peak, ((m + n_) * k_ * eb + m * n_ * OUTPUT_BYTES) / bw)
+    m0, wide = float(ms[0]), float(ns[-1])
+    assert roof3(m0, wide, k) > 2 * m0 * wide * k / peak
+    at = gemm_lookup(prof, "bf16", m0, ((wide, k),))
+    out = gemm_lookup(prof, "bf16", m0, ((2 * wide, k),))
+    assert out.source == "extrapolated"
+    assert out.seconds == pytest.approx(at.seconds * roof3(m0, 2 * wide, k) / roof3(m0, wide, k),
+                                        rel=1e-9)
 
 
 def test_deepep_beyond_its_nodes_sends_the_remote_share_over_the_nic():
@@ -296,3 +307,122 @@ def test_prefill_bound_capacity_counts_only_the_prompt_tokens_computed():
     seqs = budget / (4000 * 0.5)
     assert sim.capacity_rps() == pytest.approx(sim.prefill.dp * seqs / 0.5)
     assert asked == [pytest.approx((seqs, 4000))]
+
+
+def test_a_size_below_a_tables_first_point_takes_the_edge_and_says_so():
+    from simulator.notes import collecting
+    from simulator.schema.base import RateTable
+    table = RateTable(points=[(16.0, 2e9), (256.0, 8e9)], source="test")
+    with collecting() as notes:
+        assert efficiency(table, 1.0, "rows") == 2e9
+    assert any("rows size 1 is outside the calibrated range" in n for n in notes)
+    with collecting() as notes:
+        assert efficiency(table, 64.0, "rows") == pytest.approx(5e9)   # halfway in log size
+    assert not notes
+
+
+def test_an_attention_core_with_a_table_adds_the_launch_latency():
+    prof = load_profile("h800")
+    op = Op("a", "attention", flops=1e10, bytes=1e8, kernel="mla_decode", seqs=32, kv_len=4096)
+    peak = peak_flops(prof, "bf16")
+    from simulator.pricing.hardware import attention_table_time_s
+    core = attention_table_time_s(op, peak, prof)
+    assert core > 0
+    assert compute_time_s(op, prof) == pytest.approx(prof.kernel_latency_s.value + core)
+
+
+def test_an_empty_tensor_parallel_collective_has_no_measured_time():
+    from simulator.pricing.measured import comm_lookup
+    prof = measured("h200-sxm")
+    plan = ParallelPlan(gpus=8, tp=8, attention_tp=8, ep=8)
+    full = Op("ar", "collective", bytes=1e6, collective="all_reduce", group="tp")
+    empty = Op("ar", "collective", bytes=0.0, collective="all_reduce", group="tp")
+    assert comm_lookup(full, plan, prof) is not None
+    assert comm_lookup(empty, plan, prof) is None
+    two = ParallelPlan(gpus=8, tp=2, attention_tp=2, ep=2)       # two GPUs: measured too
+    assert comm_lookup(full, two, prof) is not None
+    assert comm_lookup(full, ParallelPlan(gpus=8, ep=8), prof) is None    # one GPU: nothing
+
+
+def test_weights_that_do_not_fit_the_decode_pool_are_named_in_gigabytes():
+    from simulator.errors import MoesimError
+    from simulator.graph.memory import inference_memory
+    from simulator.graph.ops import Shape
+    from simulator.serving.run import ServingSim
+    w = workload("workloads/serving/longcat-flash-h800.yaml")
+    sim = ServingSim(w)
+    mem = inference_memory(sim.model, w.serving.decode.plan or w.plan, w.precision,
+                           Shape("decode", w.serving.decode.max_batch_per_device,
+                                 1 + sim.mtp_draft, 0), bool(sim.mtp_draft))
+    small = profile(w.hardware, hbm_bytes={"value": mem.weights / 2, "source": "test"})
+    with pytest.raises(MoesimError) as e:
+        ServingSim(w, profile=small)
+    text = e.value.render()
+    assert f"{mem.weights / 1e9:.1f} GB of weights" in text
+    assert f"against {mem.weights / 2 / 1e9:.0f} GB" in text
+
+
+def test_the_kv_budget_leaves_room_for_the_verify_tokens_activations():
+    """With MTP each decode sequence carries 1 + draft tokens through the step: the activations
+    the KV budget leaves room for are those of max batch x 2 tokens."""
+    from simulator.graph.memory import inference_memory
+    from simulator.graph.ops import Shape
+    from simulator.serving.run import ServingSim
+    w = workload("workloads/serving/longcat-flash-h800.yaml")
+    sim = ServingSim(w)
+    assert sim.mtp_draft == 1
+    plan, dec = w.serving.decode.plan or w.plan, w.serving.decode
+    mem = inference_memory(sim.model, plan, w.precision, Shape("decode", dec.max_batch_per_device,
+                                                               2, 0), True)
+    one = inference_memory(sim.model, plan, w.precision, Shape("decode", dec.max_batch_per_device,
+                                                               1, 0), True)
+    assert mem.activations == 2 * one.activations > 0
+    free = sim.profile.hbm_bytes.value - mem.weights - mem.activations
+    assert sim.kv_budget_tokens == pytest.approx(free / sim.kv_token_bytes * sim.decode.dp)
+
+
+def test_the_backward_of_a_micro_batch_is_its_pass_and_its_weight_gradients_once():
+    """Without recompute or host bound (torchtitan launches ahead), a micro-batch's backward is
+    the simulated backward pass: input gradients plus weight gradients, each once."""
+    from simulator.step.whatif import resolve, simulate
+    from simulator.training.run import train
+    q = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
+    q = q.variant(training=q.training.model_copy(update={"recompute": "none"}))
+    assert q.training.framework == "torchtitan" and q.plan.pp == 1
+    prof = profile(q.hardware, idealizations={"enforce_hbm_capacity": False})
+    r = train(q, profile=prof)
+    bwd = q.variant(phase="train_bwd", batch_per_device=q.training.micro_batch_sequences,
+                    training=None)
+    b = simulate(bwd, resolved=resolve(bwd, profile=prof, with_head=False))
+    assert 0 < r.weight_grad_s_per_microbatch < b.step_time_s
+    assert r.backward_s_per_microbatch == pytest.approx(b.step_time_s)
+
+
+def test_data_parallel_traffic_is_the_shards_each_rank_sends():
+    """ZeRO-1: each rank reduce-scatters the gradients of the parameters it does not own (dense:
+    (d - 1) / d of its stage's dense share over d data-parallel ranks; experts: likewise over
+    the expert-data-parallel ranks) and all-gathers the updated weights (weight bytes)."""
+    from simulator.graph.params import count_params
+    from simulator.training.run import dp_exposed_s, dp_transfer_s, train
+    from tests.test_training import small
+    slow = profile("h800", idealizations={"enforce_hbm_capacity": False},
+                   nic={"bandwidth_Bps": {"value": 2e8, "source": "test"}})
+    w = small(plan={"gpus": 64, "ep": 8, "pp": 2, "tp": 2})
+    w = w.variant(training=w.training.variant(zero_stage=1, pipeline="1f1b"))
+    r = train(w, profile=slow)
+    model, t, plan = load_model(w.model), w.training, w.plan
+    c = count_params(model)
+    scale = math.ceil(model.num_layers / plan.pp) / model.num_layers
+    rep = (c.non_expert + c.embedding) * scale / plan.tp
+    exp = c.expert_total * scale / plan.ep
+    d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
+    assert (d_rep, d_exp) == (16, 4)
+    shard = rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / d_exp
+    rs = dp_transfer_s(slow, shard * t.grad_bytes, d_rep)
+    ag = rs * w.precision.weight_bytes / t.grad_bytes
+    f_s = r.forward_s_per_microbatch
+    b_total = r.backward_s_per_microbatch - (r.breakdown_s["recompute"] / r.micro_batches
+                                             if r.micro_batches else 0.0)
+    want = dp_exposed_s(1, r.micro_batches, f_s, b_total, rs, ag)
+    assert want > 0
+    assert r.dp_exposed_s == pytest.approx(want, rel=1e-6)

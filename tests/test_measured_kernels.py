@@ -357,6 +357,18 @@ def test_serve_and_train_carry_a_fidelity_block():
     f = sim.fidelity()
     assert f["kernel_tables"] == "sglang 0.5.14 (h200_sxm)"
     assert 0 < f["measured_share"] <= 1 and 0 < f["prefill_measured_share"] <= 1
+    # the shares are simulate's of a full decode step at the mean context and of one prompt
+    from simulator.step.whatif import simulate
+    w, spec = sim.w, sim.spec
+    ctx = int(spec.input_tokens.mean + spec.output_tokens.mean / 2)
+    dec = w.variant(phase="decode", serving=None, batch_per_device=spec.decode.max_batch_per_device,
+                    context_length=ctx, plan=spec.decode.plan or w.plan,
+                    schedule=spec.decode.schedule or w.schedule)
+    pre = w.variant(phase="prefill", serving=None, batch_per_device=1,
+                    context_length=int(spec.input_tokens.mean), plan=spec.prefill.plan or w.plan,
+                    schedule=spec.prefill.schedule or w.schedule)
+    assert f["measured_share"] == pytest.approx(simulate(dec).fidelity["measured_share"])
+    assert f["prefill_measured_share"] == pytest.approx(simulate(pre).fidelity["measured_share"])
     bands = yaml.safe_load((ROOT / "hardware_profiles/fidelity/bands.yaml").read_text())["bands"]
     assert f["expected_error_pct"]["tpot_ms"] == pytest.approx(
         bands["h200-sxm"]["decode"] / max(f["measured_share"], 0.25))
