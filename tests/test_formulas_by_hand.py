@@ -329,6 +329,41 @@ def test_an_attention_core_with_a_table_adds_the_launch_latency():
     core = attention_table_time_s(op, peak, prof)
     assert core > 0
     assert compute_time_s(op, prof) == pytest.approx(prof.kernel_latency_s.value + core)
+    eager = prof.model_copy(update={"eager_op_overhead_s": Sourced(value=5e-6, source="test")})
+    assert compute_time_s(op, eager) == pytest.approx(prof.kernel_latency_s.value + core + 5e-6)
+
+
+def test_a_prompt_longer_than_the_attention_table_scales_by_the_roofline():
+    """Context attention beyond the measured length: the edge's time x roofline(x) /
+    roofline(edge), the roofline at (batch, length) the slower of the op's FLOPs per sequence
+    x batch x (length / its own length)^2 at the peak and its bytes per sequence x batch x
+    (length / its own) at the HBM rate. The op is compute-bound at its own length and
+    memory-bound at the table's edge, so both terms count."""
+    from simulator.pricing.measured import attention_lookup
+    prof = measured("h200-sxm")
+    ks = prof.measured.kernels
+    key = next(k for k in ks.keys("gqa_context") if k[0] == "bf16" and k[1] == "bf16")
+    heads, kv_heads, head_dim = key[2], key[3], key[4]
+    grid = ks.get("gqa_context", key)
+    batches, lengths = grid.points
+    b, edge_len = float(next(x for x in batches if x >= 2)), float(lengths[-1])
+    length = 2 * edge_len
+    peak, bw = peak_flops(prof, "bf16"), prof.hbm_bandwidth_Bps.value
+    per_seq_bytes = 1e6
+    per_seq_flops = 1.5 * per_seq_bytes / bw * peak      # compute-bound at its own length
+    op = Op("a", "attention", flops=per_seq_flops * b, bytes=per_seq_bytes * b,
+            kernel="gqa_prefill", attn_key=(heads, kv_heads, head_dim), seqs=b,
+            attn_len=length, m=b * length)
+
+    def roof(n):
+        return max(b * per_seq_flops * (n / length) ** 2 / peak,
+                   b * per_seq_bytes * (n / length) / bw)
+    assert roof(length) == b * per_seq_flops / peak                       # compute-bound
+    assert roof(edge_len) == b * per_seq_bytes * 0.5 / bw                 # memory-bound
+    at = ks.get("gqa_context", key).lookup((b, edge_len), lambda x: 1.0).seconds
+    got = attention_lookup(prof, op)
+    assert got.source == "extrapolated"
+    assert got.seconds == pytest.approx(at * roof(length) / roof(edge_len))
 
 
 def test_an_empty_tensor_parallel_collective_has_no_measured_time():
