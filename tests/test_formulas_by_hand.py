@@ -393,7 +393,8 @@ def test_weights_that_do_not_fit_the_decode_pool_are_named_in_gigabytes():
     with pytest.raises(MoesimError) as e:
         ServingSim(w, profile=small)
     text = e.value.render()
-    assert f"{mem.weights / 1e9:.1f} GB of weights" in text
+    assert f"{mem.weights / 1e9:.1f} GB of weights + {mem.activations / 1e9:.1f} GB of " \
+        "activations" in text and mem.activations > 1e8
     assert f"against {mem.weights / 2 / 1e9:.0f} GB" in text
 
 
