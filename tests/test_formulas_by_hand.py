@@ -394,7 +394,7 @@ def test_weights_that_do_not_fit_the_decode_pool_are_named_in_gigabytes():
         ServingSim(w, profile=small)
     text = e.value.render()
     assert f"{mem.weights / 1e9:.1f} GB of weights + {mem.activations / 1e9:.1f} GB of " \
-        "activations" in text and mem.activations > 1e8
+        "activations" in text and mem.activations > 5e7
     assert f"against {mem.weights / 2 / 1e9:.0f} GB" in text
 
 
