@@ -142,8 +142,8 @@ def test_mtp_is_searched_where_the_model_has_it():
     assert mtp_settings(SMALL) == [None]            # Qwen3 has no MTP layers
     dsv3 = Question(model="deepseek-v3", hardware=("h200-sxm",), gpus=(8,), isl=1024, osl=256,
                     ttft_ms=500, tpot_ms=30)
-    on = [w for _, w, _ in candidates(dsv3) if w.get("mtp")]
-    off = [w for _, w, _ in candidates(dsv3) if not w.get("mtp")]
+    on = [w for _, w, _, _ in candidates(dsv3) if w.get("mtp")]
+    off = [w for _, w, _, _ in candidates(dsv3) if not w.get("mtp")]
     assert len(on) == len(off) > 0 and all(w["mtp"]["enabled"] for w in on)
     w = next(w for w in on if w["batch_per_device"] == 16 and w["schedule"] == "sequential")
     r = simulate(load_workload_dict(w)).to_json(with_ops=False)
@@ -187,3 +187,26 @@ def test_replicas_of_whole_nodes_serve_as_one_replica_does():
         twin = one[(p["schedule"], p["batch_per_device"], p["kv_bytes"], p["mode"])]
         assert p["tokens_per_gpu_s"] == twin["tokens_per_gpu_s"]
         assert p["tpot_ms"] == twin["tpot_ms"] and twin["replicas"] == 1
+
+
+def test_a_chunked_prefill_is_its_chunks_one_after_another():
+    """A 4,096-token prompt in chunks of 2,048: TTFT is the first chunk's prefill plus the
+    second's, which attends to the first as a cached prefix; the decode step is the same."""
+    from simulator.outputs.plan import chunk_sizes
+    from simulator.schema import Workload
+    q = Question(model="qwen3-30b-a3b", hardware=("h200-sxm",), gpus=(8,), isl=4096, osl=256,
+                 ttft_ms=5000, tpot_ms=60)
+    assert chunk_sizes(q) == [None, 2048]
+    res = search(q, workers=1)
+    chunked = [p for p in res["points"] if p["prefill_chunk"] == 2048]
+    whole = {(p["config"].replace(", prefill chunk 2048", ""), p["mode"]): p
+             for p in res["points"] if p["prefill_chunk"] is None}
+    assert chunked and len(chunked) == len(whole)
+    p = chunked[0]
+    pre = {**p["workload"], "phase": "prefill", "batch_per_device": 1, "schedule": "sequential"}
+    first = simulate(Workload.model_validate({**pre, "context_length": 2048}))
+    second = simulate(Workload.model_validate({**pre, "context_length": 4096,
+                                               "prefix_hit_rate": 0.5}))
+    assert p["ttft_ms"] == pytest.approx(first.step_time_s * 1e3 + second.step_time_s * 1e3)
+    twin = whole[(p["config"].replace(", prefill chunk 2048", ""), p["mode"])]
+    assert p["decode_tpot_ms"] == twin["decode_tpot_ms"] and p["ttft_ms"] != twin["ttft_ms"]

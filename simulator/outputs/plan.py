@@ -3,7 +3,7 @@
 For every hardware profile and GPU count asked, every parallel layout (data-parallel attention
 with experts over all GPUs or over replicas of whole nodes; tensor-parallel attention groups of
 2, 4 or 8 GPUs), KV dtype (BF16, FP8), MTP (off, and on where the model has it), schedule
-(sequential and tbo; scmoe and sbo for shortcut models) and decode batch per GPU,
+(sequential and tbo; scmoe and sbo for shortcut models), decode batch per GPU and prefill chunk,
 the candidate is written as a decode what-if at the mean context (prompt + half the answer) and
 simulated, with one prompt's prefill on the same layout; `_points` serves it aggregated and
 disaggregated from those two (TPOT, output tokens/s per GPU and per user, $ per million output
@@ -30,6 +30,8 @@ from simulator.loading import load_model, load_profile
 from simulator.outputs.pool import Point, code_version, execute_stored, point_key
 
 BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+CHUNKS = (8192, 4096, 2048)     # prefill chunks searched besides the whole prompt (the budgets
+                                # SGLang and vLLM default to on 80-141 GB GPUs, and smaller)
 KV_BYTES = (2.0, 1.0)
 TP_GROUPS = (2, 4, 8)
 
@@ -125,9 +127,14 @@ def _precision(q: Question, kv: float) -> dict:
     return {**base, "kv_bytes": kv}
 
 
-def candidates(q: Question) -> list[tuple[str, dict, int]]:
-    """(one-line configuration, decode workload, GPUs) of every candidate, in a stable order;
-    the workload is one replica of the configuration's GPUs."""
+def chunk_sizes(q: Question) -> list[int | None]:
+    """Prefill chunks to try: the whole prompt (None), and each of CHUNKS shorter than it."""
+    return [None] + [c for c in CHUNKS if c < q.isl]
+
+
+def candidates(q: Question) -> list[tuple[str, dict, int, int | None]]:
+    """(one-line configuration, decode workload, GPUs, prefill chunk) of every candidate, in a
+    stable order; the workload is one replica of the configuration's GPUs."""
     out = []
     ctx = q.isl + q.osl // 2
     runtime = {"framework": q.runtime} if q.runtime else (q.base.get("runtime") or {})
@@ -150,7 +157,9 @@ def candidates(q: Question) -> list[tuple[str, dict, int]]:
                         w["runtime"] = runtime
                     cfg = (f"{hw} x {g}, {lname}, KV {'FP8' if kv == 1 else 'BF16'}, "
                            f"{'MTP, ' if mtp else ''}{sched}, batch {b}/GPU")
-                    out.append((cfg, w, g))
+                    for chunk in chunk_sizes(q):
+                        out.append((cfg + (f", prefill chunk {chunk}" if chunk else ""), w, g,
+                                    chunk))
     return out
 
 
@@ -158,10 +167,21 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
 
 
-def _prefill(w: dict, isl: int) -> dict:
-    """One prompt of `isl` tokens on the candidate's layout (its TTFT without queueing)."""
-    return {**w, "name": w["name"] + "-prefill", "phase": "prefill", "batch_per_device": 1,
-            "context_length": isl, "schedule": "sequential"}
+def prefills(w: dict, isl: int, chunk: int | None) -> list[dict]:
+    """One prompt of `isl` tokens on the candidate's layout, whole or in chunks of `chunk`
+    tokens one after another, each attending to the chunks before it (held as a cached
+    prefix): its TTFT without queueing is their sum."""
+    out, done = [], 0
+    while done < isl:
+        end = isl if chunk is None else min(done + chunk, isl)
+        p = {**w, "name": f"{w['name']}-prefill{'' if chunk is None else f'-c{chunk}-{len(out)}'}",
+             "phase": "prefill", "batch_per_device": 1, "context_length": end,
+             "schedule": "sequential"}
+        if done:
+            p["prefix_hit_rate"] = done / end
+        out.append(p)
+        done = end
+    return out
 
 
 def search(q: Question, workers: int = 1,
@@ -175,27 +195,30 @@ def search(q: Question, workers: int = 1,
     code = code_version()
     points: dict[str, Point] = {}
     cand_keys = []
-    for cfg, w, _ in cands:
+    for cfg, w, _, _ in cands:
         key = point_key("simulate", w, code)
         cand_keys.append(key)
         points.setdefault(key, Point(key, {"config": cfg}, w))
-    prefill_keys = {}
-    for _, w, _ in cands:
-        pk = _prefill_key(w)
+    prefill_keys: dict[tuple, list[str]] = {}
+    for _, w, _, chunk in cands:
+        pk = (_prefill_key(w), chunk)
         if pk not in prefill_keys:
-            pre = _prefill(w, q.isl)
-            key = prefill_keys[pk] = point_key("simulate", pre, code)
-            points.setdefault(key, Point(key, {"prefill": pk}, pre))
+            prefill_keys[pk] = []
+            for pre in prefills(w, q.isl, chunk):
+                key = point_key("simulate", pre, code)
+                prefill_keys[pk].append(key)
+                points.setdefault(key, Point(key, {"prefill": pk[0]}, pre))
     outcome = execute_stored(list(points.values()), "simulate", results, backend, workers,
                              address, progress, what="plan", unit="what-ifs")
     priced, pruned = [], []
-    for (cfg, w, gpus), key in zip(cands, cand_keys):
+    for (cfg, w, gpus, chunk), key in zip(cands, cand_keys):
         metrics, error = outcome[key]
-        pre, _ = outcome[prefill_keys[_prefill_key(w)]]
-        if metrics is None or pre is None or not metrics.get("tpot_ms"):
+        pre = [outcome[k][0] for k in prefill_keys[(_prefill_key(w), chunk)]]
+        if metrics is None or any(p is None for p in pre) or not metrics.get("tpot_ms"):
             pruned.append({"config": cfg, "reason": error or "its prefill does not fit"})
             continue
-        priced += _points(cfg, w, gpus, metrics, pre, q)
+        ttft = sum(p["step_time_ms"] for p in pre)
+        priced += _points(cfg, w, gpus, chunk, metrics, ttft, q)
     front = pareto(priced)
     best, by_mode = {}, {}
     for hw in q.hardware:
@@ -222,8 +245,10 @@ def _prefill_key(w: dict) -> str:
             f"{bool(w.get('mtp'))}")
 
 
-def _points(cfg: str, w: dict, gpus: int, m: dict, pre: dict, q: Question) -> list[dict]:
-    """The candidate served two ways, from its decode step and one prompt's prefill:
+def _points(cfg: str, w: dict, gpus: int, chunk: int | None, m: dict, ttft: float,
+            q: Question) -> list[dict]:
+    """The candidate served two ways, from its decode step and one prompt's prefill (`ttft`,
+    ms: whole, or the sum of its `chunk`-token chunks):
 
     every request costs `osl / D` GPU-seconds of decode (D: the decode step's tokens/s per GPU)
     and `c_p = T_p x group` GPU-seconds of prefill (T_p: one prompt's prefill on the layout,
@@ -235,7 +260,7 @@ def _points(cfg: str, w: dict, gpus: int, m: dict, pre: dict, q: Question) -> li
     - disaggregated: a prefill pool of c_p : osl / D GPUs beside the decode pool (same GPU and
       layout); TPOT is the decode step's, TTFT one prompt's prefill (KV transfer not priced).
     TTFT is one prompt's prefill in both: no queueing (a lower bound)."""
-    tpot, ttft, d = m["tpot_ms"], pre["step_time_ms"], m["tokens_per_gpu_s"]
+    tpot, d = m["tpot_ms"], m["tokens_per_gpu_s"]
     group = w["plan"].get("attention_tp", 1)
     c_p = ttft / 1e3 * group                             # GPU-seconds of prefill per request
     c_d = q.osl / d                                      # GPU-seconds of decode per request
@@ -252,7 +277,7 @@ def _points(cfg: str, w: dict, gpus: int, m: dict, pre: dict, q: Question) -> li
             "gpus": gpus, "replicas": gpus // w["plan"]["gpus"], "plan": w["plan"],
             "schedule": w["schedule"],
             "batch_per_device": w["batch_per_device"], "kv_bytes": w["precision"]["kv_bytes"],
-            "mtp": bool(w.get("mtp")),
+            "mtp": bool(w.get("mtp")), "prefill_chunk": chunk,
             "tpot_ms": t, "ttft_ms": ttft, "tokens_per_gpu_s": per_gpu,
             "tokens_per_s_per_user": 1e3 / t, "cost_per_million_output_tokens": price,
             "prefill_share": share, "prefill_to_decode_gpus": c_p / c_d,
