@@ -364,6 +364,11 @@ def test_a_prompt_longer_than_the_attention_table_scales_by_the_roofline():
     got = attention_lookup(prof, op)
     assert got.source == "extrapolated"
     assert got.seconds == pytest.approx(at * roof(length) / roof(edge_len))
+    # compute-bound at both lengths: causal pairs grow as the square of the length
+    heavy = Op("a", "attention", flops=100 * per_seq_flops * b, bytes=per_seq_bytes * b,
+               kernel="gqa_prefill", attn_key=(heads, kv_heads, head_dim), seqs=b,
+               attn_len=length, m=b * length)
+    assert attention_lookup(prof, heavy).seconds == pytest.approx(at * (length / edge_len) ** 2)
 
 
 def test_an_empty_tensor_parallel_collective_has_no_measured_time():
@@ -462,3 +467,63 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     want = dp_exposed_s(1, r.micro_batches, f_s, b_total, rs, ag)
     assert want > 0
     assert r.dp_exposed_s == pytest.approx(want, rel=1e-6)
+
+
+def test_a_shape_table_is_bilinear_in_log_rows_and_log_weights():
+    from simulator.pricing.hardware import shape_efficiency
+    from simulator.schema.base import ShapeEfficiencyTable
+    t = ShapeEfficiencyTable(m=[1.0, 100.0], weights=[1e6, 1e8],
+                             efficiency=[[0.1, 0.3], [0.5, 0.9]], source="test")
+    assert shape_efficiency(t, 10.0, 1e7) == pytest.approx((0.1 + 0.3 + 0.5 + 0.9) / 4)
+    assert shape_efficiency(t, 100.0, 1e7) == pytest.approx((0.5 + 0.9) / 2)
+    assert shape_efficiency(t, 10.0, 1e6) == pytest.approx((0.1 + 0.5) / 2)
+
+
+def test_a_named_framework_takes_its_newest_version():
+    prof = load_profile("h200-sxm")
+    refs = prof.measured_kernels
+    trt = next(r for r in refs if r.framework == "trtllm")
+    older = trt.model_copy(update={"framework": "sglang", "version": "0.4.9"})   # trtllm's file
+    two = prof.model_copy(update={"measured_kernels": [older, *refs]})
+    ms = select(two, RuntimeSpec(framework="sglang"), Precision())
+    assert (ms.kernels.framework, ms.kernels.version) == ("sglang", "0.5.14")
+
+
+def test_four_bit_expert_tables_only_for_weights_under_a_byte():
+    prof = load_profile("b200-sxm")
+    assert not select(prof, RuntimeSpec(), Precision(weight_bytes=1)).four_bit_weights
+    assert select(prof, RuntimeSpec(), Precision(weight_bytes=0.53125)).four_bit_weights
+
+
+def test_an_all_reduce_beyond_its_table_scales_by_latency_plus_bytes_over_nvlink():
+    from simulator.pricing.measured import comm_lookup
+    prof = measured("h200-sxm")
+    ks = prof.measured.kernels
+    grid = ks.get("all_reduce", (8,)) or ks.get("nccl", ("all_reduce", 8))
+    (sizes,) = grid.points
+    top = float(sizes[-1])
+    lat, bw = prof.nvlink.latency_s.value, prof.nvlink.bandwidth_Bps.value
+    plan = ParallelPlan(gpus=8, tp=8, attention_tp=8, ep=8)
+
+    def op_for(size):          # the op's bytes are a ring's bytes sent per GPU
+        return Op("ar", "collective", bytes=size * 2 * 7 / 8, collective="all_reduce", group="tp")
+    edge, far = comm_lookup(op_for(top), plan, prof), comm_lookup(op_for(4 * top), plan, prof)
+    assert far.source == "extrapolated"
+    assert far.seconds == pytest.approx(edge.seconds * (lat + 4 * top / bw) / (lat + top / bw))
+
+
+def test_an_fp4_gemm_beyond_its_table_reads_half_a_byte_per_weight():
+    prof = measured("b200-sxm")
+    grid = prof.measured.kernels.get("gemm", ("fp4",))
+    ms, ns, ks = grid.points
+    peak, bw, eb = peak_flops(prof, "fp4"), prof.hbm_bandwidth_Bps.value, ELEMENT_BYTES["fp4"]
+    assert eb == 0.5
+    m0, wide, k = float(ms[0]), float(ns[-1]), float(ks[len(ks) // 2])
+
+    def roof(n):
+        return max(2 * m0 * n * k / peak, ((m0 + n) * k * eb + m0 * n * OUTPUT_BYTES) / bw)
+    assert roof(wide) > 2 * m0 * wide * k / peak                  # memory-bound
+    at = gemm_lookup(prof, "fp4", m0, ((wide, k),))
+    out = gemm_lookup(prof, "fp4", m0, ((2 * wide, k),))
+    assert out.source == "extrapolated"
+    assert out.seconds == pytest.approx(at.seconds * roof(2 * wide) / roof(wide), rel=1e-9)
