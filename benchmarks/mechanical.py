@@ -33,6 +33,8 @@ EQUIVALENT = {
         "the first of the references is used either way (ref = pick[0])",
     ("simulator/graph/memory.py", "n = model.moe.num_experts if model.moe else 1"):
         "a dense model has no MoE layers: its expert slots times zero MoE layers is 0 either way",
+    ("simulator/graph/memory.py", "(model.moe.top_k * h) if model.moe else 1)"):
+        "the widest buffer is at least the hidden size, never under 1",
     ("simulator/training/run.py", "/ total if total > 0 else 1.0"):
         "a micro-batch's forward and backward always take time: total is never 0",
 }
