@@ -477,6 +477,14 @@ def test_a_shape_table_is_bilinear_in_log_rows_and_log_weights():
     assert shape_efficiency(t, 10.0, 1e7) == pytest.approx((0.1 + 0.3 + 0.5 + 0.9) / 4)
     assert shape_efficiency(t, 100.0, 1e7) == pytest.approx((0.5 + 0.9) / 2)
     assert shape_efficiency(t, 10.0, 1e6) == pytest.approx((0.1 + 0.5) / 2)
+    assert shape_efficiency(t, 1000.0, 1e9) == pytest.approx(0.9)     # beyond both: the edge
+    assert shape_efficiency(t, 0.1, 1e5) == pytest.approx(0.1)
+    one = ShapeEfficiencyTable(m=[1.0, 100.0], weights=[1e6], efficiency=[[0.2], [0.6]],
+                               source="test")                      # one weight column
+    assert shape_efficiency(one, 10.0, 1e6) == pytest.approx(0.4)
+    col = ShapeEfficiencyTable(m=[8.0], weights=[1e6, 1e8], efficiency=[[0.2, 0.6]],
+                               source="test")                      # one row
+    assert shape_efficiency(col, 8.0, 1e7) == pytest.approx(0.4)
 
 
 def test_a_named_framework_takes_its_newest_version():
