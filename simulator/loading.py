@@ -14,6 +14,8 @@ from simulator.errors import MoesimError, from_validation
 if TYPE_CHECKING:       # the schemas (pydantic) load on first use: listing files needs neither
     from pydantic import BaseModel
 
+    from simulator.schema import TrainingRuntime
+
     from simulator.schema import HardwareProfile, ModelSpec, Workload
 
 ROOT = Path(__file__).resolve().parent.parent

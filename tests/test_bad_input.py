@@ -262,7 +262,7 @@ def test_json_safe_turns_non_finite_into_null():
 
 # -- colocated prefill chunk priced on the tokens that exist -----------------------------------
 def test_colocated_chunk_is_priced_on_its_tokens():
-    from simulator.serving.run import chunk_shape
+    from simulator.serving.pools import chunk_shape
     # one 1024-token prompt over 8 DP ranks: 128 tokens a rank, not a whole prompt on each
     seqs, ctx = chunk_shape(1024, 8, 1024)
     assert seqs * ctx == pytest.approx(128) and ctx == 128

@@ -293,7 +293,6 @@ def test_a_step_shape_bucket_holds_exactly_the_shapes_step_s_buckets_alike():
     # lookups must equal asking step_s every step
     import math
     from simulator.serving.step_model import BATCH_GRID, DecodeSteps, StepModel
-    from tests.conftest import workload as _w
     w = small()
     sm = StepModel(w, w.plan, "sbo", "decode", 96, None, profile("h100-sxm"))
     sm._simulate = lambda b, c: b * 1e7 + c          # the bucket itself, not an engine run

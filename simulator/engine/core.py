@@ -20,7 +20,7 @@ import numpy as np
 import simpy
 
 from simulator.errors import MoesimError
-from simulator.engine.streams import CommDemand, StreamPlan
+from simulator.engine.streams import StreamPlan
 
 INF = float("inf")
 

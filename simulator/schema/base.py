@@ -2,7 +2,7 @@
 validated variants; sourced numbers and the tables profiles are made of."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)

@@ -20,7 +20,7 @@ from simulator.schema import HardwareProfile, ServingSpec, Workload
 from simulator.pricing.fidelity import expected_error_pct
 from simulator.serving.arrivals import Requests, closed_loop, generate, load_trace
 from simulator.serving.loop import Loop
-from simulator.serving.pools import ADMISSION_POLICIES, chunk_shape  # noqa: F401
+from simulator.serving.pools import ADMISSION_POLICIES
 from simulator.serving.result import ServeResult
 from simulator.serving.step_model import StepModel
 

@@ -182,15 +182,15 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
         raise MoesimError("routing.max_groups_per_token", "exceeds routing.expert_groups",
                           "use at most expert_groups")
     nodes = ep_nodes(w.plan.ep, w.plan.gpus_per_node)
-    for field, blocks, keep in (("max_nodes_per_token", nodes, rt.max_nodes_per_token),
+    for key, blocks, keep in (("max_nodes_per_token", nodes, rt.max_nodes_per_token),
                                 ("max_groups_per_token", rt.expert_groups,
                                  rt.max_groups_per_token)):
         if keep and blocks and keep < blocks and \
                 keep * (model.moe.num_experts // blocks) < model.moe.top_k:
-            raise MoesimError(f"routing.{field}", f"{keep} of {blocks} blocks of "
+            raise MoesimError(f"routing.{key}", f"{keep} of {blocks} blocks of "
                               f"{model.moe.num_experts // blocks} experts hold fewer than the "
                               f"{model.moe.top_k} experts a token takes (top_k)",
-                              f"use {field} of at least "
+                              f"use {key} of at least "
                               f"{-(-model.moe.top_k // (model.moe.num_experts // blocks))}")
     most = model.moe.num_experts * (w.plan.ep - 1)
     if rt.redundant_experts > most:
