@@ -60,7 +60,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/kernels/aiconfigurator.py": ["tests/test_measured_kernels.py"],
     "simulator/kernels/grid.py": ["tests/test_measured_kernels.py"],
     "simulator/step/whatif.py": ["tests/test_physics.py", "tests/test_periodic.py",
-                                 "tests/test_engine.py", "tests/test_schedules.py"],
+                                 "tests/test_engine.py", "tests/test_schedules.py", "tests/test_training.py"],
     "simulator/pricing/hardware.py": ["tests/test_engine_uses_hardware.py", "tests/test_fp8.py",
                                       "tests/test_gemm_shape.py", "tests/test_topology.py",
                                       "tests/test_physics.py", "tests/test_kernel_calibration.py",

@@ -120,6 +120,10 @@ def test_backward_gemms_have_their_own_shapes_and_bytes_by_hand():
     assert ew.bytes - ew.weight_bytes == pytest.approx(e.bytes - e.weight_bytes)
     assert ew.weight_bytes == pytest.approx(3 * h * i * 8)
     assert all(op.cast_bytes == 0 for _, op in bwd.nodes(data="op"))   # BF16: no casts
+    # BF16 main gradients (training.grad_bytes 2): 2 bytes read and 2 written per weight
+    half = build_backward(fwd, PREC, grad_bytes=2.0).nodes["L0.attn.o_proj.wgrad"]["op"]
+    assert half.weight_bytes == h * 4096 * 2 * 2
+    assert half.bytes == o.bytes - o.weight_bytes + h * 4096 * 4
 
 
 def test_fp8_training_casts_every_gemm_input_by_hand():

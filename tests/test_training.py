@@ -336,3 +336,31 @@ def test_steps_sharing_their_passes_give_what_a_fresh_run_gives(monkeypatch):
     bigger = w.variant(training=w.training.model_copy(update={"micro_batch_sequences": 4}))
     train(bigger)
     assert len(tr.KEPT_PASSES) == 2
+
+
+def test_the_training_blocks_gradient_bytes_reach_the_weight_gradients():
+    """grad_bytes sets the main gradient every weight gradient reads and writes, in the
+    simulated backward pass as in the memory: the weight gradients of BF16 main gradients
+    move fewer bytes than FP32's."""
+    from simulator.step.whatif import resolve, simulate
+    w = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
+    prof = profile(w.hardware, idealizations={"enforce_hbm_capacity": False})
+
+    def wgrad_bytes(grad_bytes):
+        t = w.training.model_copy(update={"grad_bytes": grad_bytes})
+        p = w.variant(phase="train_bwd", batch_per_device=t.micro_batch_sequences, training=t)
+        r = simulate(p, resolved=resolve(p, profile=prof, with_head=False))
+        return sum(op.weight_bytes for op in r.timeline.ops if "wgrad" in op.tags)
+    assert wgrad_bytes(2.0) == pytest.approx(wgrad_bytes(4.0) / 2)
+    from simulator.training import run as tr
+
+    def step(grad_bytes):
+        r = train(w.variant(training=w.training.model_copy(update={"grad_bytes": grad_bytes})),
+                  profile=prof)
+        runs = next(reversed(tr.KEPT_PASSES.values()))[2]     # the passes this step priced
+        return r, sum(op.weight_bytes for op in runs["train_bwd"].timeline.ops
+                      if "wgrad" in op.tags)
+    (four, b4), (two, b2) = step(4.0), step(2.0)
+    assert b2 == pytest.approx(b4 / 2)
+    assert two.memory.grads == pytest.approx(four.memory.grads / 2)
+    assert two.weight_grad_s_per_microbatch <= four.weight_grad_s_per_microbatch

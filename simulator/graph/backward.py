@@ -9,9 +9,9 @@ import networkx as nx
 from simulator.graph.ops import Op
 from simulator.schema import Precision
 
-# A weight gradient accumulates into the FP32 main gradient (Megatron's gradient-accumulation
-# fusion; torch's autograd likewise adds into .grad): it reads and writes 4 bytes per weight
-# where the forward read the weight once.
+# A weight gradient accumulates into the main gradient (Megatron's gradient-accumulation fusion;
+# torch's autograd likewise adds into .grad): it reads and writes its bytes per weight where the
+# forward read the weight once; FP32 (4 bytes) unless the training block's grad_bytes says else.
 MAIN_GRAD_BYTES = 4.0
 # Training FP8 (Transformer Engine, torchao float8): every GEMM input is quantised twice, once
 # row-wise for the GEMM that reads it along K and once column-wise (transposed) for the GEMM of
@@ -36,17 +36,18 @@ def gemm_shapes(op: Op) -> tuple[float, tuple[tuple[float, float], ...]]:
     return op.m, op.gemm_dims
 
 
-def backward_gemms(op: Op, prec: Precision) -> tuple[Op, Op]:
+def backward_gemms(op: Op, prec: Precision, grad_bytes: float = MAIN_GRAD_BYTES) -> tuple[Op, Op]:
     """The input-gradient and weight-gradient GEMMs of a forward GEMM of M rows and (N, K)
     weights: dX[M, K] = dY W (dims (K, N)), dW[N, K] = dY^T X (M = N, inner dimension the M
     tokens); each the forward's FLOPs. The weight gradient reads the two activations and
-    accumulates into the FP32 main gradient (read + write) instead of reading the weight.
+    accumulates into the main gradient (read + write, `grad_bytes` an element) instead of
+    reading the weight.
     Under FP8 the forward's input X was cast in the forward; the output gradient dY is cast
     for both backward GEMMs (priced on the input gradient)."""
     rows, dims = gemm_shapes(op)
     d_out = rows * sum(n for n, _ in dims)                # elements of dY
     weights = op.weight_bytes / prec.weight_bytes         # weight elements read
-    grad = weights * 2 * MAIN_GRAD_BYTES
+    grad = weights * 2 * grad_bytes
     d = replace(op, name=f"{op.name}.dgrad", tags=op.tags + ("dgrad",),
                 gemm_dims=tuple((k, n) for n, k in op.gemm_dims),
                 cast_bytes=fp8_cast_bytes(op, prec.fp8_scaling, d_out))
@@ -57,8 +58,8 @@ def backward_gemms(op: Op, prec: Precision) -> tuple[Op, Op]:
     return d, w
 
 
-def build_backward(forward: nx.DiGraph, prec: Precision,
-                   into: nx.DiGraph | None = None) -> nx.DiGraph:
+def build_backward(forward: nx.DiGraph, prec: Precision, into: nx.DiGraph | None = None,
+                   grad_bytes: float = MAIN_GRAD_BYTES) -> nx.DiGraph:
     """The backward pass of a forward graph: edges reversed, GEMMs split into dgrad + wgrad
     with their own shapes (`backward_gemms`; added to `into` when given).
 
@@ -71,7 +72,7 @@ def build_backward(forward: nx.DiGraph, prec: Precision,
     for name, data in forward.nodes(data=True):
         op: Op = data["op"]
         if op.kind in ("gemm", "grouped_gemm"):
-            d, w = backward_gemms(op, prec)
+            d, w = backward_gemms(op, prec, grad_bytes)
             g.add_node(d.name, op=d)
             g.add_node(w.name, op=w)
             names[name] = d.name

@@ -14,7 +14,7 @@ from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.errors import MoesimError
 from simulator.engine.schedule import get_schedule
 from simulator.engine.timeline import LaidOutOps, Timeline
-from simulator.graph.backward import build_backward
+from simulator.graph.backward import MAIN_GRAD_BYTES, build_backward
 from simulator.graph.model import build_forward, copies_from
 from simulator.graph.ops import Op
 from simulator.notes import collecting
@@ -47,7 +47,8 @@ def build_step_graph(r: Resolved, schedule: str, layers: int | None = None) -> n
                             into=None if backward else g, layers=layers,
                             tail_at=r.model.num_layers, ep_kernel=kernel_for(w))
         if backward:
-            build_backward(fwd, w.precision, into=g)
+            build_backward(fwd, w.precision, into=g, grad_bytes=w.training.grad_bytes
+                           if w.training is not None else MAIN_GRAD_BYTES)
     return g
 
 

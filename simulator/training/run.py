@@ -230,8 +230,9 @@ def micro_batch_passes(w: Workload, model: ModelSpec, prof: HardwareProfile,
     """One micro-batch's forward and backward passes on a rank, simulated on `sim_prof`;
     memoised per process by all that sets them (the passes' workload less its name, the model
     and profile objects, held while kept), their notes given again on a repeat."""
+    grads = TrainingSpec(global_batch_sequences=1, grad_bytes=w.training.grad_bytes)
     wps = {phase: w.variant(phase=phase, batch_per_device=w.training.micro_batch_sequences,
-                            training=None, serving=None, name="pass")
+                            training=grads, serving=None, name="pass")
            for phase in ("train_fwd", "train_bwd")}
     key = (wps["train_fwd"].model_dump_json(), id(model), id(prof))
     kept = KEPT_PASSES.get(key)
