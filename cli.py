@@ -81,11 +81,14 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
               None, "--sweep-rate", help="e.g. 1,2,4,8: one Poisson run per rate (req/s)"),
           schedules: str = typer.Option("sequential,sbo,tbo", help="schedules for --sweep-batch"),
           as_json: bool = JSON, report: Optional[Path] = REPORT,
+          requests_csv: Optional[Path] = typer.Option(
+              None, "--requests-csv", help="write every finished request (arrival, lengths, "
+              "TTFT, TPOT, end-to-end) as CSV here"),
           hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.commands.serve import serve as body
     body(workload, rate, duration, sweep_batch, sweep_concurrency, sweep_rate, schedules,
-         as_json, report, hardware, gpus)
+         as_json, report, hardware, gpus, requests_csv)
 
 
 @app.command()

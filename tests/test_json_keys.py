@@ -270,3 +270,42 @@ def test_a_load_sweep_point_is_the_serving_run_at_that_load():
         assert p[key] == m[key]
     assert p["output_tokens_per_s_per_gpu"] == m["throughput"]["output_tokens_per_s_per_gpu"]
     assert p["requests"]["finished"] == 12                   # 3 clients x 4 requests
+
+
+def test_the_requests_csv_holds_every_finished_request_as_a_client_logs_it(tmp_path):
+    import csv
+    import io
+    from tests.test_physics import stubbed_sim
+    rows = [(0.0, 1000, 11), (0.0, 400, 3), (0.02, 2000, 31), (0.3, 800, 6), (0.31, 100, 41)]
+    res = stubbed_sim(tmp_path, rows).run(check_stability=False)
+    got = list(csv.DictReader(io.StringIO(res.requests_csv())))
+    assert [int(r["request"]) for r in got] == [0, 1, 2, 3, 4]        # by arrival
+    for r, (a, i, o) in zip(got, rows):
+        assert (float(r["arrival_s"]), int(r["input_tokens"]), int(r["output_tokens"])) == \
+            (pytest.approx(a), i, o)
+        # end-to-end = first token + (outputs - 1) x TPOT
+        assert float(r["e2e_ms"]) == pytest.approx(float(r["ttft_ms"]) +
+                                                   (o - 1) * float(r["tpot_ms"]), rel=1e-6)
+    m = res.metrics
+    assert sum(float(r["ttft_ms"]) for r in got) / 5 == pytest.approx(m["ttft_ms"]["mean"])
+
+
+def test_serve_writes_the_requests_csv_and_a_sweep_refuses_it(tmp_path):
+    import json as js
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from tests.test_serving import SMALL
+    w = tmp_path / "w.yaml"
+    w.write_text(js.dumps(SMALL))
+    out = tmp_path / "requests.csv"
+    r = CliRunner().invoke(app, ["serve", str(w), "--duration", "5", "--requests-csv", str(out),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("request,arrival_s") and \
+        len(lines) - 1 == js.loads(r.stdout)["requests"]["finished"]
+    r = CliRunner().invoke(app, ["serve", str(w), "--sweep-rate", "1,2", "--requests-csv",
+                                 str(tmp_path / "x.csv")])
+    assert r.exit_code == 2 and "--requests-csv" in r.output

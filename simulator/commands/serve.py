@@ -12,14 +12,18 @@ from simulator.outputs import tables as T
 def serve(workload: str, rate: Optional[float], duration: Optional[float],
           sweep_batch: Optional[str], sweep_concurrency: Optional[str],
           sweep_rate: Optional[str], schedules: str, as_json: bool, report: Optional[Path],
-          hardware: Optional[str], gpus: Optional[int]) -> None:
+          hardware: Optional[str], gpus: Optional[int],
+          requests_csv: Optional[Path] = None) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.serving.batch_sweep import batch_sweep
     from simulator.serving.run import ServingSim
     c.check_number(rate, "--rate")
     c.check_number(duration, "--duration")
-    c.check_outputs(report=report)
+    c.check_outputs(report=report, requests_csv=requests_csv)
     w = c.load_workload(workload, hardware, gpus)
+    if requests_csv is not None and (sweep_batch or sweep_concurrency or sweep_rate):
+        raise MoesimError("--requests-csv", "a sweep runs many serving runs",
+                          "write the requests of one run: drop the --sweep-* option")
     if sweep_concurrency or sweep_rate:
         load_sweep(w, sweep_concurrency, sweep_rate, as_json, report)
         return
@@ -49,6 +53,9 @@ def serve(workload: str, rate: Optional[float], duration: Optional[float],
         res = sim.run(progress=simulated)
         fidelity = sim.fidelity()
     m = dict(res.metrics, capacity_rps=cap, fidelity=fidelity)
+    if requests_csv is not None:
+        from simulator.atomic import write_text_atomic
+        write_text_atomic(requests_csv, res.requests_csv(), "--requests-csv")
     if report:
         from simulator.outputs.report import write_serving_report
         write_serving_report(res, None, report, m)

@@ -25,10 +25,25 @@ class ServeResult:
     kv_t: np.ndarray
     kv_util: np.ndarray
     notes: list[str] = field(default_factory=list)
+    request_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    arrival_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    input_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    output_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON keys of `serve --json` (docs/architecture.md)."""
         return self.metrics
+
+    def requests_csv(self) -> str:
+        """Every finished request, by arrival: id, arrival, lengths, TTFT, TPOT, end-to-end (ms),
+        as a benchmark client logs them (`serve --requests-csv`)."""
+        rows = ["request,arrival_s,input_tokens,output_tokens,ttft_ms,tpot_ms,e2e_ms"]
+        for i in np.argsort(self.arrival_s, kind="stable"):
+            rows.append(f"{int(self.request_ids[i])},{self.arrival_s[i]:.6f},"
+                        f"{int(self.input_tokens[i])},{int(self.output_tokens[i])},"
+                        f"{self.ttft_s[i] * 1e3:.6f},{self.tpot_s[i] * 1e3:.6f},"
+                        f"{self.e2e_s[i] * 1e3:.6f}")
+        return "\n".join(rows) + "\n"
 
 
 def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
@@ -93,4 +108,6 @@ def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
         "simulated_s": makespan, "decode_steps": run.step,
         "step_shapes_simulated": len(sim.decode.cache) + len(sim.prefill.cache),
     }
-    return ServeResult(metrics, ttft, tpot, e2e, kv_t, kv_u)
+    return ServeResult(metrics, ttft, tpot, e2e, kv_t, kv_u, request_ids=np.nonzero(done)[0],
+                       arrival_s=arr[done], input_tokens=run.r.input_tokens[done],
+                       output_tokens=out)
