@@ -467,7 +467,7 @@ MUTANTS: list[Mutant] = [
     Mutant(WI, "the training block's gradient bytes never reach the backward graph",
            "build_backward(fwd, w.precision, into=g, grad_bytes=w.training.grad_bytes",
            "build_backward(fwd, w.precision, into=g, grad_bytes=4.0 or w.training.grad_bytes"),
-    Mutant(TN, "the training passes drop the workload's gradient bytes",
+    Mutant("simulator/training/passes.py", "the training passes drop the workload's gradient bytes",
            "grads = TrainingSpec(global_batch_sequences=1, grad_bytes=w.training.grad_bytes)",
            "grads = TrainingSpec(global_batch_sequences=1)"),
     Mutant(GB, "training FP8 casts only row-wise (no transposed copy)",

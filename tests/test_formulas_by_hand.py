@@ -178,15 +178,16 @@ def test_pipeline_hops_carry_a_micro_batchs_activations_split_over_tp_and_cp():
 def test_a_second_step_that_shares_its_passes_simulates_nothing(monkeypatch):
     from collections import OrderedDict
 
-    from simulator.training import run as tr
+    from simulator.training import passes as tr
+    from simulator.training.run import train
     calls = []
     real = tr.simulate
     monkeypatch.setattr(tr, "simulate", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(tr, "KEPT_PASSES", OrderedDict())
     w = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
-    tr.train(w)
+    train(w)
     assert len(calls) == 2                       # forward and backward
-    tr.train(w.variant(training=w.training.model_copy(update={"recompute": "full"})))
+    train(w.variant(training=w.training.model_copy(update={"recompute": "full"})))
     assert len(calls) == 2
 
 

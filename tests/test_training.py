@@ -323,7 +323,7 @@ def test_steps_sharing_their_passes_give_what_a_fresh_run_gives(monkeypatch):
     with nothing kept gives, and another micro-batch is simulated anew."""
     from collections import OrderedDict
 
-    from simulator.training import run as tr
+    from simulator.training import passes as tr
     w = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
     other = w.variant(training=w.training.model_copy(update={"recompute": "full"}))
     monkeypatch.setattr(tr, "KEPT_PASSES", OrderedDict())
@@ -352,7 +352,7 @@ def test_the_training_blocks_gradient_bytes_reach_the_weight_gradients():
         r = simulate(p, resolved=resolve(p, profile=prof, with_head=False))
         return sum(op.weight_bytes for op in r.timeline.ops if "wgrad" in op.tags)
     assert wgrad_bytes(2.0) == pytest.approx(wgrad_bytes(4.0) / 2)
-    from simulator.training import run as tr
+    from simulator.training import passes as tr
 
     def step(grad_bytes):
         r = train(w.variant(training=w.training.model_copy(update={"grad_bytes": grad_bytes})),

@@ -9,18 +9,18 @@ holds num_layers / pp layers; its forward and backward per micro-batch are the w
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 import re
 from dataclasses import replace
 
 from simulator.errors import MoesimError
 from simulator.graph.params import blocks_per_layer, count_params, replicated_params
 from simulator.loading import load_model, load_profile, load_training_runtime
-from simulator.notes import collecting, note
+from simulator.notes import collecting
 from simulator.pricing.hardware import efficiency
 from simulator.pricing.peaks import peak_flops
 from simulator.schema import HardwareProfile, ModelSpec, TrainingRuntime, TrainingSpec, Workload
-from simulator.step.whatif import check_plan, resolve, simulate
+from simulator.step.whatif import check_plan
+from simulator.training.passes import micro_batch_passes
 from simulator.training.pipeline import dualpipe, simulate_pipeline
 from simulator.training.result import TrainingMemory, TrainResult
 
@@ -219,36 +219,6 @@ def dp_exposed_s(zero_stage: int, m: int, f_s: float, b_s: float, rs_s: float,
     if zero_stage < 3:
         return max(0.0, rs_s - b_s) + max(0.0, ag_s - f_s)
     return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))
-
-
-PASSES_KEPT = 8       # a process's last passes, for steps that differ only in pipeline/recompute
-KEPT_PASSES: OrderedDict = OrderedDict()
-
-
-def micro_batch_passes(w: Workload, model: ModelSpec, prof: HardwareProfile,
-                       sim_prof: HardwareProfile) -> dict:
-    """One micro-batch's forward and backward passes on a rank, simulated on `sim_prof`;
-    memoised per process by all that sets them (the passes' workload less its name, the model
-    and profile objects, held while kept), their notes given again on a repeat."""
-    grads = TrainingSpec(global_batch_sequences=1, grad_bytes=w.training.grad_bytes)
-    wps = {phase: w.variant(phase=phase, batch_per_device=w.training.micro_batch_sequences,
-                            training=grads, serving=None, name="pass")
-           for phase in ("train_fwd", "train_bwd")}
-    key = (wps["train_fwd"].model_dump_json(), id(model), id(prof))
-    kept = KEPT_PASSES.get(key)
-    if kept is not None and kept[0] is model and kept[1] is prof:
-        KEPT_PASSES.move_to_end(key)
-        for n in kept[3]:
-            note(n)
-        return kept[2]
-    with collecting() as notes:
-        runs = {phase: simulate(wp, resolved=resolve(wp, model=model, profile=sim_prof,
-                                                     with_head=False))
-                for phase, wp in wps.items()}
-    KEPT_PASSES[key] = (model, prof, runs, tuple(notes))
-    while len(KEPT_PASSES) > PASSES_KEPT:
-        KEPT_PASSES.popitem(last=False)
-    return runs
 
 
 def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
