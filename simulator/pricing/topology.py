@@ -171,7 +171,6 @@ def rank_loads(cluster: Cluster, ep: int, per_expert: np.ndarray, per_gpu: np.nd
             into = (per_node[src] * remote_node[src]).sum(axis=0)       # bytes into each node
             nic_in[np.arange(nodes) * g + j] = into
         # forwarded: source a (remote) -> relay (node(b), lr(a)) -> b
-        remote = ~same
         fwd_out = np.zeros(ep)
         fwd_in = np.zeros(ep)
         peer = m * local
@@ -190,7 +189,6 @@ def rank_loads(cluster: Cluster, ep: int, per_expert: np.ndarray, per_gpu: np.nd
                     peer[relay, dst] += block.sum(axis=0)
         nvl_out = (m * local).sum(axis=1) + fwd_out
         nvl_in = (m * local).sum(axis=0) + fwd_in
-        del remote
     peer_max = np.maximum(peer.max(axis=1), peer.max(axis=0)) if ep > 1 else np.zeros(ep)
     uplink = np.zeros(ep)
     leaves = (nodes - 1) // cluster.nodes_per_leaf + 1
