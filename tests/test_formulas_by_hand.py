@@ -132,11 +132,21 @@ def test_the_memory_refusal_names_each_part_in_gigabytes():
         "activations 2.0 GB" in text and "92.0 GB" in text
 
 
+def stage_shares(w) -> tuple[float, float, int, int]:
+    """A rank of the busiest stage: its dense parameters (split tp ways), its experts (split ep
+    ways), and the data-parallel ranks holding the same dense parameters and the same experts."""
+    from simulator.graph.params import count_params
+    model, plan = load_model(w.model), w.plan
+    c = count_params(model)
+    scale = math.ceil(model.num_layers / plan.pp) / model.num_layers
+    return ((c.non_expert + c.embedding) * scale / plan.tp, c.expert_total * scale / plan.ep,
+            plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep))
+
+
 def test_optimizer_time_reads_the_sharded_states_by_zero_stage():
     """Adam on the stage's parameters: without ZeRO every rank updates all of its stage's
     (dense / tp + experts / ep); with ZeRO 1 each its 1 / data-parallel share; each parameter
     reads and writes its optimizer states, reads its gradient and writes two weight copies."""
-    from simulator.graph.params import count_params
     from simulator.training.run import train
     from tests.test_training import small
     roomy = profile("h800", idealizations={"enforce_hbm_capacity": False})
@@ -144,12 +154,8 @@ def test_optimizer_time_reads_the_sharded_states_by_zero_stage():
         w = small(plan={"gpus": 64, "ep": 8, "pp": 2, "tp": 2})
         w = w.variant(training=w.training.variant(zero_stage=stage, pipeline="1f1b"))
         r = train(w, profile=roomy)
-        model, t, plan = load_model(w.model), w.training, w.plan
-        c = count_params(model)
-        scale = math.ceil(model.num_layers / plan.pp) / model.num_layers
-        rep = (c.non_expert + c.embedding) * scale / plan.tp
-        exp = c.expert_total * scale / plan.ep
-        d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
+        t = w.training
+        rep, exp, d_rep, d_exp = stage_shares(w)
         params = rep + exp if stage == 0 else rep / d_rep + exp / d_exp
         per = 2 * t.optimizer_bytes_per_param + t.grad_bytes + 2 * w.precision.weight_bytes
         rate = roomy.hbm_bandwidth_Bps.value * roomy.hbm_efficiency.value
@@ -444,7 +450,6 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     """ZeRO-1: each rank reduce-scatters the gradients of the parameters it does not own (dense:
     (d - 1) / d of its stage's dense share over d data-parallel ranks; experts: likewise over
     the expert-data-parallel ranks) and all-gathers the updated weights (weight bytes)."""
-    from simulator.graph.params import count_params
     from simulator.training.run import dp_exposed_s, dp_transfer_s, train
     from tests.test_training import small
     slow = profile("h800", idealizations={"enforce_hbm_capacity": False},
@@ -452,12 +457,8 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     w = small(plan={"gpus": 64, "ep": 8, "pp": 2, "tp": 2})
     w = w.variant(training=w.training.variant(zero_stage=1, pipeline="1f1b"))
     r = train(w, profile=slow)
-    model, t, plan = load_model(w.model), w.training, w.plan
-    c = count_params(model)
-    scale = math.ceil(model.num_layers / plan.pp) / model.num_layers
-    rep = (c.non_expert + c.embedding) * scale / plan.tp
-    exp = c.expert_total * scale / plan.ep
-    d_rep, d_exp = plan.gpus // (plan.pp * plan.tp), plan.gpus // (plan.pp * plan.ep)
+    t = w.training
+    rep, exp, d_rep, d_exp = stage_shares(w)
     assert (d_rep, d_exp) == (16, 4)
     shard = rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / d_exp
     rs = dp_transfer_s(slow, shard * t.grad_bytes, d_rep)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from simulator.commands import common as c
 from simulator.commands.sweep import check_backend, progress_bar
@@ -27,17 +27,11 @@ def plan(target: str, gpus: str, hardware: Optional[str], isl: int, osl: int, tt
                                                                "--hardware")),
                  gpus=tuple(c.int_list(gpus, "--gpus")), isl=isl, osl=osl, ttft_ms=ttft_ms,
                  tpot_ms=tpot_ms, runtime=runtime)
-    with progress_bar("plan") as bar:
-        task = bar.add_task("what-ifs", total=None)
-        res = search(q, workers, lambda d, t: bar.update(task, completed=d, total=t), **run)
-    if out_dir is not None:
-        from simulator.outputs.plan import write_points
-        write_points(res["front"], out_dir)
-    if report:
-        from simulator.outputs.report import plan_figures, write_figures
-        write_figures(plan_figures(res), f"moesim plan: {q.model}", report)
-    if as_json:
-        c.print_json({k: v for k, v in res.items() if k != "points"})
+    from simulator.outputs.plan import write_points
+    from simulator.outputs.report import plan_figures
+    res = searched("plan", search, q, workers, run)
+    if written(res, write_points, plan_figures, f"moesim plan: {q.model}", out_dir, report,
+               as_json):
         return
     for table in T.plan_tables(res):
         c.stdout.print(table)
@@ -60,23 +54,38 @@ def plan_train(target: str, gpus: str, hardware: Optional[str], tokens: Optional
                                                         "--hardware")),
                       gpus=tuple(c.int_list(gpus, "--gpus")),
                       tokens=parse_tokens(tokens) if tokens is not None else None)
-    with progress_bar("plan --train") as bar:
-        task = bar.add_task("what-ifs", total=None)
-        res = search(q, workers, lambda d, t: bar.update(task, completed=d, total=t), **run)
-    if out_dir is not None:
-        from simulator.outputs.plan_train import write_points
-        write_points(res["front"], out_dir)
-    if report:
-        from simulator.outputs.report import plan_train_figures, write_figures
-        write_figures(plan_train_figures(res), f"moesim plan --train: {q.base['model']}", report)
-    if as_json:
-        c.print_json({k: v for k, v in res.items() if k != "points"})
+    from simulator.outputs.plan_train import write_points
+    from simulator.outputs.report import plan_train_figures
+    res = searched("plan --train", search, q, workers, run)
+    if written(res, write_points, plan_train_figures, f"moesim plan --train: {q.base['model']}",
+               out_dir, report, as_json):
         return
     c.stdout.print(T.plan_train_table(res))
     n = res["candidates"]
     c.stdout.print(f"{n['tried']} layouts tried, {n['pruned']} pruned (do not fit in memory at "
                    f"any recompute, or do not split the batch), {n['priced']} priced",
                    highlight=False)
+
+
+def searched(label: str, search: Callable, q, workers: int, run: dict) -> dict:
+    """A plan's search with a progress bar of what-ifs priced."""
+    with progress_bar(label) as bar:
+        task = bar.add_task("what-ifs", total=None)
+        return search(q, workers, lambda d, t: bar.update(task, completed=d, total=t), **run)
+
+
+def written(res: dict, write_points: Callable, figures: Callable, title: str,
+            out_dir: Optional[Path], report: Optional[Path], as_json: bool) -> bool:
+    """The front's workloads (--out-dir), the report (--report) and the JSON (--json, without
+    every priced point) of a plan; True when the JSON was printed (nothing else to print)."""
+    if out_dir is not None:
+        write_points(res["front"], out_dir)
+    if report:
+        from simulator.outputs.report import write_figures
+        write_figures(figures(res), title, report)
+    if as_json:
+        c.print_json({k: v for k, v in res.items() if k != "points"})
+    return as_json
 
 
 def plan_target(target: str) -> dict:

@@ -324,22 +324,29 @@ def unmet(points: list[dict], q: Question) -> dict:
     return out
 
 
-def write_points(points: list[dict], out_dir: Path) -> list[Path]:
-    """Each point as a runnable workload YAML (`moesim simulate FILE` reproduces its TPOT and
-    tokens/GPU/s), numbered in front order."""
+def write_workloads(points: list[dict], out_dir: Path, head: Callable[[dict], str]) -> list[Path]:
+    """Each point's runnable workload as YAML under `out_dir`, numbered in order, `head(point)`
+    (comment lines) above it."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MoesimError("--out-dir", f"{out_dir} is a file", "give a folder")
     paths = []
     for i, p in enumerate(points):
         path = out_dir / f"{i + 1:02d}-{p['workload']['name']}.yaml"
+        write_text_atomic(path, head(p) + yaml.safe_dump(p["workload"], sort_keys=False),
+                          "--out-dir")
+        paths.append(path)
+    return paths
+
+
+def write_points(points: list[dict], out_dir: Path) -> list[Path]:
+    """Each point as a runnable workload YAML (`moesim simulate FILE` reproduces its TPOT and
+    tokens/GPU/s), numbered in front order."""
+    def head(p: dict) -> str:
         copies = f" (one of {p['replicas']} replicas)" if p["replicas"] > 1 else ""
-        head = (f"# moesim plan: {p['config']}{copies}\n# this decode step: TPOT "
+        return (f"# moesim plan: {p['config']}{copies}\n# this decode step: TPOT "
                 f"{p['decode_tpot_ms']:.2f} ms, {p['decode_tokens_per_gpu_s']:.0f} tokens/s per "
                 f"GPU (moesim simulate this file); served {p['mode']} with prefill: TPOT "
                 f"{p['tpot_ms']:.2f} ms, {p['tokens_per_gpu_s']:.0f} tokens/s per GPU, TTFT "
                 f"(one prompt's prefill) {p['ttft_ms']:.0f} ms\n")
-        write_text_atomic(path, head + yaml.safe_dump(p["workload"], sort_keys=False),
-                          "--out-dir")
-        paths.append(path)
-    return paths
+    return write_workloads(points, out_dir, head)

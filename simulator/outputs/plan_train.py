@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
 from pydantic import ValidationError
 
-from simulator.atomic import write_text_atomic
 from simulator.errors import MoesimError, from_validation
 from simulator.loading import load_model, load_profile
+from simulator.outputs.plan import write_workloads
 from simulator.outputs.pool import Point, code_version, execute_stored, point_key
 from simulator.schema import Workload
 from simulator.training.run import fitting
@@ -199,16 +198,7 @@ def front(points: list[dict]) -> list[dict]:
 
 def write_points(points: list[dict], out_dir: Path) -> list[Path]:
     """Each point as a runnable training workload (`moesim train FILE` reproduces it)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MoesimError("--out-dir", f"{out_dir} is a file", "give a folder")
-    paths = []
-    for i, p in enumerate(points):
-        path = out_dir / f"{i + 1:02d}-{p['workload']['name']}.yaml"
-        head = (f"# moesim plan --train: {p['config']}\n# step {p['step_time_s']:.3f} s, MFU "
-                f"{p['mfu']:.1%}, {p['days_to_train']:.1f} days, ${p['cost_usd']:,.0f} "
-                "(moesim train this file)\n")
-        write_text_atomic(path, head + yaml.safe_dump(p["workload"], sort_keys=False),
-                          "--out-dir")
-        paths.append(path)
-    return paths
+    return write_workloads(points, out_dir, lambda p: (
+        f"# moesim plan --train: {p['config']}\n# step {p['step_time_s']:.3f} s, MFU "
+        f"{p['mfu']:.1%}, {p['days_to_train']:.1f} days, ${p['cost_usd']:,.0f} "
+        "(moesim train this file)\n"))

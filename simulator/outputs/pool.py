@@ -24,7 +24,7 @@ from simulator.errors import MoesimError
 from simulator.loading import load_model, load_profile
 from simulator.schema import Workload
 
-SCHEMA_VERSION = 2              # 2: keys cover model and profile contents and the code
+SCHEMA_VERSION = 3              # 3: keys hash the model's and profile's contents apart
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,23 @@ def point_key(kind: str, workload: dict, code: str) -> str:
     """A what-if's identity: its kind, its workload, what its model and profile files hold now
     (an invalid file stops here) and the simulator's code; a stored result with this key is
     what running it again would give."""
-    inputs = [kind, workload, _contents(load_model, workload["model"]),
-              _contents(load_profile, workload["hardware"]), code]
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    h = hashlib.sha256(json.dumps([kind, workload, code], sort_keys=True).encode())
+    h.update(contents_digest(load_model(workload["model"])).encode())
+    h.update(contents_digest(load_profile(workload["hardware"])).encode())
+    return h.hexdigest()
 
 
-def _contents(load: Callable[[str], BaseModel], name: str) -> dict:
-    """What a model or profile file holds now (an invalid file stops the sweep here)."""
-    return load(name).model_dump(mode="json")
+_DIGESTS: dict[int, tuple[BaseModel, str]] = {}
+
+
+def contents_digest(obj: BaseModel) -> str:
+    """SHA-256 of what a loaded model or profile holds, once per loaded object (the loaders
+    return a new object when its file changes; the object is held, so its id is not reused)."""
+    kept = _DIGESTS.get(id(obj))
+    if kept is None or kept[0] is not obj:
+        text = json.dumps(obj.model_dump(mode="json"), sort_keys=True)
+        kept = _DIGESTS[id(obj)] = (obj, hashlib.sha256(text.encode()).hexdigest())
+    return kept[1]
 
 
 @lru_cache(maxsize=1)
