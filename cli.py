@@ -84,11 +84,14 @@ def serve(workload: str = typer.Argument(..., help="workload YAML with a serving
           requests_csv: Optional[Path] = typer.Option(
               None, "--requests-csv", help="write every finished request (arrival, lengths, "
               "TTFT, TPOT, end-to-end) as CSV here"),
+          runtime: Optional[str] = typer.Option(
+              None, "--runtime", help="serving runtime preset (`moesim runtimes`; none: the "
+              "kernels alone); overrides the workload's runtime.preset"),
           hardware: Optional[str] = HARDWARE, gpus: Optional[int] = GPUS) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.commands.serve import serve as body
     body(workload, rate, duration, sweep_batch, sweep_concurrency, sweep_rate, schedules,
-         as_json, report, hardware, gpus, requests_csv)
+         as_json, report, hardware, gpus, requests_csv, runtime)
 
 
 @app.command()
@@ -215,8 +218,9 @@ def profiles() -> None:
 @app.command()
 @user_errors
 def runtimes() -> None:
-    """List the training framework presets (hardware_profiles/runtimes/training/) with the
-    host launch time they charge each layer and its source."""
+    """List the serving engine presets (hardware_profiles/runtimes/serving/: chunked prefill,
+    caps, CUDA graphs, KV reservation, overlap) and the training framework presets
+    (hardware_profiles/runtimes/training/: host launch time per layer), with sources."""
     from simulator.commands.info import runtimes as body
     body()
 

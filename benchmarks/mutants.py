@@ -31,6 +31,7 @@ MK = "simulator/pricing/measured.py"
 BA, WI = "simulator/pricing/batched.py", "simulator/step/whatif.py"
 SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulator/serving/loop.py"
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
+EP = "simulator/serving/engine_policy.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
 GB = "simulator/graph/backward.py"
@@ -350,7 +351,8 @@ MUTANTS: list[Mutant] = [
     Mutant(SV, "KV budget per device, not per pool", "return free / self.kv_token_bytes * self.decode.dp",
            "return free / self.kv_token_bytes"),
     Mutant(PO, "admission ignores the KV budget",
-           "if ctx + need + n * per_seq > budget:", "if False:", quick=True),
+           "if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget):",
+           "if False:", quick=True),
     Mutant(PO, "eviction ignores MTP's extra tokens per step",
            "while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:",
            "while run.n_active and run.sum_ctx + run.n_active > run.budget:"),
@@ -378,10 +380,9 @@ MUTANTS: list[Mutant] = [
     Mutant(LP, "an evicted request's progress counted one step short",
            "        done = self.step - (fs - steps)\n", "        done = self.step - (fs - steps) - 1\n"),
     Mutant(PO, "admission's all-fit shortcut ignores the requests' own context",
-           "if run.sum_ctx + sum(map(inputs.__getitem__, ids)) + len(ids) + n * per_seq \\",
-           "if run.sum_ctx + n * per_seq \\"),
+           "need = sum(map(ctx0.__getitem__, ids))", "need = 0"),
     Mutant(SM, "a batch bucket's range reaches into the bucket below",
-           "b_lo = BATCH_GRID[i - 1] if i else -math.inf", "b_lo = BATCH_GRID[i - 1] - 1 if i else -math.inf"),
+           "b_lo = grid[i - 1] if i else -math.inf", "b_lo = grid[i - 1] - 1 if i else -math.inf"),
     Mutant(SM, "a context bucket's range reaches into the bucket above",
            "256 * 2 ** (k / 2) * (1 - EDGE_RTOL)", "256 * 2 ** ((k + 1) / 2)"),
     Mutant(SM, "the pool's cap shares a range with smaller batches",
@@ -410,8 +411,8 @@ MUTANTS: list[Mutant] = [
            ""),
     Mutant(MT, "MTP gain counts the draft as always accepted",
            "gain = 1 + sum(acc ** i for i in range(1, draft + 1))", "gain = 1 + draft"),
-    Mutant(SM, "decode batch rounded down to the grid", "i = bisect.bisect_left(BATCH_GRID, b)",
-           "i = max(bisect.bisect_right(BATCH_GRID, b) - 1, 0)"),
+    Mutant(SM, "decode batch rounded down to the grid", "i = bisect.bisect_left(grid, b)",
+           "i = max(bisect.bisect_right(grid, b) - 1, 0)"),
     Mutant(SM, "context rounded down to the grid", "return math.ceil(2 * math.log2(tokens / 256))",
            "return math.floor(2 * math.log2(tokens / 256))"),
     # -- cost -----------------------------------------------------------------------------------
@@ -600,6 +601,31 @@ MUTANTS: list[Mutant] = [
            "pass"),
     Mutant(TR, "DeepEP's measured time added to the modelled transfer, not in place of it",
            "latency = max(hit[0].seconds - mean_s, 0.0)", "latency = max(hit[0].seconds, 0.0)"),
+    Mutant(EP, "decode batches not padded to the captured size",
+           "return float(sizes[bisect.bisect_left(sizes, seqs)])", "return seqs", quick=True),
+    Mutant(EP, "an unpadded engine replays a graph for any size below its largest",
+           "return i < len(sizes) and sizes[i] == b", "return i < len(sizes)"),
+    Mutant(EP, "the overlap scheduler hides nothing",
+           "host = self.host_s if not self.overlap else max(0.0, self.host_s - busy)",
+           "host = self.host_s"),
+    Mutant(EP, "eager steps cost no launches",
+           "busy = gpu_s if graphed else max(gpu_s, self.eager_s)", "busy = gpu_s"),
+    Mutant(EP, "a mixed step's chunk ignores the decode tokens in its budget",
+           "return max(0.0, self.chunk_tokens - decoding_per_group)",
+           "return float(self.chunk_tokens)"),
+    Mutant(EP, "admission reserves nothing for the output to come",
+           "return held + r * reserved_out + need + r * need_out <= budget",
+           "return held + need <= budget"),
+    Mutant(PO, "a mixed step's forward leaves out the decode tokens",
+           "tokens = chunk + run.n_active", "tokens = chunk"),
+    Mutant(PO, "a separate engine's prompt gets its first token after the decode step too",
+           "return pre + eng.decode_step_s(decode_gpu_s, seqs), pre",
+           "return pre + eng.decode_step_s(decode_gpu_s, seqs), pre + eng.decode_step_s(decode_gpu_s, seqs)"),
+    Mutant(LP, "the request overhead is not waited for",
+           "self.arrivals = (reqs.arrival_s + self.lag).tolist()",
+           "self.arrivals = reqs.arrival_s.tolist()"),
+    Mutant(LP, "a finished request's reservation stays held",
+           "            self.sum_fin -= self.cal_ctx[step]\n", ""),
 ]
 
 EQUIVALENT: dict[str, str] = {

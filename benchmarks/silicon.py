@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.errors import MoesimError  # noqa: E402
-from simulator.loading import load_profile, read_text_file, read_yaml_mapping  # noqa: E402
+from simulator.loading import (load_profile, read_text_file, read_yaml_mapping,  # noqa: E402
+                               serving_runtime_for)
 from simulator.kernels.store import version_key  # noqa: E402
 
 ASSUMPTIONS = ROOT / "benchmarks" / "silicon.yaml"
@@ -53,6 +54,8 @@ class Case:
     row: dict
     workload: dict
     assumed: list[str] = field(default_factory=list)
+    layers: int = 0                   # the model's layers and the GPU's kernel latency, for
+    kernel_latency_s: float = 0.0     # benchmarks/serving_runtime_fit.py
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -280,7 +283,23 @@ def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
     return {"framework": row["backend"], "version": newest}
 
 
-def to_case(row: dict, models: Models, a: dict) -> Case:
+CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runtime_fit.py's
+
+
+def uncalibrated_presets(folder: Path) -> Path:
+    """Copies of the serving runtime presets with the calibrated costs at zero, in `folder`
+    (the starting point benchmarks/serving_runtime_fit.py fits them from)."""
+    from simulator.loading import SERVING_RUNTIMES_DIR, known_names
+    for name in known_names(SERVING_RUNTIMES_DIR):
+        data = read_yaml_mapping(SERVING_RUNTIMES_DIR / f"{name}.yaml")
+        for key in CALIBRATED:
+            data[key] = {"value": 0.0, "source": "zeroed for the calibration's starting point"}
+        import yaml
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> Case:
     """The row as a moesim serving workload, or Unexpressed with the reason."""
     system = row["system"]
     if system not in a["systems"]:
@@ -292,8 +311,6 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
     model_yaml, model, assumed_model = models.path(row["model_path"])
     assumed = [assumed_model] if assumed_model else []
     backend = row["backend"]
-    if backend not in a["chunk_tokens"]:
-        raise Unexpressed(f"backend {backend} has no settings in benchmarks/silicon.yaml")
     isl, osl = int(float(row["isl"])), int(float(row["osl"]))
     prec = _precision(row, model, models.config(row["model_path"]), a, assumed)
     gpn = load_profile(a["systems"][system]).gpus_per_node.value
@@ -303,16 +320,13 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
                "drain_s": 0.0}
     if row["mode"] == "agg":
         plan, dp = _pool(row, "", model, gpn, assumed)
-        serving.update(mode="colocated", chunk_tokens_per_device=a["chunk_tokens"][backend],
-                       decode={"max_batch_per_device": max(1, math.ceil(conc / dp))})
-        assumed.append(f"chunked prefill of {a['chunk_tokens'][backend]} tokens per attention "
-                       f"group ({backend} default)")
+        serving.update(mode="colocated")
     elif row["mode"] == "disagg":
         plan, dp = _pool(row, "decode_", model, gpn, assumed)
         pplan, _ = _pool(row, "prefill_", model, gpn, assumed)
         pb = _number(row.get("prefill_batch_size")) or 1
         serving.update(mode="disaggregated",
-                       decode={"plan": plan, "max_batch_per_device": max(1, math.ceil(conc / dp))},
+                       decode={"plan": plan},
                        prefill={"plan": pplan, "max_tokens_per_device": int(isl * max(pb, 1))})
     else:
         raise Unexpressed(f"mode {row['mode']!r} is neither agg nor disagg")
@@ -320,13 +334,18 @@ def to_case(row: dict, models: Models, a: dict) -> Case:
                 "measured figures read as the mean over requests",
                 f"KV cache in {a['kv_bytes']:g}-byte elements", "no MTP / speculative decoding"]
     runtime = _runtime(row, a["systems"][system], assumed)
+    preset = serving_runtime_for(backend, row["backend_version"])
+    assumed.append(f"scheduled as {backend}'s defaults (runtime preset {preset})")
+    if presets is not None:
+        runtime["preset"] = str(presets / f"{preset}.yaml")
     w = {"name": f"silicon-{row['id']}"[:200], "model": model_yaml,
          "hardware": a["systems"][system], "plan": plan, "phase": "decode", "runtime": runtime,
          "batch_per_device": max(1, math.ceil(conc / dp)), "context_length": isl,
          "schedule": "sequential", "precision": prec, "serving": serving}
     if model.moe is not None and plan.get("attention_tp", 1) == 1 and plan["ep"] > 1:
         w["routing"] = {"popularity": "uniform"}
-    return Case(row, w, assumed)
+    return Case(row, w, assumed, model.num_layers,
+                load_profile(a["systems"][system]).kernel_latency_s.value)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -361,7 +380,8 @@ def result_row(case: Case, metrics: dict) -> dict:
     out = {"id": r["id"], "system": r["system"], "backend": r["backend"],
            "backend_version": r["backend_version"], "model": r["model_path"], "mode": r["mode"],
            "isl": int(float(r["isl"])), "osl": int(float(r["osl"])), "concurrency": conc,
-           "sweep": sweep_key(r), "assumed": case.assumed}
+           "sweep": sweep_key(r), "assumed": case.assumed,
+           "layers": case.layers, "kernel_latency_s": case.kernel_latency_s}
     for key in ("ttft_ms", "tpot_ms"):
         meas = float(r[f"silicon_{key}"])
         pred = metrics[key]["mean"]
@@ -432,7 +452,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = None,
-        systems: list[str] | None = None, progress=None) -> dict:
+        systems: list[str] | None = None, progress=None, uncalibrated: bool = False) -> dict:
     """The whole benchmark: {csv, held_apart, rows, unexpressed, summary}."""
     a = read_yaml_mapping(ASSUMPTIONS)
     held = set(a["held_apart"])
@@ -445,9 +465,14 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
     cases, unexpressed = [], []
     with tempfile.TemporaryDirectory(prefix="moesim-silicon-") as tmp:
         models = Models(configs, Path(tmp))
+        presets = None
+        if uncalibrated:
+            presets = Path(tmp) / "presets"
+            presets.mkdir()
+            uncalibrated_presets(presets)
         for r in kept:
             try:
-                cases.append(to_case(r, models, a))
+                cases.append(to_case(r, models, a, presets))
             except Unexpressed as exc:
                 unexpressed.append({"id": r["id"], "reason": str(exc)})
         results = predict(cases, workers, progress)
@@ -567,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=None, help="comma-separated systems to keep")
     ap.add_argument("--bands", type=Path, default=None,
                     help="write the error bands simulate reports (hardware_profiles/fidelity/bands.yaml)")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="the serving presets' calibrated costs at zero (benchmarks/"
+                    "serving_runtime_fit.py fits them from this run's JSON)")
     args = ap.parse_args(argv)
     try:
         from simulator.atomic import check_output_path
@@ -580,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = package_dir() / "model_configs"
         bar = _progress_bar()
         res = run(csv_path, configs, args.workers, args.limit,
-                  args.systems.split(",") if args.systems else None, bar)
+                  args.systems.split(",") if args.systems else None, bar, args.uncalibrated)
         print(file=sys.stderr)
         print_summary(res)
         if args.json:

@@ -14,7 +14,7 @@ from simulator.errors import MoesimError, from_validation
 if TYPE_CHECKING:       # the schemas (pydantic) load on first use: listing files needs neither
     from pydantic import BaseModel
 
-    from simulator.schema import TrainingRuntime
+    from simulator.schema import ServingRuntime, TrainingRuntime
 
     from simulator.schema import HardwareProfile, ModelSpec, Workload
 
@@ -211,6 +211,40 @@ def load_training_runtime(name: str) -> "TrainingRuntime":
                           f"use one of: {', '.join(known)}")
     path = TRAINING_RUNTIMES_DIR / f"{name}.yaml"
     return parse(TrainingRuntime, read_yaml_mapping(path), str(path))
+
+
+SERVING_RUNTIMES_DIR = PROFILES_DIR / "runtimes" / "serving"
+NO_RUNTIME = "none"     # runtime.preset: the engine's kernels alone, nothing around them
+
+
+def load_serving_runtime(name: str) -> "ServingRuntime":
+    """A serving engine's scheduling preset by name (hardware_profiles/runtimes/serving/
+    NAME.yaml) or by path to a YAML file."""
+    from simulator.schema import ServingRuntime
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        known = known_names(SERVING_RUNTIMES_DIR)
+        if name not in known:
+            raise MoesimError("runtime.preset", f"no serving runtime preset '{name}'",
+                              f"use one of: {', '.join(known)}, {NO_RUNTIME} (no engine costs) "
+                              "or a path to a preset YAML (`moesim runtimes` lists them)")
+        path = SERVING_RUNTIMES_DIR / f"{name}.yaml"
+    return parse(ServingRuntime, read_yaml_mapping(path), str(path))
+
+
+def serving_runtime_for(framework: str | None, version: str | None) -> str:
+    """The preset that schedules an engine: the one of `framework` (default sglang) whose
+    version line `version` starts with, else that engine's newest line."""
+    engine = framework or "sglang"
+    mine = [(rt.versions, name) for name in known_names(SERVING_RUNTIMES_DIR)
+            for rt in [load_serving_runtime(name)] if rt.engine == engine]
+    if not mine:
+        raise MoesimError("runtime.framework", f"no serving runtime preset for {engine}",
+                          "set runtime.preset (`moesim runtimes` lists them)")
+    for line, name in mine:
+        if version and version.startswith(line):
+            return name
+    return max(mine)[1]
 
 
 def load_workload(path_or_name: str) -> Workload:

@@ -207,7 +207,7 @@ def test_capacity_prices_the_decode_step_at_its_kv_bound_slots_and_mean_context(
     spec = {**base.serving.model_dump(), "input_tokens": {"mean": 4500, "dist": "fixed"},
             "output_tokens": {"mean": 1001, "dist": "fixed"},
             "decode": {**base.serving.decode.model_dump(), "max_batch_per_device": 4096}}
-    sim = ServingSim(base.variant(serving=spec))
+    sim = ServingSim(base.variant(serving=spec, runtime={"preset": "none"}))   # no padding
     asked = []
     sim.decode.step_s = lambda b, c: asked.append((b, c)) or 1e-4 * b + 1e-6 * c
     sim.prefill.step_s = lambda b, c: 1e-9

@@ -448,7 +448,8 @@ def stubbed_sim(tmp_path, rows, budget=None, **serving):
     csv = tmp_path / "trace.csv"
     csv.write_text("arrival_s,input_tokens,output_tokens\n" +
                    "".join(f"{a},{i},{o}\n" for a, i, o in rows))
-    sim = ServingSim(small(arrivals={"process": "trace", "trace": str(csv)}, **serving))
+    w = small(arrivals={"process": "trace", "trace": str(csv)}, **serving)
+    sim = ServingSim(w.variant(runtime={"preset": "none"}))    # the kernels alone, by hand
     sim.asked = []
     sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or DECODE_S
     sim.prefill.step_s = lambda b, c: sim.asked.append(("prefill", b, c)) or PREFILL_S

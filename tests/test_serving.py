@@ -346,6 +346,7 @@ class _PerRequestLoop:
                     self.due.setdefault(self.step + steps, []).append(rid)
                     self.sum_ctx += ctx
                     self.sum_rate += rate
+                    self.sum_fin += ctx + steps * rate
                 self.active.extend(rids)
                 self.n_active += len(rids)
 
@@ -353,6 +354,7 @@ class _PerRequestLoop:
                 ctx, rate, at = self.held.pop(rid)
                 done = self.step - at
                 held = ctx + done * rate
+                self.sum_fin -= ctx + self.steps_left[rid] * rate
                 self.book[rid] = -1
                 self.n_active -= 1
                 self.sum_ctx -= held
@@ -360,6 +362,8 @@ class _PerRequestLoop:
                 self.input[rid] = int(held)
                 self.output[rid] = max(2, self.output[rid] - int(done * rate))
                 self.steps_left[rid] = max(1, self.steps_left[rid] - done)
+                self.ctx0[rid] = self.input[rid] + 1        # what admission reads next time
+                self.fin0[rid] = self.ctx0[rid] + self.output[rid] - 1
                 self.prefill_q.appendleft(rid)
                 self.preemptions += 1
 
@@ -370,11 +374,12 @@ class _PerRequestLoop:
                         continue                            # evicted since it was booked
                     ctx, rate, at = self.held.pop(rid)
                     self.sum_ctx -= ctx + self.steps_left[rid] * rate
+                    self.sum_fin -= ctx + self.steps_left[rid] * rate
                     self.sum_rate -= rate
                     self.n_active -= 1
                     self.in_system -= 1
                 if not self.n_active:
-                    self.sum_ctx = self.sum_rate = 0.0
+                    self.sum_ctx = self.sum_rate = self.sum_fin = 0.0
         return Oracle(sim, reqs)
 
 

@@ -91,7 +91,8 @@ def profile_show(name: str) -> None:
 
 
 def runtimes() -> None:
-    """The training framework presets with their host launch time and its source."""
+    """The serving engine presets and the training framework presets, with sources."""
+    c.stdout.print(T.serving_runtimes_table())
     c.stdout.print(T.runtimes_table())
 
 

@@ -13,7 +13,7 @@ def serve(workload: str, rate: Optional[float], duration: Optional[float],
           sweep_batch: Optional[str], sweep_concurrency: Optional[str],
           sweep_rate: Optional[str], schedules: str, as_json: bool, report: Optional[Path],
           hardware: Optional[str], gpus: Optional[int],
-          requests_csv: Optional[Path] = None) -> None:
+          requests_csv: Optional[Path] = None, runtime: Optional[str] = None) -> None:
     """Request-level serving simulation: TTFT, TPOT, tokens/GPU/s, $ per million tokens."""
     from simulator.serving.batch_sweep import batch_sweep
     from simulator.serving.run import ServingSim
@@ -21,6 +21,11 @@ def serve(workload: str, rate: Optional[float], duration: Optional[float],
     c.check_number(duration, "--duration")
     c.check_outputs(report=report, requests_csv=requests_csv)
     w = c.load_workload(workload, hardware, gpus)
+    if runtime is not None:
+        from simulator.loading import NO_RUNTIME, load_serving_runtime
+        if runtime != NO_RUNTIME:
+            load_serving_runtime(runtime)           # an unknown name fails here, by --runtime
+        w = w.variant(runtime=w.runtime.variant(preset=runtime))
     if requests_csv is not None and (sweep_batch or sweep_concurrency or sweep_rate):
         raise MoesimError("--requests-csv", "a sweep runs many serving runs",
                           "write the requests of one run: drop the --sweep-* option")

@@ -351,6 +351,23 @@ def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
     return table
 
 
+def serving_runtimes_table() -> Table:
+    """Every serving engine preset: how it batches, its caps, graphs, reservation, overlap."""
+    from simulator.loading import SERVING_RUNTIMES_DIR, known_names, load_serving_runtime
+    table = _table("serving runtimes (hardware_profiles/runtimes/serving/; runtime.preset)",
+                   ("name", "engine", "prefill", "chunk", "max running", "graphs up to",
+                    "padding", "overlap", "KV reserve", "description"), ("name", "description"))
+    for name in known_names(SERVING_RUNTIMES_DIR):
+        rt = load_serving_runtime(name)
+        table.add_row(name, f"{rt.engine} {rt.versions}", rt.mixing,
+                      f"{rt.chunked_prefill_tokens.value:g}",
+                      f"{rt.max_running_requests.value:g}", str(rt.cuda_graph_batch_sizes[-1]),
+                      "yes" if rt.cuda_graph_padding else "no",
+                      "yes" if rt.overlap_scheduler else "no",
+                      f"{rt.kv_reserve_output.value:g}", rt.description)
+    return table
+
+
 def runtimes_table() -> Table:
     """Every training framework preset: host ms per layer forward, backward ratio, sources."""
     from simulator.loading import TRAINING_RUNTIMES_DIR, known_names, load_training_runtime

@@ -11,6 +11,7 @@ from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePreci
                                     ModelSpec, MoESpec)
 from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
                                       SLOSpec)
+from simulator.schema.serving_runtime import ServingRuntime
 from simulator.schema.training import TrainingRuntime, TrainingSpec
 from simulator.schema.workload import Workload
 
@@ -18,4 +19,4 @@ __all__ = ["TRAINING_PHASES", "ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec
            "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",
-           "ShapeEfficiencyTable", "Sourced", "Strict", "TrainingRuntime", "TrainingSpec", "Workload"]
+           "ShapeEfficiencyTable", "ServingRuntime", "Sourced", "Strict", "TrainingRuntime", "TrainingSpec", "Workload"]

@@ -135,6 +135,11 @@ class RuntimeSpec(Strict):
         None, min_length=1, description="that engine's version; unset: the newest the profile "
         "has")
 
+    preset: Optional[str] = Field(
+        None, min_length=1, description="the engine's scheduling preset for `serve` "
+        "(hardware_profiles/runtimes/serving/NAME.yaml or a path; `moesim runtimes` lists "
+        "them): chunked prefill, caps, CUDA graphs, KV reservation, host time; unset: the "
+        "preset of `framework` and `version` (SGLang's when unset); none: the kernels alone")
     step_overhead_s: Optional[Sourced] = Field(
         None, description="per forward step: scheduling, batch preparation, sampling, MTP "
         "bookkeeping not hidden under GPU work (seconds)")

@@ -17,7 +17,9 @@ class PoolSpec(Strict):
 
     plan: Optional[ParallelPlan] = Field(None, description="default: the workload's plan")
     schedule: Optional[str] = Field(None, description="default: the workload's schedule")
-    max_batch_per_device: int = Field(96, gt=0, description="decode: sequences per device")
+    max_batch_per_device: Optional[int] = Field(
+        None, gt=0, description="decode: sequences per attention group at most (unset: the "
+        "engine preset's max running requests; 96 with runtime.preset: none)")
     max_tokens_per_device: int = Field(16384, gt=0, description="prefill: tokens per step")
 
 
@@ -98,7 +100,9 @@ class ServingSpec(Strict):
     mode: Literal["disaggregated", "colocated"] = "disaggregated"
     decode: PoolSpec = PoolSpec()
     prefill: PoolSpec = PoolSpec()
-    chunk_tokens_per_device: int = Field(2048, gt=0, description="colocated: prefill chunk")
+    chunk_tokens_per_device: Optional[int] = Field(
+        None, gt=0, description="colocated: prompt tokens an attention group takes into a step "
+        "(unset: the engine preset's chunked prefill; 2048 with runtime.preset: none)")
     arrivals: ArrivalSpec = ArrivalSpec()
     input_tokens: LengthSpec = LengthSpec(mean=4000)
     output_tokens: LengthSpec = LengthSpec(mean=500)

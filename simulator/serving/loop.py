@@ -58,14 +58,17 @@ class Loop:
         self.ctx0, self.rate0 = ctx0.tolist(), rate0.tolist()
         self.fin0 = (ctx0 + self.steps_left * rate0).tolist()
         self.steps_left = self.steps_left.tolist()
+        self.steps0 = np.array(self.steps_left)       # decode steps (streamed chunks) each
         self.book = [-1] * n                  # the step a decoding request finishes at, else -1
         self.preemptions = 0
         self.prefill_tokens = 0
         # the decode pool
         self.dp = sim.decode.dp
-        self.slots = self.dp * spec.decode.max_batch_per_device
+        self.engine = sim.engine
+        self.slots = self.dp * self.engine.max_running
         self.budget = sim.kv_budget_tokens
-        self.arrivals = reqs.arrival_s.tolist()
+        self.lag = self.engine.request_s             # client -> engine (HTTP, tokenisation)
+        self.arrivals = (reqs.arrival_s + self.lag).tolist()      # as the engine sees them
         self.prefill_q: deque[int] = deque()          # waiting for prefill
         self.ready = ReadyQueue()                      # done with prefill, by (time, id)
         self.active: list[int] = []                   # decoding, in admission order (lazy)
@@ -80,6 +83,7 @@ class Loop:
         self.step_ctx = [0.0]                          # KV tokens held after it
         self.sum_ctx = 0.0
         self.sum_rate = 0.0
+        self.sum_fin = 0.0         # decoding requests' context at their last step, summed
         self.t = 0.0
         self.step = 0
         self.next_arrival = 0
@@ -108,7 +112,7 @@ class Loop:
         if len(q) + n - rid <= cap and self.too_big_before[n] == self.too_big_before[rid]:
             q.extend(range(rid, n))                    # all fit, none rejected up front
             self.in_system += n - rid
-            self.unseen_s += (n - rid) * upto - sum(arrivals[rid:n])
+            self.unseen_s += (n - rid) * (upto + self.lag) - sum(arrivals[rid:n])
             self.next_arrival = n
             return
         while rid < n:
@@ -118,7 +122,7 @@ class Loop:
                 else:
                     q.append(rid)
                     self.in_system += 1
-                    self.unseen_s += upto - arrivals[rid]
+                    self.unseen_s += upto + self.lag - arrivals[rid]
             rid += 1
         self.next_arrival = rid
 
@@ -140,6 +144,7 @@ class Loop:
         # sum() with a start adds in the same order as a loop would (one C loop)
         self.sum_ctx = sum(map(ctx0.__getitem__, rids), self.sum_ctx)
         self.sum_rate = sum(map(rate0.__getitem__, rids), self.sum_rate)
+        self.sum_fin = sum(map(fin0.__getitem__, rids), self.sum_fin)
         self.active.extend(rids)
         self.n_active += len(rids)
 
@@ -159,6 +164,7 @@ class Loop:
         held = self.ctx0[rid] + done * self.rate0[rid]
         self.sum_ctx -= held
         self.sum_rate -= self.rate0[rid]
+        self.sum_fin -= self.fin0[rid]
         self.input[rid] = int(held)
         self.output[rid] = out = max(2, self.output[rid] - int(done * self.rate0[rid]))
         self.steps_left[rid] = steps = max(1, steps - done)
@@ -190,9 +196,10 @@ class Loop:
         prefill, policy, ready = self.prefill, self.policy, self.ready
         before_step, arrive, admit, take_chunk = prefill.before_step, self.arrive, \
             policy.admit, prefill.chunk
-        extra_s, finish_step = prefill.step_extra_s, self._finish_step
+        chunk_step_s, finish_step = prefill.chunk_step_s, self._finish_step
         step_t, step_ctx = self.step_t, self.step_ctx
-        decode_s = DecodeSteps(sim.decode, self.dp)
+        engine, dp = self.engine, self.dp
+        decode_s = DecodeSteps(sim.decode, dp, engine.padded)
         per_seq, budget = 1 + sim.mtp_draft, self.budget
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
@@ -220,15 +227,19 @@ class Loop:
                 continue
             if self.sum_ctx + self.n_active * per_seq > budget:    # the next step's KV
                 policy.evict(self)
-            dt = decode_s(self.n_active, self.sum_ctx)
+            gpu_s = decode_s(self.n_active, self.sum_ctx)
             if chunk:
-                dt += extra_s(self, chunk)
+                dt, first_dt = chunk_step_s(self, chunk, gpu_s)
+            else:
+                dt = first_dt = engine.decode_step_s(gpu_s, self.n_active / dp)
             area += self.in_system * dt
-            self.t = t = self.t + dt
+            t0 = self.t
+            self.t = t = t0 + dt
             self.step += 1
-            if prefilled:                     # colocated: first token at the end of this step
+            if prefilled:                     # colocated: first token when its chunk ends
+                first = t0 + first_dt
                 for rid in prefilled:
-                    self.first[rid] = t
+                    self.first[rid] = first
                 ready.push(t, prefilled)
             finish_step()
             step_t.append(t)
@@ -236,7 +247,8 @@ class Loop:
             if progress is not None and not self.step % PROGRESS_STEPS:
                 progress(t, horizon)
         if self.closed:                     # the arrival times the clients' finishes set
-            self.r = Requests(np.array(arrivals), self.r.input_tokens, self.r.output_tokens)
+            self.r = Requests(np.array(arrivals) - self.lag, self.r.input_tokens,
+                              self.r.output_tokens)
         kv_t, kv_u = np.array(step_t[1:]), np.array(step_ctx[1:]) / self.budget
         keep = np.unique(np.linspace(0, len(kv_t) - 1, min(len(kv_t), KV_SAMPLES)).astype(int)) \
             if len(kv_t) else np.array([], dtype=int)
@@ -255,6 +267,7 @@ class Loop:
         if left:
             sum_ctx -= self.cal_ctx[step]
             sum_rate -= self.cal_rate[step]
+            self.sum_fin -= self.cal_ctx[step]
             self.n_active -= left
             self.in_system -= left
             if len(self.active) > 2 * self.n_active + COMPACT_SLACK:
@@ -264,12 +277,14 @@ class Loop:
                 self._release(left)
         if not self.n_active:
             sum_ctx, sum_rate = 0.0, 0.0     # clear float drift when the pool empties
+            self.sum_fin = 0.0
         self.sum_ctx, self.sum_rate = sum_ctx, sum_rate
 
     def _release(self, k: int) -> None:
         """Closed loop: `k` clients just got their answers; each sends its next request now."""
         arrivals, j = self.arrivals, self.next_release
         stop = min(j + k, len(arrivals))
+        t = self.t + self.lag
         for rid in range(j, stop):
-            arrivals[rid] = self.t
+            arrivals[rid] = t
         self.next_release = stop

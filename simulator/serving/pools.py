@@ -4,7 +4,8 @@ new admission policy is one class (register it in PREFILL_POOLS / ADMISSION_POLI
 The decode pool runs lockstep steps in `loop.Loop`. Around each step:
 - a PrefillPool turns queued prompts into requests ready to decode: `before_step` runs the
   pool's own clock (disaggregated), `chunk` takes prompt tokens into this decode step
-  (colocated), `step_extra_s` is what that chunk adds to the step;
+  (colocated), `chunk_step_s` prices the step that carries them, as the engine
+  (engine_policy.py) batches a chunk with decode;
 - an AdmissionPolicy moves ready requests (`run.ready`, a ReadyQueue by ready time and id) into
   the decode batch (`admit`, which calls `run.admit(ids)`) and, when the next step would
   overflow the KV budget, picks who is evicted (`evict`).
@@ -40,8 +41,9 @@ class PrefillPool(Protocol):
     def chunk(self, run: Loop) -> tuple[float, list[int]]:
         """Prompt tokens taken into this decode step, and the requests they complete."""
 
-    def step_extra_s(self, run: Loop, chunk: float) -> float:
-        """Seconds the chunk adds to this decode step."""
+    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+        """Seconds of a step carrying `chunk` prompt tokens beside a decode forward of
+        `decode_gpu_s` GPU seconds, and when (from its start) its prompts' first tokens come."""
 
     def busy(self) -> bool:
         """Work in flight that will produce ready requests by itself."""
@@ -85,12 +87,12 @@ class DisaggregatedPrefill:
             batch, tokens = self._take(q, inputs, miss)
         per_dev = tokens / self.dp
         seqs = max(1.0, len(batch) / self.dp)
-        dt = run.sim.prefill.step_s(seqs, per_dev / seqs)
+        dt = run.engine.step_s(run.sim.prefill.step_s(seqs, per_dev / seqs), False)
         kv_bytes = tokens * run.sim.kv_token_bytes / self.dp
         exposed = max(kv_bytes / self.nic - dt * (self.layers - 1) / self.layers,
                       kv_bytes / self.nic / self.layers)
         self.busy_until = start + dt
-        self.first_s = first = start + dt + exposed
+        self.first_s = first = start + dt + exposed + run.engine.kv_transfer_s
         firsts = run.first
         for rid in batch:
             firsts[rid] = first
@@ -118,8 +120,9 @@ class DisaggregatedPrefill:
     def chunk(self, run: Loop) -> tuple[float, list[int]]:
         return NO_CHUNK
 
-    def step_extra_s(self, run: Loop, chunk: float) -> float:
-        return 0.0
+    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+        dt = run.engine.decode_step_s(decode_gpu_s, run.n_active / run.dp)
+        return dt, dt
 
     def busy(self) -> bool:
         return bool(self.batch)
@@ -129,11 +132,11 @@ class DisaggregatedPrefill:
 
 
 class ColocatedPrefill:
-    """Chunked prefill inside the decode pool's steps: up to chunk_tokens_per_device x dp prompt
-    tokens a step, a prompt's first token at the end of the step that completes it."""
+    """Chunked prefill inside the decode pool's steps: up to the engine's chunk x dp prompt
+    tokens a step (mixed engines: what the step's decode tokens leave of it); a prompt's first
+    token when the step (separate engines: the prefill part of it) that completes it ends."""
 
     def __init__(self, run: Loop) -> None:
-        self.budget = run.sim.spec.chunk_tokens_per_device * run.dp
         self.left: dict[int, float] = {}
 
     def before_step(self, run: Loop) -> None:
@@ -143,10 +146,11 @@ class ColocatedPrefill:
         used = 0.0
         completed: list[int] = []
         q = run.prefill_q
-        while q and used < self.budget:
+        budget = run.engine.chunk_budget(run.n_active / run.dp) * run.dp
+        while q and used < budget:
             rid = q[0]
             rem = self.left.get(rid, float(run.input[rid]))
-            take = min(rem, self.budget - used)
+            take = min(rem, budget - used)
             used += take
             rem -= take
             run.prefill_tokens += int(take)
@@ -159,10 +163,19 @@ class ColocatedPrefill:
                 break
         return used, completed
 
-    def step_extra_s(self, run: Loop, chunk: float) -> float:
-        if not chunk:
-            return 0.0
-        return run.sim.prefill.step_s(*chunk_shape(chunk, run.dp, run.sim.spec.input_tokens.mean))
+    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+        eng, sim, dp = run.engine, run.sim, run.dp
+        seqs = run.n_active / dp
+        mean = sim.spec.input_tokens.mean
+        if eng.mixing == "mixed" and run.n_active:   # one forward: the chunk and the decode
+            tokens = chunk + run.n_active              # tokens through the GEMMs, plus the
+            gpu = sim.prefill.step_s(*chunk_shape(tokens, dp, mean)) + \
+                sim.decode.attention_share(eng.padded(seqs), run.sum_ctx / run.n_active) * \
+                decode_gpu_s                           # decode's attention over its KV
+            dt = eng.step_s(gpu, False)
+            return dt, dt
+        pre = eng.step_s(sim.prefill.step_s(*chunk_shape(chunk, dp, mean)), False)
+        return pre + eng.decode_step_s(decode_gpu_s, seqs), pre
 
     def busy(self) -> bool:
         return False
@@ -182,29 +195,35 @@ class AdmissionPolicy(Protocol):
 
 
 class FcfsAdmission:
-    """First come, first served while slots and the KV budget allow; evict the newest first
-    (recompute: an evicted request is prefilled again with everything it holds)."""
+    """First come, first served while slots and the KV budget allow (the budget holding what
+    each running request holds plus the engine's reservation for its remaining output); evict
+    the newest first (recompute: an evicted request is prefilled again with everything it
+    holds)."""
 
     def admit(self, run: Loop) -> None:
-        ready, t, slots, budget, inputs = run.ready, run.t, run.slots, run.budget, run.input
+        ready, t, slots, budget, ctx0, fin0 = run.ready, run.t, run.slots, run.budget, \
+            run.ctx0, run.fin0
+        fits = run.engine.admits
         per_seq = 1 + run.sim.mtp_draft
         while run.n_active < slots:
             ids = ready.front(t, slots - run.n_active)
             if not ids:
                 return
             n = run.n_active + len(ids)
-            if run.sum_ctx + sum(map(inputs.__getitem__, ids)) + len(ids) + n * per_seq \
-                    <= budget:               # all of them fit (the need grows with each)
-                ready.drop(len(ids))
+            out = run.sum_fin - run.sum_ctx          # what the running requests still add
+            need = sum(map(ctx0.__getitem__, ids))
+            if fits(run.sum_ctx + n * per_seq, out, need,
+                    sum(map(fin0.__getitem__, ids)) - need, budget):
+                ready.drop(len(ids))                 # all of them fit (the need grows with each)
                 run.admit(ids)
                 continue
             ctx, n, k = run.sum_ctx, run.n_active, 0
             for rid in ids:                 # the KV budget, request by request
-                need = inputs[rid] + 1
                 n += 1
-                if ctx + need + n * per_seq > budget:
+                if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget):
                     break
-                ctx += need
+                ctx += ctx0[rid]
+                out += fin0[rid] - ctx0[rid]
                 k += 1
             ready.drop(k)
             run.admit(ids[:k] if k < len(ids) else ids)

@@ -59,6 +59,7 @@ def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
     e2e = (run.finish - arr)[done]
     out = run.r.output_tokens[done]
     tpot = np.where(out > 1, (run.finish - run.first)[done] / np.maximum(out - 1, 1), 0.0)
+    itl = np.where(out > 1, (run.finish - run.first)[done] / run.steps0[done], 0.0)
     makespan = max(t_end, 1e-9)
     price = sim.profile.price_per_gpu_hour.value
     dec_gpus = (spec.decode.plan or sim.w.plan).gpus
@@ -82,7 +83,8 @@ def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
     lam = (arrived - rejected) / makespan
     metrics = {
         "workload": sim.w.name, "mode": spec.mode,
-        "ttft_ms": pct(ttft), "tpot_ms": pct(tpot), "e2e_ms": pct(e2e),
+        "runtime_preset": sim.engine.name,
+        "ttft_ms": pct(ttft), "tpot_ms": pct(tpot), "itl_ms": pct(itl), "e2e_ms": pct(e2e),
         "tokens_per_s_per_user": float(np.mean(1.0 / tpot[tpot > 0])) if (tpot > 0).any() else None,
         "decode_tokens_per_gpu_s": dec_rate, "prefill_tokens_per_gpu_s": pre_rate,
         "cost_per_million_output_tokens": cost_per_million_tokens(price, dec_rate) if dec_rate else None,

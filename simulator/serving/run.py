@@ -15,16 +15,20 @@ from simulator.errors import MoesimError
 from simulator.graph.memory import inference_memory
 from simulator.graph.ops import Shape
 from simulator.graph.params import kv_elements_per_token
-from simulator.loading import load_model, load_profile
+from simulator.loading import (NO_RUNTIME, load_model, load_profile, load_serving_runtime,
+                               serving_runtime_for)
 from simulator.schema import HardwareProfile, ServingSpec, Workload
 from simulator.pricing.fidelity import expected_error_pct
 from simulator.serving.arrivals import Requests, closed_loop, generate, load_trace
+from simulator.serving.engine_policy import EnginePolicy
 from simulator.serving.loop import Loop
 from simulator.serving.pools import ADMISSION_POLICIES
 from simulator.serving.result import ServeResult
-from simulator.serving.step_model import StepModel
+from simulator.serving.step_model import StepModel, batch_grid
 
 STABLE_MARGIN = 0.9      # the rate the instability error suggests, as a share of capacity
+IDEAL_CHUNK_TOKENS = 2048   # runtime.preset none: prompt tokens a group takes into a step
+IDEAL_MAX_BATCH = 96        # runtime.preset none: sequences a group decodes at once
 
 
 class ServingSim:
@@ -49,13 +53,15 @@ class ServingSim:
             raise MoesimError("prefix_hit_rate", "prefix-cache hits are modelled for a "
                               "disaggregated prefill pool only", "use serving.mode: "
                               "disaggregated, or drop prefix_hit_rate")
-        self.w = w
         self.model = load_model(w.model)
+        self.engine, w = self._engine(w)
+        self.w = w
         self.profile = profile or load_profile(w.hardware)
         self.rng = np.random.default_rng(w.seed)
         dec, pre = self.spec.decode, self.spec.prefill
+        grid = batch_grid(self.engine.graph_sizes, self.engine.padding)
         self.decode = StepModel(w, dec.plan or w.plan, dec.schedule or w.schedule, "decode",
-                                dec.max_batch_per_device, self.model, self.profile)
+                                self.engine.max_running, self.model, self.profile, grid=grid)
         self.prefill = StepModel(w, pre.plan or w.plan, pre.schedule or w.schedule, "prefill",
                                  max(1, pre.max_tokens_per_device), self.model, self.profile)
         self.mtp_draft = w.mtp.draft_tokens if (w.mtp.enabled and self.model.mtp_layers) else 0
@@ -65,12 +71,30 @@ class ServingSim:
             self.model, (self.spec.decode.plan or w.plan).attention_tp) * w.precision.kv_bytes
         self.kv_budget_tokens = self._kv_budget()
 
+    def _engine(self, w: Workload) -> tuple[EnginePolicy, Workload]:
+        """The engine around the kernels (runtime.preset, else the framework's preset), and
+        the workload with the preset's unmodelled kernels per layer where it names none. A
+        chunk or decode cap the serving block sets wins over the preset's."""
+        spec, rt = self.spec, w.runtime
+        chunk, cap = spec.chunk_tokens_per_device, spec.decode.max_batch_per_device
+        name = rt.preset or serving_runtime_for(rt.framework, rt.version)
+        if name == NO_RUNTIME:
+            return EnginePolicy.ideal(chunk or IDEAL_CHUNK_TOKENS, cap or IDEAL_MAX_BATCH), w
+        preset = load_serving_runtime(name)
+        layers = self.model.num_layers + (self.model.mtp_layers if w.mtp.enabled else 0)
+        if rt.extra_kernels_per_layer is None and preset.extra_kernels_per_layer.value > 0:
+            w = w.variant(runtime=rt.variant(extra_kernels_per_layer=
+                                             preset.extra_kernels_per_layer))
+        return EnginePolicy.from_runtime(preset, layers, chunk, cap), w
+
     # -- capacity ---------------------------------------------------------------------------
     def _kv_budget(self) -> float:
         """KV tokens the decode pool can hold: (HBM - weights - activations) / KV bytes."""
         dec = self.spec.decode
         plan = dec.plan or self.w.plan
-        shape = Shape("decode", dec.max_batch_per_device, 1 + self.mtp_draft, 0)
+        eng = self.engine           # activations sized for the largest batch it captures
+        shape = Shape("decode", min(eng.max_running, max(eng.graph_sizes, default=eng.max_running)),
+                      1 + self.mtp_draft, 0)
         mem = inference_memory(self.model, plan, self.w.precision, shape, bool(self.mtp_draft),
                                self.w.routing.redundant_experts)
         free = self.profile.hbm_bytes.value - mem.weights - mem.activations
@@ -96,15 +120,16 @@ class ServingSim:
         mean_in, mean_out = s.input_tokens.mean, s.output_tokens.mean
         gain = 1 + (self.acc if self.mtp_draft else 0)
         ctx = mean_in + mean_out / 2
-        slots = min(self.decode.dp * s.decode.max_batch_per_device,
+        eng = self.engine
+        slots = min(self.decode.dp * eng.max_running,
                     self.kv_budget_tokens / (mean_in + mean_out))
         per_dev = max(1.0, slots / self.decode.dp)
-        step = self.decode.step_s(per_dev, ctx)
+        step = eng.decode_step_s(self.decode.step_s(eng.padded(per_dev), ctx), per_dev)
         decode_rps = slots / (max(mean_out - 1, 1) / gain * step)
         tok = s.prefill.max_tokens_per_device if s.mode == "disaggregated" else \
-            s.chunk_tokens_per_device
+            eng.chunk_tokens
         seqs = max(1.0, tok / (mean_in * (1 - self.w.prefix_hit_rate)))
-        pstep = self.prefill.step_s(seqs, mean_in)
+        pstep = eng.step_s(self.prefill.step_s(seqs, mean_in), False)
         pdp = self.prefill.dp if s.mode == "disaggregated" else self.decode.dp
         prefill_rps = pdp * seqs / pstep
         if s.mode == "colocated":       # both share the same steps

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from simulator.schema import HardwareProfile, ModelSpec, ParallelPlan, Workload
 from simulator.engine.schedule import get_schedule
@@ -16,7 +17,8 @@ from simulator.step.result import StepResult
 from simulator.step.whatif import Resolved, resolve, simulate
 
 EDGE_RTOL = 1e-12        # context_interval's margin: far above log2's rounding, far below a step
-BATCH_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+BATCH_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512,
+              640, 768, 1024, 1280, 1536, 2048, 2560, 3072, 4096, 6144, 8192)
 
 
 def _grid_step(tokens: float) -> int:
@@ -40,12 +42,20 @@ def context_interval(tokens: float) -> tuple[float, float]:
     return 256 * 2 ** ((k - 1) / 2) * (1 + EDGE_RTOL), 256 * 2 ** (k / 2) * (1 - EDGE_RTOL)
 
 
-def batch_bucket(b: float, cap: int) -> int:
+def batch_bucket(b: float, cap: int, grid: tuple[int, ...] = BATCH_GRID) -> int:
     """Round sequences per device up to the batch grid (never above the pool's cap)."""
     if b >= cap:
         return cap
-    i = bisect.bisect_left(BATCH_GRID, b)
-    return min(BATCH_GRID[i] if i < len(BATCH_GRID) else cap, cap)
+    i = bisect.bisect_left(grid, b)
+    return min(grid[i] if i < len(grid) else cap, cap)
+
+
+def batch_grid(graph_sizes: tuple[int, ...], padding: bool) -> tuple[int, ...]:
+    """The batches a pool's steps are priced at: the engine's captured sizes where it pads up
+    to them (a padded batch computes that size), the default grid elsewhere."""
+    if not padding or not graph_sizes:
+        return BATCH_GRID
+    return tuple(sorted(set(BATCH_GRID) | set(graph_sizes)))
 
 
 @dataclass
@@ -60,7 +70,9 @@ class StepModel:
     model: ModelSpec                   # loaded once by the deployment
     base_profile: HardwareProfile
     profile: HardwareProfile = field(init=False)
+    grid: tuple[int, ...] = BATCH_GRID
     cache: dict = field(default_factory=dict)
+    shares: dict = field(default_factory=dict)     # attention's share of each cached step
     traffic: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,12 +86,20 @@ class StepModel:
 
     def step_s(self, sequences: float, context: float) -> float:
         """Seconds of one forward with `sequences` per device at `context` tokens."""
-        b = batch_bucket(max(sequences, 1), self.cap)
-        c = context_bucket(context)
-        key = (b, c)
+        key = self._key(sequences, context)
         if key not in self.cache:
-            self.cache[key] = self._simulate(b, c)
+            self.cache[key] = self._simulate(*key)
         return self.cache[key]
+
+    def attention_share(self, sequences: float, context: float) -> float:
+        """The share of that forward's representative layer spent in its attention block."""
+        key = self._key(sequences, context)
+        if key not in self.shares:
+            self.step_s(sequences, context)
+        return self.shares[key]
+
+    def _key(self, sequences: float, context: float) -> tuple[int, int]:
+        return batch_bucket(max(sequences, 1), self.cap, self.grid), context_bucket(context)
 
     def step_s_bounds(self, sequences: float, context: float) -> tuple[float, float, float,
                                                                       float, float]:
@@ -87,14 +107,19 @@ class StepModel:
         if sequences >= self.cap:
             b_lo, b_hi = math.nextafter(self.cap, -math.inf), math.inf
         else:
-            i = bisect.bisect_left(BATCH_GRID, sequences)
-            b_lo = BATCH_GRID[i - 1] if i else -math.inf
-            b_hi = min(BATCH_GRID[i] if i < len(BATCH_GRID) else math.inf,
+            grid = self.grid
+            i = bisect.bisect_left(grid, sequences)
+            b_lo = grid[i - 1] if i else -math.inf
+            b_hi = min(grid[i] if i < len(grid) else math.inf,
                        math.nextafter(self.cap, -math.inf))
         return (self.step_s(sequences, context), b_lo, b_hi, *context_interval(context))
 
     def _simulate(self, b: int, c: int) -> float:
-        return self.result(b, c).step_time_s
+        r = self.result(b, c)
+        parts = r.breakdown_s
+        total = sum(parts.values())
+        self.shares[(b, c)] = parts.get("attention_block", 0.0) / total if total > 0 else 0.0
+        return r.step_time_s
 
     def result(self, b: int, c: int) -> StepResult:
         """The whole step result of one forward at `b` sequences per device and `c` tokens."""
@@ -109,18 +134,20 @@ class StepModel:
 
 
 class DecodeSteps:
-    """Decode step seconds by (requests decoding, KV tokens held), remembering the last shape
-    bucket so that consecutive steps in one bucket skip the lookup."""
+    """Decode step GPU seconds by (requests decoding, KV tokens held), at the batch the engine
+    pads them to, remembering the last shape bucket so that consecutive steps in one bucket
+    skip the lookup."""
 
-    def __init__(self, model: StepModel, dp: int) -> None:
-        self.model, self.dp = model, dp
+    def __init__(self, model: StepModel, dp: int,
+                 padded: Callable[[float], float] = float) -> None:
+        self.model, self.dp, self.padded = model, dp, padded
         self.bounds = (0.0, -1.0, -1.0, -1.0, -1.0)   # seconds, (lo, hi] of sequences, of context
 
     def __call__(self, n_active: int, sum_ctx: float) -> float:
         """Seconds of the next decode step of `n_active` requests holding `sum_ctx` tokens."""
         if not n_active:
             return 0.0
-        seqs, ctx = n_active / self.dp, sum_ctx / n_active
+        seqs, ctx = self.padded(n_active / self.dp), sum_ctx / n_active
         s, b_lo, b_hi, c_lo, c_hi = self.bounds
         if b_lo < seqs <= b_hi and c_lo < ctx <= c_hi:
             return s

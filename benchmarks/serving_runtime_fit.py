@@ -1,0 +1,145 @@
+"""Calibrate what no engine document states, per serving runtime, on the silicon corpus.
+
+Two named parameters per engine (shared across its models and GPUs; never one per model, row or
+configuration):
+- extra_kernels_per_layer: kernels a layer runs that moesim's op graph folds away (norms, rope,
+  activation quantisation, router top-k, permutes ...), each at the profile's
+  kernel_latency_s; every decode step pays layers x k x kernel_latency_s;
+- request_overhead_s: seconds between a client sending a request and the engine queueing it
+  (HTTP, tokenisation), part of every TTFT.
+
+Input: the JSON of `python benchmarks/silicon.py --systems h100_sxm,h200_sxm --uncalibrated
+--json out/silicon-uncal.json` (the presets' calibrated costs at zero). Each parameter is the
+grid value minimising the median |error| of its metric (TPOT for k, TTFT for the overhead) over
+the engine's rows, the effect read to first order (k adds its time to every decode step; the
+overhead to every TTFT). Held-out error: k-fold with folds grouped by model (a fold's models are
+never seen by its fit). `--write` puts the all-row fit into the presets, with this command as
+their source; the silicon benchmark run again with them measures the result end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PRESETS = {"sglang": ("sglang-0.5", "sglang-0.4"), "vllm": ("vllm-v1",),
+           "trtllm": ("trtllm-pytorch",)}
+K_GRID = [i / 2 for i in range(0, 121)]            # extra kernels per layer: 0 .. 60
+C_GRID = [i / 1000 for i in range(0, 401)]         # request overhead: 0 .. 400 ms
+FOLDS = 5
+
+
+def tpot(row: dict, k: float) -> float:
+    """Predicted TPOT (ms) with k extra kernels a layer."""
+    return row["tpot_ms"]["predicted"] + k * row["layers"] * row["kernel_latency_s"] * 1e3
+
+
+def ttft(row: dict, c: float) -> float:
+    """Predicted TTFT (ms) with a request overhead of c seconds."""
+    return row["ttft_ms"]["predicted"] + c * 1e3
+
+
+def abs_errors(rows: list[dict], metric: str, value: float) -> list[float]:
+    """|predicted / measured - 1| of every row at one parameter value."""
+    f = tpot if metric == "tpot_ms" else ttft
+    return [abs(f(r, value) / r[metric]["measured"] - 1) for r in rows]
+
+
+def best(rows: list[dict], metric: str, grid: list[float]) -> float:
+    """The grid value of least median |error| (the smallest of equals)."""
+    return min(grid, key=lambda v: (statistics.median(abs_errors(rows, metric, v)), v))
+
+
+def p90(x: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    s = sorted(x)
+    return s[max(0, -(-9 * len(s) // 10) - 1)]
+
+
+def held_out(rows: list[dict], metric: str, grid: list[float]) -> list[float]:
+    """Every row's |error| under the fit of the folds that do not hold its model."""
+    models = sorted({r["model"] for r in rows})
+    folds = [models[i::min(FOLDS, len(models))] for i in range(min(FOLDS, len(models)))]
+    out: list[float] = []
+    for fold in folds:
+        train = [r for r in rows if r["model"] not in fold]
+        test = [r for r in rows if r["model"] in fold]
+        if not train:          # one model only: nothing to hold out from
+            train = test
+        out += abs_errors(test, metric, best(train, metric, grid))
+    return out
+
+
+def fit(rows: list[dict]) -> dict:
+    """Per engine: the all-row fit and the held-out error before and after."""
+    out = {}
+    for engine in PRESETS:
+        mine = [r for r in rows if r["backend"] == engine and r["mode"] == "agg"]
+        if not mine:
+            continue
+        res = {"rows": len(mine), "models": len({r["model"] for r in mine})}
+        for metric, grid, key in (("tpot_ms", K_GRID, "extra_kernels_per_layer"),
+                                  ("ttft_ms", C_GRID, "request_overhead_s")):
+            before = abs_errors(mine, metric, 0.0)
+            after = held_out(mine, metric, grid)
+            res[key] = best(mine, metric, grid)
+            res[metric] = {"before_median": statistics.median(before), "before_p90": p90(before),
+                           "held_out_median": statistics.median(after),
+                           "held_out_p90": p90(after)}
+        out[engine] = res
+    return out
+
+
+def write_presets(result: dict, command: str) -> None:
+    """Put each engine's fit into its presets' YAML, the command as the source."""
+    import yaml
+    from simulator.atomic import write_text_atomic
+    from simulator.loading import SERVING_RUNTIMES_DIR
+    for engine, res in result.items():
+        for name in PRESETS[engine]:
+            path = SERVING_RUNTIMES_DIR / f"{name}.yaml"
+            text = path.read_text()
+            head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+            data = yaml.safe_load(text)
+            for key, metric in (("extra_kernels_per_layer", "tpot_ms"),
+                                ("request_overhead_s", "ttft_ms")):
+                m = res[metric]
+                data[key] = {"value": res[key], "source": (
+                    f"calibration on the {res['rows']} aggregated {engine} rows of the silicon "
+                    f"corpus (H100, H200; {res['models']} models): {command}; held-out (folds "
+                    f"by model) median |error| {m['held_out_median']:.1%}, p90 "
+                    f"{m['held_out_p90']:.1%} (docs/accuracy.md s14)")}
+            write_text_atomic(path, head + yaml.safe_dump(data, sort_keys=False, width=100),
+                              "preset")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit, print, and (--write) store the calibration."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("silicon_json", type=Path, help="silicon.py --uncalibrated --json output")
+    ap.add_argument("--write", action="store_true", help="store the fit in the presets")
+    args = ap.parse_args(argv)
+    rows = json.loads(args.silicon_json.read_text())["rows"]
+    result = fit(rows)
+    for engine, res in result.items():
+        print(f"{engine}: {res['rows']} rows, {res['models']} models; "
+              f"extra kernels/layer {res['extra_kernels_per_layer']:g}, request overhead "
+              f"{res['request_overhead_s'] * 1e3:.0f} ms")
+        for metric in ("tpot_ms", "ttft_ms"):
+            m = res[metric]
+            print(f"  {metric[:4].upper()}: median |error| {m['before_median']:.1%} -> "
+                  f"{m['held_out_median']:.1%} held out; p90 {m['before_p90']:.1%} -> "
+                  f"{m['held_out_p90']:.1%}")
+    if args.write:
+        write_presets(result, "python benchmarks/serving_runtime_fit.py " +
+                      " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

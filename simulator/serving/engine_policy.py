@@ -1,0 +1,96 @@
+"""The serving engine around the kernels, as the serving loop asks it: what a decode batch is
+padded to and whether it replays a CUDA graph, how long a step takes once the host's work and
+kernel launches are added, how a prefill chunk shares a step with decode, how much KV an
+admission reserves. Built from a preset (hardware_profiles/runtimes/serving/), or `ideal()`:
+the kernels alone, prefill chunks added to decode steps, no reservation.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from simulator.schema import ServingRuntime
+
+
+@dataclass(frozen=True)
+class EnginePolicy:
+    """One engine's scheduling numbers, per attention group (data-parallel rank)."""
+
+    name: str
+    mixing: str                      # "separate" or "mixed"
+    chunk_tokens: int                # prompt-token budget of a step
+    max_running: int                 # requests decoding at once
+    graph_sizes: tuple[int, ...]     # captured decode batches
+    padding: bool                    # batches padded up to a captured size
+    overlap: bool                    # host work of step n+1 under the GPU work of step n
+    reserve: float                   # share of remaining output reserved at admission
+    host_s: float                    # host seconds a step
+    eager_s: float                   # host seconds to launch a whole step eagerly
+    request_s: float                 # seconds before the engine sees a request
+    kv_transfer_s: float             # disaggregated: fixed seconds per KV transfer
+
+    @classmethod
+    def from_runtime(cls, rt: ServingRuntime, layers: int, chunk_tokens: int | None,
+                     max_running: int | None) -> "EnginePolicy":
+        """The preset's policy for a model of `layers` layers; a workload's own chunk and
+        running cap (when it sets them) win over the preset's."""
+        return cls(rt.name, rt.mixing,
+                   int(chunk_tokens or rt.chunked_prefill_tokens.value),
+                   int(max_running or rt.max_running_requests.value),
+                   tuple(rt.cuda_graph_batch_sizes), rt.cuda_graph_padding,
+                   rt.overlap_scheduler, rt.kv_reserve_output.value, rt.host_s_per_step.value,
+                   layers * rt.eager_s_per_layer.value, rt.request_overhead_s.value,
+                   rt.kv_transfer_s.value)
+
+    @classmethod
+    def ideal(cls, chunk_tokens: int, max_running: int) -> "EnginePolicy":
+        """No engine: every batch priced as it is, no host time, chunks added to decode."""
+        return cls("none", "separate", chunk_tokens, max_running, (), True, True, 0.0, 0.0,
+                   0.0, 0.0, 0.0)
+
+    # -- decode ---------------------------------------------------------------------------
+    def padded(self, seqs: float) -> float:
+        """The batch a decode step of `seqs` sequences per group computes: the next captured
+        size when padding applies, else `seqs`."""
+        sizes = self.graph_sizes
+        if not self.padding or not sizes or seqs > sizes[-1]:
+            return seqs
+        return float(sizes[bisect.bisect_left(sizes, seqs)])
+
+    def graphed(self, seqs: float) -> bool:
+        """Whether a decode batch of `seqs` per group replays a CUDA graph."""
+        sizes = self.graph_sizes
+        if not sizes:
+            return True                  # no engine: nothing launched by the host
+        if self.padding:
+            return seqs <= sizes[-1]
+        b = math.ceil(seqs)
+        i = bisect.bisect_left(sizes, b)
+        return i < len(sizes) and sizes[i] == b
+
+    def step_s(self, gpu_s: float, graphed: bool) -> float:
+        """A step's seconds from its GPU time: an eager step takes at least its launches;
+        the host's own work is exposed in full, or (overlap scheduler) beyond the GPU's."""
+        busy = gpu_s if graphed else max(gpu_s, self.eager_s)
+        host = self.host_s if not self.overlap else max(0.0, self.host_s - busy)
+        return busy + host
+
+    def decode_step_s(self, gpu_s: float, seqs: float) -> float:
+        """A decode-only step of `seqs` sequences per group."""
+        return self.step_s(gpu_s, self.graphed(seqs)) if gpu_s > 0 else 0.0
+
+    # -- prefill chunks -------------------------------------------------------------------
+    def chunk_budget(self, decoding_per_group: float) -> float:
+        """Prompt tokens one group may take into the next step: the whole chunk (separate
+        steps), or what decode tokens leave of the step's budget (mixed)."""
+        if self.mixing == "mixed":
+            return max(0.0, self.chunk_tokens - decoding_per_group)
+        return float(self.chunk_tokens)
+
+    def admits(self, held: float, reserved_out: float, need: float, need_out: float,
+               budget: float) -> bool:
+        """Whether a request needing `need` KV tokens now and `need_out` more by its end
+        fits, beside `held` tokens held and `reserved_out` still to come of those running."""
+        r = self.reserve
+        return held + r * reserved_out + need + r * need_out <= budget

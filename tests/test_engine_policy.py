@@ -1,0 +1,239 @@
+"""The serving engine around the kernels (serving/engine_policy.py and its presets under
+hardware_profiles/runtimes/serving/): graph padding, host time and overlap, a mixed chunk, KV
+reservation and retraction, each worked out by hand; conservation and Little's law under every
+preset."""
+import math
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from simulator.loading import (SERVING_RUNTIMES_DIR, known_names, load_serving_runtime,
+                               serving_runtime_for)
+from simulator.serving.engine_policy import EnginePolicy
+from simulator.serving.run import ServingSim
+from tests.test_serving import small
+
+PRESETS = known_names(SERVING_RUNTIMES_DIR)
+
+
+def policy(name: str, **change) -> EnginePolicy:
+    """A preset's policy for a 10-layer model, fields replaced."""
+    p = EnginePolicy.from_runtime(load_serving_runtime(name), 10, None, None)
+    return EnginePolicy(**{**p.__dict__, **change})
+
+
+def test_the_presets_are_the_engines_documented_defaults():
+    sg, vl, tr = (load_serving_runtime(n) for n in ("sglang-0.5", "vllm-v1", "trtllm-pytorch"))
+    # SGLang: [1, 2, 4, 8, 12] + 16..256 step 8 + 272..496 step 16 + 512 (server_args)
+    assert sg.cuda_graph_batch_sizes[:7] == [1, 2, 4, 8, 12, 16, 24]
+    assert len(sg.cuda_graph_batch_sizes) == 5 + 31 + 15 + 1
+    assert sg.mixing == "separate" and sg.overlap_scheduler and sg.cuda_graph_padding
+    assert sg.kv_reserve_output.value == pytest.approx(0.7 * 0.14)
+    # vLLM V1: one 8192-token budget, 1024 sequences, graphs [1, 2, 4] + 8..248 + 256..512
+    assert vl.mixing == "mixed" and not vl.overlap_scheduler and vl.kv_reserve_output.value == 0
+    assert (vl.chunked_prefill_tokens.value, vl.max_running_requests.value) == (8192, 1024)
+    assert len(vl.cuda_graph_batch_sizes) == 3 + 31 + 17
+    # TensorRT-LLM: graphs 1..31, 32, 64, 128 without padding; never evicts
+    assert tr.cuda_graph_batch_sizes == list(range(1, 32)) + [32, 64, 128]
+    assert not tr.cuda_graph_padding and tr.kv_reserve_output.value == 1.0
+    for name in PRESETS:                      # every number carries where it came from
+        rt = load_serving_runtime(name)
+        for key, v in rt:
+            if hasattr(v, "source"):
+                assert len(v.source) > 20, (name, key)
+
+
+def test_a_workload_takes_its_engines_preset():
+    assert serving_runtime_for(None, None) == "sglang-0.5"
+    assert serving_runtime_for("sglang", "0.4.9") == "sglang-0.4"
+    assert serving_runtime_for("vllm", "0.11.0") == "vllm-v1"
+    assert serving_runtime_for("trtllm", "1.2.0rc6") == "trtllm-pytorch"
+
+
+def test_graph_padding_and_eager_batches_by_hand():
+    sg = policy("sglang-0.5")
+    assert [sg.padded(b) for b in (1, 3, 9, 13, 17, 257, 511, 600)] == \
+        [1, 4, 12, 16, 24, 272, 512, 600]
+    assert sg.graphed(512) and not sg.graphed(513)
+    tr = policy("trtllm-pytorch")
+    assert tr.padded(40) == 40                        # no padding: its own size
+    assert [tr.graphed(b) for b in (31, 32, 33, 40, 64, 65, 128, 129)] == \
+        [True, True, False, False, True, False, True, False]
+
+
+def test_host_time_is_hidden_only_by_an_overlap_scheduler():
+    ms = 1e-3
+    over = policy("sglang-0.5", host_s=3 * ms, eager_s=6 * ms)
+    assert over.step_s(10 * ms, True) == pytest.approx(10 * ms)        # hidden under the GPU
+    assert over.step_s(2 * ms, True) == pytest.approx(3 * ms)          # the host is longer
+    assert over.step_s(2 * ms, False) == pytest.approx(6 * ms)         # eager: the launches
+    plain = policy("vllm-v1", host_s=3 * ms, eager_s=6 * ms)
+    assert plain.step_s(10 * ms, True) == pytest.approx(13 * ms)       # exposed in full
+    assert plain.step_s(2 * ms, False) == pytest.approx(9 * ms)        # launches, then host
+    assert plain.decode_step_s(0.0, 0) == 0.0                           # nothing to decode
+
+
+def test_chunk_budget_and_kv_reservation_by_hand():
+    assert policy("vllm-v1").chunk_budget(100) == 8192 - 100           # decode tokens first
+    assert policy("vllm-v1").chunk_budget(9000) == 0
+    assert policy("sglang-0.5").chunk_budget(100) == 8192              # a step of its own
+    tr, vl = policy("trtllm-pytorch"), policy("vllm-v1")
+    # 6000 held, 3000 still to come of those running; a 1000-token prompt with 900 to come
+    assert tr.admits(6000, 3000, 1000, 900, 10900) and not tr.admits(6000, 3000, 1000, 900, 10899)
+    assert vl.admits(6000, 3000, 1000, 900, 7000) and not vl.admits(6000, 3000, 1000, 900, 6999)
+    half = policy("vllm-v1", reserve=0.5)
+    assert half.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 450)
+    assert not half.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 449)
+
+
+def _sim(tmp_path, preset: str, rows, budget=None, **serving):
+    """SMALL (8 DP groups) under `preset`, fed `rows`, every forward priced by a stub that
+    records what it was asked."""
+    csv = tmp_path / "trace.csv"
+    csv.write_text("arrival_s,input_tokens,output_tokens\n" +
+                   "".join(f"{a},{i},{o}\n" for a, i, o in rows))
+    w = small(arrivals={"process": "trace", "trace": str(csv)}, **serving)
+    sim = ServingSim(w.variant(runtime={"preset": preset}))
+    sim.asked = []
+    sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or 0.010
+    sim.decode.step_s_bounds = lambda b, c: (sim.decode.step_s(b, c), b, b, c, c)
+    sim.decode.attention_share = lambda b, c: 0.25
+    sim.prefill.step_s = lambda b, c: sim.asked.append(("prefill", b, c)) or 1e-6 * b * c
+    if budget is not None:
+        sim.kv_budget_tokens = budget
+    return sim
+
+
+def test_decode_steps_are_priced_at_the_padded_batch(tmp_path):
+    # 24 requests over 8 groups decode 3 a group: SGLang pads to 4; TensorRT-LLM runs 3
+    rows = [(0.0, 100, 5)] * 24
+    for preset, want in (("sglang-0.5", 4), ("trtllm-pytorch", 3)):
+        sim = _sim(tmp_path, preset, rows, mode="colocated", decode={"max_batch_per_device": 8})
+        sim.run(check_stability=False)
+        asked = {b for kind, b, _ in sim.asked if kind == "decode"}
+        assert asked == {want}, preset
+
+
+def test_a_mixed_step_carries_decode_tokens_and_the_chunk_in_one_forward(tmp_path):
+    # vLLM: 8 requests decode (one per group) when a 4000-token prompt arrives; its chunk is
+    # what the step's 8 x 8192 budget leaves (all of it), one forward of 4000 + 8 tokens plus
+    # decode's attention share (0.25 x 10 ms); SGLang runs the prompt alone, then the decode
+    rows = [(0.0, 100, 50)] * 8 + [(0.05, 4000, 2)]
+    for preset in ("vllm-v1", "sglang-0.5"):
+        sim = _sim(tmp_path, preset, rows, mode="colocated", decode={"max_batch_per_device": 8})
+        res = sim.run(check_stability=False)
+        seqs, ctx = max(((b, c) for kind, b, c in sim.asked if kind == "prefill"),
+                        key=lambda bc: bc[0] * bc[1])            # the big prompt's step
+        tokens = seqs * ctx * 8                              # over the 8 groups
+        assert tokens == pytest.approx(4000 + 8 if preset == "vllm-v1" else 4000)
+        assert res.metrics["requests"]["finished"] == 9
+
+
+def test_a_chunk_steps_price_by_hand():
+    from types import SimpleNamespace as NS
+    from simulator.serving.pools import ColocatedPrefill
+    ms = 1e-3
+    sim = NS(prefill=NS(step_s=lambda b, c: 1e-6 * b * c),
+             decode=NS(attention_share=lambda b, c: 0.25),
+             spec=NS(input_tokens=NS(mean=4000.0)))
+    pool = ColocatedPrefill.__new__(ColocatedPrefill)
+    for preset in ("vllm-v1", "sglang-0.5"):
+        eng = policy(preset, host_s=0.5 * ms, eager_s=1 * ms)
+        run = NS(engine=eng, sim=sim, dp=2, n_active=6, sum_ctx=6 * 500.0)
+        dt, first = pool.chunk_step_s(run, 4000.0, 10 * ms)
+        if preset == "vllm-v1":       # one forward of 4006 tokens (2003 a group) + 2.5 ms of
+            gpu = 1e-6 * 2003 + 0.25 * 10 * ms            # decode attention; host exposed
+            assert (dt, first) == (pytest.approx(gpu + 0.5 * ms), pytest.approx(gpu + 0.5 * ms))
+        else:                         # the prompt's own eager step, then the decode (overlap)
+            pre = max(1e-6 * 2000, 1 * ms)
+            assert first == pytest.approx(pre)
+            assert dt == pytest.approx(pre + 10 * ms)
+
+
+def test_reservation_decides_retraction(tmp_path):
+    # twelve 1000-token prompts, 900 outputs each, 64,000 KV tokens over the pool: all twelve
+    # fit on their prompts (12,012) but not to their ends (22,800 > 64,000 / 8 groups x ...):
+    # vLLM admits on the prompt and retracts when the cache runs out; TensorRT-LLM reserves
+    # every output token and never does
+    rows = [(0.0, 1000, 900)] * 12
+    out = {}
+    for preset in ("vllm-v1", "trtllm-pytorch"):
+        sim = _sim(tmp_path, preset, rows, budget=16000.0, mode="disaggregated")
+        res = sim.run(check_stability=False)
+        r = res.metrics["requests"]
+        assert r["finished"] == 12 and r["unfinished"] == 0          # everyone, once
+        out[preset] = r["preempted"]
+    assert out["vllm-v1"] > 0 and out["trtllm-pytorch"] == 0
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_offline_and_closed_loops_conserve_requests_under_every_preset(preset):
+    for arrivals in ({"process": "burst", "requests": 60},
+                     {"process": "closed", "concurrency": 12, "requests": 48}):
+        w = small(arrivals=arrivals, mode="colocated")
+        res = ServingSim(w.variant(runtime={"preset": preset})).run(check_stability=False)
+        r, m = res.metrics["requests"], res.metrics
+        assert r["finished"] == r["arrived"] == arrivals["requests"] and r["rejected"] == 0
+        assert len(set(res.request_ids.tolist())) == r["finished"]
+        assert m["runtime_preset"] == preset
+        little = m["little"]
+        assert little["mean_in_system"] == pytest.approx(little["lambda_times_w"], rel=0.02)
+
+
+def test_request_overhead_counts_in_ttft_and_littles_law(tmp_path):
+    data = yaml.safe_load((SERVING_RUNTIMES_DIR / "vllm-v1.yaml").read_text())
+    data["request_overhead_s"] = {"value": 0.25, "source": "a test's overhead"}
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(data))
+    w = small(arrivals={"process": "closed", "concurrency": 6, "requests": 24},
+              mode="colocated")
+    base = ServingSim(w.variant(runtime={"preset": "vllm-v1"})).run(check_stability=False)
+    slow = ServingSim(w.variant(runtime={"preset": str(path)})).run(check_stability=False)
+    assert slow.ttft_s.min() >= 0.25
+    assert slow.metrics["ttft_ms"]["p50"] == pytest.approx(base.metrics["ttft_ms"]["p50"] + 250,
+                                                           rel=0.05)
+    little = slow.metrics["little"]
+    assert little["mean_in_system"] == pytest.approx(little["lambda_times_w"], rel=0.02)
+
+
+def test_itl_is_the_decode_step_and_tpot_its_share_per_token(tmp_path):
+    # every decode step DECODE_S: a request's chunks stream one step apart (ITL = DECODE_S);
+    # without MTP a step is a token (TPOT = ITL); with MTP a step carries 1 + accepted tokens
+    from tests.test_physics import DECODE_S, stubbed_sim
+    rows = [(0.0, 500, 41), (0.0, 700, 61)]
+    plain = stubbed_sim(tmp_path, rows).run(check_stability=False)
+    assert plain.metrics["itl_ms"]["mean"] == pytest.approx(DECODE_S * 1e3)
+    assert plain.metrics["tpot_ms"]["mean"] == pytest.approx(DECODE_S * 1e3)
+    sim = stubbed_sim(tmp_path, rows)
+    sim.mtp_draft, sim.acc = 1, 0.8
+    mtp = sim.run(check_stability=False)
+    assert mtp.metrics["itl_ms"]["p50"] == pytest.approx(DECODE_S * 1e3)
+    assert mtp.metrics["tpot_ms"]["mean"] < 0.75 * DECODE_S * 1e3    # ~1.8 tokens a step
+
+
+def test_serve_runtime_flag_and_runtimes_listing(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["runtimes"])
+    assert out.exit_code == 0
+    for name in PRESETS:
+        assert name in out.output
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(small(arrivals={"process": "burst", "requests": 20},
+                                         mode="colocated").model_dump(mode="json")))
+    ok = runner.invoke(app, ["serve", str(path), "--runtime", "trtllm-pytorch", "--json"])
+    assert ok.exit_code == 0 and '"runtime_preset": "trtllm-pytorch"' in ok.output
+    bad = runner.invoke(app, ["serve", str(path), "--runtime", "tgi"])
+    assert bad.exit_code == 2 and "sglang-0.5" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_broken_preset_is_refused_by_field(tmp_path):
+    data = yaml.safe_load((SERVING_RUNTIMES_DIR / "sglang-0.5.yaml").read_text())
+    data["cuda_graph_batch_sizes"] = [1, 8, 4]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    from simulator.errors import MoesimError
+    with pytest.raises(MoesimError, match="cuda_graph_batch_sizes"):
+        load_serving_runtime(str(path))
+    assert math.isfinite(load_serving_runtime("sglang-0.5").host_s_per_step.value)
