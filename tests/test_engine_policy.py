@@ -237,3 +237,29 @@ def test_a_broken_preset_is_refused_by_field(tmp_path):
     with pytest.raises(MoesimError, match="cuda_graph_batch_sizes"):
         load_serving_runtime(str(path))
     assert math.isfinite(load_serving_runtime("sglang-0.5").host_s_per_step.value)
+
+
+def test_a_finished_request_returns_its_reservation(tmp_path):
+    # TensorRT-LLM reserves every output token. 8 short (10 more tokens) and 8 long (100 more)
+    # requests fill the 2,600-token pool (8 x (101 + 10) + 8 x (101 + 100) + a token a step
+    # each = 2,512); 8 more short ones wait. When the short ones finish (step 10) the long ones
+    # hold 8 x 111 and still need 8 x 90: 888 + 16 + 720 + 8 x 111 = 2,512 fits, so the waiting
+    # ones decode from then, done by step ~20 (0.2 s at 10 ms a step), not after the long ones
+    rows = [(0.0, 100, 11)] * 8 + [(0.0, 100, 101)] * 8 + [(0.0, 100, 11)] * 8
+    sim = _sim(tmp_path, "trtllm-pytorch", rows, budget=2600.0, mode="disaggregated")
+    res = sim.run(check_stability=False)
+    assert res.metrics["requests"]["finished"] == 24 and res.metrics["requests"]["preempted"] == 0
+    late = res.e2e_s[res.request_ids >= 16]
+    assert late.max() < 0.3 and late.min() > 0.15       # after the first short ones, only
+
+
+def test_an_open_loop_request_waits_out_its_overhead(tmp_path):
+    data = yaml.safe_load((SERVING_RUNTIMES_DIR / "vllm-v1.yaml").read_text())
+    data["request_overhead_s"] = {"value": 0.25, "source": "a test's overhead"}
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ttft = {}
+    for preset in ("vllm-v1", str(path)):
+        sim = _sim(tmp_path, preset, [(1.0, 800, 5)], mode="colocated")
+        ttft[preset] = sim.run(check_stability=False).ttft_s[0]
+    assert ttft[str(path)] - ttft["vllm-v1"] == pytest.approx(0.25, abs=0.011)   # a step's slack

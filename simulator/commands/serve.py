@@ -21,16 +21,22 @@ def serve(workload: str, rate: Optional[float], duration: Optional[float],
     c.check_number(duration, "--duration")
     c.check_outputs(report=report, requests_csv=requests_csv)
     w = c.load_workload(workload, hardware, gpus)
-    if runtime is not None:
+    presets = c.names(runtime, "--runtime", "sglang-0.5,vllm-v1") if runtime else []
+    if len(presets) > 1 and not (sweep_concurrency or sweep_rate):
+        raise MoesimError("--runtime", "several runtime presets for one serving run",
+                          "name one, or add --sweep-concurrency / --sweep-rate to compare "
+                          "them against load")
+    for name in presets:
         from simulator.loading import NO_RUNTIME, load_serving_runtime
-        if runtime != NO_RUNTIME:
-            load_serving_runtime(runtime)           # an unknown name fails here, by --runtime
-        w = w.variant(runtime=w.runtime.variant(preset=runtime))
+        if name != NO_RUNTIME:
+            load_serving_runtime(name)              # an unknown name fails here, by --runtime
+    if presets:
+        w = w.variant(runtime=w.runtime.variant(preset=presets[0]))
     if requests_csv is not None and (sweep_batch or sweep_concurrency or sweep_rate):
         raise MoesimError("--requests-csv", "a sweep runs many serving runs",
                           "write the requests of one run: drop the --sweep-* option")
     if sweep_concurrency or sweep_rate:
-        load_sweep(w, sweep_concurrency, sweep_rate, as_json, report)
+        load_sweep(w, sweep_concurrency, sweep_rate, as_json, report, presets)
         return
     if sweep_batch:
         batches = c.int_list(sweep_batch, "--sweep-batch")
@@ -74,8 +80,9 @@ def serve(workload: str, rate: Optional[float], duration: Optional[float],
 
 
 def load_sweep(w, concurrency: Optional[str], rate: Optional[str], as_json: bool,
-               report: Optional[Path]) -> None:
-    """One serving run per number of clients or per rate: latency against load."""
+               report: Optional[Path], presets: Optional[list[str]] = None) -> None:
+    """One serving run per number of clients or per rate (per runtime preset when several
+    are named): latency against load."""
     from simulator.serving.load_sweep import load_sweep as sweep
     if concurrency and rate:
         raise MoesimError("--sweep-concurrency/--sweep-rate", "both given", "pass one of them")
@@ -95,8 +102,11 @@ def load_sweep(w, concurrency: Optional[str], rate: Optional[str], as_json: bool
             c.check_number(x, "--sweep-rate")
         if not loads:
             raise MoesimError("--sweep-rate", "no rate given", "e.g. --sweep-rate 1,2,4")
-    with c.err.status(f"serving at {len(loads)} loads"):
-        points = sweep(w, kind, loads)
+    points: list[dict] = []
+    for name in presets or [None]:
+        wl = w if name is None else w.variant(runtime=w.runtime.variant(preset=name))
+        with c.err.status(f"serving at {len(loads)} loads" + (f" under {name}" if name else "")):
+            points += sweep(wl, kind, loads)
     if report:
         from simulator.outputs.report import load_figures, write_figures
         write_figures(load_figures(points, kind), f"moesim serving: {w.name}, latency against "

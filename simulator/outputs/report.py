@@ -361,18 +361,22 @@ def plan_train_figures(res: dict) -> list[go.Figure]:
 
 def load_figures(points: list[dict], kind: str) -> list[go.Figure]:
     """TTFT and TPOT (p50 and p90) against the offered load, and throughput against it."""
-    x = [p[kind] for p in points]
     unit = "clients (closed loop)" if kind == "concurrency" else "requests/s (Poisson)"
-    lat = go.Figure()
-    for metric in ("ttft_ms", "tpot_ms"):
-        for pct in ("p50", "p90"):
-            lat.add_trace(go.Scatter(x=x, y=[p[metric][pct] for p in points],
-                                     mode="lines+markers",
-                                     name=f"{metric.split('_')[0].upper()} {pct}"))
+    runtimes = list(dict.fromkeys(p.get("runtime_preset", "") for p in points))
+    lat, thr = go.Figure(), go.Figure()
+    for rt in runtimes:                       # one line per runtime preset (and percentile)
+        mine = [p for p in points if p.get("runtime_preset", "") == rt]
+        x = [p[kind] for p in mine]
+        tag = f"{rt}: " if len(runtimes) > 1 else ""
+        for metric in ("ttft_ms", "tpot_ms"):
+            for pct in ("p50", "p90"):
+                lat.add_trace(go.Scatter(x=x, y=[p[metric][pct] for p in mine],
+                                         mode="lines+markers",
+                                         name=f"{tag}{metric.split('_')[0].upper()} {pct}"))
+        thr.add_trace(go.Scatter(x=x, y=[p["output_tokens_per_s_per_gpu"] for p in mine],
+                                 mode="lines+markers", name=f"{tag}output tokens/s per GPU"))
     lat.update_layout(title="Latency against load", xaxis_title=unit, yaxis_title="ms",
                       yaxis_type="log")
-    thr = go.Figure(go.Scatter(x=x, y=[p["output_tokens_per_s_per_gpu"] for p in points],
-                               mode="lines+markers", name="output tokens/s per GPU"))
     thr.update_layout(title="Throughput against load", xaxis_title=unit,
                       yaxis_title="output tokens/s per GPU")
     return [lat, thr]

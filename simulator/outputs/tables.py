@@ -179,10 +179,11 @@ def serve_tables(m: dict, cap: float) -> tuple[Table, list[str]]:
     """Latency percentiles, then the throughput, cost and request lines of a serving run."""
     table = _table(f"{m['workload']}: {m['requests']['arrived']} requests, {m['mode']}",
                    ("metric", "p50", "p90", "p99"), ("metric",))
-    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         table.add_row(key, *(fmt(m[key][p]) for p in ("p50", "p90", "p99")))
     r, th = m["requests"], m["throughput"]
     lines = [
+        f"engine: runtime preset {m['runtime_preset']} (`moesim runtimes`)",
         f"makespan {th['makespan_s']:.1f} s; {th['requests_per_s']:.2f} requests/s; output "
         f"{fmt(th['output_tokens_per_s'], 0)} tokens/s ({fmt(th['output_tokens_per_s_per_gpu'], 0)}"
         f" per GPU, {fmt(th['output_tokens_per_s_per_node'], 0)} per node, every GPU counted)",
@@ -340,11 +341,13 @@ def plan_train_table(res: dict) -> Table:
 
 def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
     """Latency and throughput at each offered load (closed-loop clients or Poisson rate)."""
-    table = _table(f"{name}: latency against {kind}", (kind, "TTFT p50 ms", "TTFT p90 ms",
-                                                        "TPOT p50 ms", "TPOT p90 ms",
-                                                        "tok/GPU/s", "tok/s/user", "preempted"))
+    table = _table(f"{name}: latency against {kind}", ("runtime", kind, "TTFT p50 ms",
+                                                        "TTFT p90 ms", "TPOT p50 ms",
+                                                        "TPOT p90 ms", "tok/GPU/s",
+                                                        "tok/s/user", "preempted"))
     for p in points:
-        table.add_row(f"{p[kind]:g}", fmt(p["ttft_ms"]["p50"]), fmt(p["ttft_ms"]["p90"]),
+        table.add_row(p["runtime_preset"], f"{p[kind]:g}", fmt(p["ttft_ms"]["p50"]),
+                      fmt(p["ttft_ms"]["p90"]),
                       fmt(p["tpot_ms"]["p50"], 2), fmt(p["tpot_ms"]["p90"], 2),
                       fmt(p["output_tokens_per_s_per_gpu"], 0), fmt(p["tokens_per_s_per_user"]),
                       str(p["requests"]["preempted"]))

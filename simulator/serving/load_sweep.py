@@ -21,7 +21,8 @@ def load_sweep(w: Workload, kind: str, loads: list[float],
                   "duration_s": w.serving.arrivals.duration_s}
         wl = w.variant(serving=w.serving.variant(arrivals=arrivals))
         m = ServingSim(wl).run(check_stability=False).metrics
-        points.append({kind: load, "ttft_ms": m["ttft_ms"], "tpot_ms": m["tpot_ms"],
+        points.append({kind: load, "runtime_preset": m["runtime_preset"],
+                       "ttft_ms": m["ttft_ms"], "tpot_ms": m["tpot_ms"],
                        "e2e_ms": m["e2e_ms"],
                        "output_tokens_per_s_per_gpu": m["throughput"]["output_tokens_per_s_per_gpu"],
                        "tokens_per_s_per_user": m["tokens_per_s_per_user"],
