@@ -52,6 +52,12 @@ def test_a_workload_takes_its_engines_preset():
     assert serving_runtime_for("trtllm", "1.2.0rc6") == "trtllm-pytorch"
 
 
+def test_the_busiest_data_parallel_group_sets_the_batch():
+    # 9 requests dealt round-robin over 8 groups: one group decodes 2, and the lockstep waits
+    assert policy("sglang-0.5").per_group(9, 8) == 2 and policy("vllm-v1").per_group(16, 8) == 2
+    assert EnginePolicy.ideal(2048, 96).per_group(9, 8) == pytest.approx(9 / 8)
+
+
 def test_graph_padding_and_eager_batches_by_hand():
     sg = policy("sglang-0.5")
     assert [sg.padded(b) for b in (1, 3, 9, 13, 17, 257, 511, 600)] == \
@@ -263,3 +269,17 @@ def test_an_open_loop_request_waits_out_its_overhead(tmp_path):
         sim = _sim(tmp_path, preset, [(1.0, 800, 5)], mode="colocated")
         ttft[preset] = sim.run(check_stability=False).ttft_s[0]
     assert ttft[str(path)] - ttft["vllm-v1"] == pytest.approx(0.25, abs=0.011)   # a step's slack
+
+
+def test_a_load_sweep_runs_each_named_runtime(tmp_path):
+    import json
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(small(mode="colocated").model_dump(mode="json")))
+    out = CliRunner().invoke(app, ["serve", str(path), "--sweep-concurrency", "2,6", "--runtime",
+                                   "sglang-0.5,vllm-v1", "--json"])
+    assert out.exit_code == 0, out.output
+    points = json.loads(out.output)
+    assert [(p["runtime_preset"], p["concurrency"]) for p in points] == \
+        [("sglang-0.5", 2), ("sglang-0.5", 6), ("vllm-v1", 2), ("vllm-v1", 6)]
+    one = CliRunner().invoke(app, ["serve", str(path), "--runtime", "sglang-0.5,vllm-v1"])
+    assert one.exit_code == 2 and "--sweep-concurrency" in one.output

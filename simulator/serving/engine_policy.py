@@ -50,6 +50,12 @@ class EnginePolicy:
                    0.0, 0.0, 0.0)
 
     # -- decode ---------------------------------------------------------------------------
+    def per_group(self, n: int, dp: int) -> float:
+        """Sequences the busiest of `dp` attention groups decodes when `n` run: an engine's
+        DP controller deals requests round-robin (at most one apart), and the step waits for
+        its busiest group; no engine: the mean."""
+        return float(-(-n // dp)) if self.graph_sizes else n / dp
+
     def padded(self, seqs: float) -> float:
         """The batch a decode step of `seqs` sequences per group computes: the next captured
         size when padding applies, else `seqs`."""

@@ -199,7 +199,7 @@ class Loop:
         chunk_step_s, finish_step = prefill.chunk_step_s, self._finish_step
         step_t, step_ctx = self.step_t, self.step_ctx
         engine, dp = self.engine, self.dp
-        decode_s = DecodeSteps(sim.decode, dp, engine.padded)
+        decode_s = DecodeSteps(sim.decode, dp, lambda n: engine.padded(engine.per_group(n, dp)))
         per_seq, budget = 1 + sim.mtp_draft, self.budget
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
@@ -231,7 +231,7 @@ class Loop:
             if chunk:
                 dt, first_dt = chunk_step_s(self, chunk, gpu_s)
             else:
-                dt = first_dt = engine.decode_step_s(gpu_s, self.n_active / dp)
+                dt = first_dt = engine.decode_step_s(gpu_s, engine.per_group(self.n_active, dp))
             area += self.in_system * dt
             t0 = self.t
             self.t = t = t0 + dt

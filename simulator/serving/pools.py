@@ -121,7 +121,7 @@ class DisaggregatedPrefill:
         return NO_CHUNK
 
     def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
-        dt = run.engine.decode_step_s(decode_gpu_s, run.n_active / run.dp)
+        dt = run.engine.decode_step_s(decode_gpu_s, run.engine.per_group(run.n_active, run.dp))
         return dt, dt
 
     def busy(self) -> bool:
@@ -146,7 +146,7 @@ class ColocatedPrefill:
         used = 0.0
         completed: list[int] = []
         q = run.prefill_q
-        budget = run.engine.chunk_budget(run.n_active / run.dp) * run.dp
+        budget = run.engine.chunk_budget(run.engine.per_group(run.n_active, run.dp)) * run.dp
         while q and used < budget:
             rid = q[0]
             rem = self.left.get(rid, float(run.input[rid]))
@@ -165,7 +165,7 @@ class ColocatedPrefill:
 
     def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
         eng, sim, dp = run.engine, run.sim, run.dp
-        seqs = run.n_active / dp
+        seqs = eng.per_group(run.n_active, dp)
         mean = sim.spec.input_tokens.mean
         if eng.mixing == "mixed" and run.n_active:   # one forward: the chunk and the decode
             tokens = chunk + run.n_active              # tokens through the GEMMs, plus the
