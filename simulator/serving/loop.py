@@ -13,7 +13,7 @@ import math
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -24,10 +24,9 @@ from simulator.serving.pools import (ADMISSION_POLICIES, PREFILL_POOLS, Admissio
                                      PrefillPool)
 from simulator.serving.ready import ReadyQueue
 from simulator.serving.result import KV_SAMPLES, ServeResult, summarize
+from simulator.serving.state import Deployment
 from simulator.serving.step_model import DecodeSteps
 
-if TYPE_CHECKING:
-    from simulator.serving.run import ServingSim
 
 IDLE_NUDGE_S = 1e-9     # an idle loop with nothing scheduled later moves time on by this much
 ARRIVAL_PROBE = 64      # arrive() searches this many arrivals ahead before the whole rest
@@ -38,7 +37,7 @@ PROGRESS_STEPS = 4096   # decode steps between progress reports (an hour has ~2e
 class Loop:
     """State of one simulation (arrays indexed by request id) and its decode steps."""
 
-    def __init__(self, sim: ServingSim, reqs: Requests) -> None:
+    def __init__(self, sim: Deployment, reqs: Requests) -> None:
         self.sim, self.r = sim, reqs
         spec = sim.spec
         n = len(reqs)

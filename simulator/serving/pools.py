@@ -1,7 +1,8 @@
 """Serving pools and policies: small classes with one interface each, so a new prefill pool or a
 new admission policy is one class (register it in PREFILL_POOLS / ADMISSION_POLICIES).
 
-The decode pool runs lockstep steps in `loop.Loop`. Around each step:
+The decode pool runs lockstep steps in serving/loop.py (its state seen here as
+`state.LoopState`). Around each step:
 - a PrefillPool turns queued prompts into requests ready to decode: `before_step` runs the
   pool's own clock (disaggregated), `chunk` takes prompt tokens into this decode step
   (colocated), `chunk_step_s` prices the step that carries them, as the engine
@@ -12,10 +13,10 @@ The decode pool runs lockstep steps in `loop.Loop`. Around each step:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from simulator.serving.loop import Loop
+from simulator.serving.state import LoopState
+
 
 BUSY_EPS_S = 1e-12      # a prefill batch ending within this of now has ended
 WHOLE_QUEUE_MAX = 256   # a prefill queue up to this long is first tried as one batch
@@ -35,13 +36,13 @@ def chunk_shape(chunk_tokens: float, dp: int, mean_prompt: float) -> tuple[float
 class PrefillPool(Protocol):
     """Where prompts are prefilled."""
 
-    def before_step(self, run: Loop) -> None:
+    def before_step(self, run: LoopState) -> None:
         """Advance the pool's own work up to run.t (finished prompts go to run.ready)."""
 
-    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+    def chunk(self, run: LoopState) -> tuple[float, list[int]]:
         """Prompt tokens taken into this decode step, and the requests they complete."""
 
-    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+    def chunk_step_s(self, run: LoopState, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
         """Seconds of a step carrying `chunk` prompt tokens beside a decode forward of
         `decode_gpu_s` GPU seconds, and when (from its start) its prompts' first tokens come."""
 
@@ -57,7 +58,7 @@ class DisaggregatedPrefill:
     cache hits excluded), on its own clock; the KV cache then crosses the NIC to the decode pool
     (overlapped with all but the last layer)."""
 
-    def __init__(self, run: Loop) -> None:
+    def __init__(self, run: LoopState) -> None:
         sim, spec = run.sim, run.sim.spec
         self.dp = sim.prefill.dp
         self.budget = spec.prefill.max_tokens_per_device * self.dp
@@ -67,7 +68,7 @@ class DisaggregatedPrefill:
         self.first_s = 0.0                  # when the batch in flight reaches the decode pool
         self.batch: list[int] = []
 
-    def before_step(self, run: Loop) -> None:
+    def before_step(self, run: LoopState) -> None:
         if self.batch and self.busy_until <= run.t + BUSY_EPS_S:
             run.ready.push(self.first_s, self.batch)      # the whole batch at one time
             self.batch = []
@@ -117,10 +118,10 @@ class DisaggregatedPrefill:
             computed = more
         return batch, tokens
 
-    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+    def chunk(self, run: LoopState) -> tuple[float, list[int]]:
         return NO_CHUNK
 
-    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+    def chunk_step_s(self, run: LoopState, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
         dt = run.engine.decode_step_s(decode_gpu_s, run.engine.per_group(run.n_active, run.dp))
         return dt, dt
 
@@ -136,13 +137,13 @@ class ColocatedPrefill:
     tokens a step (mixed engines: what the step's decode tokens leave of it); a prompt's first
     token when the step (separate engines: the prefill part of it) that completes it ends."""
 
-    def __init__(self, run: Loop) -> None:
+    def __init__(self, run: LoopState) -> None:
         self.left: dict[int, float] = {}
 
-    def before_step(self, run: Loop) -> None:
+    def before_step(self, run: LoopState) -> None:
         return None
 
-    def chunk(self, run: Loop) -> tuple[float, list[int]]:
+    def chunk(self, run: LoopState) -> tuple[float, list[int]]:
         used = 0.0
         completed: list[int] = []
         q = run.prefill_q
@@ -163,7 +164,7 @@ class ColocatedPrefill:
                 break
         return used, completed
 
-    def chunk_step_s(self, run: Loop, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
+    def chunk_step_s(self, run: LoopState, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
         eng, sim, dp = run.engine, run.sim, run.dp
         seqs = eng.per_group(run.n_active, dp)
         mean = sim.spec.input_tokens.mean
@@ -187,10 +188,10 @@ class ColocatedPrefill:
 class AdmissionPolicy(Protocol):
     """Who joins the decode batch, and who leaves it when the KV cache would overflow."""
 
-    def admit(self, run: Loop) -> None:
+    def admit(self, run: LoopState) -> None:
         """Move ready requests (run.ready, by ready time) into the batch."""
 
-    def evict(self, run: Loop) -> None:
+    def evict(self, run: LoopState) -> None:
         """Evict until the next step's KV growth fits the budget."""
 
 
@@ -200,7 +201,7 @@ class FcfsAdmission:
     the newest first (recompute: an evicted request is prefilled again with everything it
     holds)."""
 
-    def admit(self, run: Loop) -> None:
+    def admit(self, run: LoopState) -> None:
         ready, t, slots, budget, ctx0, fin0 = run.ready, run.t, run.slots, run.budget, \
             run.ctx0, run.fin0
         fits = run.engine.admits
@@ -230,7 +231,7 @@ class FcfsAdmission:
             if k < len(ids):
                 return
 
-    def evict(self, run: Loop) -> None:
+    def evict(self, run: LoopState) -> None:
         while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:
             rid = run.active.pop()
             if run.decoding(rid):

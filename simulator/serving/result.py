@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from simulator.pricing.cost import cost_per_million_tokens
+from simulator.serving.state import LoopState
 
-if TYPE_CHECKING:
-    from simulator.serving.loop import Loop
 
 KV_SAMPLES = 2000       # KV-utilisation points kept for the report
 
@@ -46,7 +45,7 @@ class ServeResult:
         return "\n".join(rows) + "\n"
 
 
-def summarize(run: Loop, t_end: float, area: float, kv_t: np.ndarray,
+def summarize(run: LoopState, t_end: float, area: float, kv_t: np.ndarray,
               kv_u: np.ndarray) -> ServeResult:
     """Percentiles, throughput, cost, request counts and Little's-law terms of a finished run."""
     sim, spec = run.sim, run.sim.spec
