@@ -45,6 +45,16 @@ def test_the_presets_are_the_engines_documented_defaults():
                 assert len(v.source) > 20, (name, key)
 
 
+def test_sglang_takes_a_larger_chunk_on_gpus_above_160_gb():
+    rt = load_serving_runtime("sglang-0.5")
+    chunk = [EnginePolicy.from_runtime(rt, 61, None, None, gb * 1e9).chunk_tokens
+             for gb in (80, 141, 160, 180)]
+    assert chunk == [8192, 8192, 8192, 16384]
+    assert EnginePolicy.from_runtime(rt, 61, 4096, None, 180e9).chunk_tokens == 4096   # its own
+    b200 = ServingSim(small(mode="colocated").variant(hardware="b200-sxm"))
+    assert b200.engine.chunk_tokens == 16384
+
+
 def test_a_workload_takes_its_engines_preset():
     assert serving_runtime_for(None, None) == "sglang-0.5"
     assert serving_runtime_for("sglang", "0.4.9") == "sglang-0.4"

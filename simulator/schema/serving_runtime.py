@@ -3,11 +3,18 @@ how the engine batches prefill with decode, its caps, its CUDA graphs, its KV re
 the costs around its kernels, each number with its source."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
 from simulator.schema.base import Sourced, Strict
+
+
+class LargeGpuDefaults(Strict):
+    """Defaults an engine picks on GPUs above a memory size."""
+
+    hbm_gb_above: float = Field(gt=0, description="GPU memory (GB) above which these apply")
+    chunked_prefill_tokens: Sourced
 
 
 class ServingRuntime(Strict):
@@ -26,6 +33,8 @@ class ServingRuntime(Strict):
     mixing_source: str = Field(min_length=3)
     chunked_prefill_tokens: Sourced = Field(
         description="prompt tokens one attention group takes into a step (the token budget)")
+    large_gpu: Optional[LargeGpuDefaults] = Field(None, description="the engine's defaults on "
+                                                  "GPUs with more memory (e.g. B200)")
     max_running_requests: Sourced = Field(description="requests decoding at once, per "
                                           "attention group")
     cuda_graph_batch_sizes: list[int] = Field(min_length=1, description="decode batches "
@@ -57,8 +66,11 @@ class ServingRuntime(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> "ServingRuntime":
-        for key in ("chunked_prefill_tokens", "max_running_requests"):
-            v = getattr(self, key).value
+        chunks = [("chunked_prefill_tokens", self.chunked_prefill_tokens.value)]
+        if self.large_gpu is not None:
+            chunks.append(("large_gpu.chunked_prefill_tokens",
+                           self.large_gpu.chunked_prefill_tokens.value))
+        for key, v in chunks + [("max_running_requests", self.max_running_requests.value)]:
             if not (v >= 1 and v == int(v)):
                 raise ValueError(f"{key} must be a whole number >= 1 (got {v})")
         for key in ("host_s_per_step", "eager_s_per_layer", "extra_kernels_per_layer",

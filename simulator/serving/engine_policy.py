@@ -32,11 +32,13 @@ class EnginePolicy:
 
     @classmethod
     def from_runtime(cls, rt: ServingRuntime, layers: int, chunk_tokens: int | None,
-                     max_running: int | None) -> "EnginePolicy":
-        """The preset's policy for a model of `layers` layers; a workload's own chunk and
-        running cap (when it sets them) win over the preset's."""
-        return cls(rt.name, rt.mixing,
-                   int(chunk_tokens or rt.chunked_prefill_tokens.value),
+                     max_running: int | None, hbm_bytes: float = 0.0) -> "EnginePolicy":
+        """The preset's policy for a model of `layers` layers on GPUs of `hbm_bytes`; a
+        workload's own chunk and running cap (when it sets them) win over the preset's."""
+        chunk = rt.chunked_prefill_tokens.value
+        if rt.large_gpu is not None and hbm_bytes > rt.large_gpu.hbm_gb_above * 1e9:
+            chunk = rt.large_gpu.chunked_prefill_tokens.value
+        return cls(rt.name, rt.mixing, int(chunk_tokens or chunk),
                    int(max_running or rt.max_running_requests.value),
                    tuple(rt.cuda_graph_batch_sizes), rt.cuda_graph_padding,
                    rt.overlap_scheduler, rt.kv_reserve_output.value, rt.host_s_per_step.value,

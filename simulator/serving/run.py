@@ -54,9 +54,9 @@ class ServingSim:
                               "disaggregated prefill pool only", "use serving.mode: "
                               "disaggregated, or drop prefix_hit_rate")
         self.model = load_model(w.model)
+        self.profile = profile or load_profile(w.hardware)
         self.engine, w = self._engine(w)
         self.w = w
-        self.profile = profile or load_profile(w.hardware)
         self.rng = np.random.default_rng(w.seed)
         dec, pre = self.spec.decode, self.spec.prefill
         grid = batch_grid(self.engine.graph_sizes, self.engine.padding)
@@ -85,7 +85,8 @@ class ServingSim:
         if rt.extra_kernels_per_layer is None and preset.extra_kernels_per_layer.value > 0:
             w = w.variant(runtime=rt.variant(extra_kernels_per_layer=
                                              preset.extra_kernels_per_layer))
-        return EnginePolicy.from_runtime(preset, layers, chunk, cap), w
+        return EnginePolicy.from_runtime(preset, layers, chunk, cap,
+                                         self.profile.hbm_bytes.value), w
 
     # -- capacity ---------------------------------------------------------------------------
     def _kv_budget(self) -> float:
