@@ -626,6 +626,8 @@ MUTANTS: list[Mutant] = [
            "self.arrivals = reqs.arrival_s.tolist()"),
     Mutant(LP, "a finished request's reservation stays held",
            "            self.sum_fin -= self.cal_ctx[step]\n", ""),
+    Mutant(SV, "windowed blocks keep every token's KV",
+           "* window_keys(self.model.attention, held) / held", "* 1.0"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -293,3 +293,20 @@ def test_a_load_sweep_runs_each_named_runtime(tmp_path):
         [("sglang-0.5", 2), ("sglang-0.5", 6), ("vllm-v1", 2), ("vllm-v1", 6)]
     one = CliRunner().invoke(app, ["serve", str(path), "--runtime", "sglang-0.5,vllm-v1"])
     assert one.exit_code == 2 and "--sweep-concurrency" in one.output
+
+
+def test_windowed_blocks_hold_only_their_window_of_kv(tmp_path):
+    # half the blocks windowed to 128 keys; requests of 1000 in, 200 out hold 1100 tokens on
+    # average: a token's KV is (0.5 x 128 + 0.5 x 1100) / 1100 of its full size
+    from simulator.loading import MODELS_DIR
+    model = yaml.safe_load((MODELS_DIR / "mixtral-8x7b.yaml").read_text())
+    model["attention"].update(sliding_window=128, sliding_window_share=0.5)
+    path = tmp_path / "windowed.yaml"
+    path.write_text(yaml.safe_dump(model))
+    w = small(input_tokens={"mean": 1000, "dist": "fixed"},
+              output_tokens={"mean": 200, "dist": "fixed"})
+    full = ServingSim(w).kv_token_bytes
+    windowed = ServingSim(w.variant(model=str(path)))
+    assert windowed.kv_token_bytes == pytest.approx(full * (0.5 * 128 + 0.5 * 1100) / 1100)
+    assert windowed.kv_budget_tokens == pytest.approx(ServingSim(w).kv_budget_tokens * 1100 /
+                                                      (0.5 * 128 + 0.5 * 1100))

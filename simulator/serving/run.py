@@ -13,6 +13,7 @@ import numpy as np
 
 from simulator.errors import MoesimError
 from simulator.graph.memory import inference_memory
+from simulator.graph.model import window_keys
 from simulator.graph.ops import Shape
 from simulator.graph.params import kv_elements_per_token
 from simulator.loading import (NO_RUNTIME, load_model, load_profile, load_serving_runtime,
@@ -67,8 +68,13 @@ class ServingSim:
         self.mtp_draft = w.mtp.draft_tokens if (w.mtp.enabled and self.model.mtp_layers) else 0
         self.acc = (w.mtp.acceptance if w.mtp.acceptance is not None
                     else self.model.mtp_acceptance) if self.mtp_draft else 0.0
+        # a windowed block keeps a request's last sliding_window keys only (vLLM's hybrid KV
+        # manager, TensorRT-LLM's variable-window cache, SGLang's SWA pool): a token's KV is
+        # its full size times the kept share at a request's mean context
+        held = self.spec.input_tokens.mean + self.spec.output_tokens.mean / 2
         self.kv_token_bytes = kv_elements_per_token(
-            self.model, (self.spec.decode.plan or w.plan).attention_tp) * w.precision.kv_bytes
+            self.model, (self.spec.decode.plan or w.plan).attention_tp) * w.precision.kv_bytes \
+            * window_keys(self.model.attention, held) / held
         self.kv_budget_tokens = self._kv_budget()
 
     def _engine(self, w: Workload) -> tuple[EnginePolicy, Workload]:
