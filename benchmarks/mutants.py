@@ -351,7 +351,7 @@ MUTANTS: list[Mutant] = [
     Mutant(SV, "KV budget per device, not per pool", "return free / self.kv_token_bytes * self.decode.dp",
            "return free / self.kv_token_bytes"),
     Mutant(PO, "admission ignores the KV budget",
-           "if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget):",
+           "if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget,",
            "if False:", quick=True),
     Mutant(PO, "eviction ignores MTP's extra tokens per step",
            "while run.n_active and run.sum_ctx + run.n_active * (1 + run.sim.mtp_draft) > run.budget:",
@@ -628,6 +628,8 @@ MUTANTS: list[Mutant] = [
            "            self.sum_fin -= self.cal_ctx[step]\n", ""),
     Mutant(SV, "windowed blocks keep every token's KV",
            "* window_keys(self.model.attention, held) / held", "* 1.0"),
+    Mutant(EP, "a retraction does not raise the reservation",
+           "            return self.reserve_after\n", "            return reserve\n"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -97,11 +97,27 @@ def test_chunk_budget_and_kv_reservation_by_hand():
     assert policy("sglang-0.5").chunk_budget(100) == 8192              # a step of its own
     tr, vl = policy("trtllm-pytorch"), policy("vllm-v1")
     # 6000 held, 3000 still to come of those running; a 1000-token prompt with 900 to come
-    assert tr.admits(6000, 3000, 1000, 900, 10900) and not tr.admits(6000, 3000, 1000, 900, 10899)
-    assert vl.admits(6000, 3000, 1000, 900, 7000) and not vl.admits(6000, 3000, 1000, 900, 6999)
-    half = policy("vllm-v1", reserve=0.5)
-    assert half.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 450)
-    assert not half.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 449)
+    assert tr.admits(6000, 3000, 1000, 900, 10900, tr.reserve)
+    assert not tr.admits(6000, 3000, 1000, 900, 10899, tr.reserve)
+    assert vl.admits(6000, 3000, 1000, 900, 7000, vl.reserve)
+    assert not vl.admits(6000, 3000, 1000, 900, 6999, vl.reserve)
+    assert vl.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 450, 0.5)
+    assert not vl.admits(6000, 3000, 1000, 900, 6000 + 1500 + 1000 + 449, 0.5)
+
+
+def test_sglang_reserves_more_after_a_retraction_then_falls_back():
+    sg = policy("sglang-0.5")
+    # 0.7 right after it, then (0.7 - 0.098) / 600 less a step, down to 0.098
+    assert sg.reserve_next(sg.reserve, True) == pytest.approx(0.7)
+    r = 0.7
+    for _ in range(300):
+        r = sg.reserve_next(r, False)
+    assert r == pytest.approx(0.7 - 300 * (0.7 - 0.098) / 600)
+    for _ in range(301):
+        r = sg.reserve_next(r, False)
+    assert r == pytest.approx(0.098)
+    vl = policy("vllm-v1")                       # no such rule: 0 before and after
+    assert vl.reserve_next(0.0, True) == 0.0 and vl.reserve_next(0.0, False) == 0.0
 
 
 def _sim(tmp_path, preset: str, rows, budget=None, **serving):
@@ -310,3 +326,22 @@ def test_windowed_blocks_hold_only_their_window_of_kv(tmp_path):
     assert windowed.kv_token_bytes == pytest.approx(full * (0.5 * 128 + 0.5 * 1100) / 1100)
     assert windowed.kv_budget_tokens == pytest.approx(ServingSim(w).kv_budget_tokens * 1100 /
                                                       (0.5 * 128 + 0.5 * 1100))
+
+
+def test_a_retraction_makes_sglang_admit_fewer_until_it_recovers(tmp_path):
+    # twenty-four 1000-token prompts with 900 outputs into 16,000 KV tokens: SGLang's decayed
+    # reservation (0.098) admits more than fit, retracts, then reserves 0.7 and retracts less
+    # than a copy of the preset without the rise
+    data = yaml.safe_load((SERVING_RUNTIMES_DIR / "sglang-0.5.yaml").read_text())
+    for key in ("kv_reserve_after_retraction", "kv_reserve_recovery_steps"):
+        data.pop(key)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(data))
+    rows = [(0.0, 1000, 900)] * 24
+    preempted = {}
+    for preset in ("sglang-0.5", str(flat)):
+        sim = _sim(tmp_path, preset, rows, budget=16000.0, mode="disaggregated")
+        r = sim.run(check_stability=False).metrics["requests"]
+        assert r["finished"] == 24
+        preempted[preset] = r["preempted"]
+    assert 0 < preempted["sglang-0.5"] < preempted[str(flat)]

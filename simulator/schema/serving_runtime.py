@@ -50,6 +50,11 @@ class ServingRuntime(Strict):
                                        "tokens its admission reserves in the KV cache (1: never "
                                        "evicts; 0: admits on the prompt alone and evicts by "
                                        "recompute when the cache runs out)")
+    kv_reserve_after_retraction: Optional[Sourced] = Field(
+        None, description="the reservation share right after a retraction, falling back to "
+        "kv_reserve_output over kv_reserve_recovery_steps (unset: it stays kv_reserve_output)")
+    kv_reserve_recovery_steps: Optional[Sourced] = Field(
+        None, description="decode steps the reservation takes to fall back after a retraction")
     host_s_per_step: Sourced = Field(description="host seconds a step's scheduling, sampling "
                                      "and output processing take")
     eager_s_per_layer: Sourced = Field(description="host seconds to launch one layer's kernels "
@@ -77,6 +82,14 @@ class ServingRuntime(Strict):
                     "request_overhead_s", "kv_transfer_s"):
             if not getattr(self, key).value >= 0:
                 raise ValueError(f"{key} must be >= 0 (got {getattr(self, key).value})")
+        after = self.kv_reserve_after_retraction
+        if after is not None and not self.kv_reserve_output.value <= after.value <= 1:
+            raise ValueError("kv_reserve_after_retraction must lie in [kv_reserve_output, 1]")
+        if (after is None) != (self.kv_reserve_recovery_steps is None) or (
+                self.kv_reserve_recovery_steps is not None and
+                not self.kv_reserve_recovery_steps.value >= 1):
+            raise ValueError("kv_reserve_after_retraction and kv_reserve_recovery_steps (>= 1) "
+                             "come together")
         if not 0 <= self.kv_reserve_output.value <= 1:
             raise ValueError(f"kv_reserve_output must lie in [0, 1] (got "
                              f"{self.kv_reserve_output.value})")

@@ -25,6 +25,8 @@ class EnginePolicy:
     padding: bool                    # batches padded up to a captured size
     overlap: bool                    # host work of step n+1 under the GPU work of step n
     reserve: float                   # share of remaining output reserved at admission
+    reserve_after: float             # ... right after a retraction
+    reserve_decay: float             # fall back per decode step from reserve_after to reserve
     host_s: float                    # host seconds a step
     eager_s: float                   # host seconds to launch a whole step eagerly
     request_s: float                 # seconds before the engine sees a request
@@ -38,10 +40,15 @@ class EnginePolicy:
         chunk = rt.chunked_prefill_tokens.value
         if rt.large_gpu is not None and hbm_bytes > rt.large_gpu.hbm_gb_above * 1e9:
             chunk = rt.large_gpu.chunked_prefill_tokens.value
+        reserve = rt.kv_reserve_output.value
+        after = rt.kv_reserve_after_retraction
+        steps = rt.kv_reserve_recovery_steps
+        decay = (after.value - reserve) / steps.value if after and steps else 0.0
         return cls(rt.name, rt.mixing, int(chunk_tokens or chunk),
                    int(max_running or rt.max_running_requests.value),
                    tuple(rt.cuda_graph_batch_sizes), rt.cuda_graph_padding,
-                   rt.overlap_scheduler, rt.kv_reserve_output.value, rt.host_s_per_step.value,
+                   rt.overlap_scheduler, reserve, after.value if after else reserve, decay,
+                   rt.host_s_per_step.value,
                    layers * rt.eager_s_per_layer.value, rt.request_overhead_s.value,
                    rt.kv_transfer_s.value)
 
@@ -49,7 +56,7 @@ class EnginePolicy:
     def ideal(cls, chunk_tokens: int, max_running: int) -> "EnginePolicy":
         """No engine: every batch priced as it is, no host time, chunks added to decode."""
         return cls("none", "separate", chunk_tokens, max_running, (), True, True, 0.0, 0.0,
-                   0.0, 0.0, 0.0)
+                   0.0, 0.0, 0.0, 0.0, 0.0)
 
     # -- decode ---------------------------------------------------------------------------
     def per_group(self, n: int, dp: int) -> float:
@@ -97,8 +104,16 @@ class EnginePolicy:
         return float(self.chunk_tokens)
 
     def admits(self, held: float, reserved_out: float, need: float, need_out: float,
-               budget: float) -> bool:
+               budget: float, reserve: float) -> bool:
         """Whether a request needing `need` KV tokens now and `need_out` more by its end
-        fits, beside `held` tokens held and `reserved_out` still to come of those running."""
-        r = self.reserve
+        fits, beside `held` tokens held and `reserved_out` still to come of those running,
+        reserving the share `reserve` of what is to come."""
+        r = reserve
         return held + r * reserved_out + need + r * need_out <= budget
+
+    def reserve_next(self, reserve: float, retracted: bool) -> float:
+        """The reservation share for the next step: back up to reserve_after when this step
+        retracted a request, else falling back toward the preset's share."""
+        if retracted:
+            return self.reserve_after
+        return max(self.reserve, reserve - self.reserve_decay)

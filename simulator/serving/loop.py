@@ -64,6 +64,7 @@ class Loop:
         # the decode pool
         self.dp = sim.decode.dp
         self.engine = sim.engine
+        self.reserve = self.engine.reserve        # KV reservation share now (rises on retraction)
         self.slots = self.dp * self.engine.max_running
         self.budget = sim.kv_budget_tokens
         self.lag = self.engine.request_s             # client -> engine (HTTP, tokenisation)
@@ -224,8 +225,10 @@ class Loop:
                 area += self.in_system * (t_next - self.t)
                 self.t = t_next if t_next > self.t else self.t + IDLE_NUDGE_S
                 continue
+            evicted = self.preemptions
             if self.sum_ctx + self.n_active * per_seq > budget:    # the next step's KV
                 policy.evict(self)
+            self.reserve = engine.reserve_next(self.reserve, self.preemptions > evicted)
             gpu_s = decode_s(self.n_active, self.sum_ctx)
             if chunk:
                 dt, first_dt = chunk_step_s(self, chunk, gpu_s)

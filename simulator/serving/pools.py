@@ -214,14 +214,15 @@ class FcfsAdmission:
             out = run.sum_fin - run.sum_ctx          # what the running requests still add
             need = sum(map(ctx0.__getitem__, ids))
             if fits(run.sum_ctx + n * per_seq, out, need,
-                    sum(map(fin0.__getitem__, ids)) - need, budget):
+                    sum(map(fin0.__getitem__, ids)) - need, budget, run.reserve):
                 ready.drop(len(ids))                 # all of them fit (the need grows with each)
                 run.admit(ids)
                 continue
             ctx, n, k = run.sum_ctx, run.n_active, 0
             for rid in ids:                 # the KV budget, request by request
                 n += 1
-                if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget):
+                if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget,
+                            run.reserve):
                     break
                 ctx += ctx0[rid]
                 out += fin0[rid] - ctx0[rid]

@@ -48,6 +48,7 @@ class LoopState(Protocol):
     n_active: int
     sum_ctx: float
     sum_fin: float
+    reserve: float                 # the engine's KV reservation share now
     preemptions: int
     prefill_tokens: int
     closed: bool
