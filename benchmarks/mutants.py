@@ -630,6 +630,11 @@ MUTANTS: list[Mutant] = [
            "* window_keys(self.model.attention, held) / held", "* 1.0"),
     Mutant(EP, "a retraction does not raise the reservation",
            "            return self.reserve_after\n", "            return reserve\n"),
+    Mutant(KA, "TensorRT-LLM's and vLLM's all-to-all read as milliseconds",
+           '"latency", 1e-6, file)', '"latency", 1e-3, file)'),
+    Mutant(KA, "all-to-all dispatch read in BF16 where FP8 was measured",
+           'A2A_DTYPES = {"dispatch": ("fp8", "bfloat16", "default")',
+           'A2A_DTYPES = {"dispatch": ("bfloat16", "fp8", "default")'),
 ]
 
 EQUIVALENT: dict[str, str] = {

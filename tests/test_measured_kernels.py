@@ -161,6 +161,30 @@ def test_shipped_tables_equal_what_the_importer_writes(profile, system, framewor
                                    equal_nan=True)
 
 
+def test_trtllm_and_vllm_all_to_all_tables_are_their_own_deepep_rows_in_microseconds():
+    # TensorRT-LLM 1.3.0rc11 on H200: low-latency dispatch in FP8 and combine in BF16,
+    # 128 tokens per rank, hidden 7168, top-8 of 256: the `latency` column is microseconds
+    raw = _parquet("h200_sxm/comm/trtllm/1.3.0rc11/moe_a2a_perf.parquet")
+    at = raw[(raw.comm_backend == "trtllm_deepep_ll") & (raw.hidden_size == 7168) &
+             (raw.topk == 8) & (raw.num_experts == 256) & (raw.num_tokens == 128)]
+    ks, _ = read_set("h200_sxm", "trtllm", "1.3.0rc20")
+    for part, dtype in (("dispatch", "fp8"), ("combine", "bfloat16")):
+        row = at[(at.phase == part) & (at.comm_dtype == dtype)]
+        assert len(row) == 1
+        grid = ks.get(f"deepep_ll_{part}", (7168, 8, 256))
+        got = grid.lookup((1, 128), FLAT).seconds
+        assert got == pytest.approx(float(row.latency.iloc[0]) * 1e-6)
+        assert 20e-6 < got < 200e-6           # tens of microseconds, as DeepEP's own
+    # vLLM's high-throughput kernels at the largest SM budget measured (20)
+    raw = _parquet("h200_sxm/comm/vllm/0.24.0/moe_a2a_perf.parquet")
+    row = raw[(raw.comm_backend == "deepep_ht") & (raw.phase == "combine") &
+              (raw.hidden_size == 7168) & (raw.topk == 8) & (raw.num_experts == 256) &
+              (raw.num_tokens == 1024) & (raw.sms == 20)]
+    ks, _ = read_set("h200_sxm", "vllm", "0.24.0")
+    assert ks.get("deepep_normal_combine", (7168, 8, 256)).lookup((1, 1024), FLAT).seconds == \
+        pytest.approx(float(row.latency.iloc[0]) * 1e-6)
+
+
 def test_the_stored_file_round_trips(tmp_path, h200):
     ks, _ = h200
     store.save(ks, tmp_path / "k.npz")

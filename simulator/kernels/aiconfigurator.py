@@ -116,8 +116,10 @@ def _reads(root: Path, system: str, fw: str, version: str):
     yield _quantize(base, fw, version)
     yield _custom_all_reduce(base, fw, version)
     yield _nccl(base)
-    if fw == "sglang":           # DeepEP is SGLang's all-to-all
+    if fw == "sglang":           # DeepEP as SGLang runs it
         yield from _deepep(base)
+    else:                        # DeepEP as TensorRT-LLM and vLLM run it
+        yield from _moe_a2a(base, fw, version)
 
 
 def _newest(folder: Path, name: str, at_most: str | None = None) -> Path | None:
@@ -339,6 +341,37 @@ def _nccl(base: Path) -> Read | None:
     df = df.assign(nbytes=df["message_size"] * 2)
     grids, dups = _grids(df, "nccl", ["op_name", "num_gpus"], ["nbytes"], "latency", 1e-3, path)
     return Read("nccl", grids, _rel(path), len(df), dups)
+
+
+A2A_DTYPES = {"dispatch": ("fp8", "bfloat16", "default"), "combine": ("bfloat16", "default")}
+
+
+def _moe_a2a(base: Path, fw: str, version: str):
+    """TensorRT-LLM's and vLLM's DeepEP all-to-all (moe_a2a_perf, the newest version not
+    newer than the runtime's; its
+    `latency` column is microseconds) as the same op classes as SGLang's: low-latency (`_ll`)
+    and high-throughput (`_ht`, read as normal) dispatch and combine by (nodes, tokens per
+    rank); dispatch in FP8 where measured (DeepEP's low-latency dispatch sends FP8), combine
+    in BF16; the largest SM budget measured."""
+    file = _newest(base / "comm" / fw, "moe_a2a_perf.parquet", version)
+    if file is None:
+        return
+    df = _frame(file)
+    _need(df, file, ["comm_backend", "phase", "comm_dtype", "node_num", "hidden_size", "topk",
+                     "num_experts", "num_tokens", "sms", "latency"])
+    df = df.rename(columns={"topk": "num_topk", "num_tokens": "num_token"})
+    keys = ["hidden_size", "num_topk", "num_experts"]
+    for kind, suffix in (("ll", "_ll"), ("normal", "_ht")):
+        for part in ("dispatch", "combine"):
+            sub = df[df["comm_backend"].str.endswith(suffix) & (df["phase"] == part)]
+            dtype = next((d for d in A2A_DTYPES[part] if d in set(sub["comm_dtype"])), None)
+            if dtype is None:
+                continue
+            sub = sub[sub["comm_dtype"] == dtype]
+            sub = sub[sub["sms"] == sub["sms"].max()]
+            grids, dups = _grids(sub, f"deepep_{kind}_{part}", keys, ["node_num", "num_token"],
+                                 "latency", 1e-6, file)
+            yield Read(f"deepep_{kind}_{part}", grids, _rel(file), len(sub), dups)
 
 
 def _deepep(base: Path):
