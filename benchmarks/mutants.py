@@ -635,6 +635,11 @@ MUTANTS: list[Mutant] = [
     Mutant(KA, "all-to-all dispatch read in BF16 where FP8 was measured",
            'A2A_DTYPES = {"dispatch": ("fp8", "bfloat16", "default")',
            'A2A_DTYPES = {"dispatch": ("bfloat16", "fp8", "default")'),
+    Mutant(MK, "attention backward priced as its measured forward",
+           "return Lookup(hit.seconds * ATTENTION_BACKWARD_FLOPS, EXTRAPOLATED,",
+           "return Lookup(hit.seconds, EXTRAPOLATED,"),
+    Mutant(GB, "attention backward at twice the forward's FLOPs",
+           "ATTENTION_BACKWARD_FLOPS = 2.5", "ATTENTION_BACKWARD_FLOPS = 2.0"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -537,3 +537,26 @@ def test_an_fp4_gemm_beyond_its_table_reads_half_a_byte_per_weight():
     out = gemm_lookup(prof, "fp4", m0, ((2 * wide, k),))
     assert out.source == "extrapolated"
     assert out.seconds == pytest.approx(at.seconds * roof(2 * wide) / roof(wide), rel=1e-9)
+
+
+def test_attention_backward_costs_two_and_a_half_forwards():
+    # FlashAttention's backward: five matmuls of the forward's size against its two (FA-2 s3),
+    # so 2.5x the FLOPs; where the runtime's tables measure the forward kernel, the backward is
+    # that measured time x 2.5 (and says it is extrapolated)
+    from simulator.loading import load_workload
+    from simulator.pricing.hardware import compute_time_s
+    from simulator.pricing.measured import compute_lookup
+    from simulator.step.resolve import resolve
+    from simulator.step.whatif import build_step_graph
+    w = load_workload("workloads/validation/training/qwen3-235b-h100-tp2-ep32-pp8.yaml")
+    ops = {}
+    for phase in ("train_fwd", "train_bwd"):
+        r = resolve(w.variant(phase=phase))
+        g = build_step_graph(r, w.schedule, layers=1)
+        ops[phase] = next(d["op"] for _, d in g.nodes(data=True) if d["op"].kind == "attention")
+    fwd, bwd = ops["train_fwd"], ops["train_bwd"]
+    assert bwd.flops == pytest.approx(2.5 * fwd.flops) and bwd.bytes == pytest.approx(2 * fwd.bytes)
+    prof = r.profile
+    assert compute_lookup(fwd, prof) is not None              # measured tables price it
+    assert compute_time_s(bwd, prof) == pytest.approx(2.5 * compute_time_s(fwd, prof))
+    assert compute_lookup(bwd, prof).source == "extrapolated"

@@ -13,6 +13,9 @@ from simulator.schema import Precision
 # torch's autograd likewise adds into .grad): it reads and writes its bytes per weight where the
 # forward read the weight once; FP32 (4 bytes) unless the training block's grad_bytes says else.
 MAIN_GRAD_BYTES = 4.0
+# FlashAttention's backward recomputes QK^T and computes dV, dP, dQ and dK: five matmuls of the
+# forward's size against the forward's two (Dao, FlashAttention-2, 2023, s3): 2.5x its FLOPs
+ATTENTION_BACKWARD_FLOPS = 2.5
 # Training FP8 (Transformer Engine, torchao float8): every GEMM input is quantised twice, once
 # row-wise for the GEMM that reads it along K and once column-wise (transposed) for the GEMM of
 # the other pass that reads it along M: read 2 bytes, write 1 + 1. Per-tensor current scaling
@@ -64,7 +67,8 @@ def build_backward(forward: nx.DiGraph, prec: Precision, into: nx.DiGraph | None
     with their own shapes (`backward_gemms`; added to `into` when given).
 
     GEMM FLOPs double (input gradient and weight gradient, each the forward's), attention's
-    backward costs twice its forward, collectives move the same bytes the other way. Weight
+    backward does ATTENTION_BACKWARD_FLOPS times its forward's FLOPs over twice its bytes,
+    collectives move the same bytes the other way. Weight
     gradients hang off the critical path, ready for zero-bubble schedules.
     """
     g = nx.DiGraph() if into is None else into
@@ -77,7 +81,8 @@ def build_backward(forward: nx.DiGraph, prec: Precision, into: nx.DiGraph | None
             g.add_node(w.name, op=w)
             names[name] = d.name
         elif op.kind == "attention":
-            b = replace(op, name=f"{op.name}.bwd", flops=2 * op.flops, bytes=2 * op.bytes)
+            b = replace(op, name=f"{op.name}.bwd", flops=ATTENTION_BACKWARD_FLOPS * op.flops,
+                        bytes=2 * op.bytes, tags=op.tags + ("bwd",))
             g.add_node(b.name, op=b)
             names[name] = b.name
         else:

@@ -27,6 +27,7 @@ from simulator.engine.streams import CommDemand
 from simulator.errors import MoesimError
 from simulator.graph.ops import Op
 from simulator.kernels import store
+from simulator.graph.backward import ATTENTION_BACKWARD_FLOPS
 from simulator.kernels.grid import EXTRAPOLATED, INTERPOLATED, MEASURED, KernelGrid, Lookup
 from simulator.kernels.store import KernelSet, version_key
 from simulator.loading import PROFILES_DIR
@@ -230,7 +231,12 @@ def compute_lookup(op: Op, prof: HardwareProfile) -> Lookup | None:
     if op.kind == "grouped_gemm":
         return moe_lookup(prof, op, routed_rows(op))
     if op.kind == "attention":
-        return attention_lookup(prof, op)
+        hit = attention_lookup(prof, op)
+        if hit is not None and "bwd" in op.tags:    # the tables measure the forward kernel
+            return Lookup(hit.seconds * ATTENTION_BACKWARD_FLOPS, EXTRAPOLATED,
+                          f"attention backward: the measured forward x "
+                          f"{ATTENTION_BACKWARD_FLOPS:g} (its FLOPs)")
+        return hit
     return None
 
 
