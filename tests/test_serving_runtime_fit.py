@@ -1,0 +1,40 @@
+"""The serving-runtime calibration (benchmarks/serving_runtime_fit.py) on synthetic rows whose
+answer is known by construction."""
+import pytest
+
+from benchmarks import serving_runtime_fit as fit
+
+
+def _row(model, measured_tpot, predicted_tpot, measured_ttft, predicted_ttft, layers=40,
+         backend="vllm"):
+    return {"backend": backend, "mode": "agg", "model": model, "layers": layers,
+            "kernel_latency_s": 4e-6,
+            "tpot_ms": {"measured": measured_tpot, "predicted": predicted_tpot},
+            "ttft_ms": {"measured": measured_ttft, "predicted": predicted_ttft}}
+
+
+def test_a_shared_offset_is_found_and_holds_out():
+    # every model misses TPOT by exactly 10 kernels x 40 layers x 4 us = 1.6 ms and TTFT by
+    # 30 ms: the fit finds 10 and 30 ms, and each fold (by model) predicts its rows exactly
+    rows = [_row(f"m{i}", 10.0 + i + 1.6, 10.0 + i, 100.0 + 7 * i + 30, 100.0 + 7 * i)
+            for i in range(6)]
+    res = fit.fit(rows)["vllm"]
+    assert res["extra_kernels_per_layer"] == 10.0
+    assert res["request_overhead_s"] == pytest.approx(0.030)
+    assert res["tpot_ms"]["held_out_median"] == pytest.approx(0.0, abs=1e-9)
+    assert res["ttft_ms"]["held_out_median"] == pytest.approx(0.0, abs=1e-9)
+    assert res["tpot_ms"]["before_median"] > 0.1
+
+
+def test_held_out_rows_never_train_their_own_fit():
+    # one model needs 20 kernels a layer, the four others none: held out, the odd model is
+    # predicted with the others' fit (0) and keeps its whole error
+    rows = [_row(f"m{i}", 10.0, 10.0, 100.0, 100.0) for i in range(4)]
+    odd = _row("odd", 10.0 + 20 * 40 * 4e-3, 10.0, 100.0, 100.0)
+    errors = fit.held_out(rows + [odd], "tpot_ms", fit.K_GRID)
+    assert max(errors) == pytest.approx(20 * 40 * 4e-3 / (10.0 + 20 * 40 * 4e-3))
+    assert fit.best(rows + [odd], "tpot_ms", fit.K_GRID) == 0.0      # the median ignores one
+
+
+def test_nearest_rank_p90():
+    assert fit.p90(list(range(1, 11))) == 9 and fit.p90([5.0]) == 5.0
