@@ -587,8 +587,8 @@ MUTANTS: list[Mutant] = [
     Mutant(MK, "a TP all-reduce looked up at its ring bytes, not its message size",
            "size = op.bytes * n / (2 * (n - 1))", "size = op.bytes"),
     Mutant(MK, "the MoE table's token axis read as routed rows",
-           "return grid.lookup((ep, rows * per_row), roofline)",
-           "return grid.lookup((ep, rows), roofline)"),
+           "hit = grid.lookup((ep, rows * per_row), roofline)",
+           "hit = grid.lookup((ep, rows), roofline)"),
     Mutant(MK, "an FP8 KV cache priced from the BF16 attention tables",
            '"fp8" if precision.kv_bytes <= 1 else "bf16"', '"bf16"'),
     Mutant(MK, "per-tensor FP8 GEMMs priced from the block-scaled tables",
@@ -640,6 +640,9 @@ MUTANTS: list[Mutant] = [
            "return Lookup(hit.seconds, EXTRAPOLATED,"),
     Mutant(GB, "attention backward at twice the forward's FLOPs",
            "ATTENTION_BACKWARD_FLOPS = 2.5", "ATTENTION_BACKWARD_FLOPS = 2.0"),
+    Mutant(MK, "a grouped expert GEMM may outrun the peak",
+           "return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)",
+           "return hit"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -560,3 +560,24 @@ def test_attention_backward_costs_two_and_a_half_forwards():
     assert compute_lookup(fwd, prof) is not None              # measured tables price it
     assert compute_time_s(bwd, prof) == pytest.approx(2.5 * compute_time_s(fwd, prof))
     assert compute_lookup(bwd, prof).source == "extrapolated"
+
+
+def test_a_grouped_expert_gemm_never_outruns_the_peak():
+    # Qwen3-235B training at EP 32: 2,048 tokens a GPU route 16,384 rows onto its 4 experts,
+    # 618 GFLOP, 0.625 ms at the H100's BF16 peak. The MoE table's point at these axes holds a
+    # far smaller kernel (its tokens are spread over all EP ranks), so the lookup is floored at
+    # FLOPs / peak
+    from simulator.loading import load_workload
+    from simulator.pricing.measured import compute_lookup
+    from simulator.pricing.peaks import peak_flops
+    from simulator.step.resolve import resolve
+    from simulator.step.whatif import build_step_graph
+    w = load_workload("workloads/validation/training/qwen3-235b-h100-tp2-ep32-pp8.yaml")
+    r = resolve(w)
+    g = build_step_graph(r, w.schedule, layers=4)
+    op = next(d["op"] for _, d in g.nodes(data=True) if d["op"].kind == "grouped_gemm")
+    rows = 2048 * 8
+    assert op.flops == pytest.approx(2 * rows * 3 * 4096 * 1536)
+    floor = op.flops / peak_flops(r.profile, op.precision)
+    assert floor == pytest.approx(op.flops / 989.4e12)
+    assert compute_lookup(op, r.profile).seconds == pytest.approx(floor)

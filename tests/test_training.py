@@ -236,7 +236,7 @@ def test_runtimes_lists_every_training_preset_with_its_source():
     assert out.exit_code == 0, out.output
     for name in ("megatron-core", "torchtitan", "hai-llm"):
         assert name in out.output
-    assert "calibration" in out.output and "4.25" in out.output
+    assert "calibration" in out.output and "3.75" in out.output
 
 
 def test_largest_micro_batch_that_fits_by_hand():

@@ -167,7 +167,9 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
         r = tokens / per_row
         active = min(experts / n_ep, r)
         return max(2 * r * w_exp / peak, (active * w_exp * byte_w + r * 2 * h * 2.0) / bw)
-    return grid.lookup((ep, rows * per_row), roofline)
+    hit = grid.lookup((ep, rows * per_row), roofline)
+    floor = 2 * rows * w_exp / peak              # no kernel outruns the datasheet peak
+    return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)
 
 
 def routed_rows(op: Op) -> float:
