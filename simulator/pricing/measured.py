@@ -8,7 +8,8 @@ kernels/aiconfigurator.py):
   quantisation of its BF16 input (M x K: the scale_matrix table; block-scaled GEMMs quantise
   per token group, a kernel the package does not measure, so nothing is added);
 - a grouped expert GEMM: the whole MoE kernel at (hidden, width, top-k, experts, MoE TP, EP),
-  balanced tokens, by tokens per attention rank (its routed rows / real experts per token);
+  balanced tokens, by tokens per attention rank (its routed rows / real experts per token),
+  never faster than its FLOPs at the peak;
 - an attention core: GQA or MLA, context or generation, by (sequences, length) at its heads,
   KV-head count, head size and KV dtype; MLA decode adds its two absorbed BMMs, MLA prefill its
   kv_b expansion GEMM;
