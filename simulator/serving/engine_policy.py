@@ -44,19 +44,22 @@ class EnginePolicy:
         after = rt.kv_reserve_after_retraction
         steps = rt.kv_reserve_recovery_steps
         decay = (after.value - reserve) / steps.value if after and steps else 0.0
-        return cls(rt.name, rt.mixing, int(chunk_tokens or chunk),
-                   int(max_running or rt.max_running_requests.value),
-                   tuple(rt.cuda_graph_batch_sizes), rt.cuda_graph_padding,
-                   rt.overlap_scheduler, reserve, after.value if after else reserve, decay,
-                   rt.host_s_per_step.value,
-                   layers * rt.eager_s_per_layer.value, rt.request_overhead_s.value,
-                   rt.kv_transfer_s.value)
+        return cls(name=rt.name, mixing=rt.mixing, chunk_tokens=int(chunk_tokens or chunk),
+                   max_running=int(max_running or rt.max_running_requests.value),
+                   graph_sizes=tuple(rt.cuda_graph_batch_sizes),
+                   padding=rt.cuda_graph_padding, overlap=rt.overlap_scheduler,
+                   reserve=reserve, reserve_after=after.value if after else reserve,
+                   reserve_decay=decay, host_s=rt.host_s_per_step.value,
+                   eager_s=layers * rt.eager_s_per_layer.value,
+                   request_s=rt.request_overhead_s.value, kv_transfer_s=rt.kv_transfer_s.value)
 
     @classmethod
     def ideal(cls, chunk_tokens: int, max_running: int) -> "EnginePolicy":
         """No engine: every batch priced as it is, no host time, chunks added to decode."""
-        return cls("none", "separate", chunk_tokens, max_running, (), True, True, 0.0, 0.0,
-                   0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(name="none", mixing="separate", chunk_tokens=chunk_tokens,
+                   max_running=max_running, graph_sizes=(), padding=True, overlap=True,
+                   reserve=0.0, reserve_after=0.0, reserve_decay=0.0, host_s=0.0, eager_s=0.0,
+                   request_s=0.0, kv_transfer_s=0.0)
 
     # -- decode ---------------------------------------------------------------------------
     def per_group(self, n: int, dp: int) -> float:
