@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from simulator.schema import ServingRuntime
 
@@ -97,6 +98,22 @@ class EnginePolicy:
     def decode_step_s(self, gpu_s: float, seqs: float) -> float:
         """A decode-only step of `seqs` sequences per group."""
         return self.step_s(gpu_s, self.graphed(seqs)) if gpu_s > 0 else 0.0
+
+    def decode_steps(self, dp: int) -> Callable[[float, int], float]:
+        """decode_step_s by (GPU seconds, requests decoding over `dp` groups) for the serving
+        loop's every step: the group's graph status worked out once per request count, and
+        the GPU time itself where a graphed step adds nothing (no host time to expose)."""
+        graphed: dict[int, bool] = {}
+        plain = self.host_s == 0.0                  # a graphed step is its GPU time
+
+        def step(gpu_s: float, n: int) -> float:
+            g = graphed.get(n)
+            if g is None:
+                g = graphed[n] = self.graphed(self.per_group(n, dp))
+            if gpu_s <= 0:
+                return 0.0
+            return gpu_s if g and plain else self.step_s(gpu_s, g)
+        return step
 
     # -- prefill chunks -------------------------------------------------------------------
     def chunk_budget(self, decoding_per_group: float) -> float:

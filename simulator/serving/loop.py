@@ -200,6 +200,8 @@ class Loop:
         step_t, step_ctx = self.step_t, self.step_ctx
         engine, dp = self.engine, self.dp
         decode_s = DecodeSteps(sim.decode, dp, lambda n: engine.padded(engine.per_group(n, dp)))
+        step_of = engine.decode_steps(dp)          # a decode-only step's seconds from its GPU's
+        retracts = engine.reserve_decay > 0        # the reservation moves with retractions
         per_seq, budget = 1 + sim.mtp_draft, self.budget
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
@@ -228,12 +230,13 @@ class Loop:
             evicted = self.preemptions
             if self.sum_ctx + self.n_active * per_seq > budget:    # the next step's KV
                 policy.evict(self)
-            self.reserve = engine.reserve_next(self.reserve, self.preemptions > evicted)
+            if retracts:
+                self.reserve = engine.reserve_next(self.reserve, self.preemptions > evicted)
             gpu_s = decode_s(self.n_active, self.sum_ctx)
             if chunk:
                 dt, first_dt = chunk_step_s(self, chunk, gpu_s)
             else:
-                dt = first_dt = engine.decode_step_s(gpu_s, engine.per_group(self.n_active, dp))
+                dt = first_dt = step_of(gpu_s, self.n_active)
             area += self.in_system * dt
             t0 = self.t
             self.t = t = t0 + dt

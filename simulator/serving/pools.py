@@ -204,7 +204,7 @@ class FcfsAdmission:
     def admit(self, run: LoopState) -> None:
         ready, t, slots, budget, ctx0, fin0 = run.ready, run.t, run.slots, run.budget, \
             run.ctx0, run.fin0
-        fits = run.engine.admits
+        fits, reserve = run.engine.admits, run.reserve
         per_seq = 1 + run.sim.mtp_draft
         while run.n_active < slots:
             ids = ready.front(t, slots - run.n_active)
@@ -213,8 +213,10 @@ class FcfsAdmission:
             n = run.n_active + len(ids)
             out = run.sum_fin - run.sum_ctx          # what the running requests still add
             need = sum(map(ctx0.__getitem__, ids))
+            # all of them fit? (their output to come only counted where the engine reserves)
             if fits(run.sum_ctx + n * per_seq, out, need,
-                    sum(map(fin0.__getitem__, ids)) - need, budget, run.reserve):
+                    sum(map(fin0.__getitem__, ids)) - need if reserve else 0.0, budget,
+                    reserve):
                 ready.drop(len(ids))                 # all of them fit (the need grows with each)
                 run.admit(ids)
                 continue
@@ -222,7 +224,7 @@ class FcfsAdmission:
             for rid in ids:                 # the KV budget, request by request
                 n += 1
                 if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget,
-                            run.reserve):
+                            reserve):
                     break
                 ctx += ctx0[rid]
                 out += fin0[rid] - ctx0[rid]

@@ -143,12 +143,16 @@ class DecodeSteps:
         self.model, self.dp = model, dp
         self.group = group or (lambda n: n / dp)     # sequences a group computes for n
         self.bounds = (0.0, -1.0, -1.0, -1.0, -1.0)   # seconds, (lo, hi] of sequences, of context
+        self.seqs: dict[int, float] = {}               # sequences a group computes, by n
 
     def __call__(self, n_active: int, sum_ctx: float) -> float:
         """Seconds of the next decode step of `n_active` requests holding `sum_ctx` tokens."""
         if not n_active:
             return 0.0
-        seqs, ctx = self.group(n_active), sum_ctx / n_active
+        seqs = self.seqs.get(n_active)
+        if seqs is None:
+            seqs = self.seqs[n_active] = self.group(n_active)
+        ctx = sum_ctx / n_active
         s, b_lo, b_hi, c_lo, c_hi = self.bounds
         if b_lo < seqs <= b_hi and c_lo < ctx <= c_hi:
             return s
