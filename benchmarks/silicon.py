@@ -289,12 +289,12 @@ CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runti
 def uncalibrated_presets(folder: Path) -> Path:
     """Copies of the serving runtime presets with the calibrated costs at zero, in `folder`
     (the starting point benchmarks/serving_runtime_fit.py fits them from)."""
+    import yaml
     from simulator.loading import SERVING_RUNTIMES_DIR, known_names
     for name in known_names(SERVING_RUNTIMES_DIR):
         data = read_yaml_mapping(SERVING_RUNTIMES_DIR / f"{name}.yaml")
         for key in CALIBRATED:
             data[key] = {"value": 0.0, "source": "zeroed for the calibration's starting point"}
-        import yaml
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 

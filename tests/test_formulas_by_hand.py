@@ -28,13 +28,17 @@ def test_cost_per_million_tokens_at_a_slow_rate_and_at_none():
     assert cost_per_million_tokens(3.6, 0.0) == math.inf
 
 
-def test_the_default_runtime_is_the_newest_sglang_when_a_profile_lists_several():
+def _with_an_older_sglang():
+    """h200-sxm with one more SGLang entry, 0.4.9 (TensorRT-LLM's file), listed first."""
     prof = load_profile("h200-sxm")
     refs = prof.measured_kernels
     trt = next(r for r in refs if r.framework == "trtllm")
-    older = trt.model_copy(update={"framework": "sglang", "version": "0.4.9"})   # trtllm's file
-    two = prof.model_copy(update={"measured_kernels": [older, *refs]})
-    ms = select(two, RuntimeSpec(), Precision())
+    older = trt.model_copy(update={"framework": "sglang", "version": "0.4.9"})
+    return prof.model_copy(update={"measured_kernels": [older, *refs]})
+
+
+def test_the_default_runtime_is_the_newest_sglang_when_a_profile_lists_several():
+    ms = select(_with_an_older_sglang(), RuntimeSpec(), Precision())
     assert (ms.kernels.framework, ms.kernels.version) == ("sglang", "0.5.14")
 
 
@@ -490,12 +494,7 @@ def test_a_shape_table_is_bilinear_in_log_rows_and_log_weights():
 
 
 def test_a_named_framework_takes_its_newest_version():
-    prof = load_profile("h200-sxm")
-    refs = prof.measured_kernels
-    trt = next(r for r in refs if r.framework == "trtllm")
-    older = trt.model_copy(update={"framework": "sglang", "version": "0.4.9"})   # trtllm's file
-    two = prof.model_copy(update={"measured_kernels": [older, *refs]})
-    ms = select(two, RuntimeSpec(framework="sglang"), Precision())
+    ms = select(_with_an_older_sglang(), RuntimeSpec(framework="sglang"), Precision())
     assert (ms.kernels.framework, ms.kernels.version) == ("sglang", "0.5.14")
 
 

@@ -7,14 +7,20 @@ from simulator.schema import Workload
 from simulator.step.whatif import simulate
 
 
+def _qwen3_30b_memory(batch: int, context: int, weight: float, activation: float, kv: float,
+                      dispatch: float) -> dict:
+    """memory_gb of a Qwen3-30B-A3B decode step on 8 H200 (EP 8) at these byte widths."""
+    w = Workload.model_validate(dict(
+        model="qwen3-30b-a3b", hardware="h200-sxm", phase="decode", batch_per_device=batch,
+        context_length=context, plan={"gpus": 8, "ep": 8},
+        precision={"weight_bytes": weight, "activation_bytes": activation, "kv_bytes": kv,
+                   "dispatch_bytes": dispatch, "combine_bytes": 2}))
+    return simulate(w).to_json()["memory_gb"]
+
+
 def test_kv_cache_and_activations_of_qwen3_30b_by_hand():
     m = load_model("qwen3-30b-a3b")           # GQA: 48 layers, 4 KV heads of 128; hidden 2048
-    w = Workload.model_validate(dict(
-        model="qwen3-30b-a3b", hardware="h200-sxm", phase="decode", batch_per_device=24,
-        context_length=3000, plan={"gpus": 8, "ep": 8},
-        precision={"weight_bytes": 1, "activation_bytes": 2, "kv_bytes": 1,
-                   "dispatch_bytes": 1, "combine_bytes": 2}))
-    mem = simulate(w).to_json()["memory_gb"]
+    mem = _qwen3_30b_memory(24, 3000, weight=1, activation=2, kv=1, dispatch=1)
     assert (m.num_layers, m.attention.num_kv_heads, m.attention.head_dim, m.hidden_size) == \
         (48, 4, 128, 2048)
     kv_elements = 48 * 2 * 4 * 128                   # keys and values, every layer
@@ -34,12 +40,7 @@ def test_weights_kv_and_activations_at_two_bytes_each_and_four_for_activations()
     128 experts of each of its 48 MoE layers, 3 x 2048 x 768 each) at 2 bytes."""
     from simulator.graph.params import count_params
     m = load_model("qwen3-30b-a3b")
-    w = Workload.model_validate(dict(
-        model="qwen3-30b-a3b", hardware="h200-sxm", phase="decode", batch_per_device=8,
-        context_length=1000, plan={"gpus": 8, "ep": 8},
-        precision={"weight_bytes": 2, "activation_bytes": 4, "kv_bytes": 2,
-                   "dispatch_bytes": 2, "combine_bytes": 2}))
-    mem = simulate(w).to_json()["memory_gb"]
+    mem = _qwen3_30b_memory(8, 1000, weight=2, activation=4, kv=2, dispatch=2)
     c = count_params(m)
     assert (m.moe.num_experts, m.moe.expert_intermediate) == (128, 768)
     experts = 128 // 8 * 48 * 3 * 2048 * 768
