@@ -643,6 +643,9 @@ MUTANTS: list[Mutant] = [
     Mutant(MK, "a grouped expert GEMM may outrun the peak",
            "return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)",
            "return hit"),
+    Mutant(EP, "the loop's graphed steps skip the host time",
+           "plain = self.host_s == 0.0                  # a graphed step is its GPU time",
+           "plain = True"),
 ]
 
 EQUIVALENT: dict[str, str] = {

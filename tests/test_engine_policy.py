@@ -345,3 +345,19 @@ def test_a_retraction_makes_sglang_admit_fewer_until_it_recovers(tmp_path):
         assert r["finished"] == 24
         preempted[preset] = r["preempted"]
     assert 0 < preempted["sglang-0.5"] < preempted[str(flat)]
+
+
+def test_the_loop_exposes_host_time_as_each_engine_does(tmp_path):
+    # one request decoding alone, every decode step 10 ms on the GPU (a captured graph): with
+    # 2 ms of host time a step, vLLM (no overlap) takes 12 ms a token, SGLang (overlap) 10 ms;
+    # with 15 ms of host time SGLang's step is the host's 15 ms
+    def tpot(preset: str, host_s: float) -> float:
+        data = yaml.safe_load((SERVING_RUNTIMES_DIR / f"{preset}.yaml").read_text())
+        data["host_s_per_step"] = {"value": host_s, "source": "a test's host time"}
+        path = tmp_path / f"{preset}-{host_s}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        sim = _sim(tmp_path, str(path), [(0.0, 100, 21)], mode="disaggregated")
+        return float(sim.run(check_stability=False).tpot_s[0])
+    assert tpot("vllm-v1", 0.002) == pytest.approx(0.012)
+    assert tpot("sglang-0.5", 0.002) == pytest.approx(0.010)
+    assert tpot("sglang-0.5", 0.015) == pytest.approx(0.015)
