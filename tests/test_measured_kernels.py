@@ -79,14 +79,26 @@ def test_outside_the_hull_scales_the_edge_by_the_roofline():
     assert hit.seconds == pytest.approx(16e-6 * 64 / 16, rel=1e-12)
 
 
+def test_a_shape_enclosed_by_measured_corners_of_a_part_measured_cell_is_interpolated():
+    # cell m 4..16, n 1..4 misses (16, 4); (6, 1.5) lies in the simplex of (4, 1) and its
+    # measured neighbours (16, 1) and (4, 4): weights 1 - fm - fn, fm, fn on log latency
+    f = math.log(1.5) / math.log(4)
+    hit = _grid().lookup((6, 1.5), FLAT)
+    assert hit.source == INTERPOLATED
+    want = math.exp((1 - 2 * f) * math.log(4e-6) + f * math.log(16e-6) + f * math.log(8e-6))
+    assert hit.seconds == pytest.approx(want, rel=1e-12)
+    # on the simplex's far face (fm + fn = 1) only the two neighbours count
+    assert _grid().lookup((8, 2), FLAT).seconds == pytest.approx(math.sqrt(16e-6 * 8e-6),
+                                                                  rel=1e-12)
+
+
 def test_an_unmeasured_corner_anchors_on_the_nearest_measured_point():
-    hit = _grid().lookup((8, 2), lambda x: x[0] * x[1])
-    assert hit.source == EXTRAPOLATED
-    # nearest measured point in log distance: (4, 1) or (4, 4) / (16, 1); (16, 1) and (4, 4)
-    # tie with (4, 1) in span-scaled log distance, the first found is used: check the rule
-    anchors = {(4, 1): 4e-6, (4, 4): 8e-6, (16, 1): 16e-6}
-    assert any(hit.seconds == pytest.approx(t * 16 / (a[0] * a[1]), rel=1e-12)
-               for a, t in anchors.items())
+    # (12, 3) lies beyond every measured simplex of its cell (fm + fn = 1.58 from (4, 1)):
+    # nearest measured point in span-scaled log distance is (4, 4) (0.20 against (16, 1)'s
+    # 0.64), its latency scaled by the roofline m x n
+    hit = _grid().lookup((12, 3), lambda x: x[0] * x[1])
+    assert hit.source == EXTRAPOLATED and "unmeasured" in hit.outside
+    assert hit.seconds == pytest.approx(8e-6 * (12 * 3) / (4 * 4), rel=1e-12)
 
 
 def test_kfold_heldout_error_is_zero_on_a_power_law_and_not_on_noise():

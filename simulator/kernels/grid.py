@@ -2,13 +2,17 @@
 choice of its categorical keys (dtype, head counts, GPUs ...), and the rule that reads it.
 
 Inside the measured hull a lookup is multilinear in log(axis) on log(latency): exact at every
-measured point, and monotone between points wherever the measurements are. Outside the hull (or
-where a corner of the surrounding cell was never measured) the latency is extrapolated from the
-nearest measured shape, scaled by the roofline: t(x) = t(anchor) x roofline(x) / roofline(anchor),
+measured point, and monotone between points wherever the measurements are. Where a corner of the
+surrounding cell was never measured (tables stop where the GPU's memory does, so a cell on that
+edge misses its largest corner), a shape that lies in the simplex of a measured corner and its
+measured neighbours along each axis is interpolated linearly on that simplex (in the same log
+coordinates). Outside the hull, or in a cell whose measured corners do not enclose it, the
+latency is extrapolated from the nearest measured shape, scaled by the roofline: t(x) = t(anchor) x roofline(x) / roofline(anchor),
 so the kernel keeps the efficiency it had at the edge of what was measured.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -101,9 +105,33 @@ class KernelGrid:
         for idx, w in corners:
             v = self.seconds[idx]
             if not v > 0:
-                return None
+                return self._simplex(pos)
             total += w * math.log(v)
         return math.exp(total), False
+
+    def _simplex(self, pos: list[tuple[int, float]]) -> tuple[float, bool] | None:
+        """Linear interpolation on the corner simplex nearest the shape whose vertices (a cell
+        corner c and c with each fractional axis flipped) are all measured and enclose it: the
+        weights are 1 - sum|f - c| at c and |f_j - c_j| at the j-th flipped corner."""
+        base = [i + 1 if f == 1.0 else i for i, f in pos]
+        frac = [d for d, (_, f) in enumerate(pos) if 0.0 < f < 1.0]
+        best: tuple[float, float] | None = None
+        for corner in itertools.product((0, 1), repeat=len(frac)):
+            dist = [abs(pos[d][1] - c) for d, c in zip(frac, corner)]
+            if sum(dist) > 1.0 or (best is not None and sum(dist) >= best[0]):
+                continue
+            at = list(base)
+            for d, c in zip(frac, corner):
+                at[d] = pos[d][0] + c
+            vertices = [(tuple(at), 1.0 - sum(dist))]
+            for j, d in enumerate(frac):
+                flip = list(at)
+                flip[d] = pos[d][0] + 1 - corner[j]
+                vertices.append((tuple(flip), dist[j]))
+            values = [(float(self.seconds[idx]), w) for idx, w in vertices if w > 0]
+            if all(v > 0 for v, _ in values):
+                best = (sum(dist), math.exp(sum(w * math.log(v) for v, w in values)))
+        return None if best is None else (best[1], False)
 
     def _nearest(self, x: tuple[float, ...]) -> tuple[int, ...]:
         """The measured grid point nearest `x` in log distance, axes scaled by their spans."""
