@@ -4,6 +4,8 @@ reservation and retraction, each worked out by hand; conservation and Little's l
 preset."""
 import math
 
+import numpy as np
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -178,10 +180,14 @@ def test_a_chunk_steps_price_by_hand():
         if preset == "vllm-v1":       # one forward of 4006 tokens (2003 a group) + 2.5 ms of
             gpu = 1e-6 * 2003 + 0.25 * 10 * ms            # decode attention; host exposed
             assert (dt, first) == (pytest.approx(gpu + 0.5 * ms), pytest.approx(gpu + 0.5 * ms))
-        else:                         # the prompt's own eager step, then the decode (overlap)
-            pre = max(1e-6 * 2000, 1 * ms)
+        else:                         # the prompt's own eager step alone: decode waits for
+            pre = max(1e-6 * 2000, 1 * ms)                   # the next step
             assert first == pytest.approx(pre)
-            assert dt == pytest.approx(pre + 10 * ms)
+            assert dt == pytest.approx(pre)
+    # no engine: the chunk added to the decode step, its first token when its part ends
+    run = NS(engine=EnginePolicy.ideal(8192, 96), sim=sim, dp=2, n_active=6, sum_ctx=3000.0)
+    dt, first = pool.chunk_step_s(run, 4000.0, 10 * ms)
+    assert (dt, first) == (pytest.approx(1e-6 * 2000 + 10 * ms), pytest.approx(1e-6 * 2000))
 
 
 def test_reservation_decides_retraction(tmp_path):
@@ -361,3 +367,64 @@ def test_the_loop_exposes_host_time_as_each_engine_does(tmp_path):
     assert tpot("vllm-v1", 0.002) == pytest.approx(0.012)
     assert tpot("sglang-0.5", 0.002) == pytest.approx(0.010)
     assert tpot("sglang-0.5", 0.015) == pytest.approx(0.015)
+
+
+def test_sglang_runs_waiting_prompts_back_to_back_before_decoding(tmp_path):
+    # sixteen 8000-token prompts at t = 0, a budget of 8000 prompt tokens a group (8 groups:
+    # 64,000 a step, eight prompts): SGLang's scheduler runs a prefill batch whenever it can
+    # form one, so both prefill steps come first and every request decodes in one lockstep
+    # batch: the first eight get their first token after one prefill step p, the rest after
+    # 2p, and all finish together, two 10 ms decode steps (outputs of 3) after 2p
+    rows = [(0.0, 8000, 3)] * 16
+    sim = _sim(tmp_path, "sglang-0.5", rows, mode="colocated", chunk_tokens_per_device=8000,
+               decode={"max_batch_per_device": 8})
+    res = sim.run(check_stability=False)
+    p = max(1e-6 * 8000, sim.engine.eager_s)               # one prompt a group, eager
+    order = np.argsort(res.request_ids)
+    ttft, e2e = res.ttft_s[order], res.e2e_s[order]
+    assert ttft[:8] == pytest.approx([p] * 8) and ttft[8:] == pytest.approx([2 * p] * 8)
+    assert e2e == pytest.approx([2 * p + 2 * 0.010] * 16)
+    kinds = [kind for kind, _, _ in sim.asked]
+    assert kinds.index("decode") > 1 and kinds[:2] == ["prefill", "prefill"]
+    # vLLM mixes: the second chunk's forward already carries the first eight's decode tokens,
+    # so the first eight finish before the rest
+    sim = _sim(tmp_path, "vllm-v1", rows, mode="colocated", chunk_tokens_per_device=8000,
+               decode={"max_batch_per_device": 8})
+    res = sim.run(check_stability=False)
+    order = np.argsort(res.request_ids)
+    assert res.e2e_s[order][:8].max() < res.e2e_s[order][8:].min()
+
+
+@pytest.mark.parametrize("preset", ["sglang-0.5", "vllm-v1", "trtllm-pytorch"])
+def test_a_prompt_starts_prefill_only_when_the_batch_has_room(tmp_path, preset):
+    # one running slot a group (8 groups), 16 prompts at t = 0: an engine prefills a prompt
+    # only for a free slot, so the second eight start prefill when the first eight finish:
+    # nobody ever waits between its first token and its first decode step, and the second
+    # eight's TTFT covers the first eight's whole run
+    rows = [(0.0, 100, 4)] * 16
+    sim = _sim(tmp_path, preset, rows, mode="colocated", decode={"max_batch_per_device": 1})
+    res = sim.run(check_stability=False)
+    order = np.argsort(res.request_ids)
+    ttft, e2e = res.ttft_s[order], res.e2e_s[order]
+    assert e2e[:8].max() <= ttft[8:].min() + 1e-12
+    # no engine ("none"): every waiting prompt is prefilled at once and waits for room after
+    sim = _sim(tmp_path, "none", rows, mode="colocated", decode={"max_batch_per_device": 1})
+    res = sim.run(check_stability=False)
+    order = np.argsort(res.request_ids)
+    assert res.ttft_s[order][8:].max() < res.e2e_s[order][:8].min()
+
+
+def test_a_prompt_that_finds_no_kv_waits_before_its_prefill(tmp_path):
+    # a KV budget of 8 x 3 x 1,103 tokens: a running request holds its 1,001 tokens and
+    # TensorRT-LLM reserves its 99 to come (1,100), plus a token a step each: 24 fit
+    # (26,424), a 25th does not (27,525), so the 25th..32nd prompts start prefill only once
+    # the first requests finish, and nobody is evicted
+    rows = [(0.0, 1000, 100)] * 32
+    sim = _sim(tmp_path, "trtllm-pytorch", rows, budget=8 * 3 * 1103, mode="colocated",
+               decode={"max_batch_per_device": 64})
+    res = sim.run(check_stability=False)
+    order = np.argsort(res.request_ids)
+    ttft, e2e = res.ttft_s[order], res.e2e_s[order]
+    assert e2e[:24].min() <= ttft[24:].min() + 1e-12
+    assert res.metrics["requests"]["finished"] == 32
+    assert res.metrics["requests"]["preempted"] == 0

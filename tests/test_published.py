@@ -24,7 +24,8 @@ MISSES.update({i: TRAINING_GAP for i in (
 REQUEST_GAP = "request-level serving (docs/accuracy.md s10: the causes by row)"
 MISSES.update({i: REQUEST_GAP for i in (
     "deepseek-r1-h200-vllm-c16-ttft", "deepseek-r1-h200-trtllm-c8-tpot",
-    "deepseek-r1-h200-trtllm-c64-tpot", "deepseek-r1-mi300x-vllm-c8-tpot")})
+    "deepseek-r1-h200-trtllm-c64-tpot", "deepseek-r1-mi300x-vllm-c8-tpot",
+    "deepseek-r1-mi300x-vllm-c64-tpot")})
 MISSES.update({f"qwen3-30b-a3b-b200-deepep-{n}-train": TRAINING_GAP
                for n in ("16", "32", "64", "128-lbs10")})
 MISSES.update({f"qwen3-235b-h100-{k}-dropless-train": TRAINING_GAP

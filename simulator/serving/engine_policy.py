@@ -1,8 +1,9 @@
 """The serving engine around the kernels, as the serving loop asks it: what a decode batch is
 padded to and whether it replays a CUDA graph, how long a step takes once the host's work and
 kernel launches are added, how a prefill chunk shares a step with decode, how much KV an
-admission reserves. Built from a preset (hardware_profiles/runtimes/serving/), or `ideal()`:
-the kernels alone, prefill chunks added to decode steps, no reservation.
+admission reserves, and whether a prompt may start prefill at all. Built from a preset
+(hardware_profiles/runtimes/serving/), or `ideal()`: the kernels alone, prefill chunks added to
+decode steps, every waiting prompt prefilled, no reservation.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class EnginePolicy:
     """One engine's scheduling numbers, per attention group (data-parallel rank)."""
 
     name: str
-    mixing: str                      # "separate" or "mixed"
+    mixing: str                      # "separate", "mixed", or "added" (no engine)
     chunk_tokens: int                # prompt-token budget of a step
     max_running: int                 # requests decoding at once
     graph_sizes: tuple[int, ...]     # captured decode batches
@@ -57,7 +58,7 @@ class EnginePolicy:
     @classmethod
     def ideal(cls, chunk_tokens: int, max_running: int) -> "EnginePolicy":
         """No engine: every batch priced as it is, no host time, chunks added to decode."""
-        return cls(name="none", mixing="separate", chunk_tokens=chunk_tokens,
+        return cls(name="none", mixing="added", chunk_tokens=chunk_tokens,
                    max_running=max_running, graph_sizes=(), padding=True, overlap=True,
                    reserve=0.0, reserve_after=0.0, reserve_decay=0.0, host_s=0.0, eager_s=0.0,
                    request_s=0.0, kv_transfer_s=0.0)
@@ -116,6 +117,19 @@ class EnginePolicy:
         return step
 
     # -- prefill chunks -------------------------------------------------------------------
+    @property
+    def prefill_first(self) -> bool:
+        """Whether a step that takes prompt tokens runs them alone, decode waiting for the
+        next step (SGLang: the scheduler runs a prefill batch whenever it can form one)."""
+        return self.mixing == "separate"
+
+    @property
+    def gates_prefill(self) -> bool:
+        """Whether a prompt starts prefill only when the batch has room for it (a running
+        slot, and KV for its prompt and reserved output), as every engine's scheduler does;
+        no engine: every waiting prompt is prefilled and waits for room after."""
+        return self.mixing != "added"
+
     def chunk_budget(self, decoding_per_group: float) -> float:
         """Prompt tokens one group may take into the next step: the whole chunk (separate
         steps), or what decode tokens leave of the step's budget (mixed)."""

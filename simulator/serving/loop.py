@@ -202,6 +202,7 @@ class Loop:
         decode_s = DecodeSteps(sim.decode, dp, lambda n: engine.padded(engine.per_group(n, dp)))
         step_of = engine.decode_steps(dp)          # a decode-only step's seconds from its GPU's
         retracts = engine.reserve_decay > 0        # the reservation moves with retractions
+        prefill_first = engine.prefill_first         # (only colocated pools take chunks)
         per_seq, budget = 1 + sim.mtp_draft, self.budget
         while True:
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
@@ -226,6 +227,15 @@ class Loop:
                 t_next = max(min(cands), self.t)
                 area += self.in_system * (t_next - self.t)
                 self.t = t_next if t_next > self.t else self.t + IDLE_NUDGE_S
+                continue
+            if chunk and prefill_first:         # the engine runs the prompts alone; decode
+                dt = chunk_step_s(self, chunk, 0.0)[1]          # waits for the next step
+                area += self.in_system * dt
+                self.t += dt
+                if prefilled:
+                    for rid in prefilled:
+                        self.first[rid] = self.t
+                    ready.push(self.t, prefilled)
                 continue
             evicted = self.preemptions
             if self.sum_ctx + self.n_active * per_seq > budget:    # the next step's KV

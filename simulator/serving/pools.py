@@ -147,10 +147,16 @@ class ColocatedPrefill:
         used = 0.0
         completed: list[int] = []
         q = run.prefill_q
-        budget = run.engine.chunk_budget(run.engine.per_group(run.n_active, run.dp)) * run.dp
+        eng = run.engine
+        budget = eng.chunk_budget(eng.per_group(run.n_active, run.dp)) * run.dp
+        room = _Room(run) if eng.gates_prefill else None
         while q and used < budget:
             rid = q[0]
-            rem = self.left.get(rid, float(run.input[rid]))
+            rem = self.left.get(rid)
+            if rem is None:                    # a new prompt: only where the batch has room
+                if room is not None and not room.take(rid):
+                    break
+                rem = float(run.input[rid])
             take = min(rem, budget - used)
             used += take
             rem -= take
@@ -176,6 +182,8 @@ class ColocatedPrefill:
             dt = eng.step_s(gpu, False)
             return dt, dt
         pre = eng.step_s(sim.prefill.step_s(*chunk_shape(chunk, dp, mean)), False)
+        if eng.prefill_first:                         # decode waits for the next step
+            return pre, pre
         return pre + eng.decode_step_s(decode_gpu_s, seqs), pre
 
     def busy(self) -> bool:
@@ -183,6 +191,35 @@ class ColocatedPrefill:
 
     def next_event_s(self) -> float | None:
         return None
+
+
+class _Room:
+    """What a gated engine has left for new prompts this step: running slots beside those
+    decoding, and KV beside what they hold and reserve; none while a prefilled request still
+    waits to join (the batch is full). An empty batch always takes the first prompt (one that
+    could never fit was rejected on arrival)."""
+
+    def __init__(self, run: LoopState) -> None:
+        self.run = run
+        self.n = run.n_active
+        self.ctx = run.sum_ctx
+        self.out = run.sum_fin - run.sum_ctx
+        self.full = len(run.ready) > 0
+        self.per_seq = 1 + run.sim.mtp_draft
+
+    def take(self, rid: int) -> bool:
+        """Whether prompt `rid` fits; if so, count it in."""
+        run = self.run
+        if self.full or self.n >= run.slots:
+            return False
+        need, out = run.ctx0[rid], run.fin0[rid] - run.ctx0[rid]
+        if self.n and not run.engine.admits(self.ctx + (self.n + 1) * self.per_seq, self.out, need,
+                                 out if run.reserve else 0.0, run.budget, run.reserve):
+            return False
+        self.n += 1
+        self.ctx += need
+        self.out += out
+        return True
 
 
 class AdmissionPolicy(Protocol):
