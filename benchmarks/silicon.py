@@ -250,8 +250,16 @@ def _precision(row: dict, model, cfg: dict, a: dict, assumed: list[str]) -> dict
         if modes[mode][arch] == "bf16" and mode != "bf16":
             assumed.append(f"{mode} weights widened to bf16 GEMMs (no tensor cores of that "
                            f"width on {row['system']})")
+    kv = a["kv_bytes"]
+    quantised = {g, e} & {"fp8", "fp8_block", "nvfp4"}
+    if quantised and row["backend"] in a["kv_bytes_quantized"]:
+        kv = a["kv_bytes_quantized"][row["backend"]]
+        assumed.append(f"KV cache in {kv:g}-byte elements: {row['backend']} follows the "
+                       "quantised checkpoint's KV format (ModelOpt's default, FP8)")
+    else:
+        assumed.append(f"KV cache in {kv:g}-byte elements (the engine's default)")
     return {"weight_bytes": weights["weight_bytes"], "activation_bytes": 2.0,
-            "kv_bytes": a["kv_bytes"], "dispatch_bytes": modes[e]["dispatch_bytes"],
+            "kv_bytes": kv, "dispatch_bytes": modes[e]["dispatch_bytes"],
             "combine_bytes": 2.0, "compute": compute, "fp8_scaling": _fp8_scaling(g, e, cfg,
                                                                                 assumed)}
 
@@ -332,7 +340,7 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
         raise Unexpressed(f"mode {row['mode']!r} is neither agg nor disagg")
     assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
                 "measured figures read as the mean over requests",
-                f"KV cache in {a['kv_bytes']:g}-byte elements", "no MTP / speculative decoding"]
+                "no MTP / speculative decoding"]
     runtime = _runtime(row, a["systems"][system], assumed)
     preset = serving_runtime_for(backend, row["backend_version"])
     assumed.append(f"scheduled as {backend}'s defaults (runtime preset {preset})")

@@ -59,6 +59,21 @@ def test_blackwell_rows_compute_nvfp4_on_fp4_tensor_cores_under_their_engine(tmp
     assert any("0.5.14" in x and "0.5.9" in x for x in case.assumed)
 
 
+def test_tensorrt_llm_keeps_a_quantised_checkpoints_fp8_kv_and_the_others_bf16(tmp_path):
+    # TensorRT-LLM's "auto" KV dtype follows the ModelOpt checkpoint's kv_cache_quant_algo
+    # (FP8 by default); SGLang's and vLLM's "auto" is the model's BF16
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
+    models = silicon.Models(DATA / "model_configs", tmp_path)
+    kv = {rid: silicon.to_case(rows[rid], models, a) for rid in ("moe-tp", "moe-dp-ep",
+                                                                  "dense-tp")}
+    assert kv["moe-tp"].workload["precision"]["kv_bytes"] == 1.0          # trtllm, fp8
+    assert any("1-byte" in x and "trtllm" in x for x in kv["moe-tp"].assumed)
+    assert kv["moe-dp-ep"].workload["precision"]["kv_bytes"] == 2.0       # sglang, fp8
+    assert kv["dense-tp"].workload["precision"]["kv_bytes"] == 2.0        # vllm, fp8
+    assert any("2-byte" in x for x in kv["dense-tp"].assumed)
+
+
 def test_rows_are_written_as_they_ran(tmp_path):
     a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
     rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
