@@ -13,8 +13,9 @@ Input: the JSON of `python benchmarks/silicon.py --systems h100_sxm,h200_sxm --u
 grid value minimising the median |error| of its metric (TPOT for k, TTFT for the overhead) over
 the engine's rows, the effect read to first order (k adds its time to every decode step; the
 overhead to every TTFT). Held-out error: k-fold with folds grouped by model (a fold's models are
-never seen by its fit). `--write` puts the all-row fit into the presets, with this command as
-their source; the silicon benchmark run again with them measures the result end to end.
+never seen by its fit). `--write` puts the all-row fit into the presets where it lowers the
+held-out median |error| (else 0), with this command as their source; the silicon benchmark run
+again with them measures the result end to end.
 """
 from __future__ import annotations
 
@@ -95,8 +96,18 @@ def fit(rows: list[dict]) -> dict:
     return out
 
 
+def kept(res: dict, key: str, metric: str) -> float:
+    """The value a preset stores: the fit where it lowers the held-out median |error| below
+    that of no cost at all, else 0 (a fit that does not predict held-out models is not kept)."""
+    m = res[metric]
+    return res[key] if m["held_out_median"] < m["before_median"] else 0.0
+
+
 def write_presets(result: dict, command: str) -> None:
-    """Put each engine's fit into its presets' YAML, the command as the source."""
+    """Put each engine's kept fit into its presets' YAML, the command as the source: only the
+    two calibrated entries are rewritten, the rest of each file stays as written."""
+    import re
+
     import yaml
     from simulator.atomic import write_text_atomic
     from simulator.loading import SERVING_RUNTIMES_DIR
@@ -104,18 +115,22 @@ def write_presets(result: dict, command: str) -> None:
         for name in PRESETS[engine]:
             path = SERVING_RUNTIMES_DIR / f"{name}.yaml"
             text = path.read_text()
-            head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-            data = yaml.safe_load(text)
             for key, metric in (("extra_kernels_per_layer", "tpot_ms"),
                                 ("request_overhead_s", "ttft_ms")):
-                m = res[metric]
-                data[key] = {"value": res[key], "source": (
+                m, value = res[metric], kept(res, key, metric)
+                what = (f"held-out (folds by model) median |error| {m['before_median']:.1%} -> "
+                        f"{m['held_out_median']:.1%}, p90 {m['before_p90']:.1%} -> "
+                        f"{m['held_out_p90']:.1%}")
+                verdict = "" if value else (f"; the fit ({res[key]:g}) does not lower the "
+                                            "held-out error, so none is kept")
+                entry = yaml.safe_dump({key: {"value": value, "source": (
                     f"calibration on the {res['rows']} aggregated {engine} rows of the silicon "
-                    f"corpus (H100, H200; {res['models']} models): {command}; held-out (folds "
-                    f"by model) median |error| {m['held_out_median']:.1%}, p90 "
-                    f"{m['held_out_p90']:.1%} (docs/accuracy.md s14)")}
-            write_text_atomic(path, head + yaml.safe_dump(data, sort_keys=False, width=100),
-                              "preset")
+                    f"corpus (H100, H200; {res['models']} models): {command}; {what}{verdict} "
+                    "(docs/accuracy.md s14)")}}, sort_keys=False, width=100)
+                block = re.compile(rf"^{key}:\n(?:[ ].*\n)*", re.M)
+                text = block.sub(lambda _: entry, text, count=1) if block.search(text) \
+                    else text + entry
+            write_text_atomic(path, text, "preset")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     result = fit(rows)
     for engine, res in result.items():
         print(f"{engine}: {res['rows']} rows, {res['models']} models; "
-              f"extra kernels/layer {res['extra_kernels_per_layer']:g}, request overhead "
-              f"{res['request_overhead_s'] * 1e3:.0f} ms")
+              f"extra kernels/layer {res['extra_kernels_per_layer']:g} (kept "
+              f"{kept(res, 'extra_kernels_per_layer', 'tpot_ms'):g}), request overhead "
+              f"{res['request_overhead_s'] * 1e3:.0f} ms (kept "
+              f"{kept(res, 'request_overhead_s', 'ttft_ms') * 1e3:.0f} ms)")
         for metric in ("tpot_ms", "ttft_ms"):
             m = res[metric]
             print(f"  {metric[:4].upper()}: median |error| {m['before_median']:.1%} -> "

@@ -380,10 +380,12 @@ def test_sglang_runs_waiting_prompts_back_to_back_before_decoding(tmp_path):
                decode={"max_batch_per_device": 8})
     res = sim.run(check_stability=False)
     p = max(1e-6 * 8000, sim.engine.eager_s)               # one prompt a group, eager
+    lag = sim.engine.request_s                              # the request's own overhead
     order = np.argsort(res.request_ids)
     ttft, e2e = res.ttft_s[order], res.e2e_s[order]
-    assert ttft[:8] == pytest.approx([p] * 8) and ttft[8:] == pytest.approx([2 * p] * 8)
-    assert e2e == pytest.approx([2 * p + 2 * 0.010] * 16)
+    assert ttft[:8] == pytest.approx([lag + p] * 8)
+    assert ttft[8:] == pytest.approx([lag + 2 * p] * 8)
+    assert e2e == pytest.approx([lag + 2 * p + 2 * 0.010] * 16)
     kinds = [kind for kind, _, _ in sim.asked]
     assert kinds.index("decode") > 1 and kinds[:2] == ["prefill", "prefill"]
     # vLLM mixes: the second chunk's forward already carries the first eight's decode tokens,

@@ -38,3 +38,16 @@ def test_held_out_rows_never_train_their_own_fit():
 
 def test_nearest_rank_p90():
     assert fit.p90(list(range(1, 11))) == 9 and fit.p90([5.0]) == 5.0
+
+
+def test_a_fit_that_does_not_predict_held_out_models_is_not_kept():
+    # models disagree in sign (two need +2 ms, two -2 ms, one 0): any shared offset helps the
+    # models it was fitted on and hurts the one held out, so the stored value is 0; a shared
+    # offset every model needs is stored as fitted
+    rows = [_row(f"m{i}", 10.0 + d, 10.0, 100.0, 100.0) for i, d in
+            enumerate((2.0, 2.0, -2.0, -2.0, 0.0))]
+    res = fit.fit(rows)["vllm"]
+    assert res["tpot_ms"]["held_out_median"] >= res["tpot_ms"]["before_median"]
+    assert fit.kept(res, "extra_kernels_per_layer", "tpot_ms") == 0.0
+    shared = fit.fit([_row(f"m{i}", 11.6 + i, 10.0 + i, 100.0, 100.0) for i in range(6)])
+    assert fit.kept(shared["vllm"], "extra_kernels_per_layer", "tpot_ms") == 10.0
