@@ -266,6 +266,17 @@ def test_serve_runtime_flag_and_runtimes_listing(tmp_path):
     assert bad.exit_code == 2 and "sglang-0.5" in bad.output and "Traceback" not in bad.output
 
 
+def test_runtimes_lists_each_presets_calibrated_costs():
+    out = CliRunner().invoke(app, ["runtimes"])
+    assert out.exit_code == 0
+    for name in PRESETS:
+        rt = load_serving_runtime(name)
+        row = next(line for line in out.output.splitlines() if f" {name} " in line)
+        want = (f"+{rt.extra_kernels_per_layer.value:g}/layer "
+                f"{rt.request_overhead_s.value * 1e3:g} ms")        # e.g. "+2.5/layer 88 ms"
+        assert want in row, name
+
+
 def test_a_broken_preset_is_refused_by_field(tmp_path):
     data = yaml.safe_load((SERVING_RUNTIMES_DIR / "sglang-0.5.yaml").read_text())
     data["cuda_graph_batch_sizes"] = [1, 8, 4]

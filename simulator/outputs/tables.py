@@ -355,11 +355,12 @@ def load_sweep_table(name: str, kind: str, points: list[dict]) -> Table:
 
 
 def serving_runtimes_table() -> Table:
-    """Every serving engine preset: how it batches, its caps, graphs, reservation, overlap."""
+    """Every serving engine preset: how it batches, its caps, graphs, reservation, overlap, and
+    its calibrated costs (extra kernels a layer, request overhead)."""
     from simulator.loading import SERVING_RUNTIMES_DIR, known_names, load_serving_runtime
     table = _table("serving runtimes (hardware_profiles/runtimes/serving/; runtime.preset)",
                    ("name", "engine", "prefill", "chunk", "max running", "graphs up to",
-                    "padding", "overlap", "KV reserve", "description"), ("name", "description"))
+                    "padding", "overlap", "KV reserve", "calibrated", "description"), ("name", "description"))
     for name in known_names(SERVING_RUNTIMES_DIR):
         rt = load_serving_runtime(name)
         table.add_row(name, f"{rt.engine} {rt.versions}", rt.mixing,
@@ -367,8 +368,15 @@ def serving_runtimes_table() -> Table:
                       f"{rt.max_running_requests.value:g}", str(rt.cuda_graph_batch_sizes[-1]),
                       "yes" if rt.cuda_graph_padding else "no",
                       "yes" if rt.overlap_scheduler else "no",
-                      f"{rt.kv_reserve_output.value:g}", rt.description)
+                      f"{rt.kv_reserve_output.value:g}",
+                      calibrated_costs(rt), rt.description)
     return table
+
+
+def calibrated_costs(rt) -> str:
+    """A serving preset's calibrated costs in a cell: extra kernels a layer, ms a request."""
+    return (f"+{rt.extra_kernels_per_layer.value:g}/layer "
+            f"{rt.request_overhead_s.value * 1e3:g} ms")
 
 
 def runtimes_table() -> Table:
