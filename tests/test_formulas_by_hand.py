@@ -454,7 +454,8 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     """ZeRO-1: each rank reduce-scatters the gradients of the parameters it does not own (dense:
     (d - 1) / d of its stage's dense share over d data-parallel ranks; experts: likewise over
     the expert-data-parallel ranks) and all-gathers the updated weights (weight bytes)."""
-    from simulator.training.run import dp_exposed_s, dp_transfer_s, train
+    from simulator.loading import load_training_runtime
+    from simulator.training.run import dp_buckets, dp_exposed_s, dp_transfer_s, train
     from tests.test_training import small
     slow = profile("h800", idealizations={"enforce_hbm_capacity": False},
                    nic={"bandwidth_Bps": {"value": 2e8, "source": "test"}})
@@ -470,7 +471,13 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     f_s = r.forward_s_per_microbatch
     b_total = r.backward_s_per_microbatch - (r.breakdown_s["recompute"] / r.micro_batches
                                              if r.micro_batches else 0.0)
-    want = dp_exposed_s(1, r.micro_batches, f_s, b_total, rs, ag)
+    mc = load_training_runtime(t.framework)
+    layers = r.stage_layers
+    buckets = sum(math.ceil(p / max(mc.dp_bucket_params.value,
+                                    mc.dp_bucket_params_per_rank.value * d_rep))
+                  for p in (rep, exp))
+    assert buckets == dp_buckets(mc, rep, exp, d_rep, layers) and buckets >= 2
+    want = dp_exposed_s(1, r.micro_batches, f_s, b_total, rs, ag, buckets)
     assert want > 0
     assert r.dp_exposed_s == pytest.approx(want, rel=1e-6)
 

@@ -117,13 +117,36 @@ def test_train_cli(tmp_path):
 
 
 def test_data_parallel_exposure_by_zero_stage_by_hand():
-    from simulator.training.run import dp_exposed_s
-    # f 1 s, b 2 s per micro-batch; a reduce-scatter of 3 s, an all-gather of 1.5 s
-    assert dp_exposed_s(0, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx(2 * 3.0 - 2.0)
-    assert dp_exposed_s(1, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx((3.0 - 2.0) + (1.5 - 1.0))
-    assert dp_exposed_s(2, 4, 1.0, 2.0, 1.0, 0.5) == 0.0        # all hidden
-    # FSDP: every micro-batch gathers for its forward and backward and scatters its gradients
-    assert dp_exposed_s(3, 4, 1.0, 2.0, 3.0, 1.5) == pytest.approx(4 * (0.5 + 2.5))
+    from simulator.training.run import dp_exposed_s, exposed_after_pass
+    # a 2 s backward fills 4 buckets of a 3 s reduce-scatter, bucket j ready at (j + 1) x 0.5 s,
+    # each 0.75 s, one at a time: they end at 1.25, 2.0, 2.75, 3.5 s, 1.5 s after the pass
+    assert exposed_after_pass(2.0, 3.0, 4) == pytest.approx(1.5)
+    # the closed form of that schedule: max(T / n, T - P (n - 1) / n)
+    for p_s, t_s, n in ((2.0, 3.0, 4), (2.0, 0.4, 8), (5.0, 1.0, 1), (1.0, 9.0, 3)):
+        assert exposed_after_pass(p_s, t_s, n) == pytest.approx(
+            max(t_s / n, t_s - p_s * (n - 1) / n))
+    # f 1 s, b 2 s per micro-batch; a reduce-scatter of 3 s, an all-gather of 1.5 s, 4 buckets
+    assert dp_exposed_s(0, 4, 1.0, 2.0, 3.0, 1.5, 4) == pytest.approx(6.0 - 2.0 * 3 / 4)
+    assert dp_exposed_s(1, 4, 1.0, 2.0, 3.0, 1.5, 4) == pytest.approx(1.5 + (1.5 - 0.75))
+    # small traffic: all but the last bucket hidden (a 1 s scatter, 0.5 s gather)
+    assert dp_exposed_s(2, 4, 1.0, 2.0, 1.0, 0.5, 4) == pytest.approx(0.25 + 0.125)
+    # one bucket: nothing overlaps (Megatron without overlapped reduce)
+    assert dp_exposed_s(1, 4, 1.0, 2.0, 3.0, 1.5, 1) == pytest.approx(3.0 + 1.5)
+    # FSDP: every micro-batch gathers for its forward and its backward, and scatters
+    assert dp_exposed_s(3, 4, 1.0, 2.0, 3.0, 1.5, 4) == pytest.approx(
+        4 * ((1.5 - 0.75) + (4.5 - 1.5)))
+
+
+def test_data_parallel_buckets_follow_the_runtime():
+    from simulator.loading import load_training_runtime
+    from simulator.training.run import dp_buckets
+    mc, tt = load_training_runtime("megatron-core"), load_training_runtime("torchtitan")
+    # Megatron: max(40M, 1M x dp) parameters a bucket, dense and expert buffers apart
+    assert dp_buckets(mc, 100e6, 500e6, 16, 12) == 3 + 13            # 40M buckets
+    assert dp_buckets(mc, 100e6, 500e6, 64, 12) == 2 + 8              # 64M buckets
+    assert dp_buckets(mc, 100e6, 0.0, 16, 12) == 3
+    # FSDP2's unit is a transformer block
+    assert dp_buckets(tt, 100e6, 500e6, 16, 12) == 12
 
 
 def test_data_parallel_bandwidth_is_the_nics_achieved_rate_on_large_messages():

@@ -20,6 +20,14 @@ class TrainingRuntime(Strict):
         description="host seconds to launch one layer's forward kernels")
     backward_host_ratio: Sourced = Field(
         description="a layer's backward host time over its forward's")
+    dp_bucket_params: Sourced | None = Field(
+        None, description="parameters per data-parallel bucket: a bucket's gradient "
+        "reduce-scatter starts once the backward has produced all its gradients, its parameter "
+        "all-gather before the forward needs them; unset: one bucket per transformer layer "
+        "(FSDP's unit)")
+    dp_bucket_params_per_rank: Sourced | None = Field(
+        None, description="bucket parameters per data-parallel rank: the bucket is the larger "
+        "of dp_bucket_params and this times the data-parallel degree")
 
 
 class TrainingSpec(Strict):

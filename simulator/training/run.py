@@ -205,20 +205,47 @@ def dp_transfer_s(prof: HardwareProfile, nbytes: float, ranks: int) -> float:
     return nbytes / (prof.nic.bandwidth_Bps.value * eff)
 
 
+def exposed_after_pass(pass_s: float, transfer_s: float, buckets: int) -> float:
+    """Seconds a link still sends after a pass of pass_s ends, when a buffer that takes
+    transfer_s goes out in `buckets` equal buckets, bucket j ready (j + 1) / buckets of the
+    way through the pass and sent one at a time in that order (the overlapped gradient
+    reduce-scatter). Reversed in time it is the wait of a pass on an all-gather started with
+    it, bucket j needed j / buckets of the way in. One bucket: nothing overlaps."""
+    n = max(1, buckets)
+    d, end = transfer_s / n, 0.0
+    for j in range(n):
+        end = max(end, (j + 1) / n * pass_s) + d
+    return max(0.0, end - pass_s)
+
+
 def dp_exposed_s(zero_stage: int, m: int, f_s: float, b_s: float, rs_s: float,
-                 ag_s: float) -> float:
+                 ag_s: float, buckets: int) -> float:
     """Data-parallel time not hidden under compute in one step of m micro-batches (forward
     f_s, backward b_s each), for a gradient reduce-scatter of rs_s and a parameter all-gather
-    of ag_s. ZeRO-0 all-reduces the gradients (twice a reduce-scatter's bytes) under the last
-    backward; ZeRO-1/2 reduce-scatter under the last backward and all-gather the updated
-    parameters under the next step's first forward (Megatron's distributed optimizer with
-    overlapped gather); ZeRO-3 (FSDP) gathers the parameters before every forward and every
-    backward and reduce-scatters every backward's gradients, each under that pass."""
+    of ag_s sent in `buckets` buckets (exposed_after_pass). ZeRO-0 all-reduces the gradients
+    (twice a reduce-scatter's bytes) under the last backward; ZeRO-1/2 reduce-scatter under the
+    last backward and all-gather the updated parameters under the next step's first forward
+    (Megatron's distributed optimizer with overlapped gather); ZeRO-3 (FSDP) gathers the
+    parameters for every forward and every backward and reduce-scatters every backward's
+    gradients, each under that pass."""
     if zero_stage == 0:
-        return max(0.0, 2 * rs_s - b_s)
+        return exposed_after_pass(b_s, 2 * rs_s, buckets)
     if zero_stage < 3:
-        return max(0.0, rs_s - b_s) + max(0.0, ag_s - f_s)
-    return m * (max(0.0, ag_s - f_s) + max(0.0, ag_s + rs_s - b_s))
+        return exposed_after_pass(b_s, rs_s, buckets) + exposed_after_pass(f_s, ag_s, buckets)
+    return m * (exposed_after_pass(f_s, ag_s, buckets) +
+                exposed_after_pass(b_s, ag_s + rs_s, buckets))
+
+
+def dp_buckets(rt: TrainingRuntime, dense: float, experts: float, d_rep: int,
+               layers: int) -> int:
+    """Buckets a device's data-parallel traffic goes out in: the runtime's bucket of
+    parameters (at least its per-rank share times the data-parallel degree), dense and expert
+    parameters in buffers of their own; a runtime without one: a bucket per layer."""
+    if rt.dp_bucket_params is None:
+        return max(1, layers)
+    per_rank = rt.dp_bucket_params_per_rank.value if rt.dp_bucket_params_per_rank else 0.0
+    size = max(rt.dp_bucket_params.value, per_rank * d_rep)
+    return sum(math.ceil(p / size) for p in (dense, experts) if p > 0) or 1
 
 
 def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
@@ -302,7 +329,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     shard = (rep * (d_rep - 1) / d_rep + exp * (d_exp - 1) / max(d_exp, 1))  # params sent
     rs_s = dp_transfer_s(prof, shard * t.grad_bytes, d_rep) if max(d_rep, d_exp) > 1 else 0.0
     ag_s = rs_s * w.precision.weight_bytes / t.grad_bytes
-    dp_exposed = dp_exposed_s(t.zero_stage, m, f_s, b_total, rs_s, ag_s)
+    buckets = dp_buckets(rt, rep, exp, d_rep, stage_layers * stages)
+    dp_exposed = dp_exposed_s(t.zero_stage, m, f_s, b_total, rs_s, ag_s, buckets)
     opt_params = (rep / (d_rep if t.zero_stage >= 1 else 1) + exp / (d_exp if t.zero_stage >= 1 else 1))
     opt_s = opt_params * (t.optimizer_bytes_per_param * 2 + t.grad_bytes + 2 *
                           w.precision.weight_bytes) / (prof.hbm_bandwidth_Bps.value *
