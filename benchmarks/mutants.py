@@ -33,6 +33,7 @@ SV, PO, LP = "simulator/serving/run.py", "simulator/serving/pools.py", "simulato
 MT, SR, SM = "simulator/serving/mtp.py", "simulator/serving/result.py", "simulator/serving/step_model.py"
 EP = "simulator/serving/engine_policy.py"
 C, TN = "simulator/pricing/cost.py", "simulator/training/run.py"
+DPM = "simulator/training/data_parallel.py"
 GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator/graph/memory.py"
 GB = "simulator/graph/backward.py"
 RS = "simulator/step/resolve.py"
@@ -467,7 +468,7 @@ MUTANTS: list[Mutant] = [
            "cost_usd=days * 24 * prof.price_per_gpu_hour.value"),
     Mutant(TN, "DualPipe holds one stage's parameters, not two",
            "        replicated, experts = 2 * replicated, 2 * experts\n", "        pass\n"),
-    Mutant(TN, "DP gradient reduce-scatter never exposed",
+    Mutant(DPM, "DP gradient reduce-scatter never exposed",
            "return exposed_after_pass(b_s, rs_s, buckets) + exposed_after_pass(f_s, ag_s, buckets)",
            "return exposed_after_pass(f_s, ag_s, buckets)"),
     Mutant(GB, "backward: the input gradient keeps the forward's (N, K)",
@@ -507,21 +508,21 @@ MUTANTS: list[Mutant] = [
     Mutant(TN, "exposed all-to-all counted from the TP/CP collectives",
            'return {"ep": exposed(("ep",)), "tp_cp": exposed(("tp", "cp"))}',
            'return {"ep": exposed(("tp", "cp")), "tp_cp": exposed(("ep",))}'),
-    Mutant(TN, "a data-parallel bucket is sent before the pass has filled it",
+    Mutant(DPM, "a data-parallel bucket is sent before the pass has filled it",
            "end = max(end, (j + 1) / n * pass_s) + d", "end = max(end, j / n * pass_s) + d"),
-    Mutant(TN, "Megatron's bucket ignores its per-rank share of the data-parallel degree",
+    Mutant(DPM, "Megatron's bucket ignores its per-rank share of the data-parallel degree",
            "size = max(rt.dp_bucket_params.value, per_rank * d_rep)",
            "size = rt.dp_bucket_params.value"),
-    Mutant(TN, "dense and expert gradients bucketed as one buffer",
+    Mutant(DPM, "dense and expert gradients bucketed as one buffer",
            "return sum(math.ceil(p / size) for p in (dense, experts) if p > 0) or 1",
            "return math.ceil((dense + experts) / size) or 1"),
-    Mutant(TN, "ZeRO-0 all-reduces a reduce-scatter's bytes, not twice them",
+    Mutant(DPM, "ZeRO-0 all-reduces a reduce-scatter's bytes, not twice them",
            "return exposed_after_pass(b_s, 2 * rs_s, buckets)",
            "return exposed_after_pass(b_s, rs_s, buckets)"),
-    Mutant(TN, "FSDP gathers parameters once per step, not before every pass",
+    Mutant(DPM, "FSDP gathers parameters once per step, not before every pass",
            "    return m * (exposed_after_pass(f_s, ag_s, buckets) +",
            "    return 1 * (exposed_after_pass(f_s, ag_s, buckets) +"),
-    Mutant(TN, "DP bandwidth derated twice (the NIC's achieved rate times the table's top)",
+    Mutant(DPM, "DP bandwidth derated twice (the NIC's achieved rate times the table's top)",
            "eff = efficiency(table, nbytes / max(ranks - 1, 1), \"DP bytes per peer\") / best",
            "eff = efficiency(table, nbytes / max(ranks - 1, 1), \"DP bytes per peer\")"),
     Mutant(TN, "pipeline p2p ignored", "p2p = prof.nic.latency_s.value + act_bytes /",

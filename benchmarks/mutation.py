@@ -70,6 +70,8 @@ TESTS: dict[str, list[str]] = {
     "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
                                   "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
     "simulator/training/passes.py": ["tests/test_training.py", "tests/test_formulas_by_hand.py"],
+    "simulator/training/data_parallel.py": ["tests/test_training.py", "tests/test_formulas_by_hand.py",
+                                            "tests/test_physics.py", "tests/test_deployments.py"],
     "simulator/serving/run.py": ["tests/test_serving.py", "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py", "tests/test_measured_kernels.py", "tests/test_engine_policy.py"],
     "simulator/serving/pools.py": ["tests/test_serving.py", "tests/test_deployments.py",
                                    "tests/test_physics.py", "tests/test_engine_policy.py"],

@@ -455,7 +455,8 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     (d - 1) / d of its stage's dense share over d data-parallel ranks; experts: likewise over
     the expert-data-parallel ranks) and all-gathers the updated weights (weight bytes)."""
     from simulator.loading import load_training_runtime
-    from simulator.training.run import dp_buckets, dp_exposed_s, dp_transfer_s, train
+    from simulator.training.data_parallel import dp_buckets, dp_exposed_s, dp_transfer_s
+    from simulator.training.run import train
     from tests.test_training import small
     slow = profile("h800", idealizations={"enforce_hbm_capacity": False},
                    nic={"bandwidth_Bps": {"value": 2e8, "source": "test"}})

@@ -117,7 +117,7 @@ def test_train_cli(tmp_path):
 
 
 def test_data_parallel_exposure_by_zero_stage_by_hand():
-    from simulator.training.run import dp_exposed_s, exposed_after_pass
+    from simulator.training.data_parallel import dp_exposed_s, exposed_after_pass
     # a 2 s backward fills 4 buckets of a 3 s reduce-scatter, bucket j ready at (j + 1) x 0.5 s,
     # each 0.75 s, one at a time: they end at 1.25, 2.0, 2.75, 3.5 s, 1.5 s after the pass
     assert exposed_after_pass(2.0, 3.0, 4) == pytest.approx(1.5)
@@ -139,7 +139,7 @@ def test_data_parallel_exposure_by_zero_stage_by_hand():
 
 def test_data_parallel_buckets_follow_the_runtime():
     from simulator.loading import load_training_runtime
-    from simulator.training.run import dp_buckets
+    from simulator.training.data_parallel import dp_buckets
     mc, tt = load_training_runtime("megatron-core"), load_training_runtime("torchtitan")
     # Megatron: max(40M, 1M x dp) parameters a bucket, dense and expert buffers apart
     assert dp_buckets(mc, 100e6, 500e6, 16, 12) == 3 + 13            # 40M buckets
@@ -150,7 +150,7 @@ def test_data_parallel_buckets_follow_the_runtime():
 
 
 def test_data_parallel_bandwidth_is_the_nics_achieved_rate_on_large_messages():
-    from simulator.training.run import dp_transfer_s
+    from simulator.training.data_parallel import dp_transfer_s
     prof = profile("h100-sxm")
     bw = prof.nic.bandwidth_Bps.value
     big = 8e9                                 # 8 GB over 16 ranks: far above the table's top
