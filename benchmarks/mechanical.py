@@ -17,15 +17,18 @@ from mutants import Mutant
 MODULES = ("simulator/pricing/hardware.py", "simulator/pricing/measured.py",
            "simulator/graph/memory.py", "simulator/pricing/cost.py",
            "simulator/serving/run.py", "simulator/training/run.py",
-           "simulator/serving/engine_policy.py")
+           "simulator/serving/engine_policy.py", "simulator/training/data_parallel.py")
 SEED = 20261206
 SWAP = {ast.Add: ("+", "-"), ast.Sub: ("-", "+"), ast.Mult: ("*", "/"), ast.Div: ("/", "*")}
 CMP = {ast.Lt: "<=", ast.LtE: "<", ast.Gt: ">=", ast.GtE: ">"}
 SYMMETRIC = {"min", "max"}          # swapping their arguments changes nothing: not a mutant
 # mechanical mutants judged unable to change any result: (module, mutated line) -> why
 EQUIVALENT = {
+    ("simulator/training/data_parallel.py",
+     "return sum(math.ceil(p / size) for p in (dense, experts) if p > 1) or 1"):
+        "a device's dense or expert parameter count is 0 or millions: never in (0, 1]",
     ("simulator/serving/engine_policy.py",
-     "if not self.padding or not sizes or seqs > sizes[-1]:"):
+     "if not self.padding or not sizes or seqs >= sizes[-1]:"):
         "at seqs equal to the largest captured size both branches return that size",
     ("simulator/pricing/hardware.py", "if op.aux_bytes > 1:"):
         "aux_bytes counts the bytes of whole unfused passes over tensors: never in (0, 1]",

@@ -145,8 +145,9 @@ def test_data_parallel_buckets_follow_the_runtime():
     assert dp_buckets(mc, 100e6, 500e6, 16, 12) == 3 + 13            # 40M buckets
     assert dp_buckets(mc, 100e6, 500e6, 64, 12) == 2 + 8              # 64M buckets
     assert dp_buckets(mc, 100e6, 0.0, 16, 12) == 3
-    # FSDP2's unit is a transformer block
+    # FSDP2's unit is a transformer block (a one-layer stage: one bucket)
     assert dp_buckets(tt, 100e6, 500e6, 16, 12) == 12
+    assert dp_buckets(tt, 100e6, 500e6, 16, 1) == 1
 
 
 def test_data_parallel_bandwidth_is_the_nics_achieved_rate_on_large_messages():
