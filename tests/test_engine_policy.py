@@ -427,6 +427,33 @@ def test_a_prompt_starts_prefill_only_when_the_batch_has_room(tmp_path, preset):
     assert res.ttft_s[order][8:].max() < res.e2e_s[order][:8].min()
 
 
+def test_a_request_that_fills_the_kv_budget_alone_runs_and_the_loop_ends():
+    # prompt + output = the whole budget of one group (1,000 + 100 = 1,100 tokens): it is not
+    # rejected on arrival, so an empty batch must take it (TensorRT-LLM reserves its whole
+    # output; counting the next step's token too it would never fit, and the loop would wait
+    # forever); run in a child process so that a hang fails the test instead of the suite
+    import subprocess
+    import sys
+    code = """
+import sys, tempfile, pathlib
+sys.path.insert(0, ".")
+from tests.test_serving import small
+from simulator.serving.run import ServingSim
+csv = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+csv.write_text("arrival_s,input_tokens,output_tokens\\n" + "0.0,1000,100\\n" * 2)
+w = small(arrivals={"process": "trace", "trace": str(csv)}, mode="colocated")
+w = w.variant(plan={"gpus": 8, "gpus_per_node": 8, "tp": 8, "attention_tp": 8, "moe_tp": 8,
+                    "ep": 1}, runtime={"preset": "trtllm-pytorch"})
+sim = ServingSim(w)
+sim.kv_budget_tokens = 1100.0
+print(sim.run(check_stability=False).metrics["requests"]["finished"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "2"
+
+
 def test_a_prompt_that_finds_no_kv_waits_before_its_prefill(tmp_path):
     # a KV budget of 8 x 3 x 1,103 tokens: a running request holds its 1,001 tokens and
     # TensorRT-LLM reserves its 99 to come (1,100), plus a token a step each: 24 fit

@@ -213,8 +213,9 @@ class _Room:
         if self.full or self.n >= run.slots:
             return False
         need, out = run.ctx0[rid], run.fin0[rid] - run.ctx0[rid]
-        if self.n and not run.engine.admits(self.ctx + (self.n + 1) * self.per_seq, self.out, need,
-                                 out if run.reserve else 0.0, run.budget, run.reserve):
+        if self.n and not run.engine.admits(self.ctx + (self.n + 1) * self.per_seq, self.out,
+                                            need, out if run.reserve else 0.0, run.budget,
+                                            run.reserve):
             return False
         self.n += 1
         self.ctx += need
@@ -259,9 +260,9 @@ class FcfsAdmission:
                 continue
             ctx, n, k = run.sum_ctx, run.n_active, 0
             for rid in ids:                 # the KV budget, request by request
-                n += 1
-                if not fits(ctx + n * per_seq, out, ctx0[rid], fin0[rid] - ctx0[rid], budget,
-                            reserve):
+                n += 1                      # an empty batch takes its first request (one
+                if n > 1 and not fits(ctx + n * per_seq, out, ctx0[rid],    # that never fits
+                                      fin0[rid] - ctx0[rid], budget, reserve):  # was rejected)
                     break
                 ctx += ctx0[rid]
                 out += fin0[rid] - ctx0[rid]
