@@ -7,7 +7,8 @@ surrounding cell was never measured (tables stop where the GPU's memory does, so
 edge misses its largest corner), a shape that lies in the simplex of a measured corner and its
 measured neighbours along each axis is interpolated linearly on that simplex (in the same log
 coordinates). Outside the hull, or in a cell whose measured corners do not enclose it, the
-latency is extrapolated from the nearest measured shape, scaled by the roofline: t(x) = t(anchor) x roofline(x) / roofline(anchor),
+latency is extrapolated from the nearest measured shape, scaled by the roofline:
+t(x) = t(anchor) x roofline(x) / roofline(anchor),
 so the kernel keeps the efficiency it had at the edge of what was measured.
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from rich.table import Table
 
 if TYPE_CHECKING:                       # the CLI imports this module at start-up: stay light
+    from simulator.schema import ServingRuntime
     from simulator.step.result import StepResult
     from simulator.training.result import TrainResult
 
@@ -360,7 +361,8 @@ def serving_runtimes_table() -> Table:
     from simulator.loading import SERVING_RUNTIMES_DIR, known_names, load_serving_runtime
     table = _table("serving runtimes (hardware_profiles/runtimes/serving/; runtime.preset)",
                    ("name", "engine", "prefill", "chunk", "max running", "graphs up to",
-                    "padding", "overlap", "KV reserve", "calibrated", "description"), ("name", "description"))
+                    "padding", "overlap", "KV reserve", "calibrated", "description"),
+                   ("name", "description"))
     for name in known_names(SERVING_RUNTIMES_DIR):
         rt = load_serving_runtime(name)
         table.add_row(name, f"{rt.engine} {rt.versions}", rt.mixing,
@@ -373,7 +375,7 @@ def serving_runtimes_table() -> Table:
     return table
 
 
-def calibrated_costs(rt) -> str:
+def calibrated_costs(rt: ServingRuntime) -> str:
     """A serving preset's calibrated costs in a cell: extra kernels a layer, ms a request."""
     return (f"+{rt.extra_kernels_per_layer.value:g}/layer "
             f"{rt.request_overhead_s.value * 1e3:g} ms")
