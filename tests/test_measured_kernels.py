@@ -448,6 +448,35 @@ def test_four_bit_expert_weights_read_the_w4a16_moe_tables_and_wider_ones_do_not
     assert moe_lookup(wide, op, rows) is None        # BF16 experts: no such table, roofline
 
 
+def test_moe_tp_without_its_own_table_reads_the_tp1_table_at_ep_times_tp():
+    """gpt-oss-120b's 4-bit experts have TensorRT-LLM tables at MoE TP 1 only. MoE TP 4 x EP 1
+    holds every expert at a quarter of its width: the FLOPs and weight bytes per rank of EP 4
+    at TP 1 for the same tokens, so it is read there, and labelled extrapolated."""
+    raw = _parquet("h200_sxm/moe/trtllm/1.3.0rc20/moe_perf.parquet")
+    sel = (raw.distribution == "balanced") & (raw.hidden_size == 2880) & \
+        (raw.inter_size == 2880) & (raw.topk == 4) & (raw.num_experts == 128) & \
+        (raw.moe_dtype == "w4a16_mxfp4") & (raw.num_tokens == 64)
+    assert not (sel & (raw.moe_tp_size == 4)).any()         # no TP-4 table
+    ep4 = raw[sel & (raw.moe_tp_size == 1) & (raw.moe_ep_size == 4)].latency.iloc[0] / 1e3
+    ep1 = raw[sel & (raw.moe_tp_size == 1) & (raw.moe_ep_size == 1)].latency.iloc[0] / 1e3
+    prof = load_profile("h200-sxm")
+    four = prof.with_measured(select(prof, RuntimeSpec(framework="trtllm"),
+                                     Precision(weight_bytes=0.53125)))
+    from simulator.pricing.measured import moe_lookup
+    rows = 64 * 4                                    # 64 tokens, top-4, every expert here
+    tp4 = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 720, m=rows / 128,
+             gemm_nk=(2 * 2880 * 720, 2880 * 720), precision="bf16",
+             moe_key=(2880, 2880, 4, 128, 4, 1, 1 / 4))
+    hit = moe_lookup(four, tp4, rows)
+    assert hit.seconds == pytest.approx(ep4) and hit.seconds != pytest.approx(ep1)
+    assert hit.source == EXTRAPOLATED and "MoE TP 4 x EP 1 read as EP 4" in hit.outside
+    tp1 = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 2880, m=rows / 128,
+             gemm_nk=(2 * 2880 * 2880, 2880 * 2880), precision="bf16",
+             moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4))
+    own = moe_lookup(four, tp1, rows)                # its own key: measured
+    assert own.seconds == pytest.approx(ep1) and own.source == MEASURED and not own.outside
+
+
 def test_a_sum_of_parts_is_labelled_by_its_least_measured_part():
     from simulator.kernels.grid import Lookup
     from simulator.pricing.measured import worst

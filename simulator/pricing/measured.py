@@ -133,8 +133,8 @@ def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
 
 
 # -- grouped expert GEMMs ---------------------------------------------------------------------
-def _moe_grid(ms: MeasuredPricing, op: Op) -> KernelGrid | None:
-    h, inter, topk, experts, moe_tp, ep, _ = op.moe_key
+def _moe_grid(ms: MeasuredPricing, op: Op, moe_tp: int) -> KernelGrid | None:
+    h, inter, topk, experts = op.moe_key[:4]
     if op.precision == "fp4":
         dtypes = ["fp4"]
     elif ms.four_bit_weights:
@@ -153,22 +153,31 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
     ms = prof.measured
     if ms is None or not op.moe_key:
         return None
-    grid = _moe_grid(ms, op)
+    h, inter, topk, experts, moe_tp, ep, per_row = op.moe_key
+    grid, read_ep, note = _moe_grid(ms, op, moe_tp), ep, ""
+    if grid is None and moe_tp > 1:
+        # MoE TP t over EP e has each rank hold every expert of its EP share at 1/t of its
+        # width; EP t e at TP 1 has it hold 1/t of those experts whole: the same FLOPs and
+        # weight bytes per rank for the same tokens, so the TP-1 table is read at EP t e
+        grid, read_ep = _moe_grid(ms, op, 1), ep * moe_tp
+        note = f"MoE TP {moe_tp} x EP {ep} read as EP {read_ep}"
     if grid is None:
         return None
     if rows <= 0:                                  # no routed row here: no expert work
         return Lookup(0.0, MEASURED)
-    h, inter, topk, experts, moe_tp, ep, per_row = op.moe_key
     w_exp = 3 * h * inter / moe_tp
     peak, bw = peak_flops(prof, op.precision), prof.hbm_bandwidth_Bps.value
     byte_w = 0.5 if ms.four_bit_weights else ELEMENT_BYTES[op.precision]
+    split = moe_tp if note else 1                # the table's expert: 1/split of the rows, whole
 
     def roofline(x: tuple[float, ...]) -> float:
         n_ep, tokens = x
-        r = tokens / per_row
+        r, w = tokens / per_row / split, w_exp * split
         active = min(experts / n_ep, r)
-        return max(2 * r * w_exp / peak, (active * w_exp * byte_w + r * 2 * h * 2.0) / bw)
-    hit = grid.lookup((ep, rows * per_row), roofline)
+        return max(2 * r * w / peak, (active * w * byte_w + r * 2 * h * 2.0) / bw)
+    hit = grid.lookup((read_ep, rows * per_row), roofline)
+    if note:                                     # not the measured key: never 'measured'
+        hit = Lookup(hit.seconds, EXTRAPOLATED, "; ".join(x for x in (hit.outside, note) if x))
     floor = 2 * rows * w_exp / peak              # no kernel outruns the datasheet peak
     return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)
 
