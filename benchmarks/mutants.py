@@ -614,8 +614,15 @@ MUTANTS: list[Mutant] = [
     Mutant(MK, "a TP all-reduce looked up at its ring bytes, not its message size",
            "size = op.bytes * n / (2 * (n - 1))", "size = op.bytes"),
     Mutant(MK, "the MoE table's token axis read as routed rows",
-           "hit = grid.lookup((read_ep, rows * per_row), roofline)",
-           "hit = grid.lookup((read_ep, rows), roofline)"),
+           "tokens = rows * per_row", "tokens = rows"),
+    Mutant(MK, "the MoE table read at the batch's tokens though random routing reaches fewer "
+           "experts than the table's balanced one", "tokens *= active / reached", "pass"),
+    Mutant(GM, "experts under tensor-parallel attention read the MoE table at a rank's share of "
+           "the tokens", "moe_key=self.moe_key(plan.moe_tp, replicated=True)), after,",
+           "moe_key=self.moe_key(plan.moe_tp)), after,"),
+    Mutant(MK, "the group's tokens extrapolated along EP as if a rank's rows stayed fixed",
+           "r = tokens * ep / (per_row * n_ep) if group else tokens / per_row / split",
+           "r = tokens / per_row / split"),
     Mutant(MK, "a MoE TP without its own table read at the TP-1 table's own EP",
            "grid, read_ep = _moe_grid(ms, op, 1), ep * moe_tp",
            "grid, read_ep = _moe_grid(ms, op, 1), ep"),

@@ -272,7 +272,7 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     eps, tokens = grid.points
     ep, top = float(eps[-1]), float(tokens[-1])      # few experts a rank, many tokens
     op = Op("e", "grouped_gemm", precision="bf16",
-            moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0))
+            moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0, False))
     from simulator.pricing.measured import moe_lookup
     w_exp = 3 * h * inter / moe_tp
     peak, bw = peak_flops(prof, "bf16"), prof.hbm_bandwidth_Bps.value
@@ -293,12 +293,27 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     few = float(next(t for t in tokens if t >= 2 * experts / wide))   # more rows than experts
     assert roof_at(wide, few) > 2 * few * w_exp / peak                  # memory-bound
     at_edge = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
-        h, inter, topk, experts, moe_tp, int(wide), 1.0)), few)
+        h, inter, topk, experts, moe_tp, int(wide), 1.0, False)), few)
     beyond = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
-        h, inter, topk, experts, moe_tp, int(2 * wide), 1.0)), few)
+        h, inter, topk, experts, moe_tp, int(2 * wide), 1.0, False)), few)
     assert beyond.source == "extrapolated"
     assert beyond.seconds == pytest.approx(at_edge.seconds * roof_at(2 * wide, few) /
                                            roof_at(wide, few), rel=1e-9)
+    # the group's tokens (tensor-parallel attention): N tokens on EP n give each rank
+    # top-k N / n rows, so one EP step further halves the rows at the same tokens
+    n_tok = float(next(t for t in tokens if t * topk / (2 * wide) >= 2 * experts / wide))
+
+    def roof_group(n_ep):
+        return roof_at(n_ep, n_tok * topk / n_ep)
+    group_edge = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
+        h, inter, topk, experts, moe_tp, int(wide), wide / topk, True)),
+        n_tok * topk / wide)
+    group_beyond = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
+        h, inter, topk, experts, moe_tp, int(2 * wide), 2 * wide / topk, True)),
+        n_tok * topk / (2 * wide))
+    assert group_edge.source == "measured" and group_beyond.source == "extrapolated"
+    assert group_beyond.seconds == pytest.approx(
+        group_edge.seconds * roof_group(2 * wide) / roof_group(wide), rel=1e-9)
 
 
 def test_prefill_bound_capacity_counts_only_the_prompt_tokens_computed():

@@ -250,7 +250,7 @@ def test_a_grouped_expert_gemm_takes_the_moe_table_at_its_tokens_per_rank():
     rows = 64 * 8                                   # 64 tokens per rank x top-8
     op = Op("L3.moe.experts", "grouped_gemm", flops=2 * rows * w_exp, m=rows / 32,
             gemm_nk=(2 * 7168 * 2048, 7168 * 2048), precision="fp8",
-            moe_key=(7168, 2048, 8, 256, 1, 8, 1 / 8))
+            moe_key=(7168, 2048, 8, 256, 1, 8, 1 / 8, False))
     assert compute_time_s(op, prof) == pytest.approx(r.latency / 1e3)
 
 
@@ -439,7 +439,7 @@ def test_four_bit_expert_weights_read_the_w4a16_moe_tables_and_wider_ones_do_not
     rows = 16 * 4
     op = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 2880, m=rows / 128,
             gemm_nk=(2 * 2880 * 2880, 2880 * 2880), precision="bf16",
-            moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4))
+            moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4, True))
     prof = load_profile("h200-sxm")
     four = prof.with_measured(select(prof, RuntimeSpec(), Precision(weight_bytes=0.53125)))
     wide = prof.with_measured(select(prof, RuntimeSpec(), Precision(weight_bytes=2.0)))
@@ -466,15 +466,53 @@ def test_moe_tp_without_its_own_table_reads_the_tp1_table_at_ep_times_tp():
     rows = 64 * 4                                    # 64 tokens, top-4, every expert here
     tp4 = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 720, m=rows / 128,
              gemm_nk=(2 * 2880 * 720, 2880 * 720), precision="bf16",
-             moe_key=(2880, 2880, 4, 128, 4, 1, 1 / 4))
+             moe_key=(2880, 2880, 4, 128, 4, 1, 1 / 4, True))
     hit = moe_lookup(four, tp4, rows)
     assert hit.seconds == pytest.approx(ep4) and hit.seconds != pytest.approx(ep1)
     assert hit.source == EXTRAPOLATED and "MoE TP 4 x EP 1 read as EP 4" in hit.outside
     tp1 = Op("L1.moe.experts", "grouped_gemm", flops=2 * rows * 3 * 2880 * 2880, m=rows / 128,
              gemm_nk=(2 * 2880 * 2880, 2880 * 2880), precision="bf16",
-             moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4))
+             moe_key=(2880, 2880, 4, 128, 1, 1, 1 / 4, True))
     own = moe_lookup(four, tp1, rows)                # its own key: measured
     assert own.seconds == pytest.approx(ep1) and own.source == MEASURED and not own.outside
+
+
+def test_experts_under_tensor_parallel_attention_read_the_table_at_the_batch_tokens(tmp_path):
+    """The MoE tables' token axis counts the tokens every rank of the EP group holds: a rank
+    with 16 of Qwen3-235B's 128 experts computes top-8 x N / 8 rows (TensorRT-LLM's H100 table
+    at EP 8 grows with N until N = 16, when all 16 local experts are busy, and is flat after).
+    Under tensor-parallel attention every GPU holds the batch's 4 tokens, so the step's
+    experts read N near 4, not 4 / 8: the table's balanced routing sends 4 tokens' 32 picks to
+    4 of a rank's experts, random routing to 16 (1 - (1 - 8/128)^4) = 3.63 of them, so the
+    table is read at the 3.63 tokens that reach as many."""
+    raw = _parquet("h100_sxm/moe/trtllm/1.3.0rc20/moe_perf.parquet")
+    sel = raw[(raw.moe_dtype == "fp8_block") & (raw.distribution == "balanced") &
+              (raw.hidden_size == 4096) & (raw.inter_size == 1536) & (raw.topk == 8) &
+              (raw.num_experts == 128) & (raw.moe_tp_size == 1) & (raw.moe_ep_size == 8)]
+    lat = dict(zip(sel.num_tokens, sel.latency / 1e3))
+    assert lat[16] > 1.5 * lat[8] and lat[64] < 1.05 * lat[16]      # saturates at 16 experts
+    import yaml
+    from simulator.loading import load_workload
+    from simulator.step.whatif import simulate
+    spec = {"name": "qwen-tp8-ep8", "model": str(ROOT / "workloads/models/qwen3-235b-a22b.yaml"),
+            "hardware": "h100-sxm", "phase": "decode", "batch_per_device": 4,
+            "context_length": 1024, "schedule": "sequential",
+            "plan": {"gpus": 8, "gpus_per_node": 8, "tp": 8, "attention_tp": 8, "ep": 8},
+            "precision": {"weight_bytes": 1.0, "fp8_scaling": "block",
+                          "compute": {"dense_gemm": "fp8", "expert_gemm": "fp8"}},
+            "runtime": {"framework": "trtllm", "version": "1.3.0rc20"},
+            "routing": {"popularity": "balanced"}}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ops = simulate(load_workload(str(path))).to_json()["ops"]
+    experts = next(o for o in ops if o["name"].endswith("moe.experts"))
+    n_eff = 4 * 16 * (1 - (1 - 8 / 128) ** 4) / 4
+    grid = _priced("h100-sxm", "trtllm").measured.kernels.get(
+        "moe", ("fp8_block", "balanced", 4096, 1536, 8, 128, 1))
+    want = grid.lookup((8, n_eff), lambda x: math.nan)          # inside the hull: no roofline
+    assert lat[2] < want.seconds < lat[4] and want.source == INTERPOLATED
+    assert experts["end_us"] - experts["start_us"] == pytest.approx(want.seconds * 1e6, rel=1e-6)
+    assert experts["source"] == INTERPOLATED
 
 
 def test_a_sum_of_parts_is_labelled_by_its_least_measured_part():

@@ -33,7 +33,7 @@ def gemm_shapes(op: Op) -> tuple[float, tuple[tuple[float, float], ...]]:
     """(rows, (N, K) of each GEMM) of a forward GEMM op; a grouped expert GEMM's rows are its
     routed rows on this rank (its up/gate and down GEMMs from the measured key's widths)."""
     if op.kind == "grouped_gemm" and op.moe_key:
-        h, inter, _, _, moe_tp, _, _ = op.moe_key
+        h, inter, _, _, moe_tp = op.moe_key[:5]
         rows = op.flops / (2 * sum(op.gemm_nk)) if op.gemm_nk else 0.0
         return rows, ((2 * inter / moe_tp, h), (h, inter / moe_tp))
     return op.m, op.gemm_dims

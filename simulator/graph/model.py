@@ -326,16 +326,22 @@ class _Builder:
                               weight_bytes=active * w_exp * wb,
                               m=routed / active if active > 0 else 0.0, layer=layer,
                               block="moe", gemm_nk=(2 * h * inter, h * inter),
-                              moe_key=self.moe_key(plan.moe_tp)), after,
+                              moe_key=self.moe_key(plan.moe_tp, replicated=True)), after,
                            extra=unfused.experts(routed, h, inter, local_experts))
         return [self.all_reduce(layer, "moe", experts)]
 
-    def moe_key(self, moe_tp: int) -> tuple:
-        """The measured MoE tables' key of this model's routed experts (Op.moe_key)."""
+    def moe_key(self, moe_tp: int, replicated: bool = False) -> tuple:
+        """The measured MoE tables' key of this model's routed experts (Op.moe_key): read at
+        the group's tokens where every rank holds them all (tensor-parallel attention), at the
+        rank's own tokens where an all-to-all brings each rank only its rows."""
         moe = self.m.moe
         assert moe is not None
+        k = max(self.k_real, 1e-9)
+        if replicated:                  # every rank holds the group's tokens, as the tables do
+            return (self.m.hidden_size, moe.expert_intermediate, moe.top_k, moe.num_experts,
+                    moe_tp, self.plan.ep, self.plan.ep / k, True)
         return (self.m.hidden_size, moe.expert_intermediate, moe.top_k, moe.num_experts,
-                moe_tp, self.plan.ep, 1 / max(self.k_real, 1e-9))
+                moe_tp, self.plan.ep, 1 / k, False)
 
     def join(self, layer: int, *inputs: str) -> str:
         """Residual add that closes a layer (waits on every branch)."""

@@ -47,8 +47,9 @@ class Op:
     gemm_dims: tuple[tuple[float, float], ...] = ()   # (N, K) of each GEMM, as gemm_nk lists
     #   them (an MLA core: its kv_b expansion in prefill); the measured GEMM tables' shape
     moe_key: tuple = ()             # grouped GEMM: (hidden, expert width, top_k, experts,
-    #   moe_tp, ep, tokens per routed row): the measured MoE tables' key, and how their token
-    #   axis counts this op's routed rows (a rank's rows = its tokens x top-k)
+    #   moe_tp, ep, tokens per routed row, group): the measured MoE tables' key, and how their
+    #   token axis counts this op's routed rows (group: the tokens every rank holds, a rank's
+    #   rows x ep / top-k; otherwise the rank's own tokens, its rows / top-k)
     attn_key: tuple = ()            # attention core: GQA (heads, kv_heads, head_dim) per GPU,
     #   MLA (heads per GPU,): the measured attention tables' key
     attn_len: float = 0.0           # attention core: the measured tables' length axis (decode:

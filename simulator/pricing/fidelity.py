@@ -66,7 +66,7 @@ def kernel_source(op: Op, plan: ParallelPlan, prof: HardwareProfile) -> Lookup |
     if not op.is_comm:
         return compute_lookup(op, prof)
     if op.group == "ep" and op.moe_key and prof.idealizations.ep_flat_bandwidth_Bps is None:
-        h, _, top_k, experts, _, ep, _ = op.moe_key
+        h, _, top_k, experts, _, ep = op.moe_key[:6]
         hit = deepep_lookup(prof, op.kernel, nodes_of(ep, plan.gpus_per_node), h, top_k,
                             experts, op.m, 2.0)
         return None if hit is None else hit["combine" in op.name]

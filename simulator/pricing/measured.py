@@ -8,8 +8,12 @@ kernels/aiconfigurator.py):
   quantisation of its BF16 input (M x K: the scale_matrix table; block-scaled GEMMs quantise
   per token group, a kernel the package does not measure, so nothing is added);
 - a grouped expert GEMM: the whole MoE kernel at (hidden, width, top-k, experts, MoE TP, EP),
-  balanced tokens, by tokens per attention rank (its routed rows / real experts per token),
-  never faster than its FLOPs at the peak;
+  balanced tokens. The tables' token axis counts the tokens every rank of the EP group holds
+  (a rank with 1/EP of the experts computes top-k x tokens / EP rows of them). Under
+  tensor-parallel attention a rank does hold them all, and the lookup is at the batch's tokens
+  (its routed rows x EP / real experts per token); where an all-to-all brings a rank only its
+  rows, no table holds that kernel and the lookup is at the rank's own tokens (its rows / real
+  experts per token). Never faster than its FLOPs at the peak;
 - an attention core: GQA or MLA, context or generation, by (sequences, length) at its heads,
   KV-head count, head size and KV dtype; MLA decode adds its two absorbed BMMs, MLA prefill its
   kv_b expansion GEMM;
@@ -153,7 +157,7 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
     ms = prof.measured
     if ms is None or not op.moe_key:
         return None
-    h, inter, topk, experts, moe_tp, ep, per_row = op.moe_key
+    h, inter, topk, experts, moe_tp, ep, per_row, group = op.moe_key
     grid, read_ep, note = _moe_grid(ms, op, moe_tp), ep, ""
     if grid is None and moe_tp > 1:
         # MoE TP t over EP e has each rank hold every expert of its EP share at 1/t of its
@@ -168,14 +172,25 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
     w_exp = 3 * h * inter / moe_tp
     peak, bw = peak_flops(prof, op.precision), prof.hbm_bandwidth_Bps.value
     byte_w = 0.5 if ms.four_bit_weights else ELEMENT_BYTES[op.precision]
-    split = moe_tp if note else 1                # the table's expert: 1/split of the rows, whole
+    split = moe_tp if note else 1                # the table's expert: whole, split x our width
 
     def roofline(x: tuple[float, ...]) -> float:
-        n_ep, tokens = x
-        r, w = tokens / per_row / split, w_exp * split
+        n_ep, tokens = x                         # group tokens N: a rank's rows k N / EP
+        r = tokens * ep / (per_row * n_ep) if group else tokens / per_row / split
+        w = w_exp * split
         active = min(experts / n_ep, r)
         return max(2 * r * w / peak, (active * w * byte_w + r * 2 * h * 2.0) / bw)
-    hit = grid.lookup((read_ep, rows * per_row), roofline)
+    tokens = rows * per_row
+    if group and op.m > 0:
+        # the tables route balanced: N tokens' picks reach min(local experts, k N / EP)
+        # experts, as many as N tokens can; the model routes at random and reaches fewer
+        # (ops.active_experts), whose weights are what a small batch reads: the table is read
+        # at the tokens that reach as many as the model's
+        reached = min(experts / read_ep, tokens * topk / read_ep)
+        active = routed_rows(op) / op.m / split
+        if reached > active > 0:
+            tokens *= active / reached
+    hit = grid.lookup((read_ep, tokens), roofline)
     if note:                                     # not the measured key: never 'measured'
         hit = Lookup(hit.seconds, EXTRAPOLATED, "; ".join(x for x in (hit.outside, note) if x))
     floor = 2 * rows * w_exp / peak              # no kernel outruns the datasheet peak
