@@ -272,39 +272,26 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     eps, tokens = grid.points
     ep, top = float(eps[-1]), float(tokens[-1])      # few experts a rank, many tokens
     op = Op("e", "grouped_gemm", precision="bf16",
-            moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0, False))
+            moe_key=(h, inter, topk, experts, moe_tp, int(ep), 1.0, True))
     from simulator.pricing.measured import moe_lookup
     w_exp = 3 * h * inter / moe_tp
     peak, bw = peak_flops(prof, "bf16"), prof.hbm_bandwidth_Bps.value
 
-    def roof(t):
-        active = min(experts / ep, t)
-        return max(2 * t * w_exp / peak, (active * w_exp * 2.0 + t * 2 * h * 2.0) / bw)
-    edge, far = moe_lookup(prof, op, top), moe_lookup(prof, op, 4 * top)
-    assert edge.source == "measured" and far.source == "extrapolated"
-    assert roof(top) == 2 * top * w_exp / peak                  # compute-bound
-    assert far.seconds == pytest.approx(edge.seconds * roof(4 * top) / roof(top))
-    # memory-bound: a few tokens on more EP ranks than measured (fewer experts each)
-
     def roof_at(n_ep, t):
         active = min(experts / n_ep, t)
         return max(2 * t * w_exp / peak, (active * w_exp * 2.0 + t * 2 * h * 2.0) / bw)
-    wide = float(eps[-1])
-    few = float(next(t for t in tokens if t >= 2 * experts / wide))   # more rows than experts
-    assert roof_at(wide, few) > 2 * few * w_exp / peak                  # memory-bound
-    at_edge = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
-        h, inter, topk, experts, moe_tp, int(wide), 1.0, False)), few)
-    beyond = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
-        h, inter, topk, experts, moe_tp, int(2 * wide), 1.0, False)), few)
-    assert beyond.source == "extrapolated"
-    assert beyond.seconds == pytest.approx(at_edge.seconds * roof_at(2 * wide, few) /
-                                           roof_at(wide, few), rel=1e-9)
+    edge, far = moe_lookup(prof, op, top), moe_lookup(prof, op, 4 * top)
+    assert edge.source == "measured" and far.source == "extrapolated"
+    assert roof_at(ep, top) == 2 * top * w_exp / peak          # compute-bound
+    assert far.seconds == pytest.approx(edge.seconds * roof_at(ep, 4 * top) / roof_at(ep, top))
     # the group's tokens (tensor-parallel attention): N tokens on EP n give each rank
-    # top-k N / n rows, so one EP step further halves the rows at the same tokens
+    # top-k N / n rows, so one EP step beyond the table halves the rows at the same tokens
+    wide = float(eps[-1])
     n_tok = float(next(t for t in tokens if t * topk / (2 * wide) >= 2 * experts / wide))
 
     def roof_group(n_ep):
         return roof_at(n_ep, n_tok * topk / n_ep)
+    assert roof_group(2 * wide) > 2 * n_tok * topk / (2 * wide) * w_exp / peak   # memory-bound
     group_edge = moe_lookup(prof, Op("e", "grouped_gemm", precision="bf16", moe_key=(
         h, inter, topk, experts, moe_tp, int(wide), wide / topk, True)),
         n_tok * topk / wide)
@@ -314,6 +301,20 @@ def test_an_expert_gemm_beyond_its_table_scales_the_edge_by_the_roofline():
     assert group_edge.source == "measured" and group_beyond.source == "extrapolated"
     assert group_beyond.seconds == pytest.approx(
         group_edge.seconds * roof_group(2 * wide) / roof_group(wide), rel=1e-9)
+    # a rank's own rows after an all-to-all (EP e, R rows): the EP-1 table at R e / top-k
+    # tokens (every expert's rows as here) over e; beyond its tokens, by the EP-1 roofline
+    e = 8
+    n1 = float(tokens[-2])
+    rows = n1 * topk / e
+    a2a = Op("e", "grouped_gemm", precision="bf16",
+             moe_key=(h, inter, topk, experts, moe_tp, e, 1 / topk, False))
+    at = moe_lookup(prof, a2a, rows)
+    assert at.seconds == pytest.approx(grid.lookup((1, n1), roof_at).seconds / e)
+    past = moe_lookup(prof, a2a, rows * 4 * top / n1)
+    assert past.source == "extrapolated"
+    assert past.seconds == pytest.approx(
+        grid.lookup((1, top), roof_at).seconds / e * roof_at(1, 4 * top * topk) /
+        roof_at(1, top * topk), rel=1e-9)
 
 
 def test_prefill_bound_capacity_counts_only_the_prompt_tokens_computed():
@@ -458,6 +459,9 @@ def test_the_backward_of_a_micro_batch_is_its_pass_and_its_weight_gradients_once
     assert q.training.framework == "torchtitan" and q.plan.pp == 1
     prof = profile(q.hardware, idealizations={"enforce_hbm_capacity": False})
     r = train(q, profile=prof)
+    from simulator.loading import load_training_runtime
+    from simulator.training.run import with_kernel_tables
+    q = with_kernel_tables(q, load_training_runtime(q.training.framework), prof)   # trtllm's
     bwd = q.variant(phase="train_bwd", batch_per_device=q.training.micro_batch_sequences,
                     training=None)
     b = simulate(bwd, resolved=resolve(bwd, profile=prof, with_head=False))
@@ -586,11 +590,11 @@ def test_attention_backward_costs_two_and_a_half_forwards():
 
 def test_a_grouped_expert_gemm_never_outruns_the_peak():
     # Qwen3-235B training at EP 32: 2,048 tokens a GPU route 16,384 rows onto its 4 experts,
-    # 618 GFLOP, 0.625 ms at the H100's BF16 peak. The MoE table's point at these axes holds a
-    # far smaller kernel (its tokens are spread over all EP ranks), so the lookup is floored at
-    # FLOPs / peak
+    # 618 GFLOP, 0.625 ms at the H100's BF16 peak. Read from the EP-1 table (every expert's
+    # 512 rows, over 32) it takes longer than that; a lookup whose table point holds a smaller
+    # kernel than the op (here the same rows read at 16 group tokens) is floored at FLOPs / peak
     from simulator.loading import load_workload
-    from simulator.pricing.measured import compute_lookup
+    from simulator.pricing.measured import compute_lookup, moe_lookup
     from simulator.pricing.peaks import peak_flops
     from simulator.step.resolve import resolve
     from simulator.step.whatif import build_step_graph
@@ -602,4 +606,8 @@ def test_a_grouped_expert_gemm_never_outruns_the_peak():
     assert op.flops == pytest.approx(2 * rows * 3 * 4096 * 1536)
     floor = op.flops / peak_flops(r.profile, op.precision)
     assert floor == pytest.approx(op.flops / 989.4e12)
-    assert compute_lookup(op, r.profile).seconds == pytest.approx(floor)
+    assert compute_lookup(op, r.profile).seconds > floor
+    small = Op("e", "grouped_gemm", precision="bf16", flops=op.flops,
+               moe_key=(4096, 1536, 8, 128, 1, 32, 16 / rows, True))
+    hit = moe_lookup(r.profile, small, rows)
+    assert hit.seconds == pytest.approx(floor)

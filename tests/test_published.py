@@ -13,12 +13,15 @@ MISSES = {
     "weight reads at the A100 table's BF16 efficiency and no per-step runtime cost",
     "mixtral-8x7b-int8-a100-prefill": "the published TTFT holds the server's own time around "
     "the forward, which moesim does not price",
+    "deepseek-v3-h100-sglang-prefill": "behind DeepEP SGLang runs DeepGEMM's grouped GEMM; "
+    "its MoE tables measure its Triton kernel, which the experts a rank receives are read from "
+    "(docs/accuracy.md s12)",
 }
 # Training rows that miss 25% (docs/accuracy.md s5 gives each one's cause).
 TRAINING_GAP = "training step model (docs/accuracy.md s5: the causes by row)"
 MISSES.update({i: TRAINING_GAP for i in (
     "qwen3-235b-h100-tp2-ep8-fsdp-train",
-    "qwen3-235b-h100-tp2-ep8-pp32-train", "deepseek-v3-pretrain-h800-fp8",
+    "qwen3-235b-h100-tp4-ep8-pp8-train", "deepseek-v3-pretrain-h800-fp8",
     "deepseek-v3-gb200-mxfp8-baseline-train", "qwen3-30b-a3b-b200-deepep-128-train")})
 # Request-level rows that miss 25% (docs/accuracy.md, published rows: their causes).
 REQUEST_GAP = "request-level serving (docs/accuracy.md s10: the causes by row)"
@@ -29,7 +32,7 @@ MISSES.update({i: REQUEST_GAP for i in (
 MISSES.update({f"qwen3-30b-a3b-b200-deepep-{n}-train": TRAINING_GAP
                for n in ("16", "32", "64", "128-lbs10")})
 MISSES.update({f"qwen3-235b-h100-{k}-dropless-train": TRAINING_GAP
-               for k in ("16k-cp1", "32k-cp2", "64k-cp4", "128k-cp8")})
+               for k in ("16k-cp1", "32k-cp2")})
 
 
 @pytest.fixture(scope="module")

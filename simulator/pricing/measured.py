@@ -190,7 +190,11 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
         active = routed_rows(op) / op.m / split
         if reached > active > 0:
             tokens *= active / reached
-    hit = grid.lookup((read_ep, tokens), roofline)
+    if group:
+        hit = grid.lookup((read_ep, tokens), roofline)
+    else:
+        one = grid.lookup((1, tokens * read_ep), roofline)
+        hit = Lookup(one.seconds / read_ep, one.source, one.outside)
     if note:                                     # not the measured key: never 'measured'
         hit = Lookup(hit.seconds, EXTRAPOLATED, "; ".join(x for x in (hit.outside, note) if x))
     floor = 2 * rows * w_exp / peak              # no kernel outruns the datasheet peak

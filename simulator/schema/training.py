@@ -28,6 +28,12 @@ class TrainingRuntime(Strict):
     dp_bucket_params_per_rank: Sourced | None = Field(
         None, description="bucket parameters per data-parallel rank: the bucket is the larger "
         "of dp_bucket_params and this times the data-parallel degree")
+    kernel_tables: Literal["sglang", "trtllm", "vllm"] | None = Field(
+        None, description="the serving engine whose measured kernel tables run the kernels "
+        "this framework runs (its GEMM and grouped-GEMM libraries), where the profile has "
+        "them and the workload's runtime names none; unset: the workload's runtime alone")
+    kernel_tables_source: str = Field(
+        "", description="why those tables: the kernel libraries both call")
 
 
 class TrainingSpec(Strict):

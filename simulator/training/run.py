@@ -217,6 +217,16 @@ def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
     return stage_layers, dp, m, mem, fits
 
 
+def with_kernel_tables(w: Workload, rt: TrainingRuntime, prof: HardwareProfile) -> Workload:
+    """`w` priced by the tables of the engine whose kernels the training framework runs
+    (rt.kernel_tables), where the profile has them and the workload names no runtime."""
+    fw = rt.kernel_tables
+    if fw is None or w.runtime.framework is not None or w.runtime.version is not None or \
+            not any(m.framework == fw for m in prof.measured_kernels):
+        return w
+    return w.variant(runtime=w.runtime.model_copy(update={"framework": fw}))
+
+
 def train(w: Workload, tokens: float | None = None, profile: HardwareProfile | None = None,
           runtime: TrainingRuntime | None = None) -> TrainResult:
     """Simulate one optimizer step and extrapolate to the training run (`runtime`: the
@@ -234,6 +244,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     t = w.training
     model = load_model(w.model)
     prof = profile or load_profile(w.hardware)
+    rt = runtime or load_training_runtime(t.framework)
+    w = with_kernel_tables(w, rt, prof)
     stage_layers, dp, m, mem, fits = fitting(w, model, prof)
     plan = w.plan
     ideal = prof.idealizations.variant(enforce_hbm_capacity=False)
@@ -246,7 +258,6 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     w_s = sum(d for op, d in zip(bwd.timeline.ops, bwd.timeline.standalone_s)
               if "wgrad" in op.tags) * scale
     w_s = min(w_s, MAX_WGRAD_SHARE * b_total)
-    rt = runtime or load_training_runtime(t.framework)
     f_gpu, b_gpu = f_s, b_total
     f_s, b_total, w_s = host_bound(rt, stage_layers, f_s, b_total, w_s)
     host_s = (f_s - f_gpu) + (b_total - b_gpu)        # per micro-batch, beyond the GPU's
