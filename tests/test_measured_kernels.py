@@ -239,6 +239,27 @@ def test_fp8_scaling_picks_the_block_or_the_tensor_table_and_tensor_pays_its_qua
     assert compute_time_s(bf16, _priced("h200-sxm")) == pytest.approx(r.latency / 1e3)   # none
 
 
+def test_sglang_experts_behind_deepep_read_its_deepgemm_tables():
+    """SGLang runs its experts behind DeepEP on DeepGEMM (contiguous after the normal
+    dispatch, masked after the low-latency one), measured by (EP, the group's tokens) in the
+    package's wideep_*_moe_perf tables: a rank with 1,024 rows (128 tokens x top-8 from each
+    of 32 ranks, routed uniformly) reads EP 32 at 128 x 32 = 4,096 group tokens."""
+    prof = _priced("h200-sxm")
+    w_exp = 3 * 7168 * 2048
+    rows = 128 * 8
+    for kernel, phase in (("normal", "context"), ("low_latency", "generation")):
+        raw = _parquet(f"h200_sxm/moe/sglang/0.5.10/wideep_{phase}_moe_perf.parquet")
+        r = raw[(raw.distribution == "uniform") & (raw.moe_ep_size == 32) &
+                (raw.num_tokens == 4096)].latency.iloc[0] / 1e3
+        op = Op("L3.moe.experts", "grouped_gemm", flops=2 * rows * w_exp, m=rows / 8,
+                gemm_nk=(2 * 7168 * 2048, 7168 * 2048), precision="fp8", kernel=kernel,
+                moe_key=(7168, 2048, 8, 256, 1, 32, 1 / 8, False))
+        assert compute_time_s(op, prof) == pytest.approx(r)
+    trt = _priced("h200-sxm", "trtllm")               # no such table: the EP-1 reading
+    assert trt.measured.kernels.get("moe_deepep_context", (
+        "fp8_block", "uniform", 7168, 2048, 8, 256, 1)) is None
+
+
 def test_experts_after_an_all_to_all_read_the_ep1_table_over_ep():
     """After an all-to-all a rank holds only its rows: 64 tokens per rank x top-8 on EP 8 give
     it 512 rows over its 32 of DeepSeek's 256 experts, 16 rows each. The EP tables hand every
@@ -358,13 +379,11 @@ def test_simulate_says_where_each_op_is_priced_from():
     sources = {o["source"] for o in d["ops"]}
     assert sources <= {"measured", "interpolated", "extrapolated", "roofline"}
     assert {"measured", "interpolated"} & sources
-    # a rank's 16,384 tokens x top-8 over EP 32 give each expert 512 rows in each of its two
-    # micro-batches: the EP-1 table at 8,192 x 32 tokens, beyond its 16,384, so the experts
-    # (a third of the step) say extrapolated and name the axis; the rest is measured
+    # the experts behind DeepEP read SGLang's DeepGEMM table (measured up to 524,288 group
+    # tokens): a rank's 8,192 tokens per micro-batch x EP 32 lie inside it
     experts = {o["source"] for o in d["ops"] if o["name"].endswith("moe.experts")}
-    assert experts == {"extrapolated"}
-    assert "experts: num_tokens 2.621e+05" in d["fidelity"]["extrapolated"]
-    assert 0.5 <= d["fidelity"]["measured_share"] < 0.8
+    assert experts <= {"measured", "interpolated"}
+    assert d["fidelity"]["measured_share"] >= 0.8
 
 
 # -- calibrate --from-aiconfigurator --------------------------------------------------------

@@ -13,9 +13,6 @@ MISSES = {
     "weight reads at the A100 table's BF16 efficiency and no per-step runtime cost",
     "mixtral-8x7b-int8-a100-prefill": "the published TTFT holds the server's own time around "
     "the forward, which moesim does not price",
-    "deepseek-v3-h100-sglang-prefill": "behind DeepEP SGLang runs DeepGEMM's grouped GEMM; "
-    "its MoE tables measure its Triton kernel, which the experts a rank receives are read from "
-    "(docs/accuracy.md s12)",
 }
 # Training rows that miss 25% (docs/accuracy.md s5 gives each one's cause).
 TRAINING_GAP = "training step model (docs/accuracy.md s5: the causes by row)"

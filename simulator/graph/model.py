@@ -298,7 +298,7 @@ class _Builder:
                                block="moe", share=1 / n,
                                gemm_nk=(2 * h * moe.expert_intermediate,
                                         h * moe.expert_intermediate),
-                               moe_key=self.moe_key(1)), d,
+                               moe_key=self.moe_key(1), kernel=self.ep_kernel), d,
                             extra=unfused.experts(routed, h, moe.expert_intermediate,
                                                   local_experts))
                    for nm, d in zip(names, dispatches)]

@@ -41,7 +41,7 @@ class Op:
     share: float = 1.0              # MoE token chunk: its share of the micro-batch's routed copies
     precision: str = "bf16"         # compute precision (GEMMs, attention core): bf16 | fp8
     kernel: str = ""                # attention core: mla_decode | gqa_decode | mla_prefill ...;
-    #   EP dispatch / combine: low_latency | normal
+    #   EP dispatch / combine, and the experts between them: low_latency | normal
     seqs: float = 0.0               # attention core: sequences in the batch
     kv_len: float = 0.0             # attention core: KV length each query attends to
     gemm_dims: tuple[tuple[float, float], ...] = ()   # (N, K) of each GEMM, as gemm_nk lists

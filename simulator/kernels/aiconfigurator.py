@@ -116,8 +116,10 @@ def _reads(root: Path, system: str, fw: str, version: str):
     yield _quantize(base, fw, version)
     yield _custom_all_reduce(base, fw, version)
     yield _nccl(base)
-    if fw == "sglang":           # DeepEP as SGLang runs it
+    if fw == "sglang":           # DeepEP as SGLang runs it, and its experts behind DeepEP
         yield from _deepep(base)
+        for phase in ("context", "generation"):
+            yield _deepep_moe(base, version, phase)
     else:                        # DeepEP as TensorRT-LLM and vLLM run it
         yield from _moe_a2a(base, fw, version)
 
@@ -259,6 +261,22 @@ def _moe(base: Path, fw: str, version: str) -> Read | None:
                          path,
                          lambda k: (_dtype(k[0]),) + tuple(k[1:]))
     return Read("moe", grids, " + ".join(_rel(p) for p in paths), len(df), dups)
+
+
+def _deepep_moe(base: Path, version: str, phase: str) -> Read | None:
+    """SGLang's experts behind DeepEP (DeepGEMM's grouped GEMMs: contiguous after the normal
+    dispatch in context, masked after the low-latency one in generation), by (EP, the group's
+    tokens), routed uniformly at random; from the newest version not newer than `version`
+    that measured them."""
+    path = _newest(base / "moe" / "sglang", f"wideep_{phase}_moe_perf.parquet", version)
+    if path is None:
+        return None
+    df = _frame(path)
+    _need(df, path, MOE_KEYS + ["moe_ep_size", "num_tokens", "latency"])
+    df = df[df["distribution"] == "uniform"]      # moesim's routing: uniform at random
+    grids, dups = _grids(df, f"moe_deepep_{phase}", MOE_KEYS, ["moe_ep_size", "num_tokens"],
+                         "latency", 1e-3, path, lambda k: (_dtype(k[0]),) + tuple(k[1:]))
+    return Read(f"moe_deepep_{phase}", grids, _rel(path), len(df), dups)
 
 
 def _gqa(base: Path, fw: str, version: str, phase: str) -> Read | None:

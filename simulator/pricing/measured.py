@@ -190,7 +190,17 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
         active = routed_rows(op) / op.m / split
         if reached > active > 0:
             tokens *= active / reached
-    if group:
+    behind = _deepep_grid(ms, op) if not group and not note else None
+    if behind is not None:
+        # SGLang's experts behind DeepEP, measured by (EP, the group's tokens) at uniform
+        # random routing: the group's tokens are a rank's rows x EP / top-k
+        def roof_behind(x: tuple[float, ...]) -> float:
+            n_ep, n = x
+            r = n / (per_row * n_ep)
+            active = min(experts / n_ep, r)
+            return max(2 * r * w_exp / peak, (active * w_exp * byte_w + r * 2 * h * 2.0) / bw)
+        hit = behind.lookup((ep, tokens * ep), roof_behind)
+    elif group:
         hit = grid.lookup((read_ep, tokens), roofline)
     else:
         one = grid.lookup((1, tokens * read_ep), roofline)
@@ -199,6 +209,22 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
         hit = Lookup(hit.seconds, EXTRAPOLATED, "; ".join(x for x in (hit.outside, note) if x))
     floor = 2 * rows * w_exp / peak              # no kernel outruns the datasheet peak
     return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)
+
+
+def _deepep_grid(ms: MeasuredPricing, op: Op) -> KernelGrid | None:
+    """The table of the experts' kernel behind DeepEP (SGLang's DeepGEMM: context after the
+    normal dispatch, generation after the low-latency one), where the runtime measured it."""
+    phase = {"normal": "context", "low_latency": "generation"}.get(op.kernel)
+    if phase is None:
+        return None
+    h, inter, topk, experts, moe_tp = op.moe_key[:5]
+    dtypes = [ms.fp8_gemm, "fp8_block", "fp8"] if op.precision == "fp8" else ["bf16"]
+    for d in dtypes:
+        grid = ms.kernels.get(f"moe_deepep_{phase}", (d, "uniform", h, inter, topk, experts,
+                                                      moe_tp))
+        if grid is not None:
+            return grid
+    return None
 
 
 def routed_rows(op: Op) -> float:
