@@ -11,9 +11,12 @@ kernels/aiconfigurator.py):
   balanced tokens. The tables' token axis counts the tokens every rank of the EP group holds
   (a rank with 1/EP of the experts computes top-k x tokens / EP rows of them). Under
   tensor-parallel attention a rank does hold them all, and the lookup is at the batch's tokens
-  (its routed rows x EP / real experts per token); where an all-to-all brings a rank only its
-  rows, no table holds that kernel and the lookup is at the rank's own tokens (its rows / real
-  experts per token). Never faster than its FLOPs at the peak;
+  (its routed rows x EP / real experts per token), lowered to the tokens that reach as many
+  experts as random routing does. Where an all-to-all brings a rank only its rows: the kernel
+  the runtime runs there where measured (SGLang's DeepGEMM behind DeepEP, by EP and the group's
+  tokens), else the EP-1 table at the tokens that give every expert the rank's rows per expert,
+  over EP. A MoE TP without a table of its own reads the TP-1 table at EP x TP. Never faster
+  than its FLOPs at the peak;
 - an attention core: GQA or MLA, context or generation, by (sequences, length) at its heads,
   KV-head count, head size and KV dtype; MLA decode adds its two absorbed BMMs, MLA prefill its
   kv_b expansion GEMM;
@@ -174,12 +177,15 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
     byte_w = 0.5 if ms.four_bit_weights else ELEMENT_BYTES[op.precision]
     split = moe_tp if note else 1                # the table's expert: whole, split x our width
 
+    def cost(r: float, n_ep: float, w: float) -> float:
+        """A rank's r rows over its experts / n_ep experts of w weights each, at the roofline."""
+        busy = min(experts / n_ep, r)
+        return max(2 * r * w / peak, (busy * w * byte_w + r * 2 * h * 2.0) / bw)
+
     def roofline(x: tuple[float, ...]) -> float:
         n_ep, tokens = x                         # group tokens N: a rank's rows k N / EP
         r = tokens * ep / (per_row * n_ep) if group else tokens / per_row / split
-        w = w_exp * split
-        active = min(experts / n_ep, r)
-        return max(2 * r * w / peak, (active * w * byte_w + r * 2 * h * 2.0) / bw)
+        return cost(r, n_ep, w_exp * split)
     tokens = rows * per_row
     if group and op.m > 0:
         # the tables route balanced: N tokens' picks reach min(local experts, k N / EP)
@@ -194,12 +200,8 @@ def moe_lookup(prof: HardwareProfile, op: Op, rows: float) -> Lookup | None:
     if behind is not None:
         # SGLang's experts behind DeepEP, measured by (EP, the group's tokens) at uniform
         # random routing: the group's tokens are a rank's rows x EP / top-k
-        def roof_behind(x: tuple[float, ...]) -> float:
-            n_ep, n = x
-            r = n / (per_row * n_ep)
-            active = min(experts / n_ep, r)
-            return max(2 * r * w_exp / peak, (active * w_exp * byte_w + r * 2 * h * 2.0) / bw)
-        hit = behind.lookup((ep, tokens * ep), roof_behind)
+        hit = behind.lookup((ep, tokens * ep),
+                            lambda x: cost(x[1] / (per_row * x[0]), x[0], w_exp))
     elif group:
         hit = grid.lookup((read_ep, tokens), roofline)
     else:
