@@ -38,6 +38,7 @@ GM, GP, ME = "simulator/graph/model.py", "simulator/graph/params.py", "simulator
 GB = "simulator/graph/backward.py"
 RS = "simulator/step/resolve.py"
 GO = "simulator/graph/ops.py"
+SIT, SI = "benchmarks/silicon_twins.py", "benchmarks/silicon.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
@@ -702,6 +703,22 @@ MUTANTS: list[Mutant] = [
     Mutant(MK, "a grouped expert GEMM may outrun the peak",
            "return hit if hit.seconds >= floor else Lookup(floor, hit.source, hit.outside)",
            "return hit"),
+    Mutant(GM, "the LM head whole on every GPU of a tensor-parallel group",
+           "v = self.m.vocab_size / n", "v = self.m.vocab_size"),
+    Mutant(GP, "an FP8 checkpoint's LM head read at one byte a weight",
+           'return 1.0 if dtype == "fp8" else max(prec.weight_bytes, 2.0)',
+           "return prec.weight_bytes"),
+    Mutant(ME, "embeddings whole on every GPU of a tensor-parallel group",
+           "embeddings = c.embedding / plan.attention_tp * head_weight_bytes(",
+           "embeddings = c.embedding * head_weight_bytes("),
+    Mutant(SIT, "the first record of a run is kept, not the one stating the most",
+           "best = max(group, key=stated)", "best = group[0]"),
+    Mutant(SIT, "records of one run's figures at other client counts merged",
+           'float(row["osl"]), _clients(row),', 'float(row["osl"]),'),
+    Mutant(SIT, "runs a few percent apart read as one",
+           'f"{float(text):.9g}"', 'f"{float(text):.2g}"'),
+    Mutant(SI, "a run listed twice counted twice",
+           "kept, repeats = one_per_measurement(kept)", "_, repeats = one_per_measurement(kept)"),
     Mutant(EP, "the loop's graphed steps skip the host time",
            "plain = self.host_s == 0.0                  # a graphed step is its GPU time",
            "plain = True"),

@@ -32,6 +32,7 @@ from simulator.errors import MoesimError  # noqa: E402
 from simulator.loading import (load_profile, read_text_file, read_yaml_mapping,  # noqa: E402
                                serving_runtime_for)
 from simulator.kernels.store import version_key  # noqa: E402
+from benchmarks.silicon_twins import one_per_measurement  # noqa: E402
 
 ASSUMPTIONS = ROOT / "benchmarks" / "silicon.yaml"
 PACKAGE = "aiconfigurator_core"
@@ -321,7 +322,7 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
     backend = row["backend"]
     isl, osl = int(float(row["isl"])), int(float(row["osl"]))
     prec = _precision(row, model, models.config(row["model_path"]), a, assumed)
-    gpn = load_profile(a["systems"][system]).gpus_per_node.value
+    gpn = int(load_profile(a["systems"][system]).gpus_per_node.value)
     n_req = a["requests_per_client"] * conc
     serving = {"arrivals": {"process": "closed", "concurrency": conc, "requests": n_req},
                "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
@@ -338,6 +339,11 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                        prefill={"plan": pplan, "max_tokens_per_device": int(isl * max(pb, 1))})
     else:
         raise Unexpressed(f"mode {row['mode']!r} is neither agg nor disagg")
+    if row.get("_same_as"):
+        assumed.append(f"the same measurement as {', '.join(row['_same_as'])} (listed again in "
+                       "the corpus, counted once: this record states the most fields)" +
+                       (f"; the other record states other {', '.join(row['_differs'])}: this "
+                        "record's are used" if row.get("_differs") else ""))
     assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
                 "measured figures read as the mean over requests",
                 "no MTP / speculative decoding"]
@@ -388,7 +394,7 @@ def result_row(case: Case, metrics: dict) -> dict:
     out = {"id": r["id"], "system": r["system"], "backend": r["backend"],
            "backend_version": r["backend_version"], "model": r["model_path"], "mode": r["mode"],
            "isl": int(float(r["isl"])), "osl": int(float(r["osl"])), "concurrency": conc,
-           "sweep": sweep_key(r), "assumed": case.assumed,
+           "sweep": sweep_key(r), "assumed": case.assumed, "same_as": r.get("_same_as", []),
            "layers": case.layers, "kernel_latency_s": case.kernel_latency_s}
     for key in ("ttft_ms", "tpot_ms"):
         meas = float(r[f"silicon_{key}"])
@@ -468,6 +474,7 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
     kept = [r for r in rows if r["model_path"] not in held]
     if systems:
         kept = [r for r in kept if r["system"] in systems]
+    kept, repeats = one_per_measurement(kept)
     if limit is not None:
         kept = kept[:limit]
     cases, unexpressed = [], []
@@ -492,7 +499,8 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
             out_rows.append(result_row(case, metrics))
     n_held = sum(r["model_path"] in held for r in rows)
     return {"csv": str(csv_path), "held_apart": {"models": sorted(held), "rows": n_held},
-            "rows": out_rows, "unexpressed": unexpressed, "summary": summary(out_rows)}
+            "repeats": repeats, "rows": out_rows, "unexpressed": unexpressed,
+            "summary": summary(out_rows)}
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -527,8 +535,10 @@ def bands_yaml(res: dict, command: str) -> str:
 def print_summary(res: dict) -> None:
     """The console summary: expressed share, overall and per-system errors, reasons."""
     n_rows, n_un = len(res["rows"]), len(res["unexpressed"])
-    print(f"{n_rows} rows predicted, {n_un} not expressed (of {n_rows + n_un} allowed rows; "
-          f"{res['held_apart']['rows']} held apart)")
+    n_rep = sum(len(t["same_as"]) for t in res.get("repeats", []))
+    print(f"{n_rows} rows predicted, {n_un} not expressed (of {n_rows + n_un} allowed "
+          f"measurements; {res['held_apart']['rows']} rows held apart; {n_rep} rows repeat "
+          "another row's measurement and are counted once)")
     s = res["summary"]
     for title, groups in (("overall", {"all": s["overall"]}), ("by system", s["by_system"]),
                           ("by backend", s["by_backend"]), ("by mode", s["by_mode"]),

@@ -50,8 +50,8 @@ def _models():
 
 @pytest.mark.parametrize("model", _models(), ids=lambda m: m.name)
 def test_memory_and_training_count_the_same_weights(model):
-    # Inference memory (weights at 1 byte, no MTP) and training's parameters (ZeRO 0, one
-    # stage, 1 byte) are one device's weights; they must agree for every model and layout.
+    # Inference memory (weights at 2 bytes, no MTP) and training's parameters (ZeRO 0, one
+    # stage, 2 bytes) are one device's weights; they must agree for every model and layout.
     # Training's tp splits attention too (Megatron's tensor parallelism): inference's
     # tensor-parallel attention holds the same shards.
     from simulator.graph.memory import inference_memory
@@ -60,7 +60,7 @@ def test_memory_and_training_count_the_same_weights(model):
     from simulator.training.run import training_memory
     ep = 8 if model.moe else 1
     plan = ParallelPlan(gpus=8, gpus_per_node=8, tp=1 if model.moe else 8, ep=ep)
-    prec = Precision(weight_bytes=1)
+    prec = Precision(weight_bytes=2)     # inference keeps embeddings and head in BF16
     inf_plan = plan if model.moe else plan.model_copy(update={"attention_tp": 8})
     inf = inference_memory(model, inf_plan, prec, Shape("decode", 1, 1, 1), False)
     t = TrainingSpec(global_batch_sequences=8, zero_stage=0)

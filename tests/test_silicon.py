@@ -30,6 +30,47 @@ def test_every_allowed_row_is_predicted_or_listed_with_its_reason(small):
     # held apart: neither predicted nor listed, only counted
     assert "held-apart" not in predicted | set(reasons)
     assert small["held_apart"]["rows"] == 1
+    # a second record of moe-disagg's run (a later export): counted once, named
+    assert "moe-disagg-export" not in predicted | set(reasons)
+    assert small["repeats"] == [{"id": "moe-disagg", "same_as": ["moe-disagg-export"],
+                                 "differs": []}]
+    row = next(r for r in small["rows"] if r["id"] == "moe-disagg")
+    assert row["same_as"] == ["moe-disagg-export"]
+    assert any("same measurement as moe-disagg-export" in a for a in row["assumed"])
+
+
+def _record(rid, ttft="200", tpot="6", clients="32", **fields):
+    base = {"id": rid, "silicon_data_source": f"silicon_concurrency={clients}",
+            "system": "h200_sxm", "backend": "trtllm", "precision": "fp8",
+            "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8", "isl": "1024", "osl": "1024",
+            "silicon_ttft_ms": ttft, "silicon_tpot_ms": tpot, "prefill_tp_size": "8",
+            "decode_tp_size": "8"}
+    return {**base, **fields}
+
+
+def test_a_run_listed_three_times_is_counted_once_from_its_fullest_record():
+    from benchmarks.silicon_twins import one_per_measurement
+    rows = [_record("export-a", ttft="1807.868141", tpot="30.901037"),
+            # the database record states the workers and the pools' batch sizes, and its
+            # prefill runs DP attention where the exports say TP 8
+            _record("db", ttft="1807.86814100", tpot="30.9010370", prefill_tp_size="1",
+                    prefill_attention_dp_size="8", prefill_num_workers="1",
+                    decode_num_workers="9", decode_batch_size="64", prefill_batch_size="1"),
+            _record("export-b", ttft="1807.868141", tpot="30.901037"),
+            # other runs: 0.01% apart, or the same figures at other clients / lengths
+            _record("other-run", ttft="1808.05", tpot="30.901037"),
+            _record("other-clients", ttft="1807.868141", tpot="30.901037", clients="64"),
+            _record("other-lengths", ttft="1807.868141", tpot="30.901037", isl="8192")]
+    kept, repeats = one_per_measurement(rows)
+    assert [r["id"] for r in kept] == ["db", "other-run", "other-clients", "other-lengths"]
+    # the exports state prefill_tp_size 8 against the kept record's 1 (their empty
+    # attention DP size says nothing)
+    assert repeats == [{"id": "db", "same_as": ["export-a", "export-b"],
+                        "differs": ["prefill_tp_size"]}]
+    assert kept[0]["decode_num_workers"] == "9"
+    # of records stating as much, the first in the file is kept
+    tie, _ = one_per_measurement([_record("first"), _record("second")])
+    assert [r["id"] for r in tie] == ["first"]
 
 
 def test_rows_carry_the_measured_figures_errors_and_assumptions(small):

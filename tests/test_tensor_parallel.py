@@ -167,3 +167,42 @@ def test_gpt_oss_and_dense_qwen3_import_from_their_own_fields(tmp_path):
     assert q.moe is None and q.dense_intermediate == 1024 and q.attention.head_dim == 64
     with pytest.raises(MoesimError, match="sparse attention"):
         import_hf_config(root / "silicon" / "model_configs" / "acme--TinySparse_config.json")
+
+
+def test_the_lm_head_is_vocabulary_parallel_and_bf16_under_tensor_parallel_attention():
+    # Llama-3-70B: hidden 8192, vocabulary 128,256; an FP8 checkpoint (1-byte weights) keeps
+    # its head in BF16. Under TP 4 each GPU multiplies by 128,256 / 4 columns and the logits
+    # are all-gathered (ring: 3 chunks of 8 tokens x 32,064 x 2 bytes sent per GPU).
+    from simulator.graph.memory import inference_memory
+    from simulator.graph.params import count_params
+    llama = load_model("llama-3-70b")
+    h, v, t = 8192, 128256, 8
+    fp8 = Precision(weight_bytes=1)
+
+    def head(plan, compute=None):
+        g = build_forward(llama, plan, fp8, Shape("decode", t, 1, 1000), 0, layers=1,
+                          compute=compute)
+        return {n.split(".", 1)[1]: d["op"] for n, d in g.nodes(data=True)
+                if ".head." in n}
+    tp = head(ParallelPlan(gpus=4, tp=4, attention_tp=4))
+    lm = tp["head.lm_head"]
+    assert lm.flops == pytest.approx(2 * t * h * v / 4)
+    assert lm.weight_bytes == pytest.approx(h * v / 4 * 2)
+    assert lm.gemm_dims == ((v / 4, h),)
+    ag = tp["head.logits_all_gather"]
+    assert ag.collective == "all_gather" and ag.group == "tp"
+    assert ag.bytes == pytest.approx(t * v / 4 * 3 * 2)
+    one = head(ParallelPlan(gpus=1))
+    assert one["head.lm_head"].weight_bytes == pytest.approx(h * v * 2)
+    assert "head.logits_all_gather" not in one
+    # a head computing in FP8 reads FP8 weights
+    assert head(ParallelPlan(gpus=1), {"lm_head": "fp8"})["head.lm_head"].weight_bytes == \
+        pytest.approx(h * v * 1)
+    # memory: embedding and head, BF16, a quarter of them per GPU
+    emb = count_params(llama).embedding
+    shape = Shape("decode", 1, 1, 1)
+    m4 = inference_memory(llama, ParallelPlan(gpus=4, tp=4, attention_tp=4), fp8, shape, False)
+    m4_bf16 = inference_memory(llama, ParallelPlan(gpus=4, tp=4, attention_tp=4),
+                               Precision(weight_bytes=2), shape, False)
+    # everything but the embeddings doubles from 1 to 2 bytes; the embeddings do not
+    assert m4_bf16.weights - m4.weights == pytest.approx(m4.weights - emb / 4 * 2)

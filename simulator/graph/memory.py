@@ -7,8 +7,8 @@ from simulator.schema import ModelSpec, ParallelPlan, Precision
 
 LIVE_ACTIVATION_BUFFERS = 4   # inference: input, output and two temporaries of the widest op live at once
 from simulator.graph.ops import Shape
-from simulator.graph.params import (count_params, expert_params, kv_elements_per_token,
-                              layer_counts, replicated_params)
+from simulator.graph.params import (count_params, expert_params, head_weight_bytes,
+                                    kv_elements_per_token, layer_counts, replicated_params)
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,19 @@ class MemoryBreakdown:
 def inference_memory(model: ModelSpec, plan: ParallelPlan, prec: Precision, shape: Shape,
                      mtp: bool, redundant_experts: int = 0) -> MemoryBreakdown:
     """Per-GPU bytes: attention replicated (DP), dense FFNs split by tp, experts split by ep;
-    the fullest rank holds ceil((experts + redundant copies) / ep) expert slots."""
+    the fullest rank holds ceil((experts + redundant copies) / ep) expert slots; embeddings
+    and LM head in BF16 (head_weight_bytes), vocabulary-parallel under tensor-parallel
+    attention."""
     c = count_params(model)
     h = model.hidden_size
     _, moe_layers = layer_counts(model)
-    replicated = replicated_params(model, plan.tp, c, plan.attention_tp) + c.embedding
+    replicated = replicated_params(model, plan.tp, c, plan.attention_tp)
+    embeddings = c.embedding / plan.attention_tp * head_weight_bytes(
+        prec, prec.compute.lm_head or "bf16")
     n = model.moe.num_experts if model.moe else 0
     experts = -(-(n + redundant_experts) // plan.ep) * moe_layers * expert_params(model) \
         / plan.moe_tp if n else 0.0   # the fullest rank's expert slots, copies included
-    weights = (replicated + experts + (c.mtp if mtp else 0)) * prec.weight_bytes
+    weights = (replicated + experts + (c.mtp if mtp else 0)) * prec.weight_bytes + embeddings
     kv = shape.sequences * (shape.context + shape.query_tokens) * \
         kv_elements_per_token(model, plan.attention_tp) * prec.kv_bytes
     widest = max(h, model.dense_intermediate // plan.tp,

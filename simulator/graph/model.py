@@ -17,8 +17,8 @@ import networkx as nx
 from simulator.graph import unfused
 from simulator.graph.backward import fp8_cast_bytes, gemm_shapes
 from simulator.graph.ops import Op, Shape, active_experts, compute_class
-from simulator.graph.params import (blocks_per_layer, expert_params, kv_elements_per_block,
-                                    is_moe_layer, local_kv_heads)
+from simulator.graph.params import (blocks_per_layer, expert_params, head_weight_bytes,
+                                    is_moe_layer, kv_elements_per_block, local_kv_heads)
 from simulator.schema import (TRAINING_PHASES, AttentionSpec, ModelSpec, ParallelPlan,
                               Precision)
 
@@ -370,13 +370,23 @@ class _Builder:
         return self.join(i, moe_out, shared)
 
     def head(self, layer: int, after: str, block: str = "head") -> str:
-        """Final norm + LM head over the tokens of this pass."""
-        h, t, v = self.m.hidden_size, self.s.tokens, self.m.vocab_size
-        wb, ab = self.p.weight_bytes, self.p.activation_bytes
-        return self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
-                           bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
-                           layer=layer, block=block, gemm_nk=(h * v,), gemm_dims=((v, h),)),
-                        after)
+        """Final norm + LM head over the tokens of this pass. Its weights are BF16 whatever the
+        checkpoint quantises (unless the head itself computes in FP8). Under tensor-parallel
+        attention the head is vocabulary-parallel, as every engine runs it: each GPU of the
+        group multiplies by 1/n of the vocabulary and the logits are all-gathered."""
+        h, t, ab = self.m.hidden_size, self.s.tokens, self.p.activation_bytes
+        n = self.plan.attention_tp
+        v = self.m.vocab_size / n
+        wb = head_weight_bytes(self.p, self.compute.get("lm_head", "bf16"))
+        out = self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
+                          bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
+                          layer=layer, block=block, gemm_nk=(h * v,), gemm_dims=((v, h),)),
+                       after)
+        if n == 1:
+            return out
+        return self.add(Op(f"L{layer}.{block}.logits_all_gather", "collective",
+                           bytes=t * v * (n - 1) * ab, collective="all_gather", group="tp",
+                           layer=layer, block=block), out)
 
     def mtp(self, layer: int, after: str) -> str:
         """One dense MTP layer (projection, attention, FFN) and its draft logits."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.schema import AttentionSpec, ModelSpec
+from simulator.schema import AttentionSpec, ModelSpec, Precision
 
 
 def attention_params(att: AttentionSpec, hidden: int) -> int:
@@ -162,3 +162,10 @@ def replicated_params(model: ModelSpec, tp: int, c: ParamCounts | None = None,
                                                            model.hidden_size) + shared
         rest = rest - split + split / attention_tp
     return rest + dense / tp
+
+
+def head_weight_bytes(prec: Precision, dtype: str) -> float:
+    """Bytes per LM-head (and embedding) weight: FP8 and FP4 checkpoints keep them in BF16
+    (ModelOpt's default exclusions, DeepSeek's and Qwen's FP8 releases), so at least 2 unless
+    the head computes in FP8."""
+    return 1.0 if dtype == "fp8" else max(prec.weight_bytes, 2.0)

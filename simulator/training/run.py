@@ -108,7 +108,8 @@ def training_memory(w: Workload, t: TrainingSpec, model: ModelSpec, stage_layers
     plan = w.plan
     c = count_params(model)
     share = stage_layers / model.num_layers
-    replicated = replicated_params(model, plan.tp, c, plan.tp) * share + c.embedding / plan.pp
+    replicated = replicated_params(model, plan.tp, c, plan.tp) * share + \
+        c.embedding / (plan.pp * plan.tp)           # vocabulary-parallel over tp
     experts = c.expert_total * share / plan.ep
     shard_rep = plan.gpus // (plan.pp * plan.tp)          # ranks holding the same dense params
     shard_exp = plan.gpus // (plan.pp * plan.ep)          # ranks holding the same experts
