@@ -4,9 +4,10 @@ the op's class and key; the caller falls back to the roofline and efficiency tab
 What each op class reads (the tables' axes and keys are aiconfigurator-core's, see
 kernels/aiconfigurator.py):
 - a GEMM op: each of its GEMMs at (M, N, K) in its dtype (BF16; FP8 block-scaled or per-tensor as
-  the workload's precision.fp8_scaling says), summed; a per-tensor FP8 GEMM adds the measured
-  quantisation of its BF16 input (M x K: the scale_matrix table; block-scaled GEMMs quantise
-  per token group, a kernel the package does not measure, so nothing is added);
+  the workload's precision.fp8_scaling says), summed. The FP8 and FP4 tables time the engine's
+  linear module on a BF16 input, its activation quantise kernel included (aiconfigurator's
+  collectors: TensorRT-LLM's Linear.forward, vLLM's RowParallelLinear, SGLang's per-token or
+  per-group quantise before its scaled GEMM), so nothing is added for it;
 - a grouped expert GEMM: the whole MoE kernel at (hidden, width, top-k, experts, MoE TP, EP),
   balanced tokens. The tables' token axis counts the tokens every rank of the EP group holds
   (a rank with 1/EP of the experts computes top-k x tokens / EP rows of them). Under
@@ -113,10 +114,10 @@ def _gemm_grid(ms: MeasuredPricing, precision: str) -> KernelGrid | None:
 
 
 def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
-                dims: tuple[tuple[float, float], ...], rows: tuple[float, ...] = (),
-                quantize: bool = True) -> Lookup | None:
+                dims: tuple[tuple[float, float], ...], rows: tuple[float, ...] = ()
+                ) -> Lookup | None:
     """The measured time of GEMMs of M rows (or each its own `rows`) and these (N, K), run one
-    after another; `quantize`: a per-tensor FP8 GEMM pays its input's quantise kernel."""
+    after another (each with its input's quantisation, which the tables hold)."""
     ms = prof.measured
     grid = _gemm_grid(ms, precision) if ms is not None and dims and m > 0 else None
     if grid is None:
@@ -129,14 +130,7 @@ def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
     def roofline(x: tuple[float, ...]) -> float:
         mm, n, k = x
         return max(2 * mm * n * k / peak, ((mm + n) * k * eb + mm * n * OUTPUT_BYTES) / bw)
-    parts = [grid.lookup((mm, n, k), roofline) for mm, (n, k) in zip(ms_rows, dims)]
-    quant = ms.kernels.get("quantize", ("fp8",)) \
-        if quantize and precision == "fp8" and ms.fp8_gemm == "fp8" else None
-    if quant is not None:      # a per-tensor FP8 GEMM's BF16 input: its own quantise kernel
-        def read_write(x: tuple[float, ...]) -> float:
-            return x[0] * x[1] * (OUTPUT_BYTES + 1.0) / bw
-        parts += [quant.lookup((mm, k), read_write) for mm, (_, k) in zip(ms_rows, dims)]
-    return worst(parts)
+    return worst([grid.lookup((mm, n, k), roofline) for mm, (n, k) in zip(ms_rows, dims)])
 
 
 # -- grouped expert GEMMs ---------------------------------------------------------------------
@@ -283,10 +277,8 @@ def compute_lookup(op: Op, prof: HardwareProfile) -> Lookup | None:
     """A compute op's measured time, or None where no table holds its class and key."""
     if prof.measured is None:
         return None
-    if op.kind == "gemm":       # training prices its FP8 casts itself (Op.cast_bytes)
-        training = op.cast_bytes > 0 or "dgrad" in op.tags or "wgrad" in op.tags
-        return gemm_lookup(prof, op.precision, op.m, op.gemm_dims, op.gemm_rows,
-                           quantize=not training)
+    if op.kind == "gemm":
+        return gemm_lookup(prof, op.precision, op.m, op.gemm_dims, op.gemm_rows)
     if op.kind == "grouped_gemm":
         return moe_lookup(prof, op, routed_rows(op))
     if op.kind == "attention":
