@@ -158,7 +158,8 @@ def test_duplicated_keys_are_averaged_and_counted():
 @pytest.mark.parametrize("profile,system,framework", [
     ("h100-sxm", "h100_sxm", "sglang"), ("h200-sxm", "h200_sxm", "sglang"),
     ("b200-sxm", "b200_sxm", "sglang"), ("gb200", "gb200", "sglang"),
-    ("h200-sxm", "h200_sxm", "trtllm"), ("b200-sxm", "b200_sxm", "vllm")])
+    ("h200-sxm", "h200_sxm", "trtllm"), ("b200-sxm", "b200_sxm", "vllm"),
+    ("b200-sxm", "b200_sxm", "trtllm")])
 def test_shipped_tables_equal_what_the_importer_writes(profile, system, framework):
     prof = load_profile(profile)
     ref = [m for m in prof.measured_kernels if m.framework == framework][-1]
@@ -171,6 +172,30 @@ def test_shipped_tables_equal_what_the_importer_writes(profile, system, framewor
                                                                                b.points))
         np.testing.assert_allclose(a.seconds, b.seconds.astype(np.float32), rtol=0,
                                    equal_nan=True)
+
+
+def test_trtllm_nvfp4_experts_read_the_min_latency_kernel_up_to_128_tokens_cutlass_above():
+    # TensorRT-LLM runs its gated NVFP4 MoE in min-latency mode up to 128 tokens, CUTLASS
+    # above (AIConfigurator's own rule); the file measured both kernels at every token count
+    # (DeepSeek-R1's experts at MoE TP 8: 25 us against CUTLASS's 88 us at 4 tokens)
+    raw = _parquet("b200_sxm/moe/trtllm/1.3.0rc20/moe_perf.parquet")
+    at = raw[(raw.moe_dtype == "nvfp4") & (raw.hidden_size == 7168) & (raw.inter_size == 2048)
+             & (raw.topk == 8) & (raw.num_experts == 256) & (raw.moe_tp_size == 8) &
+             (raw.moe_ep_size == 1) & (raw.distribution == "balanced")]
+
+    def src(name, tokens):
+        r = at[(at.kernel_source == name) & (at.num_tokens == tokens)]
+        assert len(r) == 1
+        return r.latency.iloc[0] / 1e3
+    assert src("moe_torch_flow_min_latency", 4) < src("moe_torch_flow_cutlass", 4) / 2
+    # the file measured the min-latency kernel above 128 tokens too: those points stay unread
+    assert src("moe_torch_flow_min_latency", 256) != src("moe_torch_flow_cutlass", 256)
+    ks, _ = read_set("b200_sxm", "trtllm", "1.3.0rc23")
+    grid = ks.get("moe", ("fp4", "balanced", 7168, 2048, 8, 256, 8))
+    for tokens, name in ((4, "moe_torch_flow_min_latency"), (128, "moe_torch_flow_min_latency"),
+                         (256, "moe_torch_flow_cutlass"), (4096, "moe_torch_flow_cutlass")):
+        assert grid.lookup((1, tokens), FLAT).seconds == pytest.approx(src(name, tokens),
+                                                                         rel=1e-6)
 
 
 def test_trtllm_and_vllm_all_to_all_tables_are_their_own_deepep_rows_in_microseconds():

@@ -255,12 +255,30 @@ def _moe(base: Path, fw: str, version: str) -> Read | None:
         return None
     path = paths[0]
     _need(df, path, MOE_KEYS + ["moe_ep_size", "num_tokens", "latency"])
+    df = _min_latency_below(df, MOE_KEYS + ["moe_ep_size", "num_tokens"])
     df = _one_source(df, MOE_KEYS + ["moe_ep_size", "num_tokens"])
     df = df[df["distribution"] == "balanced"]     # the tokens moesim's expert ops price
     grids, dups = _grids(df, "moe", MOE_KEYS, ["moe_ep_size", "num_tokens"], "latency", 1e-3,
                          path,
                          lambda k: (_dtype(k[0]),) + tuple(k[1:]))
     return Read("moe", grids, " + ".join(_rel(p) for p in paths), len(df), dups)
+
+
+MIN_LATENCY = "moe_torch_flow_min_latency"
+MIN_LATENCY_TOKENS = 128     # TensorRT-LLM's min-latency NVFP4 MoE: at most 128 tokens
+
+
+def _min_latency_below(df, cols: list[str]):
+    """TensorRT-LLM runs its gated NVFP4 MoE in min-latency mode up to 128 tokens (after
+    attention-DP gathering), its CUTLASS kernels above; AIConfigurator prices it the same way
+    (its SILICON mode reads the min-latency grid first for such queries). Where the file
+    measured both, the min-latency kernel takes the points up to 128 tokens and no others."""
+    if "kernel_source" not in df.columns or not (df["kernel_source"] == MIN_LATENCY).any():
+        return df
+    df = df[(df["kernel_source"] != MIN_LATENCY) | (df["num_tokens"] <= MIN_LATENCY_TOKENS)]
+    fast = df["kernel_source"] == MIN_LATENCY
+    claimed = df[fast].set_index(cols).index
+    return df[fast | ~df.set_index(cols).index.isin(claimed)]
 
 
 def _deepep_moe(base: Path, version: str, phase: str) -> Read | None:
