@@ -14,11 +14,12 @@ from simulator.errors import MoesimError
 from simulator.graph.ops import Op
 from simulator.kernels import store
 from simulator.kernels.aiconfigurator import data_root, read_set
-from simulator.kernels.grid import EXTRAPOLATED, INTERPOLATED, MEASURED, KernelGrid
+from simulator.kernels.grid import EXTRAPOLATED, INTERPOLATED, MEASURED, KernelGrid, Lookup
 from simulator.kernels.heldout import kfold_errors
 from simulator.loading import PROFILES_DIR, load_profile
 from simulator.pricing.hardware import compute_time_s, standalone_comm_time_s
-from simulator.pricing.measured import select
+from simulator.pricing.measured import select, static_part
+from simulator.pricing.peaks import peak_flops
 from simulator.schema import ParallelPlan, Precision, RuntimeSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,39 @@ def test_shipped_tables_equal_what_the_importer_writes(profile, system, framewor
                                    equal_nan=True)
 
 
+def test_trtllm_per_tensor_fp8_gemms_lose_their_dynamic_quantisation():
+    # TensorRT-LLM's GEMM collector loads no input scale, so its per-tensor FP8 Linear
+    # quantises dynamically; the computescale table measures dynamic minus static. At M = 4
+    # that difference is the whole gap to SGLang's and vLLM's tables for the same GEMM.
+    gemm = _parquet("h200_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet")
+    cs = _parquet("h200_sxm/quantize/trtllm/1.3.0rc20/computescale_perf.parquet")
+    sgl = _parquet("h200_sxm/gemm/sglang/0.5.14/gemm_perf.parquet")
+
+    def at(df, m, n, k, dtype="fp8"):
+        r = df[(df.gemm_dtype == dtype) & (df.m == m) & (df.n == n) & (df.k == k)]
+        assert len(r) == 1
+        return r.latency.iloc[0] / 1e3
+    d = cs[(cs.m == 4) & (cs.k == 8192)].latency.iloc[0] / 1e3
+    assert at(gemm, 4, 7168, 8192) - d == pytest.approx(at(sgl, 4, 7168, 8192), rel=0.15)
+    op = Op("L0.ffn", "gemm", m=4, gemm_nk=(7168 * 8192,), gemm_dims=((7168, 8192),),
+            precision="fp8")
+    trt = _priced("h200-sxm", "trtllm", fp8_scaling="tensor")
+    assert compute_time_s(op, trt) == pytest.approx(at(gemm, 4, 7168, 8192) - d)
+    # block-scaled and BF16 GEMMs keep their tables' time; so do the other engines'
+    block = _priced("h200-sxm", "trtllm", fp8_scaling="block")
+    assert compute_time_s(op, block) == pytest.approx(at(gemm, 4, 7168, 8192, "fp8_block"))
+    assert compute_time_s(op, _priced("h200-sxm", "sglang", fp8_scaling="tensor")) == \
+        pytest.approx(at(sgl, 4, 7168, 8192))
+    # never below the GEMM's roofline, whatever the difference reads
+    big = Op("L0.ffn", "gemm", m=4096, gemm_nk=(7168 * 8192,), gemm_dims=((7168, 8192),),
+             precision="fp8")
+    assert compute_time_s(big, trt) >= 2 * 4096 * 7168 * 8192 / peak_flops(trt, "fp8")
+    part = static_part(Lookup(10e-6, MEASURED), Lookup(12e-6, INTERPOLATED), 3e-6)
+    assert part.seconds == pytest.approx(3e-6) and part.source == INTERPOLATED
+    assert static_part(Lookup(10e-6, MEASURED), Lookup(4e-6, MEASURED), 3e-6).seconds == \
+        pytest.approx(6e-6)
+
+
 def test_trtllm_nvfp4_experts_read_the_min_latency_kernel_up_to_128_tokens_cutlass_above():
     # TensorRT-LLM runs its gated NVFP4 MoE in min-latency mode up to 128 tokens, CUTLASS
     # above (AIConfigurator's own rule); the file measured both kernels at every token count
@@ -257,11 +291,11 @@ def test_fp8_scaling_picks_the_block_or_the_tensor_table_with_its_quantisation_i
                 (raw.k == 7168)].iloc[0]
         assert compute_time_s(op, _priced("h200-sxm", fp8_scaling=scaling)) == \
             pytest.approx(r.latency / 1e3)
-    trt = _parquet("h200_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet")
-    r = trt[(trt.gemm_dtype == "fp8") & (trt.m == 4) & (trt.n == 7168) & (trt.k == 8192)]
+    vllm = _parquet("h200_sxm/gemm/vllm/0.24.0/gemm_perf.parquet")
+    r = vllm[(vllm.gemm_dtype == "fp8") & (vllm.m == 4) & (vllm.n == 7168) & (vllm.k == 8192)]
     small = Op("L0.ffn", "gemm", m=4, gemm_nk=(7168 * 8192,), gemm_dims=((7168, 8192),),
                precision="fp8")
-    assert compute_time_s(small, _priced("h200-sxm", "trtllm", fp8_scaling="tensor")) == \
+    assert compute_time_s(small, _priced("h200-sxm", "vllm", fp8_scaling="tensor")) == \
         pytest.approx(r.latency.iloc[0] / 1e3)
     bf16 = Op("L0.ffn", "gemm", m=256, gemm_nk=(4096 * 7168,), gemm_dims=((4096, 7168),))
     r = raw[(raw.gemm_dtype == "bfloat16") & (raw.m == 256) & (raw.n == 4096) &

@@ -114,6 +114,7 @@ def _reads(root: Path, system: str, fw: str, version: str):
         yield _mla(base, fw, version, phase)
     yield _mla_bmm(base, fw, version)
     yield _quantize(base, fw, version)
+    yield _dynamic_scale(base, fw, version)
     yield _custom_all_reduce(base, fw, version)
     yield _nccl(base)
     if fw == "sglang":           # DeepEP as SGLang runs it, and its experts behind DeepEP
@@ -338,6 +339,25 @@ def _mla_bmm(base: Path, fw: str, version: str) -> Read | None:
     grids, dups = _grids(df, "mla_bmm", ["op_name", "bmm_dtype", "num_heads"], ["num_tokens"],
                          "latency", 1e-3, path, lambda k: (k[0], _dtype(k[1]), k[2]))
     return Read("mla_bmm", grids, _rel(path), len(df), dups)
+
+
+def _dynamic_scale(base: Path, fw: str, version: str) -> Read | None:
+    """TensorRT-LLM's per-tensor FP8 GEMMs were timed through its Linear module loaded without
+    an input scale, so they quantise dynamically (an amax pass, then the scaled cast); its
+    serving of a ModelOpt FP8 checkpoint quantises with the checkpoint's static scale. The
+    computescale table measures the difference (dynamic minus static quantisation, M x K),
+    which pricing takes off those GEMMs. The other engines' GEMM tables run static (vLLM) or
+    per-token (SGLang) quantisation and get none."""
+    if fw != "trtllm":
+        return None
+    path = _newest(base / "quantize" / fw, "computescale_perf.parquet", version)
+    if path is None:
+        return None
+    df = _frame(path)
+    _need(df, path, ["quant_dtype", "m", "k", "latency"])
+    grids, dups = _grids(df, "dynamic_scale", ["quant_dtype"], ["m", "k"], "latency", 1e-3,
+                         path, lambda k: (_dtype(k[0]),))
+    return Read("dynamic_scale", grids, _rel(path), len(df), dups)
 
 
 def _quantize(base: Path, fw: str, version: str) -> Read | None:

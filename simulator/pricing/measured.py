@@ -7,7 +7,9 @@ kernels/aiconfigurator.py):
   the workload's precision.fp8_scaling says), summed. The FP8 and FP4 tables time the engine's
   linear module on a BF16 input, its activation quantise kernel included (aiconfigurator's
   collectors: TensorRT-LLM's Linear.forward, vLLM's RowParallelLinear, SGLang's per-token or
-  per-group quantise before its scaled GEMM), so nothing is added for it;
+  per-group quantise before its scaled GEMM), so nothing is added for it. TensorRT-LLM's
+  per-tensor FP8 tables quantised dynamically, where it serves static-scaled checkpoints: its
+  measured dynamic-minus-static quantisation (the dynamic_scale table) is taken off;
 - a grouped expert GEMM: the whole MoE kernel at (hidden, width, top-k, experts, MoE TP, EP),
   balanced tokens. The tables' token axis counts the tokens every rank of the EP group holds
   (a rank with 1/EP of the experts computes top-k x tokens / EP rows of them). Under
@@ -130,7 +132,22 @@ def gemm_lookup(prof: HardwareProfile, precision: str, m: float,
     def roofline(x: tuple[float, ...]) -> float:
         mm, n, k = x
         return max(2 * mm * n * k / peak, ((mm + n) * k * eb + mm * n * OUTPUT_BYTES) / bw)
-    return worst([grid.lookup((mm, n, k), roofline) for mm, (n, k) in zip(ms_rows, dims)])
+    parts = [grid.lookup((mm, n, k), roofline) for mm, (n, k) in zip(ms_rows, dims)]
+    dyn = ms.kernels.get("dynamic_scale", ("fp8",)) \
+        if precision == "fp8" and ms.fp8_gemm == "fp8" else None
+    if dyn is not None:        # TensorRT-LLM's tables quantised dynamically; it serves static
+        def none(x: tuple[float, ...]) -> float:
+            return 0.0
+        parts = [static_part(p, dyn.lookup((mm, k), none), roofline((mm, n, k)))
+                 for p, mm, (n, k) in zip(parts, ms_rows, dims)]
+    return worst(parts)
+
+
+def static_part(gemm: Lookup, dynamic: Lookup, floor: float) -> Lookup:
+    """A GEMM measured with dynamic quantisation, less that quantisation's measured extra
+    cost over static (never below the roofline); labelled with the less measured of the two."""
+    return worst([Lookup(max(gemm.seconds - dynamic.seconds, floor), gemm.source,
+                         gemm.outside), Lookup(0.0, dynamic.source, dynamic.outside)])
 
 
 # -- grouped expert GEMMs ---------------------------------------------------------------------
