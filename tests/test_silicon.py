@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import silicon
+from benchmarks import silicon, silicon_report
 from simulator.errors import MoesimError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,7 @@ def _row(err_ttft, err_tpot, **kw):
 def test_summary_by_arithmetic():
     rows = [_row(-0.10, 0.20), _row(0.30, -0.05), _row(-0.50, -0.40, system="h100_sxm"),
             _row(0.05, 0.10, concurrency=64, backend="vllm")]
-    s = silicon.summary(rows)
+    s = silicon_report.summary(rows)
     t = s["overall"]["tpot_ms"]
     # |errors| 0.05, 0.10, 0.20, 0.40: median 0.15, nearest-rank p90 = the 4th, 2 of 4 < 0
     assert t["rows"] == 4
@@ -166,7 +166,7 @@ def test_summary_by_arithmetic():
 
 
 def test_concurrency_bands_cover_every_count():
-    assert [silicon.band(c) for c in (1, 8, 9, 32, 33, 128, 129, 5000)] == \
+    assert [silicon_report.band(c) for c in (1, 8, 9, 32, 33, 128, 129, 5000)] == \
         ["1-8", "1-8", "9-32", "9-32", "33-128", "33-128", ">128", ">128"]
 
 
@@ -228,7 +228,7 @@ def test_load_growth_compares_each_sweeps_tpot_ratio_by_arithmetic():
     rows = [row("a", 1, 10, 10), row("a", 8, 15, 16), row("a", 64, 30, 20),   # 3.0 vs 2.0
             row("b", 4, 20, 10), row("b", 32, 40, 22),                        # 2.0 vs 2.2
             row("c", 16, 50, 50)]                                             # one load: none
-    g = silicon.load_growth(rows)
+    g = silicon_report.load_growth(rows)
     assert g["sweeps"] == 2
     assert g["share_within"] == 0.5                  # b within 25% (+10%), a not (-33%)
     assert g["median_ratio_error"] == pytest.approx(((2 / 3 - 1) + (2.2 / 2 - 1)) / 2)
