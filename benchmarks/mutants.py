@@ -725,7 +725,7 @@ MUTANTS: list[Mutant] = [
     Mutant(SIT, "the first record of a run is kept, not the one stating the most",
            "best = max(group, key=stated)", "best = group[0]"),
     Mutant(SIT, "records of one run's figures at other client counts merged",
-           'float(row["osl"]), _clients(row),', 'float(row["osl"]),'),
+           'float(row["osl"]), source_clients(row),', 'float(row["osl"]),'),
     Mutant(SIT, "runs a few percent apart read as one",
            'f"{float(text):.9g}"', 'f"{float(text):.2g}"'),
     Mutant(SI, "a run listed twice counted twice",

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import math
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from simulator.errors import MoesimError  # noqa: E402
 from simulator.loading import (load_profile, read_text_file, read_yaml_mapping,  # noqa: E402
                                serving_runtime_for)
 from simulator.kernels.store import version_key  # noqa: E402
-from benchmarks.silicon_twins import one_per_measurement  # noqa: E402
+from benchmarks.silicon_twins import one_per_measurement, source_clients  # noqa: E402
 from benchmarks.silicon_report import (POOL_FIELDS, bands_yaml, figures,  # noqa: E402
                                        print_summary, summary, sweep_key)
 
@@ -110,9 +109,9 @@ def _number(text: str | None) -> float | None:
 def concurrency(row: dict) -> int | None:
     """Clients of the measured run: `silicon_concurrency` in the source string, else the
     aggregated row's batch_size."""
-    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", "") or "")
-    if m:
-        return int(m.group(1))
+    stated = source_clients(row)
+    if stated is not None:
+        return stated
     b = _number(row.get("batch_size"))
     return int(b) if row["mode"] == "agg" and b and b >= 1 else None
 

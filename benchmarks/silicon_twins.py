@@ -21,9 +21,10 @@ STATED = ("batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size"
                                             "moe_tp_size", "moe_ep_size")))
 
 
-def _clients(row: dict) -> str:
+def source_clients(row: dict) -> int | None:
+    """The clients a record's source string states (`silicon_concurrency=N`), or None."""
     m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", "") or "")
-    return m.group(1) if m else ""
+    return int(m.group(1)) if m else None
 
 
 def _figure(text: str) -> str:
@@ -38,7 +39,7 @@ def measurement_key(row: dict) -> tuple:
     the model is left out: the records of one run name DeepSeek-R1 or its twin architecture
     DeepSeek-V3)."""
     return (row["system"], row["backend"], row["precision"], row["gemm_quant_mode"],
-            row["moe_quant_mode"], float(row["isl"]), float(row["osl"]), _clients(row),
+            row["moe_quant_mode"], float(row["isl"]), float(row["osl"]), source_clients(row),
             _figure(row["silicon_ttft_ms"]), _figure(row["silicon_tpot_ms"]))
 
 
