@@ -222,6 +222,8 @@ MUTANTS: list[Mutant] = [
            "kmax).astype(int) if self.has_zero else", "kmax).astype(int) if False else"),
     Mutant(R, "balanced routing walks experts, not ranks (a token's experts share a rank)",
            "order = np.lexsort((owner, local))", "order = np.arange(n_experts)"),
+    Mutant(R, "round-robin routing walks the ranks as balanced does (a token reaches 8 ranks)",
+           'rank_first=spec.popularity == "balanced")', "rank_first=True)"),
     Mutant(R, "primary copies in blocks of floor(experts / ep), the last rank taking the rest",
            "return (np.arange(n_experts) * ep) // n_experts",
            "return np.minimum(np.arange(n_experts) // max(n_experts // ep, 1), ep - 1)"),

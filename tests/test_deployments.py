@@ -29,6 +29,20 @@ def test_balanced_routing_has_imbalance_one():
     assert sampled.imbalance > 1.02                    # what sampling gives instead
 
 
+def test_round_robin_routing_balances_experts_on_one_rank_per_token():
+    # torchtitan's forced balance: copy i of the batch to expert i mod 128. Qwen3-30B-A3B's 128
+    # experts, top 8, EP 8 (16 experts a rank): token t picks experts 8t .. 8t + 7 (mod 128),
+    # a block of 8 inside one rank's 16. 64 tokens on each of 8 ranks: 4096 copies, 32 per
+    # expert and 512 per rank exactly, and each token sent to one rank only (8 copies, one GPU)
+    kw = dict(n_experts=128, top_k=8, has_zero_experts=False, real_mean=8.0, ep=8,
+              gpus_per_node=8, tokens_per_rank=64, seed=0)
+    r = route(RoutingSpec(popularity="round_robin"), **kw)
+    assert (r.expert_load == 32).all() and (r.rank_rows == 512).all()
+    assert r.t_expert.sum() == 4096 and r.t_gpu.sum() == 512      # 512 tokens, one GPU each
+    b = route(RoutingSpec(popularity="balanced"), **kw)          # a token's experts on 8 ranks
+    assert (b.rank_rows == 512).all() and b.t_gpu.sum() == 4096
+
+
 def test_balanced_routing_shortens_the_expert_gemm_by_the_imbalance():
     w = workload("workloads/longcat-flash-decode-h800.yaml")
     bal = w.variant(routing=w.routing.variant(popularity="balanced"))

@@ -61,7 +61,7 @@ class RoutingResult:
 
 def popularity(spec: RoutingSpec, n_experts: int, rng: np.random.Generator) -> np.ndarray:
     """Probability of each FFN expert being chosen (sums to 1)."""
-    if spec.popularity in ("uniform", "balanced"):
+    if spec.popularity in ("uniform", "balanced", "round_robin"):
         p = np.ones(n_experts)
     elif spec.popularity == "zipf":
         p = 1.0 / np.arange(1, n_experts + 1) ** spec.zipf_s
@@ -222,16 +222,18 @@ def _sampled(table: AliasTable, gens: list[np.random.Generator], per_gen: int, s
                       "routing.max_groups_per_token so the kept experts number top_k or more")
 
 
-def _balanced(valid: np.ndarray, before: int, n_experts: int,
-              ep: int) -> tuple[np.ndarray, np.ndarray]:
+def _balanced(valid: np.ndarray, before: int, n_experts: int, ep: int,
+              rank_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact balance: the i-th token copy of the whole batch (counting only real ones) goes to
     the (i mod n_experts)-th expert of an order that walks the EP ranks first (every rank's
     first expert, then every rank's second, ...), so consecutive copies, and a token's experts,
-    sit on distinct ranks and every expert and rank receives the same count, +-1. Returns
-    (experts, how many times each expert was picked before)."""
+    sit on distinct ranks and every expert and rank receives the same count, +-1. With
+    `rank_first` False the order is the experts' own (torchtitan's round-robin forced balance,
+    its router's `_debug_force_load_balance`): a token's consecutive experts share a rank.
+    Returns (experts, how many times each expert was picked before)."""
     owner = primary_owner(n_experts, ep)
     local = np.arange(n_experts) - np.searchsorted(owner, owner)   # index within its rank
-    order = np.lexsort((owner, local))            # every rank's first expert, then second ...
+    order = np.lexsort((owner, local)) if rank_first else np.arange(n_experts)
     slot = before + np.cumsum(valid.ravel()).reshape(valid.shape) - 1   # index of each real copy
     return np.where(valid, order[slot % n_experts], 0), slot // n_experts
 
@@ -274,11 +276,12 @@ class _TokenDraws:
         gens = [np.random.default_rng([self.seed, c]) for c in range(first, last)]
         ks = [np.clip(np.rint(g.normal(self.real_mean, spec.real_experts_std, n)), 0,
                       kmax).astype(int) if self.has_zero else np.full(n, kmax) for g in gens]
-        if spec.popularity == "balanced":     # the q-th pick of an expert uses copy q mod copies
+        if spec.popularity in ("balanced", "round_robin"):  # pick q of an expert: copy q mod copies
             out = []
             for k in ks:
                 valid = np.arange(kmax)[None, :] < k[:, None]
-                chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep)
+                chosen, pick = _balanced(valid, self.copies_before, self.n_experts, self.ep,
+                                         rank_first=spec.popularity == "balanced")
                 self.copies_before += int(valid.sum())
                 out.append((k, chosen, pick))
             return out

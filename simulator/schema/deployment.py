@@ -102,10 +102,12 @@ class Precision(Strict):
 class RoutingSpec(Strict):
     """How tokens pick experts: popularity skew, spread of real experts, node limit, replicas."""
 
-    popularity: Literal["uniform", "zipf", "lognormal", "balanced"] = Field(
+    popularity: Literal["uniform", "zipf", "lognormal", "balanced", "round_robin"] = Field(
         "uniform", description="expert popularity: uniform (sampled), zipf or lognormal skew, "
-        "or balanced: exact balance as profiling runs force it (every expert and every EP rank "
-        "gets the same token copies, +-1; a token's experts on distinct ranks)")
+        "balanced: exact balance as profiling runs force it (every expert and every EP rank "
+        "gets the same token copies, +-1; a token's experts on distinct ranks), or "
+        "round_robin: torchtitan's forced balance (copy i of the batch to expert i mod experts, "
+        "so a token's experts are consecutive and share ranks)")
     zipf_s: float = Field(1.0, ge=0, description="Zipf exponent (skew) when popularity: zipf")
     lognormal_sigma: float = Field(1.0, ge=0, description="log-normal sigma when lognormal")
     real_experts_std: float = Field(

@@ -198,9 +198,10 @@ def _check_routing(w: Workload, model: ModelSpec) -> None:
                           f"{model.moe.num_experts} experts on EP {w.plan.ep} leave room for at "
                           f"most {most} (one copy of an expert per rank)",
                           f"use at most {most}, typically a few per rank")
-    if rt.popularity == "balanced" and (rt.max_nodes_per_token or rt.max_groups_per_token):
-        raise MoesimError("routing.popularity", "balanced routing picks each token's experts "
-                          "to balance the ranks, so node or group limits cannot apply",
+    if rt.popularity in ("balanced", "round_robin") and (rt.max_nodes_per_token or
+                                                         rt.max_groups_per_token):
+        raise MoesimError("routing.popularity", f"{rt.popularity} routing picks each token's "
+                          "experts to balance the experts, so node or group limits cannot apply",
                           "drop max_nodes_per_token / max_groups_per_token, or use uniform")
     if rt.real_experts_std and model.moe.num_zero_experts == 0:
         raise MoesimError("routing.real_experts_std", f"{model.name} has no zero-computation "
