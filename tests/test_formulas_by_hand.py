@@ -451,7 +451,8 @@ def test_the_kv_budget_leaves_room_for_the_verify_tokens_activations():
 
 def test_the_backward_of_a_micro_batch_is_its_pass_and_its_weight_gradients_once():
     """Without recompute or host bound (torchtitan launches ahead), a micro-batch's backward is
-    the simulated backward pass: input gradients plus weight gradients, each once."""
+    the simulated backward pass (LM head and loss included): input gradients plus weight
+    gradients, each once."""
     from simulator.step.whatif import resolve, simulate
     from simulator.training.run import train
     q = workload("workloads/validation/training/qwen3-30b-a3b-b200-deepep-16.yaml")
@@ -464,7 +465,7 @@ def test_the_backward_of_a_micro_batch_is_its_pass_and_its_weight_gradients_once
     q = with_kernel_tables(q, load_training_runtime(q.training.framework), prof)   # trtllm's
     bwd = q.variant(phase="train_bwd", batch_per_device=q.training.micro_batch_sequences,
                     training=None)
-    b = simulate(bwd, resolved=resolve(bwd, profile=prof, with_head=False))
+    b = simulate(bwd, resolved=resolve(bwd, profile=prof, with_head=True))
     assert 0 < r.weight_grad_s_per_microbatch < b.step_time_s
     assert r.backward_s_per_microbatch == pytest.approx(b.step_time_s)
 

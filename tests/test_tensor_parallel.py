@@ -206,3 +206,46 @@ def test_the_lm_head_is_vocabulary_parallel_and_bf16_under_tensor_parallel_atten
                                Precision(weight_bytes=2), shape, False)
     # everything but the embeddings doubles from 1 to 2 bytes; the embeddings do not
     assert m4_bf16.weights - m4.weights == pytest.approx(m4.weights - emb / 4 * 2)
+
+
+def test_a_training_step_ends_in_a_vocabulary_parallel_head_and_its_loss():
+    # Megatron's tp 4 with sequence parallelism, Llama-3-70B, 2 sequences of 512 tokens: a GPU
+    # holds 1,024 / 4 = 256 tokens, gathers the other 768 (x 8192 x 2 bytes), multiplies all
+    # 1,024 by 128,256 / 4 columns, and its cross-entropy reads that logits shard (1,024 x
+    # 32,064 x 2 bytes); no logits are gathered. The backward mirrors it: dgrad and wgrad of the
+    # head, the loss's gradient written over the same shard.
+    from simulator.graph.backward import build_backward
+    llama = load_model("llama-3-70b")
+    h, v, t, tp = 8192, 128256, 256, 4
+    plan = ParallelPlan(gpus=4, tp=tp)
+    fwd = build_forward(llama, plan, Precision(), Shape("train_fwd", 2, 512 // tp, 512), 0,
+                        layers=1)
+    ops = {n.split(".", 1)[1]: d["op"] for n, d in fwd.nodes(data=True) if ".head." in n}
+    assert ops["head.sp_all_gather"].bytes == pytest.approx(t * h * 2 * (tp - 1))
+    lm = ops["head.lm_head"]
+    assert lm.m == t * tp and lm.gemm_dims == ((v / tp, h),)
+    assert lm.flops == pytest.approx(2 * t * tp * h * v / tp)
+    assert ops["head.cross_entropy"].bytes == pytest.approx(t * tp * v / tp * 2)
+    assert "head.logits_all_gather" not in ops
+    bwd = build_backward(fwd, Precision())
+    assert {"head.lm_head.dgrad", "head.lm_head.wgrad", "head.cross_entropy.bwd"} <= \
+        {n.split(".", 1)[1] for n in bwd.nodes}
+
+
+def test_a_training_step_with_mtp_trains_the_mtp_layer():
+    # DeepSeek-V3's MTP module (mtp.enabled in a training workload): its projection (2h -> h),
+    # layer and shared head run in the step's forward and backward, and cost time; a decode
+    # step's tokens per forward is unchanged by a training workload's MTP
+    from simulator.step.whatif import resolve, simulate
+    from simulator.training.run import train
+    w = workload("workloads/deployments/deepseek-v3-pretrain-dualpipe.yaml")
+    assert w.mtp.enabled
+    fwd = w.variant(batch_per_device=1, training=None)
+    run = simulate(fwd).timeline.ops        # two-batch overlap: two micro-batches of 2,048
+    ops, h = [op.name for op in run], 7168
+    proj = [op for op in run if op.name.endswith("mtp.proj")]
+    assert len(proj) == 2 and sum(op.flops for op in proj) == pytest.approx(2 * 4096 * 2 * h * h)
+    assert any(n.endswith("mtp_head.lm_head") for n in ops)
+    assert resolve(fwd).tokens_per_forward == 1.0
+    without = w.variant(mtp=w.mtp.variant(enabled=False))
+    assert train(w).step_time_s > train(without).step_time_s

@@ -373,15 +373,28 @@ class _Builder:
         """Final norm + LM head over the tokens of this pass. Its weights are BF16 whatever the
         checkpoint quantises (unless the head itself computes in FP8). Under tensor-parallel
         attention the head is vocabulary-parallel, as every engine runs it: each GPU of the
-        group multiplies by 1/n of the vocabulary and the logits are all-gathered."""
+        group multiplies by 1/n of the vocabulary and the logits are all-gathered. In training
+        it ends in the loss: with sequence parallelism (Megatron's tp) the tokens are gathered
+        first, each GPU multiplies all of them by 1/tp of the vocabulary, and the
+        vocabulary-parallel cross-entropy reads its logits shard (its backward writes their
+        gradient) and reduces a max and a sum per token instead of gathering the logits."""
         h, t, ab = self.m.hidden_size, self.s.tokens, self.p.activation_bytes
-        n = self.plan.attention_tp
-        v = self.m.vocab_size / n
+        train = self.s.phase in TRAINING_PHASES
+        sp = self.sequence_parallel()
+        if sp > 1:
+            after = self.add(Op(f"L{layer}.{block}.sp_all_gather", "collective",
+                                bytes=t * h * ab * (sp - 1), collective="all_gather",
+                                group="tp", layer=layer, block=block), after)
+        n = self.plan.attention_tp * sp
+        rows, v = t * sp, self.m.vocab_size / n
         wb = head_weight_bytes(self.p, self.compute.get("lm_head", "bf16"))
-        out = self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * t * h * v,
-                          bytes=h * v * wb + t * (h + v) * ab, weight_bytes=h * v * wb, m=t,
-                          layer=layer, block=block, gemm_nk=(h * v,), gemm_dims=((v, h),)),
-                       after)
+        out = self.add(Op(f"L{layer}.{block}.lm_head", "gemm", flops=2 * rows * h * v,
+                          bytes=h * v * wb + rows * (h + v) * ab, weight_bytes=h * v * wb,
+                          m=rows, layer=layer, block=block, gemm_nk=(h * v,),
+                          gemm_dims=((v, h),)), after)
+        if train:
+            return self.add(Op(f"L{layer}.{block}.cross_entropy", "elementwise",
+                               bytes=rows * v * ab, layer=layer, block=block), out)
         if n == 1:
             return out
         return self.add(Op(f"L{layer}.{block}.logits_all_gather", "collective",

@@ -71,7 +71,8 @@ class ParallelPlan(Strict):
 
 
 class MTPConfig(Strict):
-    """Multi-token-prediction speculative decoding."""
+    """Multi-token prediction: speculative decoding in a decode step; in a training step,
+    the model's MTP layers trained beside it (their forward, loss and backward)."""
 
     enabled: bool = False
     draft_tokens: int = Field(1, ge=1)

@@ -35,7 +35,7 @@ class Resolved:
     @property
     def tokens_per_forward(self) -> float:
         """Output tokens each sequence gains per decode forward (1 without MTP)."""
-        if not self.mtp_on:
+        if not self.mtp_on or self.workload.phase != "decode":
             return 1.0
         d = self.workload.mtp.draft_tokens
         return 1.0 + sum(self.acceptance ** i for i in range(1, d + 1))
@@ -109,7 +109,7 @@ def resolve(w: Workload, model: ModelSpec | None = None,
             raise MoesimError("real_experts_per_token", f"{k_real} exceeds top_k "
                               f"{model.moe.top_k}", "use a value between 0 and top_k")
     _check_routing(w, model)
-    mtp_on = w.mtp.enabled and w.phase == "decode"
+    mtp_on = w.mtp.enabled and (w.phase == "decode" or w.phase in TRAINING_PHASES)
     if w.mtp.enabled and model.mtp_layers == 0:
         raise MoesimError("mtp.enabled", f"{model.name} has no MTP layer",
                           "set mtp.enabled: false or pick a model with mtp_layers")

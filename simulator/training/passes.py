@@ -30,7 +30,7 @@ def micro_batch_passes(w: Workload, model: ModelSpec, prof: HardwareProfile,
         return kept[2]
     with collecting() as notes:
         runs = {phase: simulate(wp, resolved=resolve(wp, model=model, profile=sim_prof,
-                                                     with_head=False))
+                                                     with_head=True))
                 for phase, wp in wps.items()}
     KEPT_PASSES[key] = (model, prof, runs, tuple(notes))
     while len(KEPT_PASSES) > PASSES_KEPT:

@@ -4,7 +4,8 @@ data-parallel gradient traffic, the optimizer step, memory per GPU; MFU, days an
 Per-device view: attention is data-parallel over sequences and context-parallel over their
 tokens (cp), dense FFNs tensor-parallel (tp), experts expert-parallel (ep). A pipeline stage
 holds num_layers / pp layers; its forward and backward per micro-batch are the whole model's
-(without the LM head) scaled by its share of layers.
+(with the LM head, the loss and any MTP layers trained) scaled by its share of layers: the head
+spread over the stages as a layout that balances it does.
 """
 from __future__ import annotations
 
