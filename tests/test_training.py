@@ -196,7 +196,7 @@ def test_fp8_casts_and_weight_gradients_are_priced_by_hand():
 
 def test_host_time_bounds_each_pass_by_hand():
     from simulator.loading import load_training_runtime
-    from simulator.training.run import host_bound
+    from simulator.training.host import host_bound
     rt = load_training_runtime("megatron-core")
     h, r = rt.host_s_per_layer_forward.value, rt.backward_host_ratio.value
     # 12 layers: a 10 ms forward and 20 ms backward (5 ms of it weight gradient) on the GPU
@@ -260,7 +260,9 @@ def test_runtimes_lists_every_training_preset_with_its_source():
     assert out.exit_code == 0, out.output
     for name in ("megatron-core", "torchtitan", "hai-llm"):
         assert name in out.output
-    assert "calibration" in out.output and "4.00" in out.output
+    from simulator.loading import load_training_runtime
+    ms = load_training_runtime("megatron-core").host_s_per_layer_forward.value * 1e3
+    assert "calibration" in out.output and f"{ms:.2f}" in out.output
     assert out.output.count("trtllm") >= 3          # kernel tables of three framework presets
 
 
@@ -416,3 +418,72 @@ def test_a_training_framework_prices_with_the_tables_of_the_kernels_it_runs():
     # BF16 experts at 2.7x SGLang's Triton rate on H100 (631 against 238 TFLOPS at EP 1)
     slow = train(named)
     assert slow.step_time_s > 1.2 * train(w).step_time_s
+
+
+def test_combined_1f1b_merges_each_backward_with_the_next_forward_by_hand():
+    # one stage, 4 micro-batches, F 1 s, B 2 s, a merged F+B 2.5 s: F0, then B0+F1, B1+F2,
+    # B2+F3 merged, then B3 alone: 1 + 3 x 2.5 + 2 = 10.5 s (12 s one after the other)
+    r = simulate_pipeline(1, 4, 1.0, 2.0, 0.0, "1f1b", fb_s=2.5)
+    assert r.makespan_s == pytest.approx(10.5)
+    assert [t[1] for t in r.tasks] == ["F", "FB", "FB", "FB", "B"]
+    assert [t[2] for t in r.tasks] == [0, 0, 1, 2, 3]            # an FB names its backward's
+    assert simulate_pipeline(1, 4, 1.0, 2.0, 0.0, "1f1b").makespan_s == pytest.approx(12.0)
+    # interleaved (8 devices, 4 chunks each, 32 micro-batches): a merge that saves nothing
+    # changes nothing; one that hides a second of each pair shortens the step
+    plain = simulate_pipeline(8, 32, 1.0, 2.0, 0.0, "interleaved", v=4)
+    same = simulate_pipeline(8, 32, 1.0, 2.0, 0.0, "interleaved", v=4, fb_s=3.0)
+    assert same.makespan_s == pytest.approx(plain.makespan_s)
+    assert simulate_pipeline(8, 32, 1.0, 2.0, 0.0, "interleaved", v=4,
+                             fb_s=2.0).makespan_s < plain.makespan_s - 20
+
+
+@pytest.mark.parametrize("p,m,v", [(4, 8, 2), (8, 32, 4), (8, 128, 4), (4, 12, 3)])
+def test_interleaved_1f1b_bubble_is_the_closed_form(p, m, v):
+    # Megatron-Core's interleaved order (Narayanan et al. 2021, s2.2): the bubble shrinks by
+    # the chunks per device, (p - 1) (f + b) / v over m (f + b) of work
+    r = simulate_pipeline(p, m, 1.0, 2.0, 0.0, "interleaved", v=v)
+    assert r.makespan_s == pytest.approx(m * 3.0 + (p - 1) * 3.0 / v)
+    assert r.bubble_fraction == pytest.approx((p - 1) / v / (m + (p - 1) / v))
+
+
+def test_combined_1f1b_hides_the_all_to_all_down_to_the_hosts_launches():
+    # merged: the GPU's work less the all-to-all it hides, never below either pass nor the
+    # host's launches of both (12 layers x the preset's seconds a layer forward, x 3 with the
+    # backward's twice: 0.15 s at 4.25 ms); torchtitan's preset charges no host time
+    from simulator.loading import load_training_runtime
+    from simulator.training.host import combined_1f1b_s
+    mc, tt = load_training_runtime("megatron-core"), load_training_runtime("torchtitan")
+    assert combined_1f1b_s(tt, 12, 0.05, 0.10, 0.03) == pytest.approx(0.12)
+    assert combined_1f1b_s(tt, 12, 0.05, 0.10, 0.09) == pytest.approx(0.10)    # b alone
+    host = 12 * mc.host_s_per_layer_forward.value * (1 + mc.backward_host_ratio.value)
+    assert 0.1 < host < 0.2
+    assert combined_1f1b_s(mc, 12, 0.05, 0.10, 0.03) == pytest.approx(host)
+
+
+def test_ep_overlap_shortens_the_step_by_the_all_to_all_it_hides():
+    # LongCat-Flash with its all-to-all serialized (schedule sequential), pp 4, 2 chunks a
+    # device, 8 micro-batches: 16 chunk passes a device; combined 1F1B warms up one more
+    # forward than interleaved 1F1B (2 (p - d - 1) + (v - 1) p + 1: 11, 9, 7, 5 on devices 0-3)
+    # and merges each remaining forward with a backward: 5, 7, 9, 11 merged pairs
+    w = small(schedule="sequential",
+              training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
+                        "recompute": True})
+    on = w.variant(training=w.training.model_copy(update={"ep_overlap": True}))
+    a, b = train(w), train(on)
+    assert a.micro_batches == 8 and w.plan.pp == 4
+    assert [sum(t[0] == d and t[1] == "FB" for t in b.pipeline_tasks) for d in range(4)] == \
+        [5, 7, 9, 11]
+    assert b.step_time_s < a.step_time_s
+    assert 0 <= b.a2a_exposed_s_per_step < a.a2a_exposed_s_per_step
+    for bad, field_fix in ((dict(pipeline="zb-v"), "interleaved"),
+                           (dict(pipeline="dualpipe"), "interleaved"),
+                           (dict(pipeline="1f1b"), "interleaved")):           # pp 4
+        x = on.variant(training=on.training.model_copy(update=bad))
+        with pytest.raises(MoesimError) as e:
+            train(x)
+        assert e.value.field == "training.ep_overlap" and field_fix in e.value.fix
+    no_ep = on.variant(plan=on.plan.model_copy(update={"ep": 1}))
+    with pytest.raises(MoesimError) as e:
+        train(no_ep)
+    assert e.value.field == "training.ep_overlap"

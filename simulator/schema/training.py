@@ -46,6 +46,11 @@ class TrainingSpec(Strict):
         "dualpipe (DeepSeek-V3: bidirectional, forward and backward chunks overlapped; even pp "
         "and micro-batches; two stages' parameters per device)")
     virtual_stages: int = Field(2, gt=0, description="chunks per device for interleaved 1F1B")
+    ep_overlap: bool = Field(
+        False, description="Megatron-Core's combined 1F1B (--overlap-moe-expert-parallel-comm): "
+        "in the steady state a micro-batch's forward runs merged with another's backward, "
+        "each one's EP all-to-all hidden under the other's compute; pipeline 1f1b or "
+        "interleaved")
     recompute: Literal["none", "selective", "moe", "full"] = Field(
         "none", description="activation recomputation in backward: none; selective (norms and "
         "FFN activation functions re-run, their outputs not kept); moe (the MoE block re-run: "

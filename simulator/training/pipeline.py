@@ -1,11 +1,13 @@
-"""Pipeline-parallel schedules as a discrete-event list scheduler over micro-batch tasks.
+"""Pipeline-parallel schedules over micro-batch tasks.
 
-Chunks of layers sit on devices: 1F1B one chunk per device; interleaved 1F1B `v` chunks per device
-(chunk c on device c % p); zero-bubble V two chunks per device in a V (chunk c on device c for
-c < p, else 2p - 1 - c) with backward split into input-gradient (B) and weight-gradient (W) tasks.
-Each device runs one task at a time: a ready backward first, then a forward if fewer than the
-schedule's limit of micro-batches are in flight on it, then (zero-bubble) a deferred W.
-DualPipe is priced by its published schedule (`dualpipe`), not by this list scheduler.
+1F1B (one chunk of layers per device) and interleaved 1F1B (`v` chunks per device, chunk c on
+device c % p) run in the fixed order Megatron-Core gives each device (`megatron_order`), a
+task starting when its device is free and its inputs have arrived; with `fb_s` (Megatron-Core's
+combined 1F1B) the steady state's forward-backward pairs run merged. Zero-bubble V (two chunks
+per device in a V: chunk c on device c for c < p, else 2p - 1 - c; backward split into
+input-gradient B and weight-gradient W tasks) runs as a list scheduler: each device a ready
+backward first, then a forward if fewer than its limit of micro-batches are in flight, then a
+deferred W. DualPipe is priced by its published schedule (`dualpipe`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ class PipelineResult:
     makespan_s: float
     busy_s: list[float]
     tasks: tuple[tuple[int, str, int, int, float, float], ...] = ()   # (device, F/B/W/FB,
-    #   micro-batch, chunk, start s, end s) of every task, in the order they ran
+    #   micro-batch, chunk, start s, end s) of every task, in the order they ran (an FB task:
+    #   its backward's micro-batch and chunk)
 
     @property
     def bubble_fraction(self) -> float:
@@ -48,38 +51,113 @@ def dualpipe(p: int, m: int, f_s: float, b_s: float, w_s: float,
     return PipelineResult(busy + bubble, [busy] * p, tasks)
 
 
-def layout(p: int, f_s: float, b_s: float, w_s: float, schedule: str,
-           v: int = 2) -> tuple[int, list[int], tuple[float, float, float], list[int]]:
+def layout(p: int, f_s: float, b_s: float, w_s: float
+           ) -> tuple[int, list[int], tuple[float, float, float], list[int]]:
     """(chunks, device of each chunk, per-chunk (F, B, W) times, in-flight limit per device)
-    of a list-scheduled pipeline; W is folded into B except under zb-v."""
-    if schedule not in SCHEDULES:
-        raise ValueError(schedule)
-    if schedule == "1f1b":
-        chunks, dev = p, list(range(p))
-    elif schedule == "interleaved":
-        chunks, dev = p * v, [c % p for c in range(p * v)]
+    of the zero-bubble V list scheduler."""
+    chunks, dev = 2 * p, [c if c < p else 2 * p - 1 - c for c in range(2 * p)]
+    return chunks, dev, (f_s / 2, b_s / 2, w_s / 2), [2 * (p - d) for d in range(p)]
+
+
+def megatron_order(p: int, m: int, v: int, d: int, merged: bool = False) -> list[tuple]:
+    """Device d's tasks in the order Megatron-Core runs them (schedules.py): micro-batches in
+    groups of p, each group through every model chunk in turn (its schedule table); warm-up
+    forwards (1F1B: p - d - 1; interleaved: 2 (p - d - 1) + (v - 1) p; all of them when
+    m == p), then one forward and one backward at a time, then the cool-down backwards, a
+    backward walking the chunks in reverse. Entries ("F" | "B", micro-batch, chunk); with
+    `merged` (combined 1F1B: one more warm-up forward, schedules.py's `num_warmup_microbatches
+    += 1`, so that a pair's two halves belong to different micro-batches) each steady pair is
+    one entry ("FB", (backward's micro-batch, chunk), (forward's micro-batch, chunk))."""
+    table = [(mb, j) for g in range(0, m, p) for j in range(v) for mb in range(g, min(g + p, m))]
+    total = m * v
+    if v == 1:
+        warm = min(p - d - 1, total)
     else:
-        chunks, dev = 2 * p, [c if c < p else 2 * p - 1 - c for c in range(2 * p)]
-    per = chunks // p
-    f, b, w = f_s / per, b_s / per, w_s / per
-    if schedule != "zb-v":
-        b, w = b + w, 0.0
-    if schedule == "1f1b":
-        limit = [p - d for d in range(p)]
-    elif schedule == "interleaved":
-        limit = [(p - d - 1) * 2 + (v - 1) * p + 1 for d in range(p)]
-    else:
-        limit = [2 * (p - d) for d in range(p)]
-    return chunks, dev, (f, b, w), limit
+        warm = total if m == p else min(2 * (p - d - 1) + (v - 1) * p, total)
+    if merged:
+        warm = min(warm + 1, total)
+    fwd = [(mb, j * p + d) for mb, j in table]
+    bwd = [(mb, (v - 1 - j) * p + d) for mb, j in table]
+    out: list[tuple] = [("F", *fwd[k]) for k in range(warm)]
+    for k in range(total - warm):
+        out += [("FB", bwd[k], fwd[warm + k])] if merged else \
+            [("F", *fwd[warm + k]), ("B", *bwd[k])]
+    return out + [("B", *bwd[k]) for k in range(total - warm, total)]
+
+
+def in_order(p: int, m: int, f_s: float, b_s: float, schedule: str, v: int = 2,
+             p2p_s: float = 0.0, fb_s: float | None = None) -> PipelineResult:
+    """1F1B or interleaved 1F1B as Megatron-Core runs it: each device works through its
+    `megatron_order` list, a task starting when the device is free and its inputs have arrived
+    (p2p_s per hop between devices). b_s holds the weight gradients; fb_s: a merged forward
+    and backward (whole stage), None: never merged."""
+    v = 1 if schedule == "1f1b" else v
+    if v > 1 and m % p:
+        raise ValueError(f"interleaved: {m} micro-batches are not groups of {p}")
+    chunks, per = p * v, v
+    f, b = f_s / per, b_s / per
+    fb = None if fb_s is None else fb_s / per
+    orders = [megatron_order(p, m, v, d, fb is not None) for d in range(p)]
+    done: dict[tuple[str, int, int], float] = {}
+    nxt, free_at, busy = [0] * p, [0.0] * p, [0.0] * p
+    ran: list[tuple[int, str, int, int, float, float]] = []
+
+    def hop(a: int, c: int) -> float:
+        return p2p_s if a % p != c % p else 0.0
+
+    def ready(kind: str, mb: int, c: int) -> float | None:
+        """When a task's inputs are all on its device (None: not yet produced)."""
+        if kind == "F":
+            if c == 0:
+                return 0.0
+            t = done.get(("F", mb, c - 1))
+            return None if t is None else t + hop(c - 1, c)
+        own = done.get(("F", mb, c))
+        if c == chunks - 1:
+            return own
+        t = done.get(("B", mb, c + 1))
+        return None if t is None or own is None else max(own, t + hop(c + 1, c))
+
+    left = sum(len(o) for o in orders)
+    while left:
+        progressed = False
+        for d in range(p):
+            while nxt[d] < len(orders[d]):
+                task = orders[d][nxt[d]]
+                parts = [("B", *task[1]), ("F", *task[2])] if task[0] == "FB" else [task]
+                times = [ready(*x) for x in parts]
+                if any(t is None for t in times):
+                    break
+                dur = fb if task[0] == "FB" else (f if task[0] == "F" else b)
+                start = max([free_at[d], *times])
+                end = start + dur
+                for x in parts:
+                    done[x] = end
+                ran.append((d, task[0], *parts[0][1:], start, end))
+                busy[d] += dur
+                free_at[d] = end
+                nxt[d] += 1
+                left -= 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError("pipeline deadlock")
+    ran.sort(key=lambda r: (r[4], r[0]))
+    return PipelineResult(max(free_at), busy, tuple(ran))
 
 
 def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,
-                      v: int = 2, p2p_s: float = 0.0) -> PipelineResult:
+                      v: int = 2, p2p_s: float = 0.0,
+                      fb_s: float | None = None) -> PipelineResult:
     """Run m micro-batches through p devices. f_s, b_s, w_s: one device's whole-stage forward,
-    input-gradient and weight-gradient time per micro-batch (w_s is folded into B except zb-v)."""
-    chunks, dev, (f, b, w), limit = layout(p, f_s, b_s, w_s, schedule, v)
-    split_w = schedule == "zb-v"
-    strict = schedule == "1f1b"     # the others may exceed the warm-up limit rather than idle
+    input-gradient and weight-gradient time per micro-batch (w_s is folded into B except zb-v);
+    fb_s: a forward and a backward run merged (whole stage; 1F1B and interleaved), None: never
+    merged. 1F1B and interleaved run in Megatron-Core's order (`in_order`), zero-bubble V by
+    the list scheduler."""
+    if schedule not in SCHEDULES or schedule == "dualpipe":
+        raise ValueError(schedule)
+    if schedule in ("1f1b", "interleaved"):
+        return in_order(p, m, f_s, b_s + w_s, schedule, v, p2p_s, fb_s)
+    chunks, dev, (f, b, w), limit = layout(p, f_s, b_s, w_s)
     done: dict[tuple[str, int, int], float] = {}
     inflight = [0] * p
     busy = [0.0] * p
@@ -98,7 +176,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
     heapq.heapify(elig_f[dev[0]])
     events: list[float] = [0.0]
     ran: list[tuple[int, str, int, int, float, float]] = []
-    remaining = m * chunks * (3 if split_w else 2)
+    remaining = m * chunks * 3
     now = 0.0
 
     def book(kind: str, mb: int, c: int, end: float) -> None:
@@ -142,7 +220,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
                     _, negc, mb = heapq.heappop(elig_b[d])
                     task = ("B", mb, -negc, b)
                 over = inflight[d] >= limit[d]
-                if task is None and (not over or (not strict and not pending_w[d])) \
+                if task is None and (not over or not pending_w[d]) \
                         and elig_f[d]:
                     negc, mb = heapq.heappop(elig_f[d])
                     task = ("F", mb, -negc, f)
@@ -165,8 +243,7 @@ def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedu
                     inflight[d] += 1
                 elif kind == "B":
                     inflight[d] -= 1
-                    if split_w:
-                        pending_w[d].append((mb, c))
+                    pending_w[d].append((mb, c))
                 progressed = True
         if not events and remaining:
             raise RuntimeError("pipeline deadlock")

@@ -21,6 +21,7 @@ from simulator.pricing.peaks import peak_flops
 from simulator.schema import HardwareProfile, ModelSpec, TrainingRuntime, TrainingSpec, Workload
 from simulator.step.whatif import check_plan
 from simulator.training.data_parallel import dp_buckets, dp_exposed_s, dp_transfer_s
+from simulator.training.host import combined_1f1b_s, host_bound
 from simulator.training.passes import micro_batch_passes
 from simulator.training.pipeline import dualpipe, simulate_pipeline
 from simulator.training.result import TrainingMemory, TrainResult
@@ -85,6 +86,23 @@ def _check(w: Workload, t: TrainingSpec, model: ModelSpec) -> tuple[int, int, in
         (plan.pp % 2, f"an even pp (this plan has pp {plan.pp})"),
         (m % 2, f"an even number of micro-batches (this batch gives {m})"),
         (m < plan.pp, f"at least pp micro-batches ({m} < {plan.pp})")) if bad]
+    if t.pipeline == "interleaved" and m % plan.pp:
+        raise MoesimError("training.global_batch_sequences", f"the interleaved schedule runs "
+                          f"micro-batches in groups of pp ({plan.pp}) through each chunk, and "
+                          f"this batch gives {m}", f"use a global batch giving a multiple of "
+                          f"{plan.pp} micro-batches ({per_step * plan.pp} sequences per group)")
+    if t.ep_overlap and not (t.pipeline == "interleaved" or
+                             (t.pipeline == "1f1b" and plan.pp == 1)):
+        raise MoesimError("training.ep_overlap", "Megatron-Core runs combined 1F1B with "
+                          "interleaved stages, or without a pipeline (pp 1), not with "
+                          f"{t.pipeline} on pp {plan.pp}" +
+                          (" (dualpipe already overlaps a forward and a backward)"
+                           if t.pipeline == "dualpipe" else ""),
+                          "use pipeline: interleaved (or pp 1), or drop ep_overlap")
+    if t.ep_overlap and plan.ep == 1:
+        raise MoesimError("training.ep_overlap", "combined 1F1B hides the expert-parallel "
+                          "all-to-all, and plan.ep is 1 (no all-to-all)",
+                          "drop ep_overlap, or set plan.ep above 1")
     if t.pipeline == "dualpipe" and wrong:
         raise MoesimError("training.pipeline", "dualpipe feeds micro-batches from both ends of "
                           "the pipeline, so it needs " + " and ".join(wrong),
@@ -183,17 +201,10 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
     return nbytes / memory_rate(prof, nbytes / max(stage_layers, 1))
 
 
-def host_bound(rt: TrainingRuntime, layers: int, f_s: float, b_s: float,
-               w_s: float) -> tuple[float, float, float]:
-    """A stage's forward, backward and weight-gradient seconds per micro-batch when no pass
-    can be shorter than its layers' host launch time (the runtime's seconds per layer
-    forward, times its backward ratio for the backward; a stretched backward keeps its
-    weight-gradient share)."""
-    host_f = layers * rt.host_s_per_layer_forward.value
-    host_b = host_f * rt.backward_host_ratio.value
-    if host_b > b_s > 0:
-        w_s *= host_b / b_s
-    return max(f_s, host_f), max(b_s, host_b), w_s
+def ep_hidden_s(fwd, bwd, scale: float) -> float:
+    """A stage's EP all-to-all seconds with no compute beside them, in one micro-batch's
+    forward and backward: what merging the two can hide."""
+    return scale * (exposed_by_group(fwd)["ep"] + exposed_by_group(bwd)["ep"])
 
 
 def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
@@ -277,7 +288,10 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         fb = max(f_s + b_s - hidden, f_s, b_s)
         pipe = dualpipe(plan.pp, m, f_s, b_s, w_s, fb)
     else:
-        pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p)
+        merged = combined_1f1b_s(rt, stage_layers, f_gpu, b_gpu + recompute_s, ep_hidden_s(
+            fwd, bwd, scale)) if t.ep_overlap else None
+        pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p,
+                                 merged)
 
     # data-parallel gradients and parameters (dp_exposed_s), the optimizer on its shard
     c = count_params(model)
@@ -309,7 +323,10 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     breakdown = {**{name: m * v * k for name, v in per_mb.items()},
                  "pipeline_bubble": pipe.makespan_s - busy, "exposed_dp": dp_exposed,
                  "optimizer": opt_s}
-    within = {"exposed_ep": m * k * scale * sum(g["ep"] for g in groups),
+    # combined 1F1B: the time its merged passes saved was all-to-all that stood alone
+    saved = max(m * (f_s + b_s + w_s) - busy, 0.0) if t.ep_overlap else 0.0
+    k_ep = (busy + saved) / (m * sum(per_mb.values())) if sum(per_mb.values()) > 0 else 0.0
+    within = {"exposed_ep": max(m * k_ep * scale * sum(g["ep"] for g in groups) - saved, 0.0),
               "exposed_tp_cp": m * k * scale * sum(g["tp_cp"] for g in groups),
               "fp8_casts": m * k * scale * (cast_s(fwd) + cast_s(bwd))}
     precision = gemm_precision(fwd.resolved.compute)
