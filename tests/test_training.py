@@ -487,3 +487,22 @@ def test_ep_overlap_shortens_the_step_by_the_all_to_all_it_hides():
     with pytest.raises(MoesimError) as e:
         train(no_ep)
     assert e.value.field == "training.ep_overlap"
+
+
+def test_a_merged_pair_hides_its_all_to_all_less_the_sms_the_all_to_all_holds():
+    # combined 1F1B saves the pair's standalone all-to-all less what the other pass's compute
+    # loses to the communication kernels' SMs beside it: with half the SMs held the devices'
+    # busy time falls by half as much (LongCat-Flash, all-to-all serialized, as above)
+    w = small(schedule="sequential",
+              training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
+                        "recompute": True})
+    on = w.variant(training=w.training.model_copy(update={"ep_overlap": True}))
+
+    def busy_saved(sm):
+        p = profile(w.hardware, comm_sm_fraction={"value": sm, "source": "test"})
+        a, b = train(w, profile=p), train(on, profile=p)
+        return sum(t[5] - t[4] for t in a.pipeline_tasks) - \
+            sum(t[5] - t[4] for t in b.pipeline_tasks)
+    full = busy_saved(0.0)
+    assert full > 0 and busy_saved(0.5) == pytest.approx(full / 2, rel=1e-6)

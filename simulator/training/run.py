@@ -201,10 +201,12 @@ def selective_recompute_s(w: Workload, t: TrainingSpec, model: ModelSpec,
     return nbytes / memory_rate(prof, nbytes / max(stage_layers, 1))
 
 
-def ep_hidden_s(fwd, bwd, scale: float) -> float:
-    """A stage's EP all-to-all seconds with no compute beside them, in one micro-batch's
-    forward and backward: what merging the two can hide."""
-    return scale * (exposed_by_group(fwd)["ep"] + exposed_by_group(bwd)["ep"])
+def ep_hidden_s(fwd, bwd, scale: float, comm_sm: float) -> float:
+    """What merging one micro-batch's forward with another's backward saves: a stage's EP
+    all-to-all seconds with no compute beside them in the two passes, less the compute the
+    other pass loses to the SMs those kernels hold while it runs beside them (comm_sm: the
+    profile's comm_sm_fraction)."""
+    return scale * (exposed_by_group(fwd)["ep"] + exposed_by_group(bwd)["ep"]) * (1 - comm_sm)
 
 
 def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
@@ -284,12 +286,13 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         model.hidden_size * w.precision.activation_bytes
     p2p = prof.nic.latency_s.value + act_bytes / prof.nic.bandwidth_Bps.value if plan.pp > 1 else 0
     if t.pipeline == "dualpipe":       # a forward's all-to-all hides under the paired backward
-        hidden = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale
+        hidden = (fwd.exposed_comm_s + bwd.exposed_comm_s) * scale * \
+            (1 - prof.comm_sm_fraction.value)       # less the SMs the all-to-all holds
         fb = max(f_s + b_s - hidden, f_s, b_s)
         pipe = dualpipe(plan.pp, m, f_s, b_s, w_s, fb)
     else:
         merged = combined_1f1b_s(rt, stage_layers, f_gpu, b_gpu + recompute_s, ep_hidden_s(
-            fwd, bwd, scale)) if t.ep_overlap else None
+            fwd, bwd, scale, prof.comm_sm_fraction.value)) if t.ep_overlap else None
         pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p,
                                  merged)
 
