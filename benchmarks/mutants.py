@@ -350,6 +350,8 @@ MUTANTS: list[Mutant] = [
            "return max(f_gpu + b_gpu - hidden, f_gpu, b_gpu)"),
     Mutant(TN, "a merged pair hides its all-to-all as if it held no SMs",
            "* (1 - comm_sm)", "* (1 - 0 * comm_sm)"),
+    Mutant(TN, "combined 1F1B's extra warm-up forward holds no activations",
+           "in_flight += 1 if t.ep_overlap else 0", "in_flight += 0"),
     Mutant(TN, "training.ep_overlap never reaches the pipeline",
            "comm_sm_fraction.value)) if t.ep_overlap else None",
            "comm_sm_fraction.value)) if False else None"),

@@ -476,6 +476,9 @@ def test_ep_overlap_shortens_the_step_by_the_all_to_all_it_hides():
         [5, 7, 9, 11]
     assert b.step_time_s < a.step_time_s
     assert 0 <= b.a2a_exposed_s_per_step < a.a2a_exposed_s_per_step
+    # the extra warm-up forward keeps one more micro-batch of activations: pp + 2 against
+    # interleaved's pp + 1
+    assert b.memory.activations == pytest.approx(a.memory.activations * (4 + 2) / (4 + 1))
     for bad, field_fix in ((dict(pipeline="zb-v"), "interleaved"),
                            (dict(pipeline="dualpipe"), "interleaved"),
                            (dict(pipeline="1f1b"), "interleaved")):           # pp 4

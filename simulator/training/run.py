@@ -220,6 +220,7 @@ def fitting(w: Workload, model: ModelSpec, prof: HardwareProfile
     t = w.training
     stage_layers, dp, m = _check(w, t, model)
     in_flight = w.plan.pp + 1 if t.pipeline in ("interleaved", "dualpipe") else w.plan.pp
+    in_flight += 1 if t.ep_overlap else 0    # combined 1F1B's extra warm-up forward
     mem = training_memory(w, t, model, stage_layers, in_flight)
     fits = largest_micro_batch(mem, t.micro_batch_sequences, prof.hbm_bytes.value)
     if mem.total > prof.hbm_bytes.value and prof.idealizations.enforce_hbm_capacity:
