@@ -327,3 +327,20 @@ def test_a_dualpipe_plan_it_cannot_run_is_refused(plan, batch, why):
     with pytest.raises(MoesimError) as e:
         train(w)
     assert e.value.field == "training.pipeline" and why in e.value.problem
+
+
+def test_dualpipe_hides_its_all_to_all_less_the_sms_the_all_to_all_holds():
+    # a DualPipe F&B chunk saves its standalone all-to-all less what the paired pass's compute
+    # loses to the communication kernels' SMs: with the all-to-all serialized inside the passes
+    # (schedule sequential) the passes do not depend on that share, and the step grows in
+    # proportion to it (by m + p/2 - 1 chunks' worth of the lost compute)
+    from simulator.training.run import train
+    w = workload("workloads/deployments/deepseek-v3-pretrain-dualpipe.yaml", schedule="sequential")
+
+    def run(sm):
+        return train(w, profile=profile(w.hardware, idealizations={"enforce_hbm_capacity": False},
+                                        comm_sm_fraction={"value": sm, "source": "test"}))
+    r0, r1, r2 = run(0.0), run(0.25), run(0.5)
+    assert r2.forward_s_per_microbatch == r0.forward_s_per_microbatch
+    assert r2.step_time_s > r1.step_time_s > r0.step_time_s
+    assert r2.step_time_s - r0.step_time_s == pytest.approx(2 * (r1.step_time_s - r0.step_time_s))

@@ -460,16 +460,22 @@ def test_combined_1f1b_hides_the_all_to_all_down_to_the_hosts_launches():
     assert combined_1f1b_s(mc, 12, 0.05, 0.10, 0.03) == pytest.approx(host)
 
 
+def longcat_interleaved_with_and_without_ep_overlap():
+    """LongCat-Flash with its all-to-all serialized (schedule sequential), pp 4, 2 chunks a
+    device, 8 micro-batches: (without, with) training.ep_overlap."""
+    w = small(schedule="sequential",
+              training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
+                        "recompute": True})
+    return w, w.variant(training=w.training.model_copy(update={"ep_overlap": True}))
+
+
 def test_ep_overlap_shortens_the_step_by_the_all_to_all_it_hides():
     # LongCat-Flash with its all-to-all serialized (schedule sequential), pp 4, 2 chunks a
     # device, 8 micro-batches: 16 chunk passes a device; combined 1F1B warms up one more
     # forward than interleaved 1F1B (2 (p - d - 1) + (v - 1) p + 1: 11, 9, 7, 5 on devices 0-3)
     # and merges each remaining forward with a backward: 5, 7, 9, 11 merged pairs
-    w = small(schedule="sequential",
-              training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
-                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
-                        "recompute": True})
-    on = w.variant(training=w.training.model_copy(update={"ep_overlap": True}))
+    w, on = longcat_interleaved_with_and_without_ep_overlap()
     a, b = train(w), train(on)
     assert a.micro_batches == 8 and w.plan.pp == 4
     assert [sum(t[0] == d and t[1] == "FB" for t in b.pipeline_tasks) for d in range(4)] == \
@@ -496,11 +502,7 @@ def test_a_merged_pair_hides_its_all_to_all_less_the_sms_the_all_to_all_holds():
     # combined 1F1B saves the pair's standalone all-to-all less what the other pass's compute
     # loses to the communication kernels' SMs beside it: with half the SMs held the devices'
     # busy time falls by half as much (LongCat-Flash, all-to-all serialized, as above)
-    w = small(schedule="sequential",
-              training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
-                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
-                        "recompute": True})
-    on = w.variant(training=w.training.model_copy(update={"ep_overlap": True}))
+    w, on = longcat_interleaved_with_and_without_ep_overlap()
 
     def busy_saved(sm):
         p = profile(w.hardware, comm_sm_fraction={"value": sm, "source": "test"})

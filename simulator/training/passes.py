@@ -29,8 +29,7 @@ def micro_batch_passes(w: Workload, model: ModelSpec, prof: HardwareProfile,
             note(n)
         return kept[2]
     with collecting() as notes:
-        runs = {phase: simulate(wp, resolved=resolve(wp, model=model, profile=sim_prof,
-                                                     with_head=True))
+        runs = {phase: simulate(wp, resolved=resolve(wp, model=model, profile=sim_prof))
                 for phase, wp in wps.items()}
     KEPT_PASSES[key] = (model, prof, runs, tuple(notes))
     while len(KEPT_PASSES) > PASSES_KEPT:
