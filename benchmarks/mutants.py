@@ -356,6 +356,8 @@ MUTANTS: list[Mutant] = [
     Mutant(TN, "DualPipe hides its all-to-all as if it held no SMs",
            "(1 - prof.comm_sm_fraction.value)       # less the SMs the all-to-all holds",
            "1.0"),
+    Mutant(TN, "data-parallel traffic hides under the backward without its recompute",
+           "m, f_s, b_total + recompute_s, rs_s", "m, f_s, b_total, rs_s"),
     Mutant(TN, "training.ep_overlap never reaches the pipeline",
            "comm_sm_fraction.value)) if t.ep_overlap else None",
            "comm_sm_fraction.value)) if False else None"),

@@ -490,8 +490,7 @@ def test_data_parallel_traffic_is_the_shards_each_rank_sends():
     rs = dp_transfer_s(slow, shard * t.grad_bytes, d_rep)
     ag = rs * w.precision.weight_bytes / t.grad_bytes
     f_s = r.forward_s_per_microbatch
-    b_total = r.backward_s_per_microbatch - (r.breakdown_s["recompute"] / r.micro_batches
-                                             if r.micro_batches else 0.0)
+    b_total = r.backward_s_per_microbatch          # the backward with its recomputed forward
     mc = load_training_runtime(t.framework)
     layers = r.stage_layers
     buckets = sum(math.ceil(p / max(mc.dp_bucket_params.value,

@@ -137,6 +137,32 @@ def test_data_parallel_exposure_by_zero_stage_by_hand():
         4 * ((1.5 - 0.75) + (4.5 - 1.5)))
 
 
+def test_data_parallel_traffic_hides_under_the_backward_and_its_recompute(monkeypatch):
+    """The reduce-scatter (and FSDP's backward gather) overlaps the whole backward pass, which
+    under recomputation begins by re-running the forward: the window is the backward plus its
+    recompute, as the result reports the backward per micro-batch."""
+    import simulator.training.run as run_mod
+    seen = []
+    real = run_mod.dp_exposed_s
+
+    def spy(zero, m, f_s, b_s, rs_s, ag_s, buckets):
+        seen.append((f_s, b_s))
+        return real(zero, m, f_s, b_s, rs_s, ag_s, buckets)
+    monkeypatch.setattr(run_mod, "dp_exposed_s", spy)
+    for recompute in ("full", "none"):
+        w = small(plan={"gpus": 256, "ep": 32, "pp": 1, "cp": 8},
+                  training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                            "pipeline": "1f1b", "zero_stage": 3, "recompute": recompute})
+        r = train(w)
+        f_s, b_s = seen[-1]
+        assert f_s == pytest.approx(r.forward_s_per_microbatch)
+        assert b_s == pytest.approx(r.backward_s_per_microbatch)
+        per_mb = r.breakdown_s["recompute"] / r.micro_batches
+        assert (per_mb > 0) == (recompute == "full")
+    # the full-recompute window is longer by the recomputed forward
+    assert seen[0][1] > seen[1][1] + 0.5 * seen[1][0]
+
+
 def test_data_parallel_buckets_follow_the_runtime():
     from simulator.loading import load_training_runtime
     from simulator.training.data_parallel import dp_buckets

@@ -307,7 +307,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
     rs_s = dp_transfer_s(prof, shard * t.grad_bytes, d_rep) if max(d_rep, d_exp) > 1 else 0.0
     ag_s = rs_s * w.precision.weight_bytes / t.grad_bytes
     buckets = dp_buckets(rt, rep, exp, d_rep, stage_layers * stages)
-    dp_exposed = dp_exposed_s(t.zero_stage, m, f_s, b_total, rs_s, ag_s, buckets)
+    # the backward the traffic hides under re-runs its recomputed forward first
+    dp_exposed = dp_exposed_s(t.zero_stage, m, f_s, b_total + recompute_s, rs_s, ag_s, buckets)
     opt_params = (rep / (d_rep if t.zero_stage >= 1 else 1) + exp / (d_exp if t.zero_stage >= 1 else 1))
     opt_s = opt_params * (t.optimizer_bytes_per_param * 2 + t.grad_bytes + 2 *
                           w.precision.weight_bytes) / (prof.hbm_bandwidth_Bps.value *
