@@ -28,7 +28,6 @@ MISSES.update({f"qwen3-30b-a3b-b200-deepep-{n}-train": TRAINING_GAP
                for n in ("8", "16", "32", "64", "128-lbs10")})
 MISSES.update({f"qwen3-235b-h100-{k}-dropless-train": TRAINING_GAP
                for k in ("16k-cp1", "32k-cp2", "64k-cp4")})
-MISSES["qwen3-235b-h100-tp2-ep8-pp32-train"] = TRAINING_GAP
 
 
 @pytest.fixture(scope="module")

@@ -220,18 +220,49 @@ def test_fp8_casts_and_weight_gradients_are_priced_by_hand():
     assert compute_time_s(w, h100) == pytest.approx(w.bytes / memory_rate(h100, w.bytes))
 
 
-def test_host_time_bounds_each_pass_by_hand():
+def host_runtime(per_layer_s: float, per_pass_s: float | None, base: str = "megatron-core"):
+    """A training preset with its host numbers set by hand (backward ratio 2)."""
     from simulator.loading import load_training_runtime
+    rt = load_training_runtime(base)
+    upd = {"host_s_per_layer_forward": rt.host_s_per_layer_forward.model_copy(
+        update={"value": per_layer_s}), "backward_host_ratio":
+        rt.backward_host_ratio.model_copy(update={"value": 2.0}), "host_s_per_pass": None}
+    if per_pass_s is not None:
+        upd["host_s_per_pass"] = rt.host_s_per_layer_forward.model_copy(
+            update={"value": per_pass_s})
+    return rt.model_copy(update=upd)
+
+
+def test_host_time_bounds_each_pass_by_hand():
     from simulator.training.host import host_bound
-    rt = load_training_runtime("megatron-core")
-    h, r = rt.host_s_per_layer_forward.value, rt.backward_host_ratio.value
-    # 12 layers: a 10 ms forward and 20 ms backward (5 ms of it weight gradient) on the GPU
-    f, b, w = host_bound(rt, 12, 0.010, 0.020, 0.005)
-    assert f == pytest.approx(max(0.010, 12 * h))
-    assert b == pytest.approx(max(0.020, 12 * h * r))
-    assert w / b == pytest.approx(0.005 / 0.020)        # the weight-gradient share is kept
+    rt = host_runtime(0.001, 0.002)
+    # 12 layers in 3 chunks: a 10 ms forward and 20 ms backward (5 ms of it weight gradient) on
+    # the GPU; the host takes 12 x 1 + 3 x 2 = 18 ms forward, 12 x 1 x 2 + 3 x 2 = 30 ms back
+    f, b, w = host_bound(rt, 12, 3, 0.010, 0.020, 0.005)
+    assert (f, b) == (pytest.approx(0.018), pytest.approx(0.030))
+    assert w == pytest.approx(0.005 * 30 / 20)          # the weight-gradient share is kept
+    # one chunk: 14 ms and 26 ms; no per-pass time: 12 and 24 ms
+    assert host_bound(rt, 12, 1, 0.010, 0.020, 0.005)[:2] == (pytest.approx(0.014),
+                                                              pytest.approx(0.026))
+    assert host_bound(host_runtime(0.001, None), 12, 3, 0.010, 0.020, 0.005)[:2] == (
+        pytest.approx(0.012), pytest.approx(0.024))
     # a pass slower than its host time is untouched
-    assert host_bound(rt, 1, 1.0, 2.0, 0.5) == (1.0, 2.0, 0.5)
+    assert host_bound(rt, 1, 1, 1.0, 2.0, 0.5) == (1.0, 2.0, 0.5)
+
+
+def test_each_chunk_pass_pays_its_host_time_in_a_training_step():
+    from simulator.training.pipeline import chunks_per_device
+    assert [chunks_per_device(p, 4) for p in ("interleaved", "1f1b", "zb-v", "dualpipe")] == \
+        [4, 1, 2, 2]
+    # LongCat-Flash interleaved over 2 chunks a device, no recompute, a host of 1 s a chunk pass
+    # and nothing a layer: every micro-batch's forward and backward take 2 x 1 s on each device
+    w = small(training={"global_batch_sequences": 64, "micro_batch_sequences": 1,
+                        "pipeline": "interleaved", "virtual_stages": 2, "zero_stage": 2,
+                        "recompute": "none"})
+    r = train(w, runtime=host_runtime(0.0, 1.0))
+    assert r.forward_s_per_microbatch == pytest.approx(2.0)
+    assert r.backward_s_per_microbatch == pytest.approx(2.0)
+    assert train(w, runtime=host_runtime(0.0, None)).forward_s_per_microbatch < 1.0
 
 
 def test_train_json_breaks_the_step_into_parts_that_add_up():
@@ -474,16 +505,16 @@ def test_interleaved_1f1b_bubble_is_the_closed_form(p, m, v):
 
 def test_combined_1f1b_hides_the_all_to_all_down_to_the_hosts_launches():
     # merged: the GPU's work less the all-to-all it hides, never below either pass nor the
-    # host's launches of both (12 layers x the preset's seconds a layer forward, x 3 with the
-    # backward's twice: 0.15 s at 4.25 ms); torchtitan's preset charges no host time
+    # host's launches of both (each layer's forward and twice it backward, and each chunk
+    # pass each way); torchtitan's preset charges no host time
     from simulator.loading import load_training_runtime
     from simulator.training.host import combined_1f1b_s
-    mc, tt = load_training_runtime("megatron-core"), load_training_runtime("torchtitan")
-    assert combined_1f1b_s(tt, 12, 0.05, 0.10, 0.03) == pytest.approx(0.12)
-    assert combined_1f1b_s(tt, 12, 0.05, 0.10, 0.09) == pytest.approx(0.10)    # b alone
-    host = 12 * mc.host_s_per_layer_forward.value * (1 + mc.backward_host_ratio.value)
-    assert 0.1 < host < 0.2
-    assert combined_1f1b_s(mc, 12, 0.05, 0.10, 0.03) == pytest.approx(host)
+    tt = load_training_runtime("torchtitan")
+    assert combined_1f1b_s(tt, 12, 2, 0.05, 0.10, 0.03) == pytest.approx(0.12)
+    assert combined_1f1b_s(tt, 12, 2, 0.05, 0.10, 0.09) == pytest.approx(0.10)    # b alone
+    # 4 ms a layer, 5 ms a chunk pass, 2 chunks: 48 + 10 ms forward, 96 + 10 ms backward
+    mc = host_runtime(0.004, 0.005)
+    assert combined_1f1b_s(mc, 12, 2, 0.05, 0.10, 0.03) == pytest.approx(0.164)
 
 
 def longcat_interleaved_with_and_without_ep_overlap():

@@ -382,15 +382,16 @@ def calibrated_costs(rt: ServingRuntime) -> str:
 
 
 def runtimes_table() -> Table:
-    """Every training framework preset: host ms per layer forward, backward ratio, the kernel
-    tables that price it, sources."""
+    """Every training framework preset: host ms per layer forward and per chunk pass,
+    backward ratio, the kernel tables that price it, sources."""
     from simulator.loading import TRAINING_RUNTIMES_DIR, known_names, load_training_runtime
     table = _table("training runtimes (hardware_profiles/runtimes/training/)",
-                   ("name", "host ms/layer fwd", "bwd/fwd", "kernel tables", "source"),
-                   ("name", "source"))
+                   ("name", "host ms/layer fwd", "host ms/pass", "bwd/fwd", "kernel tables",
+                    "source"), ("name", "source"))
     for name in known_names(TRAINING_RUNTIMES_DIR):
         rt = load_training_runtime(name)
+        per_pass = rt.host_s_per_pass.value if rt.host_s_per_pass is not None else 0.0
         table.add_row(name, f"{rt.host_s_per_layer_forward.value * 1e3:.2f}",
-                      f"{rt.backward_host_ratio.value:g}", rt.kernel_tables or "workload's",
-                      rt.host_s_per_layer_forward.source)
+                      f"{per_pass * 1e3:.2f}", f"{rt.backward_host_ratio.value:g}",
+                      rt.kernel_tables or "workload's", rt.host_s_per_layer_forward.source)
     return table

@@ -10,9 +10,10 @@ from simulator.schema.base import Sourced, Strict
 
 class TrainingRuntime(Strict):
     """A training framework's host side: the CPU time it spends launching one transformer
-    layer's kernels. A pass of a stage takes at least its layers' host time (the GPU cannot
-    run ahead of the launches; MoE layers sync the host at every dispatch, so it cannot
-    queue far ahead either). A preset under hardware_profiles/runtimes/training/."""
+    layer's kernels, and each chunk pass's own. A pass of a stage takes at least its host
+    time (the GPU cannot run ahead of the launches; MoE layers sync the host at every
+    dispatch, so it cannot queue far ahead either). A preset under
+    hardware_profiles/runtimes/training/."""
 
     name: str
     description: str = ""
@@ -20,6 +21,11 @@ class TrainingRuntime(Strict):
         description="host seconds to launch one layer's forward kernels")
     backward_host_ratio: Sourced = Field(
         description="a layer's backward host time over its forward's")
+    host_s_per_pass: Sourced | None = Field(
+        None, description="host seconds each pass of one micro-batch through one model chunk "
+        "costs beyond its layers' launches (the pipeline schedule's step: posting and waiting "
+        "on its point-to-point sends, the forward_step / backward_step call, the autograd "
+        "call); an interleaved stage runs one per virtual stage; unset: none")
     dp_bucket_params: Sourced | None = Field(
         None, description="parameters per data-parallel bucket: a bucket's gradient "
         "reduce-scatter starts once the backward has produced all its gradients, its parameter "

@@ -145,6 +145,14 @@ def in_order(p: int, m: int, f_s: float, b_s: float, schedule: str, v: int = 2,
     return PipelineResult(max(free_at), busy, tuple(ran))
 
 
+def chunks_per_device(pipeline: str, virtual_stages: int) -> int:
+    """Model chunks a device runs each micro-batch through, one pass each way: its virtual
+    stages when interleaved, the two arms of a V or of DualPipe's pair, else one."""
+    if pipeline == "interleaved":
+        return virtual_stages
+    return 2 if pipeline in ("zb-v", "dualpipe") else 1
+
+
 def simulate_pipeline(p: int, m: int, f_s: float, b_s: float, w_s: float, schedule: str,
                       v: int = 2, p2p_s: float = 0.0,
                       fb_s: float | None = None) -> PipelineResult:

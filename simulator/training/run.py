@@ -23,7 +23,7 @@ from simulator.step.whatif import check_plan
 from simulator.training.data_parallel import dp_buckets, dp_exposed_s, dp_transfer_s
 from simulator.training.host import combined_1f1b_s, host_bound
 from simulator.training.passes import micro_batch_passes
-from simulator.training.pipeline import dualpipe, simulate_pipeline
+from simulator.training.pipeline import chunks_per_device, dualpipe, simulate_pipeline
 from simulator.training.result import TrainingMemory, TrainResult
 
 SECONDS_PER_DAY = 86400.0
@@ -275,7 +275,8 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
               if "wgrad" in op.tags) * scale
     w_s = min(w_s, MAX_WGRAD_SHARE * b_total)
     f_gpu, b_gpu = f_s, b_total
-    f_s, b_total, w_s = host_bound(rt, stage_layers, f_s, b_total, w_s)
+    chunks = chunks_per_device(t.pipeline, t.virtual_stages)
+    f_s, b_total, w_s = host_bound(rt, stage_layers, chunks, f_s, b_total, w_s)
     host_s = (f_s - f_gpu) + (b_total - b_gpu)        # per micro-batch, beyond the GPU's
     b_s = b_total - w_s
     recompute_s = {"full": lambda: f_gpu, "none": lambda: 0.0,
@@ -292,7 +293,7 @@ def _train(w: Workload, tokens: float | None, profile: HardwareProfile | None,
         fb = max(f_s + b_s - hidden, f_s, b_s)
         pipe = dualpipe(plan.pp, m, f_s, b_s, w_s, fb)
     else:
-        merged = combined_1f1b_s(rt, stage_layers, f_gpu, b_gpu + recompute_s, ep_hidden_s(
+        merged = combined_1f1b_s(rt, stage_layers, chunks, f_gpu, b_gpu + recompute_s, ep_hidden_s(
             fwd, bwd, scale, prof.comm_sm_fraction.value)) if t.ep_overlap else None
         pipe = simulate_pipeline(plan.pp, m, f_s, b_s, w_s, t.pipeline, t.virtual_stages, p2p,
                                  merged)
