@@ -68,6 +68,7 @@ TESTS: dict[str, list[str]] = {
     "simulator/training/pipeline.py": ["tests/test_training.py", "tests/test_deployments.py",
                                        "tests/test_physics.py", "tests/test_pipeline_reference.py"],
     "simulator/training/host.py": ["tests/test_training.py", "tests/test_published.py"],
+    "benchmarks/training_host_fit.py": ["tests/test_training_host_fit.py"],
     "simulator/training/run.py": ["tests/test_training.py", "tests/test_deployments.py",
                                   "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
     "simulator/training/passes.py": ["tests/test_training.py", "tests/test_formulas_by_hand.py",
