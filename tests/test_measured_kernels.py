@@ -403,6 +403,39 @@ def test_deepep_measured_time_is_the_mean_ranks_all_to_all():
     assert mean == pytest.approx(measured, rel=1e-9)
 
 
+def test_deepep_tables_are_read_at_the_tokens_that_move_the_workloads_bytes():
+    """DeepEP's benchmark routes each token to k experts drawn uniformly from all E, so a
+    normal-kernel dispatch reaches R(1 - C(E - E/R, k) / C(E, k)) of the R ranks on average;
+    torchtitan's forced balance (copy i to expert i mod E) puts a token's k consecutive experts
+    on one rank. The table is read at tokens x 1 / (R(1 - C(E - E/R, k) / C(E, k))): closed
+    form here, sampled in the code. A low-latency dispatch sends one copy per real expert, as
+    the table's routing does: read at the tokens themselves."""
+    from simulator.loading import load_workload
+    from simulator.pricing.hardware import link_bandwidths
+    from simulator.pricing.traffic import ep_traffic
+    from simulator.step.resolve import resolve
+    w = load_workload(str(ROOT / "workloads/validation/training/qwen3-30b-a3b-b200-deepep-8.yaml"))
+    w = w.model_copy(update={"phase": "prefill", "batch_per_device": 1})
+    r = resolve(w)
+    assert r.profile.measured is not None and w.routing.popularity == "round_robin"
+    e, k, ranks, tokens = 128, 8, 8, 4096
+    miss = math.comb(e - e // ranks, k) / math.comb(e, k)       # a rank none of k experts is on
+    fan_out = ranks * (1 - miss)                                 # about 5.3 ranks a token
+    t = ep_traffic(r.model, w, r.profile, tokens, r.real_experts, w.seed)
+    grid = r.profile.measured.kernels.get("deepep_normal_dispatch", (2048, 8, 128))
+    bw = link_bandwidths(r.profile)
+    mean = float(np.mean(t.times_s(False, 1.0, t.latency(False), bw)))
+    at_equal_bytes = grid.lookup((1, tokens / fan_out), FLAT).seconds
+    at_tokens = grid.lookup((1, tokens), FLAT).seconds
+    assert mean == pytest.approx(at_equal_bytes, rel=0.03)       # the sample's own fan-out
+    assert mean < 0.5 * at_tokens                                 # not the table's traffic
+    uniform = w.model_copy(update={"routing": w.routing.model_copy(
+        update={"popularity": "uniform"})})
+    u = ep_traffic(r.model, uniform, r.profile, tokens, r.real_experts, w.seed)
+    assert float(np.mean(u.times_s(False, 1.0, u.latency(False), bw))) == \
+        pytest.approx(at_tokens, rel=1e-9)
+
+
 # -- the runtime field ----------------------------------------------------------------------
 def test_the_default_runtime_is_the_newest_sglang():
     ms = select(load_profile("h200-sxm"), RuntimeSpec(), Precision())

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.schema import HardwareProfile, ModelSpec, Workload
+from simulator.schema import HardwareProfile, ModelSpec, RoutingSpec, Workload
 from simulator.graph.params import expert_params
 from simulator.pricing.batched import gemm_times_s
 from simulator.pricing.hardware import link_bandwidths
@@ -101,15 +101,45 @@ def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_
                                                 else prof.nvlink.latency_s.value)
     ratio = w.precision.combine_bytes / w.precision.dispatch_bytes
     combine_latency = None
+    bw = link_bandwidths(prof)
+    mean_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
+    tokens = tokens_per_rank * (1.0 if prof.measured is None else table_routing_scale(
+        model, w, cluster, kernel, tokens_per_rank, per_copy, real_experts, seed, micro_batch,
+        mean_s, bw))
     hit = deepep_lookup(prof, kernel, nodes_of(plan.ep, plan.gpus_per_node), model.hidden_size,
-                        model.moe.top_k, model.moe.num_experts, tokens_per_rank, per_copy)
+                        model.moe.top_k, model.moe.num_experts, tokens, per_copy)
     if hit is not None:      # the mean rank takes DeepEP's measured time; the rest is imbalance
-        bw = link_bandwidths(prof)
-        mean_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
         latency = max(hit[0].seconds - mean_s, 0.0)
         combine_latency = max(hit[1].seconds - mean_s * ratio, 0.0)
     return EPTraffic(r, kernel, nvl, nic, latency, ratio, comm_sm_fraction(prof, kernel),
                      combine_latency)
+
+
+def table_routing_scale(model: ModelSpec, w: Workload, cluster: Cluster, kernel: str,
+                        tokens_per_rank: int, per_copy: float, real_experts: float, seed: int,
+                        micro_batch: int, mean_s: float, bw: dict[str, float]) -> float:
+    """How many of the measured tables' tokens move what this workload's tokens move: DeepEP's
+    benchmark (and the collectors built on it) draws each token's top-k experts uniformly from
+    all experts, with no zero experts, node or group limit or replica. The low-latency kernel
+    sends one copy per real expert (real_experts / top_k of the table's); the normal kernel
+    one per destination rank and node, so a routing that reaches fewer of them per token
+    (torchtitan's consecutive experts, group-limited routing) moves fewer bytes: the mean
+    rank's link time over that of the table's routing, sampled on the same tokens."""
+    assert model.moe is not None
+    if kernel == "low_latency":
+        return real_experts / model.moe.top_k
+    if w.routing == RoutingSpec() and model.moe.num_zero_experts == 0:
+        return 1.0                                 # the workload routes as the tables did
+    plan = w.plan
+    ref = route(RoutingSpec(), n_experts=model.moe.num_experts, top_k=model.moe.top_k,
+                has_zero_experts=False, real_mean=float(model.moe.top_k), ep=plan.ep,
+                gpus_per_node=plan.gpus_per_node, tokens_per_rank=tokens_per_rank, seed=seed,
+                micro_batch=micro_batch)
+    loads = rank_loads(cluster, plan.ep, ref.t_expert * per_copy, ref.t_gpu * per_copy,
+                       ref.t_node * per_copy, kernel)
+    nvl, nic = loads.demand(cluster)
+    ref_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
+    return mean_s / ref_s if ref_s > 0 and mean_s > 0 else 1.0
 
 
 def comm_sm_fraction(prof: HardwareProfile, kernel: str) -> float:
