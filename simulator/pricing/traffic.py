@@ -93,26 +93,37 @@ def ep_traffic(model: ModelSpec, w: Workload, prof: HardwareProfile, tokens_per_
     kernel = kernel_for(w)
     per_copy = model.hidden_size * w.precision.dispatch_bytes
     cluster = Cluster.from_profile(prof, plan.ep, plan.gpus_per_node)
-    loads = rank_loads(cluster, plan.ep, r.t_expert * per_copy, r.t_gpu * per_copy,
-                       r.t_node * per_copy, kernel)
-    nvl, nic = loads.demand(cluster)
+    bw = link_bandwidths(prof)
+    nvl, nic, mean_s = rank_demands(cluster, plan.ep, r, per_copy, kernel, bw)
     remote = plan.ep > plan.gpus_per_node
     latency = prof.ep_kernel_latency_s.value + (prof.nic.latency_s.value if remote
                                                 else prof.nvlink.latency_s.value)
     ratio = w.precision.combine_bytes / w.precision.dispatch_bytes
     combine_latency = None
-    bw = link_bandwidths(prof)
-    mean_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
-    tokens = tokens_per_rank * (1.0 if prof.measured is None else table_routing_scale(
-        model, w, cluster, kernel, tokens_per_rank, per_copy, real_experts, seed, micro_batch,
-        mean_s, bw))
-    hit = deepep_lookup(prof, kernel, nodes_of(plan.ep, plan.gpus_per_node), model.hidden_size,
-                        model.moe.top_k, model.moe.num_experts, tokens, per_copy)
+
+    def measured(tokens: float):
+        return deepep_lookup(prof, kernel, nodes_of(plan.ep, plan.gpus_per_node),
+                             model.hidden_size, model.moe.top_k, model.moe.num_experts, tokens,
+                             per_copy)
+    hit = measured(tokens_per_rank)
     if hit is not None:      # the mean rank takes DeepEP's measured time; the rest is imbalance
+        scale = table_routing_scale(model, w, cluster, kernel, tokens_per_rank, per_copy,
+                                    real_experts, seed, micro_batch, mean_s, bw)
+        hit = measured(tokens_per_rank * scale) if scale != 1.0 else hit
         latency = max(hit[0].seconds - mean_s, 0.0)
         combine_latency = max(hit[1].seconds - mean_s * ratio, 0.0)
     return EPTraffic(r, kernel, nvl, nic, latency, ratio, comm_sm_fraction(prof, kernel),
                      combine_latency)
+
+
+def rank_demands(cluster: Cluster, ep: int, r: RoutingResult, per_copy: float, kernel: str,
+                 bw: dict[str, float]) -> tuple[np.ndarray, np.ndarray, float]:
+    """A routing's dispatch bytes per rank on NVLink and on the NIC, and the mean rank's link
+    time (the slower of its two links)."""
+    loads = rank_loads(cluster, ep, r.t_expert * per_copy, r.t_gpu * per_copy,
+                       r.t_node * per_copy, kernel)
+    nvl, nic = loads.demand(cluster)
+    return nvl, nic, float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
 
 
 def table_routing_scale(model: ModelSpec, w: Workload, cluster: Cluster, kernel: str,
@@ -135,10 +146,7 @@ def table_routing_scale(model: ModelSpec, w: Workload, cluster: Cluster, kernel:
                 has_zero_experts=False, real_mean=float(model.moe.top_k), ep=plan.ep,
                 gpus_per_node=plan.gpus_per_node, tokens_per_rank=tokens_per_rank, seed=seed,
                 micro_batch=micro_batch)
-    loads = rank_loads(cluster, plan.ep, ref.t_expert * per_copy, ref.t_gpu * per_copy,
-                       ref.t_node * per_copy, kernel)
-    nvl, nic = loads.demand(cluster)
-    ref_s = float(np.mean(np.maximum(nvl / bw["nvlink"], nic / bw["nic"])))
+    ref_s = rank_demands(cluster, plan.ep, ref, per_copy, kernel, bw)[2]
     return mean_s / ref_s if ref_s > 0 and mean_s > 0 else 1.0
 
 
