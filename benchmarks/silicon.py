@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -290,6 +291,22 @@ def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
     return {"framework": row["backend"], "version": newest}
 
 
+def speculative(row: dict, model, a: dict, attention_dp: bool) -> dict | None:
+    """The workload's `mtp` where the row's source names an image its publisher runs only
+    speculatively (silicon.yaml `speculative`), else None."""
+    m = re.search(r"image=([^;]+)", row.get("silicon_data_source", "") or "")
+    image = m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""
+    for s in a.get("speculative") or []:
+        if (image, row["system"], row["backend"]) != (s["image"], s["system"], s["backend"]):
+            continue
+        if not model.mtp_layers:
+            raise Unexpressed(f"ran with MTP (image {image}) but {row['model_path']} has no "
+                              "MTP layer in its config")
+        draft = s["draft_tokens_attention_dp"] if attention_dp else s["draft_tokens"]
+        return {"enabled": True, "draft_tokens": int(draft), "acceptance": float(s["acceptance"])}
+    return None
+
+
 CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runtime_fit.py's
 
 
@@ -343,8 +360,13 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                        (f"; the other record states other {', '.join(row['_differs'])}: this "
                         "record's are used" if row.get("_differs") else ""))
     assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
-                "measured figures read as the mean over requests",
-                "no MTP / speculative decoding"]
+                "measured figures read as the mean over requests"]
+    adp = _number(row.get("attention_dp_size" if row["mode"] == "agg" else
+                          "decode_attention_dp_size")) or 1
+    mtp = speculative(row, model, a, adp > 1)
+    assumed.append(f"MTP with {mtp['draft_tokens']} draft token(s) accepted at "
+                   f"{mtp['acceptance']:g}: its image is that of its publisher's speculative "
+                   "runs (silicon.yaml `speculative`)" if mtp else "no MTP / speculative decoding")
     runtime = _runtime(row, a["systems"][system], assumed)
     preset = serving_runtime_for(backend, row["backend_version"])
     assumed.append(f"scheduled as {backend}'s defaults (runtime preset {preset})")
@@ -354,6 +376,8 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
          "hardware": a["systems"][system], "plan": plan, "phase": "decode", "runtime": runtime,
          "batch_per_device": max(1, math.ceil(conc / dp)), "context_length": isl,
          "schedule": "sequential", "precision": prec, "serving": serving}
+    if mtp:
+        w["mtp"] = mtp
     if model.moe is not None and plan.get("attention_tp", 1) == 1 and plan["ep"] > 1:
         w["routing"] = {"popularity": "uniform"}
     return Case(row, w, assumed, model.num_layers,

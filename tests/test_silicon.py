@@ -115,6 +115,35 @@ def test_tensorrt_llm_keeps_a_quantised_checkpoints_fp8_kv_and_the_others_bf16(t
     assert any("2-byte" in x for x in kv["dense-tp"].assumed)
 
 
+def test_a_run_from_its_publishers_speculative_image_is_written_with_its_mtp(tmp_path):
+    # InferenceX's dsr1-fp8-b200-trt-mtp and dsr1-fp4-b200-trt-mtp are the only keys with
+    # TensorRT-LLM release 1.2.0rc6.post3 (their non-MTP twins run 1.2.0rc6.post2); their
+    # scripts set num_nextn_predict_layers 3, and 1 under attention DP; the acceptance is the
+    # DeepSeek-V3 report's lower end (85%)
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    models = silicon.Models(DATA / "model_configs", tmp_path)
+    base = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}["on-blackwell"]
+    src = "silicon_concurrency=8; image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0rc6.post"
+
+    def case(post, adp, model="acme/TinyMLA", system="b200_sxm"):
+        row = dict(base, silicon_data_source=src + post, backend="trtllm", model_path=model,
+                   backend_version="1.2.0rc6", system=system, attention_dp_size=str(adp),
+                   tp_size=str(8 // adp), moe_tp_size="1", moe_ep_size="8",
+                   gemm_quant_mode="fp8", moe_quant_mode="fp8", precision="fp8")
+        return silicon.to_case(row, models, a)
+
+    spec = case("3", 1)
+    assert spec.workload["mtp"] == {"enabled": True, "draft_tokens": 3, "acceptance": 0.85}
+    assert any("MTP with 3 draft" in x for x in spec.assumed)
+    assert case("3", 8).workload["mtp"]["draft_tokens"] == 1      # attention DP: MTP 1
+    plain = case("2", 1)                                          # the non-MTP twin's image
+    assert "mtp" not in plain.workload
+    assert "no MTP / speculative decoding" in plain.assumed
+    assert "mtp" not in case("3", 1, system="h200_sxm").workload   # that image on B200 only
+    with pytest.raises(silicon.Unexpressed, match="no MTP layer"):
+        case("3", 1, model="acme/TinyMoE")
+
+
 def test_rows_are_written_as_they_ran(tmp_path):
     a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
     rows = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}
