@@ -39,6 +39,7 @@ GB = "simulator/graph/backward.py"
 RS = "simulator/step/resolve.py"
 GO = "simulator/graph/ops.py"
 SIT, SI = "benchmarks/silicon_twins.py", "benchmarks/silicon.py"
+SIP, IXR = "benchmarks/silicon_publisher.py", "benchmarks/inferencex_runs.py"
 PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
@@ -783,12 +784,22 @@ MUTANTS: list[Mutant] = [
            'update={"value": per_pass_s})', 'update={"value": per_layer_s})'),
     Mutant(SI, "a run listed twice counted twice",
            "kept, repeats = one_per_measurement(kept)", "_, repeats = one_per_measurement(kept)"),
-    Mutant(SI, "a speculative run's attention-DP draft count ignored",
+    Mutant(SIP, "a speculative run's attention-DP draft count ignored",
            'draft = s["draft_tokens_attention_dp"] if attention_dp else s["draft_tokens"]',
            'draft = s["draft_tokens"]'),
-    Mutant(SI, "the publisher's image read without undoing the corpus's nvcr.io# spelling",
-           'image = m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""',
-           'image = m.group(1).strip() if m else ""'),
+    Mutant(SIP, "the publisher's image read without undoing the corpus's nvcr.io# spelling",
+           'return m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""',
+           'return m.group(1).strip() if m else ""'),
+    Mutant(SIP, "a disaggregated record takes the first of disagreeing configurations",
+           "    if len(shapes) > 1:\n", "    if False:\n"),
+    Mutant(SIP, "configurations matched whatever the measured date",
+           "    if m:                                 # the configurations in effect",
+           "    if False:                             # the configurations in effect"),
+    Mutant(SIP, "a matched run's client count ignored",
+           'and r["osl"] == int(float(row["osl"])) and r["clients"] == clients]',
+           'and r["osl"] == int(float(row["osl"]))]'),
+    Mutant(IXR, "InferenceX's attention DP pool written as tensor parallel",
+           '"attention_tp": 1 if adp else tp,', '"attention_tp": tp,'),
     Mutant(EP, "the loop's graphed steps skip the host time",
            "plain = self.host_s == 0.0                  # a graphed step is its GPU time",
            "plain = True"),

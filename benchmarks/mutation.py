@@ -107,6 +107,8 @@ TESTS: dict[str, list[str]] = {
     "simulator/step/result.py": ["tests/test_physics.py", "tests/test_published.py"],
     "benchmarks/silicon_twins.py": ["tests/test_silicon.py"],
     "benchmarks/silicon.py": ["tests/test_silicon.py"],
+    "benchmarks/silicon_publisher.py": ["tests/test_silicon.py"],
+    "benchmarks/inferencex_runs.py": ["tests/test_silicon.py"],
     "simulator/pricing/cost.py": ["tests/test_serving.py", "tests/test_training.py",
                                   "tests/test_physics.py", "tests/test_formulas_by_hand.py", "tests/test_json_keys.py"],
 }

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import math
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from simulator.loading import (load_profile, read_text_file, read_yaml_mapping, 
                                serving_runtime_for)
 from simulator.kernels.store import version_key  # noqa: E402
 from benchmarks.silicon_twins import one_per_measurement, source_clients  # noqa: E402
+from benchmarks.silicon_publisher import (NotSettled, disaggregated_run, image_mtp,  # noqa: E402
+                                          load_runs, run_mtp, with_pools)
 from benchmarks.silicon_report import (POOL_FIELDS, bands_yaml, figures,  # noqa: E402
                                        print_summary, summary, sweep_key)
 
@@ -291,22 +292,6 @@ def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
     return {"framework": row["backend"], "version": newest}
 
 
-def speculative(row: dict, model, a: dict, attention_dp: bool) -> dict | None:
-    """The workload's `mtp` where the row's source names an image its publisher runs only
-    speculatively (silicon.yaml `speculative`), else None."""
-    m = re.search(r"image=([^;]+)", row.get("silicon_data_source", "") or "")
-    image = m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""
-    for s in a.get("speculative") or []:
-        if (image, row["system"], row["backend"]) != (s["image"], s["system"], s["backend"]):
-            continue
-        if not model.mtp_layers:
-            raise Unexpressed(f"ran with MTP (image {image}) but {row['model_path']} has no "
-                              "MTP layer in its config")
-        draft = s["draft_tokens_attention_dp"] if attention_dp else s["draft_tokens"]
-        return {"enabled": True, "draft_tokens": int(draft), "acceptance": float(s["acceptance"])}
-    return None
-
-
 CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runtime_fit.py's
 
 
@@ -334,6 +319,14 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
         raise Unexpressed("the measured concurrency is not stated")
     model_yaml, model, assumed_model = models.path(row["model_path"])
     assumed = [assumed_model] if assumed_model else []
+    publisher, note = disaggregated_run(row, conc, load_runs()) if row["mode"] == "disagg" \
+        else (None, "")
+    assumed += [note] if note else []
+    if publisher:
+        row, changed = with_pools(row, publisher)
+        assumed.append(f"pools as InferenceX configured the run ({publisher['key']}"
+                       + (f", {publisher['recipe']}" if publisher["recipe"] else "") + ")"
+                       + (": " + "; ".join(changed) if changed else ""))
     backend = row["backend"]
     isl, osl = int(float(row["isl"])), int(float(row["osl"]))
     prec = _precision(row, model, models.config(row["model_path"]), a, assumed)
@@ -363,10 +356,16 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                 "measured figures read as the mean over requests"]
     adp = _number(row.get("attention_dp_size" if row["mode"] == "agg" else
                           "decode_attention_dp_size")) or 1
-    mtp = speculative(row, model, a, adp > 1)
+    try:
+        mtp = run_mtp(row, publisher, model.family, a) if publisher else \
+            image_mtp(row, adp > 1, model.family, a)
+    except NotSettled as e:
+        raise Unexpressed(str(e)) from None
+    if mtp and not model.mtp_layers:
+        raise Unexpressed(f"ran with MTP but {row['model_path']} has no MTP layer in its config")
     assumed.append(f"MTP with {mtp['draft_tokens']} draft token(s) accepted at "
-                   f"{mtp['acceptance']:g}: its image is that of its publisher's speculative "
-                   "runs (silicon.yaml `speculative`)" if mtp else "no MTP / speculative decoding")
+                   f"{mtp['acceptance']:g} (silicon.yaml mtp_acceptance), as its publisher ran "
+                   "it" if mtp else "no MTP / speculative decoding")
     runtime = _runtime(row, a["systems"][system], assumed)
     preset = serving_runtime_for(backend, row["backend_version"])
     assumed.append(f"scheduled as {backend}'s defaults (runtime preset {preset})")

@@ -140,8 +140,84 @@ def test_a_run_from_its_publishers_speculative_image_is_written_with_its_mtp(tmp
     assert "mtp" not in plain.workload
     assert "no MTP / speculative decoding" in plain.assumed
     assert "mtp" not in case("3", 1, system="h200_sxm").workload   # that image on B200 only
-    with pytest.raises(silicon.Unexpressed, match="no MTP layer"):
-        case("3", 1, model="acme/TinyMoE")
+    with pytest.raises(silicon.Unexpressed, match="no published draft acceptance"):
+        case("3", 1, model="acme/TinyMoE")                        # Qwen3: none published
+
+
+def _disagg_row(clients=44, image="nvcr.io#acme/engine:1", measured="2026-02-14"):
+    return {"id": "d", "silicon_data_source": f"silicon_concurrency={clients}; "
+                                              f"measured={measured}T06:57:35Z; image={image}",
+            "backend": "trtllm", "backend_version": "1.0", "model_path": "acme/TinyMLA",
+            "system": "h200_sxm", "precision": "fp8", "mode": "disagg", "isl": "1024",
+            "osl": "1024", "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8",
+            **{f"{p}_{k}": v for p in ("prefill", "decode") for k, v in
+               (("tp_size", "8"), ("pp_size", "1"), ("attention_dp_size", "1"),
+                ("moe_tp_size", "1"), ("moe_ep_size", "8"), ("num_workers", ""),
+                ("batch_size", ""))},
+            "silicon_ttft_ms": "100", "silicon_tpot_ms": "10"}
+
+
+def _published(decode_workers=11, adp=False, spec="mtp", draft=3, clients=44,
+               in_effect=(("2026-01-30", None, "c1"),)):
+    pool = lambda w, dp: {"workers": w, "attention_tp": 1 if dp else 8,  # noqa: E731
+                          "attention_dp": 8 if dp else 1, "moe_tp": 1, "moe_ep": 8}
+    return {"key": "k", "image": "nvcr.io/acme/engine:1", "gpu": "h200",
+            "framework": "dynamo-trt", "precision": "fp8", "isl": 1024, "osl": 1024,
+            "clients": clients, "spec": spec, "draft_tokens": draft, "recipe": "r.yaml",
+            "prefill": pool(1, True), "decode": pool(decode_workers, adp),
+            "in_effect": [list(x) for x in in_effect]}
+
+
+def test_a_disaggregated_run_takes_its_publishers_pools_and_mtp(tmp_path, monkeypatch):
+    # the corpus leaves the workers out and writes the decode pool as TP 8; InferenceX's
+    # config of the same image, lengths and clients says 11 decode workers, prefill with
+    # attention DP, MTP with 3 drafts
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    models = silicon.Models(DATA / "model_configs", tmp_path)
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_published(),))
+    case = silicon.to_case(_disagg_row(), models, a)
+    serving = case.workload["serving"]
+    dec, pre = serving["decode"]["plan"], serving["prefill"]["plan"]
+    assert dec["gpus"] == 8 * 11 and dec["attention_tp"] == 8
+    assert pre["gpus"] == 8 and pre["tp"] == 1 and pre["ep"] == 8       # attention DP 8
+    assert case.workload["mtp"] == {"enabled": True, "draft_tokens": 3, "acceptance": 0.85}
+    assert any("decode_num_workers empty -> 11" in x for x in case.assumed)
+    # another client count, another image: no match, the corpus's fields (one worker)
+    for row in (_disagg_row(clients=45), _disagg_row(image="nvcr.io#acme/engine:2")):
+        other = silicon.to_case(row, models, a)
+        assert other.workload["serving"]["decode"]["plan"]["gpus"] == 8
+        assert "mtp" not in other.workload
+    # two configurations of the same run that disagree: neither is taken, and it says so
+    monkeypatch.setattr(silicon, "load_runs",
+                        lambda: (_published(), _published(spec="none", draft=0)))
+    both = silicon.to_case(_disagg_row(), models, a)
+    assert "mtp" not in both.workload
+    assert any("2 different runs" in x for x in both.assumed)
+    # ... unless only one of them was in effect on the measured date (configured 2026-01-30
+    # on; the other from 2026-02-20 to 2026-03-01): measured 2026-02-14, the first
+    monkeypatch.setattr(silicon, "load_runs", lambda: (
+        _published(), _published(spec="none", draft=0,
+                                 in_effect=(("2026-02-20", "2026-03-01", "c2"),))))
+    assert silicon.to_case(_disagg_row(), models, a).workload["mtp"]["draft_tokens"] == 3
+    later = silicon.to_case(_disagg_row(measured="2026-02-25"), models, a)
+    assert "mtp" not in later.workload and any("2 different runs" in x for x in later.assumed)
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_published(draft=None),))
+    with pytest.raises(silicon.Unexpressed, match="draft depth"):
+        silicon.to_case(_disagg_row(), models, a)
+
+
+def test_inferencex_pools_and_client_counts_by_its_configs():
+    from benchmarks import inferencex_runs
+    assert inferencex_runs.pool({"num-worker": 7, "tp": 8, "ep": 8, "dp-attn": True}) == {
+        "workers": 7, "attention_tp": 1, "attention_dp": 8, "moe_tp": 1, "moe_ep": 8}
+    assert inferencex_runs.pool({"tp": 4, "ep": 1}) == {
+        "workers": 1, "attention_tp": 4, "attention_dp": 1, "moe_tp": 4, "moe_ep": 1}
+    # the shipped table: srt-slurm's recipe c4_ctx1_gen11_tep8_batch128_eplb0_mtp3 benchmarks
+    # "concurrencies: 44" (4 a decode worker, 11 workers) with MTP 3 on H200
+    runs = [r for r in silicon.load_runs() if r["recipe"].endswith(
+        "h200/1k1k/mtp/c4_ctx1_gen11_tep8_batch128_eplb0_mtp3.yaml")]
+    assert runs and all(r["clients"] == 44 and r["decode"]["workers"] == 11
+                        and r["draft_tokens"] == 3 and r["spec"] == "mtp" for r in runs)
 
 
 def test_rows_are_written_as_they_ran(tmp_path):

@@ -1,0 +1,117 @@
+"""What a silicon-corpus run's publisher configured and the corpus leaves out.
+
+The corpus (aiconfigurator-core's systems/silicon_sample.csv) has no field for speculative
+decoding, and its InferenceX records of disaggregated runs leave the worker counts out and often
+write a decode pool's attention data parallelism as tensor parallelism. Two public sources
+settle a run where they can:
+- benchmarks/inferencex_runs.json (benchmarks/inferencex_runs.py): every disaggregated run
+  InferenceX configured. A record is matched by its container image, GPU, engine, precision,
+  lengths and client count; it takes the run's pools and MTP only when every configuration so
+  matched agrees, else it keeps its own fields and says why.
+- benchmarks/silicon.yaml `speculative`: single-node images that the publisher uses for MTP runs
+  alone, with the draft depth of their scripts.
+The draft acceptance is the model family's published one (silicon.yaml `mtp_acceptance`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "benchmarks" / "inferencex_runs.json"
+DYNAMO = {"trtllm": "dynamo-trt", "sglang": "dynamo-sglang", "vllm": "dynamo-vllm"}
+GPUS = {"h100_sxm": "h100", "h200_sxm": "h200", "b200_sxm": "b200", "gb200": "gb200"}
+POOL_KEYS = {"workers": "num_workers", "attention_tp": "tp_size",
+             "attention_dp": "attention_dp_size", "moe_tp": "moe_tp_size", "moe_ep": "moe_ep_size"}
+
+
+class NotSettled(Exception):
+    """The publisher ran it in a way moesim cannot write down; the message is the reason."""
+
+
+def source_image(row: dict) -> str:
+    """The container image the record's source string names ('' if none), nvcr.io spelled
+    with a slash (the corpus writes srt-slurm's `nvcr.io#`)."""
+    m = re.search(r"image=([^;]+)", row.get("silicon_data_source", "") or "")
+    return m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""
+
+
+@lru_cache(maxsize=4)
+def load_runs(path: Path = RUNS) -> tuple[dict, ...]:
+    """InferenceX's disaggregated run configurations (benchmarks/inferencex_runs.json)."""
+    return tuple(json.loads(path.read_text())["runs"])
+
+
+def disaggregated_run(row: dict, clients: int, runs: tuple[dict, ...]) -> tuple[dict | None, str]:
+    """(the publisher's configuration of this disaggregated record, a note): None where no
+    configuration matches it or the matching ones disagree (the note says which)."""
+    image = source_image(row)
+    if not image:
+        return None, ""
+    found = [r for r in runs if r["image"] == image and r["gpu"] == GPUS.get(row["system"])
+             and r["framework"] == DYNAMO.get(row["backend"])
+             and r["precision"] == row["precision"] and r["isl"] == int(float(row["isl"]))
+             and r["osl"] == int(float(row["osl"])) and r["clients"] == clients]
+    m = re.search(r"measured=(\d{4}-\d\d-\d\d)", row.get("silicon_data_source", "") or "")
+    if m:                                 # the configurations in effect when it was measured
+        found = [r for r in found if any(start <= m.group(1) and (end is None or m.group(1) <= end)
+                                         for start, end, _ in r["in_effect"])]
+    shapes = {json.dumps([r[k] for k in ("prefill", "decode", "spec", "draft_tokens")],
+                         sort_keys=True) for r in found}
+    if len(shapes) > 1:
+        keys = ", ".join(sorted({r["key"] for r in found}))
+        return None, (f"InferenceX configured {len(shapes)} different runs of this image, "
+                      f"lengths and {clients} clients ({keys}): the corpus's own fields are used")
+    return (found[0], "") if found else (None, "")
+
+
+def with_pools(row: dict, run: dict) -> tuple[dict, list[str]]:
+    """The record with each pool's workers and parallelism as the publisher configured them,
+    and a note per field that differed from the corpus's."""
+    out, notes = dict(row), []
+    for pool in ("prefill", "decode"):
+        for key, field in POOL_KEYS.items():
+            name = f"{pool}_{field}"
+            value = run[pool][key]
+            if _count(row.get(name)) != value:
+                notes.append(f"{name} {row.get(name) or 'empty'} -> {value}")
+            out[name] = str(value)
+    return out, notes
+
+
+def run_mtp(row: dict, run: dict, family: str, a: dict) -> dict | None:
+    """The workload's `mtp` for a matched run (None when it ran without)."""
+    if run["spec"] == "none":
+        return None
+    if run["draft_tokens"] is None:
+        raise NotSettled(f"ran MTP ({run['key']}) at a draft depth no source states")
+    return mtp(row, int(run["draft_tokens"]), family, a)
+
+
+def image_mtp(row: dict, attention_dp: bool, family: str, a: dict) -> dict | None:
+    """The workload's `mtp` where the record's image is one its publisher runs only with MTP
+    (silicon.yaml `speculative`), else None."""
+    image = source_image(row)
+    for s in a.get("speculative") or []:
+        if (image, row["system"], row["backend"]) == (s["image"], s["system"], s["backend"]):
+            draft = s["draft_tokens_attention_dp"] if attention_dp else s["draft_tokens"]
+            return mtp(row, int(draft), family, a)
+    return None
+
+
+def mtp(row: dict, draft: int, family: str, a: dict) -> dict:
+    """`mtp` with `draft` tokens at the model family's published acceptance."""
+    acceptance = (a.get("mtp_acceptance") or {}).get(family)
+    if acceptance is None:
+        raise NotSettled(f"ran MTP but {row['model_path']} ({family}) has no published draft "
+                         "acceptance (silicon.yaml mtp_acceptance)")
+    return {"enabled": True, "draft_tokens": draft, "acceptance": float(acceptance)}
+
+
+def _count(text) -> int | None:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None
