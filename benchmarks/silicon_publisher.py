@@ -45,8 +45,11 @@ def load_runs(path: Path = RUNS) -> tuple[dict, ...]:
 
 
 def disaggregated_run(row: dict, clients: int, runs: tuple[dict, ...]) -> tuple[dict | None, str]:
-    """(the publisher's configuration of this disaggregated record, a note): None where no
-    configuration matches it or the matching ones disagree (the note says which)."""
+    """(what the publisher's configurations of this disaggregated record agree on, a note):
+    each pool's workers, each pool's parallelism (attention TP and DP, MoE TP and EP, as one),
+    and MTP with its depth, where every configuration matching the record and in effect on its
+    measured date has one value, else None (the note names what differs); None for the whole
+    where no configuration matches."""
     image = source_image(row)
     if not image:
         return None, ""
@@ -58,13 +61,29 @@ def disaggregated_run(row: dict, clients: int, runs: tuple[dict, ...]) -> tuple[
     if m:                                 # the configurations in effect when it was measured
         found = [r for r in found if any(start <= m.group(1) and (end is None or m.group(1) <= end)
                                          for start, end, _ in r["in_effect"])]
-    shapes = {json.dumps([r[k] for k in ("prefill", "decode", "spec", "draft_tokens")],
-                         sort_keys=True) for r in found}
-    if len(shapes) > 1:
-        keys = ", ".join(sorted({r["key"] for r in found}))
-        return None, (f"InferenceX configured {len(shapes)} different runs of this image, "
-                      f"lengths and {clients} clients ({keys}): the corpus's own fields are used")
-    return (found[0], "") if found else (None, "")
+    if not found:
+        return None, ""
+    agreed: dict = {"key": ", ".join(sorted({r["key"] for r in found})),
+                    "recipe": found[0]["recipe"] if len({r["recipe"] for r in found}) == 1
+                    else ""}
+    differ = []
+    for pool in ("prefill", "decode"):             # the workers, and the worker's shape whole
+        workers = {r[pool]["workers"] for r in found}
+        shapes = {json.dumps({k: v for k, v in r[pool].items() if k != "workers"},
+                             sort_keys=True) for r in found}
+        agreed[pool] = {**(json.loads(shapes.pop()) if len(shapes) == 1 else
+                           {k: None for k in POOL_KEYS if k != "workers"}),
+                        "workers": workers.pop() if len(workers) == 1 else None}
+        differ += [f"{pool} workers"] if agreed[pool]["workers"] is None else []
+        differ += [f"{pool} parallelism"] if agreed[pool]["attention_tp"] is None else []
+    specs = {(r["spec"], r["draft_tokens"]) for r in found}
+    agreed["spec"], agreed["draft_tokens"] = specs.pop() if len(specs) == 1 else (None, None)
+    differ += ["MTP"] if agreed["spec"] is None else []
+    if not differ:
+        return agreed, ""
+    return agreed, (f"InferenceX configured {len(found)} runs of this image, lengths and "
+                    f"{clients} clients ({agreed['key']}) that differ in {', '.join(differ)}: "
+                    "only what they agree on is taken, the corpus's fields for the rest")
 
 
 def with_pools(row: dict, run: dict) -> tuple[dict, list[str]]:
@@ -75,6 +94,8 @@ def with_pools(row: dict, run: dict) -> tuple[dict, list[str]]:
         for key, field in POOL_KEYS.items():
             name = f"{pool}_{field}"
             value = run[pool][key]
+            if value is None:                 # the configurations differ: the corpus's
+                continue
             if _count(row.get(name)) != value:
                 notes.append(f"{name} {row.get(name) or 'empty'} -> {value}")
             out[name] = str(value)
@@ -82,8 +103,9 @@ def with_pools(row: dict, run: dict) -> tuple[dict, list[str]]:
 
 
 def run_mtp(row: dict, run: dict, family: str, a: dict) -> dict | None:
-    """The workload's `mtp` for a matched run (None when it ran without)."""
-    if run["spec"] == "none":
+    """The workload's `mtp` for a matched run (None when it ran without, or when its
+    configurations differ on it)."""
+    if run["spec"] in ("none", None):
         return None
     if run["draft_tokens"] is None:
         raise NotSettled(f"ran MTP ({run['key']}) at a draft depth no source states")

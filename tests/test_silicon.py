@@ -158,13 +158,13 @@ def _disagg_row(clients=44, image="nvcr.io#acme/engine:1", measured="2026-02-14"
 
 
 def _published(decode_workers=11, adp=False, spec="mtp", draft=3, clients=44,
-               in_effect=(("2026-01-30", None, "c1"),)):
-    pool = lambda w, dp: {"workers": w, "attention_tp": 1 if dp else 8,  # noqa: E731
-                          "attention_dp": 8 if dp else 1, "moe_tp": 1, "moe_ep": 8}
+               in_effect=(("2026-01-30", None, "c1"),), decode_ep=8):
+    pool = lambda w, dp, ep=8: {"workers": w, "attention_tp": 1 if dp else 8,  # noqa: E731
+                                "attention_dp": 8 if dp else 1, "moe_tp": 8 // ep, "moe_ep": ep}
     return {"key": "k", "image": "nvcr.io/acme/engine:1", "gpu": "h200",
             "framework": "dynamo-trt", "precision": "fp8", "isl": 1024, "osl": 1024,
             "clients": clients, "spec": spec, "draft_tokens": draft, "recipe": "r.yaml",
-            "prefill": pool(1, True), "decode": pool(decode_workers, adp),
+            "prefill": pool(1, True), "decode": pool(decode_workers, adp, decode_ep),
             "in_effect": [list(x) for x in in_effect]}
 
 
@@ -187,12 +187,29 @@ def test_a_disaggregated_run_takes_its_publishers_pools_and_mtp(tmp_path, monkey
         other = silicon.to_case(row, models, a)
         assert other.workload["serving"]["decode"]["plan"]["gpus"] == 8
         assert "mtp" not in other.workload
-    # two configurations of the same run that disagree: neither is taken, and it says so
+    # two configurations of the same run, one with MTP and one without: their common pools
+    # are taken (11 decode workers), MTP is not, and it says so
     monkeypatch.setattr(silicon, "load_runs",
                         lambda: (_published(), _published(spec="none", draft=0)))
     both = silicon.to_case(_disagg_row(), models, a)
     assert "mtp" not in both.workload
-    assert any("2 different runs" in x for x in both.assumed)
+    assert both.workload["serving"]["decode"]["plan"]["gpus"] == 8 * 11
+    assert any("differ in MTP" in x for x in both.assumed)
+    # ... and where they differ in the decode workers (11 or 7) too, those stay the corpus's
+    # (empty: one worker), the prefill's attention DP both share is taken
+    monkeypatch.setattr(silicon, "load_runs", lambda: (
+        _published(), _published(decode_workers=7, spec="none", draft=0)))
+    split = silicon.to_case(_disagg_row(), models, a)
+    assert split.workload["serving"]["decode"]["plan"]["gpus"] == 8
+    assert split.workload["serving"]["prefill"]["plan"]["tp"] == 1
+    assert any("differ in decode workers, MTP" in x for x in split.assumed)
+    # a pool's parallelism is taken whole or not at all: DEP 8 in one, TP 8 with MoE TP 8 in
+    # the other (each unlike the corpus's TP 8, EP 8) leaves the corpus's, with the 11
+    # workers both share
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_published(adp=True),
+                                                       _published(decode_ep=1)))
+    mixed = silicon.to_case(_disagg_row(), models, a).workload["serving"]["decode"]["plan"]
+    assert mixed["gpus"] == 8 * 11 and mixed["attention_tp"] == 8 and mixed["ep"] == 8
     # ... unless only one of them was in effect on the measured date (configured 2026-01-30
     # on; the other from 2026-02-20 to 2026-03-01): measured 2026-02-14, the first
     monkeypatch.setattr(silicon, "load_runs", lambda: (
@@ -200,7 +217,7 @@ def test_a_disaggregated_run_takes_its_publishers_pools_and_mtp(tmp_path, monkey
                                  in_effect=(("2026-02-20", "2026-03-01", "c2"),))))
     assert silicon.to_case(_disagg_row(), models, a).workload["mtp"]["draft_tokens"] == 3
     later = silicon.to_case(_disagg_row(measured="2026-02-25"), models, a)
-    assert "mtp" not in later.workload and any("2 different runs" in x for x in later.assumed)
+    assert "mtp" not in later.workload and any("differ in MTP" in x for x in later.assumed)
     monkeypatch.setattr(silicon, "load_runs", lambda: (_published(draft=None),))
     with pytest.raises(silicon.Unexpressed, match="draft depth"):
         silicon.to_case(_disagg_row(), models, a)
