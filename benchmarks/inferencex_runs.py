@@ -8,8 +8,9 @@ speculative decoding. InferenceX's configuration is public: `.github/configs/nvi
 space, the client counts, each pool's workers, TP, EP and attention DP, and whether it ran MTP;
 the srt-slurm recipe each names (github.com/NVIDIA/srt-slurm) gives SGLang's draft depth. This
 script walks both repositories' history and writes every disaggregated run configuration it
-finds to benchmarks/inferencex_runs.json, each with its key and when it was in effect: a list
-of [from, until, commit] (commit dates; until null while it still was at the window's end).
+finds (and every single-node one: its GPUs, EP, attention DP, clients and MTP or not) to
+benchmarks/inferencex_runs.json, each with its key and when it was in effect: a list of
+[from, until, commit] (commit dates; until null while it still was at the window's end).
 
     python benchmarks/inferencex_runs.py --inferencex PATH --srt-slurm PATH
                                          [--out benchmarks/inferencex_runs.json]
@@ -81,8 +82,58 @@ def pool(p: dict) -> dict:
             "attention_dp": tp if adp else 1, "moe_tp": tp // ep, "moe_ep": ep}
 
 
+def disaggregated(key: str, e: dict, slurm: Path, cache: dict):
+    """Each run a disaggregated key configures (without its dates)."""
+    for seq in e.get("seq-len-configs") or []:
+        for ss in seq.get("search-space") or []:
+            if "prefill" not in ss or "decode" not in ss:
+                continue
+            spec = ss.get("spec-decoding", "none")
+            settings = [str(s) for p in ("prefill", "decode")
+                        for s in ss[p].get("additional-settings") or []]
+            recipe = next((s.split("=", 1)[1] for s in settings
+                           if s.startswith("CONFIG_FILE=")), "")
+            prefill, decode = pool(ss["prefill"]), pool(ss["decode"])
+            per_worker = PER_WORKER.match(recipe.split("/")[-1])
+            for conc in ss.get("conc-list") or []:
+                clients = int(conc) * (decode["workers"] if per_worker else 1)
+                yield {**_common(key, e, seq), "mode": "disagg", "clients": clients,
+                       "spec": spec, "recipe": recipe, "prefill": prefill, "decode": decode,
+                       "draft_tokens": draft_depth(recipe, settings, spec, slurm, cache)}
+
+
+def single_node(key: str, e: dict):
+    """Each run a single-node key configures (without its dates): its GPUs (tp), EP,
+    attention DP and client count, the clients from conc-start doubling to conc-end
+    (utils/matrix_logic/generate_sweep_configs.py) or its conc-list. The draft depth of a
+    speculative one is in its shell script, not here (silicon.yaml `single_node_mtp`)."""
+    for seq in e.get("seq-len-configs") or []:
+        for ss in seq.get("search-space") or []:
+            if "tp" not in ss:
+                continue
+            concs = [int(c) for c in ss.get("conc-list") or []]
+            if ss.get("conc-start"):
+                c, end = int(ss["conc-start"]), int(ss["conc-end"])
+                while True:
+                    concs.append(min(c, end))
+                    if c >= end:
+                        break
+                    c *= 2
+            for clients in concs:
+                yield {**_common(key, e, seq), "mode": "agg", "clients": clients,
+                       "spec": ss.get("spec-decoding", "none"), "gpus": int(ss["tp"]),
+                       "ep": int(ss.get("ep") or 1), "attention_dp": bool(ss.get("dp-attn"))}
+
+
+def _common(key: str, e: dict, seq: dict) -> dict:
+    return {"key": key, "image": str(e["image"]).replace("nvcr.io#", "nvcr.io/"),
+            "gpu": str(e.get("runner", "")).split("-")[0], "framework": e.get("framework"),
+            "precision": e.get("precision"), "isl": int(seq["isl"]), "osl": int(seq["osl"])}
+
+
 def runs(ix: Path, slurm: Path) -> list[dict]:
-    """Every disaggregated run configuration of InferenceX's NVIDIA configs in the window."""
+    """Every run configuration of InferenceX's NVIDIA configs in the window, with the
+    commit dates it was in effect."""
     found: dict[str, dict] = {}
     cache: dict = {}
     log = git(ix, "log", "--reverse", "--format=%H %cs", f"--since={SINCE}", f"--until={UNTIL}",
@@ -96,40 +147,26 @@ def runs(ix: Path, slurm: Path) -> list[dict]:
             continue
         now: set[str] = set()
         for key, e in doc.items():
-            if not isinstance(e, dict) or not e.get("disagg") or "image" not in e:
+            if not isinstance(e, dict) or "image" not in e:
                 continue
-            for seq in e.get("seq-len-configs") or []:
-                for ss in seq.get("search-space") or []:
-                    if "prefill" not in ss or "decode" not in ss:
-                        continue
-                    spec = ss.get("spec-decoding", "none")
-                    settings = [str(s) for p in ("prefill", "decode")
-                                for s in ss[p].get("additional-settings") or []]
-                    recipe = next((s.split("=", 1)[1] for s in settings
-                                   if s.startswith("CONFIG_FILE=")), "")
-                    prefill, decode = pool(ss["prefill"]), pool(ss["decode"])
-                    per_worker = PER_WORKER.match(recipe.split("/")[-1])
-                    for conc in ss.get("conc-list") or []:
-                        clients = int(conc) * (decode["workers"] if per_worker else 1)
-                        run = {"key": key, "image": str(e["image"]).replace("nvcr.io#",
-                                                                            "nvcr.io/"),
-                               "gpu": str(e.get("runner", "")).split("-")[0],
-                               "framework": e.get("framework"), "precision": e.get("precision"),
-                               "isl": int(seq["isl"]), "osl": int(seq["osl"]),
-                               "clients": clients, "spec": spec, "recipe": recipe,
-                               "prefill": prefill, "decode": decode}
-                        ident = json.dumps(run, sort_keys=True)
-                        if ident not in found:
-                            run["draft_tokens"] = draft_depth(recipe, settings, spec, slurm, cache)
-                            run["in_effect"] = []
-                            found[ident] = run
-                        if ident not in present and ident not in now:   # (re)appears here
-                            found[ident]["in_effect"].append([date, None, commit[:12]])
-                        now.add(ident)
+            if e.get("disagg"):
+                configured = disaggregated(key, e, slurm, cache)
+            elif not e.get("multinode"):
+                configured = single_node(key, e)
+            else:
+                continue
+            for run in configured:
+                ident = json.dumps(run, sort_keys=True)
+                if ident not in found:
+                    found[ident] = {**run, "in_effect": []}
+                if ident not in present and ident not in now:   # (re)appears here
+                    found[ident]["in_effect"].append([date, None, commit[:12]])
+                now.add(ident)
         for ident in present - now:                  # gone from this commit on
             found[ident]["in_effect"][-1][1] = date
         present = now
-    return sorted(found.values(), key=lambda r: (r["key"], r["isl"], r["osl"], r["clients"]))
+    return sorted(found.values(), key=lambda r: (r["key"], r["isl"], r["osl"], r["clients"],
+                                                 json.dumps(r, sort_keys=True)))
 
 
 def main(argv: list[str] | None = None) -> int:

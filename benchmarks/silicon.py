@@ -31,8 +31,8 @@ from simulator.loading import (load_profile, read_text_file, read_yaml_mapping, 
                                serving_runtime_for)
 from simulator.kernels.store import version_key  # noqa: E402
 from benchmarks.silicon_twins import one_per_measurement, source_clients  # noqa: E402
-from benchmarks.silicon_publisher import (NotSettled, disaggregated_run, image_mtp,  # noqa: E402
-                                          load_runs, run_mtp, with_pools)
+from benchmarks.silicon_publisher import (NotSettled, disaggregated_run,  # noqa: E402
+                                          load_runs, run_mtp, single_node_mtp, with_pools)
 from benchmarks.silicon_report import (POOL_FIELDS, bands_yaml, figures,  # noqa: E402
                                        print_summary, summary, sweep_key)
 
@@ -354,13 +354,13 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                         "record's are used" if row.get("_differs") else ""))
     assumed += [f"{a['requests_per_client']} requests per client, all clients starting at once",
                 "measured figures read as the mean over requests"]
-    adp = _number(row.get("attention_dp_size" if row["mode"] == "agg" else
-                          "decode_attention_dp_size")) or 1
     try:
-        mtp = run_mtp(row, publisher, model.family, a) if publisher else \
-            image_mtp(row, adp > 1, model.family, a)
+        mtp, note = (run_mtp(row, publisher, model.family, a), "") if publisher else \
+            single_node_mtp(row, conc, load_runs(), model.family, a) if row["mode"] == "agg" \
+            else (None, "")
     except NotSettled as e:
         raise Unexpressed(str(e)) from None
+    assumed += [note] if note else []
     if mtp and not model.mtp_layers:
         raise Unexpressed(f"ran with MTP but {row['model_path']} has no MTP layer in its config")
     assumed.append(f"MTP with {mtp['draft_tokens']} draft token(s) accepted at "

@@ -8,8 +8,9 @@ settle a run where they can:
   InferenceX configured. A record is matched by its container image, GPU, engine, precision,
   lengths and client count; it takes the run's pools and MTP only when every configuration so
   matched agrees, else it keeps its own fields and says why.
-- benchmarks/silicon.yaml `speculative`: single-node images that the publisher uses for MTP runs
-  alone, with the draft depth of their scripts.
+- the same table's single-node runs: an aggregated record ran MTP where every configuration of
+  its image, GPU, engine, precision, lengths, clients, GPUs and attention DP in effect on its
+  measured date did, at the draft depth of its script (silicon.yaml `single_node_mtp`).
 The draft acceptance is the model family's published one (silicon.yaml `mtp_acceptance`).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "benchmarks" / "inferencex_runs.json"
 DYNAMO = {"trtllm": "dynamo-trt", "sglang": "dynamo-sglang", "vllm": "dynamo-vllm"}
+ENGINES = {"trtllm": "trt", "sglang": "sglang", "vllm": "vllm"}
 GPUS = {"h100_sxm": "h100", "h200_sxm": "h200", "b200_sxm": "b200", "gb200": "gb200"}
 POOL_KEYS = {"workers": "num_workers", "attention_tp": "tp_size",
              "attention_dp": "attention_dp_size", "moe_tp": "moe_tp_size", "moe_ep": "moe_ep_size"}
@@ -40,7 +42,7 @@ def source_image(row: dict) -> str:
 
 @lru_cache(maxsize=4)
 def load_runs(path: Path = RUNS) -> tuple[dict, ...]:
-    """InferenceX's disaggregated run configurations (benchmarks/inferencex_runs.json)."""
+    """InferenceX's run configurations (benchmarks/inferencex_runs.json)."""
     return tuple(json.loads(path.read_text())["runs"])
 
 
@@ -53,14 +55,9 @@ def disaggregated_run(row: dict, clients: int, runs: tuple[dict, ...]) -> tuple[
     image = source_image(row)
     if not image:
         return None, ""
-    found = [r for r in runs if r["image"] == image and r["gpu"] == GPUS.get(row["system"])
-             and r["framework"] == DYNAMO.get(row["backend"])
-             and r["precision"] == row["precision"] and r["isl"] == int(float(row["isl"]))
-             and r["osl"] == int(float(row["osl"])) and r["clients"] == clients]
-    m = re.search(r"measured=(\d{4}-\d\d-\d\d)", row.get("silicon_data_source", "") or "")
-    if m:                                 # the configurations in effect when it was measured
-        found = [r for r in found if any(start <= m.group(1) and (end is None or m.group(1) <= end)
-                                         for start, end, _ in r["in_effect"])]
+    found = _in_effect(row, [r for r in runs if r["mode"] == "disagg" and r["image"] == image
+                             and r["framework"] == DYNAMO.get(row["backend"])
+                             and _same_run(row, r, clients)])
     if not found:
         return None, ""
     agreed: dict = {"key": ", ".join(sorted({r["key"] for r in found})),
@@ -112,15 +109,36 @@ def run_mtp(row: dict, run: dict, family: str, a: dict) -> dict | None:
     return mtp(row, int(run["draft_tokens"]), family, a)
 
 
-def image_mtp(row: dict, attention_dp: bool, family: str, a: dict) -> dict | None:
-    """The workload's `mtp` where the record's image is one its publisher runs only with MTP
-    (silicon.yaml `speculative`), else None."""
+def single_node_mtp(row: dict, clients: int, runs: tuple[dict, ...], family: str,
+                    a: dict) -> tuple[dict | None, str]:
+    """(the workload's `mtp` for an aggregated record, a note): MTP where every single-node
+    configuration matching its image, GPU, engine, precision, lengths, clients, GPUs and
+    attention DP, in effect on its measured date, ran it (at the depth its script sets,
+    silicon.yaml `single_node_mtp`); None where they ran without, differ (the note says so)
+    or none matches."""
     image = source_image(row)
-    for s in a.get("speculative") or []:
-        if (image, row["system"], row["backend"]) == (s["image"], s["system"], s["backend"]):
-            draft = s["draft_tokens_attention_dp"] if attention_dp else s["draft_tokens"]
-            return mtp(row, int(draft), family, a)
-    return None
+    if not image:
+        return None, ""
+    adp = (_count(row.get("attention_dp_size")) or 1) > 1
+    gpus = (_count(row.get("tp_size")) or 1) * ((_count(row.get("attention_dp_size")) or 1))
+    found = _in_effect(row, [r for r in runs if r["mode"] == "agg" and r["image"] == image
+                             and r["framework"] == ENGINES.get(row["backend"])
+                             and r["gpus"] == gpus and r["attention_dp"] == adp
+                             and _same_run(row, r, clients)])
+    specs = {r["spec"] for r in found}
+    keys = ", ".join(sorted({r["key"] for r in found}))
+    if len(specs) > 1:
+        return None, (f"InferenceX configured this image, lengths, {clients} clients and "
+                      f"{gpus} GPUs both with MTP and without ({keys}): read without")
+    if specs != {"mtp"}:
+        return None, ""
+    names = {r["key"] for r in found}
+    depth = (a.get("single_node_mtp") or {}).get(names.pop()) if len(names) == 1 else None
+    if depth is None:
+        raise NotSettled(f"ran MTP ({keys}) at a draft depth silicon.yaml single_node_mtp "
+                         "does not record")
+    draft = depth["draft_tokens_attention_dp"] if adp else depth["draft_tokens"]
+    return mtp(row, int(draft), family, a), ""
 
 
 def mtp(row: dict, draft: int, family: str, a: dict) -> dict:
@@ -130,6 +148,23 @@ def mtp(row: dict, draft: int, family: str, a: dict) -> dict:
         raise NotSettled(f"ran MTP but {row['model_path']} ({family}) has no published draft "
                          "acceptance (silicon.yaml mtp_acceptance)")
     return {"enabled": True, "draft_tokens": draft, "acceptance": float(acceptance)}
+
+
+def _same_run(row: dict, r: dict, clients: int) -> bool:
+    """Whether configuration `r` is of the record's GPU, precision, lengths and clients."""
+    return (r["gpu"] == GPUS.get(row["system"]) and r["precision"] == row["precision"]
+            and r["isl"] == int(float(row["isl"])) and r["osl"] == int(float(row["osl"]))
+            and r["clients"] == clients)
+
+
+def _in_effect(row: dict, found: list[dict]) -> list[dict]:
+    """The configurations in effect on the record's measured date (all where it has none)."""
+    m = re.search(r"measured=(\d{4}-\d\d-\d\d)", row.get("silicon_data_source", "") or "")
+    if not m:
+        return found
+    day = m.group(1)
+    return [r for r in found if any(start <= day and (end is None or day <= end)
+                                    for start, end, _ in r["in_effect"])]
 
 
 def _count(text) -> int | None:

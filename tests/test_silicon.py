@@ -115,33 +115,61 @@ def test_tensorrt_llm_keeps_a_quantised_checkpoints_fp8_kv_and_the_others_bf16(t
     assert any("2-byte" in x for x in kv["dense-tp"].assumed)
 
 
-def test_a_run_from_its_publishers_speculative_image_is_written_with_its_mtp(tmp_path):
-    # InferenceX's dsr1-fp8-b200-trt-mtp and dsr1-fp4-b200-trt-mtp are the only keys with
-    # TensorRT-LLM release 1.2.0rc6.post3 (their non-MTP twins run 1.2.0rc6.post2); their
-    # scripts set num_nextn_predict_layers 3, and 1 under attention DP; the acceptance is the
-    # DeepSeek-V3 report's lower end (85%)
+def _single(spec="mtp", key="dsr1-fp8-b200-trt-mtp", gpus=8, adp=False, clients=8,
+            in_effect=(("2026-01-30", None, "c1"),)):
+    return {"mode": "agg", "key": key, "image": "nvcr.io/nvidia/tensorrt-llm/release:1.2.0",
+            "gpu": "b200", "framework": "trt", "precision": "fp8", "isl": 512, "osl": 64,
+            "clients": clients, "spec": spec, "gpus": gpus, "ep": 8, "attention_dp": adp,
+            "in_effect": [list(x) for x in in_effect]}
+
+
+def test_a_single_node_run_its_publisher_ran_with_mtp_is_written_with_it(tmp_path, monkeypatch):
+    # InferenceX's dsr1-fp8-b200-trt-mtp ran MTP; its script sets num_nextn_predict_layers 3,
+    # and 1 under attention DP (silicon.yaml single_node_mtp); the acceptance is the DeepSeek-V3
+    # report's lower end (85%)
     a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
     models = silicon.Models(DATA / "model_configs", tmp_path)
     base = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}["on-blackwell"]
-    src = "silicon_concurrency=8; image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0rc6.post"
 
-    def case(post, adp, model="acme/TinyMLA", system="b200_sxm"):
-        row = dict(base, silicon_data_source=src + post, backend="trtllm", model_path=model,
-                   backend_version="1.2.0rc6", system=system, attention_dp_size=str(adp),
-                   tp_size=str(8 // adp), moe_tp_size="1", moe_ep_size="8",
-                   gemm_quant_mode="fp8", moe_quant_mode="fp8", precision="fp8")
+    def case(adp=1, model="acme/TinyMLA", system="b200_sxm", clients=8):
+        row = dict(base, backend="trtllm", model_path=model, backend_version="1.2.0rc6",
+                   silicon_data_source=f"silicon_concurrency={clients}; measured=2026-02-14"
+                   "T00:00:00Z; image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0",
+                   system=system, attention_dp_size=str(adp), tp_size=str(8 // adp),
+                   moe_tp_size="1", moe_ep_size="8", gemm_quant_mode="fp8",
+                   moe_quant_mode="fp8", precision="fp8")
         return silicon.to_case(row, models, a)
 
-    spec = case("3", 1)
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_single(), _single(adp=True)))
+    spec = case()
     assert spec.workload["mtp"] == {"enabled": True, "draft_tokens": 3, "acceptance": 0.85}
     assert any("MTP with 3 draft" in x for x in spec.assumed)
-    assert case("3", 8).workload["mtp"]["draft_tokens"] == 1      # attention DP: MTP 1
-    plain = case("2", 1)                                          # the non-MTP twin's image
-    assert "mtp" not in plain.workload
-    assert "no MTP / speculative decoding" in plain.assumed
-    assert "mtp" not in case("3", 1, system="h200_sxm").workload   # that image on B200 only
+    assert case(adp=8).workload["mtp"]["draft_tokens"] == 1        # attention DP: MTP 1
+    for other in (case(clients=16), case(system="h200_sxm")):      # not that configuration
+        assert "mtp" not in other.workload
+        assert "no MTP / speculative decoding" in other.assumed
     with pytest.raises(silicon.Unexpressed, match="no published draft acceptance"):
-        case("3", 1, model="acme/TinyMoE")                        # Qwen3: none published
+        case(model="acme/TinyMoE")                                 # Qwen3: none published
+    # the same clients configured with MTP and without: read without, and said so
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_single(), _single(
+        spec="none", key="dsr1-fp8-b200-trt")))
+    both = case()
+    assert "mtp" not in both.workload and any("both with MTP and without" in x
+                                              for x in both.assumed)
+    # ... but attention DP tells runs apart: DEP 8 without MTP, TEP 8 with it
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_single(), _single(
+        spec="none", key="dsr1-fp8-b200-trt", adp=True)))
+    dep = case(adp=8)
+    assert "mtp" not in dep.workload and not any("both" in x for x in dep.assumed)
+    assert case().workload["mtp"]["draft_tokens"] == 3
+    # ... unless one was no longer in effect when the run was measured
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_single(), _single(
+        spec="none", key="dsr1-fp8-b200-trt", in_effect=(("2025-12-01", "2026-01-15", "c0"),))))
+    assert case().workload["mtp"]["draft_tokens"] == 3
+    # an MTP key whose script's depth silicon.yaml does not record: not written down
+    monkeypatch.setattr(silicon, "load_runs", lambda: (_single(key="acme-mtp"),))
+    with pytest.raises(silicon.Unexpressed, match="single_node_mtp"):
+        case()
 
 
 def _disagg_row(clients=44, image="nvcr.io#acme/engine:1", measured="2026-02-14"):
@@ -159,9 +187,10 @@ def _disagg_row(clients=44, image="nvcr.io#acme/engine:1", measured="2026-02-14"
 
 def _published(decode_workers=11, adp=False, spec="mtp", draft=3, clients=44,
                in_effect=(("2026-01-30", None, "c1"),), decode_ep=8):
+    # (a disaggregated configuration as benchmarks/inferencex_runs.json holds one)
     pool = lambda w, dp, ep=8: {"workers": w, "attention_tp": 1 if dp else 8,  # noqa: E731
                                 "attention_dp": 8 if dp else 1, "moe_tp": 8 // ep, "moe_ep": ep}
-    return {"key": "k", "image": "nvcr.io/acme/engine:1", "gpu": "h200",
+    return {"mode": "disagg", "key": "k", "image": "nvcr.io/acme/engine:1", "gpu": "h200",
             "framework": "dynamo-trt", "precision": "fp8", "isl": 1024, "osl": 1024,
             "clients": clients, "spec": spec, "draft_tokens": draft, "recipe": "r.yaml",
             "prefill": pool(1, True), "decode": pool(decode_workers, adp, decode_ep),
@@ -231,10 +260,20 @@ def test_inferencex_pools_and_client_counts_by_its_configs():
         "workers": 1, "attention_tp": 4, "attention_dp": 1, "moe_tp": 4, "moe_ep": 1}
     # the shipped table: srt-slurm's recipe c4_ctx1_gen11_tep8_batch128_eplb0_mtp3 benchmarks
     # "concurrencies: 44" (4 a decode worker, 11 workers) with MTP 3 on H200
-    runs = [r for r in silicon.load_runs() if r["recipe"].endswith(
+    runs = [r for r in silicon.load_runs() if r.get("recipe", "").endswith(
         "h200/1k1k/mtp/c4_ctx1_gen11_tep8_batch128_eplb0_mtp3.yaml")]
     assert runs and all(r["clients"] == 44 and r["decode"]["workers"] == 11
                         and r["draft_tokens"] == 3 and r["spec"] == "mtp" for r in runs)
+    # a single-node search space { tp: 8, ep: 1, conc-start: 4, conc-end: 128 } is the client
+    # counts 4, 8, ..., 128 (dsr1-fp8-b200-trt-mtp's at 1,024 / 1,024 tokens, 2026-03-25)
+    assert [r["clients"] for r in inferencex_runs.single_node("k", {
+        "image": "i", "seq-len-configs": [{"isl": 1, "osl": 1, "search-space": [
+            {"tp": 8, "ep": 1, "conc-start": 4, "conc-end": 128, "spec-decoding": "mtp"}]}]})
+    ] == [4, 8, 16, 32, 64, 128]
+    shipped = {r["clients"] for r in silicon.load_runs() if r["mode"] == "agg"
+               and r["key"] == "dsr1-fp8-b200-trt-mtp" and (r["isl"], r["osl"]) == (1024, 1024)
+               and r["gpus"] == 8 and not r["attention_dp"]}
+    assert {4, 8, 16, 32, 64, 128} <= shipped
 
 
 def test_rows_are_written_as_they_ran(tmp_path):
