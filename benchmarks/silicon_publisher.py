@@ -2,12 +2,13 @@
 
 The corpus (aiconfigurator-core's systems/silicon_sample.csv) has no field for speculative
 decoding, and its InferenceX records of disaggregated runs leave the worker counts out and often
-write a decode pool's attention data parallelism as tensor parallelism. Two public sources
-settle a run where they can:
-- benchmarks/inferencex_runs.json (benchmarks/inferencex_runs.py): every disaggregated run
-  InferenceX configured. A record is matched by its container image, GPU, engine, precision,
-  lengths and client count; it takes the run's pools and MTP only when every configuration so
-  matched agrees, else it keeps its own fields and says why.
+write a decode pool's attention data parallelism as tensor parallelism. Public sources settle
+a run where they can:
+- benchmarks/inferencex_runs.json (benchmarks/inferencex_runs.py): every run InferenceX
+  configured, with the dates each configuration was in effect. A disaggregated record is
+  matched by its container image, GPU, engine, precision, lengths and client count among the
+  configurations in effect on its measured date, and takes what they all agree on (each pool's
+  workers, each pool's parallelism whole, MTP); the rest stays the corpus's, and it says which.
 - the same table's single-node runs: an aggregated record ran MTP where every configuration of
   its image, GPU, engine, precision, lengths, clients, GPUs and attention DP in effect on its
   measured date did, at the draft depth of its script (silicon.yaml `single_node_mtp`).
