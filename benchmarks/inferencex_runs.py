@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator.atomic import write_text_atomic  # noqa: E402
+from simulator.atomic import check_output_path, write_text_atomic  # noqa: E402
+from simulator.errors import MoesimError  # noqa: E402
 
 CONFIG = ".github/configs/nvidia-master.yaml"
 SINCE, UNTIL = "2025-09-01", "2026-05-01"        # the corpus measured between these dates
@@ -175,6 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--srt-slurm", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "inferencex_runs.json")
     args = ap.parse_args(argv)
+    try:
+        check_output_path(args.out, "--out")
+        for opt, repo, must in (("--inferencex", args.inferencex, CONFIG),
+                                ("--srt-slurm", args.srt_slurm, "recipes")):
+            if subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"],
+                              capture_output=True).returncode != 0:
+                raise MoesimError(opt, f"{repo} is not a git repository",
+                                  "pass a clone of the repository (any branch)")
+            if not git(repo, "log", "--all", "-1", "--format=%H", "--", must).strip():
+                raise MoesimError(opt, f"no commit of {repo} holds {must}",
+                                  "pass a clone of SemiAnalysisAI/InferenceX (--inferencex) "
+                                  "and of NVIDIA/srt-slurm (--srt-slurm)")
+    except MoesimError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return 2
     table = runs(args.inferencex, args.srt_slurm)
     head = git(args.inferencex, "log", "-1", "--format=%H", f"--until={UNTIL}", "--", CONFIG)
     doc = {"source": f"github.com/SemiAnalysisAI/InferenceX {CONFIG}, every commit from "

@@ -393,3 +393,24 @@ def test_load_growth_compares_each_sweeps_tpot_ratio_by_arithmetic():
     assert g["sweeps"] == 2
     assert g["share_within"] == 0.5                  # b within 25% (+10%), a not (-33%)
     assert g["median_ratio_error"] == pytest.approx(((2 / 3 - 1) + (2.2 / 2 - 1)) / 2)
+
+
+def test_the_inferencex_table_refuses_a_folder_that_is_not_its_repository(tmp_path, capsys):
+    from benchmarks import inferencex_runs
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert inferencex_runs.main(["--inferencex", str(plain), "--srt-slurm", str(plain),
+                                 "--out", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--inferencex" in err and "not a git repository" in err and "Traceback" not in err
+    repo = tmp_path / "other"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "x").write_text("x")
+    subprocess.run(["git", "-C", str(repo), "add", "x"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a",
+                    "commit", "-qm", "x"], check=True)
+    assert inferencex_runs.main(["--inferencex", str(repo), "--srt-slurm", str(repo),
+                                 "--out", str(tmp_path / "t.json")]) == 2
+    assert "holds .github/configs/nvidia-master.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
