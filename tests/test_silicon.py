@@ -382,6 +382,35 @@ def test_a_slice_of_the_real_corpus():
         assert 0.1 < r["tpot_ms"]["predicted"] / r["tpot_ms"]["measured"] < 10
 
 
+def test_inferencex_worker_counts_agree_with_the_corpus_records_that_state_them():
+    """An independent check of the matching: a disaggregated record without worker counts
+    that takes them from InferenceX's configurations often has a twin in the corpus (the same
+    measured run, exported again) that states them. They must agree."""
+    try:
+        pkg = silicon.package_dir()
+    except MoesimError:
+        pytest.skip("aiconfigurator-core is not installed (pip install -e '.[kernels]')")
+    from benchmarks.silicon_publisher import disaggregated_run
+    from benchmarks.silicon_twins import measurement_key
+    twins: dict = {}
+    for r in silicon.read_rows(pkg / "systems" / "silicon_sample.csv"):
+        if r["mode"] == "disagg":
+            twins.setdefault(measurement_key(r), []).append(r)
+    compared, disagree = 0, []
+    for group in twins.values():
+        stated = [r for r in group if r["decode_num_workers"]]
+        for r in group:
+            if not stated or r["decode_num_workers"]:
+                continue
+            run, _ = disaggregated_run(r, silicon.concurrency(r), silicon.load_runs())
+            for pool in ("prefill", "decode") if run else ():
+                if run[pool]["workers"] is not None:
+                    compared += 1
+                    if run[pool]["workers"] != int(float(stated[0][f"{pool}_num_workers"])):
+                        disagree.append((r["id"], pool))
+    assert compared >= 400 and disagree == []
+
+
 def test_load_growth_compares_each_sweeps_tpot_ratio_by_arithmetic():
     def row(sweep, c, meas, pred):
         return {"sweep": sweep, "concurrency": c,
