@@ -35,10 +35,14 @@ class NotSettled(Exception):
 
 
 def source_image(row: dict) -> str:
-    """The container image the record's source string names ('' if none), nvcr.io spelled
-    with a slash (the corpus writes srt-slurm's `nvcr.io#`)."""
-    m = re.search(r"image=([^;]+)", row.get("silicon_data_source", "") or "")
-    return m.group(1).strip().replace("nvcr.io#", "nvcr.io/") if m else ""
+    """The container image the record's source string names ('' if none): an `image=` field
+    (the CSV exports), else a last field that reads as a registry path with a tag (the database
+    dump writes it bare), nvcr.io spelled with a slash (srt-slurm writes `nvcr.io#`)."""
+    source = row.get("silicon_data_source", "") or ""
+    m = re.search(r"image=([^;]+)", source)
+    bare = re.fullmatch(r"[\w.#-]+(?:/[\w.-]+)+:[\w.-]+", source.split(";")[-1].strip())
+    image = m.group(1).strip() if m else bare.group(0) if bare else ""
+    return image.replace("nvcr.io#", "nvcr.io/")
 
 
 @lru_cache(maxsize=4)
@@ -86,13 +90,24 @@ def disaggregated_run(row: dict, clients: int, runs: tuple[dict, ...]) -> tuple[
 
 def with_pools(row: dict, run: dict) -> tuple[dict, list[str]]:
     """The record with each pool's workers and parallelism as the publisher configured them,
-    and a note per field that differed from the corpus's."""
+    and a note per field that differed from the corpus's. A pool's parallelism is taken only
+    where the publisher's worker has as many GPUs as the corpus's (some InferenceX keys list a
+    placeholder TP 1 for pools their recipes size): the two then differ only in how those GPUs
+    split (attention DP written as TP), which the publisher's configuration settles."""
     out, notes = dict(row), []
     for pool in ("prefill", "decode"):
+        theirs, ours = run[pool], [_count(row.get(f"{pool}_{f}")) for f in
+                                   ("tp_size", "attention_dp_size")]
+        sized = theirs["attention_tp"] is not None and None not in ours and \
+            theirs["attention_tp"] * theirs["attention_dp"] != ours[0] * ours[1]
+        if sized:
+            notes.append(f"{pool} worker of {theirs['attention_tp'] * theirs['attention_dp']} "
+                         f"GPUs in InferenceX's configuration, {ours[0] * ours[1]} in the "
+                         "corpus's: the corpus's parallelism kept")
         for key, field in POOL_KEYS.items():
             name = f"{pool}_{field}"
-            value = run[pool][key]
-            if value is None:                 # the configurations differ: the corpus's
+            value = theirs[key]
+            if value is None or (sized and key != "workers"):   # differ, or not the same worker
                 continue
             if _count(row.get(name)) != value:
                 notes.append(f"{name} {row.get(name) or 'empty'} -> {value}")

@@ -239,6 +239,14 @@ def test_a_disaggregated_run_takes_its_publishers_pools_and_mtp(tmp_path, monkey
                                                        _published(decode_ep=1)))
     mixed = silicon.to_case(_disagg_row(), models, a).workload["serving"]["decode"]["plan"]
     assert mixed["gpus"] == 8 * 11 and mixed["attention_tp"] == 8 and mixed["ep"] == 8
+    # a publisher's worker of another size than the corpus's (a placeholder TP 1): its
+    # workers are taken, the corpus's parallelism is kept, and it says so
+    monkeypatch.setattr(silicon, "load_runs", lambda: (dict(_published(), decode={
+        "workers": 11, "attention_tp": 1, "attention_dp": 1, "moe_tp": 1, "moe_ep": 1}),))
+    placeholder = silicon.to_case(_disagg_row(), models, a)
+    plan = placeholder.workload["serving"]["decode"]["plan"]
+    assert plan["gpus"] == 8 * 11 and plan["attention_tp"] == 8 and plan["ep"] == 8
+    assert any("decode worker of 1 GPUs" in x for x in placeholder.assumed)
     # ... unless only one of them was in effect on the measured date (configured 2026-01-30
     # on; the other from 2026-02-20 to 2026-03-01): measured 2026-02-14, the first
     monkeypatch.setattr(silicon, "load_runs", lambda: (
@@ -382,10 +390,25 @@ def test_a_slice_of_the_real_corpus():
         assert 0.1 < r["tpot_ms"]["predicted"] / r["tpot_ms"]["measured"] < 10
 
 
+def test_a_records_image_is_read_from_either_source_format():
+    from benchmarks.silicon_publisher import source_image
+    dump = ("db-dump/2026-04-27; config_id=759; silicon_concurrency=4; measured=2026-04-18T00:00"
+            ":00.000Z; workflow_run_id=778; nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:1.1.0")
+    export = ("source_file=2026-03-25.csv; model=DeepSeek-R1; silicon_concurrency=8; wip=False; "
+              "image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0rc6.post3")
+    assert source_image({"silicon_data_source": dump}) == \
+        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:1.1.0"
+    assert source_image({"silicon_data_source": export}) == \
+        "nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc6.post3"
+    assert source_image({"silicon_data_source": "source_file=x.csv; wip=False"}) == ""
+    assert source_image({"silicon_data_source": "run=2; measured=2026-02-13T03:10:06Z"}) == ""
+
+
 def test_inferencex_worker_counts_agree_with_the_corpus_records_that_state_them():
-    """An independent check of the matching: a disaggregated record without worker counts
-    that takes them from InferenceX's configurations often has a twin in the corpus (the same
-    measured run, exported again) that states them. They must agree."""
+    """An independent check of the matching: a disaggregated record that takes its worker
+    counts from InferenceX's configurations often states them itself (the database dump) or
+    has a twin in the corpus (the same measured run, exported again) that does. They must
+    agree."""
     try:
         pkg = silicon.package_dir()
     except MoesimError:
@@ -399,16 +422,17 @@ def test_inferencex_worker_counts_agree_with_the_corpus_records_that_state_them(
     compared, disagree = 0, []
     for group in twins.values():
         stated = [r for r in group if r["decode_num_workers"]]
-        for r in group:
-            if not stated or r["decode_num_workers"]:
+        for r in group:                # a record, or its twin, that states the workers
+            if not stated:
                 continue
             run, _ = disaggregated_run(r, silicon.concurrency(r), silicon.load_runs())
+            said = r if r["decode_num_workers"] else stated[0]
             for pool in ("prefill", "decode") if run else ():
                 if run[pool]["workers"] is not None:
                     compared += 1
-                    if run[pool]["workers"] != int(float(stated[0][f"{pool}_num_workers"])):
+                    if run[pool]["workers"] != int(float(said[f"{pool}_num_workers"])):
                         disagree.append((r["id"], pool))
-    assert compared >= 400 and disagree == []
+    assert compared >= 700 and disagree == []
 
 
 def test_load_growth_compares_each_sweeps_tpot_ratio_by_arithmetic():
