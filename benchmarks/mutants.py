@@ -44,6 +44,8 @@ PR = "executor/probes.py"
 KF, AF = "simulator/pricing/kernel_files.py", "simulator/pricing/attention_fit.py"
 ST = "simulator/step/result.py"
 RQ = "simulator/serving/ready.py"
+AR, SCS = "simulator/serving/arrivals.py", "simulator/schema/serving.py"
+SRF = "benchmarks/serving_runtime_fit.py"
 PE = "simulator/engine/periodic.py"
 RK = "simulator/engine/ranks.py"
 SP = "simulator/engine/shared_prefix.py"
@@ -439,9 +441,24 @@ MUTANTS: list[Mutant] = [
     Mutant(SM, "a batch bucket's range reaches into the bucket below",
            "b_lo = grid[i - 1] if i else -math.inf", "b_lo = grid[i - 1] - 1 if i else -math.inf"),
     Mutant(SM, "a context bucket's range reaches into the bucket above",
-           "256 * 2 ** (k / 2) * (1 - EDGE_RTOL)", "256 * 2 ** ((k + 1) / 2)"),
+           "_grid_point(k) * (1 - EDGE_RTOL)", "_grid_point(k + 1)"),
     Mutant(SM, "the pool's cap shares a range with smaller batches",
-           "b_lo, b_hi = math.nextafter(self.cap, -math.inf), math.inf", "b_lo, b_hi = 0.0, math.inf"),
+           "b_lo, b_hi, b0 = math.nextafter(self.cap, -math.inf), math.inf, b1",
+           "b_lo, b_hi, b0 = 0.0, math.inf, b1"),
+    Mutant(SM, "a step between batch grid points priced at the point above",
+           "wb = min(max((b - b0) / (b1 - b0), 0.0), 1.0) if b1 > b0 else 1.0", "wb = 1.0"),
+    Mutant(SM, "a step between context grid points priced at the point above",
+           "wc = min(max((c - c0) / (c1 - c0), 0.0), 1.0) if c1 > c0 else 1.0", "wc = 1.0"),
+    Mutant(SM, "the lower batch corner one grid point too low",
+           "b0 = grid[i - 1] if i and sequences > 1 else b1",
+           "b0 = grid[max(i - 2, 0)] if i and sequences > 1 else b1"),
+    Mutant(SM, "the cell's corners swapped in context",
+           "t = ((self._run(b0, c0), self._run(b0, c1)), (self._run(b1, c0), self._run(b1, c1)))",
+           "t = ((self._run(b0, c1), self._run(b0, c0)), (self._run(b1, c1), self._run(b1, c0)))"),
+    Mutant(AR, "uniform lengths never reach their max",
+           "rng.integers(spec.min, spec.max + 1, n)", "rng.integers(spec.min, spec.max, n)"),
+    Mutant(SCS, "a uniform draw's mean taken as its max",
+           'data = {**data, "mean": (lo + hi) / 2}', 'data = {**data, "mean": hi}'),
     Mutant(RQ, "ready requests of one time taken in arrival, not id, order",
            "self._front, self._front_t, self._pos = sorted(self._groups.pop(t)), t, 0",
            "self._front, self._front_t, self._pos = self._groups.pop(t), t, 0"),
@@ -782,6 +799,16 @@ MUTANTS: list[Mutant] = [
            "return min(range(len(grid)), key=", "return max(range(len(grid)), key="),
     Mutant("benchmarks/training_host_fit.py", "the host fit sets the per-pass time to the per-layer one",
            'update={"value": per_pass_s})', 'update={"value": per_layer_s})'),
+    Mutant(SI, "InferenceX's lengths drawn from (1 - ratio) x L, newer vLLM's rule",
+           '"min": max(1, int(isl * r))', '"min": max(1, int(isl * (1 - r)))'),
+    Mutant(SI, "InferenceX's answers kept at their stated length",
+           '"output_tokens": {"dist": "uniform", "min": max(1, int(osl * r)), "max": osl}}',
+           '"output_tokens": {"mean": osl}}'),
+    Mutant(SRF, "a run at another overhead read as the zero-overhead one plus its sum",
+           'return at[c] if at else row["ttft_ms"]["predicted"] + c * 1e3',
+           'return at[0.0] + c * 1e3 if at else row["ttft_ms"]["predicted"] + c * 1e3'),
+    Mutant(SRF, "a row some run lacks kept in the overhead's fit",
+           "if len(at) == len(grid):", "if at:"),
     Mutant(SI, "a run listed twice counted twice",
            "kept, repeats = one_per_measurement(kept)", "_, repeats = one_per_measurement(kept)"),
     Mutant(SIP, "a speculative run's attention-DP draft count ignored",

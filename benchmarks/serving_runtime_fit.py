@@ -9,13 +9,16 @@ configuration):
   (HTTP, tokenisation), part of every TTFT.
 
 Input: the JSON of `python benchmarks/silicon.py --systems h100_sxm,h200_sxm --uncalibrated
---json out/silicon-uncal.json` (the presets' calibrated costs at zero). Each parameter is the
-grid value minimising the median |error| of its metric (TPOT for k, TTFT for the overhead) over
-the engine's rows, the effect read to first order (k adds its time to every decode step; the
-overhead to every TTFT). Held-out error: k-fold with folds grouped by model (a fold's models are
-never seen by its fit). `--write` puts the all-row fit into the presets where it lowers the
-held-out median |error| (else 0), with this command as their source; the silicon benchmark run
-again with them measures the result end to end.
+--json out/silicon-uncal.json` (the presets' calibrated costs at zero), and optionally runs of
+the same with `--request-overhead-ms MS` at other overheads. Each parameter is the grid value
+minimising the median |error| of its metric (TPOT for k, TTFT for the overhead) over the
+engine's rows. k's effect is read to first order (it adds its time to every decode step). The
+overhead's is read end to end from the runs where there are several (a closed loop's clients
+send their next requests that much later, which moves how the engine's steps batch them, not
+only every TTFT by its sum), else to first order over a fine grid. Held-out error: k-fold with
+folds grouped by model (a fold's models are never seen by its fit). `--write` puts the all-row
+fit into the presets where it lowers the held-out median |error| (else 0), with this command as
+their source; the silicon benchmark run again with them measures the result end to end.
 """
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ def tpot(row: dict, k: float) -> float:
 
 
 def ttft(row: dict, c: float) -> float:
-    """Predicted TTFT (ms) with a request overhead of c seconds."""
-    return row["ttft_ms"]["predicted"] + c * 1e3
+    """Predicted TTFT (ms) with a request overhead of c seconds: the run at c where the row
+    carries runs (`ttft_at`), else the zero-overhead prediction plus c."""
+    at = row.get("ttft_at")
+    return at[c] if at else row["ttft_ms"]["predicted"] + c * 1e3
 
 
 def abs_errors(rows: list[dict], metric: str, value: float) -> list[float]:
@@ -54,6 +59,23 @@ def abs_errors(rows: list[dict], metric: str, value: float) -> list[float]:
 def best(rows: list[dict], metric: str, grid: list[float]) -> float:
     """The grid value of least median |error| (the smallest of equals)."""
     return min(grid, key=lambda v: (statistics.median(abs_errors(rows, metric, v)), v))
+
+
+def with_runs(rows: list[dict], runs: dict[float, list[dict]]) -> tuple[list[dict], list[float]]:
+    """The zero-overhead rows, each carrying its TTFT predicted by every run (`ttft_at`, by
+    overhead in seconds; rows some run lacks are left out), and the overheads as the grid; no
+    other runs: the rows as they are and the first-order grid."""
+    if not runs:
+        return rows, C_GRID
+    grid = sorted({0.0, *runs})
+    by_run = {c: {r["id"]: r["ttft_ms"]["predicted"] for r in rs} for c, rs in runs.items()}
+    out = []
+    for r in rows:
+        at = {0.0: r["ttft_ms"]["predicted"]}
+        at.update({c: got[r["id"]] for c, got in by_run.items() if r["id"] in got})
+        if len(at) == len(grid):
+            out.append({**r, "ttft_at": at})
+    return out, grid
 
 
 def p90(x: list[float]) -> float:
@@ -76,16 +98,20 @@ def held_out(rows: list[dict], metric: str, grid: list[float]) -> list[float]:
     return out
 
 
-def fit(rows: list[dict]) -> dict:
-    """Per engine: the all-row fit and the held-out error before and after."""
+def fit(rows: list[dict], runs: dict[float, list[dict]] | None = None) -> dict:
+    """Per engine: the all-row fit and the held-out error before and after; `runs`: the rows
+    of runs at other request overheads (seconds), read end to end."""
     out = {}
+    ttft_rows, c_grid = with_runs(rows, runs or {})
     for engine in PRESETS:
         mine = [r for r in rows if r["backend"] == engine and r["mode"] == "agg"]
         if not mine:
             continue
         res = {"rows": len(mine), "models": len({r["model"] for r in mine})}
         for metric, grid, key in (("tpot_ms", K_GRID, "extra_kernels_per_layer"),
-                                  ("ttft_ms", C_GRID, "request_overhead_s")):
+                                  ("ttft_ms", c_grid, "request_overhead_s")):
+            if metric == "ttft_ms":
+                mine = [r for r in ttft_rows if r["backend"] == engine and r["mode"] == "agg"]
             before = abs_errors(mine, metric, 0.0)
             after = held_out(mine, metric, grid)
             res[key] = best(mine, metric, grid)
@@ -136,11 +162,28 @@ def write_presets(result: dict, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Fit, print, and (--write) store the calibration."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("silicon_json", type=Path, help="silicon.py --uncalibrated --json output")
+    ap.add_argument("silicon_json", type=Path, nargs="+", help="silicon.py --uncalibrated "
+                    "--json output: one with no request overhead, and optionally runs at others "
+                    "(--request-overhead-ms)")
     ap.add_argument("--write", action="store_true", help="store the fit in the presets")
     args = ap.parse_args(argv)
-    rows = json.loads(args.silicon_json.read_text())["rows"]
-    result = fit(rows)
+    rows, runs = None, {}
+    for path in args.silicon_json:
+        data = json.loads(path.read_text())
+        c = float(data.get("request_overhead_s", 0.0))
+        if c in runs or (c == 0 and rows is not None):
+            print(f"error: two runs at a request overhead of {c * 1e3:g} ms; give each once",
+                  file=sys.stderr)
+            return 2
+        if c == 0:
+            rows = data["rows"]
+        else:
+            runs[c] = data["rows"]
+    if rows is None:
+        print("error: no run without a request overhead; give silicon.py --uncalibrated's JSON "
+              "without --request-overhead-ms", file=sys.stderr)
+        return 2
+    result = fit(rows, runs)
     for engine, res in result.items():
         print(f"{engine}: {res['rows']} rows, {res['models']} models; "
               f"extra kernels/layer {res['extra_kernels_per_layer']:g} (kept "

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -295,15 +296,17 @@ def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
 CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runtime_fit.py's
 
 
-def uncalibrated_presets(folder: Path) -> Path:
-    """Copies of the serving runtime presets with the calibrated costs at zero, in `folder`
-    (the starting point benchmarks/serving_runtime_fit.py fits them from)."""
+def uncalibrated_presets(folder: Path, request_overhead_s: float = 0.0) -> Path:
+    """Copies of the serving runtime presets with the calibrated costs at zero (the request
+    overhead at `request_overhead_s`), in `folder` (the runs benchmarks/serving_runtime_fit.py
+    fits them from)."""
     import yaml
     from simulator.loading import SERVING_RUNTIMES_DIR, known_names
     for name in known_names(SERVING_RUNTIMES_DIR):
         data = read_yaml_mapping(SERVING_RUNTIMES_DIR / f"{name}.yaml")
         for key in CALIBRATED:
             data[key] = {"value": 0.0, "source": "zeroed for the calibration's starting point"}
+        data["request_overhead_s"]["value"] = request_overhead_s
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 
@@ -335,6 +338,7 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
     serving = {"arrivals": {"process": "closed", "concurrency": conc, "requests": n_req},
                "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
                "drain_s": 0.0}
+    serving.update(client_lengths(row, isl, osl, a, assumed))
     if row["mode"] == "agg":
         plan, dp = _pool(row, "", model, gpn, assumed)
         serving.update(mode="colocated")
@@ -383,6 +387,20 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                 load_profile(a["systems"][system]).kernel_latency_s.value)
 
 
+def client_lengths(row: dict, isl: int, osl: int, a: dict, assumed: list[str]) -> dict:
+    """The request lengths the record's benchmark client drew: uniform from int(L x ratio) to
+    L where its source is one silicon.yaml `random_lengths` names, else fixed."""
+    spec = a["random_lengths"]
+    if not re.search(spec["sources"], row.get("silicon_data_source", "") or ""):
+        assumed.append("every request of the stated lengths (a fixed-length client)")
+        return {}
+    r = float(spec["range_ratio"])
+    assumed.append(f"lengths drawn uniformly from {r:g} x to 1 x the stated ones, as InferenceX's "
+                   f"client draws them (--random-range-ratio {r:g})")
+    return {"input_tokens": {"dist": "uniform", "min": max(1, int(isl * r)), "max": isl},
+            "output_tokens": {"dist": "uniform", "min": max(1, int(osl * r)), "max": osl}}
+
+
 # -- running ----------------------------------------------------------------------------------
 def predict(cases: list[Case], workers: int, progress=None) -> list[tuple[Case, dict | None,
                                                                          str | None]]:
@@ -420,8 +438,10 @@ def result_row(case: Case, metrics: dict) -> dict:
 
 
 def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = None,
-        systems: list[str] | None = None, progress=None, uncalibrated: bool = False) -> dict:
-    """The whole benchmark: {csv, held_apart, rows, unexpressed, summary}."""
+        systems: list[str] | None = None, progress=None, uncalibrated: bool = False,
+        request_overhead_s: float = 0.0) -> dict:
+    """The whole benchmark: {csv, held_apart, rows, unexpressed, summary}; uncalibrated: the
+    presets' calibrated costs at zero but the request overhead (then in the result too)."""
     a = read_yaml_mapping(ASSUMPTIONS)
     held = set(a["held_apart"])
     rows = read_rows(csv_path)
@@ -438,7 +458,7 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
         if uncalibrated:
             presets = Path(tmp) / "presets"
             presets.mkdir()
-            uncalibrated_presets(presets)
+            uncalibrated_presets(presets, request_overhead_s)
         for r in kept:
             try:
                 cases.append(to_case(r, models, a, presets))
@@ -452,9 +472,12 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
         else:
             out_rows.append(result_row(case, metrics))
     n_held = sum(r["model_path"] in held for r in rows)
-    return {"csv": str(csv_path), "held_apart": {"models": sorted(held), "rows": n_held},
-            "repeats": repeats, "rows": out_rows, "unexpressed": unexpressed,
-            "summary": summary(out_rows)}
+    out = {"csv": str(csv_path), "held_apart": {"models": sorted(held), "rows": n_held},
+           "repeats": repeats, "rows": out_rows, "unexpressed": unexpressed,
+           "summary": summary(out_rows)}
+    if uncalibrated:
+        out["request_overhead_s"] = request_overhead_s
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,12 +494,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uncalibrated", action="store_true",
                     help="the serving presets' calibrated costs at zero (benchmarks/"
                     "serving_runtime_fit.py fits them from this run's JSON)")
+    ap.add_argument("--request-overhead-ms", type=float, default=0.0,
+                    help="with --uncalibrated: every preset's request overhead at this (the "
+                    "fit reads runs at several)")
     args = ap.parse_args(argv)
     try:
         from simulator.atomic import check_output_path
         for opt, p in (("--json", args.json), ("--report", args.report), ("--bands", args.bands)):
             if p is not None:
                 check_output_path(p, opt)
+        if not 0 <= args.request_overhead_ms <= 10_000 or (args.request_overhead_ms and
+                                                           not args.uncalibrated):
+            raise MoesimError("--request-overhead-ms", f"{args.request_overhead_ms:g} is not "
+                              "a request overhead of 0 to 10,000 ms on an --uncalibrated run",
+                              "give it with --uncalibrated, in milliseconds")
         if args.workers < 1:
             raise MoesimError("--workers", f"{args.workers} is not a positive count",
                               "use 1 or more")
@@ -484,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = package_dir() / "model_configs"
         bar = _progress_bar()
         res = run(csv_path, configs, args.workers, args.limit,
-                  args.systems.split(",") if args.systems else None, bar, args.uncalibrated)
+                  args.systems.split(",") if args.systems else None, bar, args.uncalibrated,
+                  args.request_overhead_ms / 1e3)
         print(file=sys.stderr)
         print_summary(res)
         if args.json:

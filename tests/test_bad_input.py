@@ -191,6 +191,19 @@ def test_serving_input_mean_of_a_billion_is_refused_quickly(tmp_path):
     refused(invoke("serve", w), "serving")
 
 
+@pytest.mark.parametrize("lengths,words", [
+    ({"dist": "uniform", "min": 800}, ["serving.input_tokens", "min and max"]),
+    ({"dist": "uniform", "min": 900, "max": 800}, ["serving.input_tokens", "swap them"]),
+    ({"dist": "uniform", "min": 800, "max": 1000, "mean": 950}, ["serving.input_tokens",
+                                                                 "(min + max) / 2 = 900"]),
+    ({"mean": 1000, "min": 800}, ["serving.input_tokens", "dist: uniform only"]),
+    ({"dist": "lognormal"}, ["serving.input_tokens", "needs mean"])])
+def test_a_length_distribution_missing_or_contradicting_its_numbers_is_refused(tmp_path, lengths,
+                                                                                words):
+    w = yaml_variant(tmp_path, SERVE, serving__input_tokens=lengths)
+    refused(invoke("serve", w), *words)
+
+
 def test_train_tokens_out_of_range():
     for value in ("1e400", "0", "-3T", "nan"):
         refused(invoke("train", TRAIN, "--tokens", value), "--tokens")

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from simulator.serving.step_model import Cell
 from simulator.loading import (SERVING_RUNTIMES_DIR, known_names, load_serving_runtime,
                                serving_runtime_for)
 from simulator.serving.engine_policy import EnginePolicy
@@ -132,7 +133,7 @@ def _sim(tmp_path, preset: str, rows, budget=None, **serving):
     sim = ServingSim(w.variant(runtime={"preset": preset}))
     sim.asked = []
     sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or 0.010
-    sim.decode.step_s_bounds = lambda b, c: (sim.decode.step_s(b, c), b, b, c, c)
+    sim.decode.cell = lambda b, c: Cell.point(sim.decode.step_s(b, c), b, c)
     sim.decode.attention_share = lambda b, c: 0.25
     sim.prefill.step_s = lambda b, c: sim.asked.append(("prefill", b, c)) or 1e-6 * b * c
     if budget is not None:
@@ -222,13 +223,14 @@ def test_offline_and_closed_loops_conserve_requests_under_every_preset(preset):
 
 def test_request_overhead_counts_in_ttft_and_littles_law(tmp_path):
     data = yaml.safe_load((SERVING_RUNTIMES_DIR / "vllm-v1.yaml").read_text())
-    data["request_overhead_s"] = {"value": 0.25, "source": "a test's overhead"}
-    path = tmp_path / "slow.yaml"
-    path.write_text(yaml.safe_dump(data))
-    w = small(arrivals={"process": "closed", "concurrency": 6, "requests": 24},
-              mode="colocated")
-    base = ServingSim(w.variant(runtime={"preset": "vllm-v1"})).run(check_stability=False)
-    slow = ServingSim(w.variant(runtime={"preset": str(path)})).run(check_stability=False)
+    runs = {}
+    for name, overhead in (("none", 0.0), ("slow", 0.25)):
+        data["request_overhead_s"] = {"value": overhead, "source": "a test's overhead"}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        w = small(arrivals={"process": "closed", "concurrency": 6, "requests": 24},
+                  mode="colocated").variant(runtime={"preset": str(tmp_path / f"{name}.yaml")})
+        runs[name] = ServingSim(w).run(check_stability=False)
+    base, slow = runs["none"], runs["slow"]
     assert slow.ttft_s.min() >= 0.25
     assert slow.metrics["ttft_ms"]["p50"] == pytest.approx(base.metrics["ttft_ms"]["p50"] + 250,
                                                            rel=0.05)
@@ -304,14 +306,13 @@ def test_a_finished_request_returns_its_reservation(tmp_path):
 
 def test_an_open_loop_request_waits_out_its_overhead(tmp_path):
     data = yaml.safe_load((SERVING_RUNTIMES_DIR / "vllm-v1.yaml").read_text())
-    data["request_overhead_s"] = {"value": 0.25, "source": "a test's overhead"}
-    path = tmp_path / "slow.yaml"
-    path.write_text(yaml.safe_dump(data))
     ttft = {}
-    for preset in ("vllm-v1", str(path)):
-        sim = _sim(tmp_path, preset, [(1.0, 800, 5)], mode="colocated")
-        ttft[preset] = sim.run(check_stability=False).ttft_s[0]
-    assert ttft[str(path)] - ttft["vllm-v1"] == pytest.approx(0.25, abs=0.011)   # a step's slack
+    for name, overhead in (("none", 0.0), ("slow", 0.25)):
+        data["request_overhead_s"] = {"value": overhead, "source": "a test's overhead"}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        sim = _sim(tmp_path, str(tmp_path / f"{name}.yaml"), [(1.0, 800, 5)], mode="colocated")
+        ttft[name] = sim.run(check_stability=False).ttft_s[0]
+    assert ttft["slow"] - ttft["none"] == pytest.approx(0.25, abs=0.011)   # a step's slack
 
 
 def test_a_load_sweep_runs_each_named_runtime(tmp_path):

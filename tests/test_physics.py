@@ -8,6 +8,7 @@ from simulator.engine.core import Engine
 from simulator.engine.schedule import SCHEDULES
 from simulator.engine.streams import CommDemand, StreamPlan
 from simulator.graph.ops import Op
+from simulator.serving.step_model import Cell
 
 # -- the engine -----------------------------------------------------------------------------
 
@@ -454,7 +455,7 @@ def stubbed_sim(tmp_path, rows, budget=None, **serving):
     sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or DECODE_S
     sim.prefill.step_s = lambda b, c: sim.asked.append(("prefill", b, c)) or PREFILL_S
     # no shape bucket is shared, so every decode step asks (and is recorded)
-    sim.decode.step_s_bounds = lambda b, c: (sim.decode.step_s(b, c), b, b, c, c)
+    sim.decode.cell = lambda b, c: Cell.point(sim.decode.step_s(b, c), b, c)
     if budget is not None:
         sim.kv_budget_tokens = budget
     return sim
@@ -576,8 +577,10 @@ def test_colocated_chunks_are_priced_on_the_tokens_they_hold():
 def test_step_shapes_round_up_to_the_grid():
     from simulator.serving.step_model import batch_bucket, context_bucket
     assert [batch_bucket(b, 64) for b in (1, 5, 8, 9, 100)] == [1, 8, 8, 12, 64]
-    # 256 x 2^(k/2): 300 -> 362, 256 -> 256, 512 -> 512, 513 -> 724
-    assert [context_bucket(c) for c in (100, 256, 300, 512, 513)] == [256, 256, 362, 512, 724]
+    # 256 x 2^(k/2), at least 16: 300 -> 362, 256 -> 256, 512 -> 512, 513 -> 724, 100 -> 128
+    # (2^(-1) x 256), 10 -> 16
+    assert [context_bucket(c) for c in (100, 256, 300, 512, 513, 10)] == \
+        [128, 256, 362, 512, 724, 16]
 
 
 def test_mtp_decode_steps_hand_worked():

@@ -51,3 +51,35 @@ def test_a_fit_that_does_not_predict_held_out_models_is_not_kept():
     assert fit.kept(res, "extra_kernels_per_layer", "tpot_ms") == 0.0
     shared = fit.fit([_row(f"m{i}", 11.6 + i, 10.0 + i, 100.0, 100.0) for i in range(6)])
     assert fit.kept(shared["vllm"], "extra_kernels_per_layer", "tpot_ms") == 10.0
+
+
+def test_runs_at_other_overheads_are_read_end_to_end_not_as_a_sum():
+    # a closed loop answers a request overhead in more than its sum: here each model's TTFT
+    # at 30 ms of overhead is measured exactly, though 0 ms + 30 would read 20 ms high (its
+    # run says 90, the first order 120); the fit reads the runs, finds 30 ms, and holds out
+    # exactly; one run alone keeps the first order (100 + c)
+    rows = [dict(_row(f"m{i}", 10.0, 10.0, 90.0, 100.0), id=f"r{i}") for i in range(6)]
+    runs = {0.015: [dict(r, ttft_ms={"measured": 90.0, "predicted": 70.0}) for r in rows],
+            0.030: [dict(r, ttft_ms={"measured": 90.0, "predicted": 90.0}) for r in rows],
+            0.060: [dict(r, ttft_ms={"measured": 90.0, "predicted": 150.0}) for r in rows]}
+    res = fit.fit(rows, runs)["vllm"]
+    assert res["request_overhead_s"] == 0.030
+    assert res["ttft_ms"]["held_out_median"] == pytest.approx(0.0, abs=1e-12)
+    assert res["ttft_ms"]["before_median"] == pytest.approx(10 / 90)
+    assert fit.fit(rows)["vllm"]["request_overhead_s"] == 0.0       # 100 + c > 90 for all c
+    # a row that a run lacks is left out of the overhead's fit, not priced at another run's
+    partial = {c: rs[1:] for c, rs in runs.items()}
+    got, grid = fit.with_runs(rows, partial)
+    assert [r["id"] for r in got] == [f"r{i}" for i in range(1, 6)] and \
+        grid == [0.0, 0.015, 0.030, 0.060]
+
+
+def test_the_fit_refuses_two_runs_at_one_overhead_or_none_at_zero(tmp_path, capsys):
+    import json
+    for name, c in (("a", 0.0), ("b", 0.0), ("c", 0.03)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"request_overhead_s": c,
+                                                           "rows": []}))
+    assert fit.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "two runs at a request overhead of 0 ms" in capsys.readouterr().err
+    assert fit.main([str(tmp_path / "c.json")]) == 2
+    assert "no run without a request overhead" in capsys.readouterr().err

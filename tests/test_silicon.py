@@ -39,6 +39,34 @@ def test_every_allowed_row_is_predicted_or_listed_with_its_reason(small):
     assert any("same measurement as moe-disagg-export" in a for a in row["assumed"])
 
 
+def test_inferencex_records_draw_their_lengths_as_its_client_did_and_others_fixed(tmp_path):
+    # InferenceX's bench_serving: --random-range-ratio 0.8, each length uniform from
+    # int(L x 0.8) to L (1,024 -> 819..1,024; 8,192 -> 6,553..8,192); the CSV exports
+    # (source_file=YYYY-MM-DD.csv) and the database dump (db-dump/...) are its records; any
+    # other source (AIConfigurator's own harness) keeps fixed lengths
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    row = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}["moe-dp-ep"]
+    models = silicon.Models(DATA / "model_configs", tmp_path)
+    sources = {"source_file=2026-04-06.csv; model=DeepSeek-R1; silicon_concurrency=16": True,
+               "db-dump/2026-04-27; config_id=7; silicon_concurrency=16": True,
+               "source_file=/x/aic-auto-gap-analysis/qwen3_32b.csv; silicon_concurrency=16":
+               False, "source_file=kimi-k2.5-gap-analysis.csv; silicon_concurrency=16": False}
+    for source, drawn in sources.items():
+        for isl, osl, lo_in, lo_out in ((1024, 1024, 819, 819), (8192, 1024, 6553, 819)):
+            case = silicon.to_case({**row, "silicon_data_source": source, "isl": str(isl),
+                                    "osl": str(osl)}, models, a)
+            serving = case.workload["serving"]
+            if drawn:
+                assert serving["input_tokens"] == {"dist": "uniform", "min": lo_in, "max": isl}
+                assert serving["output_tokens"] == {"dist": "uniform", "min": lo_out,
+                                                    "max": osl}
+                assert any("--random-range-ratio 0.8" in x for x in case.assumed)
+            else:
+                assert serving["input_tokens"] == {"mean": isl}
+                assert serving["output_tokens"] == {"mean": osl}
+                assert any("fixed-length client" in x for x in case.assumed)
+
+
 def _record(rid, ttft="200", tpot="6", clients="32", **fields):
     base = {"id": rid, "silicon_data_source": f"silicon_concurrency={clients}",
             "system": "h200_sxm", "backend": "trtllm", "precision": "fp8",

@@ -363,6 +363,7 @@ def serving_runtimes_table() -> Table:
                    ("name", "engine", "prefill", "chunk", "max running", "graphs up to",
                     "padding", "overlap", "KV reserve", "calibrated", "description"),
                    ("name", "description"))
+    table.columns[-2].no_wrap = True            # the calibrated costs: a number with its unit
     for name in known_names(SERVING_RUNTIMES_DIR):
         rt = load_serving_runtime(name)
         table.add_row(name, f"{rt.engine} {rt.versions}", rt.mixing,

@@ -24,12 +24,46 @@ class PoolSpec(Strict):
 
 
 class LengthSpec(Strict):
-    """A distribution of token counts."""
+    """A distribution of token counts: fixed, exponential or lognormal about `mean` (capped at
+    `max`), or uniform over the integers `min`..`max` (benchmark clients' random lengths:
+    vLLM's and SGLang's bench_serving with `--random-range-ratio r` draw from r x L to L)."""
 
-    mean: float = Field(gt=0, le=MAX_TOKENS, description="tokens")
-    dist: Literal["fixed", "exponential", "lognormal"] = "fixed"
+    mean: Optional[float] = Field(None, gt=0, le=MAX_TOKENS, description="tokens (uniform: "
+                                  "(min + max) / 2, which it may be left to)")
+    dist: Literal["fixed", "exponential", "lognormal", "uniform"] = "fixed"
     sigma: float = Field(0.5, ge=0, description="lognormal sigma")
-    max: Optional[int] = Field(None, gt=0, le=MAX_TOKENS)
+    min: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="uniform: the shortest")
+    max: Optional[int] = Field(None, gt=0, le=MAX_TOKENS, description="a cap; uniform: the "
+                               "longest")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uniform_mean(cls, data):
+        if isinstance(data, dict) and data.get("dist") == "uniform" and data.get("mean") is None:
+            lo, hi = data.get("min"), data.get("max")
+            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+                data = {**data, "mean": (lo + hi) / 2}
+        return data
+
+    @model_validator(mode="after")
+    def _mean_or_range(self) -> "LengthSpec":
+        if self.dist != "uniform":
+            if self.mean is None:
+                raise ValueError(f"dist: {self.dist} needs mean (tokens)")
+            if self.min is not None:
+                raise ValueError(f"min applies to dist: uniform only, not {self.dist}; drop it "
+                                 "or write dist: uniform")
+            return self
+        if self.min is None or self.max is None:
+            raise ValueError("dist: uniform needs min and max (the shortest and longest "
+                             "request, tokens)")
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max}); swap them")
+        middle = (self.min + self.max) / 2
+        if self.mean is None or abs(self.mean - middle) > 0.5:
+            raise ValueError(f"mean {self.mean} is not (min + max) / 2 = {middle:g}, the mean "
+                             "of a uniform draw; leave mean out")
+        return self
 
 
 CLOSED_REQUESTS_PER_CLIENT = 4     # closed loop: requests sent in all, per client, by default

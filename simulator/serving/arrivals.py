@@ -36,6 +36,10 @@ class Requests:
 
 def lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` token counts (at least 1) drawn from a length distribution."""
+    if spec.dist == "uniform":
+        assert spec.min is not None and spec.max is not None
+        return rng.integers(spec.min, spec.max + 1, n).astype(np.int64)
+    assert spec.mean is not None
     if spec.dist == "fixed":
         x = np.full(n, spec.mean)
     elif spec.dist == "exponential":
