@@ -293,13 +293,14 @@ def _runtime(row: dict, profile: str, assumed: list[str]) -> dict:
     return {"framework": row["backend"], "version": newest}
 
 
-CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s")   # serving_runtime_fit.py's
+CALIBRATED = ("extra_kernels_per_layer", "request_overhead_s", "kv_transfer_s")  # the fit's
 
 
-def uncalibrated_presets(folder: Path, request_overhead_s: float = 0.0) -> Path:
+def uncalibrated_presets(folder: Path, request_overhead_s: float = 0.0,
+                         kv_transfer_s: float = 0.0) -> Path:
     """Copies of the serving runtime presets with the calibrated costs at zero (the request
-    overhead at `request_overhead_s`), in `folder` (the runs benchmarks/serving_runtime_fit.py
-    fits them from)."""
+    overhead and the KV transfer at the values given), in `folder` (the runs
+    benchmarks/serving_runtime_fit.py fits them from)."""
     import yaml
     from simulator.loading import SERVING_RUNTIMES_DIR, known_names
     for name in known_names(SERVING_RUNTIMES_DIR):
@@ -307,6 +308,7 @@ def uncalibrated_presets(folder: Path, request_overhead_s: float = 0.0) -> Path:
         for key in CALIBRATED:
             data[key] = {"value": 0.0, "source": "zeroed for the calibration's starting point"}
         data["request_overhead_s"]["value"] = request_overhead_s
+        data["kv_transfer_s"]["value"] = kv_transfer_s
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 
@@ -439,9 +441,10 @@ def result_row(case: Case, metrics: dict) -> dict:
 
 def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = None,
         systems: list[str] | None = None, progress=None, uncalibrated: bool = False,
-        request_overhead_s: float = 0.0) -> dict:
+        request_overhead_s: float = 0.0, kv_transfer_s: float = 0.0) -> dict:
     """The whole benchmark: {csv, held_apart, rows, unexpressed, summary}; uncalibrated: the
-    presets' calibrated costs at zero but the request overhead (then in the result too)."""
+    presets' calibrated costs at zero but the request overhead and KV transfer given (then in
+    the result too)."""
     a = read_yaml_mapping(ASSUMPTIONS)
     held = set(a["held_apart"])
     rows = read_rows(csv_path)
@@ -458,7 +461,7 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
         if uncalibrated:
             presets = Path(tmp) / "presets"
             presets.mkdir()
-            uncalibrated_presets(presets, request_overhead_s)
+            uncalibrated_presets(presets, request_overhead_s, kv_transfer_s)
         for r in kept:
             try:
                 cases.append(to_case(r, models, a, presets))
@@ -476,7 +479,7 @@ def run(csv_path: Path, configs: Path, workers: int = 1, limit: int | None = Non
            "repeats": repeats, "rows": out_rows, "unexpressed": unexpressed,
            "summary": summary(out_rows)}
     if uncalibrated:
-        out["request_overhead_s"] = request_overhead_s
+        out["request_overhead_s"], out["kv_transfer_s"] = request_overhead_s, kv_transfer_s
     return out
 
 
@@ -497,17 +500,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request-overhead-ms", type=float, default=0.0,
                     help="with --uncalibrated: every preset's request overhead at this (the "
                     "fit reads runs at several)")
+    ap.add_argument("--kv-transfer-ms", type=float, default=0.0,
+                    help="with --uncalibrated: every preset's fixed KV transfer time of a "
+                    "disaggregated request at this")
     args = ap.parse_args(argv)
     try:
         from simulator.atomic import check_output_path
         for opt, p in (("--json", args.json), ("--report", args.report), ("--bands", args.bands)):
             if p is not None:
                 check_output_path(p, opt)
-        if not 0 <= args.request_overhead_ms <= 10_000 or (args.request_overhead_ms and
-                                                           not args.uncalibrated):
-            raise MoesimError("--request-overhead-ms", f"{args.request_overhead_ms:g} is not "
-                              "a request overhead of 0 to 10,000 ms on an --uncalibrated run",
-                              "give it with --uncalibrated, in milliseconds")
+        for opt, ms in (("--request-overhead-ms", args.request_overhead_ms),
+                        ("--kv-transfer-ms", args.kv_transfer_ms)):
+            if not 0 <= ms <= 10_000 or (ms and not args.uncalibrated):
+                raise MoesimError(opt, f"{ms:g} is not 0 to 10,000 ms on an --uncalibrated "
+                                  "run", "give it with --uncalibrated, in milliseconds")
         if args.workers < 1:
             raise MoesimError("--workers", f"{args.workers} is not a positive count",
                               "use 1 or more")
@@ -516,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = _progress_bar()
         res = run(csv_path, configs, args.workers, args.limit,
                   args.systems.split(",") if args.systems else None, bar, args.uncalibrated,
-                  args.request_overhead_ms / 1e3)
+                  args.request_overhead_ms / 1e3, args.kv_transfer_ms / 1e3)
         print(file=sys.stderr)
         print_summary(res)
         if args.json:

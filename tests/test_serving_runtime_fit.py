@@ -74,12 +74,36 @@ def test_runs_at_other_overheads_are_read_end_to_end_not_as_a_sum():
         grid == [0.0, 0.015, 0.030, 0.060]
 
 
-def test_the_fit_refuses_two_runs_at_one_overhead_or_none_at_zero(tmp_path, capsys):
+def test_the_fit_refuses_two_base_runs_a_run_moving_both_or_none_at_zero(tmp_path, capsys):
     import json
     for name, c in (("a", 0.0), ("b", 0.0), ("c", 0.03)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"request_overhead_s": c,
                                                            "rows": []}))
     assert fit.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
-    assert "two runs at a request overhead of 0 ms" in capsys.readouterr().err
+    assert "two runs with neither" in capsys.readouterr().err
+    (tmp_path / "d.json").write_text(json.dumps({"request_overhead_s": 0.03,
+                                                 "kv_transfer_s": 0.1, "rows": []}))
+    assert fit.main([str(tmp_path / "a.json"), str(tmp_path / "d.json")]) == 2
+    assert "sets both" in capsys.readouterr().err
     assert fit.main([str(tmp_path / "c.json")]) == 2
     assert "no run without a request overhead" in capsys.readouterr().err
+
+
+def test_the_kv_transfer_is_fitted_on_the_disaggregated_rows_from_its_own_runs():
+    # disaggregated rows miss TTFT by a handoff the runs at 100 and 200 ms of KV transfer
+    # settle (200 ms exact for every model); the aggregated rows and their overhead are left as
+    # they are, and the kv fit never reads the aggregated rows (their TTFT would want none)
+    agg = [dict(_row(f"a{i}", 10.0, 10.0, 100.0, 100.0, backend="trtllm"), id=f"a{i}")
+           for i in range(4)]
+    dis = [dict(_row(f"d{i % 2}", 10.0, 10.0, 500.0, 300.0, backend="trtllm"), id=f"d{i}",
+                mode="disagg") for i in range(4)]
+    kv_runs = {0.1: [dict(r, ttft_ms={"measured": 500.0, "predicted": 420.0}) for r in dis],
+               0.2: [dict(r, ttft_ms={"measured": 500.0, "predicted": 500.0}) for r in dis]}
+    res = fit.fit(agg + dis, None, kv_runs)["trtllm"]
+    assert res["kv_transfer_s"] == 0.2 and res["request_overhead_s"] == 0.0
+    assert res["disagg_rows"] == 4 and res["disagg_models"] == 2 and res["rows"] == 4
+    assert res["disagg_ttft_ms"]["before_median"] == pytest.approx(0.4)
+    assert res["disagg_ttft_ms"]["held_out_median"] == pytest.approx(0.0, abs=1e-12)
+    assert fit.kept(res, "kv_transfer_s", "disagg_ttft_ms") == 0.2
+    # without runs of its own the KV transfer is not fitted (nor stored)
+    assert "kv_transfer_s" not in fit.fit(agg + dis)["trtllm"]

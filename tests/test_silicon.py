@@ -67,6 +67,21 @@ def test_inferencex_records_draw_their_lengths_as_its_client_did_and_others_fixe
                 assert any("fixed-length client" in x for x in case.assumed)
 
 
+def test_uncalibrated_presets_zero_the_fit_but_the_values_a_run_moves(tmp_path):
+    # the calibration's runs: every preset's three calibrated costs at zero, except the request
+    # overhead and KV transfer time a run is asked for; the rest of each preset as shipped
+    import yaml
+    from simulator.loading import SERVING_RUNTIMES_DIR, known_names
+    silicon.uncalibrated_presets(tmp_path, 0.03, 0.1)
+    for name in known_names(SERVING_RUNTIMES_DIR):
+        got = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())
+        shipped = yaml.safe_load((SERVING_RUNTIMES_DIR / f"{name}.yaml").read_text())
+        assert got["extra_kernels_per_layer"]["value"] == 0.0
+        assert got["request_overhead_s"]["value"] == 0.03
+        assert got["kv_transfer_s"]["value"] == 0.1
+        assert got["chunked_prefill_tokens"] == shipped["chunked_prefill_tokens"]
+
+
 def _record(rid, ttft="200", tpot="6", clients="32", **fields):
     base = {"id": rid, "silicon_data_source": f"silicon_concurrency={clients}",
             "system": "h200_sxm", "backend": "trtllm", "precision": "fp8",

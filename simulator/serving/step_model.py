@@ -114,6 +114,7 @@ class StepModel:
     cache: dict = field(default_factory=dict)
     shares: dict = field(default_factory=dict)     # attention's share of each cached step
     traffic: dict = field(default_factory=dict)
+    last: Cell = field(default_factory=lambda: Cell.point(0.0, -1.0, -1.0))  # step_s's last
 
     def __post_init__(self) -> None:
         ideal = self.base_profile.idealizations.variant(enforce_hbm_capacity=False)
@@ -126,8 +127,12 @@ class StepModel:
 
     def step_s(self, sequences: float, context: float) -> float:
         """Seconds of one forward with `sequences` per device at `context` tokens (between
-        grid shapes: bilinear in both)."""
-        return self.cell(sequences, context).at(max(sequences, 1.0), max(context, MIN_CONTEXT))
+        grid shapes: bilinear in both; the last cell asked is kept, as consecutive steps
+        mostly fall in it)."""
+        cell = self.last
+        if not cell.holds(sequences, context):
+            cell = self.last = self.cell(sequences, context)
+        return cell.at(max(sequences, 1.0), max(context, MIN_CONTEXT))
 
     def attention_share(self, sequences: float, context: float) -> float:
         """The share of that forward's representative layer spent in its attention block (at
