@@ -319,12 +319,16 @@ def test_a_step_between_grid_shapes_is_priced_bilinearly_between_its_corners():
     sm._simulate = lambda b, c: float(b * b)
     assert sm.step_s(1.5, 256) == pytest.approx(2.5)
     assert sm.step_s(6, 256) == pytest.approx((16 + 64) / 2)
-    # a random walk of the decode pool: the cached cell prices every step as asking afresh,
-    # also after the pool's cap (96 a group), whose cell holds no smaller batch
+    # the decode loop's cached cell holds no shape of another cell: after the pool's cap (96 a
+    # group) a smaller batch, after 8 (cell 4..8) a batch of 3.5 (cell 2..4), at one context
+    lin = StepModel(w, w.plan, "sbo", "decode", 96, None, profile("h100-sxm"))
+    lin._simulate = lambda b, c: b * 1e7 + c
+    steps = DecodeSteps(lin, 8)
+    for groups in (200, 50, 96, 95, 8, 3.5, 4):
+        n = round(8 * groups)
+        assert steps(n, n * 900.0) == pytest.approx(1e7 * min(groups, 96) + 900.0, rel=1e-12)
+    # a random walk of the decode pool: the cached cell prices every step as asking afresh
     sm._simulate = lambda b, c: b * 1e7 + c * c
-    steps = DecodeSteps(sm, 8)
-    for groups in (200, 50, 96, 95):
-        assert steps(8 * groups, 8 * groups * 1000.0) == pytest.approx(sm.step_s(groups, 1000.0))
     steps, n, ctx = DecodeSteps(sm, 8), 0, 0.0
     for _ in range(3000):
         n = max(0, n + int(rng.integers(-3, 4)))
