@@ -18,10 +18,11 @@ the others) over the engine's rows of its mode. k's effect is read to first orde
 time to every decode step). The overhead's and the KV transfer's are read end to end from the
 runs where there are several (a closed loop's clients send their next requests that much
 later, which moves how the engine's steps batch them, not only every TTFT by its sum); without
-runs the overhead is read to first order over a fine grid, and the KV transfer is not fitted. Held-out error: k-fold with folds grouped by model (a fold's
-models are never seen by its fit). `--write` puts the all-row fit into the presets where it
-lowers the held-out median |error| (else 0), with this command as their source; the silicon
-benchmark run again with them measures the result end to end.
+runs the overhead is read to first order over a fine grid, and the KV transfer is not
+fitted. Held-out error: k-fold with folds grouped by model (a fold's models are never seen by
+its fit). `--write` puts the all-row fit into the presets where it lowers the held-out median
+|error| (else 0), with this command as their source; the silicon benchmark run again with them
+measures the result end to end.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def held_out(rows: list[dict], metric: str, grid: list[float]) -> list[float]:
 PARAMS = (("extra_kernels_per_layer", "tpot_ms", "agg", "tpot_ms"),
           ("request_overhead_s", "ttft_ms", "agg", "ttft_ms"),
           ("kv_transfer_s", "ttft_ms", "disagg", "disagg_ttft_ms"))
+MODES = {"agg": "aggregated", "disagg": "disaggregated"}
 
 
 def fit(rows: list[dict], runs: dict[float, list[dict]] | None = None,
@@ -124,11 +126,11 @@ def fit(rows: list[dict], runs: dict[float, list[dict]] | None = None,
             mine = [r for r in pool if r["backend"] == engine and r["mode"] == mode]
             if not mine:
                 continue
-            models = len({r["model"] for r in mine})
-            res.setdefault("rows", len(mine)) if mode == "agg" else None
-            res.setdefault("models", models) if mode == "agg" else None
+            count = (len(mine), len({r["model"] for r in mine}))
             if mode == "disagg":
-                res["disagg_rows"], res["disagg_models"] = len(mine), models
+                res["disagg_rows"], res["disagg_models"] = count
+            elif "rows" not in res:
+                res["rows"], res["models"] = count
             before = abs_errors(mine, metric, 0.0)
             after = held_out(mine, metric, grid)
             res[key] = best(mine, metric, grid)
@@ -171,8 +173,8 @@ def write_presets(result: dict, command: str) -> None:
                 verdict = "" if value else (f"; the fit ({res[key]:g}) does not lower the "
                                             "held-out error, so none is kept")
                 entry = yaml.safe_dump({key: {"value": value, "source": (
-                    f"calibration on the {rows} {'disaggregated' if mode == 'disagg' else 'aggregated'} "
-                    f"{engine} rows of the silicon corpus (H100, H200; {models} models): "
+                    f"calibration on the {rows} {MODES[mode]} {engine} rows of the silicon "
+                    f"corpus (H100, H200; {models} models): "
                     f"{command}; {what}{verdict} "
                     "(docs/accuracy.md s14)")}}, sort_keys=False, width=100)
                 block = re.compile(rf"^{key}:\n(?:[ ].*\n)*", re.M)
