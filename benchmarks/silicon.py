@@ -33,7 +33,8 @@ from simulator.loading import (load_profile, read_text_file, read_yaml_mapping, 
 from simulator.kernels.store import version_key  # noqa: E402
 from benchmarks.silicon_twins import one_per_measurement, source_clients  # noqa: E402
 from benchmarks.silicon_publisher import (NotSettled, disaggregated_run,  # noqa: E402
-                                          load_runs, run_mtp, single_node_mtp, with_pools)
+                                          launch_settings, load_runs, run_mtp,
+                                          single_node_mtp, with_pools)
 from benchmarks.silicon_report import (POOL_FIELDS, bands_yaml, figures,  # noqa: E402
                                        print_summary, summary, sweep_key)
 
@@ -341,6 +342,9 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
                "drain_s": 0.0}
     serving.update(client_lengths(row, isl, osl, a, assumed))
+    launched, notes = launch_settings(row, a)
+    serving.update(launched)
+    assumed += notes
     if row["mode"] == "agg":
         plan, dp = _pool(row, "", model, gpn, assumed)
         serving.update(mode="colocated")

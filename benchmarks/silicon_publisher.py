@@ -13,6 +13,9 @@ a run where they can:
   its image, GPU, engine, precision, lengths, clients, GPUs and attention DP in effect on its
   measured date did, at the draft depth of its script (silicon.yaml `single_node_mtp`).
 The draft acceptance is the model family's published one (silicon.yaml `mtp_acceptance`).
+- silicon.yaml `launch_settings`: engine settings a publisher's launch script set beyond the
+  engine's defaults (a token budget, TensorRT-LLM's delayed batching), for the records that
+  script measured, by source, engine, measured date, lengths and tensor parallelism.
 """
 from __future__ import annotations
 
@@ -155,6 +158,30 @@ def single_node_mtp(row: dict, clients: int, runs: tuple[dict, ...], family: str
                          "does not record")
     draft = depth["draft_tokens_attention_dp"] if adp else depth["draft_tokens"]
     return mtp(row, int(draft), family, a), ""
+
+
+def launch_settings(row: dict, a: dict) -> tuple[dict, list[str]]:
+    """(the serving block's settings the record's launch script set, a note for each): every
+    silicon.yaml `launch_settings` entry whose `match` the record meets (source pattern,
+    engine, measured date within [from, to], lengths, tensor parallelism below a bound)."""
+    serving: dict = {}
+    notes: list[str] = []
+    source = row.get("silicon_data_source", "") or ""
+    day = re.search(r"measured=(\d{4}-\d\d-\d\d)", source)
+    for entry in a.get("launch_settings") or []:
+        m = entry["match"]
+        start, end = m["measured"]
+        if not (re.search(m["sources"], source) and row["backend"] == m["backend"] and day
+                and start <= day.group(1) <= end):
+            continue
+        if any(_count(row.get(k)) != m[k] for k in ("isl", "osl") if k in m):
+            continue
+        if "tp_below" in m and not (_count(row.get("tp_size")) or 1) < m["tp_below"]:
+            continue
+        serving.update(entry["serving"])
+        notes.append(f"{', '.join(f'{k} {v}' for k, v in entry['serving'].items())}, as its "
+                     f"launch script set ({entry['script']})")
+    return serving, notes
 
 
 def mtp(row: dict, draft: int, family: str, a: dict) -> dict:

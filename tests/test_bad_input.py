@@ -204,6 +204,15 @@ def test_a_length_distribution_missing_or_contradicting_its_numbers_is_refused(t
     refused(invoke("serve", w), *words)
 
 
+@pytest.mark.parametrize("wait,word", [({"steps": 0, "tokens_ratio": 0.9}, "steps"),
+                                       ({"steps": 20, "tokens_ratio": 1.5}, "tokens_ratio"),
+                                       ({"steps": 20}, "tokens_ratio"),
+                                       ({"steps": 20, "tokens_ratio": 0.9, "ms": 3}, "ms")])
+def test_delayed_batching_out_of_range_or_half_set_is_refused(tmp_path, wait, word):
+    w = yaml_variant(tmp_path, SERVE, serving__batch_wait=wait)
+    refused(invoke("serve", w), "serving.batch_wait", word)
+
+
 def test_train_tokens_out_of_range():
     for value in ("1e400", "0", "-3T", "nan"):
         refused(invoke("train", TRAIN, "--tokens", value), "--tokens")

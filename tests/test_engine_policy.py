@@ -123,13 +123,14 @@ def test_sglang_reserves_more_after_a_retraction_then_falls_back():
     assert vl.reserve_next(0.0, True) == 0.0 and vl.reserve_next(0.0, False) == 0.0
 
 
-def _sim(tmp_path, preset: str, rows, budget=None, **serving):
-    """SMALL (8 DP groups) under `preset`, fed `rows`, every forward priced by a stub that
-    records what it was asked."""
+def _sim(tmp_path, preset: str, rows, budget=None, plan=None, **serving):
+    """SMALL (8 DP groups, or `plan`) under `preset`, fed `rows`, every forward priced by a
+    stub that records what it was asked."""
     csv = tmp_path / "trace.csv"
     csv.write_text("arrival_s,input_tokens,output_tokens\n" +
                    "".join(f"{a},{i},{o}\n" for a, i, o in rows))
     w = small(arrivals={"process": "trace", "trace": str(csv)}, **serving)
+    w = w.variant(plan=plan) if plan else w
     sim = ServingSim(w.variant(runtime={"preset": preset}))
     sim.asked = []
     sim.decode.step_s = lambda b, c: sim.asked.append(("decode", b, c)) or 0.010
@@ -139,6 +140,34 @@ def _sim(tmp_path, preset: str, rows, budget=None, **serving):
     if budget is not None:
         sim.kv_budget_tokens = budget
     return sim
+
+
+ONE_GROUP = {"gpus": 8, "gpus_per_node": 8, "tp": 8, "attention_tp": 8, "moe_tp": 8, "ep": 1}
+
+
+@pytest.mark.parametrize("plan", ["one group", "eight groups"])
+def test_delayed_batching_holds_a_prompt_for_its_steps_or_until_its_tokens(tmp_path, plan):
+    # TensorRT-LLM, one request decoding (10 ms steps) when 1,000-token prompts arrive at
+    # 50 and 300 ms: delayed batching (5 steps, 0.9 of the 8,192-token budget: 7,373 tokens)
+    # holds each five steps, 50 ms, as 1,000 + 1 decode token stays under the threshold (the
+    # count starts again after each release); 8,000-token prompts reach it and are taken at
+    # once; a prompt arriving with nothing decoding is never held; and under attention data
+    # parallelism (eight groups) nothing is held
+    wait = {"steps": 5, "tokens_ratio": 0.9}
+    ttft = {}
+    for prompt in (1000, 8000):
+        for name, extra in (("plain", {}), ("wait", {"batch_wait": wait})):
+            rows = [(0.0, 100, 60), (0.05, prompt, 2), (0.3, prompt, 2), (1.5, 500, 2)]
+            sim = _sim(tmp_path, "trtllm-pytorch", rows, mode="colocated", **extra,
+                       plan=ONE_GROUP if plan == "one group" else None)
+            assert sim.decode.dp == (1 if plan == "one group" else 8)
+            res = sim.run(check_stability=False)
+            ttft[prompt, name] = res.ttft_s[np.argsort(res.request_ids)]
+    held = 0.050 if plan == "one group" else 0.0
+    assert ttft[1000, "wait"][1:3] == pytest.approx(ttft[1000, "plain"][1:3] + held)
+    assert ttft[8000, "wait"][1:3] == pytest.approx(ttft[8000, "plain"][1:3])
+    for prompt in (1000, 8000):                 # the first and the last find nothing decoding
+        assert ttft[prompt, "wait"][[0, 3]] == pytest.approx(ttft[prompt, "plain"][[0, 3]])
 
 
 def test_decode_steps_are_priced_at_the_padded_batch(tmp_path):

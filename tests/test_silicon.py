@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import silicon, silicon_report
+from benchmarks import silicon, silicon_publisher, silicon_report
 from simulator.errors import MoesimError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,34 @@ def test_inferencex_records_draw_their_lengths_as_its_client_did_and_others_fixe
                 assert serving["input_tokens"] == {"mean": isl}
                 assert serving["output_tokens"] == {"mean": osl}
                 assert any("fixed-length client" in x for x in case.assumed)
+
+
+def test_inferencex_llama_70b_trtllm_runs_take_their_launch_scripts_settings(tmp_path):
+    # InferenceX's 70b_*_trt_slurm.sh (2025-09-18 .. 2025-10-31): --max_num_tokens 16384 for
+    # every run, and delayed batching (20 steps, 0.9) for 1k/1k below TP 8; not for TP 8, not
+    # for other lengths, other engines, other models, or records measured outside those dates
+    a = silicon.read_yaml_mapping(silicon.ASSUMPTIONS)
+    row = {r["id"]: r for r in silicon.read_rows(DATA / "corpus.csv")}["moe-dp-ep"]
+    src = "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=4; " \
+          "measured=2025-10-29T04:10:00Z"
+    base = {**row, "silicon_data_source": src, "backend": "trtllm", "isl": "1024",
+            "osl": "1024", "tp_size": "4", "attention_dp_size": "1"}
+    wait = {"steps": 20, "tokens_ratio": 0.9}
+    cases = [({}, {"chunk_tokens_per_device": 16384, "batch_wait": wait}),
+             ({"tp_size": "8"}, {"chunk_tokens_per_device": 16384}),
+             ({"osl": "8192"}, {"chunk_tokens_per_device": 16384}),
+             ({"backend": "vllm"}, {}),
+             ({"silicon_data_source": src.replace("Llama-3.1-70B", "DeepSeek-R1")}, {}),
+             ({"silicon_data_source": src.replace("2025-10-29", "2025-09-01")}, {}),
+             ({"silicon_data_source": src.replace("2025-10-29", "2025-11-02")}, {})]
+    for change, want in cases:
+        got, notes = silicon_publisher.launch_settings({**base, **change}, a)
+        assert got == want, change
+        assert len(notes) == len(want)
+    row = {**row, **{k: base[k] for k in ("silicon_data_source", "backend", "isl", "osl")}}
+    case = silicon.to_case(row, silicon.Models(DATA / "model_configs", tmp_path), a)
+    assert case.workload["serving"]["batch_wait"] == wait
+    assert any("batch_wait_timeout_iters 20" in x for x in case.assumed)
 
 
 def test_uncalibrated_presets_zero_the_fit_but_the_values_a_run_moves(tmp_path):

@@ -9,14 +9,14 @@ from simulator.schema.hardware import (CalibrationInfo, FitQuality, HardwareProf
                                        NetworkSpec)
 from simulator.schema.model import (COMPUTE_CLASSES, AttentionSpec, ComputePrecision,
                                     ModelSpec, MoESpec)
-from simulator.schema.serving import (ArrivalSpec, LengthSpec, PoolSpec, ServingSpec,
-                                      SLOSpec)
+from simulator.schema.serving import (ArrivalSpec, BatchWaitSpec, LengthSpec, PoolSpec,
+                                      ServingSpec, SLOSpec)
 from simulator.schema.serving_runtime import ServingRuntime
 from simulator.schema.training import TrainingRuntime, TrainingSpec
 from simulator.schema.workload import Workload
 
 __all__ = ["TRAINING_PHASES", "ATTENTION_KERNELS", "ArrivalSpec", "AttentionSpec", "AttentionTable", "COMPUTE_CLASSES", "ComputePrecision", "CalibrationInfo", "EfficiencyTable", "FitQuality",
-           "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
+           "BatchWaitSpec", "HardwareProfile", "Idealizations", "LengthSpec", "LinkSpec", "MTPConfig", "MeasuredKernels",
            "ModelSpec", "MoESpec", "NetworkSpec", "ParallelPlan", "Phase", "PoolSpec",
            "Precision", "RateTable", "RoutingSpec", "RuntimeSpec", "SLOSpec", "ServingSpec",
            "ShapeEfficiencyTable", "ServingRuntime", "Sourced", "Strict", "TrainingRuntime", "TrainingSpec", "Workload"]

@@ -128,6 +128,19 @@ class SLOSpec(Strict):
     tpot_ms: float = Field(50.0, gt=0)
 
 
+class BatchWaitSpec(Strict):
+    """Delayed batching of new prompts (TensorRT-LLM's batch_wait_timeout_iters and
+    batch_wait_max_tokens_ratio, off by default): while requests decode, waiting prompts are
+    held until `steps` steps have held them or the prompts' and the decode tokens reach
+    `tokens_ratio` of the step's token budget. Not applied under attention data parallelism,
+    which TensorRT-LLM skips it under."""
+
+    steps: int = Field(gt=0, description="steps new prompts may be held")
+    tokens_ratio: float = Field(gt=0, le=1, description="share of the step's token budget "
+                                "the waiting prompts and the decode tokens must reach to be "
+                                "taken before `steps`")
+
+
 class ServingSpec(Strict):
     """A serving deployment: disaggregated prefill/decode pools or one colocated pool."""
 
@@ -137,6 +150,9 @@ class ServingSpec(Strict):
     chunk_tokens_per_device: Optional[int] = Field(
         None, gt=0, description="colocated: prompt tokens an attention group takes into a step "
         "(unset: the engine preset's chunked prefill; 2048 with runtime.preset: none)")
+    batch_wait: Optional[BatchWaitSpec] = Field(
+        None, description="colocated: hold new prompts while requests decode (TensorRT-LLM's "
+        "delayed batching); unset: prompts are taken at the first step with room")
     arrivals: ArrivalSpec = ArrivalSpec()
     input_tokens: LengthSpec = LengthSpec(mean=4000)
     output_tokens: LengthSpec = LengthSpec(mean=500)

@@ -33,6 +33,8 @@ class EnginePolicy:
     eager_s: float                   # host seconds to launch a whole step eagerly
     request_s: float                 # seconds before the engine sees a request
     kv_transfer_s: float             # disaggregated: fixed seconds per KV transfer
+    wait_steps: int = 0              # delayed batching: steps new prompts may be held ...
+    wait_ratio: float = 0.0          # ... until they and decode fill this share of the budget
 
     @classmethod
     def from_runtime(cls, rt: ServingRuntime, layers: int, chunk_tokens: int | None,
@@ -117,6 +119,20 @@ class EnginePolicy:
         return step
 
     # -- prefill chunks -------------------------------------------------------------------
+    def batch_waits(self, decoding: int, dp: int) -> bool:
+        """Whether delayed batching applies to this step's new prompts: set, requests
+        decoding, and no attention data parallelism (TensorRT-LLM's PyExecutor._schedule
+        calls _waiting_requests only then)."""
+        return self.wait_steps > 0 and decoding > 0 and dp == 1
+
+    def holds_prompts(self, held_steps: int, prompt_tokens: float,
+                      decode_tokens: float) -> bool:
+        """Whether delayed batching holds the waiting prompts once more (TensorRT-LLM's
+        _waiting_requests): fewer than wait_steps steps have held them and their tokens with
+        the decode tokens stay under wait_ratio of the step's token budget."""
+        return held_steps < self.wait_steps and \
+            prompt_tokens + decode_tokens < self.wait_ratio * self.chunk_tokens
+
     @property
     def prefill_first(self) -> bool:
         """Whether a step that takes prompt tokens runs them alone, decode waiting for the

@@ -139,6 +139,7 @@ class ColocatedPrefill:
 
     def __init__(self, run: LoopState) -> None:
         self.left: dict[int, float] = {}
+        self.held = 0                   # steps delayed batching has held new prompts
 
     def before_step(self, run: LoopState) -> None:
         return None
@@ -149,6 +150,12 @@ class ColocatedPrefill:
         q = run.prefill_q
         eng = run.engine
         budget = eng.chunk_budget(eng.per_group(run.n_active, run.dp)) * run.dp
+        if q and q[0] not in self.left and eng.batch_waits(run.n_active, run.dp):
+            if eng.holds_prompts(self.held, self._waiting_tokens(run, budget),
+                                 run.n_active * (1 + run.sim.mtp_draft)):
+                self.held += 1
+                return NO_CHUNK
+            self.held = 0
         room = _Room(run) if eng.gates_prefill else None
         while q and used < budget:
             rid = q[0]
@@ -169,6 +176,15 @@ class ColocatedPrefill:
                 self.left[rid] = rem
                 break
         return used, completed
+
+    def _waiting_tokens(self, run: LoopState, budget: float) -> float:
+        """The prompt tokens the scheduler would take now: the queue's, up to the budget."""
+        tokens, left, inputs = 0.0, self.left, run.input
+        for rid in run.prefill_q:
+            tokens += left.get(rid, inputs[rid])
+            if tokens >= budget:
+                return budget
+        return tokens
 
     def chunk_step_s(self, run: LoopState, chunk: float, decode_gpu_s: float) -> tuple[float, float]:
         eng, sim, dp = run.engine, run.sim, run.dp

@@ -7,6 +7,7 @@ counts are mtp.py; the summary is result.py.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -83,16 +84,19 @@ class ServingSim:
         chunk or decode cap the serving block sets wins over the preset's."""
         spec, rt = self.spec, w.runtime
         chunk, cap = spec.chunk_tokens_per_device, spec.decode.max_batch_per_device
+        wait = spec.batch_wait
+        waits = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}
         name = rt.preset or serving_runtime_for(rt.framework, rt.version)
         if name == NO_RUNTIME:
-            return EnginePolicy.ideal(chunk or IDEAL_CHUNK_TOKENS, cap or IDEAL_MAX_BATCH), w
+            return replace(EnginePolicy.ideal(chunk or IDEAL_CHUNK_TOKENS,
+                                              cap or IDEAL_MAX_BATCH), **waits), w
         preset = load_serving_runtime(name)
         layers = self.model.num_layers + (self.model.mtp_layers if w.mtp.enabled else 0)
         if rt.extra_kernels_per_layer is None and preset.extra_kernels_per_layer.value > 0:
             w = w.variant(runtime=rt.variant(extra_kernels_per_layer=
                                              preset.extra_kernels_per_layer))
-        return EnginePolicy.from_runtime(preset, layers, chunk, cap,
-                                         self.profile.hbm_bytes.value), w
+        return replace(EnginePolicy.from_runtime(preset, layers, chunk, cap,
+                                                 self.profile.hbm_bytes.value), **waits), w
 
     # -- capacity ---------------------------------------------------------------------------
     def _kv_budget(self) -> float:
