@@ -342,9 +342,6 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
                "input_tokens": {"mean": isl}, "output_tokens": {"mean": osl},
                "drain_s": 0.0}
     serving.update(client_lengths(row, isl, osl, a, assumed))
-    launched, notes = launch_settings(row, a)
-    serving.update(launched)
-    assumed += notes
     if row["mode"] == "agg":
         plan, dp = _pool(row, "", model, gpn, assumed)
         serving.update(mode="colocated")
@@ -376,6 +373,9 @@ def to_case(row: dict, models: Models, a: dict, presets: Path | None = None) -> 
     assumed.append(f"MTP with {mtp['draft_tokens']} draft token(s) accepted at "
                    f"{mtp['acceptance']:g} (silicon.yaml mtp_acceptance), as its publisher ran "
                    "it" if mtp else "no MTP / speculative decoding")
+    launched, notes = launch_settings(row, a, conc, bool(mtp))
+    serving.update(launched)
+    assumed += notes
     runtime = _runtime(row, a["systems"][system], assumed)
     preset = serving_runtime_for(backend, row["backend_version"])
     assumed.append(f"scheduled as {backend}'s defaults (runtime preset {preset})")

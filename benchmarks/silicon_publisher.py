@@ -20,6 +20,7 @@ The draft acceptance is the model family's published one (silicon.yaml `mtp_acce
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -160,23 +161,35 @@ def single_node_mtp(row: dict, clients: int, runs: tuple[dict, ...], family: str
     return mtp(row, int(draft), family, a), ""
 
 
-def launch_settings(row: dict, a: dict) -> tuple[dict, list[str]]:
+def launch_settings(row: dict, a: dict, clients: int, speculative: bool) -> \
+        tuple[dict, list[str]]:
     """(the serving block's settings the record's launch script set, a note for each): every
-    silicon.yaml `launch_settings` entry whose `match` the record meets (source pattern,
-    engine, measured date within [from, to], lengths, tensor parallelism below a bound)."""
+    silicon.yaml `launch_settings` entry whose `match` the record meets: source pattern,
+    engine, measured date within [from, to], and where given the mode, model (pattern), system,
+    precision, lengths, tensor parallelism (exact or below a bound), clients (from, below)
+    and whether the run was speculative."""
     serving: dict = {}
     notes: list[str] = []
     source = row.get("silicon_data_source", "") or ""
     day = re.search(r"measured=(\d{4}-\d\d-\d\d)", source)
+    tp = _count(row.get("tp_size")) or 1
     for entry in a.get("launch_settings") or []:
         m = entry["match"]
         start, end = m["measured"]
         if not (re.search(m["sources"], source) and row["backend"] == m["backend"] and day
                 and start <= day.group(1) <= end):
             continue
+        if "model" in m and not re.search(m["model"], row.get("model_path", "")):
+            continue
+        if any(row.get(k) != m[k] for k in ("mode", "system", "precision") if k in m):
+            continue
         if any(_count(row.get(k)) != m[k] for k in ("isl", "osl") if k in m):
             continue
-        if "tp_below" in m and not (_count(row.get("tp_size")) or 1) < m["tp_below"]:
+        if ("tp" in m and tp != m["tp"]) or ("tp_below" in m and not tp < m["tp_below"]):
+            continue
+        if not m.get("clients_from", 0) <= clients < m.get("clients_below", math.inf):
+            continue
+        if "speculative" in m and speculative != m["speculative"]:
             continue
         serving.update(entry["serving"])
         notes.append(f"{', '.join(f'{k} {v}' for k, v in entry['serving'].items())}, as its "

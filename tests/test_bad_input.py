@@ -213,6 +213,12 @@ def test_delayed_batching_out_of_range_or_half_set_is_refused(tmp_path, wait, wo
     refused(invoke("serve", w), "serving.batch_wait", word)
 
 
+@pytest.mark.parametrize("value", [0, -3, 1.5, "often"])
+def test_a_receive_interval_that_is_not_a_whole_number_of_steps_is_refused(tmp_path, value):
+    w = yaml_variant(tmp_path, SERVE, serving__recv_interval=value)
+    refused(invoke("serve", w), "serving.recv_interval")
+
+
 def test_train_tokens_out_of_range():
     for value in ("1e400", "0", "-3T", "nan"):
         refused(invoke("train", TRAIN, "--tokens", value), "--tokens")

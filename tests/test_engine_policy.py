@@ -170,6 +170,33 @@ def test_delayed_batching_holds_a_prompt_for_its_steps_or_until_its_tokens(tmp_p
         assert ttft[prompt, "wait"][[0, 3]] == pytest.approx(ttft[prompt, "plain"][[0, 3]])
 
 
+def test_a_scheduler_that_takes_requests_every_n_steps_leaves_them_waiting(tmp_path):
+    # TensorRT-LLM's stubs: one request decoding in 10 ms steps after its first (eager) step
+    # of p0; a request arriving mid-step at 55.5 ms is taken in at the next step start
+    # (p0 + 60 ms) every step, but only at every fourth with recv_interval 4 (after the
+    # prefill step, then p0 + 40, p0 + 80 ms): its TTFT grows by the difference; one arriving
+    # at 83.7 ms, during that request's own (mixed, a few ms) step, is taken in right after
+    # it, as a step that prefilled makes the scheduler look again; the first request (an
+    # idle engine) and one arriving after everything finished are taken at once
+    ttft = {}
+    for every in (1, 4):
+        rows = [(0.0, 100, 30), (0.0555, 100, 2), (0.0837, 100, 2), (2.0, 100, 2)]
+        sim = _sim(tmp_path, "trtllm-pytorch", rows, mode="colocated", recv_interval=every)
+        assert sim.engine.recv_every == every and sim.engine.request_s == 0.0
+        res = sim.run(check_stability=False)
+        ttft[every] = res.ttft_s[np.argsort(res.request_ids)]
+        p0 = res.ttft_s[np.argsort(res.request_ids)][0]        # the first request's step
+    ms = 1e-3
+
+    def seen(period):
+        return p0 + math.ceil((0.0555 - p0) / period - 1e-9) * period
+    assert ttft[4][1] == pytest.approx(ttft[1][1] + seen(40 * ms) - seen(10 * ms))
+    assert seen(40 * ms) - seen(10 * ms) == pytest.approx(20 * ms)
+    assert p0 + 80 * ms < 0.0837 < ttft[4][1] + 0.0555      # during the second's step
+    assert ttft[4][2] < 10 * ms                  # less than a decode step: no wait for a poll
+    assert ttft[4][[0, 3]] == pytest.approx(ttft[1][[0, 3]])
+
+
 def test_decode_steps_are_priced_at_the_padded_batch(tmp_path):
     # 24 requests over 8 groups decode 3 a group: SGLang pads to 4; TensorRT-LLM runs 3
     rows = [(0.0, 100, 5)] * 24

@@ -67,7 +67,7 @@ def test_inferencex_records_draw_their_lengths_as_its_client_did_and_others_fixe
                 assert any("fixed-length client" in x for x in case.assumed)
 
 
-def test_inferencex_llama_70b_trtllm_runs_take_their_launch_scripts_settings(tmp_path):
+def test_inferencex_runs_take_their_launch_scripts_settings(tmp_path):
     # InferenceX's 70b_*_trt_slurm.sh (2025-09-18 .. 2025-10-31): --max_num_tokens 16384 for
     # every run, and delayed batching (20 steps, 0.9) for 1k/1k below TP 8; not for TP 8, not
     # for other lengths, other engines, other models, or records measured outside those dates
@@ -86,9 +86,24 @@ def test_inferencex_llama_70b_trtllm_runs_take_their_launch_scripts_settings(tmp
              ({"silicon_data_source": src.replace("2025-10-29", "2025-09-01")}, {}),
              ({"silicon_data_source": src.replace("2025-10-29", "2025-11-02")}, {})]
     for change, want in cases:
-        got, notes = silicon_publisher.launch_settings({**base, **change}, a)
+        got, notes = silicon_publisher.launch_settings({**base, **change}, a, 4, False)
         assert got == want, change
         assert len(notes) == len(want)
+    # InferenceX's DeepSeek-R1 SGLang scripts on B200: the scheduler takes in requests every 30
+    # decode steps from 16 clients, every 10 below; FP8 at TP 8 with a 32,768-token chunk and
+    # 128 running requests; not their MTP twins, not disaggregated runs, not H200
+    dsr1 = {**base, "backend": "sglang", "model_path": "deepseek-ai/DeepSeek-R1",
+            "system": "b200_sxm", "precision": "fp8", "tp_size": "8", "mode": "agg",
+            "silicon_data_source": "db-dump/2026-04-27; config_id=87; silicon_concurrency=16; "
+                                   "measured=2025-11-18T00:00:00.000Z"}
+    big = {"recv_interval": 30, "chunk_tokens_per_device": 32768,
+           "decode": {"max_batch_per_device": 128}}
+    for change, clients, spec, want in (({}, 16, False, big), ({}, 4, False,
+                                        {**big, "recv_interval": 10}),
+                                       ({}, 16, True, {}), ({"mode": "disagg"}, 16, False, {}),
+                                       ({"system": "h200_sxm"}, 16, False, {})):
+        got, _ = silicon_publisher.launch_settings({**dsr1, **change}, a, clients, spec)
+        assert got == want, (change, clients, spec)
     row = {**row, **{k: base[k] for k in ("silicon_data_source", "backend", "isl", "osl")}}
     case = silicon.to_case(row, silicon.Models(DATA / "model_configs", tmp_path), a)
     assert case.workload["serving"]["batch_wait"] == wait

@@ -150,6 +150,10 @@ class ServingSpec(Strict):
     chunk_tokens_per_device: Optional[int] = Field(
         None, gt=0, description="colocated: prompt tokens an attention group takes into a step "
         "(unset: the engine preset's chunked prefill; 2048 with runtime.preset: none)")
+    recv_interval: int = Field(
+        1, ge=1, le=10000, description="colocated: the scheduler takes in new requests only "
+        "every this many decode steps (SGLang's --scheduler-recv-interval), at once after a "
+        "step that prefilled and while idle; 1: every step")
     batch_wait: Optional[BatchWaitSpec] = Field(
         None, description="colocated: hold new prompts while requests decode (TensorRT-LLM's "
         "delayed batching); unset: prompts are taken at the first step with room")

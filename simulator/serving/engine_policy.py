@@ -35,6 +35,7 @@ class EnginePolicy:
     kv_transfer_s: float             # disaggregated: fixed seconds per KV transfer
     wait_steps: int = 0              # delayed batching: steps new prompts may be held ...
     wait_ratio: float = 0.0          # ... until they and decode fill this share of the budget
+    recv_every: int = 1              # decode steps between the scheduler's takes of new requests
 
     @classmethod
     def from_runtime(cls, rt: ServingRuntime, layers: int, chunk_tokens: int | None,

@@ -204,12 +204,15 @@ class Loop:
         retracts = engine.reserve_decay > 0        # the reservation moves with retractions
         prefill_first = engine.prefill_first         # (only colocated pools take chunks)
         per_seq, budget = 1 + sim.mtp_draft, self.budget
-        while True:
+        recv_every = recv_count = engine.recv_every   # the scheduler takes in new requests
+        while True:                                   # every recv_every decode steps
             if not (self.next_arrival < n or self.prefill_q or ready or self.n_active
                     or prefill.busy()) or self.t > end_limit:
                 break
             before_step(self)
-            arrive(self.t)
+            if recv_count >= recv_every or not self.n_active:    # due, or idle
+                arrive(self.t)
+                recv_count = 0
             admit(self)
             chunk, prefilled = take_chunk(self)
             if not self.n_active and chunk == 0:        # idle: jump to the next event
@@ -228,6 +231,7 @@ class Loop:
                 area += self.in_system * (t_next - self.t)
                 self.t = t_next if t_next > self.t else self.t + IDLE_NUDGE_S
                 continue
+            recv_count = recv_every if chunk else recv_count + 1   # a prefill: take in next
             if chunk and prefill_first:         # the engine runs the prompts alone; decode
                 dt = chunk_step_s(self, chunk, 0.0)[1]          # waits for the next step
                 area += self.in_system * dt

@@ -86,6 +86,8 @@ class ServingSim:
         chunk, cap = spec.chunk_tokens_per_device, spec.decode.max_batch_per_device
         wait = spec.batch_wait
         waits = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}
+        if spec.mode == "colocated":
+            waits["recv_every"] = spec.recv_interval
         name = rt.preset or serving_runtime_for(rt.framework, rt.version)
         if name == NO_RUNTIME:
             return replace(EnginePolicy.ideal(chunk or IDEAL_CHUNK_TOKENS,
