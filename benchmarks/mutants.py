@@ -882,10 +882,10 @@ MUTANTS: list[Mutant] = [
     Mutant(LP, "the receive interval counts from one step late",
            "                recv_count = 0\n", "                recv_count = -1\n"),
     Mutant(SV, "a workload's receive interval not given to the engine",
-           'waits["recv_every"] = spec.recv_interval', 'waits["recv_every"] = 1'),
+           'settings["recv_every"] = spec.recv_interval', 'settings["recv_every"] = 1'),
     Mutant(SV, "a workload's delayed batching not given to the engine",
-           'waits = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}',
-           "waits = {}"),
+           'settings = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}',
+           "settings = {}"),
 ]
 
 EQUIVALENT: dict[str, str] = {

@@ -14,8 +14,9 @@ a run where they can:
   measured date did, at the draft depth of its script (silicon.yaml `single_node_mtp`).
 The draft acceptance is the model family's published one (silicon.yaml `mtp_acceptance`).
 - silicon.yaml `launch_settings`: engine settings a publisher's launch script set beyond the
-  engine's defaults (a token budget, TensorRT-LLM's delayed batching), for the records that
-  script measured, by source, engine, measured date, lengths and tensor parallelism.
+  engine's defaults (token budget, running cap, TensorRT-LLM's delayed batching, SGLang's
+  receive interval), for the records that script measured: by source, engine, mode, model,
+  system, precision, measured date, lengths, tensor parallelism, clients and speculation.
 """
 from __future__ import annotations
 

@@ -81,24 +81,25 @@ class ServingSim:
     def _engine(self, w: Workload) -> tuple[EnginePolicy, Workload]:
         """The engine around the kernels (runtime.preset, else the framework's preset), and
         the workload with the preset's unmodelled kernels per layer where it names none. A
-        chunk or decode cap the serving block sets wins over the preset's."""
+        chunk or decode cap the serving block sets wins over the preset's; its delayed batching and
+        receive interval are set on the engine."""
         spec, rt = self.spec, w.runtime
         chunk, cap = spec.chunk_tokens_per_device, spec.decode.max_batch_per_device
-        wait = spec.batch_wait
-        waits = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}
+        wait = spec.batch_wait          # the serving block's scheduling settings
+        settings = {"wait_steps": wait.steps, "wait_ratio": wait.tokens_ratio} if wait else {}
         if spec.mode == "colocated":
-            waits["recv_every"] = spec.recv_interval
+            settings["recv_every"] = spec.recv_interval
         name = rt.preset or serving_runtime_for(rt.framework, rt.version)
         if name == NO_RUNTIME:
             return replace(EnginePolicy.ideal(chunk or IDEAL_CHUNK_TOKENS,
-                                              cap or IDEAL_MAX_BATCH), **waits), w
+                                              cap or IDEAL_MAX_BATCH), **settings), w
         preset = load_serving_runtime(name)
         layers = self.model.num_layers + (self.model.mtp_layers if w.mtp.enabled else 0)
         if rt.extra_kernels_per_layer is None and preset.extra_kernels_per_layer.value > 0:
             w = w.variant(runtime=rt.variant(extra_kernels_per_layer=
                                              preset.extra_kernels_per_layer))
         return replace(EnginePolicy.from_runtime(preset, layers, chunk, cap,
-                                                 self.profile.hbm_bytes.value), **waits), w
+                                                 self.profile.hbm_bytes.value), **settings), w
 
     # -- capacity ---------------------------------------------------------------------------
     def _kv_budget(self) -> float:
